@@ -1,0 +1,32 @@
+//! Runnel's core vocabulary: the event envelope, stream names, positions, metadata,
+//! typed errors, the JSON codec for domain events, and the storage traits every backend
+//! implements. No I/O happens here.
+
+pub mod clock;
+pub mod codec;
+pub mod error;
+pub mod event;
+pub mod limits;
+pub mod metadata;
+pub mod position;
+pub mod store;
+pub mod stream_name;
+pub mod subscription;
+
+pub use clock::{Clock, SystemClock};
+pub use codec::DomainEvent;
+pub use error::{CodecError, StoreError};
+pub use event::{AppendResult, EventId, NewEvent, RecordedEvent, CONTENT_TYPE_JSON};
+pub use limits::StoreLimits;
+pub use metadata::Metadata;
+pub use position::{ExpectedRevision, Position};
+pub use store::{
+    CheckpointStore, EventFilter, EventStore, EventStream, ReadDirection, ReadStream, Snapshot,
+    SnapshotStore, StreamInfo,
+};
+pub use stream_name::StreamName;
+
+// Re-exported so backends and applications agree on versions.
+pub use async_trait::async_trait;
+pub use chrono;
+pub use uuid;

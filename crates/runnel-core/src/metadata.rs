@@ -1,0 +1,106 @@
+//! Event metadata: who caused an event, in which conversation, and how to trace it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Metadata stored with every event and carried on every message.
+///
+/// * `correlation_id` ties together everything that happened because of one original
+///   request; it is copied unchanged from cause to effect.
+/// * `causation_id` is the id of the message (command or event) that directly caused this
+///   one.
+/// * `traceparent` is a W3C trace context header, so traces survive the store and the bus.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Free-form application headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// Metadata for an effect of a message with id `cause_id` carrying `cause`: the
+    /// correlation id is kept (or started from the cause's id), the causation id becomes
+    /// `cause_id`, the user and trace context carry over, headers do not.
+    pub fn caused_by(cause: &Metadata, cause_id: impl Into<String>) -> Metadata {
+        let cause_id = cause_id.into();
+        Metadata {
+            correlation_id: Some(
+                cause
+                    .correlation_id
+                    .clone()
+                    .unwrap_or_else(|| cause_id.clone()),
+            ),
+            causation_id: Some(cause_id),
+            user_id: cause.user_id.clone(),
+            traceparent: cause.traceparent.clone(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn with_causation_id(mut self, id: impl Into<String>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the user id.
+    pub fn with_user_id(mut self, id: impl Into<String>) -> Self {
+        self.user_id = Some(id.into());
+        self
+    }
+
+    /// Adds one header.
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(key.into(), value.into());
+        self
+    }
+
+    /// The size of this metadata once serialized, in bytes (counted against payload limits).
+    pub fn encoded_len(&self) -> usize {
+        serde_json::to_vec(self).map(|v| v.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caused_by_keeps_correlation_and_sets_causation() {
+        let cmd = Metadata::default()
+            .with_correlation_id("corr-1")
+            .with_user_id("alice")
+            .with_header("x", "y");
+        let effect = Metadata::caused_by(&cmd, "cmd-9");
+        assert_eq!(effect.correlation_id.as_deref(), Some("corr-1"));
+        assert_eq!(effect.causation_id.as_deref(), Some("cmd-9"));
+        assert_eq!(effect.user_id.as_deref(), Some("alice"));
+        assert!(effect.headers.is_empty());
+    }
+
+    #[test]
+    fn caused_by_starts_a_correlation_when_none_exists() {
+        let effect = Metadata::caused_by(&Metadata::default(), "cmd-1");
+        assert_eq!(effect.correlation_id.as_deref(), Some("cmd-1"));
+    }
+
+    #[test]
+    fn empty_metadata_serializes_compactly() {
+        assert_eq!(serde_json::to_string(&Metadata::default()).unwrap(), "{}");
+    }
+}
