@@ -1,14 +1,20 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The embedded default backend: every Runnel store on one SQLite file in WAL mode, with a
+//! group-commit writer that turns concurrent appends into shared, fsynced transactions.
+//! See `DESIGN.md` in this crate for the on-disk format and the durability argument.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod append;
+mod error_map;
+pub mod options;
+mod reader;
+mod rows;
+mod schema;
+mod store;
+mod writer;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use options::{Durability, SqliteOptions};
+pub use store::{save_checkpoint_in_tx, SqliteStore, UnitOfWork};
+pub use writer::WriterStatsSnapshot;
+
+/// The SQLite driver this crate uses, re-exported so units of work and benchmarks use the
+/// same version.
+pub use rusqlite;
