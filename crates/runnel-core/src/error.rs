@@ -67,6 +67,15 @@ pub enum StoreError {
     #[error("store unavailable: {0}; retrying is safe")]
     Unavailable(String),
 
+    /// The backend refused the credentials. Check the user name and password in the store
+    /// URL.
+    #[error("authentication failed: {0}; check the credentials in the store URL")]
+    AuthenticationFailed(String),
+
+    /// The backend refused an operation for lack of privileges.
+    #[error("permission denied: {0}; grant the store's user rights on its schema")]
+    PermissionDenied(String),
+
     /// Stored data could not be read back as written (a bug or a damaged file).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

@@ -107,8 +107,7 @@ impl EventFilter {
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
         (self.categories.is_empty() || self.categories.iter().any(|c| c == event.stream.category()))
-            && (self.event_types.is_empty()
-                || self.event_types.iter().any(|t| *t == event.event_type))
+            && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
     }
 
     /// Checks the filter's size and category names.

@@ -110,7 +110,16 @@ fn is_id_char(c: char) -> bool {
 /// Checks a category name (as used in `$all` filters) with the same rules as
 /// [`StreamName::category`].
 pub fn validate_category(category: &str) -> Result<(), StoreError> {
-    StreamName::from_parts(category, "x").map(|_| ())
+    let name = StreamName::from_parts(category, "x")?;
+    // `from_parts` alone accepts "Order-1": its category ends at the first '-', and the
+    // rest passes as part of the id.
+    if name.category() != category {
+        return Err(StoreError::InvalidStreamName {
+            name: truncate_for_error(category),
+            reason: "a category may hold only ASCII letters, digits and '_'".to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn truncate_for_error(name: &str) -> String {
@@ -203,6 +212,15 @@ mod tests {
         assert!(StreamName::new(long).is_err());
         let just_fits = format!("Order-{}", "x".repeat(STREAM_NAME_LEN_MAX - 6));
         assert!(StreamName::new(just_fits).is_ok());
+    }
+
+    #[test]
+    fn categories_with_a_dash_are_rejected() {
+        assert!(validate_category("Order").is_ok());
+        assert!(validate_category("Order_Line2").is_ok());
+        for bad in ["Order-1", "Order-", "", "1Order", "Or der"] {
+            assert!(validate_category(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

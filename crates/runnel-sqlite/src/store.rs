@@ -53,6 +53,22 @@ struct Inner {
     head: watch::Receiver<Position>,
     limits: StoreLimits,
     stats: Arc<WriterStats>,
+    /// Delete the file when the last handle goes (stores from `open_temporary`).
+    remove_on_drop: bool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            // Unlinking open files is fine on Unix; the writer closes its connection as
+            // soon as it sees the queue closed.
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
 }
 
 /// A handle to the batch transaction for [`SqliteStore::unit_of_work`].
@@ -124,6 +140,21 @@ impl SqliteStore {
         Self::open_with(path, SqliteOptions::default())
     }
 
+    /// Opens a new store in a fresh file under the system's temporary directory, deleted
+    /// when the last handle is dropped. For tests and throwaway runs.
+    pub fn open_temporary() -> Result<Self, StoreError> {
+        let path = std::env::temp_dir().join(format!(
+            "runnel-{}-{}.db",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        let mut store = Self::open_with(&path, SqliteOptions::default())?;
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner.remove_on_drop = true;
+        }
+        Ok(store)
+    }
+
     /// Opens the store with explicit options.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
@@ -173,6 +204,7 @@ impl SqliteStore {
                 head: head_rx,
                 limits: options.limits,
                 stats,
+                remove_on_drop: false,
             }),
         })
     }

@@ -1,0 +1,16 @@
+//! The PostgreSQL backend: the same event, snapshot and checkpoint stores as the embedded
+//! default, for applications that outgrow one machine. See `DESIGN.md` in this crate for
+//! why catch-up readers never skip an event under concurrent writers.
+
+mod batcher;
+mod error_map;
+mod migrate;
+pub mod options;
+mod store;
+
+pub use batcher::BatchStatsSnapshot;
+pub use options::PostgresOptions;
+pub use store::PostgresStore;
+
+/// The driver, re-exported so applications use the same version for their own SQL.
+pub use sqlx;

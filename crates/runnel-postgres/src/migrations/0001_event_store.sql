@@ -1,0 +1,189 @@
+-- Runnel event store, schema version 1. `__SCHEMA__` is replaced by the configured schema.
+
+CREATE TABLE __SCHEMA__.streams (
+    stream_id     bigserial   PRIMARY KEY,
+    name          text        NOT NULL UNIQUE,
+    category      text        NOT NULL,
+    revision      bigint      NOT NULL,
+    last_position bigint      NOT NULL,
+    created_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL
+);
+CREATE INDEX streams_by_category ON __SCHEMA__.streams (category, name);
+
+-- `position` is assigned by append_batch while it holds the store's append lock, as
+-- max(position) + 1, so positions become visible strictly in order (see DESIGN.md).
+CREATE TABLE __SCHEMA__.events (
+    position       bigint      PRIMARY KEY,
+    event_id       uuid        NOT NULL UNIQUE,
+    stream_id      bigint      NOT NULL REFERENCES __SCHEMA__.streams (stream_id),
+    revision       bigint      NOT NULL,
+    category       text        NOT NULL,
+    event_type     text        NOT NULL,
+    schema_version integer     NOT NULL,
+    content_type   text        NOT NULL,
+    data           bytea       NOT NULL,
+    metadata       jsonb,
+    recorded_at    timestamptz NOT NULL,
+    UNIQUE (stream_id, revision)
+);
+CREATE INDEX events_by_category ON __SCHEMA__.events (category, position);
+CREATE INDEX events_by_type ON __SCHEMA__.events (event_type, position);
+CREATE INDEX events_by_type_time ON __SCHEMA__.events (event_type, recorded_at);
+
+CREATE TABLE __SCHEMA__.snapshots (
+    stream         text        PRIMARY KEY,
+    revision       bigint      NOT NULL,
+    schema_version integer     NOT NULL,
+    data           bytea       NOT NULL,
+    taken_at       timestamptz NOT NULL
+);
+
+CREATE TABLE __SCHEMA__.checkpoints (
+    name       text        PRIMARY KEY,
+    position   bigint      NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+
+-- Appends a batch of appends in one statement (one round trip, one transaction when called
+-- in autocommit). Each append i covers events counts[i] long, consecutive in the event arrays.
+-- Returns one row per append: status 0 = appended, 1 = idempotent retry (nothing written),
+-- 2 = conflict (revision = actual revision or NULL), 3 = duplicate event id (detail = id,
+-- existing stream).
+-- expected_kinds: 0 any, 1 no stream, 2 stream exists, 3 exact (expected_revs[i]).
+CREATE FUNCTION __SCHEMA__.append_batch(
+    lock_key        bigint,
+    channel         text,
+    stream_names    text[],
+    categories      text[],
+    expected_kinds  smallint[],
+    expected_revs   bigint[],
+    counts          integer[],
+    ids             uuid[],
+    types           text[],
+    versions        integer[],
+    content_types   text[],
+    datas           bytea[],
+    metas           jsonb[]
+) RETURNS TABLE (idx integer, status smallint, revision bigint, pos bigint, detail text)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    n_appends  integer := coalesce(array_length(stream_names, 1), 0);
+    off        integer := 0;
+    cnt        integer;
+    i          integer;
+    k          integer;
+    sid        bigint;
+    cur_rev    bigint;
+    exists_    boolean;
+    ok         boolean;
+    first_sid  bigint;
+    first_rev  bigint;
+    first_name text;
+    row_sid    bigint;
+    row_rev    bigint;
+    row_pos    bigint;
+    dup_id     uuid;
+    dup_stream text;
+    base_pos   bigint;
+    now_       timestamptz := clock_timestamp();
+    max_pos    bigint := 0;
+BEGIN
+    -- One appender at a time per store: positions are then handed out in commit order, so
+    -- a reader can never see position p+1 before p (the lock is released after commit).
+    PERFORM pg_advisory_xact_lock(lock_key);
+    SELECT coalesce(max(e.position), 0) INTO base_pos FROM __SCHEMA__.events e;
+
+    FOR i IN 1 .. n_appends LOOP
+        cnt := counts[i];
+        idx := i;
+        detail := NULL;
+
+        -- 1. Idempotent retry: is the first event id already stored?
+        SELECT e.stream_id, e.revision, s.name INTO first_sid, first_rev, first_name
+          FROM __SCHEMA__.events e JOIN __SCHEMA__.streams s ON s.stream_id = e.stream_id
+         WHERE e.event_id = ids[off + 1];
+        IF FOUND THEN
+            ok := first_name = stream_names[i];
+            row_pos := NULL;
+            IF ok THEN
+                FOR k IN 1 .. cnt LOOP
+                    SELECT e.stream_id, e.revision, e.position INTO row_sid, row_rev, row_pos
+                      FROM __SCHEMA__.events e WHERE e.event_id = ids[off + k];
+                    IF NOT FOUND OR row_sid <> first_sid OR row_rev <> first_rev + k - 1 THEN
+                        ok := false;
+                        EXIT;
+                    END IF;
+                END LOOP;
+            END IF;
+            IF ok THEN
+                status := 1; revision := first_rev + cnt - 1; pos := row_pos;
+            ELSE
+                status := 3; revision := NULL; pos := NULL;
+                detail := ids[off + 1]::text || ' ' || first_name;
+            END IF;
+            RETURN NEXT;
+            off := off + cnt;
+            CONTINUE;
+        END IF;
+
+        -- 2. Any later id stored elsewhere is a duplicate, not a retry.
+        SELECT e.event_id, s.name INTO dup_id, dup_stream
+          FROM __SCHEMA__.events e JOIN __SCHEMA__.streams s ON s.stream_id = e.stream_id
+         WHERE e.event_id = ANY (ids[off + 1 : off + cnt])
+         LIMIT 1;
+        IF FOUND THEN
+            status := 3; revision := NULL; pos := NULL;
+            detail := dup_id::text || ' ' || dup_stream;
+            RETURN NEXT;
+            off := off + cnt;
+            CONTINUE;
+        END IF;
+
+        -- 3. Optimistic concurrency.
+        SELECT s.stream_id, s.revision INTO sid, cur_rev
+          FROM __SCHEMA__.streams s WHERE s.name = stream_names[i];
+        exists_ := FOUND;
+        IF NOT (expected_kinds[i] = 0
+                OR (expected_kinds[i] = 1 AND NOT exists_)
+                OR (expected_kinds[i] = 2 AND exists_)
+                OR (expected_kinds[i] = 3 AND exists_ AND cur_rev = expected_revs[i])) THEN
+            status := 2; pos := NULL;
+            revision := CASE WHEN exists_ THEN cur_rev ELSE NULL END;
+            RETURN NEXT;
+            off := off + cnt;
+            CONTINUE;
+        END IF;
+
+        IF NOT exists_ THEN
+            INSERT INTO __SCHEMA__.streams AS s (name, category, revision, last_position, created_at, updated_at)
+            VALUES (stream_names[i], categories[i], 0, 0, now_, now_)
+            RETURNING s.stream_id INTO sid;
+            cur_rev := 0;
+        END IF;
+
+        INSERT INTO __SCHEMA__.events
+            (position, event_id, stream_id, revision, category, event_type, schema_version,
+             content_type, data, metadata, recorded_at)
+        SELECT base_pos + g.j, ids[off + g.j], sid, cur_rev + g.j, categories[i],
+               types[off + g.j], versions[off + g.j], content_types[off + g.j],
+               datas[off + g.j], metas[off + g.j], now_
+          FROM generate_series(1, cnt) AS g(j);
+
+        base_pos := base_pos + cnt;
+        max_pos := base_pos;
+        UPDATE __SCHEMA__.streams s
+           SET revision = cur_rev + cnt, last_position = base_pos, updated_at = now_
+         WHERE s.stream_id = sid;
+
+        status := 0; revision := cur_rev + cnt; pos := base_pos;
+        RETURN NEXT;
+        off := off + cnt;
+    END LOOP;
+
+    IF max_pos > 0 THEN
+        -- Delivered at commit, to every listener of this store.
+        PERFORM pg_notify(channel, max_pos::text);
+    END IF;
+END
+$fn$;

@@ -1,0 +1,505 @@
+//! [`PostgresStore`]: the event, snapshot and checkpoint stores on PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use runnel_core::store::{validate_checkpoint_name, validate_limit};
+use runnel_core::{
+    AppendResult, CheckpointStore, EventFilter, EventId, EventStore, ExpectedRevision, Metadata,
+    NewEvent, Position, ReadDirection, ReadStream, RecordedEvent, Snapshot, SnapshotStore,
+    StoreError, StoreLimits, StreamInfo, StreamName,
+};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::batcher::{AppendRequest, BatchStats, BatchStatsSnapshot, Batcher};
+use crate::error_map::map_sqlx;
+use crate::migrate::migrate;
+use crate::options::{PostgresOptions, APPEND_QUEUE_MAX};
+
+/// An event store, snapshot store and checkpoint store in one PostgreSQL schema.
+///
+/// Cheap to clone; clones share one pool, one append batcher and one LISTEN connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), runnel_core::StoreError> {
+/// use runnel_core::{EventStore, ExpectedRevision, NewEvent, StreamName};
+/// let store = runnel_postgres::PostgresStore::connect("postgres://postgres@127.0.0.1/app").await?;
+/// let stream = StreamName::new("Order-1")?;
+/// let event = NewEvent::json("OrderPlaced", &serde_json::json!({"total": 42}));
+/// store.append(&stream, ExpectedRevision::NoStream, vec![event]).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: String,
+    lock_key: i64,
+    appends: mpsc::Sender<AppendRequest>,
+    head: watch::Receiver<Position>,
+    limits: StoreLimits,
+    stats: Arc<BatchStats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// FNV-1a of the schema name: the advisory-lock key that serializes this store's appends.
+fn lock_key(schema: &str, purpose: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("runnel/{schema}/{purpose}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as i64
+}
+
+impl PostgresStore {
+    /// Connects with default options (schema `runnel`).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(PostgresOptions::new(url)).await
+    }
+
+    /// Connects, applies missing migrations, starts the append batcher and the listener.
+    pub async fn connect_with(options: PostgresOptions) -> Result<Self, StoreError> {
+        options.validate()?;
+        let connect: PgConnectOptions = options
+            .url
+            .parse()
+            .map_err(|e| StoreError::InvalidArgument(format!("invalid PostgreSQL URL: {e}")))?;
+        let timeout_ms = options.statement_timeout.as_millis().to_string();
+        let connect = connect
+            .options([("statement_timeout", timeout_ms.as_str())])
+            .application_name("runnel");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size)
+            .acquire_timeout(options.connect_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(map_sqlx)?;
+        let schema = options.schema.clone();
+        migrate(&pool, &schema, lock_key(&schema, "migrate")).await?;
+
+        let head = head_position(&pool, &schema).await?;
+        let (head_tx, head_rx) = watch::channel(head);
+        let channel = format!("runnel_{schema}");
+        let mut listener = PgListener::connect_with(&pool).await.map_err(map_sqlx)?;
+        listener.listen(&channel).await.map_err(map_sqlx)?;
+        let listen_task = tokio::spawn(listen(listener, head_tx));
+
+        let (tx, rx) = mpsc::channel(APPEND_QUEUE_MAX);
+        let stats = Arc::new(BatchStats::default());
+        let batcher = Batcher {
+            pool: pool.clone(),
+            sql: format!(
+                "SELECT idx, status, revision, pos, detail FROM {schema}.append_batch(\
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ),
+            lock_key: lock_key(&schema, "append"),
+            channel,
+            requests: rx,
+            stats: Arc::clone(&stats),
+        };
+        let batch_task = tokio::spawn(batcher.run());
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                lock_key: lock_key(&schema, "append"),
+                schema,
+                appends: tx,
+                head: head_rx,
+                limits: options.limits,
+                stats,
+                tasks: vec![listen_task, batch_task],
+            }),
+        })
+    }
+
+    /// The pool, for applications that run their own SQL beside Runnel's.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding Runnel's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The advisory-lock key that serializes appends to this store.
+    pub fn append_lock_key(&self) -> i64 {
+        self.inner.lock_key
+    }
+
+    /// Counters of the append batcher (round trips = transactions = commits).
+    pub fn batch_stats(&self) -> BatchStatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    fn table(&self, name: &str) -> String {
+        format!("{}.{name}", self.inner.schema)
+    }
+}
+
+/// Follows NOTIFY on the store's channel and publishes the head. On a lost connection the
+/// listener reconnects; notifications sent meanwhile are lost, so it wakes every waiter
+/// (they re-read) — subscriptions also poll, so nothing depends on a notification arriving.
+async fn listen(mut listener: PgListener, head: watch::Sender<Position>) {
+    loop {
+        match listener.recv().await {
+            Ok(n) => {
+                if let Ok(p) = n.payload().parse::<u64>() {
+                    head.send_if_modified(|h| {
+                        if p > h.0 {
+                            *h = Position(p);
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                head.send_modify(|_| {});
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn head_position(pool: &PgPool, schema: &str) -> Result<Position, StoreError> {
+    let max: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT max(position) FROM {schema}.events"
+    )))
+    .fetch_one(pool)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(Position(max.unwrap_or(0) as u64))
+}
+
+const EVENT_COLUMNS: &str = "e.position, e.event_id, s.name, e.revision, e.event_type, \
+    e.schema_version, e.content_type, e.data, e.metadata, e.recorded_at";
+
+fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |e: sqlx::Error| StoreError::Corrupt(format!("unreadable event row: {e}"));
+    let position: i64 = row.try_get(0).map_err(corrupt)?;
+    let id: Uuid = row.try_get(1).map_err(corrupt)?;
+    let name: String = row.try_get(2).map_err(corrupt)?;
+    let revision: i64 = row.try_get(3).map_err(corrupt)?;
+    let metadata: Option<serde_json::Value> = row.try_get(8).map_err(corrupt)?;
+    let schema_version: i32 = row.try_get(5).map_err(corrupt)?;
+    Ok(RecordedEvent {
+        id: EventId(id),
+        stream: StreamName::new(name)
+            .map_err(|e| StoreError::Corrupt(format!("stream name at {position}: {e}")))?,
+        revision: revision as u64,
+        position: Position(position as u64),
+        recorded_at: row.try_get(9).map_err(corrupt)?,
+        event_type: row.try_get(4).map_err(corrupt)?,
+        schema_version: schema_version as u32,
+        content_type: row.try_get(6).map_err(corrupt)?,
+        data: row.try_get(7).map_err(corrupt)?,
+        metadata: match metadata {
+            None => Metadata::default(),
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| StoreError::Corrupt(format!("metadata at {position}: {e}")))?,
+        },
+    })
+}
+
+fn events_from_rows(rows: Vec<PgRow>) -> Result<Vec<RecordedEvent>, StoreError> {
+    rows.iter().map(event_from_row).collect()
+}
+
+fn clamp(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        self.inner.limits.validate_append(&events)?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .appends
+            .send(AppendRequest {
+                stream: stream.clone(),
+                expected,
+                events,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| {
+            StoreError::Unavailable("the append batcher stopped; the outcome is unknown".into())
+        })?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        options: ReadStream,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        validate_limit(options.limit)?;
+        let (cmp, order, from) = match (options.direction, options.from_revision) {
+            (ReadDirection::Forward, from) => (">=", "ASC", clamp(from.unwrap_or(0))),
+            (ReadDirection::Backward, from) => ("<=", "DESC", clamp(from.unwrap_or(u64::MAX))),
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM {} s JOIN {} e ON e.stream_id = s.stream_id \
+             WHERE s.name = $1 AND e.revision {cmp} $2 ORDER BY e.revision {order} LIMIT $3",
+            self.table("streams"),
+            self.table("events"),
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(stream.as_str())
+            .bind(from)
+            .bind(options.limit as i64)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(map_sqlx)?;
+        events_from_rows(rows)
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        validate_limit(limit)?;
+        filter.validate()?;
+        let mut sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM {} e JOIN {} s ON s.stream_id = e.stream_id \
+             WHERE e.position > $1",
+            self.table("events"),
+            self.table("streams"),
+        );
+        if !filter.categories.is_empty() {
+            sql.push_str(" AND e.category = ANY($3)");
+        }
+        if !filter.event_types.is_empty() {
+            sql.push_str(" AND e.event_type = ANY($4)");
+        }
+        sql.push_str(" ORDER BY e.position LIMIT $2");
+        // Unused parameters are still bound so the statement shape stays simple.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(clamp(after.get()))
+            .bind(limit as i64)
+            .bind(&filter.categories)
+            .bind(&filter.event_types)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(map_sqlx)?;
+        events_from_rows(rows)
+    }
+
+    async fn read_by_type(
+        &self,
+        event_type: &str,
+        since: DateTime<Utc>,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        validate_limit(limit)?;
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM {} e JOIN {} s ON s.stream_id = e.stream_id \
+             WHERE e.event_type = $1 AND e.recorded_at >= $2 AND e.position > $3 \
+             ORDER BY e.position LIMIT $4",
+            self.table("events"),
+            self.table("streams"),
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(event_type)
+            .bind(since)
+            .bind(clamp(after.get()))
+            .bind(limit as i64)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(map_sqlx)?;
+        events_from_rows(rows)
+    }
+
+    async fn stream_revision(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
+        let rev: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT revision FROM {} WHERE name = $1",
+            self.table("streams")
+        )))
+        .bind(stream.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rev.map(|r| r as u64))
+    }
+
+    async fn list_streams(
+        &self,
+        category: Option<&str>,
+        after: Option<&StreamName>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, StoreError> {
+        validate_limit(limit)?;
+        if let Some(c) = category {
+            runnel_core::stream_name::validate_category(c)?;
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT name, revision, last_position, created_at, updated_at FROM {} \
+             WHERE ($1::text IS NULL OR category = $1) AND name > $2 AND revision > 0 \
+             ORDER BY name COLLATE \"C\" LIMIT $3",
+            self.table("streams")
+        )))
+        .bind(category)
+        .bind(after.map(|s| s.as_str()).unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let corrupt = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+                let name: String = row.try_get(0).map_err(corrupt)?;
+                Ok(StreamInfo {
+                    stream: StreamName::new(name)
+                        .map_err(|e| StoreError::Corrupt(format!("stored stream name: {e}")))?,
+                    revision: row.try_get::<i64, _>(1).map_err(corrupt)? as u64,
+                    last_position: Position(row.try_get::<i64, _>(2).map_err(corrupt)? as u64),
+                    created_at: row.try_get(3).map_err(corrupt)?,
+                    updated_at: row.try_get(4).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn head_position(&self) -> Result<Position, StoreError> {
+        head_position(&self.inner.pool, &self.inner.schema).await
+    }
+
+    async fn wait_for_events(
+        &self,
+        after: Position,
+        max_wait: Duration,
+    ) -> Result<(), StoreError> {
+        let mut head = self.inner.head.clone();
+        // Timing out is the polling fallback, not an error.
+        let _ = tokio::time::timeout(max_wait, head.wait_for(|h| *h > after)).await;
+        Ok(())
+    }
+
+    fn limits(&self) -> &StoreLimits {
+        &self.inner.limits
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for PostgresStore {
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        if snapshot.data.len() > self.inner.limits.max_append_bytes {
+            return Err(StoreError::InvalidArgument(format!(
+                "snapshot of {} bytes is over the {}-byte limit",
+                snapshot.data.len(),
+                self.inner.limits.max_append_bytes
+            )));
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {t} AS s (stream, revision, schema_version, data, taken_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (stream) DO UPDATE SET revision = excluded.revision, \
+             schema_version = excluded.schema_version, data = excluded.data, \
+             taken_at = excluded.taken_at WHERE excluded.revision >= s.revision",
+            t = self.table("snapshots")
+        )))
+        .bind(snapshot.stream.as_str())
+        .bind(clamp(snapshot.revision))
+        .bind(snapshot.schema_version as i32)
+        .bind(&snapshot.data)
+        .bind(snapshot.taken_at)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT revision, schema_version, data, taken_at FROM {} WHERE stream = $1",
+            self.table("snapshots")
+        )))
+        .bind(stream.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(map_sqlx)?;
+        row.map(|row| {
+            let corrupt = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+            Ok(Snapshot {
+                stream: stream.clone(),
+                revision: row.try_get::<i64, _>(0).map_err(corrupt)? as u64,
+                schema_version: row.try_get::<i32, _>(1).map_err(corrupt)? as u32,
+                data: row.try_get(2).map_err(corrupt)?,
+                taken_at: row.try_get(3).map_err(corrupt)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_snapshot(&self, stream: &StreamName) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE stream = $1",
+            self.table("snapshots")
+        )))
+        .bind(stream.as_str())
+        .execute(&self.inner.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for PostgresStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError> {
+        validate_checkpoint_name(name)?;
+        let p: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT position FROM {} WHERE name = $1",
+            self.table("checkpoints")
+        )))
+        .bind(name)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(p.map(|p| Position(p as u64)))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        validate_checkpoint_name(name)?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {} (name, position, updated_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
+            self.table("checkpoints")
+        )))
+        .bind(name)
+        .bind(clamp(position.get()))
+        .execute(&self.inner.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(())
+    }
+}
