@@ -79,69 +79,25 @@ impl Batcher {
         }
     }
 
-    async fn execute(&self, batch: &mut Vec<AppendRequest>, event_count: usize) {
+    async fn execute(&self, batch: &mut Vec<AppendRequest>, _event_count: usize) {
         let n = batch.len();
-        let mut stream_names = Vec::with_capacity(n);
-        let mut categories = Vec::with_capacity(n);
-        let mut kinds: Vec<i16> = Vec::with_capacity(n);
-        let mut revs: Vec<i64> = Vec::with_capacity(n);
-        let mut counts: Vec<i32> = Vec::with_capacity(n);
-        let mut ids: Vec<Uuid> = Vec::with_capacity(event_count);
-        let mut types = Vec::with_capacity(event_count);
-        let mut versions: Vec<i32> = Vec::with_capacity(event_count);
-        let mut content_types = Vec::with_capacity(event_count);
-        let mut datas: Vec<Vec<u8>> = Vec::with_capacity(event_count);
-        let mut metas: Vec<Option<serde_json::Value>> = Vec::with_capacity(event_count);
-        for r in batch.iter_mut() {
-            stream_names.push(r.stream.as_str().to_string());
-            categories.push(r.stream.category().to_string());
-            let (kind, rev) = match r.expected {
-                ExpectedRevision::Any => (0, 0),
-                ExpectedRevision::NoStream => (1, 0),
-                ExpectedRevision::StreamExists => (2, 0),
-                ExpectedRevision::Exact(v) => (3, v.min(i64::MAX as u64) as i64),
-            };
-            kinds.push(kind);
-            revs.push(rev);
-            counts.push(r.events.len() as i32);
-            for e in r.events.drain(..) {
-                ids.push(e.id.0);
-                types.push(e.event_type);
-                versions.push(e.schema_version as i32);
-                content_types.push(e.content_type);
-                datas.push(e.data);
-                metas.push(if e.metadata == Metadata::default() {
-                    None
-                } else {
-                    serde_json::to_value(&e.metadata).ok()
-                });
-            }
-        }
-        let rows: Result<Vec<(i32, i16, Option<i64>, Option<i64>, Option<String>)>, _> =
-            sqlx::query_as(sqlx::AssertSqlSafe(self.sql.as_str()))
-                .bind(self.lock_key)
-                .bind(&self.channel)
-                .bind(&stream_names)
-                .bind(&categories)
-                .bind(&kinds)
-                .bind(&revs)
-                .bind(&counts)
-                .bind(&ids)
-                .bind(&types)
-                .bind(&versions)
-                .bind(&content_types)
-                .bind(&datas)
-                .bind(&metas)
-                .fetch_all(&self.pool)
-                .await;
+        let mut items: Vec<(StreamName, ExpectedRevision, Vec<NewEvent>)> = batch
+            .iter_mut()
+            .map(|r| (r.stream.clone(), r.expected, std::mem::take(&mut r.events)))
+            .collect();
+        let arrays = BatchArrays::build(&mut items);
+        let rows = arrays
+            .query(&self.sql, self.lock_key, &self.channel)
+            .fetch_all(&self.pool)
+            .await;
         self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
                 let err = match map_sqlx(e) {
-                    StoreError::Unavailable(m) => StoreError::Unavailable(format!(
-                        "{m}; the append's outcome is unknown"
-                    )),
+                    StoreError::Unavailable(m) => {
+                        StoreError::Unavailable(format!("{m}; the append's outcome is unknown"))
+                    }
                     other => other,
                 };
                 tracing::warn!(error = %err, appends = n, "append batch failed");
@@ -151,49 +107,148 @@ impl Batcher {
                 return;
             }
         };
-        let mut results: Vec<Option<Result<AppendResult, StoreError>>> = vec![None; n];
-        let mut appended_events = 0u64;
-        let mut appended = 0u64;
-        for (idx, status, revision, pos, detail) in rows {
-            let i = (idx - 1) as usize;
-            let Some(req) = batch.get(i) else { continue };
-            let result = match status {
-                0 | 1 => match (revision, pos) {
-                    (Some(rev), Some(p)) => {
-                        if status == 0 {
-                            appended += 1;
-                            appended_events += counts[i] as u64;
-                        }
-                        Ok(AppendResult {
-                            next_expected_revision: rev as u64,
-                            position: Position(p as u64),
-                        })
-                    }
-                    _ => Err(StoreError::Corrupt("append_batch returned no position".into())),
-                },
-                2 => Err(StoreError::Conflict {
-                    stream: req.stream.to_string(),
-                    expected: req.expected,
-                    actual: revision.map(|r| r as u64),
-                }),
-                3 => {
-                    let detail = detail.unwrap_or_default();
-                    let (id, stream) = detail.split_once(' ').unwrap_or((&detail, ""));
-                    Err(StoreError::DuplicateEventId {
-                        event_id: EventId(Uuid::parse_str(id).unwrap_or_default()),
-                        existing_stream: stream.to_string(),
-                    })
-                }
-                other => Err(StoreError::Corrupt(format!("append_batch status {other}"))),
-            };
-            results[i] = Some(result);
-        }
-        self.stats.appends.fetch_add(appended, Ordering::Relaxed);
-        self.stats.events.fetch_add(appended_events, Ordering::Relaxed);
-        for (r, result) in batch.drain(..).zip(results) {
+        let keys: Vec<(StreamName, ExpectedRevision)> = batch
+            .iter()
+            .map(|r| (r.stream.clone(), r.expected))
+            .collect();
+        let results = results_from_rows(rows, &keys);
+        for (i, (r, result)) in batch.drain(..).zip(results).enumerate() {
+            if let Some(Ok(_)) = &result {
+                self.stats.appends.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .events
+                    .fetch_add(arrays.counts[i] as u64, Ordering::Relaxed);
+            }
             let _ = r.reply.send(result.unwrap_or_else(|| {
                 Err(StoreError::Corrupt("append_batch skipped an append".into()))
             }));
         }
     }
+}
+
+/// The column arrays `append_batch` takes: per append, then per event.
+pub(crate) struct BatchArrays {
+    stream_names: Vec<String>,
+    categories: Vec<String>,
+    kinds: Vec<i16>,
+    revs: Vec<i64>,
+    pub counts: Vec<i32>,
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    versions: Vec<i32>,
+    content_types: Vec<String>,
+    datas: Vec<Vec<u8>>,
+    metas: Vec<Option<serde_json::Value>>,
+}
+
+type BatchRow = (i32, i16, Option<i64>, Option<i64>, Option<String>);
+
+impl BatchArrays {
+    /// Moves the events out of `items` into column arrays.
+    pub fn build(items: &mut [(StreamName, ExpectedRevision, Vec<NewEvent>)]) -> Self {
+        let n = items.len();
+        let events: usize = items.iter().map(|i| i.2.len()).sum();
+        let mut a = BatchArrays {
+            stream_names: Vec::with_capacity(n),
+            categories: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            revs: Vec::with_capacity(n),
+            counts: Vec::with_capacity(n),
+            ids: Vec::with_capacity(events),
+            types: Vec::with_capacity(events),
+            versions: Vec::with_capacity(events),
+            content_types: Vec::with_capacity(events),
+            datas: Vec::with_capacity(events),
+            metas: Vec::with_capacity(events),
+        };
+        for (stream, expected, evs) in items.iter_mut() {
+            a.stream_names.push(stream.as_str().to_string());
+            a.categories.push(stream.category().to_string());
+            let (kind, rev) = match *expected {
+                ExpectedRevision::Any => (0, 0),
+                ExpectedRevision::NoStream => (1, 0),
+                ExpectedRevision::StreamExists => (2, 0),
+                ExpectedRevision::Exact(v) => (3, v.min(i64::MAX as u64) as i64),
+            };
+            a.kinds.push(kind);
+            a.revs.push(rev);
+            a.counts.push(evs.len() as i32);
+            for e in evs.drain(..) {
+                a.ids.push(e.id.0);
+                a.types.push(e.event_type);
+                a.versions.push(e.schema_version as i32);
+                a.content_types.push(e.content_type);
+                a.datas.push(e.data);
+                a.metas.push(if e.metadata == Metadata::default() {
+                    None
+                } else {
+                    serde_json::to_value(&e.metadata).ok()
+                });
+            }
+        }
+        a
+    }
+
+    pub fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        lock_key: i64,
+        channel: &'a str,
+    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, BatchRow, sqlx::postgres::PgArguments> {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(lock_key)
+            .bind(channel)
+            .bind(&self.stream_names)
+            .bind(&self.categories)
+            .bind(&self.kinds)
+            .bind(&self.revs)
+            .bind(&self.counts)
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.versions)
+            .bind(&self.content_types)
+            .bind(&self.datas)
+            .bind(&self.metas)
+    }
+}
+
+/// Turns `append_batch` rows into one result per append (in input order).
+pub(crate) fn results_from_rows(
+    rows: Vec<BatchRow>,
+    keys: &[(StreamName, ExpectedRevision)],
+) -> Vec<Option<Result<AppendResult, StoreError>>> {
+    let mut results: Vec<Option<Result<AppendResult, StoreError>>> = vec![None; keys.len()];
+    for (idx, status, revision, pos, detail) in rows {
+        let i = (idx - 1) as usize;
+        let Some((stream, expected)) = keys.get(i) else {
+            continue;
+        };
+        let result = match status {
+            0 | 1 => match (revision, pos) {
+                (Some(rev), Some(p)) => Ok(AppendResult {
+                    next_expected_revision: rev as u64,
+                    position: Position(p as u64),
+                }),
+                _ => Err(StoreError::Corrupt(
+                    "append_batch returned no position".into(),
+                )),
+            },
+            2 => Err(StoreError::Conflict {
+                stream: stream.to_string(),
+                expected: *expected,
+                actual: revision.map(|r| r as u64),
+            }),
+            3 => {
+                let detail = detail.unwrap_or_default();
+                let (id, existing) = detail.split_once(' ').unwrap_or((&detail, ""));
+                Err(StoreError::DuplicateEventId {
+                    event_id: EventId(Uuid::parse_str(id).unwrap_or_default()),
+                    existing_stream: existing.to_string(),
+                })
+            }
+            other => Err(StoreError::Corrupt(format!("append_batch status {other}"))),
+        };
+        results[i] = Some(result);
+    }
+    results
 }

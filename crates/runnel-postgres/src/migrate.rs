@@ -60,7 +60,9 @@ async fn apply(conn: &mut sqlx::PgConnection, schema: &str) -> Result<(), StoreE
         if *version <= current {
             continue;
         }
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(map_sqlx)?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.replace("__SCHEMA__", schema)))
             .execute(&mut *tx)
             .await

@@ -43,6 +43,8 @@ struct Inner {
     pool: PgPool,
     schema: String,
     lock_key: i64,
+    append_sql: String,
+    channel: String,
     appends: mpsc::Sender<AppendRequest>,
     head: watch::Receiver<Position>,
     limits: StoreLimits,
@@ -103,14 +105,15 @@ impl PostgresStore {
 
         let (tx, rx) = mpsc::channel(APPEND_QUEUE_MAX);
         let stats = Arc::new(BatchStats::default());
+        let append_sql = format!(
+            "SELECT idx, status, revision, pos, detail FROM {schema}.append_batch(\
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        );
         let batcher = Batcher {
             pool: pool.clone(),
-            sql: format!(
-                "SELECT idx, status, revision, pos, detail FROM {schema}.append_batch(\
-                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-            ),
+            sql: append_sql.clone(),
             lock_key: lock_key(&schema, "append"),
-            channel,
+            channel: channel.clone(),
             requests: rx,
             stats: Arc::clone(&stats),
         };
@@ -119,6 +122,8 @@ impl PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 lock_key: lock_key(&schema, "append"),
+                append_sql,
+                channel,
                 schema,
                 appends: tx,
                 head: head_rx,
@@ -137,6 +142,37 @@ impl PostgresStore {
     /// The schema holding Runnel's tables.
     pub fn schema(&self) -> &str {
         &self.inner.schema
+    }
+
+    /// Appends inside the caller's own transaction, so the application's rows and the events
+    /// commit together or not at all. The append takes the store's append lock, which is held
+    /// until the caller commits or rolls back: keep such transactions short, every other
+    /// append waits for them (that wait is what keeps `$all` gap-free).
+    ///
+    /// A conflict or duplicate id is returned as an error and leaves the transaction usable.
+    pub async fn append_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        self.inner.limits.validate_append(&events)?;
+        let request = crate::batcher::BatchArrays::build(&mut [(stream.clone(), expected, events)]);
+        let rows = request
+            .query(
+                &self.inner.append_sql,
+                self.inner.lock_key,
+                &self.inner.channel,
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        let mut results = crate::batcher::results_from_rows(rows, &[(stream.clone(), expected)]);
+        results
+            .pop()
+            .flatten()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("append_batch returned no row".into())))
     }
 
     /// The advisory-lock key that serializes appends to this store.
@@ -393,11 +429,7 @@ impl EventStore for PostgresStore {
         head_position(&self.inner.pool, &self.inner.schema).await
     }
 
-    async fn wait_for_events(
-        &self,
-        after: Position,
-        max_wait: Duration,
-    ) -> Result<(), StoreError> {
+    async fn wait_for_events(&self, after: Position, max_wait: Duration) -> Result<(), StoreError> {
         let mut head = self.inner.head.clone();
         // Timing out is the polling fallback, not an error.
         let _ = tokio::time::timeout(max_wait, head.wait_for(|h| *h > after)).await;
