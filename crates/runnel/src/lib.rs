@@ -1,14 +1,34 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Runnel, the framework: event-sourced aggregates and their repository, schema upcasting,
+//! and the command and query buses.
+//!
+//! * [`aggregate`]: the [`Aggregate`] trait and the [`Repository`] that loads aggregates
+//!   (snapshot, then events, upcast and decoded), runs commands with optimistic
+//!   concurrency and retries, and takes snapshots by policy.
+//! * [`upcast`]: [`Upcasters`], chains of per-event-type schema migration steps applied
+//!   on every read path.
+//! * [`command`] and [`query`]: typed buses with dispatch by name and JSON for the HTTP
+//!   API and the CLI.
+//!
+//! The storage traits and envelope types live in [`runnel_core`], re-exported as [`core`].
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod aggregate;
+pub mod bus;
+pub mod command;
+pub mod query;
+pub mod upcast;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use aggregate::{
+    Aggregate, ExecuteOutcome, Loaded, Repository, RepositoryError, RetryPolicy, SnapshotPolicy,
+};
+pub use bus::BusError;
+pub use command::{
+    register_aggregate_command, AggregateCommand, Command, CommandBus, CommandEnvelope,
+    CommandHandler,
+};
+pub use query::{Query, QueryBus, QueryHandler};
+pub use upcast::{UpcastError, UpcasterError, Upcasters};
+
+/// The core vocabulary (events, stream names, positions, metadata, storage traits).
+pub use runnel_core as core;
+// Handlers implement async traits; re-exported so applications agree on the version.
+pub use async_trait::async_trait;

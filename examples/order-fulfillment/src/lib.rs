@@ -1,14 +1,35 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The reference application's `Order` aggregate, its bus commands and queries.
+//!
+//! * [`Order`] is the aggregate: place, confirm, cancel, ship and deliver, with the rules
+//!   that keep an order consistent.
+//! * [`PlaceOrder`], [`ConfirmOrder`], [`CancelOrder`], [`ShipOrder`] and [`DeliverOrder`]
+//!   are the commands on the [`runnel::CommandBus`]; [`GetOrder`] is the query on the
+//!   [`runnel::QueryBus`].
+//! * [`register`] wires them all to a [`runnel::Repository<Order>`]; [`order_repository`]
+//!   builds one with this crate's upcasters and snapshot policy.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use runnel::{CommandBus, QueryBus};
+//! use runnel::core::EventStore;
+//!
+//! fn wire(store: Arc<dyn EventStore>) -> Result<(CommandBus, QueryBus), Box<dyn std::error::Error>> {
+//!     let (commands, queries) = (CommandBus::new(), QueryBus::new());
+//!     let orders = order_fulfillment::order_repository(store, None, Arc::new(order_fulfillment::upcasters()?));
+//!     order_fulfillment::register(&commands, &queries, orders)?;
+//!     Ok((commands, queries))
+//! }
+//! ```
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod commands;
+pub mod order;
+pub mod queries;
+mod wiring;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use commands::{CancelOrder, ConfirmOrder, DeliverOrder, PlaceOrder, ShipOrder};
+pub use order::{
+    register_upcasters, Order, OrderCommand, OrderError, OrderEvent, OrderLine, OrderStatus,
+    ORDER_LINES_MAX, ORDER_PLACED_SCHEMA_VERSION,
+};
+pub use queries::{GetOrder, OrderSummary};
+pub use wiring::{order_repository, register, upcasters, SNAPSHOT_EVERY_EVENTS};

@@ -1,0 +1,438 @@
+//! The [`Repository`]: loads aggregates and runs their commands against an event store.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use runnel_core::codec;
+use runnel_core::{
+    AppendResult, Clock, EventStore, ExpectedRevision, NewEvent, ReadStream, RecordedEvent,
+    Snapshot, SnapshotStore, StoreError, StreamName, SystemClock,
+};
+
+use super::error::RepositoryError;
+use super::outcome::{ExecuteOutcome, Loaded};
+use super::retry::RetryPolicy;
+use super::snapshot_policy::SnapshotPolicy;
+use super::Aggregate;
+use crate::command::CommandEnvelope;
+use crate::upcast::Upcasters;
+
+/// Events read per call while loading an aggregate. Loading holds only the state and one
+/// page in memory, whatever the stream's length.
+pub const LOAD_PAGE_EVENTS: usize = 1000;
+
+/// Loads aggregates of type `A` and runs commands on them.
+///
+/// * **Load**: the latest snapshot (if a snapshot store is set and the snapshot's version
+///   is [`Aggregate::SNAPSHOT_VERSION`]), then every later event, upcast by the
+///   [`Upcasters`] and decoded. An unreadable or outdated snapshot is ignored (logged), never
+///   an error: the events are the truth.
+/// * **Execute**: load, `handle`, append with the revision that was loaded as the
+///   expectation. A concurrency conflict reloads and handles the command again, up to the
+///   [`RetryPolicy`]; a transient store error retries the *same* append with the *same*
+///   event ids, which the store deduplicates, so an append that did land before the error
+///   is never written twice.
+/// * **Metadata**: every event gets [`runnel_core::Metadata::caused_by`] the command envelope:
+///   correlation kept (or started from the command id), causation = the command id, user
+///   and trace context carried.
+/// * **Snapshots**: after an append that crosses a multiple of the [`SnapshotPolicy`]'s
+///   interval. A failed snapshot is logged, never an error: the events are stored.
+///
+/// Backoff waits use tokio's timer, so tests can run them on paused (virtual) time.
+///
+/// Cloning is cheap (everything is behind `Arc`).
+pub struct Repository<A> {
+    events: Arc<dyn EventStore>,
+    snapshots: Option<Arc<dyn SnapshotStore>>,
+    upcasters: Arc<Upcasters>,
+    snapshot_policy: SnapshotPolicy,
+    retry: RetryPolicy,
+    clock: Arc<dyn Clock>,
+    // `fn() -> A`: the repository neither owns nor shares an `A`, so it is Send + Sync
+    // whatever `A` is.
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Repository {
+            events: Arc::clone(&self.events),
+            snapshots: self.snapshots.clone(),
+            upcasters: Arc::clone(&self.upcasters),
+            snapshot_policy: self.snapshot_policy,
+            retry: self.retry,
+            clock: Arc::clone(&self.clock),
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> fmt::Debug for Repository<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("aggregate", &A::TYPE)
+            .field("snapshots", &self.snapshots.is_some())
+            .field("snapshot_policy", &self.snapshot_policy)
+            .field("retry", &self.retry)
+            .field("upcasters", &self.upcasters)
+            .finish()
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A repository over `events`, with no snapshots, no upcasters and the default
+    /// [`RetryPolicy`].
+    pub fn new(events: Arc<dyn EventStore>) -> Self {
+        Repository {
+            events,
+            snapshots: None,
+            upcasters: Arc::new(Upcasters::new()),
+            snapshot_policy: SnapshotPolicy::Never,
+            retry: RetryPolicy::default(),
+            clock: Arc::new(SystemClock),
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Uses `store` to load and save snapshots. Snapshots are only taken if a
+    /// [`SnapshotPolicy`] is set too ([`Repository::with_snapshot_every`]).
+    pub fn with_snapshot_store(mut self, store: Arc<dyn SnapshotStore>) -> Self {
+        self.snapshots = Some(store);
+        self
+    }
+
+    /// Takes a snapshot whenever the stream's revision crosses a multiple of `n` (`0`:
+    /// never). Needs a snapshot store.
+    pub fn with_snapshot_every(mut self, n: u64) -> Self {
+        self.snapshot_policy = SnapshotPolicy::every(n);
+        self
+    }
+
+    /// Sets the snapshot policy.
+    pub fn with_snapshot_policy(mut self, policy: SnapshotPolicy) -> Self {
+        self.snapshot_policy = policy;
+        self
+    }
+
+    /// Upcasts stored events with `upcasters` before decoding them.
+    pub fn with_upcasters(mut self, upcasters: Arc<Upcasters>) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// Sets the retry policy for conflicts and transient store errors.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Stamps snapshots with `clock`'s time (the system clock by default).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The event store.
+    pub fn event_store(&self) -> &Arc<dyn EventStore> {
+        &self.events
+    }
+
+    /// The snapshot store, if any.
+    pub fn snapshot_store(&self) -> Option<&Arc<dyn SnapshotStore>> {
+        self.snapshots.as_ref()
+    }
+
+    /// The upcasters applied on load.
+    pub fn upcasters(&self) -> &Arc<Upcasters> {
+        &self.upcasters
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// The snapshot policy.
+    pub fn snapshot_policy(&self) -> SnapshotPolicy {
+        self.snapshot_policy
+    }
+
+    /// The stream of the aggregate with id `id`: `{A::TYPE}-{id}`. An id with characters
+    /// a stream name cannot hold is [`StoreError::InvalidStreamName`].
+    pub fn stream_name(id: &str) -> Result<StreamName, StoreError> {
+        StreamName::from_parts(A::TYPE, id)
+    }
+
+    /// The current state of the aggregate with id `id`. A missing aggregate loads as
+    /// `A::default()` with revision `None`.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        let stream = Self::stream_name(id)?;
+        self.load_stream(&stream).await
+    }
+
+    /// Runs `envelope`'s command on the aggregate with id `id` and stores the events it
+    /// produces. See the type's documentation for the retry and metadata rules.
+    pub async fn execute(
+        &self,
+        id: &str,
+        envelope: CommandEnvelope<A::Command>,
+    ) -> Result<ExecuteOutcome<A::Event>, RepositoryError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        let stream = Self::stream_name(id)?;
+        let metadata = envelope.event_metadata();
+        let attempts_max = self.retry.attempts();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let Loaded {
+                mut state,
+                revision,
+            } = self.load_stream(&stream).await?;
+            let events = state
+                .handle(envelope.command.clone())
+                .map_err(RepositoryError::Domain)?;
+            if events.is_empty() {
+                tracing::debug!(
+                    stream = %stream,
+                    command_id = %envelope.command_id,
+                    "the command produced no events; nothing appended"
+                );
+                return Ok(ExecuteOutcome {
+                    stream,
+                    revision,
+                    position: None,
+                    events,
+                    attempts: attempt,
+                });
+            }
+            let new_events = events
+                .iter()
+                .map(|e| codec::encode(e, metadata.clone()))
+                .collect::<Result<Vec<NewEvent>, _>>()?;
+            let expected = ExpectedRevision::from_current(revision);
+            match self
+                .append_retrying_transient(&stream, expected, new_events)
+                .await
+            {
+                Ok(appended) => {
+                    debug_assert_eq!(
+                        appended.next_expected_revision,
+                        revision.unwrap_or(0) + events.len() as u64,
+                        "an append with an exact expectation must land right after it"
+                    );
+                    for event in &events {
+                        state.apply(event);
+                    }
+                    if self
+                        .snapshot_policy
+                        .should_snapshot(revision, appended.next_expected_revision)
+                    {
+                        self.save_snapshot(&stream, appended.next_expected_revision, &state)
+                            .await;
+                    }
+                    return Ok(ExecuteOutcome {
+                        stream,
+                        revision: Some(appended.next_expected_revision),
+                        position: Some(appended.position),
+                        events,
+                        attempts: attempt,
+                    });
+                }
+                Err(conflict @ StoreError::Conflict { .. }) => {
+                    if attempt >= attempts_max {
+                        return Err(RepositoryError::ConflictRetriesExhausted {
+                            attempts: attempt,
+                            last: conflict,
+                        });
+                    }
+                    tracing::debug!(
+                        stream = %stream,
+                        command_id = %envelope.command_id,
+                        attempt,
+                        error = %conflict,
+                        "concurrency conflict; reloading and handling the command again"
+                    );
+                    self.backoff(attempt).await;
+                }
+                Err(e) => return Err(RepositoryError::Store(e)),
+            }
+        }
+    }
+
+    /// Loads snapshot + later events of `stream`.
+    async fn load_stream(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        if let Some((state, snapshot_revision)) = self.load_snapshot(stream).await {
+            let loaded = self.fold(stream, state, Some(snapshot_revision)).await?;
+            if loaded.revision != Some(snapshot_revision) {
+                return Ok(loaded);
+            }
+            // Nothing follows the snapshot. Make sure the stream really reaches it: a
+            // snapshot ahead of its stream (events restored from an older backup, say)
+            // would make every append conflict forever.
+            let actual = self
+                .with_transient_retry(|| self.events.stream_revision(stream))
+                .await?;
+            if actual.is_some_and(|actual| actual >= snapshot_revision) {
+                return Ok(loaded);
+            }
+            tracing::warn!(
+                stream = %stream,
+                snapshot_revision,
+                ?actual,
+                "ignoring snapshot ahead of its stream; replaying all events"
+            );
+        }
+        self.fold(stream, A::default(), None).await
+    }
+
+    /// Folds the events after `revision` into `state`, page by page.
+    async fn fold(
+        &self,
+        stream: &StreamName,
+        mut state: A,
+        mut revision: Option<u64>,
+    ) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        loop {
+            let from = revision.unwrap_or(0) + 1;
+            let options = ReadStream::forward(LOAD_PAGE_EVENTS).from(from);
+            let page = self
+                .with_transient_retry(|| self.events.read_stream(stream, options))
+                .await?;
+            let page_len = page.len();
+            for recorded in &page {
+                // Revisions are contiguous from 1; anything else means the store broke
+                // its contract, and folding on would silently build a wrong state.
+                let expected_revision = revision.unwrap_or(0) + 1;
+                if recorded.revision != expected_revision {
+                    return Err(RepositoryError::Store(StoreError::Corrupt(format!(
+                        "stream {stream} returned revision {} where {expected_revision} was expected",
+                        recorded.revision
+                    ))));
+                }
+                let event = self.decode(recorded)?;
+                state.apply(&event);
+                revision = Some(recorded.revision);
+            }
+            if page_len < LOAD_PAGE_EVENTS {
+                return Ok(Loaded { state, revision });
+            }
+        }
+    }
+
+    fn decode(&self, recorded: &RecordedEvent) -> Result<A::Event, RepositoryError<A::Error>> {
+        Ok(self.upcasters.decode::<A::Event>(recorded)?)
+    }
+
+    /// The snapshot's state and revision, if there is a usable one.
+    async fn load_snapshot(&self, stream: &StreamName) -> Option<(A, u64)> {
+        let store = self.snapshots.as_ref()?;
+        let snapshot = match store.load_snapshot(stream).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(e) => {
+                // The events alone are enough to load; a snapshot is only a shortcut.
+                tracing::warn!(stream = %stream, error = %e, "cannot load snapshot; replaying all events");
+                return None;
+            }
+        };
+        if snapshot.schema_version != A::SNAPSHOT_VERSION {
+            tracing::debug!(
+                stream = %stream,
+                found = snapshot.schema_version,
+                expected = A::SNAPSHOT_VERSION,
+                "ignoring snapshot of another state version"
+            );
+            return None;
+        }
+        if snapshot.revision == 0 {
+            tracing::warn!(stream = %stream, "ignoring snapshot at revision 0");
+            return None;
+        }
+        match serde_json::from_slice::<A>(&snapshot.data) {
+            Ok(state) => Some((state, snapshot.revision)),
+            Err(e) => {
+                tracing::warn!(
+                    stream = %stream,
+                    error = %e,
+                    "ignoring snapshot that does not decode; bump SNAPSHOT_VERSION when the state's shape changes"
+                );
+                None
+            }
+        }
+    }
+
+    async fn save_snapshot(&self, stream: &StreamName, revision: u64, state: &A) {
+        let Some(store) = &self.snapshots else {
+            return;
+        };
+        let data = match serde_json::to_vec(state) {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::warn!(stream = %stream, error = %e, "cannot serialize the state for a snapshot");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            stream: stream.clone(),
+            revision,
+            schema_version: A::SNAPSHOT_VERSION,
+            data,
+            taken_at: self.clock.now(),
+        };
+        match store.save_snapshot(snapshot).await {
+            Ok(()) => tracing::debug!(stream = %stream, revision, "snapshot saved"),
+            Err(e) => tracing::warn!(
+                stream = %stream,
+                revision,
+                error = %e,
+                "cannot save snapshot; loads replay more events until the next one"
+            ),
+        }
+    }
+
+    /// Appends, retrying transient errors with the very same events (same ids), which the
+    /// store treats as one idempotent append.
+    async fn append_retrying_transient(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        self.with_transient_retry(|| self.events.append(stream, expected, events.clone()))
+            .await
+    }
+
+    /// Runs `op`, retrying by the policy while it fails with a transient store error.
+    async fn with_transient_retry<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let attempts_max = self.retry.attempts();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            match op().await {
+                Err(e) if e.is_transient() && attempt < attempts_max => {
+                    tracing::debug!(attempt, error = %e, "transient store error; retrying");
+                    self.backoff(attempt).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn backoff(&self, attempt: u32) {
+        let delay = self.retry.delay_for_attempt(attempt);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
