@@ -68,7 +68,7 @@ pub struct NewEvent {
     pub event_type: String,
     pub schema_version: u32,
     pub content_type: String,
-    #[serde(with = "bytes_as_json_or_base64")]
+    #[serde(with = "bytes_serde")]
     pub data: Vec<u8>,
     pub metadata: Metadata,
 }
@@ -134,7 +134,7 @@ pub struct RecordedEvent {
     pub event_type: String,
     pub schema_version: u32,
     pub content_type: String,
-    #[serde(with = "bytes_as_json_or_base64")]
+    #[serde(with = "bytes_serde")]
     pub data: Vec<u8>,
     pub metadata: Metadata,
 }
@@ -158,7 +158,7 @@ pub struct AppendResult {
 
 /// Serde helper: JSON payloads serialize as embedded JSON (readable in `--json` output),
 /// anything else as `{"base64": "..."}`.
-mod bytes_as_json_or_base64 {
+pub(crate) mod bytes_serde {
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

@@ -1,12 +1,17 @@
 //! Runnel's core vocabulary: the event envelope, stream names, positions, metadata,
-//! typed errors, the JSON codec for domain events, and the storage traits every backend
-//! implements. No I/O happens here.
+//! typed errors, the JSON codec for domain events, the storage traits every backend
+//! implements, and the bus vocabulary: messages, CloudEvents mapping, publisher and
+//! subscriber traits, dead letters. No I/O happens here.
 
+pub mod bus;
 pub mod clock;
+pub mod cloudevents;
 pub mod codec;
+pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod limits;
+pub mod message;
 pub mod metadata;
 pub mod position;
 pub mod store;
@@ -18,6 +23,7 @@ pub use codec::DomainEvent;
 pub use error::{CodecError, StoreError};
 pub use event::{AppendResult, EventId, NewEvent, RecordedEvent, CONTENT_TYPE_JSON};
 pub use limits::StoreLimits;
+pub use message::{BusError, GroupName, Message, TopicName};
 pub use metadata::Metadata;
 pub use position::{ExpectedRevision, Position};
 pub use store::{
