@@ -1,14 +1,9 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Test support for Runnel: an in-memory store for unit tests ([`InMemoryStore`]) and the
+//! conformance suite every storage backend runs ([`conformance`],
+//! [`event_store_conformance!`]).
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod conformance;
+pub mod memory;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use conformance::run_event_store_suite;
+pub use memory::InMemoryStore;
