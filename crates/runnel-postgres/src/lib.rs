@@ -3,6 +3,9 @@
 //! why catch-up readers never skip an event under concurrent writers.
 
 mod batcher;
+pub mod bus;
+pub mod dead_letters;
+pub mod idempotency;
 mod error_map;
 mod migrate;
 pub mod options;

@@ -8,14 +8,15 @@ use runnel_core::StoreError;
 use crate::error_map::map_sqlx;
 
 /// Every migration, in order. The SQL uses `__SCHEMA__` for the schema name.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "event_store",
-    include_str!("migrations/0001_event_store.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "event_store", include_str!("migrations/0001_event_store.sql")),
+    (2, "bus", include_str!("migrations/0002_bus.sql")),
+    (3, "dead_letters", include_str!("migrations/0003_dead_letters.sql")),
+    (4, "idempotency", include_str!("migrations/0004_idempotency.sql")),
+];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {

@@ -3,6 +3,9 @@
 //! See `DESIGN.md` in this crate for the on-disk format and the durability argument.
 
 mod append;
+pub mod bus;
+pub mod dead_letters;
+pub mod idempotency;
 mod error_map;
 pub mod options;
 mod reader;

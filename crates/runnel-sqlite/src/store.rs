@@ -254,7 +254,7 @@ impl SqliteStore {
         }
     }
 
-    async fn submit<T, F>(
+    pub(crate) async fn submit<T, F>(
         &self,
         events: usize,
         keep: fn(&T) -> bool,
@@ -282,7 +282,7 @@ impl SqliteStore {
         })?
     }
 
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -291,7 +291,7 @@ impl SqliteStore {
     }
 }
 
-fn keep_all<T>(_: &T) -> bool {
+pub(crate) fn keep_all<T>(_: &T) -> bool {
     true
 }
 

@@ -12,6 +12,8 @@
 //! The storage traits and envelope types live in [`runnel_core`], re-exported as [`core`].
 
 pub mod aggregate;
+pub mod consumer;
+pub mod dead_letter;
 pub mod bus;
 pub mod command;
 pub mod query;

@@ -1,0 +1,1 @@
+//! Inbox and dedup window on this backend (being built).

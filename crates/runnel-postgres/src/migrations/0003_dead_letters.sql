@@ -1,0 +1,3 @@
+-- Dead letters with their failure history. `__SCHEMA__` is the configured schema.
+-- (filled in by the issue that builds it; an empty migration is a no-op)
+SELECT 1;

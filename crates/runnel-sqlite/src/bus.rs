@@ -1,0 +1,1 @@
+//! The embedded durable bus on this backend (being built).

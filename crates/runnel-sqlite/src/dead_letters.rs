@@ -1,0 +1,1 @@
+//! Dead-letter store on this backend (being built).

@@ -1,0 +1,2 @@
+-- The embedded durable bus: topics, consumer groups, per-group queues.
+-- (filled in by the issue that builds it; an empty migration is a no-op)

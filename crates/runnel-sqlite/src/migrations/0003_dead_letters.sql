@@ -1,0 +1,2 @@
+-- Dead letters with their failure history.
+-- (filled in by the issue that builds it; an empty migration is a no-op)

@@ -1,0 +1,2 @@
+-- Inbox (processed message ids per handler) and the dedup window.
+-- (filled in by the issue that builds it; an empty migration is a no-op)

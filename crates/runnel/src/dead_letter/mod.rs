@@ -1,0 +1,1 @@
+//! Dead-letter tooling: list, inspect, replay, purge, alert (being built).
