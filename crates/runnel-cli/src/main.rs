@@ -1,3 +1,179 @@
-fn main() {
-    println!("Hello, world!");
+//! `runnel`: the command-line interface of the Runnel event-driven toolkit.
+//!
+//! Every failure ends in one line on stderr (`error: …`) and a documented exit code (see
+//! [`exit`]); logs go to stderr through `tracing`, quiet unless `RUST_LOG` asks for more.
+
+mod cli;
+mod commands;
+mod config;
+mod exit;
+mod open_store;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{BenchCommand, Cli, Command, EventsCommand, StreamsCommand};
+use crate::config::{StoreInputs, StoreUrl};
+use crate::exit::EXIT_BAD_INPUT;
+use crate::open_store::OpenMode;
+use crate::output::Printer;
+
+/// The log filter when `RUST_LOG` is unset: only warnings and errors.
+const LOG_FILTER_DEFAULT: &str = "warn";
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return exit::report(&anyhow::Error::new(e).context("cannot start tokio")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::report(&e),
+    }
+}
+
+fn init_tracing() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(LOG_FILTER_DEFAULT));
+    // A second initialisation can only fail in tests that call this twice; ignore it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let printer = Printer { json: cli.json };
+    match cli.command {
+        Command::Streams(command) => {
+            let mode = match command {
+                StreamsCommand::Append(_) => OpenMode::CreateIfMissing,
+                StreamsCommand::Read(_) | StreamsCommand::List(_) => OpenMode::MustExist,
+            };
+            let stores = open_configured(cli.store, cli.db, mode)?;
+            match command {
+                StreamsCommand::Append(args) => {
+                    commands::streams::append(&stores, printer, args).await
+                }
+                StreamsCommand::Read(args) => commands::streams::read(&stores, printer, args).await,
+                StreamsCommand::List(args) => commands::streams::list(&stores, printer, args).await,
+            }
+        }
+        Command::Events(EventsCommand::Tail(args)) => {
+            // A follower may start before the first event exists.
+            let mode = if args.follow {
+                OpenMode::CreateIfMissing
+            } else {
+                OpenMode::MustExist
+            };
+            let stores = open_configured(cli.store, cli.db, mode)?;
+            commands::events::tail(&stores, printer, args).await
+        }
+        Command::Demo(args) => {
+            // Only flags choose the demo's store: it must never write demo orders into the
+            // store configured by the environment or runnel.toml.
+            let url = match (cli.store, cli.db) {
+                (Some(_), Some(_)) => {
+                    return Err(exit::BadInput(
+                        "--store and --db both name a store; give only one".into(),
+                    )
+                    .into())
+                }
+                (Some(url), None) => Some(StoreUrl::parse(&url)?),
+                (None, Some(path)) => Some(StoreUrl::sqlite(path)),
+                (None, None) => None,
+            };
+            commands::demo::run(url, printer, args).await
+        }
+        Command::Bench(BenchCommand::Store(args)) => {
+            if cli.store.is_some() || cli.db.is_some() {
+                eprintln!(
+                    "note: bench store measures fresh files under --dir; --store/--db are ignored"
+                );
+            }
+            commands::bench::store(args).await
+        }
+    }
+}
+
+fn open_configured(
+    flag_store: Option<String>,
+    flag_db: Option<std::path::PathBuf>,
+    mode: OpenMode,
+) -> anyhow::Result<open_store::Stores> {
+    let cwd = std::env::current_dir()?;
+    let resolved = StoreInputs::gather(flag_store, flag_db, &cwd)?.resolve()?;
+    tracing::debug!(store = %resolved.url, from = %resolved.origin, "store selected");
+    open_store::open(&resolved.url, mode)
+}
+
+/// Help and version go to stdout as clap prints them; usage errors become one line.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        }
+        _ => {
+            eprintln!("error: {}", one_line_usage_error(&e.render().to_string()));
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+/// Clap's message (its first paragraph, on one line) plus where to find help.
+fn one_line_usage_error(rendered: &str) -> String {
+    let message = rendered
+        .split("\n\n")
+        .next()
+        .unwrap_or(rendered)
+        .trim()
+        .trim_start_matches("error:")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let command: Vec<&str> = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage:"))
+        .map(|usage| {
+            usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect()
+        })
+        .unwrap_or_default();
+    if command.is_empty() {
+        message
+    } else {
+        format!("{message} (try '{} --help')", command.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        let rendered = "error: the following required arguments were not provided:\n  --type <TYPE>\n\nUsage: runnel streams append --type <TYPE> <STREAM>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line_usage_error(rendered),
+            "the following required arguments were not provided: --type <TYPE> (try 'runnel streams append --help')"
+        );
+    }
 }

@@ -1,0 +1,344 @@
+//! `runnel demo`: the order-fulfillment example driven by many concurrent clients on an
+//! embedded store, with a progress bar and a summary.
+
+mod conflict_counter;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use order_fulfillment::{GetOrder, OrderStatus};
+use runnel::core::{EventFilter, EventStore, Position};
+use runnel::{CommandBus, QueryBus};
+use serde::Serialize;
+
+use crate::cli::DemoArgs;
+use crate::config::StoreUrl;
+use crate::exit::BadInput;
+use crate::open_store::{self, OpenMode, Stores};
+use crate::output::{print_line, Printer};
+use crate::progress::{bar, group_digits};
+use conflict_counter::ConflictCounter;
+use workload::{Client, ClientStats, Fate};
+
+/// The demo's own store file when no --db / --store flag is given; recreated every run.
+pub const DEMO_DB_DEFAULT: &str = "runnel-demo.db";
+/// Most orders one demo run accepts.
+const ORDERS_MAX: u64 = 1_000_000;
+/// Most concurrent clients one demo run accepts.
+const CLIENTS_MAX: u64 = 1024;
+/// Orders checked concurrently after the run.
+const VERIFY_CONCURRENCY: usize = 16;
+/// Events per read while counting what the run stored.
+const VERIFY_PAGE_EVENTS: usize = 1000;
+
+/// `runnel demo`.
+pub async fn run(url: Option<StoreUrl>, printer: Printer, args: DemoArgs) -> anyhow::Result<()> {
+    if args.orders == 0 || args.orders > ORDERS_MAX {
+        return Err(BadInput(format!("--orders must be 1..={ORDERS_MAX}")).into());
+    }
+    if args.clients == 0 || args.clients > CLIENTS_MAX {
+        return Err(BadInput(format!("--clients must be 1..={CLIENTS_MAX}")).into());
+    }
+    let (url, fresh) = match url {
+        Some(url) => (url, false),
+        None => {
+            let path = PathBuf::from(DEMO_DB_DEFAULT);
+            remove_sqlite_files(&path)?;
+            (StoreUrl::sqlite(path), true)
+        }
+    };
+    let stores = open_store::open(&url, OpenMode::CreateIfMissing)?;
+    eprintln!(
+        "runnel demo: {} orders, {} concurrent clients, store {} ({})",
+        group_digits(args.orders as f64),
+        args.clients,
+        stores.location(),
+        if fresh {
+            "recreated"
+        } else {
+            "orders are added to it"
+        }
+    );
+    let summary = drive(&stores, &args).await?;
+    if printer.json {
+        print_line(&serde_json::to_string(&summary)?)
+    } else {
+        print_line(&summary.human(&stores.location()))
+    }
+}
+
+fn remove_sqlite_files(path: &Path) -> anyhow::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot remove the old demo store {}",
+                    PathBuf::from(file).display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the summary reports (also the `--json` output).
+#[derive(Debug, Serialize)]
+struct Summary {
+    orders: u64,
+    clients: u64,
+    commands: u64,
+    accepted: u64,
+    events: u64,
+    conflicts_retried: u64,
+    gave_up_after_retries: u64,
+    rejected_by_invariants: u64,
+    rejected_by_reason: BTreeMap<String, u64>,
+    elapsed_seconds: f64,
+    commands_per_second: f64,
+    events_per_second: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_max_ms: f64,
+    /// Writer commits (fsyncs) during the run, where the backend has a single writer.
+    commits: Option<u64>,
+    events_per_commit: Option<f64>,
+    final_states: BTreeMap<String, u64>,
+    /// Events of this run found in the store afterwards (must equal `events`).
+    events_verified: u64,
+}
+
+impl Summary {
+    fn human(&self, location: &str) -> String {
+        let n = |v: u64| group_digits(v as f64);
+        let mut out = String::new();
+        out.push_str(&format!(
+            "Order fulfillment demo: {} orders by {} concurrent clients in {:.2} s\n",
+            n(self.orders),
+            self.clients,
+            self.elapsed_seconds
+        ));
+        out.push_str(&format!(
+            "  commands      {} sent: {} accepted, {} rejected by invariants\n",
+            n(self.commands),
+            n(self.accepted),
+            n(self.rejected_by_invariants)
+        ));
+        for (reason, count) in &self.rejected_by_reason {
+            out.push_str(&format!("                  {:>6} × {reason}\n", n(*count)));
+        }
+        out.push_str(&format!(
+            "  conflicts     {} retried by the repository ({} commands gave up after every retry)\n",
+            n(self.conflicts_retried),
+            n(self.gave_up_after_retries)
+        ));
+        out.push_str(&format!("  events        {} appended\n", n(self.events)));
+        out.push_str(&format!(
+            "  throughput    {} commands/s, {} events/s\n",
+            group_digits(self.commands_per_second),
+            group_digits(self.events_per_second)
+        ));
+        out.push_str(&format!(
+            "  latency       p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms per command (retries included)\n",
+            self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms
+        ));
+        if let (Some(commits), Some(per_commit)) = (self.commits, self.events_per_commit) {
+            out.push_str(&format!(
+                "  group commit  {per_commit:.1} events per commit ({} commits, one fsync each)\n",
+                n(commits)
+            ));
+        }
+        let states: Vec<String> = self
+            .final_states
+            .iter()
+            .map(|(state, count)| format!("{} {state}", n(*count)))
+            .collect();
+        out.push_str(&format!("  final states  {}\n", states.join(", ")));
+        out.push_str(&format!(
+            "  verified      {} events read back; every order ended in a state its script allows\n",
+            n(self.events_verified)
+        ));
+        out.push_str(&format!(
+            "\nInspect it: runnel --db {location} streams list --category Order --limit 5"
+        ));
+        out
+    }
+}
+
+/// Shared by every client.
+struct Work {
+    run_id: String,
+    orders: u64,
+    next_order: AtomicU64,
+}
+
+impl Work {
+    fn order_id(&self, i: u64) -> String {
+        format!("{}-{i:06}", self.run_id)
+    }
+}
+
+async fn drive(stores: &Stores, args: &DemoArgs) -> anyhow::Result<Summary> {
+    let counter = Arc::new(ConflictCounter::new(Arc::clone(&stores.events)));
+    let events: Arc<dyn EventStore> = counter.clone();
+    let upcasters =
+        Arc::new(order_fulfillment::upcasters().context("cannot build the order upcasters")?);
+    let repository =
+        order_fulfillment::order_repository(events, Some(Arc::clone(&stores.snapshots)), upcasters);
+    let (commands, queries) = (CommandBus::new(), QueryBus::new());
+    order_fulfillment::register(&commands, &queries, repository)
+        .context("cannot register the order handlers")?;
+
+    // A short random run id keeps this run's orders apart from earlier runs' in a reused store.
+    let simple = uuid::Uuid::now_v7().simple().to_string();
+    let work = Arc::new(Work {
+        run_id: format!("d{}", &simple[simple.len() - 8..]),
+        orders: args.orders,
+        next_order: AtomicU64::new(0),
+    });
+    let start_head = stores.events.head_position().await?;
+    let commits_before = stores.commit_stats();
+    let progress = bar(args.orders, "orders");
+
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients as usize);
+    for c in 0..args.clients {
+        let client = Client {
+            name: format!("client-{c}"),
+            bus: commands.clone(),
+        };
+        let (work, progress) = (Arc::clone(&work), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stats = ClientStats::new()?;
+            loop {
+                let i = work.next_order.fetch_add(1, Ordering::Relaxed);
+                if i >= work.orders {
+                    return Ok::<_, anyhow::Error>(stats);
+                }
+                client.run_order(&mut stats, i, &work.order_id(i)).await?;
+                progress.inc(1);
+            }
+        }));
+    }
+    let mut total = ClientStats::new()?;
+    let mut failure = None;
+    for task in tasks {
+        match task.await.context("a demo client panicked").and_then(|r| r) {
+            Ok(stats) => total.merge(stats)?,
+            Err(e) => {
+                // Stop the others from taking new orders, then report the first failure.
+                work.next_order.store(work.orders, Ordering::Relaxed);
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    progress.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let commits = match (commits_before, stores.commit_stats()) {
+        (Some(before), Some(after)) => Some(after.since(before)),
+        _ => None,
+    };
+
+    let final_states = verify_final_states(&queries, &work, &total.unsettled_orders).await?;
+    let events_verified =
+        count_run_events(stores.events.as_ref(), start_head, &work.run_id).await?;
+    anyhow::ensure!(
+        events_verified == total.events,
+        "the store holds {events_verified} events of this run, but {} were acknowledged",
+        total.events
+    );
+
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let ms = |q: f64| total.latency_micros.value_at_quantile(q) as f64 / 1000.0;
+    let conflicts = counter.conflicts();
+    Ok(Summary {
+        orders: args.orders,
+        clients: args.clients,
+        commands: total.commands,
+        accepted: total.accepted,
+        events: total.events,
+        // Every conflict is retried, except the last one of a command that gave up.
+        conflicts_retried: conflicts.saturating_sub(total.gave_up),
+        gave_up_after_retries: total.gave_up,
+        rejected_by_invariants: total.rejected_total(),
+        rejected_by_reason: total.rejected.clone(),
+        elapsed_seconds: seconds,
+        commands_per_second: total.commands as f64 / seconds,
+        events_per_second: total.events as f64 / seconds,
+        latency_p50_ms: ms(0.50),
+        latency_p99_ms: ms(0.99),
+        latency_max_ms: total.latency_micros.max() as f64 / 1000.0,
+        commits: commits.map(|c| c.commits),
+        events_per_commit: commits.map(|c| c.events_per_commit()),
+        final_states,
+        events_verified,
+    })
+}
+
+/// Loads every order through the query bus and checks it ended in a state its script
+/// allows (orders where a command gave up are only counted).
+async fn verify_final_states(
+    queries: &QueryBus,
+    work: &Work,
+    unsettled: &[u64],
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let checked: Vec<(u64, Option<OrderStatus>)> = futures_util::stream::iter(0..work.orders)
+        .map(|i| async move {
+            let summary = queries
+                .dispatch(GetOrder {
+                    order_id: work.order_id(i),
+                })
+                .await
+                .with_context(|| format!("cannot load order {}", work.order_id(i)))?;
+            Ok::<_, anyhow::Error>((i, summary.map(|s| s.status)))
+        })
+        .buffer_unordered(VERIFY_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut states = BTreeMap::new();
+    for (i, status) in checked {
+        let status =
+            status.with_context(|| format!("order {} was never placed", work.order_id(i)))?;
+        let fate = Fate::of(i);
+        anyhow::ensure!(
+            fate.allows(status) || unsettled.contains(&i),
+            "order {} ended {status}, which its script ({fate:?}) does not allow",
+            work.order_id(i)
+        );
+        *states.entry(status.to_string()).or_insert(0u64) += 1;
+    }
+    Ok(states)
+}
+
+/// Counts the events of this run's orders after `after`.
+async fn count_run_events(
+    store: &dyn EventStore,
+    after: Position,
+    run_id: &str,
+) -> anyhow::Result<u64> {
+    let filter = EventFilter::categories(["Order"]);
+    let prefix = format!("{run_id}-");
+    let (mut after, mut count) = (after, 0u64);
+    loop {
+        let page = store.read_all(after, &filter, VERIFY_PAGE_EVENTS).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        count += page
+            .iter()
+            .filter(|e| e.stream.id().starts_with(&prefix))
+            .count() as u64;
+    }
+    Ok(count)
+}

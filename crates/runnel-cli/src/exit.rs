@@ -1,0 +1,122 @@
+//! Exit codes and the one-line error message the binary prints on failure.
+
+use std::process::ExitCode;
+
+use runnel_core::StoreError;
+
+/// Exit codes, documented in `runnel --help`.
+pub const EXIT_OK: u8 = 0;
+/// Anything else went wrong (the store is unreachable, an I/O error, a bug).
+pub const EXIT_FAILURE: u8 = 1;
+/// The input was rejected (bad arguments, invalid stream name, malformed JSON, limits,
+/// an unsupported store URL). Nothing was written.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// An optimistic-concurrency conflict: the stream was not at the expected revision.
+/// Nothing was written.
+pub const EXIT_CONFLICT: u8 = 3;
+
+/// The exit code table for `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failure (store unreachable, I/O error, ...)
+  2  bad input (invalid arguments, stream name, JSON, limits, store URL); nothing written
+  3  conflict: the stream is not at the --expected revision; nothing written";
+
+/// Input the CLI refuses before (or instead of) touching the store. Exit code 2.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// Writing to stdout failed because the reader went away (`runnel … | head`): not an
+/// error worth a message.
+#[derive(Debug)]
+pub struct BrokenPipe;
+
+impl std::fmt::Display for BrokenPipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for BrokenPipe {}
+
+/// The exit code for an error: the first typed cause in the chain decides.
+pub fn code_for(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if cause.downcast_ref::<BadInput>().is_some() {
+            return EXIT_BAD_INPUT;
+        }
+        if cause.downcast_ref::<BrokenPipe>().is_some() {
+            return EXIT_OK;
+        }
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return store_error_code(e);
+        }
+    }
+    EXIT_FAILURE
+}
+
+fn store_error_code(e: &StoreError) -> u8 {
+    match e {
+        StoreError::Conflict { .. } => EXIT_CONFLICT,
+        StoreError::InvalidStreamName { .. }
+        | StoreError::InvalidEvent { .. }
+        | StoreError::PayloadTooLarge { .. }
+        | StoreError::TooManyEvents { .. }
+        | StoreError::EmptyAppend
+        | StoreError::DuplicateEventId { .. }
+        | StoreError::InvalidArgument(_) => EXIT_BAD_INPUT,
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// The whole error chain on one line: `outer: inner: root`.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let text = format!("{error:#}");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Prints `error: …` to stderr (unless the failure was a closed stdout) and returns the
+/// exit code.
+pub fn report(error: &anyhow::Error) -> ExitCode {
+    let code = code_for(error);
+    if code != EXIT_OK {
+        eprintln!("error: {}", one_line(error));
+    }
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_core::ExpectedRevision;
+
+    #[test]
+    fn conflicts_bad_input_and_failures_get_distinct_codes() {
+        let conflict = anyhow::Error::new(StoreError::Conflict {
+            stream: "Order-1".into(),
+            expected: ExpectedRevision::Exact(3),
+            actual: Some(4),
+        });
+        assert_eq!(code_for(&conflict), EXIT_CONFLICT);
+        assert_eq!(
+            one_line(&conflict),
+            "conflict on stream Order-1: expected revision 3, but the stream is at revision 4"
+        );
+        let bad = anyhow::Error::new(BadInput("nope".into())).context("reading --data");
+        assert_eq!(code_for(&bad), EXIT_BAD_INPUT);
+        assert_eq!(one_line(&bad), "reading --data: nope");
+        let down = anyhow::Error::new(StoreError::Unavailable("disk\ngone".into()));
+        assert_eq!(code_for(&down), EXIT_FAILURE);
+        assert!(!one_line(&down).contains('\n'));
+        assert_eq!(code_for(&anyhow::anyhow!("other")), EXIT_FAILURE);
+    }
+}

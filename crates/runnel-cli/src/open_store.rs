@@ -1,0 +1,117 @@
+//! Opens the configured store. Every backend returns the same trait objects, so commands
+//! never know which one they talk to; a new backend adds one match arm in [`open`].
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use runnel_core::{CheckpointStore, EventStore, SnapshotStore};
+use runnel_sqlite::{SqliteOptions, SqliteStore, WriterStatsSnapshot};
+
+use crate::config::StoreUrl;
+use crate::exit::BadInput;
+
+/// Whether opening may create a new, empty store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Writers (and followers waiting for the first event) create the store if missing.
+    CreateIfMissing,
+    /// Readers refuse a missing store instead of leaving an empty file behind.
+    MustExist,
+}
+
+/// The storage traits of one opened store.
+#[derive(Clone)]
+pub struct Stores {
+    pub events: Arc<dyn EventStore>,
+    pub snapshots: Arc<dyn SnapshotStore>,
+    // Projections and subscriptions with stored positions (later commands) use this.
+    #[allow(dead_code)]
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteStore),
+}
+
+/// Commit counters of a store's writer, where the backend has one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed (fsyncs, at full durability).
+    pub commits: u64,
+    /// Events in those commits.
+    pub events: u64,
+}
+
+impl CommitStats {
+    /// The counters accumulated since `earlier`.
+    pub fn since(self, earlier: CommitStats) -> CommitStats {
+        CommitStats {
+            commits: self.commits.saturating_sub(earlier.commits),
+            events: self.events.saturating_sub(earlier.events),
+        }
+    }
+
+    /// Events per commit (0 when nothing was committed).
+    pub fn events_per_commit(self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.events as f64 / self.commits as f64
+        }
+    }
+}
+
+impl From<WriterStatsSnapshot> for CommitStats {
+    fn from(s: WriterStatsSnapshot) -> Self {
+        CommitStats {
+            commits: s.commits,
+            events: s.events,
+        }
+    }
+}
+
+impl Stores {
+    /// The writer's commit counters (`None` for backends without a single writer).
+    pub fn commit_stats(&self) -> Option<CommitStats> {
+        match &self.backend {
+            Backend::Sqlite(store) => Some(store.writer_stats().into()),
+        }
+    }
+
+    /// Where the data lives, for messages.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(store) => store.path().display().to_string(),
+        }
+    }
+}
+
+/// Opens the store `url` names.
+pub fn open(url: &StoreUrl, mode: OpenMode) -> anyhow::Result<Stores> {
+    match url {
+        StoreUrl::Sqlite(path) => {
+            if mode == OpenMode::MustExist && !path.exists() {
+                anyhow::bail!(
+                    "no store at {}: nothing has been appended there yet (check --db / --store)",
+                    path.display()
+                );
+            }
+            let store = SqliteStore::open_with(path, SqliteOptions::default())
+                .with_context(|| format!("cannot open the SQLite store {}", path.display()))?;
+            tracing::debug!(path = %path.display(), "opened SQLite store");
+            Ok(Stores {
+                events: Arc::new(store.clone()),
+                snapshots: Arc::new(store.clone()),
+                checkpoints: Arc::new(store.clone()),
+                backend: Backend::Sqlite(store),
+            })
+        }
+        StoreUrl::Postgres(_) => Err(BadInput(format!(
+            "unsupported store {url}: the PostgreSQL backend is not built yet; \
+             use sqlite:PATH (or --db PATH) for now"
+        ))
+        .into()),
+    }
+}

@@ -1,0 +1,664 @@
+//! The `runnel` binary end to end: each test runs the real executable in a fresh
+//! directory and checks its output, exit code and what the store holds afterwards.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::cargo_bin;
+use assert_cmd::Command;
+use serde_json::Value;
+
+const EXIT_BAD_INPUT: i32 = 2;
+const EXIT_CONFLICT: i32 = 3;
+
+/// Longest wait for a follower to print a line it must print.
+const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A scratch directory with a store path, and a command builder that only sees what the
+/// test gives it (no store configuration leaking in from the environment).
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path().join("test.db")
+    }
+
+    /// `runnel` run in the scratch directory with no store configured.
+    fn runnel_bare(&self) -> Command {
+        let mut cmd = Command::new(cargo_bin!("runnel"));
+        cmd.current_dir(self.path())
+            .env_remove("RUNNEL_STORE")
+            .env_remove("RUNNEL_DB")
+            .env_remove("RUST_LOG")
+            .timeout(Duration::from_secs(120));
+        cmd
+    }
+
+    /// `runnel --db <scratch>/test.db`.
+    fn runnel(&self) -> Command {
+        let mut cmd = self.runnel_bare();
+        cmd.arg("--db").arg(self.db());
+        cmd
+    }
+
+    fn append(&self, stream: &str, event_type: &str, data: &str, expected: &str) {
+        self.runnel()
+            .args([
+                "streams", "append", stream, "--type", event_type, "--data", data,
+            ])
+            .args(["--expected", expected])
+            .assert()
+            .success();
+    }
+
+    /// Runs `runnel --json <args>` and parses each stdout line as JSON.
+    fn json_lines(&self, args: &[&str]) -> Vec<Value> {
+        let out = self
+            .runnel()
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_lines(&out.stdout)
+    }
+}
+
+fn parse_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+/// Asserts a failed run printed exactly one line, `error: …`, and nothing on stdout.
+fn assert_one_line_error(output: &std::process::Output, expected_code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(
+        output.status.code(),
+        Some(expected_code),
+        "stderr: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    assert!(stderr.starts_with("error: "), "{stderr:?}");
+    assert!(
+        output.stdout.is_empty(),
+        "stdout: {:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    stderr.trim_end().to_string()
+}
+
+#[test]
+fn append_read_and_list_round_trip_as_json() {
+    let s = Scratch::new();
+    let appended = s.json_lines(&[
+        "streams",
+        "append",
+        "Order-1",
+        "--type",
+        "OrderPlaced",
+        "--data",
+        r#"{"total": 42, "items": ["a", "b"]}"#,
+        "--expected",
+        "no-stream",
+        "--metadata",
+        r#"{"correlation_id": "corr-1", "user_id": "alice", "headers": {"source": "test"}}"#,
+    ]);
+    assert_eq!(appended.len(), 1);
+    assert_eq!(appended[0]["stream"], "Order-1");
+    assert_eq!(appended[0]["revision"], 1);
+    s.append("Order-1", "OrderConfirmed", "{}", "1");
+    s.append("Cart-7", "ItemAdded", r#"{"sku": "A-1"}"#, "any");
+
+    let events = s.json_lines(&["streams", "read", "Order-1"]);
+    assert_eq!(events.len(), 2);
+    let first = &events[0];
+    assert_eq!(first["stream"], "Order-1");
+    assert_eq!(first["revision"], 1);
+    assert_eq!(first["event_type"], "OrderPlaced");
+    assert_eq!(
+        first["data"],
+        serde_json::json!({"total": 42, "items": ["a", "b"]})
+    );
+    assert_eq!(first["metadata"]["correlation_id"], "corr-1");
+    assert_eq!(first["metadata"]["user_id"], "alice");
+    assert_eq!(first["metadata"]["headers"]["source"], "test");
+    assert!(first["position"].as_u64().unwrap() >= 1);
+    assert!(first["recorded_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(events[1]["event_type"], "OrderConfirmed");
+    assert!(events[1]["position"].as_u64() > first["position"].as_u64());
+
+    let backward = s.json_lines(&["streams", "read", "Order-1", "--backward", "--limit", "1"]);
+    assert_eq!(backward.len(), 1);
+    assert_eq!(backward[0]["revision"], 2);
+    let from_two = s.json_lines(&["streams", "read", "Order-1", "--from", "2"]);
+    assert_eq!(from_two.len(), 1);
+    assert_eq!(from_two[0]["event_type"], "OrderConfirmed");
+
+    let streams = s.json_lines(&["streams", "list"]);
+    let names: Vec<&str> = streams
+        .iter()
+        .map(|v| v["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Cart-7", "Order-1"]);
+    assert_eq!(streams[1]["revision"], 2);
+    let orders = s.json_lines(&["streams", "list", "--category", "Order"]);
+    assert_eq!(orders.len(), 1);
+
+    // Human output: one line per event.
+    let human = s
+        .runnel()
+        .args(["streams", "read", "Order-1"])
+        .output()
+        .unwrap();
+    assert!(human.status.success());
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains("Order-1@1") && text.contains("OrderPlaced"),
+        "{text}"
+    );
+}
+
+#[test]
+fn conflicting_append_exits_3_with_one_line_and_writes_nothing() {
+    let s = Scratch::new();
+    s.append("Order-1", "OrderPlaced", "{}", "no-stream");
+    s.append("Order-1", "OrderConfirmed", "{}", "1");
+
+    let out = s
+        .runnel()
+        .args([
+            "streams",
+            "append",
+            "Order-1",
+            "--type",
+            "OrderShipped",
+            "--data",
+            "{}",
+        ])
+        .args(["--expected", "1"])
+        .output()
+        .unwrap();
+    let message = assert_one_line_error(&out, EXIT_CONFLICT);
+    assert_eq!(
+        message,
+        "error: conflict on stream Order-1: expected revision 1, but the stream is at revision 2"
+    );
+    let events = s.json_lines(&["streams", "read", "Order-1"]);
+    assert_eq!(events.len(), 2, "the conflicting event was written");
+    assert!(events.iter().all(|e| e["event_type"] != "OrderShipped"));
+}
+
+#[test]
+fn invalid_stream_name_exits_2_with_one_line() {
+    let s = Scratch::new();
+    let out = s
+        .runnel()
+        .args([
+            "streams",
+            "append",
+            "Order 1",
+            "--type",
+            "OrderPlaced",
+            "--data",
+            "{}",
+        ])
+        .output()
+        .unwrap();
+    let message = assert_one_line_error(&out, EXIT_BAD_INPUT);
+    assert!(message.contains("invalid stream name"), "{message}");
+}
+
+#[test]
+fn malformed_json_data_exits_2_with_one_line_and_writes_nothing() {
+    let s = Scratch::new();
+    s.append("Order-1", "OrderPlaced", "{}", "no-stream");
+    let out = s
+        .runnel()
+        .args([
+            "streams",
+            "append",
+            "Order-2",
+            "--type",
+            "OrderPlaced",
+            "--data",
+            "{total: 42",
+        ])
+        .output()
+        .unwrap();
+    let message = assert_one_line_error(&out, EXIT_BAD_INPUT);
+    assert!(message.contains("--data is not valid JSON"), "{message}");
+
+    let out = s
+        .runnel()
+        .args([
+            "streams",
+            "append",
+            "Order-2",
+            "--type",
+            "OrderPlaced",
+            "--data",
+            "{}",
+        ])
+        .args(["--metadata", r#"{"tenant": "x"}"#])
+        .output()
+        .unwrap();
+    let message = assert_one_line_error(&out, EXIT_BAD_INPUT);
+    assert!(message.contains("unknown field"), "{message}");
+
+    let streams = s.json_lines(&["streams", "list"]);
+    assert_eq!(
+        streams.len(),
+        1,
+        "a rejected append created a stream: {streams:?}"
+    );
+}
+
+#[test]
+fn usage_errors_are_one_line_too() {
+    let s = Scratch::new();
+    let out = s
+        .runnel()
+        .args(["streams", "append", "Order-1", "--type", "OrderPlaced"])
+        .output()
+        .unwrap();
+    let message = assert_one_line_error(&out, EXIT_BAD_INPUT);
+    assert!(message.contains("--data"), "{message}");
+    let out = s
+        .runnel()
+        .args([
+            "streams",
+            "append",
+            "Order-1",
+            "--type",
+            "T",
+            "--data",
+            "{}",
+            "--expected",
+            "soon",
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, EXIT_BAD_INPUT);
+}
+
+#[test]
+fn events_tail_from_a_position_prints_that_event_and_later_ones() {
+    let s = Scratch::new();
+    for i in 1..=5 {
+        s.append(
+            &format!("Order-{i}"),
+            "OrderPlaced",
+            &format!(r#"{{"n": {i}}}"#),
+            "no-stream",
+        );
+    }
+    s.append("Cart-1", "ItemAdded", "{}", "no-stream");
+    let all = s.json_lines(&["events", "tail"]);
+    assert_eq!(all.len(), 6);
+    let third = all[2]["position"].as_u64().unwrap();
+
+    let tail = s.json_lines(&["events", "tail", "--from", &third.to_string()]);
+    let positions: Vec<u64> = tail
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = all[2..]
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, expected);
+
+    let orders = s.json_lines(&[
+        "events",
+        "tail",
+        "--from",
+        &third.to_string(),
+        "--category",
+        "Order",
+    ]);
+    assert_eq!(orders.len(), 3);
+    assert!(orders
+        .iter()
+        .all(|e| e["stream"].as_str().unwrap().starts_with("Order-")));
+    let carts = s.json_lines(&["events", "tail", "--type", "ItemAdded"]);
+    assert_eq!(carts.len(), 1);
+    let limited = s.json_lines(&["events", "tail", "--limit", "2"]);
+    assert_eq!(limited.len(), 2);
+}
+
+/// Kills the child when the test ends, pass or fail.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the follower prints a line for which `want` holds.
+fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    deadline: Instant,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+                if want(&v) {
+                    return v;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the follower did not print the event in time")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the follower exited early"),
+        }
+    }
+}
+
+#[test]
+fn events_tail_follow_sees_an_event_appended_by_another_process() {
+    let s = Scratch::new();
+    s.append("Order-1", "OrderPlaced", "{}", "no-stream");
+
+    let child = StdCommand::new(cargo_bin!("runnel"))
+        .current_dir(s.path())
+        .env_remove("RUNNEL_STORE")
+        .env_remove("RUNNEL_DB")
+        .arg("--db")
+        .arg(s.db())
+        .args(["--json", "events", "tail", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn follower");
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let deadline = Instant::now() + FOLLOW_DEADLINE;
+    // Caught up: it has printed the event that existed before it started.
+    wait_for_line(&lines, deadline, |v| v["event_type"] == "OrderPlaced");
+    // Live: an append by another process reaches it.
+    s.append("Order-1", "OrderShipped", r#"{"carrier": "ups"}"#, "1");
+    let shipped = wait_for_line(&lines, deadline, |v| v["event_type"] == "OrderShipped");
+    assert_eq!(shipped["stream"], "Order-1");
+    assert_eq!(shipped["revision"], 2);
+    assert_eq!(shipped["data"]["carrier"], "ups");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the follower stopped by itself"
+    );
+}
+
+#[test]
+fn store_comes_from_flag_then_env_then_runnel_toml() {
+    let s = Scratch::new();
+    std::fs::write(
+        s.path().join("runnel.toml"),
+        "store = \"sqlite:from-toml.db\"\n",
+    )
+    .unwrap();
+    let append = |cmd: &mut Command, stream: &str| {
+        cmd.args(["streams", "append", stream, "--type", "T", "--data", "{}"])
+            .assert()
+            .success();
+    };
+    append(&mut s.runnel_bare(), "Toml-1");
+    assert!(s.path().join("from-toml.db").exists());
+    append(s.runnel_bare().env("RUNNEL_DB", "from-env.db"), "Env-1");
+    assert!(s.path().join("from-env.db").exists());
+    append(
+        s.runnel_bare()
+            .env("RUNNEL_STORE", "sqlite:from-env.db")
+            .args(["--store", "sqlite:from-flag.db"]),
+        "Flag-1",
+    );
+    assert!(s.path().join("from-flag.db").exists());
+
+    let names = |db: &str| -> Vec<String> {
+        let out = s
+            .runnel_bare()
+            .args(["--db", db, "--json", "streams", "list"])
+            .output()
+            .unwrap();
+        parse_lines(&out.stdout)
+            .iter()
+            .map(|v| v["stream"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("from-toml.db"), ["Toml-1"]);
+    assert_eq!(names("from-env.db"), ["Env-1"]);
+    assert_eq!(names("from-flag.db"), ["Flag-1"]);
+}
+
+#[test]
+fn postgres_store_is_reported_as_not_built_yet() {
+    let s = Scratch::new();
+    let out = s
+        .runnel_bare()
+        .args([
+            "--store",
+            "postgres://runnel:secret@127.0.0.1/runnel",
+            "streams",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    let message = assert_one_line_error(&out, EXIT_BAD_INPUT);
+    assert!(message.contains("unsupported store"), "{message}");
+    assert!(
+        !message.contains("secret"),
+        "the password leaked: {message}"
+    );
+}
+
+#[test]
+fn reading_a_missing_store_fails_without_creating_it() {
+    let s = Scratch::new();
+    let out = s.runnel().args(["streams", "list"]).output().unwrap();
+    let message = assert_one_line_error(&out, 1);
+    assert!(message.contains("no store at"), "{message}");
+    assert!(!s.db().exists());
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let s = Scratch::new();
+    for command in [
+        &["--help"][..],
+        &["streams", "append", "--help"],
+        &["streams", "read", "--help"],
+        &["streams", "list", "--help"],
+        &["events", "tail", "--help"],
+        &["demo", "--help"],
+        &["bench", "store", "--help"],
+    ] {
+        let out = s.runnel_bare().args(command).output().unwrap();
+        assert!(out.status.success(), "{command:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Example"),
+            "{command:?} has no example:\n{help}"
+        );
+    }
+    let root = s.runnel_bare().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&root.stdout);
+    assert!(
+        help.contains("Exit codes") && help.contains("RUNNEL_STORE"),
+        "{help}"
+    );
+}
+
+#[test]
+fn bench_store_quick_prints_the_table() {
+    let s = Scratch::new();
+    let out = s
+        .runnel_bare()
+        .args(["bench", "store", "--quick", "--writers", "8", "--dir"])
+        .arg(s.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "| scenario | Runnel | baseline | ratio | target |",
+        "fdatasync",
+        "1 writer, 1 event/append",
+        "8 writers, 1 event/append",
+        "100 events/append",
+        "read $all",
+        "Peak RSS",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    // The temporary files are gone.
+    let leftovers: Vec<_> = std::fs::read_dir(s.path()).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn demo_with_small_numbers_prints_a_summary() {
+    let s = Scratch::new();
+    let out = s
+        .runnel()
+        .args(["demo", "--orders", "50", "--clients", "4"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "50 orders by 4 concurrent clients",
+        "rejected by invariants",
+        "retried by the repository",
+        "events/s",
+        "p50",
+        "p99",
+        "events per commit",
+        "verified",
+    ] {
+        assert!(
+            summary.contains(needle),
+            "missing {needle:?} in:\n{summary}"
+        );
+    }
+    // The orders are really in the store.
+    let orders = s.json_lines(&["streams", "list", "--category", "Order"]);
+    assert_eq!(orders.len(), 50);
+}
+
+#[test]
+fn demo_summary_as_json_adds_up() {
+    let s = Scratch::new();
+    let out = s
+        .runnel()
+        .args(["--json", "demo", "--orders", "60", "--clients", "6"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = parse_lines(&out.stdout);
+    assert_eq!(lines.len(), 1, "one JSON summary");
+    let v = &lines[0];
+    let n = |key: &str| {
+        v[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} missing in {v}"))
+    };
+    assert_eq!(n("orders"), 60);
+    assert_eq!(n("events"), n("events_verified"));
+    assert_eq!(
+        n("commands"),
+        n("accepted") + n("rejected_by_invariants") + n("gave_up_after_retries")
+    );
+    // Each accepted order command appends exactly one event.
+    assert_eq!(n("events"), n("accepted"));
+    // Scripted refusals: 6 cancelled-then-shipped orders, 9 ship/cancel races and 3 double
+    // confirmations among 60 orders each refuse exactly one command (unless it gave up).
+    assert!(
+        n("rejected_by_invariants") + n("gave_up_after_retries") >= 18,
+        "{v}"
+    );
+    assert_eq!(v["final_states"]["delivered"], 6, "{v}");
+    assert!(v["events_per_commit"].as_f64().unwrap() >= 1.0);
+    assert!(v["latency_p99_ms"].as_f64().unwrap() >= v["latency_p50_ms"].as_f64().unwrap());
+}
+
+#[test]
+fn demo_without_a_store_flag_recreates_its_own_file() {
+    let s = Scratch::new();
+    for _ in 0..2 {
+        s.runnel_bare()
+            .env("RUNNEL_DB", "configured.db")
+            .args(["demo", "--orders", "20", "--clients", "2"])
+            .assert()
+            .success();
+    }
+    assert!(
+        !s.path().join("configured.db").exists(),
+        "the demo wrote into the configured store"
+    );
+    let out = s
+        .runnel_bare()
+        .args([
+            "--db",
+            "runnel-demo.db",
+            "--json",
+            "streams",
+            "list",
+            "--category",
+            "Order",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        parse_lines(&out.stdout).len(),
+        20,
+        "the second run did not start afresh"
+    );
+}
