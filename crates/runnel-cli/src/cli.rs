@@ -189,14 +189,15 @@ repository, and commands the Order aggregate refuses (shipping a cancelled order
 counted. A summary follows: orders, events, commands, conflicts retried, rejections,
 throughput, p50/p99 command latency and the writer's events per commit.
 
-The demo uses --db / --store if given on the command line (adding orders to that store);
-otherwise it recreates runnel-demo.db in the current directory. $RUNNEL_STORE, $RUNNEL_DB
-and runnel.toml are ignored, so the demo never writes into your configured store.
+The demo uses --store / --db, else $RUNNEL_STORE / $RUNNEL_DB, adding orders to that
+store; otherwise it recreates runnel-demo.db in the current directory. runnel.toml is
+ignored, so the demo never writes into a project's configured store by accident.
 
 Examples:
   runnel demo
   runnel demo --orders 10000 --clients 64
-  runnel demo --db /tmp/demo.db --orders 50 --clients 4";
+  runnel demo --db /tmp/demo.db --orders 50 --clients 4
+  RUNNEL_STORE=postgres://postgres@127.0.0.1/postgres?schema=demo runnel demo";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

@@ -62,7 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 StreamsCommand::Append(_) => OpenMode::CreateIfMissing,
                 StreamsCommand::Read(_) | StreamsCommand::List(_) => OpenMode::MustExist,
             };
-            let stores = open_configured(cli.store, cli.db, mode)?;
+            let stores = open_configured(cli.store, cli.db, mode).await?;
             match command {
                 StreamsCommand::Append(args) => {
                     commands::streams::append(&stores, printer, args).await
@@ -78,13 +78,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 OpenMode::MustExist
             };
-            let stores = open_configured(cli.store, cli.db, mode)?;
+            let stores = open_configured(cli.store, cli.db, mode).await?;
             commands::events::tail(&stores, printer, args).await
         }
         Command::Demo(args) => {
-            // Only flags choose the demo's store: it must never write demo orders into the
-            // store configured by the environment or runnel.toml.
-            let url = match (cli.store, cli.db) {
+            // Flags or the environment choose the demo's store; runnel.toml does not, so the
+            // demo never writes demo orders into a project's configured store by accident.
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+            let store_flag = cli.store.or_else(|| env(crate::config::ENV_STORE));
+            let db_flag = cli
+                .db
+                .or_else(|| env(crate::config::ENV_DB).map(std::path::PathBuf::from));
+            let url = match (store_flag, db_flag) {
                 (Some(_), Some(_)) => {
                     return Err(exit::BadInput(
                         "--store and --db both name a store; give only one".into(),
@@ -108,7 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn open_configured(
+async fn open_configured(
     flag_store: Option<String>,
     flag_db: Option<std::path::PathBuf>,
     mode: OpenMode,
@@ -116,7 +121,7 @@ fn open_configured(
     let cwd = std::env::current_dir()?;
     let resolved = StoreInputs::gather(flag_store, flag_db, &cwd)?.resolve()?;
     tracing::debug!(store = %resolved.url, from = %resolved.origin, "store selected");
-    open_store::open(&resolved.url, mode)
+    open_store::open(&resolved.url, mode).await
 }
 
 /// Help and version go to stdout as clap prints them; usage errors become one line.

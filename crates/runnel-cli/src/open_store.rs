@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use runnel_core::{CheckpointStore, EventStore, SnapshotStore};
+use runnel_postgres::{BatchStatsSnapshot, PostgresOptions, PostgresStore};
 use runnel_sqlite::{SqliteOptions, SqliteStore, WriterStatsSnapshot};
 
 use crate::config::StoreUrl;
@@ -33,6 +34,7 @@ pub struct Stores {
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore, String),
 }
 
 /// Commit counters of a store's writer, where the backend has one.
@@ -72,11 +74,21 @@ impl From<WriterStatsSnapshot> for CommitStats {
     }
 }
 
+impl From<BatchStatsSnapshot> for CommitStats {
+    fn from(s: BatchStatsSnapshot) -> Self {
+        CommitStats {
+            commits: s.round_trips,
+            events: s.events,
+        }
+    }
+}
+
 impl Stores {
     /// The writer's commit counters (`None` for backends without a single writer).
     pub fn commit_stats(&self) -> Option<CommitStats> {
         match &self.backend {
             Backend::Sqlite(store) => Some(store.writer_stats().into()),
+            Backend::Postgres(store, _) => Some(store.batch_stats().into()),
         }
     }
 
@@ -84,12 +96,13 @@ impl Stores {
     pub fn location(&self) -> String {
         match &self.backend {
             Backend::Sqlite(store) => store.path().display().to_string(),
+            Backend::Postgres(store, shown) => format!("{shown} (schema {})", store.schema()),
         }
     }
 }
 
 /// Opens the store `url` names.
-pub fn open(url: &StoreUrl, mode: OpenMode) -> anyhow::Result<Stores> {
+pub async fn open(url: &StoreUrl, mode: OpenMode) -> anyhow::Result<Stores> {
     match url {
         StoreUrl::Sqlite(path) => {
             if mode == OpenMode::MustExist && !path.exists() {
@@ -108,10 +121,20 @@ pub fn open(url: &StoreUrl, mode: OpenMode) -> anyhow::Result<Stores> {
                 backend: Backend::Sqlite(store),
             })
         }
-        StoreUrl::Postgres(_) => Err(BadInput(format!(
-            "unsupported store {url}: the PostgreSQL backend is not built yet; \
-             use sqlite:PATH (or --db PATH) for now"
-        ))
-        .into()),
+        StoreUrl::Postgres(raw) => {
+            // Readers and writers alike: the schema is created on first use (migrations run
+            // on connect), so there is no "missing file" to refuse.
+            let options = PostgresOptions::from_url(raw).map_err(|e| BadInput(e.to_string()))?;
+            let store = PostgresStore::connect_with(options)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
+            tracing::debug!(store = %url, schema = store.schema(), "opened PostgreSQL store");
+            Ok(Stores {
+                events: Arc::new(store.clone()),
+                snapshots: Arc::new(store.clone()),
+                checkpoints: Arc::new(store.clone()),
+                backend: Backend::Postgres(store, url.to_string()),
+            })
+        }
     }
 }

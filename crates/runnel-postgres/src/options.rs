@@ -48,6 +48,54 @@ impl PostgresOptions {
         }
     }
 
+    /// Options from a URL. Runnel's own settings may ride along as query parameters and are
+    /// taken out before the URL reaches the driver: `schema`, `pool_size`,
+    /// `statement_timeout_ms`, `connect_timeout_ms`. For example
+    /// `postgres://app@db/prod?schema=orders&pool_size=32`.
+    ///
+    /// ```
+    /// let o = runnel_postgres::PostgresOptions::from_url("postgres://u@h/db?schema=s1&pool_size=8&sslmode=disable").unwrap();
+    /// assert_eq!(o.schema, "s1");
+    /// assert_eq!(o.pool_size, 8);
+    /// assert_eq!(o.url, "postgres://u@h/db?sslmode=disable");
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut options = PostgresOptions::new(base);
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad = |what: &str| {
+                StoreError::InvalidArgument(format!("store URL parameter {k}={v:?}: {what}"))
+            };
+            match k {
+                "schema" => options.schema = v.to_string(),
+                "pool_size" => {
+                    options.pool_size = v.parse().map_err(|_| bad("expected a number"))?
+                }
+                "statement_timeout_ms" => {
+                    options.statement_timeout = Duration::from_millis(
+                        v.parse().map_err(|_| bad("expected milliseconds"))?,
+                    )
+                }
+                "connect_timeout_ms" => {
+                    options.connect_timeout = Duration::from_millis(
+                        v.parse().map_err(|_| bad("expected milliseconds"))?,
+                    )
+                }
+                _ => rest.push(pair),
+            }
+        }
+        if !rest.is_empty() {
+            options.url = format!("{base}?{}", rest.join("&"));
+        }
+        options.validate()?;
+        Ok(options)
+    }
+
     /// Uses `schema` for the tables.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();

@@ -53,7 +53,7 @@ pub async fn run(url: Option<StoreUrl>, printer: Printer, args: DemoArgs) -> any
             (StoreUrl::sqlite(path), true)
         }
     };
-    let stores = open_store::open(&url, OpenMode::CreateIfMissing)?;
+    let stores = open_store::open(&url, OpenMode::CreateIfMissing).await?;
     eprintln!(
         "runnel demo: {} orders, {} concurrent clients, store {} ({})",
         group_digits(args.orders as f64),
