@@ -713,18 +713,18 @@ fn demo_summary_as_json_adds_up() {
 }
 
 #[test]
-fn demo_without_a_store_flag_recreates_its_own_file() {
+fn demo_without_a_store_flag_or_env_recreates_its_own_file_ignoring_runnel_toml() {
     let s = Scratch::new();
+    std::fs::write(s.path().join("runnel.toml"), "store = \"sqlite:configured.db\"\n").unwrap();
     for _ in 0..2 {
         s.runnel_bare()
-            .env("RUNNEL_DB", "configured.db")
             .args(["demo", "--orders", "20", "--clients", "2"])
             .assert()
             .success();
     }
     assert!(
         !s.path().join("configured.db").exists(),
-        "the demo wrote into the configured store"
+        "the demo wrote into the store runnel.toml configures"
     );
     let out = s
         .runnel_bare()
