@@ -103,12 +103,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::demo::run(url, printer, args).await
         }
         Command::Bench(BenchCommand::Store(args)) => {
-            if cli.store.is_some() || cli.db.is_some() {
-                eprintln!(
-                    "note: bench store measures fresh files under --dir; --store/--db are ignored"
-                );
-            }
-            commands::bench::store(args).await
+            // A PostgreSQL --store is benchmarked in fresh schemas on that server; SQLite is
+            // always measured on fresh files under --dir.
+            let store = match cli.store.as_deref().map(StoreUrl::parse).transpose()? {
+                Some(url @ StoreUrl::Postgres(_)) => Some(url),
+                Some(_) => {
+                    eprintln!("note: bench store measures fresh SQLite files under --dir; --store is ignored");
+                    None
+                }
+                None => {
+                    if cli.db.is_some() {
+                        eprintln!("note: bench store measures fresh SQLite files under --dir; --db is ignored");
+                    }
+                    None
+                }
+            };
+            commands::bench::store(args, store).await
         }
     }
 }

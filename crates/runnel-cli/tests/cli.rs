@@ -509,7 +509,9 @@ fn postgres_store_url() -> Option<String> {
 
 #[test]
 fn streams_commands_work_against_postgres_from_runnel_store() {
-    let Some(url) = postgres_store_url() else { return };
+    let Some(url) = postgres_store_url() else {
+        return;
+    };
     let s = Scratch::new();
     let run = |args: &[&str]| {
         let out = s
@@ -525,10 +527,25 @@ fn streams_commands_work_against_postgres_from_runnel_store() {
         );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
-    run(&["streams", "append", "Order-pg1", "--type", "OrderPlaced", "--data", r#"{"n":1}"#]);
     run(&[
-        "streams", "append", "Order-pg1", "--type", "OrderShipped", "--data", r#"{"n":2}"#,
-        "--expected", "1",
+        "streams",
+        "append",
+        "Order-pg1",
+        "--type",
+        "OrderPlaced",
+        "--data",
+        r#"{"n":1}"#,
+    ]);
+    run(&[
+        "streams",
+        "append",
+        "Order-pg1",
+        "--type",
+        "OrderShipped",
+        "--data",
+        r#"{"n":2}"#,
+        "--expected",
+        "1",
     ]);
     let read = run(&["--json", "streams", "read", "Order-pg1"]);
     let lines: Vec<serde_json::Value> = read
@@ -542,7 +559,17 @@ fn streams_commands_work_against_postgres_from_runnel_store() {
     let out = s
         .runnel_bare()
         .env("RUNNEL_STORE", &url)
-        .args(["streams", "append", "Order-pg1", "--type", "X", "--data", "{}", "--expected", "1"])
+        .args([
+            "streams",
+            "append",
+            "Order-pg1",
+            "--type",
+            "X",
+            "--data",
+            "{}",
+            "--expected",
+            "1",
+        ])
         .output()
         .unwrap();
     let message = assert_one_line_error(&out, 3);
@@ -551,7 +578,9 @@ fn streams_commands_work_against_postgres_from_runnel_store() {
 
 #[test]
 fn demo_works_against_postgres_from_runnel_store() {
-    let Some(url) = postgres_store_url() else { return };
+    let Some(url) = postgres_store_url() else {
+        return;
+    };
     let s = Scratch::new();
     let out = s
         .runnel_bare()
@@ -565,9 +594,15 @@ fn demo_works_against_postgres_from_runnel_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains("40 orders by 4 concurrent clients"), "{summary}");
+    assert!(
+        summary.contains("40 orders by 4 concurrent clients"),
+        "{summary}"
+    );
     assert!(summary.contains("verified"), "{summary}");
-    assert!(!s.path().join("runnel-demo.db").exists(), "the demo used PostgreSQL");
+    assert!(
+        !s.path().join("runnel-demo.db").exists(),
+        "the demo used PostgreSQL"
+    );
 }
 
 #[test]
@@ -715,7 +750,11 @@ fn demo_summary_as_json_adds_up() {
 #[test]
 fn demo_without_a_store_flag_or_env_recreates_its_own_file_ignoring_runnel_toml() {
     let s = Scratch::new();
-    std::fs::write(s.path().join("runnel.toml"), "store = \"sqlite:configured.db\"\n").unwrap();
+    std::fs::write(
+        s.path().join("runnel.toml"),
+        "store = \"sqlite:configured.db\"\n",
+    )
+    .unwrap();
     for _ in 0..2 {
         s.runnel_bare()
             .args(["demo", "--orders", "20", "--clients", "2"])

@@ -3,6 +3,7 @@
 
 mod aggregate;
 mod disk;
+mod postgres;
 mod raw;
 mod reads;
 mod report;
@@ -83,9 +84,31 @@ impl Settings {
     }
 }
 
-/// `runnel bench store`.
-pub async fn store(args: BenchStoreArgs) -> anyhow::Result<()> {
+/// `runnel bench store`: on fresh SQLite files, or, given a PostgreSQL URL, in fresh
+/// schemas on that server.
+pub async fn store(
+    args: BenchStoreArgs,
+    store: Option<crate::config::StoreUrl>,
+) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
+    if let Some(crate::config::StoreUrl::Postgres(raw)) = &store {
+        let shown = store.as_ref().map(ToString::to_string).unwrap_or_default();
+        let table = postgres::run(
+            raw,
+            &shown,
+            settings.write_duration,
+            settings.events_max,
+            settings.writers,
+        )
+        .await?;
+        let peak = match rss::peak_rss_bytes() {
+            Some(bytes) => format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)),
+            None => "unknown (no /proc/self/status)".into(),
+        };
+        return print_line(&format!(
+            "{table}\nPeak RSS of the benchmark process: {peak}"
+        ));
+    }
     let base = match &args.dir {
         Some(dir) => dir.clone(),
         None => std::env::current_dir()?,

@@ -17,18 +17,19 @@ use super::workload::{stream_name, Budget, ReadRun, WriteRun, CATEGORY, EVENT_TY
 
 /// The shape of a write scenario.
 #[derive(Clone, Copy, Debug)]
-pub struct Shape {
+struct Shape {
     pub writers: usize,
     pub events_per_append: usize,
     pub stream_len_max: u64,
 }
 
 /// Runnel appends through `store` (its batcher combines concurrent appends).
-pub async fn runnel_writes(
+async fn runnel_writes_from(
     store: &PostgresStore,
     shape: Shape,
     budget: Budget,
     written: Arc<AtomicU64>,
+    first_index: u64,
 ) -> anyhow::Result<WriteRun> {
     let before = store.batch_stats();
     let reserved = Arc::new(AtomicU64::new(0));
@@ -39,7 +40,7 @@ pub async fn runnel_writes(
         let (reserved, written) = (Arc::clone(&reserved), Arc::clone(&written));
         tasks.push(tokio::spawn(async move {
             let per_append = shape.events_per_append as u64;
-            let mut index = 0u64;
+            let mut index = first_index;
             let mut stream = StreamName::new(stream_name(writer, index))?;
             let mut revision = 0u64;
             loop {
@@ -89,8 +90,10 @@ fn keep_going(
 }
 
 /// The raw baseline's table: the same columns and unique constraints as Runnel's events.
-pub async fn create_raw_table(url: &str, schema: &str) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect(url).await.context("connect for the raw baseline")?;
+async fn create_raw_table(url: &str, schema: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .context("connect for the raw baseline")?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
          CREATE TABLE {schema}.raw_events (
@@ -107,12 +110,13 @@ pub async fn create_raw_table(url: &str, schema: &str) -> anyhow::Result<()> {
 
 /// Raw INSERTs: each writer on its own connection, one transaction per append of
 /// `events_per_append` rows (one multi-row INSERT), `synchronous_commit = on`.
-pub async fn raw_writes(
+async fn raw_writes_from(
     url: &str,
     schema: &str,
     shape: Shape,
     budget: Budget,
     written: Arc<AtomicU64>,
+    first_index: u64,
 ) -> anyhow::Result<WriteRun> {
     let reserved = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -124,13 +128,18 @@ pub async fn raw_writes(
             "INSERT INTO {schema}.raw_events (event_id, stream, revision, event_type, data) \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[])"
         );
-        let (reserved, written, commits) =
-            (Arc::clone(&reserved), Arc::clone(&written), Arc::clone(&commits));
+        let (reserved, written, commits) = (
+            Arc::clone(&reserved),
+            Arc::clone(&written),
+            Arc::clone(&commits),
+        );
         tasks.push(tokio::spawn(async move {
             let mut conn = PgConnection::connect(&url).await?;
-            sqlx::query("SET synchronous_commit = on").execute(&mut conn).await?;
+            sqlx::query("SET synchronous_commit = on")
+                .execute(&mut conn)
+                .await?;
             let per_append = shape.events_per_append as u64;
-            let mut index = 0u64;
+            let mut index = first_index;
             let mut revision = 0u64;
             loop {
                 if !keep_going(&budget, start, &reserved, &written, per_append) {
@@ -175,7 +184,7 @@ pub async fn raw_writes(
 }
 
 /// Reads all of `$all` in pages of 1,000.
-pub async fn read_all(store: &PostgresStore, read: Arc<AtomicU64>) -> anyhow::Result<ReadRun> {
+async fn read_all(store: &PostgresStore, read: Arc<AtomicU64>) -> anyhow::Result<ReadRun> {
     let start = Instant::now();
     let mut after = Position::START;
     let filter = EventFilter::categories([CATEGORY]);
@@ -189,4 +198,107 @@ pub async fn read_all(store: &PostgresStore, read: Arc<AtomicU64>) -> anyhow::Re
         events: read.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
     })
+}
+
+/// Write scenarios alternate Runnel and raw this many times.
+const PG_ROUNDS: u32 = 3;
+
+/// `runnel bench store --store postgres://…`: every scenario in fresh schemas that are
+/// dropped at the end.
+pub async fn run(
+    url: &str,
+    shown_url: &str,
+    write_duration: std::time::Duration,
+    events_max: u64,
+    writers: usize,
+) -> anyhow::Result<String> {
+    use super::report::{markdown, rate, Row, Target};
+    use super::{counted, ROUND_STREAM_STRIDE};
+
+    let suffix = runnel_core::uuid::Uuid::now_v7().simple().to_string();
+    let runnel_schema = format!("bench_{suffix}");
+    let raw_schema = format!("bench_raw_{suffix}");
+    let options = runnel_postgres::PostgresOptions::from_url(url)?;
+    let base_url = options.url.clone();
+    let store = PostgresStore::connect_with(options.schema(&runnel_schema)).await?;
+    create_raw_table(&base_url, &raw_schema).await?;
+
+    let mut totals = [(WriteRun::default(), WriteRun::default()); 3];
+    let shapes = [(1usize, 1usize), (writers, 1), (1, 100)];
+    for round in 0..PG_ROUNDS {
+        let budget = Budget {
+            duration: write_duration / PG_ROUNDS,
+            events_min: 0,
+            events_max: events_max.div_ceil(u64::from(PG_ROUNDS)),
+        };
+        for (i, (w, k)) in shapes.iter().enumerate() {
+            // Rounds and scenarios never share streams.
+            let stride = (u64::from(round) * 3 + i as u64) * ROUND_STREAM_STRIDE;
+            let shape = Shape {
+                writers: *w,
+                events_per_append: *k,
+                stream_len_max: 10_000,
+            };
+            let label = format!("{w} writer(s), {k} event(s)/append, round {}", round + 1);
+            let r = counted(&label, "events", |c| {
+                runnel_writes_from(&store, shape, budget, c, stride)
+            })
+            .await?;
+            let raw = counted(&format!("raw INSERT, {label}"), "events", |c| {
+                raw_writes_from(&base_url, &raw_schema, shape, budget, c, stride)
+            })
+            .await?;
+            totals[i].0 = totals[i].0.plus(r);
+            totals[i].1 = totals[i].1.plus(raw);
+        }
+    }
+    let read = counted("read $all", "events", |c| read_all(&store, c)).await?;
+
+    let mut rows = Vec::new();
+    let labels = [
+        ("1 writer, 1 event/append", 0.8),
+        ("", 2.0),
+        ("1 writer, 100 events/append", 0.8),
+    ];
+    for (i, (label, target)) in labels.iter().enumerate() {
+        let (r, raw) = totals[i];
+        let ratio = r.events_per_second() / raw.events_per_second().max(1e-9);
+        let label = if label.is_empty() {
+            format!("{writers} writers, 1 event/append")
+        } else {
+            label.to_string()
+        };
+        rows.push(Row {
+            scenario: format!(
+                "{label} ({:.1} events/commit) vs raw INSERT, 1 tx per append, {} conn",
+                r.events_per_commit(),
+                shapes[i].0
+            ),
+            runnel: rate(r.events_per_second(), "events/s"),
+            baseline: rate(raw.events_per_second(), "events/s"),
+            ratio: Some(ratio),
+            target: Some(Target::at_least(ratio, *target)),
+        });
+    }
+    rows.push(Row {
+        scenario: format!("read $all ({} events), pages of 1000", read.events),
+        runnel: rate(read.events_per_second(), "events/s"),
+        baseline: "—".into(),
+        ratio: None,
+        target: None,
+    });
+
+    // Leave nothing behind.
+    let mut conn = PgConnection::connect(&base_url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {runnel_schema} CASCADE; DROP SCHEMA IF EXISTS {raw_schema} CASCADE"
+    )))
+    .execute(&mut conn)
+    .await?;
+
+    Ok(format!(
+        "PostgreSQL {shown_url}, synchronous_commit=on, {PG_ROUNDS} alternating rounds of {:.1} s per scenario\n\n{}",
+        (write_duration / PG_ROUNDS).as_secs_f64(),
+        markdown(&rows)
+    ))
 }
