@@ -2,6 +2,7 @@
 //! name, a schema version and a JSON payload, and back.
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize as _;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -125,21 +126,35 @@ pub fn decode_value<E: DomainEvent>(
             target,
         });
     }
-    // Enum events: wrap the payload in its variant tag. Unit variants were stored as `{}`.
-    let tagged_payload = match &payload {
-        Value::Object(m) if m.is_empty() => Value::Null,
-        _ => payload.clone(),
-    };
+    // Enum events: wrap the payload in its variant tag (moved, not cloned: this runs once
+    // per event on every aggregate load). Unit variants were stored as `{}`.
+    let is_empty_object = matches!(&payload, Value::Object(m) if m.is_empty());
     let mut tagged = serde_json::Map::with_capacity(1);
-    tagged.insert(event_type.to_string(), tagged_payload);
-    let tagged_err = match serde_json::from_value::<E>(Value::Object(tagged)) {
+    tagged.insert(
+        event_type.to_string(),
+        if is_empty_object {
+            Value::Null
+        } else {
+            payload
+        },
+    );
+    let tagged = Value::Object(tagged);
+    let tagged_err = match E::deserialize(&tagged) {
         Ok(e) if e.event_type() == event_type => return Ok(e),
         Ok(_) => None,
         Err(e) => Some(e),
     };
+    let payload = match tagged {
+        Value::Object(mut m) => match m.remove(event_type) {
+            Some(Value::Null) if is_empty_object => Value::Object(Default::default()),
+            Some(v) => v,
+            None => Value::Null,
+        },
+        other => other,
+    };
     // Struct events: the payload is the whole value. A unit variant stored as `{}` may
     // also only decode from its bare name.
-    match serde_json::from_value::<E>(payload) {
+    match E::deserialize(&payload) {
         Ok(e) if e.event_type() == event_type => return Ok(e),
         _ => {
             if let Ok(e) = serde_json::from_value::<E>(Value::String(event_type.to_string())) {
