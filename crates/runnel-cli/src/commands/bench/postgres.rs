@@ -98,9 +98,13 @@ async fn create_raw_table(url: &str, schema: &str) -> anyhow::Result<()> {
         "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
          CREATE TABLE {schema}.raw_events (
             position bigserial PRIMARY KEY, event_id uuid NOT NULL UNIQUE,
-            stream text NOT NULL, revision bigint NOT NULL, event_type text NOT NULL,
-            data bytea NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(),
-            UNIQUE (stream, revision))"
+            stream text NOT NULL, revision bigint NOT NULL, category text NOT NULL,
+            event_type text NOT NULL, data bytea NOT NULL,
+            recorded_at timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (stream, revision));
+         CREATE INDEX ON {schema}.raw_events (category, position);
+         CREATE INDEX ON {schema}.raw_events (event_type, position);
+         CREATE INDEX ON {schema}.raw_events USING brin (recorded_at)"
     )))
     .execute(&mut conn)
     .await
@@ -125,8 +129,10 @@ async fn raw_writes_from(
     for writer in 0..shape.writers {
         let url = url.to_string();
         let sql = format!(
-            "INSERT INTO {schema}.raw_events (event_id, stream, revision, event_type, data) \
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[])"
+            "INSERT INTO {schema}.raw_events (event_id, stream, revision, category, event_type, data) \
+             SELECT u.id, u.stream, u.revision, '{CATEGORY}', u.event_type, u.data \
+             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[]) \
+             AS u(id, stream, revision, event_type, data)"
         );
         let (reserved, written, commits) = (
             Arc::clone(&reserved),
