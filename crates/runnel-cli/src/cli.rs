@@ -13,6 +13,12 @@ Store selection (first match wins):
   3. store = \"...\" in ./runnel.toml
   4. sqlite:runnel.db
 
+Bus selection (publish, consume, dlq replay; first match wins):
+  1. --bus BUS
+  2. $RUNNEL_BUS
+  3. bus = \"...\" in ./runnel.toml
+  4. embedded (the durable bus inside the store above)
+
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see them.
 
 Examples:
@@ -20,10 +26,14 @@ Examples:
   runnel streams append Order-1 --type OrderPlaced --data '{\"total\": 42}'
   runnel --json streams read Order-1
   runnel events tail --follow --category Order
+  runnel publish orders --type OrderPlaced --data '{\"order\": 1}' --key Order-1
+  runnel consume orders --group billing --follow
+  runnel dlq list --topic orders
 ";
 
 /// Runnel: an event store, aggregates and messaging toolkit. This binary inspects and
-/// writes event streams, runs the demo and the benchmarks.
+/// writes event streams, publishes and consumes messages, manages dead letters, runs the
+/// demo and the benchmarks.
 #[derive(Debug, Parser)]
 #[command(
     name = "runnel",
@@ -45,6 +55,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Bus: `embedded` (the durable bus in the store) [env: RUNNEL_BUS] [default: embedded]
+    #[arg(long, global = true, value_name = "BUS")]
+    pub bus: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,6 +77,212 @@ pub enum Command {
     /// Benchmarks, each printed beside its raw baseline
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Publish one message to a topic of the configured bus
+    #[command(after_help = PUBLISH_AFTER_HELP)]
+    Publish(PublishArgs),
+    /// Consume a topic as a consumer group, acknowledging each message once printed
+    #[command(after_help = CONSUME_AFTER_HELP)]
+    Consume(ConsumeArgs),
+    /// Dead letters: list, show, replay, purge
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+const PUBLISH_AFTER_HELP: &str = "\
+The message is a CloudEvents 1.0 event (id, type, source, time) with a JSON payload; it is
+durably accepted by the bus when the command returns. Every consumer group of the topic
+receives it.
+
+Examples:
+  runnel publish orders --type OrderPlaced --data '{\"order\": 1}'
+  runnel publish orders --type OrderPlaced --data '{\"order\": 1}' --key Order-1 \\
+      --header tenant=acme --header correlationid=c-42
+  runnel --json publish orders --type Ping --data null --id 0190-fixed   # idempotent re-send";
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The topic, e.g. orders
+    pub topic: String,
+    /// The message type, e.g. OrderPlaced
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: String,
+    /// The payload, a JSON value
+    #[arg(long, value_name = "JSON")]
+    pub data: String,
+    /// Ordering key: messages with the same key are consumed in order
+    #[arg(long, value_name = "K")]
+    pub key: Option<String>,
+    /// A header `name=value` (repeatable); correlationid, causationid and traceparent set
+    /// those attributes
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// The message id; consumers use it to drop duplicates [default: a new UUIDv7]
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+}
+
+const CONSUME_AFTER_HELP: &str = "\
+Each message is printed, then acknowledged for the group: the group will not get it again.
+A group created by this command starts at the earliest message the bus still holds
+(--from latest: only messages published from now on); an existing group continues where it
+is. Without --follow the command stops after --count messages or once no message arrived
+for --wait; with --follow it runs until Ctrl-C (or --count). Messages replayed from the
+dead-letter queue for another group are acknowledged without being printed.
+
+Examples:
+  runnel consume orders --group billing
+  runnel consume orders --group billing --count 10
+  runnel --json consume orders --group audit --follow";
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// The topic, e.g. orders
+    pub topic: String,
+    /// The consumer group
+    #[arg(long, value_name = "G")]
+    pub group: String,
+    /// Stop after this many messages
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Keep running and print new messages as they arrive, until Ctrl-C
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Without --follow: stop once no message arrived for this long (e.g. 500ms, 5s)
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub wait: String,
+    /// Where a group created now starts: `earliest` or `latest`
+    #[arg(long, value_name = "earliest|latest", default_value = "earliest")]
+    pub from: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters (pending ones unless --include-replayed), oldest first
+    #[command(after_help = DLQ_LIST_AFTER_HELP)]
+    List(DlqListArgs),
+    /// Show one dead letter: the message and every failure
+    #[command(after_help = DLQ_SHOW_AFTER_HELP)]
+    Show(DlqShowArgs),
+    /// Publish dead letters again (same message id) and mark them replayed
+    #[command(after_help = DLQ_REPLAY_AFTER_HELP)]
+    Replay(DlqReplayArgs),
+    /// Delete dead letters older than a duration
+    #[command(after_help = DLQ_PURGE_AFTER_HELP)]
+    Purge(DlqPurgeArgs),
+}
+
+/// Filters shared by the dlq commands.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DlqFilterArgs {
+    /// Only dead letters of this topic
+    #[arg(long, value_name = "T")]
+    pub topic: Option<String>,
+    /// Only dead letters of this consumer group
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
+    /// Only those with a failure whose error contains TEXT (case-insensitive)
+    #[arg(long = "error", value_name = "TEXT")]
+    pub error: Option<String>,
+    /// Only those dead-lettered at or after TIME: RFC 3339 (2026-05-01T12:00:00Z) or an
+    /// age (30m, 2h, 7d)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only those dead-lettered before TIME (same forms as --since)
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+const DLQ_LIST_AFTER_HELP: &str = "\
+Examples:
+  runnel dlq list
+  runnel dlq list --topic orders --group billing --since 2h
+  runnel dlq list --error timeout --include-replayed
+  runnel --json dlq list --since 2026-05-01T00:00:00Z";
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Also list dead letters that were replayed already
+    #[arg(long)]
+    pub include_replayed: bool,
+    /// Most dead letters to print [default: all]
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+}
+
+const DLQ_SHOW_AFTER_HELP: &str = "\
+Exit code 4 if there is no dead letter with that id.
+
+Examples:
+  runnel dlq show 42
+  runnel --json dlq show 42";
+
+#[derive(Debug, Args)]
+pub struct DlqShowArgs {
+    /// The dead letter's id (from `runnel dlq list`)
+    pub id: u64,
+}
+
+const DLQ_REPLAY_AFTER_HELP: &str = "\
+Replayed messages keep their id, so consumers that drop duplicates (the inbox) apply each
+one once. By default a message goes back to its original topic, where every consumer group
+receives it; --to-group sends it to one group only (other groups' routers skip it), and
+--to-own-group to the group that dead-lettered it. A bulk replay shows a progress bar and
+ends with the replayed and skipped counts; it only replays dead letters that existed when
+it started. Messages the bus refuses (too large, invalid) are skipped and stay pending.
+If the bus fails part-way, the command stops with exit code 1 and the counts so far;
+running it again is safe.
+
+Examples:
+  runnel dlq replay 42
+  runnel dlq replay --all
+  runnel dlq replay --topic orders --error timeout --to-own-group
+  runnel dlq replay --group billing --since 1h --to-group billing";
+
+#[derive(Debug, Args)]
+pub struct DlqReplayArgs {
+    /// Replay this one dead letter (even if it was replayed before)
+    #[arg(conflicts_with_all = ["all", "include_replayed", "topic", "group", "error", "since", "until"])]
+    pub id: Option<u64>,
+    /// Replay every pending dead letter
+    #[arg(long, conflicts_with_all = ["topic", "group", "error", "since", "until"])]
+    pub all: bool,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// With filters: also replay dead letters that were replayed before
+    #[arg(long)]
+    pub include_replayed: bool,
+    /// Deliver to this consumer group only
+    #[arg(long, value_name = "G", conflicts_with = "to_own_group")]
+    pub to_group: Option<String>,
+    /// Deliver each message to the group that dead-lettered it only
+    #[arg(long)]
+    pub to_own_group: bool,
+}
+
+const DLQ_PURGE_AFTER_HELP: &str = "\
+Deletes pending and replayed dead letters alike (--pending-only keeps replayed ones out of
+it); the filters narrow it further. --dry-run only counts.
+
+Examples:
+  runnel dlq purge --older-than 30d
+  runnel dlq purge --older-than 7d --topic orders --dry-run
+  runnel dlq purge --older-than 0s --group billing     # everything of one group";
+
+#[derive(Debug, Args)]
+pub struct DlqPurgeArgs {
+    /// Delete dead letters dead-lettered longer ago than this (e.g. 90m, 12h, 30d, 2w)
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: String,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Only pending dead letters (not those replayed already)
+    #[arg(long)]
+    pub pending_only: bool,
+    /// Count what would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

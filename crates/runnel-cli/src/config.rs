@@ -132,11 +132,13 @@ pub struct ResolvedStore {
     pub origin: Origin,
 }
 
-/// The contents of `runnel.toml` this issue reads. Unknown keys are allowed: later
-/// features (`bus = …`) add their own.
+/// The contents of `runnel.toml` the CLI reads. Unknown keys are allowed: later features
+/// add their own.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct FileConfig {
     pub store: Option<String>,
+    /// The bus: `embedded` or a broker URL.
+    pub bus: Option<String>,
 }
 
 /// Every input to store selection, gathered before deciding (so deciding is a pure
@@ -212,7 +214,13 @@ impl StoreInputs {
             }
             (None, None) => {}
         }
-        if let Some((path, FileConfig { store: Some(url) })) = &self.file {
+        if let Some((
+            path,
+            FileConfig {
+                store: Some(url), ..
+            },
+        )) = &self.file
+        {
             return Ok(ResolvedStore {
                 url: StoreUrl::parse(url)
                     .map_err(|e| BadInput(format!("{}: {}", path.display(), e.0)))?,
@@ -224,6 +232,64 @@ impl StoreInputs {
             origin: Origin::Default,
         })
     }
+}
+
+/// Environment variable naming the bus (`embedded` or a broker URL).
+pub const ENV_BUS: &str = "RUNNEL_BUS";
+/// The bus used when nothing is configured: the embedded durable bus in the store.
+pub const BUS_DEFAULT: &str = "embedded";
+
+/// Which bus `publish`, `consume` and `dlq replay` talk to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusUrl {
+    /// The embedded durable bus, in the configured store (SQLite file or PostgreSQL
+    /// schema).
+    Embedded,
+}
+
+/// Broker schemes that are recognised but whose transport is not in this build yet.
+const BROKER_SCHEMES: [(&str, &str); 6] = [
+    ("nats://", "NATS JetStream"),
+    ("amqp://", "RabbitMQ"),
+    ("amqps://", "RabbitMQ"),
+    ("kafka://", "Kafka"),
+    ("sqs://", "SQS/SNS"),
+    ("sns://", "SQS/SNS"),
+];
+
+impl BusUrl {
+    /// Parses `embedded` (the only transport in this build) or names what is missing.
+    pub fn parse(text: &str) -> Result<Self, BadInput> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case(BUS_DEFAULT) {
+            return Ok(BusUrl::Embedded);
+        }
+        if let Some((_, name)) = BROKER_SCHEMES.iter().find(|(p, _)| text.starts_with(p)) {
+            return Err(BadInput(format!(
+                "the {name} transport is not available in this build yet; use bus = \"{BUS_DEFAULT}\""
+            )));
+        }
+        Err(BadInput(format!(
+            "unsupported bus {:?}; expected \"{BUS_DEFAULT}\" (nats://, amqp://, kafka:// and sqs:// come with their transports)",
+            redact(text)
+        )))
+    }
+}
+
+/// The bus: `--bus` > `$RUNNEL_BUS` > `bus = "…"` in `runnel.toml` (in `dir`) > embedded.
+pub fn resolve_bus(flag: Option<String>, dir: &Path) -> Result<BusUrl, BadInput> {
+    if let Some(flag) = flag {
+        return BusUrl::parse(&flag).map_err(|e| BadInput(format!("--bus: {}", e.0)));
+    }
+    if let Some(env) = std::env::var(ENV_BUS).ok().filter(|v| !v.trim().is_empty()) {
+        return BusUrl::parse(&env).map_err(|e| BadInput(format!("${ENV_BUS}: {}", e.0)));
+    }
+    if let Some((path, FileConfig { bus: Some(bus), .. })) =
+        read_config_file(&dir.join(CONFIG_FILE_NAME))?
+    {
+        return BusUrl::parse(&bus).map_err(|e| BadInput(format!("{}: {}", path.display(), e.0)));
+    }
+    Ok(BusUrl::Embedded)
 }
 
 fn read_config_file(path: &Path) -> Result<Option<(PathBuf, FileConfig)>, BadInput> {
@@ -296,6 +362,7 @@ mod tests {
             "runnel.toml".into(),
             FileConfig {
                 store: Some("sqlite:file.db".into()),
+                ..Default::default()
             },
         ));
         assert_eq!(i.resolve().unwrap().url, StoreUrl::Sqlite("file.db".into()));
@@ -309,6 +376,42 @@ mod tests {
         let r = i.resolve().unwrap();
         assert_eq!(r.url, StoreUrl::Sqlite("flag.db".into()));
         assert_eq!(r.origin, Origin::Flag("--store"));
+    }
+
+    #[test]
+    fn buses_parse_and_brokers_without_a_transport_are_bad_input() {
+        assert_eq!(BusUrl::parse("embedded").unwrap(), BusUrl::Embedded);
+        assert_eq!(BusUrl::parse(" Embedded ").unwrap(), BusUrl::Embedded);
+        let err = BusUrl::parse("nats://localhost:4222").unwrap_err();
+        assert!(
+            err.0.contains("NATS") && err.0.contains("not available"),
+            "{}",
+            err.0
+        );
+        let err = BusUrl::parse("mqtt://u:pw@h").unwrap_err();
+        assert!(
+            err.0.contains("unsupported bus") && !err.0.contains("pw"),
+            "{}",
+            err.0
+        );
+    }
+
+    #[test]
+    fn bus_comes_from_the_file_when_no_flag_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_bus(None, dir.path()).unwrap(), BusUrl::Embedded);
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "bus = \"kafka://k:9092\"\n",
+        )
+        .unwrap();
+        if std::env::var(ENV_BUS).is_err() {
+            assert!(resolve_bus(None, dir.path()).is_err());
+        }
+        assert_eq!(
+            resolve_bus(Some("embedded".into()), dir.path()).unwrap(),
+            BusUrl::Embedded
+        );
     }
 
     #[test]
@@ -339,6 +442,7 @@ mod tests {
         std::fs::write(&path, "store = \"sqlite:x.db\"\nbus = \"embedded\"\n").unwrap();
         let (_, config) = read_config_file(&path).unwrap().unwrap();
         assert_eq!(config.store.as_deref(), Some("sqlite:x.db"));
+        assert_eq!(config.bus.as_deref(), Some("embedded"));
         std::fs::write(&path, "store = [").unwrap();
         let err = read_config_file(&path).unwrap_err();
         assert!(!err.0.contains('\n'), "{}", err.0);

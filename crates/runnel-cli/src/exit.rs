@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use runnel_core::StoreError;
+use runnel::dead_letter::DeadLetterError;
+use runnel_core::{BusError, StoreError};
 
 /// Exit codes, documented in `runnel --help`.
 pub const EXIT_OK: u8 = 0;
@@ -14,6 +15,8 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 /// An optimistic-concurrency conflict: the stream was not at the expected revision.
 /// Nothing was written.
 pub const EXIT_CONFLICT: u8 = 3;
+/// What the command names does not exist (a dead-letter id).
+pub const EXIT_NOT_FOUND: u8 = 4;
 
 /// The exit code table for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -21,7 +24,8 @@ Exit codes:
   0  success
   1  failure (store unreachable, I/O error, ...)
   2  bad input (invalid arguments, stream name, JSON, limits, store URL); nothing written
-  3  conflict: the stream is not at the --expected revision; nothing written";
+  3  conflict: the stream is not at the --expected revision; nothing written
+  4  not found: no dead letter with that id";
 
 /// Input the CLI refuses before (or instead of) touching the store. Exit code 2.
 #[derive(Debug)]
@@ -60,6 +64,19 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return store_error_code(e);
         }
+        if let Some(e) = cause.downcast_ref::<DeadLetterError>() {
+            match e {
+                DeadLetterError::NotFound(_) => return EXIT_NOT_FOUND,
+                DeadLetterError::InvalidArgument(_) => return EXIT_BAD_INPUT,
+                // The bus or the store failed part-way: a failure, whatever the cause.
+                DeadLetterError::ReplayInterrupted { .. } => return EXIT_FAILURE,
+                // The bus error in the chain decides.
+                _ => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<BusError>() {
+            return bus_error_code(e);
+        }
     }
     EXIT_FAILURE
 }
@@ -74,6 +91,17 @@ fn store_error_code(e: &StoreError) -> u8 {
         | StoreError::EmptyAppend
         | StoreError::DuplicateEventId { .. }
         | StoreError::InvalidArgument(_) => EXIT_BAD_INPUT,
+        _ => EXIT_FAILURE,
+    }
+}
+
+fn bus_error_code(e: &BusError) -> u8 {
+    match e {
+        BusError::InvalidName { .. }
+        | BusError::InvalidMessage { .. }
+        | BusError::PayloadTooLarge { .. }
+        | BusError::TooManyMessages { .. }
+        | BusError::InvalidArgument(_) => EXIT_BAD_INPUT,
         _ => EXIT_FAILURE,
     }
 }
@@ -118,5 +146,16 @@ mod tests {
         assert_eq!(code_for(&down), EXIT_FAILURE);
         assert!(!one_line(&down).contains('\n'));
         assert_eq!(code_for(&anyhow::anyhow!("other")), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn bus_and_dead_letter_errors_get_their_codes() {
+        use runnel::core::dead_letter::DeadLetterId;
+        let missing = anyhow::Error::new(DeadLetterError::NotFound(DeadLetterId(9)));
+        assert_eq!(code_for(&missing), EXIT_NOT_FOUND);
+        let bad_topic = anyhow::Error::new(runnel_core::TopicName::new("a b").unwrap_err());
+        assert_eq!(code_for(&bad_topic), EXIT_BAD_INPUT);
+        let down = anyhow::Error::new(DeadLetterError::Store(BusError::Unavailable("x".into())));
+        assert_eq!(code_for(&down), EXIT_FAILURE);
     }
 }

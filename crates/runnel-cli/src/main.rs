@@ -10,14 +10,15 @@ mod exit;
 mod open_store;
 mod output;
 mod progress;
+mod time_args;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BenchCommand, Cli, Command, EventsCommand, StreamsCommand};
-use crate::config::{StoreInputs, StoreUrl};
+use crate::cli::{BenchCommand, Cli, Command, DlqCommand, EventsCommand, StreamsCommand};
+use crate::config::{BusUrl, StoreInputs, StoreUrl};
 use crate::exit::EXIT_BAD_INPUT;
 use crate::open_store::OpenMode;
 use crate::output::Printer;
@@ -120,6 +121,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             commands::bench::store(args, store).await
         }
+        Command::Publish(args) => {
+            let stores = open_configured(cli.store, cli.db, OpenMode::CreateIfMissing).await?;
+            let bus = open_bus(cli.bus, &stores).await?;
+            commands::publish::publish(bus.publisher, printer, args).await
+        }
+        Command::Consume(args) => {
+            // A follower may start before anything was published.
+            let mode = if args.follow {
+                OpenMode::CreateIfMissing
+            } else {
+                OpenMode::MustExist
+            };
+            let stores = open_configured(cli.store, cli.db, mode).await?;
+            let bus = open_bus(cli.bus, &stores).await?;
+            commands::consume::consume(bus.subscriber, printer, args).await
+        }
+        Command::Dlq(command) => {
+            let stores = open_configured(cli.store, cli.db, OpenMode::MustExist).await?;
+            match command {
+                DlqCommand::List(args) => commands::dlq::list(&stores, printer, args).await,
+                DlqCommand::Show(args) => commands::dlq::show(&stores, printer, args).await,
+                DlqCommand::Replay(args) => {
+                    let bus = open_bus(cli.bus, &stores).await?;
+                    commands::dlq::replay(&stores, bus.publisher, printer, args).await
+                }
+                DlqCommand::Purge(args) => commands::dlq::purge(&stores, printer, args).await,
+            }
+        }
+    }
+}
+
+/// The configured bus (`--bus` > `$RUNNEL_BUS` > runnel.toml > embedded) on `stores`.
+async fn open_bus(
+    flag_bus: Option<String>,
+    stores: &open_store::Stores,
+) -> anyhow::Result<open_store::EmbeddedBus> {
+    let cwd = std::env::current_dir()?;
+    match config::resolve_bus(flag_bus, &cwd)? {
+        BusUrl::Embedded => stores.embedded_bus().await,
     }
 }
 

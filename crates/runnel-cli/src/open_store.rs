@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use runnel_core::bus::{Publisher, Subscriber};
+use runnel_core::dead_letter::DeadLetterStore;
 use runnel_core::{CheckpointStore, EventStore, SnapshotStore};
-use runnel_postgres::{BatchStatsSnapshot, PostgresOptions, PostgresStore};
-use runnel_sqlite::{SqliteOptions, SqliteStore, WriterStatsSnapshot};
+use runnel_postgres::{BatchStatsSnapshot, PostgresDeadLetters, PostgresOptions, PostgresStore};
+use runnel_sqlite::{SqliteDeadLetters, SqliteOptions, SqliteStore, WriterStatsSnapshot};
 
 use crate::config::StoreUrl;
 use crate::exit::BadInput;
@@ -28,7 +30,15 @@ pub struct Stores {
     // Projections and subscriptions with stored positions (later commands) use this.
     #[allow(dead_code)]
     pub checkpoints: Arc<dyn CheckpointStore>,
+    pub dead_letters: Arc<dyn DeadLetterStore>,
     backend: Backend,
+}
+
+/// The embedded bus of a store, as the transport traits.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    pub publisher: Arc<dyn Publisher>,
+    pub subscriber: Arc<dyn Subscriber>,
 }
 
 #[derive(Clone)]
@@ -92,6 +102,31 @@ impl Stores {
         }
     }
 
+    /// The embedded durable bus in this store (the SQLite file or the PostgreSQL schema).
+    pub async fn embedded_bus(&self) -> anyhow::Result<EmbeddedBus> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                let bus = runnel_sqlite::bus::SqliteBus::new(store.clone(), Default::default())
+                    .context("cannot start the embedded bus")?;
+                let bus = Arc::new(bus);
+                Ok(EmbeddedBus {
+                    publisher: bus.clone(),
+                    subscriber: bus,
+                })
+            }
+            Backend::Postgres(store, _) => {
+                let bus = runnel_postgres::bus::PostgresBus::new(store.clone(), Default::default())
+                    .await
+                    .context("cannot start the embedded bus")?;
+                let bus = Arc::new(bus);
+                Ok(EmbeddedBus {
+                    publisher: bus.clone(),
+                    subscriber: bus,
+                })
+            }
+        }
+    }
+
     /// Where the data lives, for messages.
     pub fn location(&self) -> String {
         match &self.backend {
@@ -118,6 +153,7 @@ pub async fn open(url: &StoreUrl, mode: OpenMode) -> anyhow::Result<Stores> {
                 events: Arc::new(store.clone()),
                 snapshots: Arc::new(store.clone()),
                 checkpoints: Arc::new(store.clone()),
+                dead_letters: Arc::new(SqliteDeadLetters::new(store.clone())),
                 backend: Backend::Sqlite(store),
             })
         }
@@ -133,6 +169,7 @@ pub async fn open(url: &StoreUrl, mode: OpenMode) -> anyhow::Result<Stores> {
                 events: Arc::new(store.clone()),
                 snapshots: Arc::new(store.clone()),
                 checkpoints: Arc::new(store.clone()),
+                dead_letters: Arc::new(PostgresDeadLetters::new(store.clone())),
                 backend: Backend::Postgres(store, url.to_string()),
             })
         }

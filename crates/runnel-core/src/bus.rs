@@ -171,13 +171,7 @@ impl Delivery {
 
     /// Negative acknowledgement: redeliver after `delay`.
     pub async fn nack(self, delay: Option<Duration>) -> Result<(), BusError> {
-        if let Some(d) = delay {
-            if d > NACK_DELAY_MAX {
-                return Err(BusError::InvalidArgument(format!(
-                    "nack delay {d:?} is over the {NACK_DELAY_MAX:?} maximum"
-                )));
-            }
-        }
+        check_nack_delay(delay)?;
         self.acknowledger.nack(delay).await
     }
 
@@ -213,10 +207,22 @@ impl DeliveryHandle {
         self.acknowledger.ack().await
     }
     pub async fn nack(self, delay: Option<Duration>) -> Result<(), BusError> {
+        check_nack_delay(delay)?;
         self.acknowledger.nack(delay).await
     }
     pub async fn extend(&self, by: Duration) -> Result<(), BusError> {
         self.acknowledger.extend(by).await
+    }
+}
+
+/// A nack delay over [`NACK_DELAY_MAX`] is an invalid argument (checked on both the
+/// [`Delivery`] and the [`DeliveryHandle`] path, before the transport is asked).
+fn check_nack_delay(delay: Option<Duration>) -> Result<(), BusError> {
+    match delay {
+        Some(d) if d > NACK_DELAY_MAX => Err(BusError::InvalidArgument(format!(
+            "nack delay {d:?} is over the {NACK_DELAY_MAX:?} maximum"
+        ))),
+        _ => Ok(()),
     }
 }
 

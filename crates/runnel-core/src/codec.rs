@@ -2,7 +2,6 @@
 //! name, a schema version and a JSON payload, and back.
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize as _;
 use serde::Serialize;
 use serde_json::Value;
 

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod dead_letter;
 pub mod error;
 pub mod event;
+pub mod idempotency;
 pub mod limits;
 pub mod message;
 pub mod metadata;

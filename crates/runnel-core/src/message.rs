@@ -352,6 +352,15 @@ pub enum BusError {
     DeliveryLost(String),
     #[error("the subscription or bus is closed")]
     Closed,
+    /// A dedup `complete` or `release` named a lock this caller no longer holds: it expired
+    /// (the handler ran longer than the lock TTL) and may have been claimed by another
+    /// handler, or the token is wrong. Nothing was stored or released. Use a lock TTL longer
+    /// than the slowest handler.
+    #[error(
+        "the idempotency lock on key {key:?} is not held with this token (it expired or \
+         another holder took it over); nothing was stored or released"
+    )]
+    DedupLockLost { key: String },
     #[error("bus backend error: {0}")]
     Backend(String),
 }

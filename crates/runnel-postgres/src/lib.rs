@@ -5,13 +5,16 @@
 mod batcher;
 pub mod bus;
 pub mod dead_letters;
-pub mod idempotency;
 mod error_map;
+pub mod idempotency;
 mod migrate;
 pub mod options;
 mod store;
 
 pub use batcher::BatchStatsSnapshot;
+pub use bus::PostgresBus;
+pub use dead_letters::PostgresDeadLetters;
+pub use idempotency::{InboxOutcome, InboxTransaction, PostgresDedupStore, PostgresInbox};
 pub use options::PostgresOptions;
 pub use store::PostgresStore;
 

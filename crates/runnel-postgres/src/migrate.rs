@@ -9,10 +9,22 @@ use crate::error_map::map_sqlx;
 
 /// Every migration, in order. The SQL uses `__SCHEMA__` for the schema name.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "event_store", include_str!("migrations/0001_event_store.sql")),
+    (
+        1,
+        "event_store",
+        include_str!("migrations/0001_event_store.sql"),
+    ),
     (2, "bus", include_str!("migrations/0002_bus.sql")),
-    (3, "dead_letters", include_str!("migrations/0003_dead_letters.sql")),
-    (4, "idempotency", include_str!("migrations/0004_idempotency.sql")),
+    (
+        3,
+        "dead_letters",
+        include_str!("migrations/0003_dead_letters.sql"),
+    ),
+    (
+        4,
+        "idempotency",
+        include_str!("migrations/0004_idempotency.sql"),
+    ),
 ];
 
 /// The schema version this build needs.

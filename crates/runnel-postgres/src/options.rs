@@ -77,14 +77,12 @@ impl PostgresOptions {
                     options.pool_size = v.parse().map_err(|_| bad("expected a number"))?
                 }
                 "statement_timeout_ms" => {
-                    options.statement_timeout = Duration::from_millis(
-                        v.parse().map_err(|_| bad("expected milliseconds"))?,
-                    )
+                    options.statement_timeout =
+                        Duration::from_millis(v.parse().map_err(|_| bad("expected milliseconds"))?)
                 }
                 "connect_timeout_ms" => {
-                    options.connect_timeout = Duration::from_millis(
-                        v.parse().map_err(|_| bad("expected milliseconds"))?,
-                    )
+                    options.connect_timeout =
+                        Duration::from_millis(v.parse().map_err(|_| bad("expected milliseconds"))?)
                 }
                 _ => rest.push(pair),
             }

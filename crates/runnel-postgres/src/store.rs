@@ -89,6 +89,10 @@ impl PostgresStore {
             .application_name("runnel");
         let pool = PgPoolOptions::new()
             .max_connections(options.pool_size)
+            // No ping before every checkout: a dead connection fails its statement, which
+            // maps to `Unavailable` and is retried (appends are idempotent), and the pool
+            // replaces it. The ping would cost a round trip on every append.
+            .test_before_acquire(false)
             .acquire_timeout(options.connect_timeout)
             .connect_with(connect)
             .await
@@ -230,6 +234,16 @@ async fn head_position(pool: &PgPool, schema: &str) -> Result<Position, StoreErr
 const EVENT_COLUMNS: &str = "e.position, e.event_id, s.name, e.revision, e.event_type, \
     e.schema_version, e.content_type, e.data, e.metadata, e.recorded_at";
 
+/// The same columns with the stream name looked up per row by primary key: `$all` reads
+/// then walk the events index in order and stop at the limit, whatever the table
+/// statistics say (a join may otherwise hash every matching event and sort it).
+fn event_columns_lookup(streams: &str) -> String {
+    format!(
+        "e.position, e.event_id, (SELECT s.name FROM {streams} s WHERE s.stream_id = e.stream_id), \
+         e.revision, e.event_type, e.schema_version, e.content_type, e.data, e.metadata, e.recorded_at"
+    )
+}
+
 fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let corrupt = |e: sqlx::Error| StoreError::Corrupt(format!("unreadable event row: {e}"));
     let position: i64 = row.try_get(0).map_err(corrupt)?;
@@ -325,16 +339,21 @@ impl EventStore for PostgresStore {
         validate_limit(limit)?;
         filter.validate()?;
         let mut sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM {} e JOIN {} s ON s.stream_id = e.stream_id \
-             WHERE e.position > $1",
+            "SELECT {} FROM {} e WHERE e.position > $1",
+            event_columns_lookup(&self.table("streams")),
             self.table("events"),
-            self.table("streams"),
         );
-        if !filter.categories.is_empty() {
-            sql.push_str(" AND e.category = ANY($3)");
+        // One category or type is compared with `=`, so its (category|type, position) index
+        // yields rows already in position order.
+        match filter.categories.len() {
+            0 => {}
+            1 => sql.push_str(" AND e.category = ($3::text[])[1]"),
+            _ => sql.push_str(" AND e.category = ANY($3)"),
         }
-        if !filter.event_types.is_empty() {
-            sql.push_str(" AND e.event_type = ANY($4)");
+        match filter.event_types.len() {
+            0 => {}
+            1 => sql.push_str(" AND e.event_type = ($4::text[])[1]"),
+            _ => sql.push_str(" AND e.event_type = ANY($4)"),
         }
         sql.push_str(" ORDER BY e.position LIMIT $2");
         // Unused parameters are still bound so the statement shape stays simple.
@@ -358,11 +377,11 @@ impl EventStore for PostgresStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         validate_limit(limit)?;
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM {} e JOIN {} s ON s.stream_id = e.stream_id \
+            "SELECT {} FROM {} e \
              WHERE e.event_type = $1 AND e.recorded_at >= $2 AND e.position > $3 \
              ORDER BY e.position LIMIT $4",
+            event_columns_lookup(&self.table("streams")),
             self.table("events"),
-            self.table("streams"),
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(event_type)

@@ -1,9 +1,9 @@
 //! One append, executed inside the writer's batch transaction.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use runnel_core::{
     AppendResult, EventId, ExpectedRevision, Metadata, NewEvent, Position, StoreError, StreamName,
 };
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error_map::{is_unique_violation, map_sqlite};
 

@@ -1,7 +1,7 @@
 //! Mapping SQLite errors onto typed store errors.
 
-use rusqlite::ErrorCode;
 use runnel_core::StoreError;
+use rusqlite::ErrorCode;
 
 /// Maps a SQLite error: lock contention and I/O trouble are transient (`Unavailable`,
 /// retry is safe because appends are idempotent), everything else is a backend error.

@@ -5,8 +5,8 @@
 mod append;
 pub mod bus;
 pub mod dead_letters;
-pub mod idempotency;
 mod error_map;
+pub mod idempotency;
 pub mod options;
 mod reader;
 mod rows;
@@ -14,6 +14,9 @@ mod schema;
 mod store;
 mod writer;
 
+pub use bus::SqliteBus;
+pub use dead_letters::SqliteDeadLetters;
+pub use idempotency::{InboxOutcome, SqliteDedupStore, SqliteInbox};
 pub use options::{Durability, SqliteOptions};
 pub use store::{save_checkpoint_in_tx, SqliteStore, UnitOfWork};
 pub use writer::WriterStatsSnapshot;

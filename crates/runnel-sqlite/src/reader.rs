@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
 use runnel_core::StoreError;
+use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 pub(crate) struct ReadPool {

@@ -37,9 +37,8 @@ pub(crate) fn event_from_row(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, S
         .map_err(|e| StoreError::Corrupt(format!("stream name at position {position}: {e}")))?;
     let metadata = match metadata {
         None => Metadata::default(),
-        Some(text) => serde_json::from_str(&text).map_err(|e| {
-            StoreError::Corrupt(format!("metadata at position {position}: {e}"))
-        })?,
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("metadata at position {position}: {e}")))?,
     };
     debug_assert!(position > 0 && revision > 0);
     Ok(RecordedEvent {

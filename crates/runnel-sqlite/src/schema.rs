@@ -7,10 +7,22 @@ pub const SCHEMA_VERSION: i64 = 4;
 
 /// Every migration in order: (version, name, SQL). Each runs once, in one transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "event_store", include_str!("migrations/0001_event_store.sql")),
+    (
+        1,
+        "event_store",
+        include_str!("migrations/0001_event_store.sql"),
+    ),
     (2, "bus", include_str!("migrations/0002_bus.sql")),
-    (3, "dead_letters", include_str!("migrations/0003_dead_letters.sql")),
-    (4, "idempotency", include_str!("migrations/0004_idempotency.sql")),
+    (
+        3,
+        "dead_letters",
+        include_str!("migrations/0003_dead_letters.sql"),
+    ),
+    (
+        4,
+        "idempotency",
+        include_str!("migrations/0004_idempotency.sql"),
+    ),
 ];
 
 /// Brings a freshly opened write connection's schema up to [`SCHEMA_VERSION`].

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 use runnel_core::store::{validate_checkpoint_name, validate_limit};
 use runnel_core::{
     AppendResult, CheckpointStore, EventFilter, EventStore, ExpectedRevision, NewEvent, Position,
     ReadDirection, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StoreError, StoreLimits,
     StreamInfo, StreamName,
 };
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::append::append_in_tx;
@@ -53,6 +53,8 @@ struct Inner {
     head: watch::Receiver<Position>,
     limits: StoreLimits,
     stats: Arc<WriterStats>,
+    /// Wake-ups for the embedded bus's consumers, shared by every bus on this store.
+    bus_signals: Arc<crate::bus::BusSignals>,
     /// Delete the file when the last handle goes (stores from `open_temporary`).
     remove_on_drop: bool,
 }
@@ -164,14 +166,15 @@ impl SqliteStore {
             )));
         }
         let mut write_conn = open_connection(&path, options.durability)?;
-        schema::migrate(&mut write_conn).map_err(|e| {
-            StoreError::Backend(format!("cannot prepare {}: {e}", path.display()))
-        })?;
+        schema::migrate(&mut write_conn)
+            .map_err(|e| StoreError::Backend(format!("cannot prepare {}: {e}", path.display())))?;
         let head = head_position(&write_conn)?;
         let last_micros: i64 = write_conn
-            .query_row("SELECT coalesce(max(recorded_at), 0) FROM events", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT coalesce(max(recorded_at), 0) FROM events",
+                [],
+                |r| r.get(0),
+            )
             .map_err(map_sqlite)?;
         let mut readers = Vec::with_capacity(options.read_connections);
         for _ in 0..options.read_connections {
@@ -204,6 +207,7 @@ impl SqliteStore {
                 head: head_rx,
                 limits: options.limits,
                 stats,
+                bus_signals: Arc::default(),
                 remove_on_drop: false,
             }),
         })
@@ -239,14 +243,18 @@ impl SqliteStore {
     {
         let limits = self.inner.limits.clone();
         let outcome = self
-            .submit(0, |v: &Result<T, E>| v.is_ok(), move |conn, ctx| {
-                let uow = UnitOfWork {
-                    conn,
-                    ctx,
-                    limits: &limits,
-                };
-                Ok(work(&uow))
-            })
+            .submit(
+                0,
+                |v: &Result<T, E>| v.is_ok(),
+                move |conn, ctx| {
+                    let uow = UnitOfWork {
+                        conn,
+                        ctx,
+                        limits: &limits,
+                    };
+                    Ok(work(&uow))
+                },
+            )
             .await;
         match outcome {
             Ok(result) => result,
@@ -278,8 +286,14 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| {
-            StoreError::Backend("the writer stopped before answering; the outcome is unknown".into())
+            StoreError::Backend(
+                "the writer stopped before answering; the outcome is unknown".into(),
+            )
         })?
+    }
+
+    pub(crate) fn bus_signals(&self) -> &Arc<crate::bus::BusSignals> {
+        &self.inner.bus_signals
     }
 
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -475,11 +489,7 @@ impl EventStore for SqliteStore {
         self.read(head_position).await
     }
 
-    async fn wait_for_events(
-        &self,
-        after: Position,
-        max_wait: Duration,
-    ) -> Result<(), StoreError> {
+    async fn wait_for_events(&self, after: Position, max_wait: Duration) -> Result<(), StoreError> {
         let mut head = self.inner.head.clone();
         // A timeout is not an error: it is the polling fallback that notices appends made
         // by other processes on the same file.

@@ -8,8 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rusqlite::{Connection, TransactionBehavior};
 use runnel_core::{Position, StoreError};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, watch};
 
 use crate::error_map::map_sqlite;
@@ -104,7 +104,9 @@ impl Writer {
         let jobs = batch.len() as u64;
         if committed.is_ok() {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            self.stats.events.fetch_add(events as u64, Ordering::Relaxed);
+            self.stats
+                .events
+                .fetch_add(events as u64, Ordering::Relaxed);
         } else if let Err(e) = &committed {
             tracing::error!(error = %e, jobs, "sqlite batch commit failed; every job in it is answered with the error");
         }

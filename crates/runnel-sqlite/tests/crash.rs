@@ -73,7 +73,11 @@ fn run_and_kill(db: &std::path::Path, target: usize) -> Vec<Ack> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while lines.len() < target {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "child acknowledged only {} appends", lines.len());
+        assert!(
+            !left.is_zero(),
+            "child acknowledged only {} appends",
+            lines.len()
+        );
         match rx.recv_timeout(left) {
             Ok(l) => lines.push(l),
             Err(e) => panic!("child stopped early ({e}) after {} acks", lines.len()),
@@ -94,10 +98,18 @@ async fn verify(db: &std::path::Path, acks: &[Ack]) -> usize {
         let stream = StreamName::new(ack.stream.clone()).unwrap();
         let first = ack.revision + 1 - EVENTS_PER_APPEND;
         let events = store
-            .read_stream(&stream, ReadStream::forward(EVENTS_PER_APPEND as usize).from(first))
+            .read_stream(
+                &stream,
+                ReadStream::forward(EVENTS_PER_APPEND as usize).from(first),
+            )
             .await
             .unwrap();
-        assert_eq!(events.len(), EVENTS_PER_APPEND as usize, "acked append lost in {}", ack.stream);
+        assert_eq!(
+            events.len(),
+            EVENTS_PER_APPEND as usize,
+            "acked append lost in {}",
+            ack.stream
+        );
         let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
         assert_eq!(ids, ack.ids, "acked events differ in {}", ack.stream);
         assert_eq!(events.last().unwrap().position.get(), ack.position);
@@ -107,7 +119,10 @@ async fn verify(db: &std::path::Path, acks: &[Ack]) -> usize {
     let mut after = Position::START;
     let mut total = 0;
     loop {
-        let page = store.read_all(after, &EventFilter::all(), 1000).await.unwrap();
+        let page = store
+            .read_all(after, &EventFilter::all(), 1000)
+            .await
+            .unwrap();
         let Some(last) = page.last() else { break };
         after = last.position;
         for e in &page {
@@ -118,7 +133,10 @@ async fn verify(db: &std::path::Path, acks: &[Ack]) -> usize {
                 v["k"].as_u64().unwrap(),
             );
             let pad = v["pad"].as_str().unwrap();
-            assert_eq!(v["check"].as_str().unwrap(), check(w, n, k, pad).to_string());
+            assert_eq!(
+                v["check"].as_str().unwrap(),
+                check(w, n, k, pad).to_string()
+            );
             let rev = per_stream.entry(e.stream.to_string()).or_insert(0);
             *rev += 1;
             assert_eq!(e.revision, *rev, "revisions are gap-free in {}", e.stream);
@@ -127,7 +145,11 @@ async fn verify(db: &std::path::Path, acks: &[Ack]) -> usize {
         total += page.len();
     }
     for (stream, count) in &per_stream {
-        assert_eq!(count % EVENTS_PER_APPEND, 0, "partial append visible in {stream}");
+        assert_eq!(
+            count % EVENTS_PER_APPEND,
+            0,
+            "partial append visible in {stream}"
+        );
         let s = StreamName::new(stream.clone()).unwrap();
         assert_eq!(store.stream_revision(&s).await.unwrap(), Some(*count));
     }
@@ -151,7 +173,10 @@ async fn acknowledged_appends_survive_sigkill() {
         assert!(acks.len() >= target);
         acked_total += acks.len();
         stored = verify(&db, &acks).await;
-        eprintln!("cycle {cycle}: {} acks verified, {stored} events stored", acks.len());
+        eprintln!(
+            "cycle {cycle}: {} acks verified, {stored} events stored",
+            acks.len()
+        );
     }
     assert!(stored as u64 >= acked_total as u64 * EVENTS_PER_APPEND);
 }

@@ -14,9 +14,7 @@ fn event(i: usize) -> NewEvent {
 
 /// Blocks the writer with a unit of work until `release` is sent, so the test can queue
 /// jobs behind it deterministically. Returns once the writer is inside the blocker.
-async fn block_writer(
-    store: &SqliteStore,
-) -> (std_mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+async fn block_writer(store: &SqliteStore) -> (std_mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
     let (release, wait) = std_mpsc::channel::<()>();
     let (started_tx, started_rx) = std_mpsc::channel::<()>();
     let blocker = store.clone();
@@ -41,7 +39,11 @@ async fn block_writer(
 async fn wait_for_queue(store: &SqliteStore, len: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while store.writer_queue_len() < len {
-        assert!(Instant::now() < deadline, "jobs never queued up: {}", store.writer_queue_len());
+        assert!(
+            Instant::now() < deadline,
+            "jobs never queued up: {}",
+            store.writer_queue_len()
+        );
         // Polling a condition with a deadline, not sleeping to hope.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -58,7 +60,8 @@ async fn concurrent_appends_share_one_commit() {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             let stream = StreamName::new(format!("Batch-{i}")).unwrap();
-            s.append(&stream, ExpectedRevision::NoStream, vec![event(i)]).await
+            s.append(&stream, ExpectedRevision::NoStream, vec![event(i)])
+                .await
         }));
     }
     wait_for_queue(&store, 64).await;
@@ -86,12 +89,14 @@ async fn a_conflicting_append_fails_alone_in_its_batch() {
     for i in 0..16 {
         let (s, stream) = (store.clone(), shared.clone());
         racing.push(tokio::spawn(async move {
-            s.append(&stream, ExpectedRevision::NoStream, vec![event(i)]).await
+            s.append(&stream, ExpectedRevision::NoStream, vec![event(i)])
+                .await
         }));
         let s = store.clone();
         independent.push(tokio::spawn(async move {
             let stream = StreamName::new(format!("Own-{i}")).unwrap();
-            s.append(&stream, ExpectedRevision::NoStream, vec![event(i)]).await
+            s.append(&stream, ExpectedRevision::NoStream, vec![event(i)])
+                .await
         }));
     }
     wait_for_queue(&store, 32).await;
@@ -105,7 +110,9 @@ async fn a_conflicting_append_fails_alone_in_its_batch() {
         }
     }
     for t in independent {
-        t.await.unwrap().expect("independent append commits despite conflicts in its batch");
+        t.await
+            .unwrap()
+            .expect("independent append commits despite conflicts in its batch");
     }
     blocker.await.unwrap();
     assert_eq!(wins, 1);

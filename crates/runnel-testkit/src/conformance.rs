@@ -7,11 +7,12 @@
 //! named after the behaviour it proves and each run on a fresh store in its own
 //! multi-threaded tokio runtime (4 worker threads):
 //!
-//! ```ignore
-//! // crates/runnel-sqlite/tests/conformance.rs
+//! ```
+//! // tests/conformance.rs of a backend crate (here with the in-memory store)
 //! runnel_testkit::event_store_conformance!(async {
-//!     std::sync::Arc::new(runnel_sqlite::SqliteStore::open_temporary().await.unwrap())
+//!     std::sync::Arc::new(runnel_testkit::InMemoryStore::new())
 //! });
+//! # fn main() {}
 //! ```
 //!
 //! The store factory may also return `Option<Arc<S>>`: `None` means "this backend's service
@@ -116,20 +117,35 @@ where
     Fut: Future,
     Fut::Output: IntoSuiteStore,
     C: FnOnce(Arc<<Fut::Output as IntoSuiteStore>::Store>) -> CFut,
-    CFut: Future<Output = ()>,
+    CFut: Future<Output = ()> + Send + 'static,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RUNTIME_WORKER_THREADS)
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{check_name}: cannot start a tokio runtime: {e}"));
-    runtime.block_on(async {
-        let Some(store) = make_store().await.into_suite_store() else {
-            skip(check_name);
-            return;
-        };
-        within_for(CHECK_DEADLINE, check_name, check(store)).await;
-    });
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            let Some(store) = make_store().await.into_suite_store() else {
+                skip(check_name);
+                return;
+            };
+            // The check runs on a worker, so its deadline fires here even if a store call
+            // never yields (a blocking call or a busy loop inside an async fn).
+            let task = tokio::spawn(check(store));
+            match within_for(CHECK_DEADLINE, check_name, task).await {
+                Ok(()) => {}
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("{check_name}: the check's task failed: {e}"),
+            }
+        })
+    }));
+    // A failed check may leave a task that never yields; waiting for it would hang the
+    // test binary instead of reporting the failure.
+    runtime.shutdown_background();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// Runs every check, each on a fresh store from `make_store`, one after another. Call it
@@ -172,15 +188,26 @@ pub fn check_names() -> &'static [&'static str] {
 /// The backend crate needs only `runnel-testkit` as a dev-dependency: the tests build
 /// their own tokio runtime.
 ///
-/// ```ignore
+/// ```
 /// // tests/conformance.rs
-/// runnel_testkit::event_store_conformance!(async {
-///     std::sync::Arc::new(runnel_testkit::InMemoryStore::new())
-/// });
+/// mod with_an_async_block {
+///     runnel_testkit::event_store_conformance!(async {
+///         std::sync::Arc::new(runnel_testkit::InMemoryStore::new())
+///     });
+/// }
 ///
-/// // or, with a factory function:
-/// async fn fresh_store() -> Option<std::sync::Arc<MyStore>> { /* None: not configured */ }
-/// runnel_testkit::event_store_conformance!(fresh_store);
+/// // Or with a factory function; `None` skips (loudly) when the service is not configured.
+/// mod with_a_factory {
+///     use std::sync::Arc;
+///     use runnel_testkit::InMemoryStore;
+///
+///     async fn fresh_store() -> Option<Arc<InMemoryStore>> {
+///         // A server-backed store would read e.g. RUNNEL_TEST_POSTGRES_URL here.
+///         Some(Arc::new(InMemoryStore::new()))
+///     }
+///     runnel_testkit::event_store_conformance!(fresh_store);
+/// }
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! event_store_conformance {
@@ -370,6 +397,40 @@ fn assert_positions_strictly_increase(events: &[RecordedEvent], what: &str) {
     }
 }
 
+/// Asserts a page read "after" a position holds only later events, in position order:
+/// without this a paging loop over a store that repeats an event would never end.
+#[track_caller]
+fn assert_page_after(page: &[RecordedEvent], after: Position, what: &str) {
+    if let Some(first) = page.first() {
+        assert!(
+            first.position > after,
+            "{what}: asked for events after {after}, got one at {}",
+            first.position
+        );
+    }
+    assert_positions_strictly_increase(page, what);
+}
+
+/// Asserts a page of `list_streams` after `after` holds only later names, in name order.
+#[track_caller]
+fn assert_streams_after(page: &[StreamInfo], after: Option<&StreamName>, what: &str) {
+    if let (Some(first), Some(after)) = (page.first(), after) {
+        assert!(
+            first.stream.as_str() > after.as_str(),
+            "{what}: asked for streams after {after}, got {}",
+            first.stream
+        );
+    }
+    for pair in page.windows(2) {
+        assert!(
+            pair[0].stream.as_str() < pair[1].stream.as_str(),
+            "{what}: {} is listed before {}",
+            pair[0].stream,
+            pair[1].stream
+        );
+    }
+}
+
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     within_for(EVENT_WAIT_DEADLINE, what, fut).await
 }
@@ -412,6 +473,7 @@ async fn read_everything<S: EventStore + ?Sized>(store: &S) -> Vec<RecordedEvent
             .read_all(after, &EventFilter::all(), READ_LIMIT_MAX)
             .await
             .must("read_all");
+        assert_page_after(&page, after, "read_all");
         let Some(last) = page.last() else {
             return all;
         };
@@ -420,15 +482,59 @@ async fn read_everything<S: EventStore + ?Sized>(store: &S) -> Vec<RecordedEvent
     }
 }
 
-async fn next_event(sub: &mut EventStream, what: &str) -> RecordedEvent {
-    match within(what, sub.next()).await {
-        Some(Ok(e)) => e,
-        Some(Err(e)) => panic!("{what}: the subscription failed: {e}"),
-        None => panic!("{what}: the subscription ended"),
+/// Reads a subscription from its own task and hands the items over a bounded channel, so
+/// a subscription that busy-loops without ever yielding cannot stop the check's deadlines
+/// from firing.
+struct Subscriber {
+    items: tokio::sync::mpsc::Receiver<Result<RecordedEvent, StoreError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Items a [`Subscriber`] buffers ahead of the check.
+const SUBSCRIBER_BUFFER_ITEMS: usize = 1024;
+
+impl Subscriber {
+    fn new(mut sub: EventStream) -> Self {
+        let (tx, items) = tokio::sync::mpsc::channel(SUBSCRIBER_BUFFER_ITEMS);
+        let task = tokio::spawn(async move {
+            while let Some(item) = sub.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Subscriber { items, task }
+    }
+
+    /// The next item, `None` if the subscription ended; fails the check at the deadline.
+    async fn next_item_within(
+        &mut self,
+        deadline: Duration,
+        what: &str,
+    ) -> Option<Result<RecordedEvent, StoreError>> {
+        within_for(deadline, what, self.items.recv()).await
+    }
+
+    async fn next_within(&mut self, deadline: Duration, what: &str) -> RecordedEvent {
+        match self.next_item_within(deadline, what).await {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => panic!("{what}: the subscription failed: {e}"),
+            None => panic!("{what}: the subscription ended"),
+        }
     }
 }
 
-async fn take_events(sub: &mut EventStream, count: usize, what: &str) -> Vec<RecordedEvent> {
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn next_event(sub: &mut Subscriber, what: &str) -> RecordedEvent {
+    sub.next_within(EVENT_WAIT_DEADLINE, what).await
+}
+
+async fn take_events(sub: &mut Subscriber, count: usize, what: &str) -> Vec<RecordedEvent> {
     let mut got = Vec::with_capacity(count);
     for i in 0..count {
         got.push(next_event(sub, &format!("{what} (event {} of {count})", i + 1)).await);
@@ -436,11 +542,16 @@ async fn take_events(sub: &mut EventStream, count: usize, what: &str) -> Vec<Rec
     got
 }
 
-/// Asserts the subscription yields nothing during [`QUIET_WINDOW`].
-async fn assert_quiet(sub: &mut EventStream, what: &str) {
-    if let Ok(item) = tokio::time::timeout(QUIET_WINDOW, sub.next()).await {
+/// Asserts the subscription yields nothing during `window`.
+async fn assert_quiet_for(sub: &mut Subscriber, window: Duration, what: &str) {
+    if let Ok(item) = tokio::time::timeout(window, sub.items.recv()).await {
         panic!("{what}: expected no further event, got {item:?}");
     }
+}
+
+/// Asserts the subscription yields nothing during [`QUIET_WINDOW`].
+async fn assert_quiet(sub: &mut Subscriber, what: &str) {
+    assert_quiet_for(sub, QUIET_WINDOW, what).await
 }
 
 /// Everything observable about a store's events, to prove a rejected call wrote nothing.
@@ -454,12 +565,14 @@ struct Fingerprint {
 async fn fingerprint<S: EventStore + ?Sized>(store: &S) -> Fingerprint {
     let head = store.head_position().await.must("head_position");
     let events = read_everything(store).await;
-    let mut streams = Vec::new();
+    let mut streams: Vec<StreamInfo> = Vec::new();
     loop {
+        let after = streams.last().map(|s| &s.stream);
         let page = store
-            .list_streams(None, streams.last().map(|s: &StreamInfo| &s.stream), 1000)
+            .list_streams(None, after, 1000)
             .await
             .must("list_streams");
+        assert_streams_after(&page, after, "list_streams");
         if page.is_empty() {
             break;
         }
@@ -1136,6 +1249,7 @@ pub async fn read_all_returns_events_after_a_position_in_order<S: EventStore>(st
             .await
             .must("read_all page");
         assert!(page.len() <= 3, "read_all honours its limit");
+        assert_page_after(&page, after, "read_all page");
         let Some(last) = page.last() else { break };
         after = last.position;
         paged.extend(page);
@@ -1240,6 +1354,7 @@ pub async fn read_all_filters_by_category_and_event_type<S: EventStore>(store: A
             .read_all(after, &filter, 1)
             .await
             .must("read_all page");
+        assert_page_after(&page, after, "filtered read_all page");
         let Some(last) = page.last() else { break };
         after = last.position;
         paged.extend(page);
@@ -1369,6 +1484,7 @@ pub async fn read_by_type_from_timestamp<S: EventStore>(store: Arc<S>) {
             .await
             .must("read_by_type page");
         assert!(page.len() <= 2, "read_by_type honours its limit");
+        assert_page_after(&page, after, "read_by_type page");
         let Some(last) = page.last() else { break };
         after = last.position;
         paged.extend(page);
@@ -1484,6 +1600,7 @@ pub async fn list_streams_pages_in_name_order<S: EventStore>(store: Arc<S>) {
             .await
             .must("list_streams page");
         assert!(page.len() <= 3, "list_streams honours its limit");
+        assert_streams_after(&page, after.as_ref(), "list_streams page");
         let Some(last) = page.last() else { break };
         after = Some(last.stream.clone());
         paged.extend(page);
@@ -1911,9 +2028,10 @@ fn assert_same_envelope(got: &RecordedEvent, sent: &NewEvent, what: &str) {
 async fn assert_round_trip<S: EventStore>(store: &Arc<S>, s: &StreamName, sent: &[NewEvent]) {
     let by_stream = read_forward(&**store, s).await;
     let all = read_everything(&**store).await;
-    let mut sub = Arc::clone(store).subscribe_all(Position::START, EventFilter::all());
+    let mut sub =
+        Subscriber::new(Arc::clone(store).subscribe_all(Position::START, EventFilter::all()));
     let subscribed = take_events(&mut sub, all.len(), "round trip subscription").await;
-    let mut stream_sub = Arc::clone(store).subscribe_stream(s.clone(), 0);
+    let mut stream_sub = Subscriber::new(Arc::clone(store).subscribe_stream(s.clone(), 0));
     let stream_subscribed = take_events(&mut stream_sub, sent.len(), "round trip").await;
     for e in sent {
         let find = |events: &[RecordedEvent], path: &str| -> RecordedEvent {
@@ -2105,7 +2223,8 @@ pub async fn subscribe_all_catches_up_then_goes_live<S: EventStore>(store: Arc<S
         appended.push(e.id);
         append(&*store, &stream(name), ExpectedRevision::Any, vec![e]).await;
     }
-    let mut sub = Arc::clone(&store).subscribe_all(Position::START, EventFilter::all());
+    let mut sub =
+        Subscriber::new(Arc::clone(&store).subscribe_all(Position::START, EventFilter::all()));
     let caught_up = take_events(&mut sub, 10, "catch-up").await;
     assert_eq!(ids(&caught_up), appended);
     assert_positions_strictly_increase(&caught_up, "catch-up");
@@ -2131,8 +2250,9 @@ pub async fn subscribe_all_catches_up_then_goes_live<S: EventStore>(store: Arc<S
     assert_positions_strictly_increase(&live, "live");
     assert_quiet(&mut sub, "after every event was delivered").await;
 
-    let mut from_middle =
-        Arc::clone(&store).subscribe_all(caught_up[4].position, EventFilter::all());
+    let mut from_middle = Subscriber::new(
+        Arc::clone(&store).subscribe_all(caught_up[4].position, EventFilter::all()),
+    );
     let rest = take_events(&mut from_middle, 10, "subscription after a position").await;
     let mut expected = appended[5..].to_vec();
     expected.extend(&live_ids);
@@ -2168,7 +2288,8 @@ pub async fn subscribe_all_resumes_from_checkpoint_without_duplicates<
         None
     );
     let resume_from = {
-        let mut sub = Arc::clone(&store).subscribe_all(Position::START, EventFilter::all());
+        let mut sub =
+            Subscriber::new(Arc::clone(&store).subscribe_all(Position::START, EventFilter::all()));
         let processed = take_events(&mut sub, 7, "first run").await;
         assert_eq!(ids(&processed), appended[..7]);
         let last = processed[6].position;
@@ -2189,7 +2310,7 @@ pub async fn subscribe_all_resumes_from_checkpoint_without_duplicates<
         .must("load_checkpoint")
         .expect("the checkpoint was saved");
     assert_eq!(checkpoint, resume_from);
-    let mut sub = Arc::clone(&store).subscribe_all(checkpoint, EventFilter::all());
+    let mut sub = Subscriber::new(Arc::clone(&store).subscribe_all(checkpoint, EventFilter::all()));
     let resumed = take_events(&mut sub, 18, "resumed run").await;
     assert_eq!(ids(&resumed), appended[7..], "no event skipped or repeated");
     let live = event("HappenedLive", 25);
@@ -2224,10 +2345,13 @@ pub async fn subscribe_all_with_filter_delivers_only_matching_events<S: EventSto
         )
         .await;
     }
-    let mut by_category =
-        Arc::clone(&store).subscribe_all(Position::START, EventFilter::categories(["Order"]));
-    let mut by_type = Arc::clone(&store)
-        .subscribe_all(Position::START, EventFilter::event_types(["OrderPlaced"]));
+    let mut by_category = Subscriber::new(
+        Arc::clone(&store).subscribe_all(Position::START, EventFilter::categories(["Order"])),
+    );
+    let mut by_type = Subscriber::new(
+        Arc::clone(&store)
+            .subscribe_all(Position::START, EventFilter::event_types(["OrderPlaced"])),
+    );
     let label = |e: &RecordedEvent| format!("{}/{}", e.stream, e.event_type);
     let got: Vec<String> = take_events(&mut by_category, 3, "category catch-up")
         .await
@@ -2290,9 +2414,13 @@ pub async fn subscribe_all_with_invalid_filter_yields_an_error<S: EventStore>(st
         events("A", 1),
     )
     .await;
-    let mut sub =
-        Arc::clone(&store).subscribe_all(Position::START, EventFilter::categories(["not valid"]));
-    match within("an invalid filter's error", sub.next()).await {
+    let mut sub = Subscriber::new(
+        Arc::clone(&store).subscribe_all(Position::START, EventFilter::categories(["not valid"])),
+    );
+    match sub
+        .next_item_within(EVENT_WAIT_DEADLINE, "an invalid filter's error")
+        .await
+    {
         Some(Err(StoreError::InvalidArgument(_) | StoreError::InvalidStreamName { .. })) => {}
         other => panic!("expected an input error from an invalid filter, got {other:?}"),
     }
@@ -2303,7 +2431,7 @@ pub async fn subscribe_all_with_invalid_filter_yields_an_error<S: EventStore>(st
 pub async fn subscribe_stream_catches_up_then_goes_live<S: EventStore>(store: Arc<S>) {
     let s = stream("Order-1");
     let noise = stream("Order-2");
-    let mut early = Arc::clone(&store).subscribe_stream(s.clone(), 0);
+    let mut early = Subscriber::new(Arc::clone(&store).subscribe_stream(s.clone(), 0));
     for i in 0..3 {
         append(
             &*store,
@@ -2324,7 +2452,7 @@ pub async fn subscribe_stream_catches_up_then_goes_live<S: EventStore>(store: Ar
     assert_eq!(revisions(&got), vec![1, 2, 3]);
     assert!(got.iter().all(|e| e.stream == s));
 
-    let mut from_two = Arc::clone(&store).subscribe_stream(s.clone(), 2);
+    let mut from_two = Subscriber::new(Arc::clone(&store).subscribe_stream(s.clone(), 2));
     let got = next_event(&mut from_two, "subscription after revision 2").await;
     assert_eq!(got.revision, 3);
 
@@ -2449,24 +2577,24 @@ pub async fn subscription_with_filter_that_matches_nothing_does_not_spin<S: Even
         inner: Arc::clone(&store),
         calls: AtomicU64::new(0),
     });
-    let mut core_sub = runnel_core::subscription::subscribe_all(
+    let mut core_sub = Subscriber::new(runnel_core::subscription::subscribe_all(
         Arc::clone(&counting),
         Position::START,
         filter.clone(),
-    );
-    let mut own_sub = Arc::clone(&store).subscribe_all(Position::START, filter);
+    ));
+    let mut own_sub = Subscriber::new(Arc::clone(&store).subscribe_all(Position::START, filter));
 
-    let (core_item, own_item) = tokio::join!(
-        tokio::time::timeout(IDLE_WINDOW, core_sub.next()),
-        tokio::time::timeout(IDLE_WINDOW, own_sub.next()),
-    );
-    assert!(
-        core_item.is_err(),
-        "nothing matches, yet the subscription yielded {core_item:?}"
-    );
-    assert!(
-        own_item.is_err(),
-        "nothing matches, yet the subscription yielded {own_item:?}"
+    tokio::join!(
+        assert_quiet_for(
+            &mut core_sub,
+            IDLE_WINDOW,
+            "nothing matches (core subscription)"
+        ),
+        assert_quiet_for(
+            &mut own_sub,
+            IDLE_WINDOW,
+            "nothing matches (backend subscription)"
+        ),
     );
     let calls = counting.calls.load(Ordering::Relaxed);
     assert!(
@@ -2505,16 +2633,36 @@ pub async fn subscription_with_filter_that_matches_nothing_does_not_spin<S: Even
     );
 }
 
-/// Checks one subscriber's view under load: every expected event exactly once, positions
-/// strictly increasing, each stream's revisions consecutive.
-fn assert_exactly_once_in_order(got: &[RecordedEvent], expected: &HashSet<EventId>, who: &str) {
+/// Checks one subscriber's view under load against the log it should have seen: no
+/// duplicate, nothing missing, the same order, each stream's revisions consecutive.
+fn assert_saw_exactly(got: &[RecordedEvent], log: &[RecordedEvent], who: &str) {
     assert_positions_strictly_increase(got, who);
     let mut seen = HashSet::with_capacity(got.len());
     for e in got {
         assert!(seen.insert(e.id), "{who}: event {} delivered twice", e.id);
-        assert!(expected.contains(&e.id), "{who}: unexpected event {}", e.id);
     }
-    assert_eq!(seen.len(), expected.len(), "{who}: events missing");
+    let missing: Vec<String> = log
+        .iter()
+        .filter(|e| !seen.contains(&e.id))
+        .map(|e| {
+            format!(
+                "{} at {} ({} revision {})",
+                e.id, e.position, e.stream, e.revision
+            )
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{who}: {} of {} events were never delivered (skipped while committing late?), first: {:?}",
+        missing.len(),
+        log.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        ids(got),
+        ids(log),
+        "{who}: delivered in another order than $all"
+    );
     let mut last_revision: HashMap<&StreamName, u64> = HashMap::new();
     for e in got {
         let last = last_revision.entry(&e.stream).or_insert(0);
@@ -2530,27 +2678,80 @@ fn assert_exactly_once_in_order(got: &[RecordedEvent], expected: &HashSet<EventI
     }
 }
 
-fn spawn_collector<S: EventStore>(
-    store: &Arc<S>,
+/// A subscription to `$all` from the start, read by its own task until it has passed the
+/// last event it should see — known only once the writers are done. Stopping there (not
+/// at a count) makes a skipped event fail at once as "missing" rather than as a timeout.
+struct Collector {
     filter: EventFilter,
-    count: usize,
+    /// The position of the last matching event in the finished log.
+    until: tokio::sync::watch::Sender<Option<Position>>,
+    task: tokio::task::JoinHandle<Vec<RecordedEvent>>,
     who: &'static str,
-) -> tokio::task::JoinHandle<Vec<RecordedEvent>> {
-    let mut sub = Arc::clone(store).subscribe_all(Position::START, filter);
-    tokio::spawn(async move {
-        let mut got = Vec::with_capacity(count);
-        within_for(LOAD_DEADLINE, who, async {
-            while got.len() < count {
-                match sub.next().await {
+}
+
+impl Collector {
+    fn spawn<S: EventStore>(store: &Arc<S>, filter: EventFilter, who: &'static str) -> Self {
+        let (until, until_rx) = tokio::sync::watch::channel(None);
+        let sub = Subscriber::new(Arc::clone(store).subscribe_all(Position::START, filter.clone()));
+        let task = tokio::spawn(collect_until(sub, until_rx, who));
+        Collector {
+            filter,
+            until,
+            task,
+            who,
+        }
+    }
+
+    /// Tells the collector where `log` ends; returns what it saw and the part of `log` it
+    /// should have seen.
+    async fn finish(self, log: &[RecordedEvent]) -> (Vec<RecordedEvent>, Vec<RecordedEvent>) {
+        let Collector {
+            filter,
+            until,
+            task,
+            who,
+        } = self;
+        let matching: Vec<RecordedEvent> =
+            log.iter().filter(|e| filter.matches(e)).cloned().collect();
+        let last = matching.last().map_or(Position::START, |e| e.position);
+        until.send_replace(Some(last));
+        let got = within_for(LOAD_DEADLINE + EVENT_WAIT_DEADLINE, who, task)
+            .await
+            .unwrap_or_else(|e| panic!("{who} failed: {e}"));
+        (got, matching)
+    }
+}
+
+async fn collect_until(
+    mut sub: Subscriber,
+    mut until: tokio::sync::watch::Receiver<Option<Position>>,
+    who: &str,
+) -> Vec<RecordedEvent> {
+    let mut got: Vec<RecordedEvent> = Vec::new();
+    within_for(LOAD_DEADLINE, who, async {
+        loop {
+            let target = *until.borrow_and_update();
+            let reached = got.last().map_or(Position::START, |e| e.position);
+            if target.is_some_and(|t| reached >= t) {
+                return;
+            }
+            tokio::select! {
+                item = sub.items.recv() => match item {
                     Some(Ok(e)) => got.push(e),
                     Some(Err(e)) => panic!("{who}: the subscription failed: {e}"),
                     None => panic!("{who}: the subscription ended"),
+                },
+                changed = until.changed() => {
+                    if changed.is_err() {
+                        // The check is gone (it failed elsewhere): nothing to report.
+                        return;
+                    }
                 }
             }
-        })
-        .await;
-        got
+        }
     })
+    .await;
+    got
 }
 
 /// With `LOAD_WRITERS` writers appending `LOAD_EVENTS_PER_WRITER` events each at once,
@@ -2563,20 +2764,14 @@ pub async fn subscription_sees_every_event_exactly_once_under_concurrent_writers
     const SEED_EVENTS: usize = 100;
     const STREAMS_PER_WRITER: usize = 4;
     let seed = events("Seeded", SEED_EVENTS);
-    let mut expected: HashSet<EventId> = ids_of_new(&seed).into_iter().collect();
+    let mut appended: HashSet<EventId> = ids_of_new(&seed).into_iter().collect();
     append(&*store, &stream("Seed-1"), ExpectedRevision::NoStream, seed).await;
     let total = SEED_EVENTS + LOAD_WRITERS * LOAD_EVENTS_PER_WRITER;
 
-    let from_start = spawn_collector(
-        &store,
-        EventFilter::all(),
-        total,
-        "subscriber started first",
-    );
-    let writer_zero = spawn_collector(
+    let from_start = Collector::spawn(&store, EventFilter::all(), "subscriber started first");
+    let writer_zero = Collector::spawn(
         &store,
         EventFilter::categories(["Load0"]),
-        LOAD_EVENTS_PER_WRITER,
         "subscriber filtered to writer 0",
     );
     let writers: Vec<_> = (0..LOAD_WRITERS)
@@ -2618,43 +2813,35 @@ pub async fn subscription_sees_every_event_exactly_once_under_concurrent_writers
         },
     )
     .await;
-    let midway = spawn_collector(
-        &store,
-        EventFilter::all(),
-        total,
-        "subscriber started midway",
-    );
+    let midway = Collector::spawn(&store, EventFilter::all(), "subscriber started midway");
 
     let mut by_writer = Vec::with_capacity(LOAD_WRITERS);
     for w in writers {
         let written = within_for(LOAD_DEADLINE, "the writers", w)
             .await
             .unwrap_or_else(|e| panic!("a writer panicked: {e}"));
-        expected.extend(written.iter().copied());
+        appended.extend(written.iter().copied());
         by_writer.push(written);
     }
-    assert_eq!(expected.len(), total);
+    assert_eq!(appended.len(), total);
 
-    let join = |h: tokio::task::JoinHandle<Vec<RecordedEvent>>| async move {
-        h.await
-            .unwrap_or_else(|e| panic!("a subscriber panicked: {e}"))
-    };
-    let first = join(from_start).await;
-    assert_exactly_once_in_order(&first, &expected, "subscriber started first");
-    let second = join(midway).await;
-    assert_exactly_once_in_order(&second, &expected, "subscriber started midway");
-    assert_eq!(ids(&first), ids(&second), "both subscribers see one order");
-    let filtered = join(writer_zero).await;
+    let log = read_everything(&*store).await;
+    assert_eq!(log.len(), total, "$all holds every appended event once");
+    assert!(
+        log.iter().all(|e| appended.contains(&e.id)),
+        "$all holds only appended events"
+    );
+    for collector in [from_start, midway] {
+        let who = collector.who;
+        let (got, should) = collector.finish(&log).await;
+        assert_saw_exactly(&got, &should, who);
+    }
+    let (got, should) = writer_zero.finish(&log).await;
+    assert_saw_exactly(&got, &should, "subscriber filtered to writer 0");
     assert_eq!(
-        ids(&filtered),
+        ids(&got),
         by_writer[0],
         "the filtered subscriber sees exactly writer 0's events, in its order"
-    );
-    let log = read_everything(&*store).await;
-    assert_eq!(
-        ids(&log),
-        ids(&first),
-        "subscribers see $all as read_all does"
     );
 }
 

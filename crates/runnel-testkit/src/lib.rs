@@ -1,9 +1,14 @@
 //! Test support for Runnel: an in-memory store for unit tests ([`InMemoryStore`]) and the
 //! conformance suite every storage backend runs ([`conformance`],
-//! [`event_store_conformance!`]).
+//! [`event_store_conformance!`]), and the transport conformance suite every publisher /
+//! subscriber runs ([`transport`], [`transport_conformance!`]), and the dedup-store suite
+//! ([`dedup`], [`dedup_store_conformance!`]).
 
 pub mod conformance;
+pub mod dead_letters;
+pub mod dedup;
 pub mod memory;
+pub mod transport;
 
 pub use conformance::run_event_store_suite;
 pub use memory::InMemoryStore;

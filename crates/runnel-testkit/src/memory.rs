@@ -106,6 +106,14 @@ impl InMemoryStore {
     }
 }
 
+/// Spends one unit of tokio's cooperative budget, yielding when it is used up — as real
+/// I/O does. Without it every call completes at once, and a caller that loops over the
+/// store (a subscription whose `wait_for_events` never waits, say) would hold its thread
+/// forever instead of letting timeouts fire.
+async fn yield_point() {
+    tokio::task::consume_budget().await;
+}
+
 impl Default for InMemoryStore {
     fn default() -> Self {
         Self::new()
@@ -177,6 +185,7 @@ impl EventStore for InMemoryStore {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
+        yield_point().await;
         self.inner.limits.validate_append(&events)?;
         let mut state = self.state()?;
         // Idempotency comes before the revision check: a retried append carries the
@@ -238,6 +247,7 @@ impl EventStore for InMemoryStore {
         stream: &StreamName,
         options: ReadStream,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        yield_point().await;
         validate_limit(options.limit)?;
         let state = self.state()?;
         let Some(entry) = state.streams.get(stream) else {
@@ -266,6 +276,7 @@ impl EventStore for InMemoryStore {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        yield_point().await;
         validate_limit(limit)?;
         filter.validate()?;
         let state = self.state()?;
@@ -288,6 +299,7 @@ impl EventStore for InMemoryStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        yield_point().await;
         validate_limit(limit)?;
         let state = self.state()?;
         let start = usize::try_from(after.0).unwrap_or(usize::MAX);
@@ -302,6 +314,7 @@ impl EventStore for InMemoryStore {
     }
 
     async fn stream_revision(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
+        yield_point().await;
         Ok(self.state()?.revision(stream))
     }
 
@@ -311,6 +324,7 @@ impl EventStore for InMemoryStore {
         after: Option<&StreamName>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>, StoreError> {
+        yield_point().await;
         validate_limit(limit)?;
         if let Some(category) = category {
             validate_category(category)?;
@@ -339,10 +353,12 @@ impl EventStore for InMemoryStore {
     }
 
     async fn head_position(&self) -> Result<Position, StoreError> {
+        yield_point().await;
         Ok(self.state()?.head())
     }
 
     async fn wait_for_events(&self, after: Position, max_wait: Duration) -> Result<(), StoreError> {
+        yield_point().await;
         let mut head = self.inner.head.subscribe();
         let wait = head.wait_for(|&h| h > after);
         // Elapsed deadline and a matching head both simply return: the caller reads again.
@@ -359,6 +375,7 @@ impl EventStore for InMemoryStore {
 #[async_trait]
 impl SnapshotStore for InMemoryStore {
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        yield_point().await;
         let mut state = self.state()?;
         let newer_stored = state
             .snapshots
@@ -371,10 +388,12 @@ impl SnapshotStore for InMemoryStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, StoreError> {
+        yield_point().await;
         Ok(self.state()?.snapshots.get(stream).cloned())
     }
 
     async fn delete_snapshot(&self, stream: &StreamName) -> Result<(), StoreError> {
+        yield_point().await;
         self.state()?.snapshots.remove(stream);
         Ok(())
     }
@@ -383,11 +402,13 @@ impl SnapshotStore for InMemoryStore {
 #[async_trait]
 impl CheckpointStore for InMemoryStore {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>, StoreError> {
+        yield_point().await;
         validate_checkpoint_name(name)?;
         Ok(self.state()?.checkpoints.get(name).copied())
     }
 
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        yield_point().await;
         validate_checkpoint_name(name)?;
         self.state()?.checkpoints.insert(name.to_string(), position);
         Ok(())

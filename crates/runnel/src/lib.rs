@@ -8,15 +8,20 @@
 //!   on every read path.
 //! * [`command`] and [`query`]: typed buses with dispatch by name and JSON for the HTTP
 //!   API and the CLI.
+//! * [`consumer`]: the consumer router — handlers as tower services, retry, dead letter,
+//!   idempotency, timeout, key-ordered concurrency, tracing and metrics as layers.
+//! * [`retry`]: the [`RetryPolicy`] (exponential backoff with full jitter) shared by the
+//!   repository and the consumer router.
 //!
 //! The storage traits and envelope types live in [`runnel_core`], re-exported as [`core`].
 
 pub mod aggregate;
-pub mod consumer;
-pub mod dead_letter;
 pub mod bus;
 pub mod command;
+pub mod consumer;
+pub mod dead_letter;
 pub mod query;
+pub mod retry;
 pub mod upcast;
 
 pub use aggregate::{

@@ -4,13 +4,13 @@
 mod error;
 mod outcome;
 mod repository;
-mod retry;
 mod snapshot_policy;
 
 pub use error::RepositoryError;
 pub use outcome::{ExecuteOutcome, Loaded};
 pub use repository::{Repository, LOAD_PAGE_EVENTS};
-pub use retry::RetryPolicy;
+// The policy is shared with the consumer router's retry layer; it lives in `crate::retry`.
+pub use crate::retry::RetryPolicy;
 pub use snapshot_policy::SnapshotPolicy;
 
 use runnel_core::DomainEvent;

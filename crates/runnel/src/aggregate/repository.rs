@@ -13,10 +13,10 @@ use runnel_core::{
 
 use super::error::RepositoryError;
 use super::outcome::{ExecuteOutcome, Loaded};
-use super::retry::RetryPolicy;
 use super::snapshot_policy::SnapshotPolicy;
 use super::Aggregate;
 use crate::command::CommandEnvelope;
+use crate::retry::RetryPolicy;
 use crate::upcast::Upcasters;
 
 /// Events read per call while loading an aggregate. Loading holds only the state and one

@@ -1,5 +1,8 @@
-//! How often and how patiently the repository retries.
+//! How often and how patiently to retry: exponential backoff with full jitter, shared by the
+//! aggregate [`Repository`](crate::Repository) (conflicts, transient store errors) and the
+//! consumer router's [retry layer](crate::consumer::layers::RetryLayer) (failed handlers).
 
+use std::fmt;
 use std::time::Duration;
 
 /// Retry policy for optimistic-concurrency conflicts and transient store errors:
@@ -68,11 +71,54 @@ impl RetryPolicy {
 
     /// A random wait in `[0, delay_ceiling(attempt)]` (full jitter).
     pub fn delay_for_attempt(&self, attempt: u32) -> Duration {
-        let ceiling_ns = u64::try_from(self.delay_ceiling(attempt).as_nanos()).unwrap_or(u64::MAX);
+        self.delay_for_attempt_with(attempt, &FullJitter)
+    }
+
+    /// The wait after failed try number `attempt`, drawn by `jitter` from
+    /// `[0, delay_ceiling(attempt)]`; tests pass a scripted [`Jitter`] to make it exact.
+    pub fn delay_for_attempt_with(&self, attempt: u32, jitter: &dyn Jitter) -> Duration {
+        let ceiling = self.delay_ceiling(attempt);
+        let drawn = jitter.draw(ceiling);
+        debug_assert!(drawn <= ceiling, "jitter drew {drawn:?} over {ceiling:?}");
+        drawn.min(ceiling)
+    }
+}
+
+/// Draws a wait from `[0, ceiling]`. The production source is [`FullJitter`] (uniformly
+/// random); tests inject a scripted source so backoff is deterministic.
+pub trait Jitter: Send + Sync + 'static {
+    /// A wait in `[0, ceiling]` (values above `ceiling` are clamped by the caller).
+    fn draw(&self, ceiling: Duration) -> Duration;
+}
+
+/// "Full jitter": a uniformly random wait in `[0, ceiling]`, so that many clients that
+/// failed together do not retry together.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FullJitter;
+
+impl Jitter for FullJitter {
+    fn draw(&self, ceiling: Duration) -> Duration {
+        let ceiling_ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         if ceiling_ns == 0 {
             return Duration::ZERO;
         }
         Duration::from_nanos(rand::random_range(0..=ceiling_ns))
+    }
+}
+
+/// No jitter: always the ceiling (deterministic exponential backoff).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoJitter;
+
+impl Jitter for NoJitter {
+    fn draw(&self, ceiling: Duration) -> Duration {
+        ceiling
+    }
+}
+
+impl fmt::Debug for dyn Jitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Jitter")
     }
 }
 
@@ -103,6 +149,33 @@ mod tests {
             }
         }
         assert_eq!(RetryPolicy::no_retry().delay_for_attempt(3), Duration::ZERO);
+    }
+
+    #[test]
+    fn full_jitter_spreads_waits_over_the_whole_range() {
+        let ceiling = Duration::from_secs(1);
+        let draws: Vec<Duration> = (0..200).map(|_| FullJitter.draw(ceiling)).collect();
+        assert!(draws.iter().all(|d| *d <= ceiling));
+        // 200 uniform draws all landing in one half has probability 2^-199.
+        assert!(draws.iter().any(|d| *d < ceiling / 2));
+        assert!(draws.iter().any(|d| *d > ceiling / 2));
+    }
+
+    #[test]
+    fn injected_jitter_makes_the_delay_exact() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(300),
+        };
+        assert_eq!(
+            p.delay_for_attempt_with(3, &NoJitter),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            p.delay_for_attempt_with(2, &NoJitter),
+            Duration::from_millis(200)
+        );
     }
 
     #[test]

@@ -1,0 +1,410 @@
+//! The bus's SQL on PostgreSQL. The tables and the functions that need the topic lock
+//! (publish, subscribe, ack, sweep) are in `migrations/0002_bus.sql`; the statements that
+//! need no lock (claim, nack, extend, release, probes) are here. The design — why only
+//! `head` rows are claimed and how the topic lock keeps `head` right — is in the crate's
+//! DESIGN.md, "Bus".
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use runnel_core::bus::StartPosition;
+use runnel_core::{BusError, Message, StoreError};
+use sqlx::{AssertSqlSafe, PgPool, Row};
+use uuid::Uuid;
+
+use crate::error_map::map_sqlx;
+
+/// A message ready to be written: its ordering key, its envelope (the message without the
+/// payload, as JSON) and its payload.
+pub(crate) struct EncodedMessage {
+    pub ordering_key: Option<Vec<u8>>,
+    pub envelope: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl EncodedMessage {
+    /// Encodes `message`, taking its payload without copying it.
+    pub fn encode(mut message: Message) -> Result<Self, BusError> {
+        let ordering_key = message.ordering_key().map(|k| k.as_bytes().to_vec());
+        let payload = std::mem::take(&mut message.payload);
+        let envelope = serde_json::to_vec(&message).map_err(|e| BusError::InvalidMessage {
+            id: message.id.chars().take(64).collect(),
+            reason: format!("cannot encode the envelope: {e}"),
+        })?;
+        Ok(EncodedMessage {
+            ordering_key,
+            envelope,
+            payload,
+        })
+    }
+}
+
+fn decode_message(seq: i64, envelope: &[u8], payload: Vec<u8>) -> Result<Message, StoreError> {
+    let mut message: Message = serde_json::from_slice(envelope)
+        .map_err(|e| StoreError::Corrupt(format!("bus message {seq}: unreadable envelope: {e}")))?;
+    debug_assert!(
+        message.payload.is_empty(),
+        "envelopes are stored without payload"
+    );
+    message.payload = payload;
+    Ok(message)
+}
+
+/// Which queue row a delivery holds, and under which lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub topic_id: i64,
+    pub group_id: i64,
+    pub seq: i64,
+    /// The consumer that claimed it.
+    pub owner: Uuid,
+    /// The delivery attempt the claim made; a later claim of the same row has a higher one,
+    /// so a stale delivery can never settle a newer one.
+    pub attempt: i32,
+}
+
+/// One claimed row with its message.
+pub(crate) struct Claimed {
+    pub lease: Lease,
+    pub message: Message,
+}
+
+/// How a delivery is settled.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Settle {
+    /// Done: delete the row; the key's next row becomes the head.
+    Ack,
+    /// Failed: free the row, claimable again at `visible_at`.
+    Nack { visible_at: DateTime<Utc> },
+    /// Still working: keep the lease until `visible_at`.
+    Extend { visible_at: DateTime<Utc> },
+    /// Claimed but never handed to the application: free the row at `visible_at` and take
+    /// back the attempt the claim counted.
+    Release { visible_at: DateTime<Utc> },
+}
+
+/// What settling did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Settled {
+    /// The lease was still held (else the delivery is lost: redelivered elsewhere).
+    pub held: bool,
+    /// A row may have become claimable now: wake the topic's consumers (an ack notifies
+    /// other processes itself, inside `bus_ack`).
+    pub wake: bool,
+}
+
+/// The statements, formatted once for the schema.
+pub(crate) struct Statements {
+    schema: String,
+    publish: Arc<str>,
+    subscribe: Arc<str>,
+    claim: Arc<str>,
+    next_visible: Arc<str>,
+    ack: Arc<str>,
+    nack: Arc<str>,
+    extend: Arc<str>,
+    release: Arc<str>,
+    notify: Arc<str>,
+    topics: Arc<str>,
+    sweep: Arc<str>,
+    delete_group: Arc<str>,
+    backlog: Arc<str>,
+}
+
+impl Statements {
+    pub fn new(schema: &str) -> Self {
+        let s = schema;
+        let settle_where = "WHERE group_id = $1 AND seq = $2 AND lease_owner = $3 AND attempt = $4";
+        Statements {
+            schema: s.to_string(),
+            publish: format!("SELECT {s}.bus_publish($1, $2, $3, $4, $5, $6)").into(),
+            subscribe: format!(
+                "SELECT o_topic_id, o_group_id FROM {s}.bus_subscribe($1, $2, $3, $4)"
+            )
+            .into(),
+            // Ready heads of the group, oldest first; rows another consumer is claiming
+            // right now are skipped, not waited for.
+            claim: format!(
+                "WITH ready AS ( \
+                     SELECT q.group_id, q.seq FROM {s}.bus_queue q \
+                     WHERE q.group_id = $1 AND q.head AND q.visible_at <= $2 \
+                     ORDER BY q.visible_at, q.seq LIMIT $3 \
+                     FOR UPDATE SKIP LOCKED), \
+                 claimed AS ( \
+                     UPDATE {s}.bus_queue q \
+                     SET attempt = q.attempt + 1, lease_owner = $4, visible_at = $5 \
+                     FROM ready WHERE q.group_id = ready.group_id AND q.seq = ready.seq \
+                     RETURNING q.seq, q.attempt) \
+                 SELECT c.seq, c.attempt, m.envelope, m.payload \
+                 FROM claimed c JOIN {s}.bus_messages m ON m.seq = c.seq ORDER BY c.seq"
+            )
+            .into(),
+            next_visible: format!(
+                "SELECT min(visible_at) FROM {s}.bus_queue WHERE group_id = $1 AND head"
+            )
+            .into(),
+            ack: format!("SELECT {s}.bus_ack($1, $2, $3, $4, $5, $6, $7)").into(),
+            nack: format!(
+                "UPDATE {s}.bus_queue SET visible_at = $5, lease_owner = NULL {settle_where}"
+            )
+            .into(),
+            extend: format!("UPDATE {s}.bus_queue SET visible_at = $5 {settle_where}").into(),
+            release: format!(
+                "UPDATE {s}.bus_queue SET visible_at = $5, lease_owner = NULL, \
+                 attempt = attempt - 1 {settle_where}"
+            )
+            .into(),
+            notify: "SELECT pg_notify($1, $2)".into(),
+            topics: format!("SELECT topic_id FROM {s}.bus_topics ORDER BY topic_id").into(),
+            sweep: format!("SELECT {s}.bus_sweep($1, $2, $3)").into(),
+            delete_group: format!("SELECT {s}.bus_delete_group($1, $2)").into(),
+            backlog: format!(
+                "SELECT count(q.seq), \
+                        count(q.seq) FILTER (WHERE q.lease_owner IS NOT NULL AND q.visible_at > $3) \
+                 FROM {s}.bus_groups g JOIN {s}.bus_topics t ON t.topic_id = g.topic_id \
+                 LEFT JOIN {s}.bus_queue q ON q.group_id = g.group_id \
+                 WHERE t.name = $1 AND g.name = $2 GROUP BY g.group_id"
+            )
+            .into(),
+        }
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub async fn publish(
+        &self,
+        pool: &PgPool,
+        topic: &str,
+        channel: &str,
+        messages: Vec<EncodedMessage>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut keys = Vec::with_capacity(messages.len());
+        let mut envelopes = Vec::with_capacity(messages.len());
+        let mut payloads = Vec::with_capacity(messages.len());
+        for m in messages {
+            keys.push(m.ordering_key);
+            envelopes.push(m.envelope);
+            payloads.push(m.payload);
+        }
+        let expected = envelopes.len() as i32;
+        let written: i32 = sqlx::query_scalar(AssertSqlSafe(self.publish.clone()))
+            .bind(topic)
+            .bind(channel)
+            .bind(keys)
+            .bind(envelopes)
+            .bind(payloads)
+            .bind(now)
+            .fetch_one(pool)
+            .await
+            .map_err(map_sqlx)?;
+        debug_assert_eq!(written, expected);
+        Ok(())
+    }
+
+    /// `(topic_id, group_id)`, creating the group (and topic) on first use.
+    pub async fn subscribe(
+        &self,
+        pool: &PgPool,
+        topic: &str,
+        group: &str,
+        start: StartPosition,
+        now: DateTime<Utc>,
+    ) -> Result<(i64, i64), StoreError> {
+        let row = sqlx::query(AssertSqlSafe(self.subscribe.clone()))
+            .bind(topic)
+            .bind(group)
+            .bind(start == StartPosition::Earliest)
+            .bind(now)
+            .fetch_one(pool)
+            .await
+            .map_err(map_sqlx)?;
+        let topic_id: i64 = row.try_get(0).map_err(map_sqlx)?;
+        let group_id: i64 = row.try_get(1).map_err(map_sqlx)?;
+        Ok((topic_id, group_id))
+    }
+
+    /// Leases up to `limit` claimable head rows of the group to `owner` until
+    /// `lease_until`, and returns them with their messages in publish order.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim(
+        &self,
+        pool: &PgPool,
+        topic_id: i64,
+        group_id: i64,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(self.claim.clone()))
+            .bind(group_id)
+            .bind(now)
+            .bind(limit as i64)
+            .bind(owner)
+            .bind(lease_until)
+            .fetch_all(pool)
+            .await
+            .map_err(map_sqlx)?;
+        debug_assert!(rows.len() <= limit);
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let corrupt = |e: sqlx::Error| StoreError::Corrupt(format!("unreadable bus row: {e}"));
+            let seq: i64 = row.try_get(0).map_err(corrupt)?;
+            let attempt: i32 = row.try_get(1).map_err(corrupt)?;
+            let envelope: Vec<u8> = row.try_get(2).map_err(corrupt)?;
+            let payload: Vec<u8> = row.try_get(3).map_err(corrupt)?;
+            debug_assert!(attempt >= 1);
+            claimed.push(Claimed {
+                lease: Lease {
+                    topic_id,
+                    group_id,
+                    seq,
+                    owner,
+                    attempt,
+                },
+                message: decode_message(seq, &envelope, payload)?,
+            });
+        }
+        Ok(claimed)
+    }
+
+    /// When the group's next head row becomes claimable, or `None` if it has no rows.
+    pub async fn next_visible(
+        &self,
+        pool: &PgPool,
+        group_id: i64,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        sqlx::query_scalar(AssertSqlSafe(self.next_visible.clone()))
+            .bind(group_id)
+            .fetch_one(pool)
+            .await
+            .map_err(map_sqlx)
+    }
+
+    /// Settles one leased row. Only the lease that claimed it (same owner, same attempt)
+    /// can.
+    pub async fn settle(
+        &self,
+        pool: &PgPool,
+        lease: &Lease,
+        how: Settle,
+        now: DateTime<Utc>,
+        channel: &str,
+        topic: &str,
+    ) -> Result<Settled, StoreError> {
+        let (sql, visible_at) = match how {
+            Settle::Ack => {
+                let held: bool = sqlx::query_scalar(AssertSqlSafe(self.ack.clone()))
+                    .bind(lease.topic_id)
+                    .bind(lease.group_id)
+                    .bind(lease.seq)
+                    .bind(lease.owner)
+                    .bind(lease.attempt)
+                    .bind(channel)
+                    .bind(topic)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                // bus_ack notifies every process (this one included) if it promoted a row.
+                return Ok(Settled { held, wake: false });
+            }
+            Settle::Nack { visible_at } => (&self.nack, visible_at),
+            Settle::Extend { visible_at } => (&self.extend, visible_at),
+            Settle::Release { visible_at } => (&self.release, visible_at),
+        };
+        let held = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(lease.group_id)
+            .bind(lease.seq)
+            .bind(lease.owner)
+            .bind(lease.attempt)
+            .bind(visible_at)
+            .execute(pool)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected()
+            > 0;
+        let wake = held && !matches!(how, Settle::Extend { .. }) && visible_at <= now;
+        if wake {
+            // Other processes' consumers of the topic may be idle: tell them.
+            sqlx::query(AssertSqlSafe(self.notify.clone()))
+                .bind(channel)
+                .bind(topic)
+                .execute(pool)
+                .await
+                .map_err(map_sqlx)?;
+        }
+        Ok(Settled { held, wake })
+    }
+
+    /// Deletes log rows published before `cutoff` that no group needs, `limit` per topic
+    /// and transaction at a time. Returns how many were deleted.
+    pub async fn sweep(
+        &self,
+        pool: &PgPool,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let topics: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(self.topics.clone()))
+            .fetch_all(pool)
+            .await
+            .map_err(map_sqlx)?;
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let mut total = 0usize;
+        for topic_id in topics {
+            loop {
+                let deleted: i32 = sqlx::query_scalar(AssertSqlSafe(self.sweep.clone()))
+                    .bind(topic_id)
+                    .bind(cutoff)
+                    .bind(limit)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                total += deleted.max(0) as usize;
+                if deleted < limit {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    pub async fn delete_group(
+        &self,
+        pool: &PgPool,
+        topic: &str,
+        group: &str,
+    ) -> Result<bool, StoreError> {
+        sqlx::query_scalar(AssertSqlSafe(self.delete_group.clone()))
+            .bind(topic)
+            .bind(group)
+            .fetch_one(pool)
+            .await
+            .map_err(map_sqlx)
+    }
+
+    /// `(pending, in_flight)` of the group, or `None` if it does not exist.
+    pub async fn backlog(
+        &self,
+        pool: &PgPool,
+        topic: &str,
+        group: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(self.backlog.clone()))
+            .bind(topic)
+            .bind(group)
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+            .map_err(map_sqlx)?;
+        row.map(|r| {
+            let pending: i64 = r.try_get(0).map_err(map_sqlx)?;
+            let in_flight: i64 = r.try_get(1).map_err(map_sqlx)?;
+            Ok((pending as u64, in_flight as u64))
+        })
+        .transpose()
+    }
+}

@@ -1,1 +1,0 @@
-//! The embedded durable bus on this backend (being built).

@@ -1,0 +1,291 @@
+//! The transactional inbox: what makes a handler's effects exactly-once when its state
+//! lives in the same database as the inbox. The handler writes through a *scope* the inbox
+//! opens for the attempt; the inbox commits those writes together with the "message
+//! processed" mark, so either both happen or neither, and a redelivered duplicate finds the
+//! mark and is skipped.
+//!
+//! The router's [`InboxLayer`](super::layers::InboxLayer) drives an [`Inbox`]:
+//!
+//! 1. `begin(key)` — `AlreadyProcessed` skips the handler; `Started(scope)` runs it with the
+//!    scope available through [`HandlerContext::scope`](super::HandlerContext::scope);
+//! 2. the handler succeeds → `commit(key, scope)` marks and commits atomically
+//!    (`AlreadyProcessed` if a concurrent duplicate committed first: this attempt's writes
+//!    are discarded); the handler fails → `rollback(key, scope)`.
+//!
+//! Backends implement it in their own way (both fit this shape):
+//! * PostgreSQL: `Scope` holds an open transaction; `begin` inserts the inbox row
+//!   (`ON CONFLICT DO NOTHING`; a concurrent duplicate waits on the uncommitted row), the
+//!   handler runs its SQL in the transaction, `commit` commits.
+//! * SQLite: `Scope` collects the handler's writes as closures; `commit` runs one unit of
+//!   work on the writer that inserts the inbox row and, if it was new, applies the writes.
+//!
+//! [`MemoryInbox`] is the in-memory implementation for tests.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use runnel_core::message::BusError;
+
+use super::context::lock;
+use super::error::BoxError;
+
+/// Whose inbox and which message: the row an inbox marks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InboxKey {
+    /// The handler (consumer) the mark belongs to, so two consumers of one message each
+    /// handle it once. The router uses [`consumer_name`](super::layers::consumer_name)
+    /// (`"{topic}/{group}"`, at most 200 bytes) unless configured otherwise.
+    pub handler: String,
+    /// The message id (CloudEvents `id`).
+    pub message_id: String,
+}
+
+impl fmt::Display for InboxKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.handler, self.message_id)
+    }
+}
+
+/// What [`Inbox::begin`] found.
+#[derive(Debug)]
+pub enum InboxBegin<S> {
+    /// Not processed yet (as far as the inbox can tell now): run the handler with `S`.
+    Started(S),
+    /// Already processed: skip the handler and acknowledge.
+    AlreadyProcessed,
+}
+
+/// What [`Inbox::commit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboxCommit {
+    /// The handler's writes and the mark committed together.
+    Committed,
+    /// The mark was already there (a concurrent duplicate committed first); nothing of
+    /// this attempt was committed.
+    AlreadyProcessed,
+}
+
+/// Why an inbox operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboxError {
+    /// The inbox's store failed (unreachable, I/O, busy): nothing was committed. The router
+    /// hands the delivery back to the transport to come again later; it is not counted as
+    /// a failure of the message.
+    #[error("the inbox store failed: {0}")]
+    Store(#[from] BusError),
+    /// The handler's own writes failed when they were applied (a constraint violated, bad
+    /// data): nothing was committed. Counts as a failed attempt of the handler (retried, or
+    /// dead-lettered if the retry layer's classifier says permanent).
+    #[error("the handler's writes failed: {0}")]
+    Writes(#[source] BoxError),
+}
+
+/// A transactional inbox. See the [module documentation](self) for the protocol.
+///
+/// Dropping a scope must roll back whatever it holds (the router drops it if the attempt
+/// is cancelled, e.g. by shutdown at its deadline).
+///
+/// ```
+/// use runnel::consumer::inbox::{Inbox, InboxBegin, InboxCommit, InboxKey, MemoryInbox};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let inbox = MemoryInbox::new();
+/// let key = InboxKey { handler: "orders/billing".into(), message_id: "m-1".into() };
+/// let InboxBegin::Started(mut scope) = inbox.begin(&key).await? else { unreachable!() };
+/// scope.record("invoice for m-1");
+/// assert_eq!(inbox.commit(&key, scope).await?, InboxCommit::Committed);
+/// assert!(matches!(inbox.begin(&key).await?, InboxBegin::AlreadyProcessed));
+/// assert_eq!(inbox.effects(), vec!["invoice for m-1".to_string()]);
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait Inbox: Send + Sync + 'static {
+    /// What the handler writes through (a transaction, a write set). The handler gets it
+    /// with [`HandlerContext::scope::<Self::Scope>()`](super::HandlerContext::scope).
+    type Scope: Send + 'static;
+
+    /// Opens a scope for handling `key`, or reports that `key` is already processed.
+    async fn begin(&self, key: &InboxKey) -> Result<InboxBegin<Self::Scope>, InboxError>;
+
+    /// Atomically marks `key` processed and commits `scope`'s writes; or, if `key` is
+    /// marked already, commits nothing and says so.
+    async fn commit(&self, key: &InboxKey, scope: Self::Scope) -> Result<InboxCommit, InboxError>;
+
+    /// Discards `scope` (the handler failed). The default drops it, which must roll back.
+    async fn rollback(&self, key: &InboxKey, scope: Self::Scope) -> Result<(), InboxError> {
+        let _ = key;
+        drop(scope);
+        Ok(())
+    }
+}
+
+/// An [`Inbox`] with its scope type erased, so the inbox layer is one type for every inbox.
+/// The scope travels as an `Arc<tokio::sync::Mutex<Option<I::Scope>>>` (what
+/// [`HandlerContext::scope`](super::HandlerContext::scope) downcasts to).
+pub(crate) type ScopeSlot = Arc<dyn std::any::Any + Send + Sync>;
+
+pub(crate) trait ErasedInbox: Send + Sync + 'static {
+    fn begin<'a>(
+        &'a self,
+        key: &'a InboxKey,
+    ) -> BoxFuture<'a, Result<Option<ScopeSlot>, InboxError>>;
+    fn commit<'a>(
+        &'a self,
+        key: &'a InboxKey,
+        slot: ScopeSlot,
+    ) -> BoxFuture<'a, Result<InboxCommit, ScopeError>>;
+    fn rollback<'a>(
+        &'a self,
+        key: &'a InboxKey,
+        slot: ScopeSlot,
+    ) -> BoxFuture<'a, Result<(), InboxError>>;
+}
+
+/// Why the layer could not commit a scope.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScopeError {
+    #[error(transparent)]
+    Inbox(#[from] InboxError),
+    #[error("the handler still holds the inbox scope after returning (drop the guard before returning, do not move it into a spawned task)")]
+    StillHeld,
+    #[error("the inbox scope was already taken")]
+    Missing,
+}
+
+impl<I: Inbox> ErasedInbox for I {
+    fn begin<'a>(
+        &'a self,
+        key: &'a InboxKey,
+    ) -> BoxFuture<'a, Result<Option<ScopeSlot>, InboxError>> {
+        Box::pin(async move {
+            match Inbox::begin(self, key).await? {
+                InboxBegin::AlreadyProcessed => Ok(None),
+                InboxBegin::Started(scope) => {
+                    let slot: ScopeSlot = Arc::new(tokio::sync::Mutex::new(Some(scope)));
+                    Ok(Some(slot))
+                }
+            }
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        key: &'a InboxKey,
+        slot: ScopeSlot,
+    ) -> BoxFuture<'a, Result<InboxCommit, ScopeError>> {
+        Box::pin(async move {
+            let scope = take_scope::<I::Scope>(slot)?;
+            Ok(Inbox::commit(self, key, scope).await?)
+        })
+    }
+
+    fn rollback<'a>(
+        &'a self,
+        key: &'a InboxKey,
+        slot: ScopeSlot,
+    ) -> BoxFuture<'a, Result<(), InboxError>> {
+        Box::pin(async move {
+            match take_scope::<I::Scope>(slot) {
+                Ok(scope) => Inbox::rollback(self, key, scope).await,
+                // Still held by a leaked guard: it rolls back when that guard's slot drops.
+                Err(_) => Ok(()),
+            }
+        })
+    }
+}
+
+fn take_scope<S: Send + 'static>(slot: ScopeSlot) -> Result<S, ScopeError> {
+    let slot = slot
+        .downcast::<tokio::sync::Mutex<Option<S>>>()
+        .map_err(|_| ScopeError::Missing)?;
+    let mut guard = slot.try_lock().map_err(|_| ScopeError::StillHeld)?;
+    guard.take().ok_or(ScopeError::Missing)
+}
+
+/// Most messages a [`MemoryInbox`] remembers (it is for tests; nothing grows unbounded).
+pub const MEMORY_INBOX_ENTRIES_MAX: usize = 100_000;
+
+/// An in-memory [`Inbox`] for tests: its scope records "effects" (strings) that become
+/// visible, with the processed mark, only when the attempt commits.
+#[derive(Debug, Default)]
+pub struct MemoryInbox {
+    state: Mutex<MemoryInboxState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInboxState {
+    processed: HashSet<InboxKey>,
+    effects: Vec<String>,
+}
+
+/// The scope of a [`MemoryInbox`]: the attempt's effects, applied only on commit.
+#[derive(Debug, Default)]
+pub struct MemoryInboxScope {
+    effects: Vec<String>,
+}
+
+impl MemoryInboxScope {
+    /// Records an effect (committed with the processed mark, or not at all).
+    pub fn record(&mut self, effect: impl Into<String>) {
+        self.effects.push(effect.into());
+    }
+}
+
+impl MemoryInbox {
+    /// An empty inbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every committed effect, in commit order.
+    pub fn effects(&self) -> Vec<String> {
+        lock(&self.state).effects.clone()
+    }
+
+    /// Whether `key` is marked processed.
+    pub fn is_processed(&self, key: &InboxKey) -> bool {
+        lock(&self.state).processed.contains(key)
+    }
+
+    /// How many messages are marked processed.
+    pub fn processed_count(&self) -> usize {
+        lock(&self.state).processed.len()
+    }
+}
+
+#[async_trait]
+impl Inbox for MemoryInbox {
+    type Scope = MemoryInboxScope;
+
+    async fn begin(&self, key: &InboxKey) -> Result<InboxBegin<MemoryInboxScope>, InboxError> {
+        if lock(&self.state).processed.contains(key) {
+            Ok(InboxBegin::AlreadyProcessed)
+        } else {
+            Ok(InboxBegin::Started(MemoryInboxScope::default()))
+        }
+    }
+
+    async fn commit(
+        &self,
+        key: &InboxKey,
+        scope: MemoryInboxScope,
+    ) -> Result<InboxCommit, InboxError> {
+        // One lock = one transaction: the check, the mark and the effects are atomic.
+        let mut state = lock(&self.state);
+        if state.processed.contains(key) {
+            return Ok(InboxCommit::AlreadyProcessed);
+        }
+        if state.processed.len() >= MEMORY_INBOX_ENTRIES_MAX {
+            return Err(InboxError::Store(BusError::Backend(format!(
+                "the memory inbox holds {MEMORY_INBOX_ENTRIES_MAX} messages, its limit"
+            ))));
+        }
+        state.processed.insert(key.clone());
+        state.effects.extend(scope.effects);
+        Ok(InboxCommit::Committed)
+    }
+}
