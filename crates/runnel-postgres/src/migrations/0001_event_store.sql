@@ -95,12 +95,92 @@ DECLARE
     base_pos   bigint;
     now_       timestamptz := clock_timestamp();
     max_pos    bigint := 0;
+    accepted_total bigint;
 BEGIN
     -- One appender at a time per store: positions are then handed out in commit order, so
     -- a reader can never see position p+1 before p (the lock is released after commit).
     PERFORM pg_advisory_xact_lock(lock_key);
     SELECT CASE WHEN q.is_called THEN q.last_value ELSE 0 END INTO base_pos
       FROM __SCHEMA__.event_position q;
+
+    -- Fast path, set-based (a handful of statements per batch instead of per append): every
+    -- stream appears once in the batch and no event id is stored yet, so the appends are
+    -- independent and none is a retry or a duplicate. Otherwise the loop below handles the
+    -- batch append by append, each seeing the ones before it.
+    IF n_appends > 0
+       AND (SELECT count(DISTINCT x) FROM unnest(stream_names) AS x) = n_appends
+       AND NOT EXISTS (SELECT 1 FROM unnest(ids) AS x(id)
+                        JOIN __SCHEMA__.events e ON e.event_id = x.id) THEN
+        SELECT coalesce(sum(r.cnt) FILTER (WHERE
+                   r.kind = 0
+                   OR (r.kind = 1 AND s.stream_id IS NULL)
+                   OR (r.kind = 2 AND s.stream_id IS NOT NULL)
+                   OR (r.kind = 3 AND s.revision = r.rev)), 0)
+          INTO accepted_total
+          FROM unnest(stream_names, expected_kinds, expected_revs, counts) AS r(name, kind, rev, cnt)
+          LEFT JOIN __SCHEMA__.streams s ON s.name = r.name;
+
+        RETURN QUERY
+        WITH req AS (
+            SELECT r.i, r.name, r.category, r.kind, r.rev, r.cnt, s.stream_id AS sid,
+                   s.revision AS cur,
+                   (r.kind = 0
+                    OR (r.kind = 1 AND s.stream_id IS NULL)
+                    OR (r.kind = 2 AND s.stream_id IS NOT NULL)
+                    OR (r.kind = 3 AND s.revision = r.rev)) AS accepted
+              FROM unnest(stream_names, categories, expected_kinds, expected_revs, counts)
+                   WITH ORDINALITY AS r(name, category, kind, rev, cnt, i)
+              LEFT JOIN __SCHEMA__.streams s ON s.name = r.name
+        ), placed AS (
+            SELECT req.*,
+                   coalesce(req.cur, 0) AS base_rev,
+                   -- events of earlier appends in the arrays, and of earlier accepted ones
+                   coalesce(sum(req.cnt) OVER w, 0) - req.cnt AS ev_off,
+                   base_pos + coalesce(sum(req.cnt) FILTER (WHERE req.accepted) OVER w, 0)
+                       - CASE WHEN req.accepted THEN req.cnt ELSE 0 END AS pos_before
+              FROM req
+            WINDOW w AS (ORDER BY req.i ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        ), new_streams AS (
+            INSERT INTO __SCHEMA__.streams AS s
+                   (name, category, revision, last_position, created_at, updated_at)
+            SELECT p.name, p.category, p.cnt, p.pos_before + p.cnt, now_, now_
+              FROM placed p WHERE p.accepted AND p.sid IS NULL
+            RETURNING s.stream_id, s.name
+        ), updated AS (
+            UPDATE __SCHEMA__.streams s
+               SET revision = p.base_rev + p.cnt, last_position = p.pos_before + p.cnt,
+                   updated_at = now_
+              FROM placed p
+             WHERE p.accepted AND p.sid IS NOT NULL AND s.stream_id = p.sid
+            RETURNING s.stream_id
+        ), inserted AS (
+            INSERT INTO __SCHEMA__.events
+                (position, event_id, stream_id, revision, category, event_type, schema_version,
+                 content_type, data, metadata, recorded_at)
+            SELECT p.pos_before + (ev.k - p.ev_off), ev.id, coalesce(p.sid, ns.stream_id),
+                   p.base_rev + (ev.k - p.ev_off), p.category, ev.typ, ev.ver, ev.ct, ev.dat,
+                   ev.meta, now_
+              FROM unnest(ids, types, versions, content_types, datas, metas)
+                   WITH ORDINALITY AS ev(id, typ, ver, ct, dat, meta, k)
+              JOIN placed p ON ev.k > p.ev_off AND ev.k <= p.ev_off + p.cnt
+              LEFT JOIN new_streams ns ON ns.name = p.name
+             WHERE p.accepted
+            RETURNING 1
+        )
+        SELECT p.i::integer,
+               (CASE WHEN p.accepted THEN 0 ELSE 2 END)::smallint,
+               CASE WHEN p.accepted THEN p.base_rev + p.cnt ELSE p.cur END,
+               CASE WHEN p.accepted THEN p.pos_before + p.cnt END,
+               NULL::text
+          FROM placed p
+         ORDER BY p.i;
+
+        IF accepted_total > 0 THEN
+            PERFORM setval('__SCHEMA__.event_position', base_pos + accepted_total);
+            PERFORM pg_notify(channel, (base_pos + accepted_total)::text);
+        END IF;
+        RETURN;
+    END IF;
 
     FOR i IN 1 .. n_appends LOOP
         cnt := counts[i];
