@@ -434,6 +434,10 @@ pub enum BenchCommand {
     /// Event store throughput beside raw SQLite and the disk's fsync rate
     #[command(after_help = BENCH_STORE_AFTER_HELP)]
     Store(BenchStoreArgs),
+    /// Embedded bus and consumer router throughput and latency beside raw SQLite, a bare
+    /// tokio channel and a direct handler call
+    #[command(after_help = BENCH_BUS_AFTER_HELP)]
+    Bus(BenchBusArgs),
 }
 
 const BENCH_STORE_AFTER_HELP: &str = "\
@@ -474,6 +478,47 @@ pub struct BenchStoreArgs {
     /// Keep the database files instead of deleting them
     #[arg(long)]
     pub keep: bool,
+}
+
+const BENCH_BUS_AFTER_HELP: &str = "\
+Scenarios (fresh SQLite files in one temporary directory, WAL, synchronous=FULL, 256-byte
+JSON payloads, one consumer group; each alternates with its baseline in 3 rounds):
+  - publish on the embedded bus: 1 publisher x 1 message per call, 64 concurrent
+    publishers x 1, 1 publisher x 100 per call; beside raw rusqlite inserting the same rows
+    (log row + queue row) 1, 64 and 100 messages per transaction
+  - end to end: publish -> consumer router (every default layer, no-op handler) -> ack,
+    64 messages in flight, messages/s and p50/p99 publish-to-ack latency; beside a bare
+    tokio mpsc pipeline (the in-process ceiling) and beside raw SQLite insert + select +
+    delete, 64 messages per transaction
+  - router overhead in memory: a no-op handler called directly vs through the default
+    layers, and vs a whole consumer fed by an in-memory subscriber (ns per message)
+With --store postgres://...: the publish and end-to-end scenarios on the PostgreSQL bus,
+in fresh schemas dropped at the end, beside raw INSERT / SELECT / DELETE of the same rows
+through sqlx (synchronous_commit=on).
+Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
+
+Examples:
+  cargo run --release -p runnel-cli -- bench bus
+  runnel bench bus --dir /mnt/ssd --seconds 6
+  runnel --store postgres://postgres@localhost/postgres bench bus
+  runnel bench bus --quick              # well under a second per scenario, for smoke tests";
+
+#[derive(Debug, Args)]
+pub struct BenchBusArgs {
+    /// Directory for the temporary database files (same disk as what you want measured)
+    /// [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seconds each bus scenario runs (over all rounds)
+    #[arg(long, value_name = "S", default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Stop each bus scenario after this many messages (whichever comes first with
+    /// --seconds)
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+    /// Tiny durations: checks that every scenario runs, measures nothing
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[cfg(test)]

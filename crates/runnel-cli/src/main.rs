@@ -121,6 +121,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             commands::bench::store(args, store).await
         }
+        Command::Bench(BenchCommand::Bus(args)) => {
+            // As for bench store: a PostgreSQL --store is benchmarked in fresh schemas on
+            // that server; SQLite is always measured on fresh files under --dir.
+            let store = match cli.store.as_deref().map(StoreUrl::parse).transpose()? {
+                Some(url @ StoreUrl::Postgres(_)) => Some(url),
+                Some(_) => {
+                    eprintln!("note: bench bus measures fresh SQLite files under --dir; --store is ignored");
+                    None
+                }
+                None => {
+                    if cli.db.is_some() {
+                        eprintln!("note: bench bus measures fresh SQLite files under --dir; --db is ignored");
+                    }
+                    None
+                }
+            };
+            commands::bench::bus(args, store).await
+        }
         Command::Publish(args) => {
             let stores = open_configured(cli.store, cli.db, OpenMode::CreateIfMissing).await?;
             let bus = open_bus(cli.bus, &stores).await?;

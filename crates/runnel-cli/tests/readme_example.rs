@@ -37,3 +37,50 @@ async fn readme_library_example_appends_and_reads() {
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["OrderPlaced", "OrderShipped"]);
 }
+
+#[path = "../examples/messaging.rs"]
+#[allow(dead_code)] // `main` is the example's entry point; the test calls `run`.
+mod messaging;
+
+const MESSAGING_EXAMPLE: &str = include_str!("../examples/messaging.rs");
+
+#[test]
+fn readme_shows_the_checked_messaging_example() {
+    let block = format!("```rust\n{MESSAGING_EXAMPLE}```");
+    assert!(
+        README.contains(&block),
+        "README.md's messaging example differs from crates/runnel-cli/examples/messaging.rs; \
+         paste the file into the README's ```rust block"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_messaging_example_publishes_and_consumes_through_the_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = runnel_sqlite::SqliteStore::open(dir.path().join("orders.db")).unwrap();
+    let billed = messaging::run(store.clone())
+        .await
+        .expect("the README messaging example failed");
+    assert_eq!(
+        billed, 42,
+        "the consumer did not handle the published order"
+    );
+
+    // Handled and acknowledged: nothing left for the group, nothing dead-lettered.
+    use runnel_core::dead_letter::{DeadLetterFilter, DeadLetterStore};
+    let bus = runnel_sqlite::SqliteBus::new(store.clone(), Default::default()).unwrap();
+    let backlog = bus
+        .group_backlog(
+            &runnel_core::TopicName::new("orders").unwrap(),
+            &runnel_core::GroupName::new("billing").unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("the example created the group");
+    assert_eq!(backlog.pending, 0);
+    let dead = runnel_sqlite::SqliteDeadLetters::new(store)
+        .count(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+}

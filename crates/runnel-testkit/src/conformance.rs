@@ -43,6 +43,9 @@ use runnel_core::{
 };
 use serde_json::json;
 
+pub use crate::harness::RUNTIME_WORKER_THREADS;
+use crate::harness::{expect_err, within_for, Must};
+
 /// Longest wait for one expected outcome (an event arriving, a waiter waking).
 pub const EVENT_WAIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest the concurrent-writers check may take to see every event.
@@ -63,8 +66,6 @@ pub const CONFLICT_WRITERS: usize = 32;
 pub const LOAD_WRITERS: usize = 8;
 /// Events each of those writers appends (one per append).
 pub const LOAD_EVENTS_PER_WRITER: usize = 1000;
-/// Worker threads of the runtime each generated test runs on.
-pub const RUNTIME_WORKER_THREADS: usize = 4;
 
 // ---------------------------------------------------------------------------------------
 // Running the suite
@@ -97,57 +98,6 @@ impl<S: SuiteStore> IntoSuiteStore for Option<Arc<S>> {
     }
 }
 
-/// Says loudly that `check` was skipped, or fails it when `RUNNEL_REQUIRE_SERVICES=1`.
-fn skip(check: &str) {
-    if std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!(
-            "{check}: the store factory returned None (backend service not configured), \
-             but RUNNEL_REQUIRE_SERVICES=1 requires it"
-        );
-    }
-    eprintln!("SKIPPED {check}: the store factory returned None (backend service not configured)");
-}
-
-/// Runs one check on a fresh store in a new multi-threaded runtime. The body of every test
-/// [`event_store_conformance!`](crate::event_store_conformance) generates.
-#[doc(hidden)]
-pub fn run_check<F, Fut, C, CFut>(check_name: &str, make_store: F, check: C)
-where
-    F: FnOnce() -> Fut,
-    Fut: Future,
-    Fut::Output: IntoSuiteStore,
-    C: FnOnce(Arc<<Fut::Output as IntoSuiteStore>::Store>) -> CFut,
-    CFut: Future<Output = ()> + Send + 'static,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_WORKER_THREADS)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{check_name}: cannot start a tokio runtime: {e}"));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(async {
-            let Some(store) = make_store().await.into_suite_store() else {
-                skip(check_name);
-                return;
-            };
-            // The check runs on a worker, so its deadline fires here even if a store call
-            // never yields (a blocking call or a busy loop inside an async fn).
-            let task = tokio::spawn(check(store));
-            match within_for(CHECK_DEADLINE, check_name, task).await {
-                Ok(()) => {}
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => panic!("{check_name}: the check's task failed: {e}"),
-            }
-        })
-    }));
-    // A failed check may leave a task that never yields; waiting for it would hang the
-    // test binary instead of reporting the failure.
-    runtime.shutdown_background();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
 /// Runs every check, each on a fresh store from `make_store`, one after another. Call it
 /// from a multi-threaded tokio test. Prefer
 /// [`event_store_conformance!`](crate::event_store_conformance), which reports each check
@@ -169,12 +119,18 @@ where
     Fut: Future,
     Fut::Output: IntoSuiteStore,
 {
-    crate::__event_store_checks!(__event_store_run_all(make_store));
+    crate::__event_store_checks!(__suite_run_all(
+        "conformance",
+        conformance,
+        IntoSuiteStore::into_suite_store,
+        CHECK_DEADLINE,
+        make_store
+    ));
 }
 
 /// The names of every check, in the order the suite runs them.
 pub fn check_names() -> &'static [&'static str] {
-    crate::__event_store_checks!(__event_store_check_names())
+    crate::__event_store_checks!(__suite_check_names())
 }
 
 /// One `#[test]` per conformance check, each on a fresh store.
@@ -211,17 +167,12 @@ pub fn check_names() -> &'static [&'static str] {
 /// ```
 #[macro_export]
 macro_rules! event_store_conformance {
-    (@factory $factory:tt) => {
-        $crate::__event_store_checks!(__event_store_conformance_tests $factory);
-    };
-    (async move $body:block $(,)?) => {
-        $crate::event_store_conformance!(@factory (|| async move $body));
-    };
-    (async $body:block $(,)?) => {
-        $crate::event_store_conformance!(@factory (|| async $body));
-    };
-    ($factory:expr $(,)?) => {
-        $crate::event_store_conformance!(@factory ($factory));
+    ($($factory:tt)+) => {
+        $crate::__suite_conformance!(__event_store_checks (
+            conformance,
+            $crate::conformance::IntoSuiteStore::into_suite_store,
+            $crate::conformance::CHECK_DEADLINE
+        ) $($factory)+);
     };
 }
 
@@ -278,87 +229,9 @@ macro_rules! __event_store_checks {
     };
 }
 
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __event_store_conformance_tests {
-    ($factory:tt; $($check:ident),+ $(,)?) => {
-        $(
-            #[test]
-            fn $check() {
-                $crate::conformance::run_check(
-                    ::core::stringify!($check),
-                    $factory,
-                    $crate::conformance::$check,
-                );
-            }
-        )+
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __event_store_run_all {
-    (($make:expr); $($check:ident),+ $(,)?) => {
-        $(
-            match $crate::conformance::IntoSuiteStore::into_suite_store(($make)().await) {
-                None => $crate::conformance::__skip(::core::stringify!($check)),
-                Some(store) => {
-                    eprintln!("conformance: {} ...", ::core::stringify!($check));
-                    $crate::conformance::__within_for(
-                        $crate::conformance::CHECK_DEADLINE,
-                        ::core::stringify!($check),
-                        $crate::conformance::$check(store),
-                    )
-                    .await;
-                }
-            }
-        )+
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __event_store_check_names {
-    (($($unused:tt)*); $($check:ident),+ $(,)?) => {
-        &[$(::core::stringify!($check)),+]
-    };
-}
-
-#[doc(hidden)]
-pub fn __skip(check: &str) {
-    skip(check)
-}
-
-#[doc(hidden)]
-pub async fn __within_for<T>(deadline: Duration, what: &str, fut: impl Future<Output = T>) -> T {
-    within_for(deadline, what, fut).await
-}
-
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-trait Must<T> {
-    fn must(self, what: &str) -> T;
-}
-
-impl<T> Must<T> for Result<T, StoreError> {
-    #[track_caller]
-    fn must(self, what: &str) -> T {
-        match self {
-            Ok(v) => v,
-            Err(e) => panic!("{what} failed: {e} ({e:?})"),
-        }
-    }
-}
-
-#[track_caller]
-fn expect_err<T: Debug>(what: &str, result: Result<T, StoreError>) -> StoreError {
-    match result {
-        Ok(v) => panic!("{what}: expected an error, got Ok({v:?})"),
-        Err(e) => e,
-    }
-}
 
 #[track_caller]
 fn stream(name: &str) -> StreamName {
@@ -433,13 +306,6 @@ fn assert_streams_after(page: &[StreamInfo], after: Option<&StreamName>, what: &
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     within_for(EVENT_WAIT_DEADLINE, what, fut).await
-}
-
-async fn within_for<T>(deadline: Duration, what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(deadline, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {deadline:?} waiting for {what}"),
-    }
 }
 
 async fn append<S: EventStore + ?Sized>(

@@ -22,7 +22,6 @@
 mod memory;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +36,8 @@ use runnel_core::{BusError, GroupName, Message, TopicName};
 
 pub use memory::InMemoryDeadLetters;
 
-use crate::conformance::{CHECK_DEADLINE, EVENT_WAIT_DEADLINE, RUNTIME_WORKER_THREADS};
+use crate::conformance::EVENT_WAIT_DEADLINE;
+use crate::harness::{expect_err, within_for, Must};
 
 /// Dead letters put at once by the concurrency check.
 pub const CONCURRENT_PUTS: usize = 64;
@@ -71,34 +71,9 @@ impl<S: DeadLetterStore> IntoDeadLetterStore for Option<Arc<S>> {
     }
 }
 
-/// Runs one check on a fresh store in a new multi-threaded runtime. The body of every test
-/// [`dead_letter_store_conformance!`](crate::dead_letter_store_conformance) generates.
-#[doc(hidden)]
-pub fn run_check<F, Fut, C, CFut>(check_name: &str, make_store: F, check: C)
-where
-    F: FnOnce() -> Fut,
-    Fut: Future,
-    Fut::Output: IntoDeadLetterStore,
-    C: FnOnce(Arc<<Fut::Output as IntoDeadLetterStore>::Store>) -> CFut,
-    CFut: Future<Output = ()>,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_WORKER_THREADS)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{check_name}: cannot start a tokio runtime: {e}"));
-    runtime.block_on(async {
-        let Some(store) = make_store().await.into_dead_letter_store() else {
-            crate::conformance::__skip(check_name);
-            return;
-        };
-        crate::conformance::__within_for(CHECK_DEADLINE, check_name, check(store)).await;
-    });
-}
-
 /// The names of every check.
 pub fn check_names() -> &'static [&'static str] {
-    crate::__dead_letter_store_checks!(__dead_letter_store_check_names())
+    crate::__dead_letter_store_checks!(__suite_check_names())
 }
 
 /// One `#[test]` per dead-letter-store check, each on a fresh store.
@@ -113,17 +88,12 @@ pub fn check_names() -> &'static [&'static str] {
 /// ```
 #[macro_export]
 macro_rules! dead_letter_store_conformance {
-    (@factory $factory:tt) => {
-        $crate::__dead_letter_store_checks!(__dead_letter_store_conformance_tests $factory);
-    };
-    (async move $body:block $(,)?) => {
-        $crate::dead_letter_store_conformance!(@factory (|| async move $body));
-    };
-    (async $body:block $(,)?) => {
-        $crate::dead_letter_store_conformance!(@factory (|| async $body));
-    };
-    ($factory:expr $(,)?) => {
-        $crate::dead_letter_store_conformance!(@factory ($factory));
+    ($($factory:tt)+) => {
+        $crate::__suite_conformance!(__dead_letter_store_checks (
+            dead_letters,
+            $crate::dead_letters::IntoDeadLetterStore::into_dead_letter_store,
+            $crate::conformance::CHECK_DEADLINE
+        ) $($factory)+);
     };
 }
 
@@ -154,56 +124,9 @@ macro_rules! __dead_letter_store_checks {
     };
 }
 
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __dead_letter_store_conformance_tests {
-    ($factory:tt; $($check:ident),+ $(,)?) => {
-        $(
-            #[test]
-            fn $check() {
-                $crate::dead_letters::run_check(
-                    ::core::stringify!($check),
-                    $factory,
-                    $crate::dead_letters::$check,
-                );
-            }
-        )+
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __dead_letter_store_check_names {
-    (($($unused:tt)*); $($check:ident),+ $(,)?) => {
-        &[$(::core::stringify!($check)),+]
-    };
-}
-
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-trait Must<T> {
-    fn must(self, what: &str) -> T;
-}
-
-impl<T> Must<T> for Result<T, BusError> {
-    #[track_caller]
-    fn must(self, what: &str) -> T {
-        match self {
-            Ok(v) => v,
-            Err(e) => panic!("{what} failed: {e} ({e:?})"),
-        }
-    }
-}
-
-#[track_caller]
-fn expect_err<T: Debug>(what: &str, result: Result<T, BusError>) -> BusError {
-    match result {
-        Ok(v) => panic!("{what}: expected an error, got Ok({v:?})"),
-        Err(e) => e,
-    }
-}
 
 #[track_caller]
 fn topic(name: &str) -> TopicName {
@@ -290,7 +213,7 @@ fn everything() -> DeadLetterFilter {
 }
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    crate::conformance::__within_for(EVENT_WAIT_DEADLINE, what, fut).await
+    within_for(EVENT_WAIT_DEADLINE, what, fut).await
 }
 
 /// Puts dead letters on topic `tick` until one is stamped strictly after `t`, and returns

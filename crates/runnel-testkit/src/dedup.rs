@@ -32,7 +32,7 @@ use runnel_core::idempotency::{
 };
 use runnel_core::BusError;
 
-use crate::conformance::{CHECK_DEADLINE, RUNTIME_WORKER_THREADS};
+use crate::conformance::CHECK_DEADLINE;
 
 /// A lock TTL no check outlives: locks taken with it never expire during a check.
 pub const LOCK_TTL_LONG: Duration = Duration::from_secs(60);
@@ -78,31 +78,6 @@ impl<S: DedupStore + ?Sized> IntoDedupStore for Option<Arc<S>> {
     }
 }
 
-/// Runs one check on a fresh store in a new multi-threaded runtime. The body of every test
-/// [`dedup_store_conformance!`](crate::dedup_store_conformance) generates.
-#[doc(hidden)]
-pub fn run_check<F, Fut, C, CFut>(check_name: &str, make_store: F, check: C)
-where
-    F: FnOnce() -> Fut,
-    Fut: Future,
-    Fut::Output: IntoDedupStore,
-    C: FnOnce(Arc<<Fut::Output as IntoDedupStore>::Store>) -> CFut,
-    CFut: Future<Output = ()>,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_WORKER_THREADS)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{check_name}: cannot start a tokio runtime: {e}"));
-    runtime.block_on(async {
-        let Some(store) = make_store().await.into_dedup_store() else {
-            crate::conformance::__skip(check_name);
-            return;
-        };
-        crate::conformance::__within_for(CHECK_DEADLINE, check_name, check(store)).await;
-    });
-}
-
 /// Runs every check, each on a fresh store from `make_store`, one after another. Call it
 /// from a multi-threaded tokio test; prefer
 /// [`dedup_store_conformance!`](crate::dedup_store_conformance), which reports each check
@@ -122,12 +97,18 @@ where
     Fut: Future,
     Fut::Output: IntoDedupStore,
 {
-    crate::__dedup_store_checks!(__dedup_store_run_all(make_store));
+    crate::__dedup_store_checks!(__suite_run_all(
+        "dedup conformance",
+        dedup,
+        IntoDedupStore::into_dedup_store,
+        CHECK_DEADLINE,
+        make_store
+    ));
 }
 
 /// The names of every check, in the order the suite runs them.
 pub fn check_names() -> &'static [&'static str] {
-    crate::__dedup_store_checks!(__dedup_store_check_names())
+    crate::__dedup_store_checks!(__suite_check_names())
 }
 
 /// One `#[test]` per dedup-store check, each on a fresh store.
@@ -144,17 +125,12 @@ pub fn check_names() -> &'static [&'static str] {
 /// ```
 #[macro_export]
 macro_rules! dedup_store_conformance {
-    (@factory $factory:tt) => {
-        $crate::__dedup_store_checks!(__dedup_store_conformance_tests $factory);
-    };
-    (async move $body:block $(,)?) => {
-        $crate::dedup_store_conformance!(@factory (|| async move $body));
-    };
-    (async $body:block $(,)?) => {
-        $crate::dedup_store_conformance!(@factory (|| async $body));
-    };
-    ($factory:expr $(,)?) => {
-        $crate::dedup_store_conformance!(@factory ($factory));
+    ($($factory:tt)+) => {
+        $crate::__suite_conformance!(__dedup_store_checks (
+            dedup,
+            $crate::dedup::IntoDedupStore::into_dedup_store,
+            $crate::conformance::CHECK_DEADLINE
+        ) $($factory)+);
     };
 }
 
@@ -176,52 +152,6 @@ macro_rules! __dedup_store_checks {
             empty_and_binary_results_round_trip,
             invalid_inputs_are_rejected_and_change_nothing,
         }
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __dedup_store_conformance_tests {
-    ($factory:tt; $($check:ident),+ $(,)?) => {
-        $(
-            #[test]
-            fn $check() {
-                $crate::dedup::run_check(
-                    ::core::stringify!($check),
-                    $factory,
-                    $crate::dedup::$check,
-                );
-            }
-        )+
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __dedup_store_run_all {
-    (($make:expr); $($check:ident),+ $(,)?) => {
-        $(
-            match $crate::dedup::IntoDedupStore::into_dedup_store(($make)().await) {
-                None => $crate::conformance::__skip(::core::stringify!($check)),
-                Some(store) => {
-                    eprintln!("dedup conformance: {} ...", ::core::stringify!($check));
-                    $crate::conformance::__within_for(
-                        $crate::conformance::CHECK_DEADLINE,
-                        ::core::stringify!($check),
-                        $crate::dedup::$check(store),
-                    )
-                    .await;
-                }
-            }
-        )+
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __dedup_store_check_names {
-    (($($unused:tt)*); $($check:ident),+ $(,)?) => {
-        &[$(::core::stringify!($check)),+]
     };
 }
 

@@ -2,11 +2,15 @@
 //! conformance suite every storage backend runs ([`conformance`],
 //! [`event_store_conformance!`]), and the transport conformance suite every publisher /
 //! subscriber runs ([`transport`], [`transport_conformance!`]), and the dedup-store suite
-//! ([`dedup`], [`dedup_store_conformance!`]).
+//! ([`dedup`], [`dedup_store_conformance!`]). The four suites share one per-check
+//! [`harness`]. [`append_hook`] decorates an event store's appends (e.g. counting
+//! conflicts with [`append_hook::ConflictCounter`]).
 
+pub mod append_hook;
 pub mod conformance;
 pub mod dead_letters;
 pub mod dedup;
+pub mod harness;
 pub mod memory;
 pub mod transport;
 

@@ -48,7 +48,7 @@ use runnel_core::message::{MESSAGE_PAYLOAD_MAX_DEFAULT, PUBLISH_BATCH_MAX};
 use runnel_core::{BusError, GroupName, Message, TopicName};
 use serde_json::json;
 
-use crate::conformance::RUNTIME_WORKER_THREADS;
+use crate::harness::{within_for, Must};
 
 /// Longest wait for one expected delivery (including a redelivery after
 /// [`SHORT_ACK_TIMEOUT`] or [`NACK_DELAY`]).
@@ -169,31 +169,6 @@ impl IntoTransportUnderTest for Option<TransportUnderTest> {
 // Running the suite
 // ---------------------------------------------------------------------------------------
 
-/// Runs one check on a fresh transport in a new multi-threaded runtime. The body of every
-/// test [`transport_conformance!`](crate::transport_conformance) generates.
-#[doc(hidden)]
-pub fn run_check<F, Fut, C, CFut>(check_name: &str, make_transport: F, check: C)
-where
-    F: FnOnce() -> Fut,
-    Fut: Future,
-    Fut::Output: IntoTransportUnderTest,
-    C: FnOnce(TransportUnderTest) -> CFut,
-    CFut: Future<Output = ()>,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_WORKER_THREADS)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{check_name}: cannot start a tokio runtime: {e}"));
-    runtime.block_on(async {
-        let Some(transport) = make_transport().await.into_transport_under_test() else {
-            crate::conformance::__skip(check_name);
-            return;
-        };
-        within_for(CHECK_DEADLINE, check_name, check(transport)).await;
-    });
-}
-
 /// Runs every check, each on a fresh transport from `make_transport`, one after another.
 /// Call it from a multi-threaded tokio test. Prefer
 /// [`transport_conformance!`](crate::transport_conformance), which reports each check as
@@ -204,12 +179,18 @@ where
     Fut: Future,
     Fut::Output: IntoTransportUnderTest,
 {
-    crate::__transport_checks!(__transport_run_all(make_transport));
+    crate::__transport_checks!(__suite_run_all(
+        "transport conformance",
+        transport,
+        IntoTransportUnderTest::into_transport_under_test,
+        CHECK_DEADLINE,
+        make_transport
+    ));
 }
 
 /// The names of every check, in the order the suite runs them.
 pub fn check_names() -> &'static [&'static str] {
-    crate::__transport_checks!(__transport_check_names())
+    crate::__transport_checks!(__suite_check_names())
 }
 
 /// One `#[test]` per transport conformance check, each on a fresh transport.
@@ -228,17 +209,12 @@ pub fn check_names() -> &'static [&'static str] {
 /// ```
 #[macro_export]
 macro_rules! transport_conformance {
-    (@factory $factory:tt) => {
-        $crate::__transport_checks!(__transport_conformance_tests $factory);
-    };
-    (async move $body:block $(,)?) => {
-        $crate::transport_conformance!(@factory (|| async move $body));
-    };
-    (async $body:block $(,)?) => {
-        $crate::transport_conformance!(@factory (|| async $body));
-    };
-    ($factory:expr $(,)?) => {
-        $crate::transport_conformance!(@factory ($factory));
+    ($($factory:tt)+) => {
+        $crate::__suite_conformance!(__transport_checks (
+            transport,
+            $crate::transport::IntoTransportUnderTest::into_transport_under_test,
+            $crate::transport::CHECK_DEADLINE
+        ) $($factory)+);
     };
 }
 
@@ -268,84 +244,15 @@ macro_rules! __transport_checks {
     };
 }
 
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __transport_conformance_tests {
-    ($factory:tt; $($check:ident),+ $(,)?) => {
-        $(
-            #[test]
-            fn $check() {
-                $crate::transport::run_check(
-                    ::core::stringify!($check),
-                    $factory,
-                    $crate::transport::$check,
-                );
-            }
-        )+
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __transport_run_all {
-    (($make:expr); $($check:ident),+ $(,)?) => {
-        $(
-            match $crate::transport::IntoTransportUnderTest::into_transport_under_test(
-                ($make)().await,
-            ) {
-                None => $crate::conformance::__skip(::core::stringify!($check)),
-                Some(transport) => {
-                    eprintln!("transport conformance: {} ...", ::core::stringify!($check));
-                    $crate::conformance::__within_for(
-                        $crate::transport::CHECK_DEADLINE,
-                        ::core::stringify!($check),
-                        $crate::transport::$check(transport),
-                    )
-                    .await;
-                }
-            }
-        )+
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __transport_check_names {
-    (($($unused:tt)*); $($check:ident),+ $(,)?) => {
-        &[$(::core::stringify!($check)),+]
-    };
-}
-
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-trait Must<T> {
-    fn must(self, what: &str) -> T;
-}
-
-impl<T> Must<T> for Result<T, BusError> {
-    #[track_caller]
-    fn must(self, what: &str) -> T {
-        match self {
-            Ok(v) => v,
-            Err(e) => panic!("{what} failed: {e} ({e:?})"),
-        }
-    }
-}
 
 #[track_caller]
 fn expect_err<T>(what: &str, result: Result<T, BusError>) -> BusError {
     match result {
         Ok(_) => panic!("{what}: expected an error, got Ok"),
         Err(e) => e,
-    }
-}
-
-async fn within_for<T>(deadline: Duration, what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(deadline, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {deadline:?} waiting for {what}"),
     }
 }
 

@@ -37,5 +37,11 @@ pub use upcast::{UpcastError, UpcasterError, Upcasters};
 
 /// The core vocabulary (events, stream names, positions, metadata, storage traits).
 pub use runnel_core as core;
+/// The PostgreSQL backend (feature `postgres`): stores, bus, inbox, dead letters.
+#[cfg(feature = "postgres")]
+pub use runnel_postgres as postgres;
+/// The embedded SQLite backend (feature `sqlite`): stores, bus, inbox, dead letters.
+#[cfg(feature = "sqlite")]
+pub use runnel_sqlite as sqlite;
 // Handlers implement async traits; re-exported so applications agree on the version.
 pub use async_trait::async_trait;

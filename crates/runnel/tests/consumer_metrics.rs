@@ -12,11 +12,12 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::{CompositeKey, MetricKind};
 use runnel::consumer::layers::{
     METRIC_DEAD_LETTERED, METRIC_FAILED, METRIC_HANDLED, METRIC_HANDLING_SECONDS, METRIC_IN_FLIGHT,
-    METRIC_LAG, METRIC_RETRIED,
+    METRIC_LAG, METRIC_REPLAYS_SKIPPED, METRIC_RETRIED,
 };
 use runnel::consumer::{Consumer, HandlerContext, HandlerError, LagProbe};
 use runnel::core::async_trait;
 use runnel::core::message::{BusError, GroupName, TopicName};
+use runnel::dead_letter::REPLAY_GROUP_HEADER;
 use runnel::retry::RetryPolicy;
 
 struct FixedLag(u64);
@@ -82,7 +83,8 @@ async fn metrics_are_recorded() {
     bus.deliver(msg("ok", Some("a")));
     bus.deliver(msg("flaky", Some("b")));
     bus.deliver(msg("poison", Some("c")));
-    bus.wait_acked(&["ok", "flaky", "poison"]).await;
+    bus.deliver(msg("replay", Some("d")).with_header(REPLAY_GROUP_HEADER, "another-group"));
+    bus.wait_acked(&["ok", "flaky", "poison", "replay"]).await;
 
     // One snapshot: the debugging recorder resets what it reports.
     let snapshot = snapshotter.snapshot().into_vec();
@@ -90,6 +92,7 @@ async fn metrics_are_recorded() {
     assert_eq!(counter(&snapshot, METRIC_FAILED), 2); // flaky's 1st + poison's only
     assert_eq!(counter(&snapshot, METRIC_RETRIED), 1);
     assert_eq!(counter(&snapshot, METRIC_DEAD_LETTERED), 1);
+    assert_eq!(counter(&snapshot, METRIC_REPLAYS_SKIPPED), 1);
     match value(&snapshot, MetricKind::Histogram, METRIC_HANDLING_SECONDS) {
         Some(DebugValue::Histogram(samples)) => assert_eq!(samples.len(), 3),
         other => panic!("handling time: {other:?}"),

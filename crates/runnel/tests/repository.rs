@@ -129,11 +129,11 @@ async fn correlation_starts_from_the_command_id_when_none_is_given() {
 
 #[tokio::test]
 async fn conflict_is_retried_by_reloading_and_handling_again() {
-    let store = DisturbedStore::new(InMemoryStore::new());
+    let store = disturbed_store();
     let repo = Repository::<Counter>::new(Arc::new(store.clone()))
         .with_retry_policy(RetryPolicy::immediate(5));
     repo.execute("a", add(1)).await.unwrap();
-    store.race_next(2);
+    store.hook().race_next(2);
     let outcome = repo.execute("a", add(5)).await.unwrap();
     assert_eq!(outcome.attempts, 3);
     // 1, two rival writes, then this command's event on top of them.
@@ -141,17 +141,17 @@ async fn conflict_is_retried_by_reloading_and_handling_again() {
     let loaded = repo.load("a").await.unwrap();
     assert_eq!(loaded.state.value, 1 + 2 * RIVAL_AMOUNT + 5);
     // Each retry is a new decision, so it carries new event ids.
-    let calls = store.append_calls();
+    let calls = store.hook().append_calls();
     assert_eq!(calls.len(), 4);
     assert_ne!(calls[1], calls[2]);
 }
 
 #[tokio::test]
 async fn conflict_retries_exhaust_after_max_attempts_and_write_nothing() {
-    let store = DisturbedStore::new(InMemoryStore::new());
+    let store = disturbed_store();
     let repo = Repository::<Counter>::new(Arc::new(store.clone()))
         .with_retry_policy(RetryPolicy::immediate(3));
-    store.race_next(u32::MAX);
+    store.hook().race_next(u32::MAX);
     let err = repo.execute("a", add(5)).await.unwrap_err();
     match &err {
         RepositoryError::ConflictRetriesExhausted { attempts, last } => {
@@ -162,56 +162,56 @@ async fn conflict_retries_exhaust_after_max_attempts_and_write_nothing() {
     }
     assert!(err.is_conflict());
     assert!(err.to_string().contains("max_attempts"), "{err}");
-    let events = stored(&store.inner, "Counter-a").await;
+    let events = stored(&**store.inner(), "Counter-a").await;
     assert_eq!(events.len(), 3, "only the rivals' events are stored");
 }
 
 #[tokio::test]
 async fn lost_ack_is_retried_with_the_same_event_ids_and_stores_once() {
-    let store = DisturbedStore::new(InMemoryStore::new());
+    let store = disturbed_store();
     let repo = Repository::<Counter>::new(Arc::new(store.clone()))
         .with_retry_policy(RetryPolicy::immediate(5));
-    store.lose_ack_next(1);
+    store.hook().lose_ack_next(1);
     let outcome = repo.execute("a", add(4)).await.unwrap();
     assert_eq!(
         outcome.attempts, 1,
         "a transient error is not a new decision"
     );
     assert_eq!(outcome.revision, Some(1));
-    let calls = store.append_calls();
+    let calls = store.hook().append_calls();
     assert_eq!(calls.len(), 2);
     assert_eq!(
         calls[0], calls[1],
         "the retry must resend the same event ids"
     );
-    assert_eq!(stored(&store.inner, "Counter-a").await.len(), 1);
+    assert_eq!(stored(&**store.inner(), "Counter-a").await.len(), 1);
 }
 
 #[tokio::test]
 async fn transient_failure_is_retried_until_the_append_lands() {
-    let store = DisturbedStore::new(InMemoryStore::new());
+    let store = disturbed_store();
     let repo = Repository::<Counter>::new(Arc::new(store.clone()))
         .with_retry_policy(RetryPolicy::immediate(5));
-    store.fail_next(3);
+    store.hook().fail_next(3);
     let outcome = repo.execute("a", add(4)).await.unwrap();
     assert_eq!(outcome.revision, Some(1));
-    assert_eq!(store.append_calls().len(), 4);
-    assert_eq!(stored(&store.inner, "Counter-a").await.len(), 1);
+    assert_eq!(store.hook().append_calls().len(), 4);
+    assert_eq!(stored(&**store.inner(), "Counter-a").await.len(), 1);
 }
 
 #[tokio::test]
 async fn transient_failure_beyond_the_policy_is_a_store_error() {
-    let store = DisturbedStore::new(InMemoryStore::new());
+    let store = disturbed_store();
     let repo = Repository::<Counter>::new(Arc::new(store.clone()))
         .with_retry_policy(RetryPolicy::immediate(2));
-    store.fail_next(u32::MAX);
+    store.hook().fail_next(u32::MAX);
     let err = repo.execute("a", add(4)).await.unwrap_err();
     assert!(
         matches!(err, RepositoryError::Store(StoreError::Unavailable(_))),
         "{err:?}"
     );
-    assert_eq!(store.append_calls().len(), 2);
-    assert!(stored(&store.inner, "Counter-a").await.is_empty());
+    assert_eq!(store.hook().append_calls().len(), 2);
+    assert!(stored(&**store.inner(), "Counter-a").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -105,7 +105,7 @@ async fn cancel_racing_a_confirm_is_retried_and_both_land() {
     app.commands.send(place("o-1")).await.unwrap();
     // The cancel loads the pending order; before its append lands, a confirm commits.
     let rival = app.commands.clone();
-    app.hooked.before_next_append(Box::pin(async move {
+    app.hooked.hook().before_next_append(Box::pin(async move {
         rival
             .send(ConfirmOrder {
                 order_id: "o-1".into(),
@@ -134,7 +134,7 @@ async fn confirm_racing_a_cancel_is_refused_after_reloading() {
     let app = app();
     app.commands.send(place("o-1")).await.unwrap();
     let rival = app.commands.clone();
-    app.hooked.before_next_append(Box::pin(async move {
+    app.hooked.hook().before_next_append(Box::pin(async move {
         rival
             .send(CancelOrder {
                 order_id: "o-1".into(),
@@ -444,7 +444,7 @@ async fn order_rules_reject_bad_json_values_with_domain_errors() {
 #[tokio::test]
 async fn heavily_contended_order_gives_up_with_a_typed_error() {
     let store = runnel_testkit::InMemoryStore::new();
-    let hooked = HookedStore::new(store.clone());
+    let hooked = hooked_store(store.clone());
     let repo = order_repository(
         Arc::new(hooked.clone()),
         None,
@@ -455,7 +455,7 @@ async fn heavily_contended_order_gives_up_with_a_typed_error() {
     order_fulfillment::register(&commands, &queries, repo).unwrap();
     commands.send(place("o-1")).await.unwrap();
     let rival = commands.clone();
-    hooked.before_next_append(Box::pin(async move {
+    hooked.hook().before_next_append(Box::pin(async move {
         rival
             .send(ConfirmOrder {
                 order_id: "o-1".into(),

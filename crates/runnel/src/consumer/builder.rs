@@ -332,6 +332,11 @@ impl ConsumerBuilder {
     ///    inbox commit or dedup waits), and a timed-out attempt is a retryable failure;
     /// 10. the **handler** (panics are caught as retryable failures; effects published on
     ///     success).
+    ///
+    /// Before any layer — whether this stack or a [`service`](Self::service) of your own —
+    /// the consumer acknowledges, without handling, dead-letter replays addressed to
+    /// another group ([`replay_targets_other_group`](crate::dead_letter::replay_targets_other_group);
+    /// metric `runnel_consumer_replays_skipped_total`).
     pub fn build(self) -> Result<Consumer, ConsumerError> {
         self.validate()?;
         let service = match self.service.clone() {

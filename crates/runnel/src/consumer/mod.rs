@@ -10,9 +10,12 @@
 //! * [`HandlerError`] says whether a failure is retryable or permanent; [`Classify`]
 //!   decides for errors returned through `?`.
 //! * [`inbox`]: the [`Inbox`] trait for exactly-once effects in the handler's database,
-//!   and an in-memory implementation.
+//!   implemented for `runnel_sqlite::SqliteInbox` (feature `sqlite`) and
+//!   `runnel_postgres::PostgresInbox` (feature `postgres`), and in memory for tests.
 //!
-//! Guarantees the router keeps (each has a test in `tests/consumer_*.rs`):
+//! Guarantees the router keeps (each has a test in `tests/consumer_*.rs`; the end-to-end
+//! ones also on the real SQLite and PostgreSQL bus, inbox and dead-letter store in
+//! `tests/e2e_*.rs`, including a consumer killed with SIGKILL mid-batch):
 //! * per-key order: deliveries with the same [`ordering_key`](runnel_core::message::Message::ordering_key)
 //!   are handled one at a time, in delivery order — retries included — while other keys
 //!   run in parallel, at most `max_concurrency` attempts at once;
@@ -21,6 +24,8 @@
 //!   dropped (a failing dead-letter store means a nack);
 //! * nothing grows without bound: per-key queues and the deliveries held are bounded, and
 //!   when full the consumer stops pulling from the subscription;
+//! * with an inbox, a redelivered or republished message has its effects once;
+//! * a dead-letter replay addressed to another group is acknowledged without handling;
 //! * shutdown acks nothing unfinished.
 
 mod builder;

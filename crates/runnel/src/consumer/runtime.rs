@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use runnel_core::bus::{DeliveryStream, Publisher, SubscribeOptions, Subscriber, NACK_DELAY_MAX};
+use runnel_core::bus::{
+    Delivery, DeliveryStream, Publisher, SubscribeOptions, Subscriber, NACK_DELAY_MAX,
+};
 use runnel_core::message::{BusError, GroupName, TopicName};
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
@@ -19,7 +21,8 @@ use super::context::{lock, ContextConfig, HandlerContext, ShutdownSignal};
 use super::error::{ConsumerError, ErrorKind, HandlerError};
 use super::handler::{BoxFuture, Outcome};
 use super::lag::LagProbe;
-use super::layers::{BoxHandlerService, METRIC_LAG};
+use super::layers::{BoxHandlerService, METRIC_LAG, METRIC_REPLAYS_SKIPPED};
+use crate::dead_letter::{replay_targets_other_group, REPLAY_GROUP_HEADER};
 
 /// How long a failure that escaped every layer (no dead-letter layer) waits before the
 /// message comes back.
@@ -337,6 +340,13 @@ impl Driver {
                 }
                 Some(Ok(delivery)) => {
                     stream_errors = 0;
+                    if replay_targets_other_group(&delivery.message, &delivery.group) {
+                        // Before the stack, whatever it is (default or custom): the message
+                        // is not this group's, so no layer — inbox, retry, dead letter —
+                        // may act on it, and it must not wait in its key's line.
+                        tasks.spawn(skip_replay_for_other_group(delivery));
+                        continue;
+                    }
                     let ctx = HandlerContext::from_delivery(delivery, &self.config);
                     // `call` right after readiness, in delivery order: the key-order layer
                     // takes each delivery's place in its key's line here.
@@ -383,6 +393,32 @@ async fn drain(tasks: &mut JoinSet<Settled>, grace: Duration, report: &mut Shutd
     tasks.abort_all();
     while let Some(joined) = tasks.join_next().await {
         report.record(joined);
+    }
+}
+
+/// Acknowledges, without handling, a dead-letter replay that targets another consumer
+/// group (see [`crate::dead_letter::replay`]): on transports without per-group delivery
+/// every group receives it, and only the named one may act on it.
+async fn skip_replay_for_other_group(delivery: Delivery) -> Settled {
+    metrics::counter!(
+        METRIC_REPLAYS_SKIPPED,
+        "topic" => delivery.topic.to_string(),
+        "group" => delivery.group.to_string()
+    )
+    .increment(1);
+    let message_id = delivery.message.id.clone();
+    tracing::debug!(
+        message_id,
+        target_group = delivery.message.headers.get(REPLAY_GROUP_HEADER).map(String::as_str),
+        group = %delivery.group,
+        "a dead-letter replay for another group; acknowledged without handling"
+    );
+    match delivery.ack().await {
+        Ok(()) => Settled::Acked,
+        Err(e) => {
+            tracing::warn!(message_id, error = %e, "ack of a replay for another group failed; it comes back and is skipped again");
+            Settled::Failed
+        }
     }
 }
 

@@ -1,20 +1,18 @@
-//! Shared test fixtures: a tiny `Counter` aggregate and store wrappers that inject
-//! concurrent writers and transient failures at exact points.
+//! Shared test fixtures: a tiny `Counter` aggregate and a store whose appends can be
+//! disturbed with concurrent writers and transient failures at exact points.
 
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use runnel::core::codec;
 use runnel::core::{
-    async_trait, AppendResult, DomainEvent, EventFilter, EventId, EventStore, ExpectedRevision,
-    Metadata, NewEvent, Position, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StoreError,
-    StoreLimits, StreamInfo, StreamName,
+    async_trait, AppendResult, DomainEvent, EventId, EventStore, ExpectedRevision, Metadata,
+    NewEvent, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StoreError, StreamName,
 };
 use runnel::{Aggregate, UpcastError, Upcasters};
+use runnel_testkit::append_hook::{AppendHook, HookedAppends};
 use runnel_testkit::InMemoryStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -88,35 +86,34 @@ pub fn added(amount: u64) -> NewEvent {
     codec::encode(&CounterEvent::Added { amount }, Metadata::default()).unwrap()
 }
 
-/// An `InMemoryStore` whose next appends can be disturbed:
+/// The store the repository tests disturb: an `InMemoryStore` whose appends go through
+/// [`Disturbances`].
+pub type DisturbedStore = HookedAppends<InMemoryStore, Disturbances>;
+
+/// A fresh in-memory store with no disturbance armed.
+pub fn disturbed_store() -> DisturbedStore {
+    HookedAppends::new(Arc::new(InMemoryStore::new()), Disturbances::default())
+}
+
+/// Disturbances of the next appends:
 /// * `race_next(n)`: before each of the next `n` appends, a rival writer appends
 ///   `Added { amount: 100 }` to the same stream, so the append conflicts;
 /// * `lose_ack_next(n)`: the next `n` appends land, then report `Unavailable` (a lost
 ///   acknowledgement);
 /// * `fail_next(n)`: the next `n` appends fail with `Unavailable` without landing.
 ///
-/// Every append call's event ids are recorded.
-#[derive(Clone)]
-pub struct DisturbedStore {
-    pub inner: InMemoryStore,
+/// Every append call's event ids are recorded. Clones share their state.
+#[derive(Clone, Default)]
+pub struct Disturbances {
     race: Arc<AtomicU32>,
     lose_ack: Arc<AtomicU32>,
     fail: Arc<AtomicU32>,
-    pub append_calls: Arc<Mutex<Vec<Vec<EventId>>>>,
+    append_calls: Arc<Mutex<Vec<Vec<EventId>>>>,
 }
 
 pub const RIVAL_AMOUNT: u64 = 100;
 
-impl DisturbedStore {
-    pub fn new(inner: InMemoryStore) -> Self {
-        DisturbedStore {
-            inner,
-            race: Arc::default(),
-            lose_ack: Arc::default(),
-            fail: Arc::default(),
-            append_calls: Arc::default(),
-        }
-    }
+impl Disturbances {
     pub fn race_next(&self, n: u32) {
         self.race.store(n, Ordering::SeqCst);
     }
@@ -138,9 +135,10 @@ fn take_one(counter: &AtomicU32) -> bool {
 }
 
 #[async_trait]
-impl EventStore for DisturbedStore {
-    async fn append(
+impl AppendHook for Disturbances {
+    async fn append<S: EventStore + ?Sized>(
         &self,
+        inner: &S,
         stream: &StreamName,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
@@ -153,61 +151,15 @@ impl EventStore for DisturbedStore {
             return Err(StoreError::Unavailable("injected: connection reset".into()));
         }
         if take_one(&self.race) {
-            self.inner
+            inner
                 .append(stream, ExpectedRevision::Any, vec![added(RIVAL_AMOUNT)])
                 .await?;
         }
-        let result = self.inner.append(stream, expected, events).await?;
+        let result = inner.append(stream, expected, events).await?;
         if take_one(&self.lose_ack) {
             return Err(StoreError::Unavailable("injected: ack lost".into()));
         }
         Ok(result)
-    }
-    async fn read_stream(
-        &self,
-        stream: &StreamName,
-        options: ReadStream,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_stream(stream, options).await
-    }
-    async fn read_all(
-        &self,
-        after: Position,
-        filter: &EventFilter,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_all(after, filter, limit).await
-    }
-    async fn read_by_type(
-        &self,
-        event_type: &str,
-        since: DateTime<Utc>,
-        after: Position,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner
-            .read_by_type(event_type, since, after, limit)
-            .await
-    }
-    async fn stream_revision(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
-        self.inner.stream_revision(stream).await
-    }
-    async fn list_streams(
-        &self,
-        category: Option<&str>,
-        after: Option<&StreamName>,
-        limit: usize,
-    ) -> Result<Vec<StreamInfo>, StoreError> {
-        self.inner.list_streams(category, after, limit).await
-    }
-    async fn head_position(&self) -> Result<Position, StoreError> {
-        self.inner.head_position().await
-    }
-    async fn wait_for_events(&self, after: Position, max_wait: Duration) -> Result<(), StoreError> {
-        self.inner.wait_for_events(after, max_wait).await
-    }
-    fn limits(&self) -> &StoreLimits {
-        self.inner.limits()
     }
 }
 

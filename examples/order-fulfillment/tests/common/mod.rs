@@ -4,15 +4,15 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use order_fulfillment::{order_repository, register, upcasters, Order, OrderLine, PlaceOrder};
 use runnel::core::{
-    async_trait, AppendResult, EventFilter, EventStore, ExpectedRevision, NewEvent, Position,
-    ReadStream, RecordedEvent, SnapshotStore, StoreError, StoreLimits, StreamInfo, StreamName,
+    async_trait, AppendResult, EventStore, ExpectedRevision, NewEvent, ReadStream, RecordedEvent,
+    SnapshotStore, StoreError, StreamName,
 };
 use runnel::{CommandBus, QueryBus, Repository, RetryPolicy};
+use runnel_testkit::append_hook::{AppendHook, HookedAppends};
 use runnel_testkit::InMemoryStore;
 
 pub struct App {
@@ -27,7 +27,7 @@ pub struct App {
 /// immediate retries so tests never wait on backoff.
 pub fn app() -> App {
     let store = InMemoryStore::new();
-    let hooked = HookedStore::new(store.clone());
+    let hooked = hooked_store(store.clone());
     let snapshots: Arc<dyn SnapshotStore> = Arc::new(store.clone());
     let repository = order_repository(
         Arc::new(hooked.clone()),
@@ -71,31 +71,33 @@ pub fn types(events: &[RecordedEvent]) -> Vec<&str> {
     events.iter().map(|e| e.event_type.as_str()).collect()
 }
 
-/// An `InMemoryStore` that runs a one-shot hook just before the next append goes through,
-/// so a test can commit a rival write between a command's load and its append.
-#[derive(Clone)]
-pub struct HookedStore {
-    inner: InMemoryStore,
+/// An `InMemoryStore` whose next append first runs a one-shot hook
+/// ([`BeforeNextAppend`]), so a test can commit a rival write between a command's load and
+/// its append.
+pub type HookedStore = HookedAppends<InMemoryStore, BeforeNextAppend>;
+
+/// `store`, with no hook armed yet.
+pub fn hooked_store(store: InMemoryStore) -> HookedStore {
+    HookedAppends::new(Arc::new(store), BeforeNextAppend::default())
+}
+
+/// A one-shot hook run just before the next append goes through. Clones share it.
+#[derive(Clone, Default)]
+pub struct BeforeNextAppend {
     hook: Arc<Mutex<Option<BoxFuture<'static, ()>>>>,
 }
 
-impl HookedStore {
-    pub fn new(inner: InMemoryStore) -> Self {
-        HookedStore {
-            inner,
-            hook: Arc::default(),
-        }
-    }
-
+impl BeforeNextAppend {
     pub fn before_next_append(&self, hook: BoxFuture<'static, ()>) {
         *self.hook.lock().unwrap() = Some(hook);
     }
 }
 
 #[async_trait]
-impl EventStore for HookedStore {
-    async fn append(
+impl AppendHook for BeforeNextAppend {
+    async fn append<S: EventStore + ?Sized>(
         &self,
+        inner: &S,
         stream: &StreamName,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
@@ -105,52 +107,6 @@ impl EventStore for HookedStore {
         if let Some(hook) = hook {
             hook.await;
         }
-        self.inner.append(stream, expected, events).await
-    }
-    async fn read_stream(
-        &self,
-        stream: &StreamName,
-        options: ReadStream,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_stream(stream, options).await
-    }
-    async fn read_all(
-        &self,
-        after: Position,
-        filter: &EventFilter,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_all(after, filter, limit).await
-    }
-    async fn read_by_type(
-        &self,
-        event_type: &str,
-        since: chrono::DateTime<chrono::Utc>,
-        after: Position,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner
-            .read_by_type(event_type, since, after, limit)
-            .await
-    }
-    async fn stream_revision(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
-        self.inner.stream_revision(stream).await
-    }
-    async fn list_streams(
-        &self,
-        category: Option<&str>,
-        after: Option<&StreamName>,
-        limit: usize,
-    ) -> Result<Vec<StreamInfo>, StoreError> {
-        self.inner.list_streams(category, after, limit).await
-    }
-    async fn head_position(&self) -> Result<Position, StoreError> {
-        self.inner.head_position().await
-    }
-    async fn wait_for_events(&self, after: Position, max_wait: Duration) -> Result<(), StoreError> {
-        self.inner.wait_for_events(after, max_wait).await
-    }
-    fn limits(&self) -> &StoreLimits {
-        self.inner.limits()
+        inner.append(stream, expected, events).await
     }
 }

@@ -1,7 +1,9 @@
 //! `runnel bench store`: the event store's throughput, each scenario beside its raw
-//! baseline measured in the same run, on the same disk, as a ratio.
+//! baseline measured in the same run, on the same disk, as a ratio. `runnel bench bus`
+//! (in [`bus`]) does the same for the embedded bus and the consumer router.
 
 mod aggregate;
+mod bus;
 mod disk;
 mod postgres;
 mod raw;
@@ -27,6 +29,8 @@ use crate::output::print_line;
 use crate::progress::{group_digits, CountSpinner};
 use report::{rate, Row, Target};
 use workload::{Budget, ReadRun, WriteRun};
+
+pub use bus::bus;
 
 /// Rows or events per read call in the read scenarios.
 const READ_PAGE: usize = 1000;

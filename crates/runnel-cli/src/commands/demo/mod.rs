@@ -1,7 +1,6 @@
 //! `runnel demo`: the order-fulfillment example driven by many concurrent clients on an
 //! embedded store, with a progress bar and a summary.
 
-mod conflict_counter;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -15,6 +14,7 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use order_fulfillment::{GetOrder, OrderStatus};
 use runnel::core::{EventFilter, EventStore, Position};
 use runnel::{CommandBus, QueryBus};
+use runnel_testkit::append_hook::{ConflictCounter, HookedAppends};
 use serde::Serialize;
 
 use crate::cli::DemoArgs;
@@ -23,7 +23,6 @@ use crate::exit::BadInput;
 use crate::open_store::{self, OpenMode, Stores};
 use crate::output::{print_line, Printer};
 use crate::progress::{bar, group_digits};
-use conflict_counter::ConflictCounter;
 use workload::{Client, ClientStats, Fate};
 
 /// The demo's own store file when no --db / --store flag is given; recreated every run.
@@ -188,7 +187,12 @@ impl Work {
 }
 
 async fn drive(stores: &Stores, args: &DemoArgs) -> anyhow::Result<Summary> {
-    let counter = Arc::new(ConflictCounter::new(Arc::clone(&stores.events)));
+    // Counts the conflicts the repository meets (and retries), whatever becomes of the
+    // command.
+    let counter = Arc::new(HookedAppends::new(
+        Arc::clone(&stores.events),
+        ConflictCounter::new(),
+    ));
     let events: Arc<dyn EventStore> = counter.clone();
     let upcasters =
         Arc::new(order_fulfillment::upcasters().context("cannot build the order upcasters")?);
@@ -262,7 +266,7 @@ async fn drive(stores: &Stores, args: &DemoArgs) -> anyhow::Result<Summary> {
 
     let seconds = elapsed.as_secs_f64().max(1e-9);
     let ms = |q: f64| total.latency_micros.value_at_quantile(q) as f64 / 1000.0;
-    let conflicts = counter.conflicts();
+    let conflicts = counter.hook().conflicts();
     Ok(Summary {
         orders: args.orders,
         clients: args.clients,

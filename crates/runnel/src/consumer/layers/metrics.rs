@@ -31,6 +31,9 @@ pub const METRIC_HANDLING_SECONDS: &str = "runnel_consumer_handling_seconds";
 pub const METRIC_IN_FLIGHT: &str = "runnel_consumer_in_flight";
 /// Consumer lag, in messages.
 pub const METRIC_LAG: &str = "runnel_consumer_lag_messages";
+/// Dead-letter replays meant for another group, acknowledged without handling (counted by
+/// the consumer's runtime, which skips them before the layers).
+pub const METRIC_REPLAYS_SKIPPED: &str = "runnel_consumer_replays_skipped_total";
 
 /// Records consumer metrics through the `metrics` facade (any recorder: Prometheus,
 /// StatsD, ...) for every delivery that passes. Every metric is labelled `topic` and
@@ -48,6 +51,7 @@ pub const METRIC_LAG: &str = "runnel_consumer_lag_messages";
 /// | `runnel_consumer_lease_extensions_total` | counter | lease extensions before long backoffs |
 /// | `runnel_consumer_handling_seconds` | histogram | time from the delivery's turn to its outcome |
 /// | `runnel_consumer_in_flight` | gauge | deliveries being handled now |
+/// | `runnel_consumer_replays_skipped_total` | counter | dead-letter replays for another group, acked without handling (by the runtime, before the layers) |
 /// | `runnel_consumer_lag_messages` | gauge | messages not yet delivered to the group, where the transport can tell (see [`LagProbe`](crate::consumer::LagProbe)) |
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MetricsLayer;

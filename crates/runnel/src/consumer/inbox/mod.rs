@@ -12,25 +12,35 @@
 //!    (`AlreadyProcessed` if a concurrent duplicate committed first: this attempt's writes
 //!    are discarded); the handler fails → `rollback(key, scope)`.
 //!
-//! Backends implement it in their own way (both fit this shape):
-//! * PostgreSQL: `Scope` holds an open transaction; `begin` inserts the inbox row
+//! Implementations (each fits this shape in its own way):
+//! * `runnel_postgres::PostgresInbox` (feature `postgres`, module `postgres`): `Scope` is
+//!   the backend's `InboxTransaction`; `begin` inserts the inbox row in a new transaction
 //!   (`ON CONFLICT DO NOTHING`; a concurrent duplicate waits on the uncommitted row), the
-//!   handler runs its SQL in the transaction, `commit` commits.
-//! * SQLite: `Scope` collects the handler's writes as closures; `commit` runs one unit of
-//!   work on the writer that inserts the inbox row and, if it was new, applies the writes.
-//!
-//! [`MemoryInbox`] is the in-memory implementation for tests.
+//!   handler runs its SQL on `scope.connection()`, `commit` commits.
+//! * `runnel_sqlite::SqliteInbox` (feature `sqlite`, module `sqlite`): `Scope` is
+//!   `SqliteInboxScope`, which collects the handler's writes as closures; `commit` runs one
+//!   unit of work on the store's writer that inserts the inbox row and, if it was new,
+//!   applies the writes — in the same fsynced batch.
+//! * [`MemoryInbox`]: in memory, for tests.
 
-use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use runnel_core::message::BusError;
 
-use super::context::lock;
 use super::error::BoxError;
+
+mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+pub use memory::{MemoryInbox, MemoryInboxScope, MEMORY_INBOX_ENTRIES_MAX};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteInboxScope, SqliteWrite, TooManyWrites, SQLITE_WRITES_PER_ATTEMPT_MAX};
 
 /// Whose inbox and which message: the row an inbox marks.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -204,88 +214,4 @@ fn take_scope<S: Send + 'static>(slot: ScopeSlot) -> Result<S, ScopeError> {
         .map_err(|_| ScopeError::Missing)?;
     let mut guard = slot.try_lock().map_err(|_| ScopeError::StillHeld)?;
     guard.take().ok_or(ScopeError::Missing)
-}
-
-/// Most messages a [`MemoryInbox`] remembers (it is for tests; nothing grows unbounded).
-pub const MEMORY_INBOX_ENTRIES_MAX: usize = 100_000;
-
-/// An in-memory [`Inbox`] for tests: its scope records "effects" (strings) that become
-/// visible, with the processed mark, only when the attempt commits.
-#[derive(Debug, Default)]
-pub struct MemoryInbox {
-    state: Mutex<MemoryInboxState>,
-}
-
-#[derive(Debug, Default)]
-struct MemoryInboxState {
-    processed: HashSet<InboxKey>,
-    effects: Vec<String>,
-}
-
-/// The scope of a [`MemoryInbox`]: the attempt's effects, applied only on commit.
-#[derive(Debug, Default)]
-pub struct MemoryInboxScope {
-    effects: Vec<String>,
-}
-
-impl MemoryInboxScope {
-    /// Records an effect (committed with the processed mark, or not at all).
-    pub fn record(&mut self, effect: impl Into<String>) {
-        self.effects.push(effect.into());
-    }
-}
-
-impl MemoryInbox {
-    /// An empty inbox.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Every committed effect, in commit order.
-    pub fn effects(&self) -> Vec<String> {
-        lock(&self.state).effects.clone()
-    }
-
-    /// Whether `key` is marked processed.
-    pub fn is_processed(&self, key: &InboxKey) -> bool {
-        lock(&self.state).processed.contains(key)
-    }
-
-    /// How many messages are marked processed.
-    pub fn processed_count(&self) -> usize {
-        lock(&self.state).processed.len()
-    }
-}
-
-#[async_trait]
-impl Inbox for MemoryInbox {
-    type Scope = MemoryInboxScope;
-
-    async fn begin(&self, key: &InboxKey) -> Result<InboxBegin<MemoryInboxScope>, InboxError> {
-        if lock(&self.state).processed.contains(key) {
-            Ok(InboxBegin::AlreadyProcessed)
-        } else {
-            Ok(InboxBegin::Started(MemoryInboxScope::default()))
-        }
-    }
-
-    async fn commit(
-        &self,
-        key: &InboxKey,
-        scope: MemoryInboxScope,
-    ) -> Result<InboxCommit, InboxError> {
-        // One lock = one transaction: the check, the mark and the effects are atomic.
-        let mut state = lock(&self.state);
-        if state.processed.contains(key) {
-            return Ok(InboxCommit::AlreadyProcessed);
-        }
-        if state.processed.len() >= MEMORY_INBOX_ENTRIES_MAX {
-            return Err(InboxError::Store(BusError::Backend(format!(
-                "the memory inbox holds {MEMORY_INBOX_ENTRIES_MAX} messages, its limit"
-            ))));
-        }
-        state.processed.insert(key.clone());
-        state.effects.extend(scope.effects);
-        Ok(InboxCommit::Committed)
-    }
 }
