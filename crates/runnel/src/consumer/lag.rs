@@ -68,7 +68,11 @@ mod tests {
             TopicName::new("lagged").unwrap(),
             GroupName::new("g").unwrap(),
         );
-        assert_eq!(bus.lag(&topic, &group).await.unwrap(), None, "no such group yet");
+        assert_eq!(
+            bus.lag(&topic, &group).await.unwrap(),
+            None,
+            "no such group yet"
+        );
         // Subscribing creates the group; dropping the stream leaves it in place.
         drop(
             bus.subscribe(&topic, &group, SubscribeOptions::default())
