@@ -71,8 +71,31 @@ impl Metadata {
     }
 
     /// The size of this metadata once serialized, in bytes (counted against payload limits).
+    /// Counts without allocating: it runs for every appended event.
     pub fn encoded_len(&self) -> usize {
-        serde_json::to_vec(self).map(|v| v.len()).unwrap_or(0)
+        struct Counter(usize);
+        impl std::io::Write for Counter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        if self.correlation_id.is_none()
+            && self.causation_id.is_none()
+            && self.user_id.is_none()
+            && self.traceparent.is_none()
+            && self.headers.is_empty()
+        {
+            return 2; // "{}"
+        }
+        let mut counter = Counter(0);
+        match serde_json::to_writer(&mut counter, self) {
+            Ok(()) => counter.0,
+            Err(_) => 0,
+        }
     }
 }
 
@@ -102,5 +125,15 @@ mod tests {
     #[test]
     fn empty_metadata_serializes_compactly() {
         assert_eq!(serde_json::to_string(&Metadata::default()).unwrap(), "{}");
+        assert_eq!(Metadata::default().encoded_len(), 2);
+    }
+
+    #[test]
+    fn encoded_len_is_the_serialized_length() {
+        let m = Metadata::default()
+            .with_correlation_id("c")
+            .with_user_id("ü-user")
+            .with_header("k", "v");
+        assert_eq!(m.encoded_len(), serde_json::to_vec(&m).unwrap().len());
     }
 }

@@ -13,7 +13,9 @@ CREATE INDEX streams_by_category ON streams (category, name);
 CREATE TABLE events (
     position       INTEGER PRIMARY KEY,
     event_id       BLOB    NOT NULL UNIQUE,
-    stream_id      INTEGER NOT NULL REFERENCES streams (stream_id),
+    -- No foreign key: the writer maintains both tables in one savepoint, and a key check
+    -- per inserted event costs more than it protects.
+    stream_id      INTEGER NOT NULL,
     revision       INTEGER NOT NULL,
     category       TEXT    NOT NULL,
     event_type     TEXT    NOT NULL,
