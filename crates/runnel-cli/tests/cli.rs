@@ -2,7 +2,7 @@
 //! directory and checks its output, exit code and what the store holds afterwards.
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command as StdCommand, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -11,51 +11,16 @@ use assert_cmd::cargo::cargo_bin;
 use assert_cmd::Command;
 use serde_json::Value;
 
+mod common;
+use common::Scratch;
+
 const EXIT_BAD_INPUT: i32 = 2;
 const EXIT_CONFLICT: i32 = 3;
 
 /// Longest wait for a follower to print a line it must print.
 const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A scratch directory with a store path, and a command builder that only sees what the
-/// test gives it (no store configuration leaking in from the environment).
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
 impl Scratch {
-    fn new() -> Self {
-        Scratch {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn db(&self) -> PathBuf {
-        self.path().join("test.db")
-    }
-
-    /// `runnel` run in the scratch directory with no store configured.
-    fn runnel_bare(&self) -> Command {
-        let mut cmd = Command::new(cargo_bin!("runnel"));
-        cmd.current_dir(self.path())
-            .env_remove("RUNNEL_STORE")
-            .env_remove("RUNNEL_DB")
-            .env_remove("RUST_LOG")
-            .timeout(Duration::from_secs(120));
-        cmd
-    }
-
-    /// `runnel --db <scratch>/test.db`.
-    fn runnel(&self) -> Command {
-        let mut cmd = self.runnel_bare();
-        cmd.arg("--db").arg(self.db());
-        cmd
-    }
-
     fn append(&self, stream: &str, event_type: &str, data: &str, expected: &str) {
         self.runnel()
             .args([

@@ -2,24 +2,19 @@
 //! fresh store through the library, runs the real binary, and checks its output, exit code
 //! and what the store holds afterwards.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use assert_cmd::cargo::cargo_bin;
-use assert_cmd::Command;
 use runnel_core::dead_letter::{
     DeadLetterFilter, DeadLetterId, DeadLetterStore, FailureRecord, NewDeadLetter,
 };
 use runnel_core::{GroupName, Message, TopicName};
 use serde_json::Value;
 
+mod common;
+use common::Scratch;
+
 const EXIT_BAD_INPUT: i32 = 2;
 const EXIT_NOT_FOUND: i32 = 4;
-
-struct Scratch {
-    dir: tempfile::TempDir,
-}
 
 /// One dead letter to store: topic, group, error text, payload size in bytes.
 struct Letter<'a> {
@@ -71,37 +66,6 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 impl Scratch {
-    fn new() -> Self {
-        Scratch {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn db(&self) -> PathBuf {
-        self.path().join("test.db")
-    }
-
-    fn runnel_bare(&self) -> Command {
-        let mut cmd = Command::new(cargo_bin!("runnel"));
-        cmd.current_dir(self.path())
-            .env_remove("RUNNEL_STORE")
-            .env_remove("RUNNEL_DB")
-            .env_remove("RUNNEL_BUS")
-            .env_remove("RUST_LOG")
-            .timeout(Duration::from_secs(120));
-        cmd
-    }
-
-    fn runnel(&self) -> Command {
-        let mut cmd = self.runnel_bare();
-        cmd.arg("--db").arg(self.db());
-        cmd
-    }
-
     /// The store's dead letters, through the library.
     fn dead_letters(&self) -> runnel_sqlite::SqliteDeadLetters {
         let store = runnel_sqlite::SqliteStore::open(self.db()).expect("open the test store");
