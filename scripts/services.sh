@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Checks (status) or starts (up) the local services Runnel's backend tests talk to:
-# PostgreSQL, Redis, RabbitMQ and NATS (JetStream), all on 127.0.0.1 only.
+# Checks (status) or starts (up) the local services Runnel's backend tests talk to, all on
+# 127.0.0.1 only: PostgreSQL, Redis, RabbitMQ and NATS (JetStream), which the machine image
+# provides, plus two this script installs on first use and caches outside the clone:
+#   kafka  the Kafka-protocol broker tansu (cargo install, ~9 minutes once), port 9092
+#   sqs    moto's SQS/SNS server in a Python venv (pip, ~1 minute once), port 4566
+# The same venv carries the plain Python clients the interoperability tests drive
+# (scripts/python-requirements.txt). RUNNEL_TOOLS_DIR (default ~/.cache/runnel-tools)
+# holds the tansu binary, the venv and the two servers' logs.
 #
 #   scripts/services.sh status   # prints each service's state; exit 1 if a required one is down
 #   scripts/services.sh up       # starts whatever is down (idempotent), then reports as status
@@ -10,7 +16,12 @@
 # so a broker a change does not need never blocks CI. Default: none required.
 set -euo pipefail
 
-SERVICES=(postgres redis rabbitmq nats)
+SERVICES=(postgres redis rabbitmq nats kafka sqs)
+SCRIPTS_DIR="$(cd "$(dirname "$0")" && pwd)"
+TOOLS_DIR="${RUNNEL_TOOLS_DIR:-$HOME/.cache/runnel-tools}"
+TANSU_VERSION=0.6.0
+TANSU_BIN="$TOOLS_DIR/tansu-$TANSU_VERSION/bin/tansu"
+PY_VENV="$TOOLS_DIR/py-venv"
 READY_WAIT_SECONDS="${RUNNEL_SERVICES_WAIT_SECONDS:-60}"
 REQUIRED=" ${RUNNEL_SERVICES_REQUIRED:-} "
 
@@ -20,6 +31,8 @@ port_of() {
     redis) echo 6379 ;;
     rabbitmq) echo 5672 ;;
     nats) echo 4222 ;;
+    kafka) echo 9092 ;;
+    sqs) echo 4566 ;;
   esac
 }
 
@@ -65,7 +78,48 @@ start() {
       start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
         -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
       ;;
+    kafka)
+      install_tansu
+      # In-memory storage: a restart forgets every topic, which suits throwaway test topics.
+      nohup "$TANSU_BIN" broker \
+        --listener-url tcp://127.0.0.1:9092 \
+        --advertised-listener-url tcp://127.0.0.1:9092 \
+        --storage-engine memory://tansu/ >>"$TOOLS_DIR/tansu.log" 2>&1 </dev/null &
+      ;;
+    sqs)
+      install_py_venv
+      nohup "$PY_VENV/bin/moto_server" -H 127.0.0.1 -p 4566 \
+        >>"$TOOLS_DIR/moto.log" 2>&1 </dev/null &
+      ;;
   esac
+}
+
+# tansu from crates.io, built once into the tools directory (outside the clone).
+install_tansu() {
+  if [ -x "$TANSU_BIN" ]; then
+    return 0
+  fi
+  mkdir -p "$TOOLS_DIR"
+  echo "services: installing tansu $TANSU_VERSION (first run only, several minutes)" >&2
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
+    --root "$TOOLS_DIR/tansu-$TANSU_VERSION" >"$TOOLS_DIR/tansu-install.log" 2>&1
+}
+
+# One venv with moto's server and the plain clients of the interoperability tests. It is
+# rebuilt when the pinned requirements change.
+install_py_venv() {
+  local req="$SCRIPTS_DIR/python-requirements.txt"
+  local stamp="$PY_VENV/.requirements"
+  if [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
+    return 0
+  fi
+  mkdir -p "$TOOLS_DIR"
+  echo "services: preparing the Python venv $PY_VENV (first run only)" >&2
+  rm -rf "$PY_VENV"
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req" \
+    >"$TOOLS_DIR/py-venv-install.log" 2>&1
+  cp "$req" "$stamp"
 }
 
 wait_ready() {
@@ -100,7 +154,7 @@ up() {
       continue
     fi
     echo "services: starting $name"
-    if ! start "$name" >/dev/null 2>&1; then
+    if ! start "$name" >/dev/null; then
       echo "services: warning: the start command for $name failed" >&2
       continue
     fi
@@ -112,10 +166,15 @@ up() {
 }
 
 case "${1:-status}" in
-  up) up ;;
+  up)
+    up
+    # The interoperability tests need the venv even when moto was already running.
+    install_py_venv
+    ;;
+  python) install_py_venv && echo "$PY_VENV/bin/python" ;;
   status) report ;;
   *)
-    echo "usage: $0 up|status" >&2
+    echo "usage: $0 up|status|python" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,1 @@
+//! Runnel transport over kafka (work in progress).

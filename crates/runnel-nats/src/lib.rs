@@ -1,0 +1,1 @@
+//! Runnel transport over nats (work in progress).

@@ -1,0 +1,1 @@
+//! Runnel transport over rabbitmq (work in progress).

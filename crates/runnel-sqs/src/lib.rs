@@ -1,0 +1,1 @@
+//! Runnel transport over sqs (work in progress).
