@@ -4,12 +4,14 @@
 //! subscriber runs ([`transport`], [`transport_conformance!`]), and the dedup-store suite
 //! ([`dedup`], [`dedup_store_conformance!`]). The four suites share one per-check
 //! [`harness`]. [`append_hook`] decorates an event store's appends (e.g. counting
-//! conflicts with [`append_hook::ConflictCounter`]).
+//! conflicts with [`append_hook::ConflictCounter`]). [`fault::TcpProxy`] cuts and restores
+//! connections to a real server to simulate outages.
 
 pub mod append_hook;
 pub mod conformance;
 pub mod dead_letters;
 pub mod dedup;
+pub mod fault;
 pub mod harness;
 pub mod memory;
 pub mod transport;
