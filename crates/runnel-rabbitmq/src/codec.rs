@@ -1,0 +1,180 @@
+//! [`Message`] ⇄ AMQP 0-9-1 message, following the CloudEvents AMQP protocol binding in
+//! binary mode: attributes as `cloudEvents:`-prefixed application properties (headers),
+//! `datacontenttype` as the `content-type` property, the data as the body.
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+use runnel_core::cloudevents::{self, AMQP};
+use runnel_core::{BusError, Message};
+
+/// `delivery_mode` of persistent messages.
+pub(crate) const PERSISTENT: u8 = 2;
+/// The AMQP binding's alternative prefix (for systems that do not allow `:` in names);
+/// read as well as the canonical `cloudEvents:`.
+const ALTERNATIVE_PREFIX: &str = "cloudevents_";
+/// Header the broker sets on quorum-queue redeliveries (deliveries lost before).
+pub(crate) const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Header marking a fence Runnel writes into a topic's stream (never a message).
+pub(crate) const FENCE_HEADER: &str = "runnel-fence";
+/// Headers the broker adds; they are not part of the message.
+const BROKER_HEADER_PREFIXES: &[&str] = &[
+    DELIVERY_COUNT_HEADER,
+    "x-death",
+    "x-first-death-",
+    "x-last-death-",
+    "x-stream-offset",
+    "x-stream-filter",
+    "x-received-from",
+    FENCE_HEADER,
+];
+/// Longest AMQP short string (properties such as `message-id` and `content-type`).
+const SHORT_STRING_MAX: usize = 255;
+
+/// The AMQP properties (persistent, CloudEvents headers) of `message`.
+pub(crate) fn to_amqp(message: &Message) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    for (name, value) in cloudevents::to_binary(message, AMQP) {
+        if name == AMQP.content_type_header {
+            if value.len() <= SHORT_STRING_MAX {
+                properties = properties.with_content_type(ShortString::from(value));
+            } else {
+                headers.insert(
+                    format!("{}datacontenttype", AMQP.prefix).into(),
+                    AMQPValue::LongString(LongString::from(value)),
+                );
+            }
+            continue;
+        }
+        headers.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    }
+    if message.id.len() <= SHORT_STRING_MAX {
+        properties = properties.with_message_id(ShortString::from(message.id.clone()));
+    }
+    properties.with_headers(headers)
+}
+
+/// The message in an AMQP delivery.
+pub(crate) fn from_amqp(properties: &BasicProperties, body: Vec<u8>) -> Result<Message, BusError> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Some(headers) = properties.headers() {
+        for (name, value) in headers.inner() {
+            let name = name.as_str();
+            let lower = name.to_ascii_lowercase();
+            if BROKER_HEADER_PREFIXES.iter().any(|p| lower.starts_with(p)) {
+                continue;
+            }
+            let Some(value) = value_text(value) else {
+                continue;
+            };
+            let name = match lower.strip_prefix(ALTERNATIVE_PREFIX) {
+                Some(attribute) => format!("{}{attribute}", AMQP.prefix),
+                None => name.to_string(),
+            };
+            pairs.push((name, value));
+        }
+    }
+    if let Some(ct) = properties.content_type() {
+        pairs.push((AMQP.content_type_header.to_string(), ct.to_string()));
+    }
+    cloudevents::from_binary(pairs, body, AMQP)
+}
+
+/// The text of a header value: strings as they are, numbers and booleans printed; tables
+/// and arrays are not message headers.
+fn value_text(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
+        _ => return None,
+    })
+}
+
+/// An integer header value.
+pub(crate) fn header_int(properties: &BasicProperties, name: &str) -> Option<i64> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The attempt number of a delivery: the quorum queue's delivery count (deliveries lost
+/// with a consumer) plus one; the `redelivered` flag means at least the second.
+pub(crate) fn broker_attempt(properties: &BasicProperties, redelivered: bool) -> u32 {
+    let counted = header_int(properties, DELIVERY_COUNT_HEADER)
+        .map(|n| {
+            u32::try_from(n.max(0))
+                .unwrap_or(u32::MAX)
+                .saturating_add(1)
+        })
+        .unwrap_or(1);
+    if redelivered {
+        counted.max(2)
+    } else {
+        counted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_core::chrono::{DateTime, Utc};
+
+    #[test]
+    fn round_trip() {
+        let mut m = Message::json("OrderPlaced", &serde_json::json!({"order": 7}))
+            .with_key("Order-7")
+            .with_header("tenant", "acme")
+            .with_header("x-app-header", "v");
+        m.time = Some(
+            DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        );
+        let props = to_amqp(&m);
+        assert_eq!(*props.delivery_mode(), Some(PERSISTENT));
+        let back = from_amqp(&props, m.payload.clone()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn alternative_prefix_and_broker_headers() {
+        let mut headers = FieldTable::default();
+        for (k, v) in [
+            ("cloudEvents_specversion", "1.0"),
+            ("cloudEvents_id", "e-1"),
+            ("cloudEvents_type", "T"),
+            ("cloudEvents_source", "/s"),
+        ] {
+            headers.insert(k.into(), AMQPValue::LongString(v.into()));
+        }
+        headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(2));
+        let props = BasicProperties::default().with_headers(headers);
+        let m = from_amqp(&props, b"{}".to_vec()).unwrap();
+        assert_eq!((m.id.as_str(), m.event_type.as_str()), ("e-1", "T"));
+        assert!(m.headers.is_empty(), "{:?}", m.headers);
+        assert_eq!(broker_attempt(&props, true), 3);
+        assert_eq!(broker_attempt(&BasicProperties::default(), false), 1);
+        assert_eq!(broker_attempt(&BasicProperties::default(), true), 2);
+    }
+}
