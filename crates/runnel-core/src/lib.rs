@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod message;
 pub mod metadata;
+pub mod outbox;
 pub mod position;
 pub mod store;
 pub mod stream_name;

@@ -3,19 +3,23 @@
 //! why catch-up readers never skip an event under concurrent writers.
 
 mod batcher;
+pub mod blobs;
 pub mod bus;
 pub mod dead_letters;
 mod error_map;
 pub mod idempotency;
 mod migrate;
 pub mod options;
+pub mod outbox;
 mod store;
 
 pub use batcher::BatchStatsSnapshot;
+pub use blobs::PostgresBlobs;
 pub use bus::PostgresBus;
 pub use dead_letters::PostgresDeadLetters;
 pub use idempotency::{InboxOutcome, InboxTransaction, PostgresDedupStore, PostgresInbox};
 pub use options::PostgresOptions;
+pub use outbox::PostgresOutbox;
 pub use store::PostgresStore;
 
 /// The driver, re-exported so applications use the same version for their own SQL.

@@ -25,10 +25,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "idempotency",
         include_str!("migrations/0004_idempotency.sql"),
     ),
+    (5, "outbox", include_str!("migrations/0005_outbox.sql")),
+    (6, "blobs", include_str!("migrations/0006_blobs.sql")),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {

@@ -3,21 +3,25 @@
 //! See `DESIGN.md` in this crate for the on-disk format and the durability argument.
 
 mod append;
+pub mod blobs;
 pub mod bus;
 pub mod dead_letters;
 mod error_map;
 pub mod idempotency;
 pub mod options;
+pub mod outbox;
 mod reader;
 mod rows;
 mod schema;
 mod store;
 mod writer;
 
+pub use blobs::SqliteBlobs;
 pub use bus::SqliteBus;
 pub use dead_letters::SqliteDeadLetters;
 pub use idempotency::{InboxOutcome, SqliteDedupStore, SqliteInbox};
 pub use options::{Durability, SqliteOptions};
+pub use outbox::SqliteOutbox;
 pub use store::{save_checkpoint_in_tx, SqliteStore, UnitOfWork};
 pub use writer::WriterStatsSnapshot;
 

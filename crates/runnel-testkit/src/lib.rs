@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod fault;
 pub mod harness;
 pub mod memory;
+pub mod outbox;
 pub mod transport;
 
 pub use conformance::run_event_store_suite;

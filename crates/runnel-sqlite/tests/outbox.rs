@@ -1,0 +1,105 @@
+//! The SQLite outbox: the shared conformance suite, and the application's rows and the
+//! outbox rows committing together in one unit of work.
+
+use std::sync::Arc;
+
+use runnel_core::outbox::{OutboxMessage, OutboxStore, TopicRouting};
+use runnel_core::{Message, StoreError};
+use runnel_sqlite::{SqliteOutbox, SqliteStore};
+
+runnel_testkit::outbox_store_conformance!(async {
+    Arc::new(SqliteOutbox::new(
+        SqliteStore::open_temporary().expect("a temporary store"),
+    ))
+});
+
+fn order_message(n: u32) -> OutboxMessage {
+    let m = Message::json("OrderPlaced", &serde_json::json!({ "order": n }));
+    OutboxMessage::for_aggregate(&TopicRouting::default(), "Order", &n.to_string(), m)
+        .expect("valid routing")
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AppError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the order is invalid")]
+    Invalid,
+}
+
+async fn count_orders(store: &SqliteStore) -> i64 {
+    let path = store.path().to_path_buf();
+    let conn = rusqlite::Connection::open(path).expect("open the file");
+    conn.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .expect("count orders")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_row_and_outbox_commit_atomically() {
+    let store = SqliteStore::open_temporary().expect("store");
+    let outbox = SqliteOutbox::new(store.clone());
+    store
+        .unit_of_work(|uow| -> Result<(), StoreError> {
+            uow.connection()
+                .execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+                .map_err(|e| StoreError::Backend(e.to_string()))
+        })
+        .await
+        .expect("create the app table");
+
+    // Committed: the order row and its message, together.
+    let inner = outbox.clone();
+    outbox
+        .unit_of_work(move |uow| -> Result<(), AppError> {
+            uow.connection()
+                .execute("INSERT INTO orders (id) VALUES (1)", [])
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            inner.enqueue_in(uow, &[order_message(1)])?;
+            Ok(())
+        })
+        .await
+        .expect("the first unit commits");
+
+    // Rolled back: the application fails after writing both — neither stays.
+    let inner = outbox.clone();
+    let failed = outbox
+        .unit_of_work(move |uow| -> Result<(), AppError> {
+            uow.connection()
+                .execute("INSERT INTO orders (id) VALUES (2)", [])
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            inner.enqueue_in(uow, &[order_message(2)])?;
+            Err(AppError::Invalid)
+        })
+        .await;
+    assert!(matches!(failed, Err(AppError::Invalid)));
+
+    // Rolled back: the outbox refuses a message (oversized) after the row was written.
+    let inner = outbox.clone();
+    let refused = outbox
+        .unit_of_work(move |uow| -> Result<(), AppError> {
+            uow.connection()
+                .execute("INSERT INTO orders (id) VALUES (3)", [])
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let mut big = order_message(3);
+            big.message.payload = vec![b'x'; 2 * 1024 * 1024];
+            inner.enqueue_in(uow, &[big])?;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(refused, Err(AppError::Store(_))), "{refused:?}");
+
+    assert_eq!(
+        count_orders(&store).await,
+        1,
+        "only the committed order row"
+    );
+    let status = outbox.status().await.expect("status");
+    assert_eq!(status.pending, 1, "only the committed message");
+    let rows = outbox
+        .claim("r", std::time::Duration::from_secs(30), 10)
+        .await
+        .expect("claim");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].topic.as_str(), "Order.OrderPlaced");
+    assert_eq!(rows[0].message.key.as_deref(), Some("Order-1"));
+}
