@@ -1,0 +1,108 @@
+//! The native dead-letter backstop: a message delivered `max_deliveries` times without
+//! being settled (it keeps crashing or stalling its consumers) is moved to the topic
+//! `<topic>.dlq` with headers naming the group and the attempts, and its offset is
+//! released. [`drain_dead_letters`] moves those records into the one
+//! [`DeadLetterStore`], where they are listed and replayed like the router's own dead
+//! letters (`runnel dlq replay`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use runnel_core::bus::{StartPosition, SubscribeOptions, Subscriber};
+use runnel_core::dead_letter::{DeadLetterStore, FailureRecord, NewDeadLetter};
+use runnel_core::{BusError, GroupName, TopicName};
+
+use crate::subscriber::dead_letter_topic;
+use crate::KafkaBus;
+
+/// Header naming the group that gave up on a message.
+pub const DLQ_GROUP_HEADER: &str = "runnel-dlq-group";
+/// Header naming the topic the message came from.
+pub const DLQ_TOPIC_HEADER: &str = "runnel-dlq-topic";
+/// Header carrying how often the message was delivered.
+pub const DLQ_ATTEMPTS_HEADER: &str = "runnel-dlq-attempts";
+
+/// Moves the records `group` left in `<topic>.dlq` into `store`, until none arrives for
+/// `idle`. Each record is acknowledged (its offset committed for the drain's own group
+/// `<group>-dlq-drain`) only after the store accepted it, so a failed drain loses
+/// nothing. Records of other groups are skipped. Returns how many were stored.
+///
+/// ```no_run
+/// # async fn demo(bus: std::sync::Arc<runnel_kafka::KafkaBus>, store: std::sync::Arc<dyn runnel_core::dead_letter::DeadLetterStore>) -> Result<(), runnel_core::BusError> {
+/// use std::time::Duration;
+/// use runnel_core::{GroupName, TopicName};
+/// let moved = runnel_kafka::drain_dead_letters(
+///     &bus,
+///     &TopicName::new("orders")?,
+///     &GroupName::new("billing")?,
+///     store,
+///     Duration::from_secs(2),
+/// )
+/// .await?;
+/// println!("{moved} dead letters moved to the store");
+/// # Ok(()) }
+/// ```
+pub async fn drain_dead_letters(
+    bus: &KafkaBus,
+    topic: &TopicName,
+    group: &GroupName,
+    store: Arc<dyn DeadLetterStore>,
+    idle: Duration,
+) -> Result<usize, BusError> {
+    let dlq = dead_letter_topic(topic)?;
+    let drain_group = GroupName::new(format!("{group}-dlq-drain"))?;
+    let mut stream = bus
+        .subscribe(
+            &dlq,
+            &drain_group,
+            SubscribeOptions {
+                start: StartPosition::Earliest,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await?;
+    let mut stored = 0;
+    while let Ok(Some(item)) = tokio::time::timeout(idle, stream.next()).await {
+        let delivery = item?;
+        let (mut message, handle) = delivery.into_parts();
+        let for_group = message.headers.remove(DLQ_GROUP_HEADER);
+        let from_topic = message.headers.remove(DLQ_TOPIC_HEADER);
+        let attempts = message
+            .headers
+            .remove(DLQ_ATTEMPTS_HEADER)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0);
+        if for_group.as_deref() != Some(group.as_str())
+            || from_topic.as_deref() != Some(topic.as_str())
+        {
+            handle.ack().await?;
+            continue;
+        }
+        let dead_letter = NewDeadLetter {
+            topic: topic.clone(),
+            group: group.clone(),
+            message,
+            failures: vec![FailureRecord {
+                attempt: attempts,
+                at: runnel_core::chrono::Utc::now(),
+                error: format!(
+                    "delivered {attempts} times without being settled (the consumer crashed or \
+                     stalled each time); moved to {dlq} by the Kafka transport"
+                ),
+                permanent: false,
+            }],
+        };
+        match store.put(dead_letter).await {
+            Ok(_) => {
+                handle.ack().await?;
+                stored += 1;
+            }
+            Err(e) => {
+                let _ = handle.nack(None).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(stored)
+}

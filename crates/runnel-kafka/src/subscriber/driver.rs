@@ -1,0 +1,453 @@
+//! The task behind one subscription: it polls the group consumer, feeds fetched records
+//! into the [`State`], hands out deliveries, runs the ack-timeout and nack-delay timers,
+//! commits progress, and settles partitions on rebalance inside librdkafka's rebalance
+//! callback (which runs within this task's poll).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use runnel_core::bus::{Acknowledger, Delivery, NACK_DELAY_MAX};
+use runnel_core::{BusError, GroupName, TopicName};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::state::{Commit, Outgoing, PriorDeliveries, QueueKey, SettleError, State};
+use crate::codec::Record;
+use crate::error::bus_error;
+use crate::publisher::Producer;
+
+/// How often progress (acks, deliveries) is committed while messages flow.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest wait for a partition's committed offset and metadata during a rebalance.
+pub const COMMITTED_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records a consumer buffers (fetched, not yet acked) above `max_in_flight` before it
+/// pauses fetching.
+pub const BUFFERED_RECORDS_MAX: usize = 4096;
+/// Wait before a message whose move to the dead-letter topic failed is tried again.
+pub const DEAD_LETTER_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// State shared by the driver, the rebalance callback and the acknowledgers.
+pub struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: Mutex::new(state),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent-enough bookkeeping (every
+        // method finishes its updates before returning); keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A client of the subscription's side group (`<kafka group>:delivered`), which never
+/// joins: its committed offset per partition is one past the highest offset the group
+/// delivered. It carries the delivered mark on brokers that drop offset-commit metadata
+/// (tansu 0.6), so a partition's next owner still knows which offsets are redeliveries.
+pub type SideConsumer = BaseConsumer;
+
+/// The side group of a Kafka group.
+pub fn side_group_id(kafka_group: &str) -> String {
+    format!("{kafka_group}:delivered")
+}
+
+/// librdkafka callbacks of one consumer.
+pub struct Context {
+    pub shared: Arc<Shared>,
+    pub topic: String,
+    pub side: Arc<SideConsumer>,
+    /// Bumped on every assignment; `subscribe` waits for the first.
+    pub assigned: watch::Sender<u64>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let commits = self.shared.lock().revoke(&partitions);
+                // Settle the revoked partitions before they move: the next owner starts
+                // at the contiguous handled prefix and knows what was delivered above it.
+                if let Err(e) = commit(
+                    consumer,
+                    &self.side,
+                    &self.topic,
+                    &commits,
+                    CommitMode::Sync,
+                ) {
+                    tracing::warn!(topic = %self.topic, error = %e, "commit on revoke failed; the next owner redelivers from the last commit");
+                }
+                tracing::debug!(topic = %self.topic, ?partitions, "partitions revoked");
+            }
+            Rebalance::Assign(tpl) => {
+                let mut priors: Vec<(i32, PriorDeliveries)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.partition(), PriorDeliveries::default()))
+                    .collect();
+                match consumer.committed_offsets((*tpl).clone(), COMMITTED_FETCH_TIMEOUT) {
+                    Ok(committed) => {
+                        for e in committed.elements() {
+                            if let Some((_, prior)) =
+                                priors.iter_mut().find(|(p, _)| *p == e.partition())
+                            {
+                                *prior = PriorDeliveries::parse(e.metadata());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, error = %e, "reading committed metadata failed; redeliveries may report attempt 1");
+                    }
+                }
+                match self
+                    .side
+                    .committed_offsets((*tpl).clone(), COMMITTED_FETCH_TIMEOUT)
+                {
+                    Ok(committed) => {
+                        for e in committed.elements() {
+                            if let (Some((_, prior)), Offset::Offset(end)) = (
+                                priors.iter_mut().find(|(p, _)| *p == e.partition()),
+                                e.offset(),
+                            ) {
+                                prior.delivered_end = prior.delivered_end.max(end);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, error = %e, "reading the delivered marks failed; redeliveries may report attempt 1");
+                    }
+                }
+                {
+                    let mut state = self.shared.lock();
+                    for (p, prior) in priors {
+                        state.assign(p, prior);
+                    }
+                }
+                tracing::debug!(topic = %self.topic, partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions assigned");
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.assigned.send_modify(|n| *n += 1);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(topic = %self.topic, error = %e, "commit failed; retried with the next one");
+            let mut state = self.shared.lock();
+            for e in offsets.elements() {
+                state.commit_failed(e.partition());
+            }
+        }
+    }
+}
+
+/// Commits positions with metadata to the group, and the delivered marks to the side
+/// group (marks first: a position must never be visible without its mark).
+pub fn commit<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    side: &SideConsumer,
+    topic: &str,
+    commits: &[Commit],
+    mode: CommitMode,
+) -> KafkaResult<()> {
+    if commits.is_empty() {
+        return Ok(());
+    }
+    let mut marks = TopicPartitionList::with_capacity(commits.len());
+    let mut positions = TopicPartitionList::with_capacity(commits.len());
+    for c in commits {
+        if c.delivered_end > c.position {
+            marks
+                .add_partition(topic, c.partition)
+                .set_offset(Offset::Offset(c.delivered_end))?;
+        }
+        let mut e = positions.add_partition(topic, c.partition);
+        e.set_offset(Offset::Offset(c.position))?;
+        e.set_metadata(&c.metadata);
+    }
+    if marks.count() > 0 {
+        if let Err(e) = side.commit(&marks, mode) {
+            tracing::debug!(topic, error = %e, "committing the delivered marks failed");
+        }
+    }
+    consumer.commit(&positions, mode)
+}
+
+/// Settles one delivery through the shared state.
+pub struct Acker {
+    shared: Arc<Shared>,
+    queue: QueueKey,
+    token: u64,
+    id: String,
+}
+
+impl Acker {
+    fn lost(&self, _: SettleError) -> BusError {
+        BusError::DeliveryLost(self.id.clone())
+    }
+}
+
+#[async_trait]
+impl Acknowledger for Acker {
+    async fn ack(&self) -> Result<(), BusError> {
+        self.shared
+            .lock()
+            .ack(&self.queue, self.token)
+            .map_err(|e| self.lost(e))?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    async fn nack(&self, delay: Option<Duration>) -> Result<(), BusError> {
+        self.shared
+            .lock()
+            .nack(&self.queue, self.token, delay, Instant::now())
+            .map_err(|e| self.lost(e))?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    async fn extend(&self, by: Duration) -> Result<(), BusError> {
+        if by > NACK_DELAY_MAX {
+            return Err(BusError::InvalidArgument(format!(
+                "an extension of {by:?} is over the {NACK_DELAY_MAX:?} maximum"
+            )));
+        }
+        self.shared
+            .lock()
+            .extend(&self.queue, self.token, by, Instant::now())
+            .map_err(|e| self.lost(e))?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// Everything the driver task owns.
+pub struct Driver {
+    pub consumer: Arc<StreamConsumer<Context>>,
+    pub shared: Arc<Shared>,
+    pub topic: TopicName,
+    pub group: GroupName,
+    pub out: mpsc::Sender<Result<Delivery, BusError>>,
+    pub producer: Producer,
+    pub dead_letter_topic: TopicName,
+    pub side: Arc<SideConsumer>,
+}
+
+impl Driver {
+    /// Runs until the subscription's stream is dropped, then leaves the group after
+    /// committing what was handled.
+    pub async fn run(self) {
+        let mut last_commit = Instant::now();
+        let mut paused = false;
+        loop {
+            self.shared.lock().fire_timers(Instant::now());
+            self.dispatch();
+            if self.shared.lock().commit_dirty() && last_commit.elapsed() >= COMMIT_INTERVAL {
+                self.commit_async();
+                last_commit = Instant::now();
+            }
+            // Serve the side client's commit results (it is never polled otherwise).
+            while self.side.poll(Duration::ZERO).is_some() {}
+            // After dispatching: the deliveries just handed out have their deadlines.
+            let (wake_at, dirty) = {
+                let state = self.shared.lock();
+                (state.next_timer(), state.commit_dirty())
+            };
+            paused = self.flow_control(paused);
+            let commit_at = dirty.then(|| last_commit + COMMIT_INTERVAL);
+            let wake_at = match (wake_at, commit_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.out.closed() => break,
+                _ = self.shared.wake.notified() => {}
+                _ = sleep => {}
+                received = self.consumer.recv() => match received {
+                    Ok(m) => {
+                        let record = Record::from_kafka(&m);
+                        drop(m);
+                        let message = record.to_message(self.topic.as_str());
+                        self.shared.lock().push(record.partition, record.offset, message);
+                    }
+                    Err(e) => {
+                        if let KafkaError::MessageConsumptionFatal(_) = e {
+                            let _ = self.out.try_send(Err(bus_error("consume", &e)));
+                            break;
+                        }
+                        tracing::debug!(topic = %self.topic, error = %e, "consumer error (retried by the client)");
+                    }
+                },
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Hands out what the state allows.
+    fn dispatch(&self) {
+        let room = self.out.capacity();
+        if room == 0 {
+            return;
+        }
+        let outgoing = self.shared.lock().dispatch(Instant::now(), room);
+        for o in outgoing {
+            if o.dead_letter {
+                self.dead_letter(o);
+                continue;
+            }
+            let acker = Acker {
+                shared: self.shared.clone(),
+                queue: o.queue,
+                token: o.token,
+                id: o.message.id.clone(),
+            };
+            let delivery = Delivery::new(
+                o.message,
+                self.topic.clone(),
+                self.group.clone(),
+                o.attempt,
+                Box::new(acker),
+            );
+            // Room was checked above and this task is the only sender.
+            if self.out.try_send(Ok(delivery)).is_err() {
+                tracing::debug!(topic = %self.topic, "subscription closed while delivering");
+            }
+        }
+    }
+
+    /// Moves a message delivered `max_deliveries` times to the dead-letter topic, then
+    /// settles it; a failed move is retried after a delay.
+    fn dead_letter(&self, o: Outgoing) {
+        let shared = self.shared.clone();
+        let producer = self.producer.clone();
+        let dlq = self.dead_letter_topic.clone();
+        let group = self.group.clone();
+        let topic = self.topic.clone();
+        tokio::spawn(async move {
+            let attempts = o.attempt - 1;
+            let message = o
+                .message
+                .with_header(crate::dead_letter::DLQ_GROUP_HEADER, group.as_str())
+                .with_header(crate::dead_letter::DLQ_TOPIC_HEADER, topic.as_str())
+                .with_header(
+                    crate::dead_letter::DLQ_ATTEMPTS_HEADER,
+                    attempts.to_string(),
+                );
+            let result = producer.send_all(&dlq, &[message]).await;
+            let mut state = shared.lock();
+            let settled = match result {
+                Ok(()) => {
+                    tracing::warn!(topic = %topic, group = %group, offset = o.offset, partition = o.partition, "message delivered {attempts} times moved to {dlq}");
+                    state.ack(&o.queue, o.token)
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "moving a message to the dead-letter topic failed; retrying");
+                    state.nack(
+                        &o.queue,
+                        o.token,
+                        Some(DEAD_LETTER_RETRY_DELAY),
+                        Instant::now(),
+                    )
+                }
+            };
+            drop(state);
+            if settled.is_ok() {
+                shared.wake.notify_one();
+            }
+        });
+    }
+
+    fn commit_async(&self) {
+        let commits = self.shared.lock().commits(false);
+        if let Err(e) = commit(
+            self.consumer.as_ref(),
+            &self.side,
+            self.topic.as_str(),
+            &commits,
+            CommitMode::Async,
+        ) {
+            tracing::debug!(topic = %self.topic, error = %e, "commit failed; retried with the next one");
+            let mut state = self.shared.lock();
+            for c in &commits {
+                state.commit_failed(c.partition);
+            }
+        }
+    }
+
+    /// Pauses fetching while too many records wait in memory; resumes below half.
+    fn flow_control(&self, paused: bool) -> bool {
+        let buffered = self.shared.lock().buffered();
+        let limit = BUFFERED_RECORDS_MAX;
+        let want_paused = if paused {
+            buffered > limit / 2
+        } else {
+            buffered > limit
+        };
+        if want_paused != paused {
+            if let Ok(assignment) = self.consumer.assignment() {
+                let result = if want_paused {
+                    self.consumer.pause(&assignment)
+                } else {
+                    self.consumer.resume(&assignment)
+                };
+                if let Err(e) = result {
+                    tracing::debug!(topic = %self.topic, error = %e, "pause/resume failed");
+                    return paused;
+                }
+            }
+        }
+        want_paused
+    }
+
+    /// The stream was dropped (the consumer ended or crashed): nothing more is handed
+    /// out, what was handled is committed, and the group is left so the partitions move
+    /// at once; unacked deliveries come back to the next owner as redeliveries.
+    async fn shutdown(self) {
+        let commits = {
+            let mut state = self.shared.lock();
+            state.close();
+            state.commits(true)
+        };
+        let consumer = self.consumer;
+        let side = self.side;
+        let topic = self.topic.to_string();
+        let closing = tokio::task::spawn_blocking(move || {
+            if let Err(e) = commit(consumer.as_ref(), &side, &topic, &commits, CommitMode::Sync) {
+                tracing::warn!(topic = %topic, error = %e, "final commit failed; the next owner redelivers from the last commit");
+            }
+            // Dropping the last handle closes the consumer: it revokes (committing again
+            // in the callback) and leaves the group.
+            drop(consumer);
+        });
+        let _ = closing.await;
+    }
+}
