@@ -4,6 +4,7 @@
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
+use runnel_core::chrono::{DateTime, Utc};
 use runnel_core::cloudevents::{self, AMQP};
 use runnel_core::{BusError, Message};
 
@@ -67,12 +68,13 @@ pub(crate) fn from_amqp(properties: &BasicProperties, body: Vec<u8>) -> Result<M
             if BROKER_HEADER_PREFIXES.iter().any(|p| lower.starts_with(p)) {
                 continue;
             }
-            let Some(value) = value_text(value) else {
-                continue;
-            };
             let name = match lower.strip_prefix(ALTERNATIVE_PREFIX) {
                 Some(attribute) => format!("{}{attribute}", AMQP.prefix),
                 None => name.to_string(),
+            };
+            let is_time = name.eq_ignore_ascii_case(TIME_ATTRIBUTE);
+            let Some(value) = time_text(is_time, value).or_else(|| value_text(value)) else {
+                continue;
             };
             pairs.push((name, value));
         }
@@ -81,6 +83,28 @@ pub(crate) fn from_amqp(properties: &BasicProperties, body: Vec<u8>) -> Result<M
         pairs.push((AMQP.content_type_header.to_string(), ct.to_string()));
     }
     cloudevents::from_binary(pairs, body, AMQP)
+}
+
+/// The `time` attribute's header in the canonical prefix.
+const TIME_ATTRIBUTE: &str = "cloudEvents:time";
+
+/// A `time` attribute sent as a native AMQP value, as RFC 3339: an AMQP 0-9-1 timestamp
+/// (seconds) or an integer of milliseconds (the AMQP 1.0 timestamp, which the CloudEvents
+/// SDKs write).
+fn time_text(is_time: bool, value: &AMQPValue) -> Option<String> {
+    if !is_time {
+        return None;
+    }
+    let at = match value {
+        AMQPValue::Timestamp(seconds) => {
+            DateTime::<Utc>::from_timestamp(i64::try_from(*seconds).ok()?, 0)?
+        }
+        AMQPValue::LongLongInt(ms) => DateTime::<Utc>::from_timestamp_millis(*ms)?,
+        AMQPValue::LongInt(ms) => DateTime::<Utc>::from_timestamp_millis(i64::from(*ms))?,
+        AMQPValue::LongUInt(ms) => DateTime::<Utc>::from_timestamp_millis(i64::from(*ms))?,
+        _ => return None,
+    };
+    Some(at.to_rfc3339())
 }
 
 /// The text of a header value: strings as they are, numbers and booleans printed; tables
@@ -138,7 +162,6 @@ pub(crate) fn broker_attempt(properties: &BasicProperties, redelivered: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runnel_core::chrono::{DateTime, Utc};
 
     #[test]
     fn round_trip() {
@@ -169,10 +192,18 @@ mod tests {
             headers.insert(k.into(), AMQPValue::LongString(v.into()));
         }
         headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(2));
+        headers.insert(
+            "cloudEvents_time".into(),
+            AMQPValue::LongLongInt(1_763_805_600_123),
+        );
         let props = BasicProperties::default().with_headers(headers);
         let m = from_amqp(&props, b"{}".to_vec()).unwrap();
         assert_eq!((m.id.as_str(), m.event_type.as_str()), ("e-1", "T"));
         assert!(m.headers.is_empty(), "{:?}", m.headers);
+        assert_eq!(
+            m.time.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2025-11-22T10:00:00.123+00:00")
+        );
         assert_eq!(broker_attempt(&props, true), 3);
         assert_eq!(broker_attempt(&BasicProperties::default(), false), 1);
         assert_eq!(broker_attempt(&BasicProperties::default(), true), 2);
