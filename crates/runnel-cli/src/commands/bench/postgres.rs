@@ -112,22 +112,44 @@ async fn create_raw_table(url: &str, schema: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raw INSERTs: each writer on its own connection, one transaction per append of
-/// `events_per_append` rows (one multi-row INSERT), `synchronous_commit = on`.
+/// The raw baseline's connections, opened once before anything is timed (as Runnel's pool
+/// is), `synchronous_commit = on`.
+async fn raw_connections(url: &str, count: usize) -> anyhow::Result<Vec<PgConnection>> {
+    let mut conns = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut conn = PgConnection::connect(url)
+            .await
+            .context("connect for the raw baseline")?;
+        sqlx::query("SET synchronous_commit = on")
+            .execute(&mut conn)
+            .await?;
+        conns.push(conn);
+    }
+    Ok(conns)
+}
+
+/// Raw INSERTs: each writer on its own connection (taken from `conns` and put back), one
+/// transaction per append of `events_per_append` rows (one multi-row INSERT).
 async fn raw_writes_from(
-    url: &str,
+    conns: &mut Vec<PgConnection>,
     schema: &str,
     shape: Shape,
     budget: Budget,
     written: Arc<AtomicU64>,
     first_index: u64,
 ) -> anyhow::Result<WriteRun> {
+    anyhow::ensure!(
+        conns.len() >= shape.writers,
+        "the raw baseline has {} connections for {} writers",
+        conns.len(),
+        shape.writers
+    );
     let reserved = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let commits = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(shape.writers);
     for writer in 0..shape.writers {
-        let url = url.to_string();
+        let mut conn = conns.pop().context("a raw connection")?;
         let sql = format!(
             "INSERT INTO {schema}.raw_events (event_id, stream, revision, category, event_type, data) \
              SELECT u.id, u.stream, u.revision, '{CATEGORY}', u.event_type, u.data \
@@ -140,16 +162,12 @@ async fn raw_writes_from(
             Arc::clone(&commits),
         );
         tasks.push(tokio::spawn(async move {
-            let mut conn = PgConnection::connect(&url).await?;
-            sqlx::query("SET synchronous_commit = on")
-                .execute(&mut conn)
-                .await?;
             let per_append = shape.events_per_append as u64;
             let mut index = first_index;
             let mut revision = 0u64;
             loop {
                 if !keep_going(&budget, start, &reserved, &written, per_append) {
-                    return anyhow::Ok(());
+                    return anyhow::Ok(conn);
                 }
                 if revision + per_append > shape.stream_len_max {
                     index += 1;
@@ -179,12 +197,17 @@ async fn raw_writes_from(
             }
         }));
     }
+    let mut ended = Vec::with_capacity(tasks.len());
     for t in tasks {
-        t.await.context("a raw writer panicked")??;
+        ended.push(t.await.context("a raw writer panicked")?);
+    }
+    let elapsed = start.elapsed();
+    for conn in ended {
+        conns.push(conn?);
     }
     Ok(WriteRun {
         events: written.load(Ordering::Relaxed),
-        elapsed: start.elapsed(),
+        elapsed,
         commits: commits.load(Ordering::Relaxed),
     })
 }
@@ -206,8 +229,10 @@ async fn read_all(store: &PostgresStore, read: Arc<AtomicU64>) -> anyhow::Result
     })
 }
 
-/// Write scenarios alternate Runnel and raw this many times.
-const PG_ROUNDS: u32 = 3;
+/// Write scenarios alternate Runnel and raw this many times, in short slices and with the
+/// order flipped every round: the VM's fsync latency drifts by up to 10x within seconds,
+/// and long blocks (or always running one side first) turned that drift into a bias.
+const PG_ROUNDS: u32 = 12;
 
 /// `runnel bench store --store postgres://…`: every scenario in fresh schemas that are
 /// dropped at the end.
@@ -228,6 +253,7 @@ pub async fn run(
     let base_url = options.url.clone();
     let store = PostgresStore::connect_with(options.schema(&runnel_schema)).await?;
     create_raw_table(&base_url, &raw_schema).await?;
+    let mut raw_conns = raw_connections(&base_url, writers.max(1)).await?;
 
     let mut totals = [(WriteRun::default(), WriteRun::default()); 3];
     let shapes = [(1usize, 1usize), (writers, 1), (1, 100)];
@@ -246,14 +272,22 @@ pub async fn run(
                 stream_len_max: 10_000,
             };
             let label = format!("{w} writer(s), {k} event(s)/append, round {}", round + 1);
-            let r = counted(&label, "events", |c| {
-                runnel_writes_from(&store, shape, budget, c, stride)
-            })
-            .await?;
-            let raw = counted(&format!("raw INSERT, {label}"), "events", |c| {
-                raw_writes_from(&base_url, &raw_schema, shape, budget, c, stride)
-            })
-            .await?;
+            let runnel_first = round % 2 == 0;
+            let mut r = WriteRun::default();
+            let mut raw = WriteRun::default();
+            for side in 0..2 {
+                if (side == 0) == runnel_first {
+                    r = counted(&label, "events", |c| {
+                        runnel_writes_from(&store, shape, budget, c, stride)
+                    })
+                    .await?;
+                } else {
+                    raw = counted(&format!("raw INSERT, {label}"), "events", |c| {
+                        raw_writes_from(&mut raw_conns, &raw_schema, shape, budget, c, stride)
+                    })
+                    .await?;
+                }
+            }
             totals[i].0 = totals[i].0.plus(r);
             totals[i].1 = totals[i].1.plus(raw);
         }
@@ -294,6 +328,7 @@ pub async fn run(
         target: None,
     });
 
+    drop(raw_conns);
     // Leave nothing behind.
     let mut conn = PgConnection::connect(&base_url).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -303,7 +338,7 @@ pub async fn run(
     .await?;
 
     Ok(format!(
-        "PostgreSQL {shown_url}, synchronous_commit=on, {PG_ROUNDS} alternating rounds of {:.1} s per scenario\n\n{}",
+        "PostgreSQL {shown_url}, synchronous_commit=on, {PG_ROUNDS} rounds of {:.2} s per scenario and side, Runnel and raw alternating which goes first\n\n{}",
         (write_duration / PG_ROUNDS).as_secs_f64(),
         markdown(&rows)
     ))
