@@ -27,10 +27,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (5, "outbox", include_str!("migrations/0005_outbox.sql")),
     (6, "blobs", include_str!("migrations/0006_blobs.sql")),
+    (
+        7,
+        "append_plans",
+        include_str!("migrations/0007_append_plans.sql"),
+    ),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {
