@@ -1,0 +1,272 @@
+//! The CloudEvents mapping of a [`Message`] onto an SNS/SQS message.
+//!
+//! There is no official CloudEvents binding for SQS or SNS, so this follows the spirit of
+//! the binary content mode of the HTTP binding, which a plain consumer can reuse as is:
+//!
+//! * **binary mode** (the normal case): every CloudEvents attribute is a `String` message
+//!   attribute named `ce-{attribute}` (`ce-id`, `ce-type`, `ce-source`, `ce-specversion`,
+//!   `ce-time`, `ce-subject`, `ce-partitionkey` = the ordering key, `ce-correlationid`,
+//!   `ce-causationid`, `ce-traceparent`, and `ce-{name}` for extension-named headers),
+//!   `datacontenttype` is the `content-type` attribute, other headers are attributes of
+//!   their own name, and the message body is the data. A consumer hands the attributes to
+//!   any CloudEvents HTTP-binding parser as headers.
+//! * **structured mode** when binary mode cannot carry the message: SNS and SQS allow at
+//!   most [`ATTRIBUTES_MAX`] attributes per message, no empty attribute values, and a body
+//!   of non-empty XML-safe text. Then the body is the CloudEvents JSON document
+//!   (`data`, or `data_base64` for bytes that are not text or not canonical JSON), the one
+//!   attribute is `content-type: application/cloudevents+json; charset=UTF-8`, and headers
+//!   that are not valid extension names travel as the extension `runnelheaders` (a JSON
+//!   object), so every field still round-trips exactly.
+//!
+//! The plain `event-type` / `event-id` headers of the other transports are left out: they
+//! would cost two of the ten attributes and repeat `ce-type` / `ce-id`.
+
+use std::collections::BTreeMap;
+
+use runnel_core::cloudevents::{self, BinaryMapping, EVENT_ID_HEADER, EVENT_TYPE_HEADER};
+use runnel_core::{BusError, Message};
+use serde_json::{Map, Value};
+
+use crate::config::WIRE_MESSAGE_BYTES_MAX;
+use crate::names::fifo_id;
+
+/// SNS's and SQS's limit of message attributes per message.
+pub const ATTRIBUTES_MAX: usize = 10;
+/// The attribute naming of binary mode (that of the CloudEvents HTTP binding).
+pub const MAPPING: BinaryMapping = cloudevents::HTTP;
+/// The content type marking a structured-mode body.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=UTF-8";
+/// The extension carrying non-extension-named headers in structured mode.
+pub const HEADERS_EXTENSION: &str = "runnelheaders";
+
+/// A message as it goes on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireMessage {
+    pub body: String,
+    /// `String` message attributes.
+    pub attributes: Vec<(String, String)>,
+    /// `MessageGroupId`: the ordering key, or the message id for keyless messages (so
+    /// they do not serialise behind each other).
+    pub group_id: String,
+    /// `MessageDeduplicationId`: the message id.
+    pub deduplication_id: String,
+}
+
+/// Whether SQS accepts `s` as text (its XML 1.0 character rule).
+fn is_sqs_text(s: &str) -> bool {
+    s.chars().all(|c| {
+        matches!(c, '\u{9}' | '\u{a}' | '\u{d}' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+    })
+}
+
+/// The `MessageGroupId` of `message`: its key, or its id when it has none.
+pub fn encode_group_id(message: &Message) -> String {
+    fifo_id(message.key.as_deref().unwrap_or(&message.id))
+}
+
+/// Encodes `message` (binary mode where it fits, structured otherwise).
+pub fn encode(message: &Message) -> Result<WireMessage, BusError> {
+    let group_id = encode_group_id(message);
+    let deduplication_id = fifo_id(&message.id);
+    let attributes: Vec<(String, String)> = cloudevents::to_binary(message, MAPPING)
+        .into_iter()
+        .filter(|(k, _)| k != EVENT_TYPE_HEADER && k != EVENT_ID_HEADER)
+        .collect();
+    let body_text = std::str::from_utf8(&message.payload).ok();
+    let binary_fits = attributes.len() <= ATTRIBUTES_MAX
+        && attributes.iter().all(|(k, v)| {
+            !v.is_empty() && is_sqs_text(v) && !k.starts_with("AWS.") && !k.starts_with("Amazon.")
+        })
+        && body_text.is_some_and(|b| !b.is_empty() && is_sqs_text(b));
+    let wire = match body_text {
+        Some(body) if binary_fits => WireMessage {
+            body: body.to_string(),
+            attributes,
+            group_id,
+            deduplication_id,
+        },
+        _ => WireMessage {
+            body: structured(message),
+            attributes: vec![(
+                MAPPING.content_type_header.to_string(),
+                STRUCTURED_CONTENT_TYPE.to_string(),
+            )],
+            group_id,
+            deduplication_id,
+        },
+    };
+    let size = wire_size(&wire);
+    if size > WIRE_MESSAGE_BYTES_MAX {
+        return Err(BusError::InvalidMessage {
+            id: message.id.chars().take(64).collect(),
+            reason: format!(
+                "encoded with its attributes and headers the message is {size} bytes, over \
+                 SNS/SQS's {WIRE_MESSAGE_BYTES_MAX}-byte limit; send large payloads by \
+                 reference with the claim-check option (`claim_check`)"
+            ),
+        });
+    }
+    Ok(wire)
+}
+
+/// Bytes SNS/SQS count against their size limit: body plus attribute names, types, values.
+pub fn wire_size(wire: &WireMessage) -> usize {
+    wire.body.len()
+        + wire
+            .attributes
+            .iter()
+            .map(|(k, v)| k.len() + "String".len() + v.len())
+            .sum::<usize>()
+}
+
+fn structured(message: &Message) -> String {
+    let doc = cloudevents::to_structured(message);
+    let mut map: Map<String, Value> = match serde_json::from_slice(&doc) {
+        Ok(Value::Object(m)) => m,
+        // to_structured always writes an object; keep its text if that ever changes.
+        _ => return String::from_utf8_lossy(&doc).into_owned(),
+    };
+    // `data` re-serialises the JSON payload: keep it only when that is byte-exact.
+    if let Some(data) = map.get("data") {
+        let exact = serde_json::to_vec(data).is_ok_and(|b| b == message.payload);
+        if !exact {
+            map.remove("data");
+            map.insert(
+                "data_base64".into(),
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &message.payload,
+                )
+                .into(),
+            );
+        }
+    }
+    let plain: BTreeMap<&str, &str> = message
+        .headers
+        .iter()
+        .filter(|(k, _)| !map.contains_key(k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if !plain.is_empty() {
+        let text = serde_json::to_string(&plain).unwrap_or_default();
+        map.insert(HEADERS_EXTENSION.into(), text.into());
+    }
+    serde_json::to_string(&Value::Object(map)).unwrap_or_default()
+}
+
+/// Decodes a received message from its body and `String` attributes.
+pub fn decode<I>(body: &str, attributes: I) -> Result<Message, BusError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let attributes: Vec<(String, String)> = attributes.into_iter().collect();
+    let structured = attributes.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case(MAPPING.content_type_header)
+            && v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/cloudevents+json")
+    }) || (!attributes
+        .iter()
+        .any(|(k, _)| k.to_ascii_lowercase().starts_with(MAPPING.prefix))
+        && body.trim_start().starts_with('{')
+        && body.contains("\"specversion\""));
+    if !structured {
+        return cloudevents::from_binary(attributes, body.as_bytes().to_vec(), MAPPING);
+    }
+    let mut message = cloudevents::from_structured(body.as_bytes())?;
+    if let Some(text) = message.headers.remove(HEADERS_EXTENSION) {
+        let plain: BTreeMap<String, String> =
+            serde_json::from_str(&text).map_err(|e| BusError::InvalidMessage {
+                id: message.id.clone(),
+                reason: format!("the {HEADERS_EXTENSION} extension is not a JSON object: {e}"),
+            })?;
+        message.headers.extend(plain);
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_core::chrono::{DateTime, Utc};
+
+    fn full() -> Message {
+        let mut m = Message::json(
+            "OrderPlaced",
+            &serde_json::json!({"order": 7, "note": "ü ✓"}),
+        )
+        .with_key("Order-7")
+        .with_subject("Order-7")
+        .with_header("tenant", "acme")
+        .with_header("x-app-header", "some value");
+        m.correlation_id = Some("corr".into());
+        m.causation_id = Some("cause".into());
+        m.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        m.time = Some(
+            DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z")
+                .expect("time")
+                .with_timezone(&Utc),
+        );
+        m
+    }
+
+    fn round_trip(m: &Message) -> (WireMessage, Message) {
+        let wire = encode(m).expect("encode");
+        let back = decode(&wire.body, wire.attributes.clone()).expect("decode");
+        (wire, back)
+    }
+
+    #[test]
+    fn small_messages_use_binary_mode() {
+        let m = Message::json("Tested", &serde_json::json!({"n": 1}))
+            .with_key("k")
+            .with_header("conformance-n", "1");
+        let (wire, back) = round_trip(&m);
+        assert!(wire.attributes.len() <= ATTRIBUTES_MAX);
+        assert!(wire
+            .attributes
+            .iter()
+            .any(|(k, v)| k == "ce-id" && *v == m.id));
+        assert_eq!(wire.body, "{\"n\":1}");
+        assert_eq!(wire.group_id, "k");
+        assert_eq!(wire.deduplication_id, m.id);
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn rich_empty_and_binary_messages_use_structured_mode_and_round_trip() {
+        let m = full();
+        let (wire, back) = round_trip(&m);
+        assert_eq!(wire.attributes.len(), 1);
+        assert_eq!(back, m);
+
+        let mut bytes = Message::json("Blob", &serde_json::json!(null)).with_key("b");
+        bytes.content_type = "application/octet-stream".into();
+        bytes.payload = (0..=255u8).collect();
+        bytes.time = None;
+        assert_eq!(round_trip(&bytes).1, bytes);
+
+        let mut empty = Message::json("Ping", &serde_json::json!({}));
+        empty.payload = Vec::new();
+        assert_eq!(round_trip(&empty).1, empty);
+
+        let mut spaced = Message::json("Spaced", &serde_json::json!({}));
+        spaced.payload = b"{ \"a\" : 1 }".to_vec();
+        spaced.headers.insert("h".into(), String::new());
+        assert_eq!(round_trip(&spaced).1, spaced);
+    }
+
+    #[test]
+    fn keyless_messages_group_by_their_id() {
+        let m = Message::json("T", &serde_json::json!({}));
+        assert_eq!(encode(&m).expect("encode").group_id, m.id);
+    }
+
+    #[test]
+    fn over_the_wire_limit_is_a_typed_error() {
+        let mut m = Message::json("T", &serde_json::json!({}));
+        m.payload = vec![0xff; 200 * 1024];
+        let err = encode(&m).unwrap_err();
+        assert!(err.to_string().contains("claim-check"), "{err}");
+    }
+}

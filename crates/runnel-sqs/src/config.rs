@@ -1,0 +1,296 @@
+//! Configuration: [`SqsOptions`] and the `sqs://` URL it is read from.
+
+use std::fmt;
+use std::time::Duration;
+
+use runnel_core::BusError;
+
+/// Region used when neither the URL nor `AWS_REGION` / `AWS_DEFAULT_REGION` names one.
+pub const REGION_DEFAULT: &str = "us-east-1";
+/// Prefix of every SNS topic and SQS queue Runnel creates.
+pub const PREFIX_DEFAULT: &str = "runnel";
+/// Longest name prefix (keeps room for the topic, group and hash in SQS's 80 characters).
+pub const PREFIX_LEN_MAX: usize = 16;
+/// Long-polling wait of `ReceiveMessage` (SQS allows 0..=20 s).
+pub const WAIT_SECONDS_DEFAULT: u32 = 20;
+/// SQS's longest long-polling wait.
+pub const WAIT_SECONDS_MAX: u32 = 20;
+/// Receives after which SQS moves a message to the group's dead-letter queue (the native
+/// backstop; the consumer router's retry layer normally dead-letters far earlier).
+pub const MAX_RECEIVE_COUNT_DEFAULT: u32 = 25;
+/// SQS's largest `maxReceiveCount`.
+pub const MAX_RECEIVE_COUNT_MAX: u32 = 1000;
+/// Days an SNS FIFO topic archives messages for replay to groups that start at
+/// [`runnel_core::bus::StartPosition::Earliest`] (0 disables the archive).
+pub const ARCHIVE_DAYS_DEFAULT: u32 = 7;
+/// SNS's longest archive retention.
+pub const ARCHIVE_DAYS_MAX: u32 = 365;
+/// SNS and SQS accept at most 256 KiB per message, attributes included.
+pub const WIRE_MESSAGE_BYTES_MAX: usize = 256 * 1024;
+/// Default payload limit: the largest payload whose structured-mode encoding (base64 for
+/// binary data, plus the CloudEvents envelope) still fits [`WIRE_MESSAGE_BYTES_MAX`].
+pub const MAX_PAYLOAD_BYTES_DEFAULT: usize = 180 * 1024;
+/// How long a TCP connect to the endpoint may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one non-polling API call may take before it is retried.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts (first call included) the SDK makes for one API call.
+pub const SDK_ATTEMPTS_DEFAULT: u32 = 3;
+
+/// Static AWS credentials. `Debug` shows the access key id only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// How to reach SNS and SQS and how to name and configure what Runnel creates there.
+///
+/// ```
+/// use runnel_sqs::SqsOptions;
+/// let o = SqsOptions::from_url(
+///     "sqs://AKIDEXAMPLE:secret@eu-west-1?endpoint=http://127.0.0.1:4566&prefix=shop&max_receive_count=10",
+/// )?;
+/// assert_eq!(o.region, "eu-west-1");
+/// assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:4566"));
+/// assert_eq!(o.prefix, "shop");
+/// assert_eq!(o.max_receive_count, 10);
+/// assert!(!format!("{o:?}").contains("secret"));
+/// # Ok::<(), runnel_core::BusError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqsOptions {
+    /// AWS region.
+    pub region: String,
+    /// Endpoint override for both services (LocalStack, moto, a VPC endpoint). `None`: the
+    /// region's public endpoints (HTTPS).
+    pub endpoint: Option<String>,
+    /// Explicit credentials; `None` reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+    /// `AWS_SESSION_TOKEN` from the environment.
+    pub credentials: Option<StaticCredentials>,
+    /// Prefix of every topic and queue name.
+    pub prefix: String,
+    /// Long-polling wait per `ReceiveMessage`, seconds (0..=20).
+    pub wait_seconds: u32,
+    /// `maxReceiveCount` of each group queue's redrive policy.
+    pub max_receive_count: u32,
+    /// SNS archive retention in days for new topics (0: no archive; `Earliest` then fails).
+    pub archive_days: u32,
+    /// Largest payload accepted by `publish`.
+    pub max_payload_bytes: usize,
+    /// Attempts the SDK makes per API call (transient errors and throttling are retried).
+    pub sdk_attempts: u32,
+}
+
+impl Default for SqsOptions {
+    fn default() -> Self {
+        SqsOptions {
+            region: std::env::var("AWS_REGION")
+                .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|_| REGION_DEFAULT.to_string()),
+            endpoint: None,
+            credentials: None,
+            prefix: PREFIX_DEFAULT.to_string(),
+            wait_seconds: WAIT_SECONDS_DEFAULT,
+            max_receive_count: MAX_RECEIVE_COUNT_DEFAULT,
+            archive_days: ARCHIVE_DAYS_DEFAULT,
+            max_payload_bytes: MAX_PAYLOAD_BYTES_DEFAULT,
+            sdk_attempts: SDK_ATTEMPTS_DEFAULT,
+        }
+    }
+}
+
+fn invalid(what: impl Into<String>) -> BusError {
+    BusError::InvalidArgument(what.into())
+}
+
+fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, BusError> {
+    value
+        .parse()
+        .map_err(|_| invalid(format!("sqs URL: {name}={value:?} is not a number")))
+}
+
+impl SqsOptions {
+    /// Reads `sqs://[ACCESS_KEY_ID:SECRET_ACCESS_KEY@][REGION][?PARAMS]`.
+    ///
+    /// Parameters: `endpoint` (URL of a local or private endpoint), `session_token`,
+    /// `prefix`, `wait_seconds`, `max_receive_count`, `archive_days`, `max_payload_bytes`,
+    /// `sdk_attempts`. Credentials in the user-info part are percent-decoded. Unknown
+    /// parameters are an error (a typo must not silently change behaviour).
+    pub fn from_url(url: &str) -> Result<Self, BusError> {
+        // The URL itself may carry a secret: never echo it in an error.
+        let parsed =
+            url::Url::parse(url).map_err(|e| invalid(format!("not a valid sqs:// URL ({e})")))?;
+        if parsed.scheme() != "sqs" {
+            return Err(invalid(format!(
+                "the URL scheme is {:?}, expected \"sqs\"",
+                parsed.scheme()
+            )));
+        }
+        let mut o = SqsOptions::default();
+        if let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) {
+            o.region = host.to_string();
+        }
+        let decode = |s: &str| {
+            percent_decode(s).ok_or_else(|| invalid("sqs URL: credentials are not valid UTF-8"))
+        };
+        if !parsed.username().is_empty() {
+            let secret = parsed
+                .password()
+                .ok_or_else(|| invalid("sqs URL: an access key id needs a secret access key"))?;
+            o.credentials = Some(StaticCredentials {
+                access_key_id: decode(parsed.username())?,
+                secret_access_key: decode(secret)?,
+                session_token: None,
+            });
+        }
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "endpoint" => o.endpoint = Some(v.into_owned()),
+                "session_token" => match o.credentials.as_mut() {
+                    Some(c) => c.session_token = Some(v.into_owned()),
+                    None => {
+                        return Err(invalid(
+                            "sqs URL: session_token needs an access key id and secret",
+                        ))
+                    }
+                },
+                "prefix" => o.prefix = v.into_owned(),
+                "wait_seconds" => o.wait_seconds = parse_number(&k, &v)?,
+                "max_receive_count" => o.max_receive_count = parse_number(&k, &v)?,
+                "archive_days" => o.archive_days = parse_number(&k, &v)?,
+                "max_payload_bytes" => o.max_payload_bytes = parse_number(&k, &v)?,
+                "sdk_attempts" => o.sdk_attempts = parse_number(&k, &v)?,
+                other => {
+                    return Err(invalid(format!(
+                        "sqs URL: unknown parameter {:?}",
+                        other.chars().take(64).collect::<String>()
+                    )))
+                }
+            }
+        }
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Checks every bound.
+    pub fn validate(&self) -> Result<(), BusError> {
+        let region_ok = !self.region.is_empty()
+            && self.region.len() <= 64
+            && self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !region_ok {
+            return Err(invalid(format!("invalid AWS region {:?}", self.region)));
+        }
+        let prefix_ok = !self.prefix.is_empty()
+            && self.prefix.len() <= PREFIX_LEN_MAX
+            && self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if !prefix_ok {
+            return Err(invalid(format!(
+                "the name prefix must be 1..={PREFIX_LEN_MAX} of [A-Za-z0-9_-], got {:?}",
+                self.prefix
+            )));
+        }
+        if let Some(e) = &self.endpoint {
+            let u = url::Url::parse(e)
+                .map_err(|err| invalid(format!("the endpoint is not a URL: {err}")))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(invalid("the endpoint must be an http:// or https:// URL"));
+            }
+        }
+        if self.wait_seconds > WAIT_SECONDS_MAX {
+            return Err(invalid(format!(
+                "wait_seconds must be 0..={WAIT_SECONDS_MAX}"
+            )));
+        }
+        if self.max_receive_count == 0 || self.max_receive_count > MAX_RECEIVE_COUNT_MAX {
+            return Err(invalid(format!(
+                "max_receive_count must be 1..={MAX_RECEIVE_COUNT_MAX}"
+            )));
+        }
+        if self.archive_days > ARCHIVE_DAYS_MAX {
+            return Err(invalid(format!(
+                "archive_days must be 0..={ARCHIVE_DAYS_MAX}"
+            )));
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > MAX_PAYLOAD_BYTES_DEFAULT {
+            return Err(invalid(format!(
+                "max_payload_bytes must be 1..={MAX_PAYLOAD_BYTES_DEFAULT} (SNS/SQS take 256 KiB \
+                 per message including the envelope; larger payloads need the claim-check option)"
+            )));
+        }
+        if self.sdk_attempts == 0 || self.sdk_attempts > 10 {
+            return Err(invalid("sdk_attempts must be 1..=10"));
+        }
+        Ok(())
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_carries_every_knob_and_hides_secrets() {
+        let o = SqsOptions::from_url(
+            "sqs://AK%2B1:s%40cret@eu-central-1?endpoint=http://127.0.0.1:4566&prefix=p1&wait_seconds=5&max_receive_count=7&archive_days=0&max_payload_bytes=1000&session_token=sesstok123",
+        )
+        .expect("valid URL");
+        let c = o.credentials.clone().expect("credentials");
+        assert_eq!(c.access_key_id, "AK+1");
+        assert_eq!(c.secret_access_key, "s@cret");
+        assert_eq!(c.session_token.as_deref(), Some("sesstok123"));
+        assert_eq!(
+            (o.wait_seconds, o.max_receive_count, o.archive_days),
+            (5, 7, 0)
+        );
+        assert_eq!(o.max_payload_bytes, 1000);
+        let shown = format!("{o:?}");
+        assert!(
+            !shown.contains("s@cret") && !shown.contains("sesstok123"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_rejected_without_echoing_secrets() {
+        for bad in [
+            "nats://x",
+            "sqs://us-east-1?nope=1",
+            "sqs://us-east-1?wait_seconds=21",
+            "sqs://us-east-1?prefix=bad.prefix",
+            "sqs://us-east-1?endpoint=ftp://x",
+            "sqs://us-east-1?max_payload_bytes=999999999",
+        ] {
+            assert!(SqsOptions::from_url(bad).is_err(), "{bad}");
+        }
+        let err = SqsOptions::from_url("sqs://key:topsecret@us-east-1?bogus=1").unwrap_err();
+        assert!(!err.to_string().contains("topsecret"));
+    }
+}
