@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
     pub(crate) max_payload_bytes: usize,
+    /// Counts (re)connections: a pull request made before the latest one is gone.
+    pub(crate) connections: Arc<AtomicU64>,
     ensured: Mutex<HashSet<String>>,
     pub(crate) leases: OnceCell<jetstream::kv::Store>,
     dead_letter_stream: OnceCell<()>,
@@ -66,6 +69,8 @@ impl NatsBus {
     /// answers, [`BusError::AuthenticationFailed`] when it refuses the credentials.
     pub async fn connect(options: NatsOptions) -> Result<NatsBus, BusError> {
         options.validate()?;
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = connections.clone();
         let mut connect = async_nats::ConnectOptions::new()
             .max_reconnects(None)
             .client_capacity(CLIENT_CAPACITY)
@@ -73,11 +78,19 @@ impl NatsBus {
                 let ms = 25u64.saturating_mul(1u64 << attempts.min(10));
                 Duration::from_millis(ms).min(RECONNECT_DELAY_MAX)
             })
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => tracing::warn!("NATS connection lost"),
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    other => tracing::debug!(event = %other, "NATS client event"),
+            .event_callback(move |event| {
+                let counter = counter.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS connection lost")
+                        }
+                        async_nats::Event::Connected => {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            tracing::info!("NATS connected");
+                        }
+                        other => tracing::debug!(event = %other, "NATS client event"),
+                    }
                 }
             });
         if let Some(name) = &options.client_name {
@@ -123,6 +136,7 @@ impl NatsBus {
                 client,
                 js,
                 max_payload_bytes,
+                connections,
                 ensured: Mutex::new(HashSet::new()),
                 leases: OnceCell::new(),
                 dead_letter_stream: OnceCell::new(),

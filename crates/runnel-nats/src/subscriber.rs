@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -271,6 +272,7 @@ impl Member {
             self.inner.options.lease_ttl,
         );
         let mut pull: Option<pull::Batch> = None;
+        let mut pull_connection = 0u64;
         let mut barrier = true;
         let mut max_consumer_seq: u64 = 0;
         let mut next_acquire = Instant::now();
@@ -286,6 +288,11 @@ impl Member {
         };
 
         loop {
+            let connection = self.inner.connections.load(Ordering::SeqCst);
+            if pull.is_some() && connection != pull_connection {
+                // Reconnected: the server forgot the pull request; ask again.
+                pull = None;
+            }
             let held = lease.held();
             if held && pull.is_none() && Instant::now() >= next_pull {
                 let room = {
@@ -301,7 +308,10 @@ impl Member {
                         .messages()
                         .await
                     {
-                        Ok(b) => pull = Some(b),
+                        Ok(b) => {
+                            pull = Some(b);
+                            pull_connection = connection;
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "pull request failed; retrying");
                             next_pull = Instant::now() + PULL_RETRY;

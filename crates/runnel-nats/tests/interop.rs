@@ -1,0 +1,175 @@
+//! Interoperability with a plain NATS client that knows nothing of Runnel: nats-py plus
+//! the official CloudEvents SDK in `tests/interop/nats_cloudevents.py`, run with the
+//! project's Python venv (`scripts/services.sh python`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use runnel_core::bus::{Publisher, StartPosition, SubscribeOptions, Subscriber};
+use runnel_core::{GroupName, Message, TopicName};
+use tokio::process::Command;
+
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
+
+fn require_services() -> bool {
+    std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() == Ok("1")
+}
+
+fn nats_url() -> Option<String> {
+    match std::env::var("RUNNEL_TEST_NATS_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                !require_services(),
+                "RUNNEL_REQUIRE_SERVICES=1 but RUNNEL_TEST_NATS_URL is not set"
+            );
+            eprintln!("SKIPPED: RUNNEL_TEST_NATS_URL is not set");
+            None
+        }
+    }
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/nats_cloudevents.py")
+}
+
+/// The venv's Python, or `None` (SKIPPED) when the project script cannot provide it.
+async fn python() -> Option<String> {
+    let services = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
+    let out = Command::new("bash").arg(services).arg("python").output();
+    let found = match tokio::time::timeout(Duration::from_secs(600), out).await {
+        Ok(Ok(o)) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .map(|l| l.trim().to_string())
+            .filter(|p| !p.is_empty()),
+        _ => None,
+    };
+    if found.is_none() {
+        assert!(
+            !require_services(),
+            "RUNNEL_REQUIRE_SERVICES=1 but the Python venv is not available"
+        );
+        eprintln!("SKIPPED: the Python venv is not available");
+    }
+    found
+}
+
+fn fresh() -> (TopicName, GroupName) {
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    (
+        TopicName::new(format!("interop.{suffix}")).expect("topic"),
+        GroupName::new(format!("interop-{suffix}")).expect("group"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runnel_publishes_a_cloudevent_a_plain_nats_py_client_parses_with_the_sdk() {
+    let Some(url) = nats_url() else { return };
+    let Some(python) = python().await else { return };
+    let bus = runnel_nats::connect(&url).await.expect("connect");
+    let (topic, _) = fresh();
+    let mut published = Message::json(
+        "OrderPlaced",
+        &serde_json::json!({"order": 7, "note": "ünï"}),
+    )
+    .with_key("Order-7")
+    .with_subject("Order-7")
+    .with_header("tenant", "acme");
+    published.correlation_id = Some("corr-1".into());
+    bus.publish(&topic, vec![published.clone()])
+        .await
+        .expect("publish");
+
+    let out = Command::new(&python)
+        .arg(script())
+        .args([
+            "consume",
+            &url,
+            &bus.stream_name(&topic),
+            &bus.subject(&topic),
+        ])
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(SCRIPT_DEADLINE, out)
+        .await
+        .expect("the script within its deadline")
+        .expect("run the script");
+    assert!(out.status.success(), "the script failed: {:?}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().expect("a line from the script");
+    let event: serde_json::Value = serde_json::from_str(line).expect("JSON from the script");
+    assert_eq!(event["id"], published.id.as_str());
+    assert_eq!(event["type"], "OrderPlaced");
+    assert_eq!(event["source"], "urn:runnel");
+    assert_eq!(event["specversion"], "1.0");
+    assert_eq!(event["subject"], "Order-7");
+    assert_eq!(event["datacontenttype"], "application/json");
+    assert_eq!(event["partitionkey"], "Order-7");
+    assert_eq!(event["correlationid"], "corr-1");
+    assert_eq!(event["tenant"], "acme");
+    assert_eq!(
+        event["data"],
+        serde_json::json!({"order": 7, "note": "ünï"})
+    );
+    assert_eq!(
+        event["nats_msg_id"],
+        published.id.as_str(),
+        "Nats-Msg-Id carries the message id"
+    );
+    assert!(event["time"].as_str().is_some_and(|t| t.starts_with("20")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloudevent_published_by_plain_nats_py_with_the_sdk_is_consumed_by_runnel() {
+    let Some(url) = nats_url() else { return };
+    let Some(python) = python().await else { return };
+    let bus = runnel_nats::connect(&url).await.expect("connect");
+    let (topic, group) = fresh();
+    let mut deliveries = bus
+        .subscribe(
+            &topic,
+            &group,
+            SubscribeOptions {
+                start: StartPosition::Earliest,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .expect("subscribe");
+    let out = Command::new(&python)
+        .arg(script())
+        .args(["publish", &url, &bus.subject(&topic)])
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(SCRIPT_DEADLINE, out)
+        .await
+        .expect("the script within its deadline")
+        .expect("run the script");
+    assert!(out.status.success(), "the script failed: {:?}", out.status);
+
+    let d = tokio::time::timeout(Duration::from_secs(15), deliveries.next())
+        .await
+        .expect("a delivery within the deadline")
+        .expect("the subscription is open")
+        .expect("a readable CloudEvent");
+    let m = &d.message;
+    assert_eq!(m.id, "interop-from-python-1");
+    assert_eq!(m.event_type, "com.example.PythonSaidHello");
+    assert_eq!(m.source, "/interop/nats-py");
+    assert_eq!(m.subject.as_deref(), Some("Greeting-1"));
+    assert_eq!(m.key.as_deref(), Some("Greeting-1"));
+    assert_eq!(m.correlation_id.as_deref(), Some("corr-py"));
+    assert_eq!(m.content_type, "application/json");
+    assert!(m.time.is_some(), "the SDK's time attribute is read");
+    assert_eq!(
+        m.payload_json().expect("JSON data"),
+        serde_json::json!({"hello": "from python", "n": 7})
+    );
+    assert_eq!(d.attempt, 1);
+    d.ack().await.expect("ack");
+}
