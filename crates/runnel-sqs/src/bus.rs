@@ -265,6 +265,18 @@ impl SqsBus {
             .ok_or_else(|| BusError::Backend("sqs:GetQueueAttributes returned no QueueArn".into()))
     }
 
+    /// Provisions `group` on `topic` without consuming: the topic, the group's queue, its
+    /// dead-letter queue and the subscription (what the first `subscribe` would create).
+    /// Returns the queue URL, e.g. for a plain SQS client or infrastructure tooling.
+    pub async fn provision_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        start: StartPosition,
+    ) -> Result<String, BusError> {
+        Ok(self.ensure_group(topic, group, start).await?.queue_url)
+    }
+
     /// Creates (if needed) the group's queue, its dead-letter queue and the raw-delivery
     /// subscription to the topic; returns the queue URL.
     pub(crate) async fn ensure_group(
