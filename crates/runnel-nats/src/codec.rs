@@ -77,8 +77,22 @@ pub fn to_headers(message: &Message) -> Result<HeaderMap, BusError> {
         })?;
         headers.insert(name, HeaderValue::from(value.as_str()));
     }
-    headers.insert(MSG_ID_HEADER, message.id.as_str());
+    headers.insert(MSG_ID_HEADER, dedup_id(message).as_str());
     Ok(headers)
+}
+
+/// Header the dead-letter replay adds (the id of the dead letter replayed).
+const REPLAY_OF_HEADER: &str = "runnelreplayof";
+
+/// The `Nats-Msg-Id` of `message`: its id, so a retried publish is stored once. A
+/// deliberate replay from the dead-letter store carries the dead letter's id in
+/// `runnelreplayof` and gets its own dedup id, or the server would drop it as a retry of
+/// the original within the duplicate window.
+pub fn dedup_id(message: &Message) -> String {
+    match message.headers.get(REPLAY_OF_HEADER) {
+        Some(replay_of) => format!("{}~replay~{replay_of}", message.id),
+        None => message.id.clone(),
+    }
 }
 
 /// Reads a message: binary mode when `ce-` headers are present, else structured mode.
