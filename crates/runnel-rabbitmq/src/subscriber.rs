@@ -440,12 +440,19 @@ impl Subscription {
     async fn handle(&mut self, command: Command) {
         match command {
             Command::Ack { id, lease, reply } => {
-                let result = match self.book.held(id, lease) {
-                    None => Err(lost(&self.book, id)),
-                    Some(_) => {
-                        let entry = self.book.remove(id);
-                        match entry {
-                            Some(e) => e
+                let entry = match self.book.held(id, lease) {
+                    None => None,
+                    Some(_) => self.book.remove(id),
+                };
+                match entry {
+                    None => {
+                        let _ = reply.send(Err(lost(&self.book, id)));
+                    }
+                    // The book has let the key's next message go; the ack frame itself
+                    // is written off this task so intake and other settlements go on.
+                    Some(e) => {
+                        tokio::spawn(async move {
+                            let result = e
                                 .acker
                                 .ack(BasicAckOptions::default())
                                 .await
@@ -453,12 +460,11 @@ impl Subscription {
                                 .map_err(|err| {
                                     tracing::warn!(error = %err, "ack failed; the message will be redelivered");
                                     BusError::DeliveryLost(e.message.id.clone())
-                                }),
-                            None => Err(BusError::DeliveryLost(String::new())),
-                        }
+                                });
+                            let _ = reply.send(result);
+                        });
                     }
-                };
-                let _ = reply.send(result);
+                }
             }
             Command::Nack {
                 id,
