@@ -10,6 +10,9 @@
 //!   API and the CLI.
 //! * [`consumer`]: the consumer router — handlers as tower services, retry, dead letter,
 //!   idempotency, timeout, key-ordered concurrency, tracing and metrics as layers.
+//! * [`outbox`]: the outbox [`Relay`](outbox::Relay) (per-key order, leases, backoff),
+//!   the event store as the outbox ([`EventStoreRelay`](outbox::EventStoreRelay)), the claim
+//!   check for large payloads, relay metrics.
 //! * [`retry`]: the [`RetryPolicy`] (exponential backoff with full jitter) shared by the
 //!   repository and the consumer router.
 //!
@@ -20,6 +23,7 @@ pub mod bus;
 pub mod command;
 pub mod consumer;
 pub mod dead_letter;
+pub mod outbox;
 pub mod query;
 pub mod retry;
 pub mod upcast;

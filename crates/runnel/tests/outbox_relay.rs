@@ -1,0 +1,270 @@
+//! The outbox relay end to end on the real stores and their embedded buses: per-key order,
+//! a broker outage, three relays sharing one PostgreSQL, a dead relay's keys taken over.
+
+mod outbox_support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runnel::core::bus::{Publisher, Subscriber};
+use runnel::core::outbox::{OutboxMessage, OutboxStore};
+use runnel::core::TopicName;
+use runnel::outbox::{Relay, RelayOptions};
+use runnel::postgres::bus::{BusOptions as PgBusOptions, PostgresBus};
+use runnel::postgres::PostgresOutbox;
+use runnel::sqlite::bus::{BusOptions, SqliteBus};
+use runnel::sqlite::{SqliteOutbox, SqliteStore};
+
+use outbox_support::{
+    collect, drop_schema, keyed_messages, postgres_store, wait_for, FlakyPublisher,
+};
+
+/// Longest wait for every message to arrive.
+const ARRIVAL_DEADLINE: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(20);
+
+fn topic() -> TopicName {
+    TopicName::new("counted").unwrap()
+}
+
+fn relay_options(name: &str) -> RelayOptions {
+    RelayOptions::default()
+        .name(name)
+        .poll_interval(Duration::from_millis(50))
+        .backoff(runnel::RetryPolicy {
+            max_attempts: u32::MAX,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+        })
+}
+
+/// Enqueues `messages` in chunks of `chunk` per transaction on SQLite.
+async fn enqueue_sqlite(outbox: &SqliteOutbox, messages: Vec<OutboxMessage>, chunk: usize) {
+    let mut messages = messages;
+    while !messages.is_empty() {
+        let rest = messages.split_off(chunk.min(messages.len()));
+        let batch = std::mem::replace(&mut messages, rest);
+        let inner = outbox.clone();
+        outbox
+            .unit_of_work(move |uow| inner.enqueue_in(uow, &batch))
+            .await
+            .expect("enqueue");
+    }
+}
+
+async fn enqueue_postgres(outbox: &PostgresOutbox, messages: Vec<OutboxMessage>, chunk: usize) {
+    for batch in messages.chunks(chunk) {
+        let mut tx = outbox.store().pool().begin().await.expect("begin");
+        outbox.enqueue_in(&mut tx, batch).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_publishes_every_message_in_key_order_on_sqlite() {
+    let store = SqliteStore::open_temporary().expect("store");
+    let bus = SqliteBus::new(store.clone(), BusOptions::default().poll_interval(POLL)).unwrap();
+    let (seen, consumer) = collect(Arc::new(bus.clone()), &topic(), "g").await;
+    let outbox = SqliteOutbox::new(store.clone());
+    let relay = Relay::new(Arc::new(outbox.clone()), Arc::new(bus), relay_options("r1"))
+        .unwrap()
+        .start();
+    enqueue_sqlite(&outbox, keyed_messages(&topic(), 2_000, 20), 100).await;
+    wait_for(&seen, 2_000, ARRIVAL_DEADLINE).await;
+    let report = relay.shutdown().await.expect("shutdown");
+    consumer.abort();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(report.published, 2_000);
+    assert!(
+        seen.out_of_order_keys().is_empty(),
+        "{:?}",
+        seen.out_of_order_keys()
+    );
+    assert_eq!(seen.duplicates, 0);
+    assert_eq!(outbox.status().await.unwrap().pending, 0);
+}
+
+/// The broker is down while messages are enqueued: the relay fails, backs off and keeps
+/// trying; nothing is marked, nothing is lost. Back up, everything arrives in key order.
+async fn outage_scenario(
+    outbox: Arc<dyn OutboxStore>,
+    enqueue: impl std::future::Future<Output = ()>,
+    publisher: Arc<dyn Publisher>,
+    subscriber: Arc<dyn Subscriber>,
+    total: usize,
+) {
+    let flaky = FlakyPublisher::new(publisher);
+    flaky.set_down(true);
+    let (seen, consumer) = collect(subscriber, &topic(), "g").await;
+    let relay = Relay::new(Arc::clone(&outbox), flaky.clone(), relay_options("outage"))
+        .unwrap()
+        .start();
+    enqueue.await;
+    // Wait until the relay has run into the outage several times.
+    let until = tokio::time::Instant::now() + ARRIVAL_DEADLINE;
+    while flaky.failures.load(Ordering::SeqCst) < 5 {
+        assert!(tokio::time::Instant::now() < until, "the relay never tried");
+        tokio::time::sleep(POLL).await;
+    }
+    let status = outbox.status().await.unwrap();
+    assert_eq!(
+        status.pending, total as u64,
+        "every row waits during the outage"
+    );
+    assert_eq!(status.parked, 0, "an outage never parks a row");
+    assert_eq!(seen.lock().unwrap().deliveries, 0);
+
+    flaky.set_down(false);
+    wait_for(&seen, total, ARRIVAL_DEADLINE).await;
+    let report = relay.shutdown().await.expect("shutdown");
+    consumer.abort();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        seen.out_of_order_keys().is_empty(),
+        "{:?}",
+        seen.out_of_order_keys()
+    );
+    assert_eq!(seen.duplicates, 0, "nothing was published twice");
+    assert_eq!(report.published, total as u64);
+    assert!(report.publish_failures >= 5);
+    eprintln!(
+        "outage: {} failed publish calls, then {} published",
+        flaky.failures.load(Ordering::SeqCst),
+        report.published
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_outage_delays_but_loses_and_reorders_nothing_on_sqlite() {
+    let store = SqliteStore::open_temporary().expect("store");
+    let bus = SqliteBus::new(store.clone(), BusOptions::default().poll_interval(POLL)).unwrap();
+    let outbox = SqliteOutbox::new(store.clone());
+    let o = outbox.clone();
+    outage_scenario(
+        Arc::new(outbox),
+        async move { enqueue_sqlite(&o, keyed_messages(&topic(), 500, 10), 50).await },
+        Arc::new(bus.clone()),
+        Arc::new(bus),
+        500,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_outage_delays_but_loses_and_reorders_nothing_on_postgres() {
+    let Some(store) = postgres_store(16).await else {
+        return;
+    };
+    let bus = PostgresBus::new(store.clone(), PgBusOptions::default().poll_interval(POLL))
+        .await
+        .unwrap();
+    let outbox = PostgresOutbox::new(store.clone()).await.unwrap();
+    let o = outbox.clone();
+    outage_scenario(
+        Arc::new(outbox),
+        async move { enqueue_postgres(&o, keyed_messages(&topic(), 500, 10), 50).await },
+        Arc::new(bus.clone()),
+        Arc::new(bus),
+        500,
+    )
+    .await;
+    drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_relays_share_10000_messages_over_100_keys_on_postgres() {
+    const TOTAL: usize = 10_000;
+    const KEYS: usize = 100;
+    let Some(store) = postgres_store(32).await else {
+        return;
+    };
+    let bus = PostgresBus::new(store.clone(), PgBusOptions::default().poll_interval(POLL))
+        .await
+        .unwrap();
+    let (seen, consumer) = collect(Arc::new(bus.clone()), &topic(), "g").await;
+    // Three relays, each with its own outbox handle (its own LISTEN connection), as three
+    // processes would have.
+    let mut relays = Vec::new();
+    for i in 0..3 {
+        let outbox = PostgresOutbox::new(store.clone()).await.unwrap();
+        relays.push(
+            Relay::new(
+                Arc::new(outbox),
+                Arc::new(bus.clone()),
+                relay_options(&format!("relay-{i}")).batch_size(100),
+            )
+            .unwrap()
+            .start(),
+        );
+    }
+    let app = PostgresOutbox::new(store.clone()).await.unwrap();
+    let started = std::time::Instant::now();
+    enqueue_postgres(&app, keyed_messages(&topic(), TOTAL, KEYS), 100).await;
+    wait_for(&seen, TOTAL, ARRIVAL_DEADLINE).await;
+    let elapsed = started.elapsed();
+    let mut per_relay = Vec::new();
+    for r in relays {
+        per_relay.push(r.shutdown().await.expect("shutdown").published);
+    }
+    // Let late duplicates (if any) show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    consumer.abort();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    eprintln!(
+        "three relays: {TOTAL} messages over {KEYS} keys in {elapsed:?}; published per relay {per_relay:?}; \
+         deliveries {}, duplicates {}",
+        seen.deliveries, seen.duplicates
+    );
+    assert_eq!(seen.ids.len(), TOTAL, "every message published");
+    assert_eq!(seen.by_key.len(), KEYS);
+    assert!(
+        seen.out_of_order_keys().is_empty(),
+        "{:?}",
+        seen.out_of_order_keys()
+    );
+    assert_eq!(seen.duplicates, 0, "no duplicates without crashes");
+    assert_eq!(per_relay.iter().sum::<u64>(), TOTAL as u64);
+    assert_eq!(app.status().await.unwrap().pending, 0);
+    drop(seen);
+    drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_relays_keys_are_taken_over_after_its_lease_on_postgres() {
+    const TOTAL: usize = 200;
+    let Some(store) = postgres_store(16).await else {
+        return;
+    };
+    let bus = PostgresBus::new(store.clone(), PgBusOptions::default().poll_interval(POLL))
+        .await
+        .unwrap();
+    let (seen, consumer) = collect(Arc::new(bus.clone()), &topic(), "g").await;
+    let outbox = PostgresOutbox::new(store.clone()).await.unwrap();
+    enqueue_postgres(&outbox, keyed_messages(&topic(), TOTAL, 10), 50).await;
+    // A relay claims everything and dies without publishing or releasing.
+    let lease = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let held = outbox.claim("dead", lease, 1000).await.unwrap();
+    assert_eq!(held.len(), TOTAL);
+    let relay = Relay::new(
+        Arc::new(outbox.clone()),
+        Arc::new(bus),
+        relay_options("alive"),
+    )
+    .unwrap()
+    .start();
+    wait_for(&seen, TOTAL, ARRIVAL_DEADLINE).await;
+    assert!(
+        started.elapsed() >= lease,
+        "nothing moved before the dead relay's lease ran out"
+    );
+    let report = relay.shutdown().await.unwrap();
+    consumer.abort();
+    assert_eq!(report.published, TOTAL as u64);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(seen.out_of_order_keys().is_empty());
+    assert_eq!(seen.duplicates, 0);
+    drop(seen);
+    drop_schema(&store).await;
+}
