@@ -63,13 +63,13 @@ impl fmt::Debug for StaticCredentials {
 /// ```
 /// use runnel_sqs::SqsOptions;
 /// let o = SqsOptions::from_url(
-///     "sqs://AKIDEXAMPLE:secret@eu-west-1?endpoint=http://127.0.0.1:4566&prefix=shop&max_receive_count=10",
+///     "sqs://AKIDEXAMPLE:wJalrXUtnFEMI@eu-west-1?endpoint=http://127.0.0.1:4566&prefix=shop&max_receive_count=10",
 /// )?;
 /// assert_eq!(o.region, "eu-west-1");
 /// assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:4566"));
 /// assert_eq!(o.prefix, "shop");
 /// assert_eq!(o.max_receive_count, 10);
-/// assert!(!format!("{o:?}").contains("secret"));
+/// assert!(!format!("{o:?}").contains("wJalrXUtnFEMI"));
 /// # Ok::<(), runnel_core::BusError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
