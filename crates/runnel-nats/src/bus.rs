@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_trait::async_trait;
-use futures_util::future::try_join_all;
 use runnel_core::bus::{validate_publish, DeliveryStream, Publisher, SubscribeOptions, Subscriber};
 use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::{BusError, GroupName, Message, TopicName};
@@ -372,7 +371,7 @@ impl Publisher for NatsBus {
                     ),
                 });
             }
-            encoded.push((headers, bytes::Bytes::from(m.payload.clone())));
+            encoded.push(Some(headers));
         }
         if messages.is_empty() {
             return Ok(());
@@ -380,34 +379,59 @@ impl Publisher for NatsBus {
         inner.ensure_stream(topic).await?;
         let subject = names::subject(&inner.options.subject_prefix, topic);
 
-        // One chain per ordering key (keyless messages are chains of one), in batch order.
-        let mut chains: Vec<Vec<usize>> = Vec::new();
-        let mut by_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        // Waves: wave w holds the w-th message of every ordering key (keyless messages
+        // are all in wave 0). A wave is sent pipelined, then its acks awaited; a message
+        // whose publish failed is retried (same id) before the next wave, which holds its
+        // key's next message. So a key's messages are stored in batch order even when one
+        // is lost in an outage, while different keys share every round trip.
+        let mut waves: Vec<Vec<usize>> = Vec::new();
+        let mut per_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for (i, m) in messages.iter().enumerate() {
-            match m.ordering_key() {
-                Some(k) => match by_key.get(k) {
-                    Some(&c) => chains[c].push(i),
-                    None => {
-                        by_key.insert(k, chains.len());
-                        chains.push(vec![i]);
+            let wave = match m.ordering_key() {
+                Some(k) => {
+                    let seen = per_key.entry(k).or_insert(0);
+                    *seen += 1;
+                    *seen - 1
+                }
+                None => 0,
+            };
+            if waves.len() <= wave {
+                waves.push(Vec::new());
+            }
+            waves[wave].push(i);
+        }
+        let mut result = Ok(());
+        'waves: for wave in waves {
+            let mut sent = Vec::with_capacity(wave.len());
+            for i in wave {
+                let headers = match encoded[i].take() {
+                    Some(h) => h,
+                    None => codec::to_headers(&messages[i])?,
+                };
+                let publish = jetstream::message::PublishMessage::build()
+                    .headers(headers)
+                    .payload(bytes::Bytes::copy_from_slice(&messages[i].payload));
+                sent.push((i, inner.js.send_publish(subject.clone(), publish).await));
+            }
+            for (i, attempt) in sent {
+                let acked = match attempt {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                if !acked {
+                    // Encoded again: the first attempt's headers went with it.
+                    let headers = codec::to_headers(&messages[i])?;
+                    let payload = bytes::Bytes::copy_from_slice(&messages[i].payload);
+                    if let Err(e) = inner
+                        .publish_one(&subject, headers, payload, &messages[i].id)
+                        .await
+                    {
+                        result = Err(e);
+                        break 'waves;
                     }
-                },
-                None => chains.push(vec![i]),
+                }
             }
         }
-        let encoded = &encoded;
-        let messages = &messages;
-        let subject = subject.as_str();
-        let result = try_join_all(chains.into_iter().map(|chain| async move {
-            for i in chain {
-                let (headers, payload) = &encoded[i];
-                inner
-                    .publish_one(subject, headers.clone(), payload.clone(), &messages[i].id)
-                    .await?;
-            }
-            Ok::<(), BusError>(())
-        }))
-        .await;
         if let Err(BusError::Backend(_)) = &result {
             // The stream may have been deleted behind our back: look again next time.
             inner.forget_stream(topic);

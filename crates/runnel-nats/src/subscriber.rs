@@ -82,6 +82,8 @@ struct State {
     entries: HashMap<u64, Entry>,
     keys: HashMap<String, BTreeSet<u64>>,
     buffered: BTreeSet<u64>,
+    /// Buffered messages that may go now: keyless ones and the heads of their keys.
+    ready: BTreeSet<u64>,
     in_flight: usize,
     recently_acked: VecDeque<u64>,
     recently_acked_set: HashSet<u64>,
@@ -97,11 +99,14 @@ impl State {
     fn remove(&mut self, seq: u64) -> Option<Entry> {
         let entry = self.entries.remove(&seq)?;
         self.buffered.remove(&seq);
+        self.ready.remove(&seq);
         if let Some(k) = &entry.key {
             if let Some(set) = self.keys.get_mut(k) {
                 set.remove(&seq);
                 if set.is_empty() {
                     self.keys.remove(k);
+                } else {
+                    self.refresh_key(k);
                 }
             }
         }
@@ -128,15 +133,35 @@ impl State {
             .is_some_and(|e| e.token == token && matches!(e.phase, Phase::Handed { .. }))
     }
 
+    /// Marks the head of `key` ready when it is buffered here.
+    fn refresh_key(&mut self, key: &str) {
+        if let Some(&head) = self.keys.get(key).and_then(|s| s.first()) {
+            if self
+                .entries
+                .get(&head)
+                .is_some_and(|e| matches!(e.phase, Phase::Buffered(_)))
+            {
+                self.ready.insert(head);
+            }
+        }
+    }
+
+    /// Marks a just-buffered message ready if nothing of its key is before it.
+    fn buffered_now(&mut self, seq: u64) {
+        self.buffered.insert(seq);
+        match self.entries.get(&seq).and_then(|e| e.key.clone()) {
+            None => {
+                self.ready.insert(seq);
+            }
+            Some(k) => self.refresh_key(&k),
+        }
+    }
+
     /// The next message that may be handed out: the earliest buffered one that is keyless
     /// or the head of its key.
     fn next_ready(&self) -> Option<u64> {
-        self.buffered.iter().copied().find(|seq| {
-            match self.entries.get(seq).and_then(|e| e.key.as_ref()) {
-                None => true,
-                Some(k) => self.keys.get(k).and_then(|s| s.first()) == Some(seq),
-            }
-        })
+        debug_assert!(self.ready.is_subset(&self.buffered));
+        self.ready.first().copied()
     }
 }
 
@@ -295,11 +320,13 @@ impl Member {
             }
             let held = lease.held();
             if held && pull.is_none() && Instant::now() >= next_pull {
-                let room = {
+                let (room, buffered) = {
                     let st = self.shared.lock();
-                    self.pull_batch().saturating_sub(st.buffered.len())
+                    let n = st.buffered.len();
+                    (self.pull_batch().saturating_sub(n), n)
                 };
-                if room > 0 {
+                // No trickle of tiny pulls while plenty waits here already.
+                if room > 0 && (buffered == 0 || room >= self.pull_batch() / 4) {
                     match self
                         .consumer
                         .batch()
@@ -540,7 +567,7 @@ impl Member {
                 );
             }
         }
-        st.buffered.insert(stream_seq);
+        st.buffered_now(stream_seq);
     }
 
     /// The poison backstop: copies the message to the dead-letter stream, then terminates
@@ -636,6 +663,7 @@ impl Member {
                     Box::new(acker),
                 );
                 st.buffered.remove(&seq);
+                st.ready.remove(&seq);
                 st.in_flight += 1;
                 match self.tx.try_send((seq, token, delivery)) {
                     Ok(()) => {}
@@ -648,7 +676,7 @@ impl Member {
                         if let Some(entry) = st.entries.get_mut(&seq) {
                             entry.phase = Phase::Buffered(Box::new(message));
                         }
-                        st.buffered.insert(seq);
+                        st.buffered_now(seq);
                         break;
                     }
                 }
