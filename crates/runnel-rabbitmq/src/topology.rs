@@ -211,40 +211,49 @@ pub(crate) async fn declare_group(
         .queue_declare(&queue, durable_queue(), args)
         .await
         .map_err(from_lapin)?;
-    channel
-        .queue_bind(
-            &queue,
-            &exchange_name(topic),
-            "#",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(from_lapin)?;
+    let bind = || async {
+        channel
+            .queue_bind(
+                &queue,
+                &exchange_name(topic),
+                "#",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(from_lapin)
+    };
     if earliest && options.retention.is_some() {
-        tokio::time::timeout(
-            STREAM_COPY_DEADLINE,
-            copy_retained(connection, topic, &queue),
-        )
-        .await
-        .map_err(|_| {
-            BusError::Unavailable(format!(
-                "copying the retained messages of {topic} into group {group} took over {STREAM_COPY_DEADLINE:?}"
-            ))
-        })??;
+        // Copy the backlog before binding, so new messages queue behind it; then bind
+        // and copy the few that arrived in between (up to a second fence).
+        let copy = async {
+            let first_fence = copy_retained(connection, topic, &queue, None).await?;
+            bind().await?;
+            copy_retained(connection, topic, &queue, Some(first_fence + 1)).await
+        };
+        tokio::time::timeout(STREAM_COPY_DEADLINE, copy)
+            .await
+            .map_err(|_| {
+                BusError::Unavailable(format!(
+                    "copying the retained messages of {topic} into group {group} took over {STREAM_COPY_DEADLINE:?}"
+                ))
+            })??;
+    } else {
+        bind().await?;
     }
     let _ = channel.close(200, "done").await;
     Ok(true)
 }
 
-/// Copies the topic's stream, up to a fence written after the group was bound, into the
-/// group's queue (publish order kept, confirmed). Messages published while this runs may
-/// reach the group twice (at least once), see DESIGN.md.
+/// Copies the topic's stream from offset `from` (the start for `None`) up to a fence
+/// written now into the group's queue (publish order kept, confirmed); returns the
+/// fence's offset. See DESIGN.md ("Earliest") for the narrow race it leaves.
 async fn copy_retained(
     connection: &Connection,
     topic: &TopicName,
     queue: &str,
-) -> Result<(), BusError> {
+    from: Option<i64>,
+) -> Result<i64, BusError> {
     let stream = stream_name(topic);
     let fence_id = runnel_core::uuid::Uuid::now_v7().to_string();
     let publisher = connection.create_channel().await.map_err(from_lapin)?;
@@ -275,7 +284,13 @@ async fn copy_retained(
         .await
         .map_err(from_lapin)?;
     let mut args = FieldTable::default();
-    args.insert("x-stream-offset".into(), text("first"));
+    args.insert(
+        "x-stream-offset".into(),
+        match from {
+            Some(offset) => AMQPValue::LongLongInt(offset),
+            None => text("first"),
+        },
+    );
     let mut consumer = reader
         .basic_consume(
             &stream,
@@ -286,6 +301,7 @@ async fn copy_retained(
         .await
         .map_err(from_lapin)?;
     let mut pending = Vec::new();
+    let mut fence_offset = None;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery.map_err(from_lapin)?;
         let fence = delivery
@@ -295,7 +311,10 @@ async fn copy_retained(
             .and_then(|h| h.inner().get(FENCE_HEADER).cloned());
         let tag_ack = delivery.acker.clone();
         match fence {
-            Some(AMQPValue::LongString(id)) if id.as_bytes() == fence_id.as_bytes() => break,
+            Some(AMQPValue::LongString(id)) if id.as_bytes() == fence_id.as_bytes() => {
+                fence_offset = crate::codec::header_int(&delivery.properties, "x-stream-offset");
+                break;
+            }
             Some(_) => {}
             None => {
                 pending.push(
@@ -324,7 +343,11 @@ async fn copy_retained(
     }
     let _ = reader.close(200, "copied").await;
     let _ = publisher.close(200, "copied").await;
-    Ok(())
+    fence_offset.ok_or_else(|| {
+        BusError::Backend(format!(
+            "the stream {stream} ended before the copy fence (or it carried no offset)"
+        ))
+    })
 }
 
 pub(crate) fn check_confirm(
