@@ -59,6 +59,12 @@ impl PublishSide {
                 .try_publish(link, topic, &exchange, &messages[from..], &encoded[from..])
                 .await;
             from += confirmed;
+            if result.is_err() {
+                // The exchange may be gone (deleted by an admin): declare it again.
+                if let Ok(mut d) = self.declared.lock() {
+                    d.remove(topic);
+                }
+            }
             match result {
                 Ok(()) => {
                     debug_assert_eq!(from, messages.len());

@@ -32,6 +32,10 @@ use crate::connection::{Backoff, Link};
 use crate::error::from_lapin;
 use crate::topology::{declare_group, group_queue_name};
 
+/// The timer heap is rebuilt once it holds more than this many items per live entry
+/// (plus [`TIMERS_SLACK`]).
+const TIMERS_STALE_FACTOR: usize = 4;
+const TIMERS_SLACK: usize = 64;
 /// Settle commands queued from acknowledgers to their subscription's task.
 const COMMANDS_QUEUED_MAX: usize = 1024;
 
@@ -316,6 +320,23 @@ impl Book {
         }
     }
 
+    /// Rebuilds the timer heap from the live entries once stale items (left by
+    /// extensions) outnumber them, so repeated extends cannot grow it without bound.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= TIMERS_STALE_FACTOR * self.entries.len() + TIMERS_SLACK {
+            return;
+        }
+        self.timers = self
+            .entries
+            .iter()
+            .filter_map(|(id, e)| match e.state {
+                State::Out { deadline } => Some(Reverse((deadline, *id, e.lease))),
+                State::Delayed { until } => Some(Reverse((until, *id, e.lease))),
+                _ => None,
+            })
+            .collect();
+    }
+
     fn next_timer(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((when, _, _))| *when)
     }
@@ -503,6 +524,7 @@ impl Subscription {
                         e.state = State::Out { deadline };
                         let lease = e.lease;
                         self.book.timers.push(Reverse((deadline, id, lease)));
+                        self.book.compact_timers();
                         Ok(())
                     }
                 };
@@ -584,5 +606,104 @@ impl Acknowledger for RabbitAcknowledger {
             reply,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: usize, key: Option<&str>) -> Message {
+        let m = Message::json("T", &serde_json::json!({ "n": n }));
+        match key {
+            Some(k) => m.with_key(k),
+            None => m,
+        }
+    }
+
+    fn setup(max_in_flight: usize) -> (Book, SubscribeOptions, TopicName, GroupName) {
+        let options = SubscribeOptions {
+            max_in_flight,
+            ack_timeout: Duration::from_secs(30),
+            ..SubscribeOptions::default()
+        };
+        (
+            Book::default(),
+            options,
+            TopicName::new("t").unwrap(),
+            GroupName::new("g").unwrap(),
+        )
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Result<Delivery, BusError>>) -> Vec<(usize, u32)> {
+        let mut got = Vec::new();
+        while let Ok(Ok(d)) = rx.try_recv() {
+            let n = d.message.payload_json().unwrap()["n"].as_u64().unwrap() as usize;
+            got.push((n, d.attempt));
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn one_head_per_key_and_the_next_only_after_settling() {
+        let (mut book, options, topic, group) = setup(8);
+        let (out, mut rx) = mpsc::channel(8);
+        let (commands, _crx) = mpsc::channel(8);
+        for (n, k) in [(0, "A"), (1, "A"), (2, "B"), (3, "A"), (4, "B")] {
+            book.accept(lapin::acker::Acker::mock(), msg(n, Some(k)), 1);
+        }
+        book.emit(&options, &topic, &group, &out, &commands);
+        assert_eq!(drain(&mut rx), vec![(0, 1), (2, 1)]);
+        // A nack keeps the key's head at the front, one attempt later.
+        book.hand_back(0);
+        book.emit(&options, &topic, &group, &out, &commands);
+        assert_eq!(drain(&mut rx), vec![(0, 2)]);
+        // Settling a head lets the key's next one go.
+        book.remove(0);
+        book.emit(&options, &topic, &group, &out, &commands);
+        assert_eq!(drain(&mut rx), vec![(1, 1)]);
+        book.remove(2);
+        book.remove(1);
+        book.emit(&options, &topic, &group, &out, &commands);
+        assert_eq!(drain(&mut rx), vec![(4, 1), (3, 1)]);
+    }
+
+    #[tokio::test]
+    async fn max_in_flight_and_ack_timeout() {
+        let (mut book, options, topic, group) = setup(2);
+        let (out, mut rx) = mpsc::channel(2);
+        let (commands, _crx) = mpsc::channel(8);
+        for n in 0..4 {
+            book.accept(lapin::acker::Acker::mock(), msg(n, None), 1);
+        }
+        book.emit(&options, &topic, &group, &out, &commands);
+        assert_eq!(drain(&mut rx), vec![(0, 1), (1, 1)]);
+        book.emit(&options, &topic, &group, &out, &commands);
+        assert!(drain(&mut rx).is_empty(), "at max_in_flight");
+        // Both time out: they come back first, with attempt 2.
+        book.expire(Instant::now() + Duration::from_secs(31));
+        book.emit(&options, &topic, &group, &out, &commands);
+        let mut got = drain(&mut rx);
+        got.sort_unstable();
+        assert_eq!(got, vec![(0, 2), (1, 2)]);
+    }
+
+    #[tokio::test]
+    async fn repeated_extensions_do_not_grow_the_timer_heap() {
+        let (mut book, options, topic, group) = setup(1);
+        let (out, _rx) = mpsc::channel(1);
+        let (commands, _crx) = mpsc::channel(8);
+        book.accept(lapin::acker::Acker::mock(), msg(0, Some("A")), 1);
+        book.emit(&options, &topic, &group, &out, &commands);
+        for i in 0..10_000u64 {
+            let lease = book.entries[&0].lease;
+            book.timers.push(Reverse((
+                Instant::now() + Duration::from_secs(60 + i),
+                0,
+                lease,
+            )));
+            book.compact_timers();
+        }
+        assert!(book.timers.len() <= TIMERS_STALE_FACTOR + TIMERS_SLACK + 1);
     }
 }
