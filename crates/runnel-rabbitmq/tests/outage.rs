@@ -18,8 +18,12 @@ use runnel_testkit::fault::TcpProxy;
 
 const KEYS: usize = 4;
 const MESSAGES: usize = 120;
-/// The publish number at which the outage starts.
-const CUT_AT: usize = 40;
+/// Messages handled before the outage starts.
+const CUT_AT: usize = 30;
+/// Messages per publish call.
+const BATCH: usize = 4;
+/// Pause between publish calls, so the stream lasts longer than the time to the cut.
+const PUBLISH_PACE: Duration = Duration::from_millis(20);
 /// How long the broker stays unreachable.
 const OUTAGE: Duration = Duration::from_secs(3);
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -60,29 +64,45 @@ async fn outage_publishers_resend_consumers_resubscribe_each_message_once_in_key
         .expect("start the consumer");
 
     let accepted_before = proxy.connections_accepted();
-    let mut sent: Vec<Message> = Vec::new();
-    for n in 0..MESSAGES {
-        let key = format!("key-{}", n % KEYS);
-        let m = Message::json("Counted", &serde_json::json!({ "n": n })).with_key(key);
-        if n == CUT_AT {
-            // The outage: every connection dropped, new ones refused. This publish
-            // retries through it; the broker is reachable again after OUTAGE.
-            proxy.cut();
-            let publishing = publisher.publish(&topic, vec![m.clone()]);
-            let restoring = async {
-                tokio::time::sleep(OUTAGE).await;
-                proxy.restore();
-            };
-            let (result, ()) = tokio::join!(publishing, restoring);
-            result.expect("publish across the outage");
-        } else {
-            publisher
-                .publish(&topic, vec![m.clone()])
-                .await
-                .expect("publish");
-        }
-        sent.push(m);
-    }
+    // The publisher streams small batches, paced so the outage falls mid-stream.
+    let publishing = {
+        let (publisher, topic) = (publisher.clone(), topic.clone());
+        tokio::spawn(async move {
+            for batch in 0..MESSAGES / BATCH {
+                let messages: Vec<Message> = (batch * BATCH..(batch + 1) * BATCH)
+                    .map(|n| {
+                        Message::json("Counted", &serde_json::json!({ "n": n }))
+                            .with_key(format!("key-{}", n % KEYS))
+                    })
+                    .collect();
+                publisher
+                    .publish(&topic, messages)
+                    .await
+                    .expect("every publish succeeds, retrying through the outage");
+                tokio::time::sleep(PUBLISH_PACE).await;
+            }
+        })
+    };
+    // The outage starts once the consumer is busy: every connection dropped, new ones
+    // refused; it ends after OUTAGE while both sides are retrying.
+    let e = effects.clone();
+    common::wait_for("the consumer to be mid-stream", DEADLINE, || {
+        let e = e.clone();
+        async move { e.all().await.len() >= CUT_AT }
+    })
+    .await;
+    proxy.cut();
+    tokio::time::sleep(OUTAGE).await;
+    let handled_during_outage = effects.all().await.len();
+    assert!(
+        handled_during_outage < MESSAGES,
+        "the outage must interrupt the stream (all {MESSAGES} were handled before it ended)"
+    );
+    proxy.restore();
+    tokio::time::timeout(DEADLINE, publishing)
+        .await
+        .expect("the publisher finishes")
+        .expect("the publisher task");
     assert!(
         proxy.connections_accepted() > accepted_before,
         "the clients reconnected through the proxy"
