@@ -19,6 +19,7 @@ pub(crate) struct Link {
     options: Arc<RabbitOptions>,
     name: String,
     current: Mutex<Option<Arc<Connection>>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
@@ -27,6 +28,7 @@ impl Link {
             options,
             name: name.to_string(),
             current: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -37,6 +39,9 @@ impl Link {
     /// The open connection, or a new one (one attempt).
     pub(crate) async fn connection(&self) -> Result<Arc<Connection>, BusError> {
         let mut current = self.current.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BusError::Closed);
+        }
         if let Some(c) = current.as_ref() {
             if c.status().connected() {
                 return Ok(c.clone());
@@ -61,9 +66,11 @@ impl Link {
         Ok(connection)
     }
 
-    /// Closes the connection (if open).
+    /// Closes the connection for good: later calls get `BusError::Closed`.
     pub(crate) async fn close(&self) {
-        if let Some(c) = self.current.lock().await.take() {
+        let mut current = self.current.lock().await;
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(c) = current.take() {
             let _ = c.close(200, "closed by runnel").await;
         }
     }

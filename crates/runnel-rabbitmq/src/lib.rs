@@ -97,7 +97,8 @@ impl RabbitBus {
         self.link.options()
     }
 
-    /// Closes the publishing channel and the connection; subscriptions end.
+    /// Closes the publishing channel and the connection for good: publishing then fails
+    /// with `BusError::Closed` and each subscription's stream yields `Closed` and ends.
     pub async fn close(&self) {
         self.publish.close().await;
         self.link.close().await;

@@ -424,6 +424,11 @@ impl Subscription {
                         tracing::info!(topic = %self.topic, group = %self.group, "consumer reconnected");
                         return Some(s);
                     }
+                    Err(BusError::Closed) => {
+                        // The bus was closed: the subscription ends.
+                        let _ = self.out.try_send(Err(BusError::Closed));
+                        return None;
+                    }
                     Err(e) => {
                         let delay = backoff.next_delay();
                         tracing::warn!(topic = %self.topic, group = %self.group, error = %e, ?delay, "resubscribing failed");

@@ -23,3 +23,39 @@ async fn wrong_credentials_are_refused_without_showing_the_password() {
     let bus = runnel_rabbitmq::connect(&url).await.expect("connect");
     assert!(!format!("{bus:?}").contains(":guest@"), "{bus:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_bus_refuses_publishes_and_ends_its_subscriptions() {
+    use futures_util::StreamExt;
+    use runnel::core::bus::{Publisher, SubscribeOptions, Subscriber};
+    use runnel::core::{GroupName, Message, TopicName};
+
+    let Some(options) = common::test_options() else {
+        return;
+    };
+    let bus = runnel_rabbitmq::RabbitBus::connect(options)
+        .await
+        .expect("connect");
+    let suffix = runnel::core::uuid::Uuid::now_v7().simple().to_string();
+    let topic = TopicName::new(format!("closing.{suffix}")).expect("topic");
+    let group = GroupName::new(format!("closing-{suffix}")).expect("group");
+    let mut stream = bus
+        .subscribe(&topic, &group, SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    bus.close().await;
+    let err = bus
+        .publish(&topic, vec![Message::json("Late", &serde_json::json!({}))])
+        .await
+        .expect_err("publishing on a closed bus");
+    assert_eq!(err, BusError::Closed);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                assert_eq!(e, BusError::Closed);
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the subscription ends after the bus is closed");
+}
