@@ -240,37 +240,86 @@ pub const ENV_BUS: &str = "RUNNEL_BUS";
 pub const BUS_DEFAULT: &str = "embedded";
 
 /// Which bus `publish`, `consume` and `dlq replay` talk to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum BusUrl {
     /// The embedded durable bus, in the configured store (SQLite file or PostgreSQL
     /// schema).
     Embedded,
+    /// A broker: the transport and its configuration URL (which may hold credentials:
+    /// shown only through `Debug`/`Display`, which redact them).
+    Broker(Transport, String),
 }
 
-/// Broker schemes that are recognised but whose transport is not in this build yet.
-const BROKER_SCHEMES: [(&str, &str); 6] = [
-    ("nats://", "NATS JetStream"),
-    ("amqp://", "RabbitMQ"),
-    ("amqps://", "RabbitMQ"),
-    ("kafka://", "Kafka"),
-    ("sqs://", "SQS/SNS"),
-    ("sns://", "SQS/SNS"),
+/// The broker transports, each in its own crate and behind a cargo feature of the same
+/// name (all on by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Nats,
+    RabbitMq,
+    Kafka,
+    Sqs,
+}
+
+impl Transport {
+    /// The name users know the broker by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Nats => "NATS JetStream",
+            Transport::RabbitMq => "RabbitMQ",
+            Transport::Kafka => "Kafka",
+            Transport::Sqs => "SQS/SNS",
+        }
+    }
+
+    /// The cargo feature of `runnel-cli` that builds it in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Transport::Nats => "nats",
+            Transport::RabbitMq => "rabbitmq",
+            Transport::Kafka => "kafka",
+            Transport::Sqs => "sqs",
+        }
+    }
+}
+
+/// URL schemes of the broker transports.
+const BROKER_SCHEMES: [(&str, Transport); 6] = [
+    ("nats://", Transport::Nats),
+    ("tls://", Transport::Nats),
+    ("amqp://", Transport::RabbitMq),
+    ("amqps://", Transport::RabbitMq),
+    ("kafka://", Transport::Kafka),
+    ("sqs://", Transport::Sqs),
 ];
 
+impl std::fmt::Debug for BusUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::fmt::Display for BusUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusUrl::Embedded => f.write_str(BUS_DEFAULT),
+            BusUrl::Broker(_, url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
 impl BusUrl {
-    /// Parses `embedded` (the only transport in this build) or names what is missing.
+    /// Parses `embedded` or a broker URL (`nats://`, `tls://`, `amqp://`, `amqps://`,
+    /// `kafka://`, `sqs://`). The broker's own parameters are checked when it connects.
     pub fn parse(text: &str) -> Result<Self, BadInput> {
         let text = text.trim();
         if text.eq_ignore_ascii_case(BUS_DEFAULT) {
             return Ok(BusUrl::Embedded);
         }
-        if let Some((_, name)) = BROKER_SCHEMES.iter().find(|(p, _)| text.starts_with(p)) {
-            return Err(BadInput(format!(
-                "the {name} transport is not available in this build yet; use bus = \"{BUS_DEFAULT}\""
-            )));
+        if let Some((_, transport)) = BROKER_SCHEMES.iter().find(|(p, _)| text.starts_with(p)) {
+            return Ok(BusUrl::Broker(*transport, text.to_string()));
         }
         Err(BadInput(format!(
-            "unsupported bus {:?}; expected \"{BUS_DEFAULT}\" (nats://, amqp://, kafka:// and sqs:// come with their transports)",
+            "unsupported bus {:?}; expected \"{BUS_DEFAULT}\" or a broker URL (nats://, amqp://, kafka://, sqs://)",
             redact(text)
         )))
     }
@@ -379,15 +428,25 @@ mod tests {
     }
 
     #[test]
-    fn buses_parse_and_brokers_without_a_transport_are_bad_input() {
+    fn buses_parse_to_their_transport_and_unknown_schemes_are_bad_input() {
         assert_eq!(BusUrl::parse("embedded").unwrap(), BusUrl::Embedded);
         assert_eq!(BusUrl::parse(" Embedded ").unwrap(), BusUrl::Embedded);
-        let err = BusUrl::parse("nats://localhost:4222").unwrap_err();
-        assert!(
-            err.0.contains("NATS") && err.0.contains("not available"),
-            "{}",
-            err.0
-        );
+        for (url, transport) in [
+            ("nats://localhost:4222", Transport::Nats),
+            ("amqp://guest:guest@localhost:5672/%2f", Transport::RabbitMq),
+            ("kafka://127.0.0.1:9092", Transport::Kafka),
+            (
+                "sqs://us-east-1?endpoint=http://127.0.0.1:4566",
+                Transport::Sqs,
+            ),
+        ] {
+            assert_eq!(
+                BusUrl::parse(url).unwrap(),
+                BusUrl::Broker(transport, url.to_string())
+            );
+        }
+        let shown = BusUrl::parse("amqp://app:s3cret@h/vh").unwrap().to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
         let err = BusUrl::parse("mqtt://u:pw@h").unwrap_err();
         assert!(
             err.0.contains("unsupported bus") && !err.0.contains("pw"),

@@ -178,6 +178,7 @@ async fn open_bus(
     let cwd = std::env::current_dir()?;
     match config::resolve_bus(flag_bus, &cwd)? {
         BusUrl::Embedded => stores.embedded_bus().await,
+        BusUrl::Broker(transport, url) => open_store::broker_bus(transport, &url).await,
     }
 }
 

@@ -34,7 +34,7 @@ pub struct Stores {
     backend: Backend,
 }
 
-/// The embedded bus of a store, as the transport traits.
+/// A bus as the transport traits: the embedded bus of a store, or a broker's.
 #[derive(Clone)]
 pub struct EmbeddedBus {
     pub publisher: Arc<dyn Publisher>,
@@ -173,5 +173,40 @@ pub async fn open(url: &StoreUrl, mode: OpenMode) -> anyhow::Result<Stores> {
                 backend: Backend::Postgres(store, url.to_string()),
             })
         }
+    }
+}
+
+/// Connects to a broker transport from its configuration URL.
+pub async fn broker_bus(
+    transport: crate::config::Transport,
+    url: &str,
+) -> anyhow::Result<EmbeddedBus> {
+    use crate::config::Transport;
+    let shown = crate::config::BusUrl::Broker(transport, url.to_string()).to_string();
+    let context = || format!("cannot connect to the {} bus {shown}", transport.name());
+    fn both<B: Publisher + Subscriber>(bus: Arc<B>) -> EmbeddedBus {
+        EmbeddedBus {
+            publisher: bus.clone(),
+            subscriber: bus,
+        }
+    }
+    match transport {
+        #[cfg(feature = "nats")]
+        Transport::Nats => Ok(both(runnel_nats::connect(url).await.with_context(context)?)),
+        #[cfg(feature = "rabbitmq")]
+        Transport::RabbitMq => Ok(both(
+            runnel_rabbitmq::connect(url).await.with_context(context)?,
+        )),
+        #[cfg(feature = "kafka")]
+        Transport::Kafka => Ok(both(runnel_kafka::connect(url).with_context(context)?)),
+        #[cfg(feature = "sqs")]
+        Transport::Sqs => Ok(both(runnel_sqs::connect(url).with_context(context)?)),
+        #[allow(unreachable_patterns)]
+        other => Err(crate::exit::BadInput(format!(
+            "this runnel was built without the {} transport; rebuild with `--features {}`",
+            other.name(),
+            other.feature()
+        ))
+        .into()),
     }
 }

@@ -1,0 +1,155 @@
+//! `runnel --bus <broker URL> publish | consume` against each real broker: the same commands
+//! as on the embedded bus, chosen by configuration alone.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::cargo_bin;
+use common::Scratch;
+
+/// How long the consumer may take to get its message (group creation included).
+const CONSUME_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause between publishes while the consumer is not done yet.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The broker URL built from the test environment, or `None` (skipped, or a failure when
+/// `RUNNEL_REQUIRE_SERVICES=1`).
+fn broker_url(env: &str, to_url: impl Fn(&str) -> String) -> Option<String> {
+    match std::env::var(env) {
+        Ok(v) if !v.trim().is_empty() => Some(to_url(v.trim())),
+        _ => {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{env} is not set but RUNNEL_REQUIRE_SERVICES=1"
+            );
+            eprintln!("SKIPPED: {env} is not set");
+            None
+        }
+    }
+}
+
+/// Starts `consume --count 1` for a fresh topic and group (starting at the latest message,
+/// which every broker supports), publishes keyed messages until the consumer has printed
+/// one and exited, and checks it printed one of them.
+fn publish_and_consume_through(bus: &str) {
+    let scratch = Scratch::new();
+    let topic = format!("cli-{}", uuid::Uuid::now_v7().simple());
+    let mut consumer = StdCommand::new(cargo_bin!("runnel"))
+        .current_dir(scratch.path())
+        .env_remove("RUNNEL_STORE")
+        .env_remove("RUNNEL_BUS")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        // Its own store file: the broker carries the messages, the store only dead letters.
+        .args([
+            "--db",
+            &scratch.path().join("consumer.db").to_string_lossy(),
+        ])
+        .args(["--bus", bus, "--json"])
+        .args(["consume", &topic, "--group", "cli-test", "--from", "latest"])
+        .args(["--count", "1", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start runnel consume");
+
+    let deadline = Instant::now() + CONSUME_DEADLINE;
+    let mut published = Vec::new();
+    let status = loop {
+        if let Some(status) = consumer.try_wait().expect("poll the consumer") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the consumer got nothing within {CONSUME_DEADLINE:?} on {bus}"
+        );
+        let out = scratch
+            .runnel()
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .args(["--bus", bus, "--json", "publish", &topic])
+            .args(["--type", "OrderPlaced", "--key", "Order-1"])
+            .args(["--data", &format!("{{\"n\": {}}}", published.len())])
+            .output()
+            .expect("run runnel publish");
+        assert!(
+            out.status.success(),
+            "publish to {bus} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        published.push(String::from_utf8_lossy(&out.stdout).to_string());
+        std::thread::sleep(PUBLISH_INTERVAL);
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    consumer
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    consumer
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "consume on {bus} failed: {stderr}");
+    let line: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("consume printed {stdout:?}: {e}"));
+    assert_eq!(line["event_type"], "OrderPlaced", "{line}");
+    assert_eq!(line["key"], "Order-1", "{line}");
+    let id = line["id"].as_str().expect("an id").to_string();
+    assert!(
+        published.iter().any(|p| p.contains(&id)),
+        "consumed {id}, which is not one of the published {published:?}"
+    );
+}
+
+#[test]
+fn publish_and_consume_over_nats() {
+    if let Some(url) = broker_url("RUNNEL_TEST_NATS_URL", |v| v.to_string()) {
+        publish_and_consume_through(&url);
+    }
+}
+
+#[test]
+fn publish_and_consume_over_rabbitmq() {
+    if let Some(url) = broker_url("RUNNEL_TEST_AMQP_URL", |v| v.to_string()) {
+        publish_and_consume_through(&url);
+    }
+}
+
+#[test]
+fn publish_and_consume_over_kafka() {
+    if let Some(url) = broker_url("RUNNEL_TEST_KAFKA_BROKERS", |v| format!("kafka://{v}")) {
+        publish_and_consume_through(&url);
+    }
+}
+
+#[test]
+fn publish_and_consume_over_sqs() {
+    if let Some(url) = broker_url("RUNNEL_TEST_SQS_ENDPOINT", |v| {
+        format!("sqs://us-east-1?endpoint={v}")
+    }) {
+        publish_and_consume_through(&url);
+    }
+}
+
+#[test]
+fn an_unknown_bus_scheme_is_bad_input() {
+    let scratch = Scratch::new();
+    let out = scratch
+        .runnel()
+        .args(["--bus", "mqtt://user:secret@127.0.0.1", "publish", "orders"])
+        .args(["--type", "OrderPlaced", "--data", "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "bad input exits with 2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unsupported bus"), "{stderr}");
+    assert!(!stderr.contains("secret"), "credentials leaked: {stderr}");
+}
