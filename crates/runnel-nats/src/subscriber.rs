@@ -40,7 +40,7 @@ use crate::names;
 /// Unacknowledged messages the server lets one group's consumer have out at once.
 pub const CONSUMER_MAX_ACK_PENDING: i64 = 20_000;
 /// Most messages one pull asks for.
-pub const PULL_BATCH_MAX: usize = 512;
+pub const PULL_BATCH_MAX: usize = 1024;
 /// Fewest messages one pull asks for (when the application's window allows).
 pub const PULL_BATCH_MIN: usize = 16;
 /// How long one pull request waits on the server for messages.
