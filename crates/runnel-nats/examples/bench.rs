@@ -66,10 +66,6 @@ async fn bare_stream(js: &jetstream::Context, name: &str, subject: &str) -> Resu
     Ok(())
 }
 
-async fn bare_publish(js: &jetstream::Context, subject: &str, n: usize) -> Result<(), BoxError> {
-    bare_publish_with(js, subject, n, false).await
-}
-
 /// The bare client's publish loop; with `cloudevents_headers` it also sends the headers
 /// Runnel's CloudEvents binding adds (to show what the binding itself costs).
 async fn bare_publish_with(
@@ -151,7 +147,11 @@ async fn runnel_publish_rate(
     Ok(r)
 }
 
-async fn bare_end_to_end(js: &jetstream::Context, n: usize) -> Result<f64, BoxError> {
+async fn bare_end_to_end(
+    js: &jetstream::Context,
+    n: usize,
+    cloudevents_headers: bool,
+) -> Result<f64, BoxError> {
     let s = suffix();
     let (name, subject) = (format!("BENCH_BARE_{s}"), format!("bench.bare.{s}"));
     bare_stream(js, &name, &subject).await?;
@@ -186,7 +186,7 @@ async fn bare_end_to_end(js: &jetstream::Context, n: usize) -> Result<f64, BoxEr
         Ok(())
     });
     let t = Instant::now();
-    bare_publish(js, &subject, n).await?;
+    bare_publish_with(js, &subject, n, cloudevents_headers).await?;
     tokio::time::timeout(DEADLINE, handler).await???;
     let r = rate(n, t.elapsed());
     js.delete_stream(&name).await?;
@@ -235,10 +235,10 @@ async fn runnel_end_to_end(
     Ok(r)
 }
 
-fn row(what: &str, runnel: f64, bare: f64) {
+fn row(what: &str, subject: &str, rate: f64, bare: f64) {
     println!(
-        "{what:<34} runnel {runnel:>10.0} msg/s   bare async-nats {bare:>10.0} msg/s   ratio {:.2}x",
-        runnel / bare
+        "{what:<36} {subject:<12} {rate:>9.0} msg/s   bare async-nats {bare:>9.0} msg/s   ratio {:.2}x",
+        rate / bare
     );
 }
 
@@ -268,14 +268,15 @@ async fn main() -> Result<(), BoxError> {
 
     // The machine is shared: every scenario runs ROUNDS times, interleaved, and the best
     // round of each is reported (the least disturbed one).
-    let mut best = [0f64; 7];
+    let mut best = [0f64; 8];
     for _ in 0..ROUNDS {
         let round = [
             bare_publish_rate(&js, n, false).await?,
             runnel_publish_rate(&publisher, &js, n, false).await?,
             runnel_publish_rate(&publisher, &js, n, true).await?,
             bare_publish_rate(&js, n, true).await?,
-            bare_end_to_end(&js, n).await?,
+            bare_end_to_end(&js, n, false).await?,
+            bare_end_to_end(&js, n, true).await?,
             runnel_end_to_end(&publisher, &subscriber, &js, n, false).await?,
             runnel_end_to_end(&publisher, &subscriber, &js, n, true).await?,
         ];
@@ -283,19 +284,32 @@ async fn main() -> Result<(), BoxError> {
             *b = b.max(r);
         }
     }
-    let [bare_pub, runnel_pub, runnel_pub_keyed, bare_pub_ce, bare_e2e, runnel_e2e, runnel_e2e_keyed] =
+    let [bare_pub, runnel_pub, runnel_pub_keyed, bare_pub_ce, bare_e2e, bare_e2e_ce, runnel_e2e, runnel_e2e_keyed] =
         best;
-    row("publish (keyless)", runnel_pub, bare_pub);
+    row("publish (keyless)", "runnel", runnel_pub, bare_pub);
     row(
         &format!("publish ({KEYS} ordering keys)"),
+        "runnel",
         runnel_pub_keyed,
         bare_pub,
     );
-    row("(bare publish with the CE headers)", bare_pub_ce, bare_pub);
-    row("end to end (keyless)", runnel_e2e, bare_e2e);
+    row(
+        "publish, CloudEvents headers",
+        "bare+headers",
+        bare_pub_ce,
+        bare_pub,
+    );
+    row("end to end (keyless)", "runnel", runnel_e2e, bare_e2e);
     row(
         &format!("end to end ({KEYS} keys, key order)"),
+        "runnel",
         runnel_e2e_keyed,
+        bare_e2e,
+    );
+    row(
+        "end to end, CloudEvents headers",
+        "bare+headers",
+        bare_e2e_ce,
         bare_e2e,
     );
     println!("peak RSS {} KiB", peak_rss_kib());
