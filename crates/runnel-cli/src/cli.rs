@@ -18,9 +18,6 @@ Bus selection (publish, consume, dlq replay; first match wins):
   2. $RUNNEL_BUS
   3. bus = \"...\" in ./runnel.toml
   4. embedded (the durable bus inside the store above)
-A broker instead of the embedded bus: nats://host:4222, amqp://user:pass@host:5672/%2f,
-kafka://host:9092, sqs://REGION?endpoint=URL (each transport's crate documents its
-parameters; credentials in the URL are never printed).
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see them.
 
@@ -58,8 +55,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Bus: `embedded` (the durable bus in the store) or a broker URL (nats://, amqp://,
-    /// kafka://, sqs://) [env: RUNNEL_BUS] [default: embedded]
+    /// Bus: `embedded` (the durable bus in the store) [env: RUNNEL_BUS] [default: embedded]
     #[arg(long, global = true, value_name = "BUS")]
     pub bus: Option<String>,
 
@@ -90,6 +86,41 @@ pub enum Command {
     /// Dead letters: list, show, replay, purge
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The transactional outbox: backlog status, retry of parked rows
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Pending rows, the oldest pending row's age, parked rows; per topic
+    #[command(after_help = OUTBOX_STATUS_AFTER_HELP)]
+    Status,
+    /// Make rows parked after repeated publish failures claimable again
+    #[command(after_help = OUTBOX_RETRY_AFTER_HELP)]
+    Retry(OutboxRetryArgs),
+}
+
+const OUTBOX_STATUS_AFTER_HELP: &str = "\
+Pending rows wait for a relay to publish them (a broker outage only delays them). Parked
+rows failed to publish repeatedly for a reason other than an outage (the broker refused
+them); they block their key until `runnel outbox retry`.
+
+Examples:
+  runnel outbox status
+  runnel --json outbox status
+  runnel --store 'postgres://postgres@127.0.0.1/app?schema=orders' outbox status";
+
+const OUTBOX_RETRY_AFTER_HELP: &str = "\
+Examples:
+  runnel outbox retry                  # every parked row
+  runnel outbox retry --topic orders   # only this topic's";
+
+#[derive(Debug, Args)]
+pub struct OutboxRetryArgs {
+    /// Only rows of this topic
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Option<String>,
 }
 
 const PUBLISH_AFTER_HELP: &str = "\
@@ -442,6 +473,40 @@ pub enum BenchCommand {
     /// tokio channel and a direct handler call
     #[command(after_help = BENCH_BUS_AFTER_HELP)]
     Bus(BenchBusArgs),
+    /// Outbox relay throughput (commit to broker ack) and commit-to-publish latency beside
+    /// the bus publisher's raw rate
+    #[command(after_help = BENCH_OUTBOX_AFTER_HELP)]
+    Outbox(BenchOutboxArgs),
+}
+
+const BENCH_OUTBOX_AFTER_HELP: &str = "\
+Scenarios, on a fresh SQLite file under --dir (and, with --store postgres://…, in a fresh
+schema on that server, dropped afterwards), relaying to the store's embedded bus:
+  - raw: the bus's own publish() in batches of 256 (the relay's batch), one caller
+  - drain: N rows committed first (100 per transaction), then one relay publishes them all
+  - live: 8 producers commit one message per transaction for --seconds while a relay runs;
+    latency = broker ack minus commit returned (p50, p99)
+Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
+
+Examples:
+  cargo run --release -p runnel-cli -- bench outbox
+  runnel --store postgres://postgres@127.0.0.1/postgres bench outbox --messages 20000
+  runnel bench outbox --quick";
+
+#[derive(Debug, Args)]
+pub struct BenchOutboxArgs {
+    /// Directory for the temporary database file [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seconds the live scenario runs
+    #[arg(long, value_name = "S", default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Rows in the drain scenario (and messages in the raw one)
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub messages: usize,
+    /// Tiny sizes: checks that every scenario runs, measures nothing
+    #[arg(long)]
+    pub quick: bool,
 }
 
 const BENCH_STORE_AFTER_HELP: &str = "\

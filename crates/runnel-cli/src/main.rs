@@ -17,7 +17,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BenchCommand, Cli, Command, DlqCommand, EventsCommand, StreamsCommand};
+use crate::cli::{
+    BenchCommand, Cli, Command, DlqCommand, EventsCommand, OutboxCommand, StreamsCommand,
+};
 use crate::config::{BusUrl, StoreInputs, StoreUrl};
 use crate::exit::EXIT_BAD_INPUT;
 use crate::open_store::OpenMode;
@@ -139,6 +141,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             commands::bench::bus(args, store).await
         }
+        Command::Bench(BenchCommand::Outbox(args)) => {
+            // As for bench bus: a PostgreSQL --store adds the PostgreSQL scenarios (fresh
+            // schemas on that server); SQLite is always measured on a fresh file under --dir.
+            let postgres = match cli.store.as_deref().map(StoreUrl::parse).transpose()? {
+                Some(StoreUrl::Postgres(url)) => Some(url),
+                _ => None,
+            };
+            commands::outbox::bench(args, postgres).await
+        }
+        Command::Outbox(command) => {
+            let cwd = std::env::current_dir()?;
+            let resolved = StoreInputs::gather(cli.store, cli.db, &cwd)?.resolve()?;
+            let outbox = commands::outbox::open(&resolved.url).await?;
+            match command {
+                OutboxCommand::Status => commands::outbox::status(&*outbox, printer).await,
+                OutboxCommand::Retry(args) => {
+                    commands::outbox::retry(&*outbox, printer, args).await
+                }
+            }
+        }
         Command::Publish(args) => {
             let stores = open_configured(cli.store, cli.db, OpenMode::CreateIfMissing).await?;
             let bus = open_bus(cli.bus, &stores).await?;
@@ -178,7 +200,6 @@ async fn open_bus(
     let cwd = std::env::current_dir()?;
     match config::resolve_bus(flag_bus, &cwd)? {
         BusUrl::Embedded => stores.embedded_bus().await,
-        BusUrl::Broker(transport, url) => open_store::broker_bus(transport, &url).await,
     }
 }
 

@@ -5,5 +5,6 @@ pub mod consume;
 pub mod demo;
 pub mod dlq;
 pub mod events;
+pub mod outbox;
 pub mod publish;
 pub mod streams;
