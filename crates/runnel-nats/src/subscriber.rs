@@ -52,6 +52,10 @@ const PULL_RETRY: Duration = Duration::from_millis(250);
 /// Sequences of recently acknowledged messages remembered, so a redelivery of one (its
 /// ack lost in an outage) is acked again instead of handled again out of order.
 pub const RECENTLY_ACKED_MAX: usize = 4096;
+/// A message that waited here longer than the ack timeout divided by this gets a `+WPI`
+/// when handed out, so its ack timeout (nearly) starts at the hand-over; a shorter wait
+/// is not worth a message to the server.
+const HANDOUT_TOUCH_DIVISOR: u32 = 20;
 /// Extra room in the hand-over channel for deliveries superseded while queued.
 const CHANNEL_SLACK: usize = 64;
 /// Bounds of the housekeeping tick (keep-alives, lease renewal, barrier checks).
@@ -642,7 +646,7 @@ impl Member {
                     break;
                 };
                 entry.token = token;
-                if entry.touched.elapsed() >= Duration::from_millis(20) {
+                if entry.touched.elapsed() >= self.options.ack_timeout / HANDOUT_TOUCH_DIVISOR {
                     // The ack timeout runs from the hand-over, not from the pull.
                     entry.touched = Instant::now();
                     touch.push(entry.reply.clone());
