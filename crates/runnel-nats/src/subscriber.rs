@@ -779,3 +779,80 @@ impl Acknowledger for NatsAcker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffer(st: &mut State, seq: u64, key: Option<&str>) {
+        let message = Message::json("T", &serde_json::json!({ "seq": seq }));
+        let token = st.token();
+        if let Some(k) = key {
+            st.keys.entry(k.to_string()).or_default().insert(seq);
+        }
+        st.entries.insert(
+            seq,
+            Entry {
+                key: key.map(str::to_string),
+                token,
+                reply: Subject::from("reply"),
+                delivered: 1,
+                phase: Phase::Buffered(Box::new(message)),
+                touched: Instant::now(),
+            },
+        );
+        st.buffered_now(seq);
+    }
+
+    fn hand_out(st: &mut State, seq: u64) {
+        let entry = st.entries.get_mut(&seq).expect("tracked");
+        entry.phase = Phase::Handed {
+            extended_until: None,
+        };
+        st.buffered.remove(&seq);
+        st.ready.remove(&seq);
+        st.in_flight += 1;
+    }
+
+    #[test]
+    fn only_the_head_of_a_key_is_ready_and_settling_it_releases_the_next() {
+        let mut st = State::default();
+        buffer(&mut st, 1, Some("A"));
+        buffer(&mut st, 2, Some("B"));
+        buffer(&mut st, 3, Some("A"));
+        buffer(&mut st, 4, None);
+        assert_eq!(st.ready.iter().copied().collect::<Vec<_>>(), vec![1, 2, 4]);
+
+        hand_out(&mut st, 1);
+        assert_eq!(st.next_ready(), Some(2));
+        assert!(!st.ready.contains(&3), "A's second waits for its first");
+
+        // A nacked head stays tracked: the key stays blocked.
+        if let Some(e) = st.entries.get_mut(&1) {
+            e.phase = Phase::Awaiting;
+        }
+        st.in_flight -= 1;
+        assert!(!st.ready.contains(&3));
+
+        // Redelivered, it is the head again; acked, the next one goes.
+        let entry = st.entries.get_mut(&1).expect("tracked");
+        entry.phase = Phase::Buffered(Box::new(Message::json("T", &serde_json::json!(1))));
+        st.buffered_now(1);
+        assert!(st.ready.contains(&1) && !st.ready.contains(&3));
+        hand_out(&mut st, 1);
+        st.remove(1);
+        assert!(st.ready.contains(&3), "settling A's head releases A's next");
+        assert_eq!(st.in_flight, 0);
+    }
+
+    #[test]
+    fn recently_acked_memory_is_bounded() {
+        let mut st = State::default();
+        for seq in 0..(RECENTLY_ACKED_MAX as u64 + 10) {
+            st.remember_acked(seq);
+        }
+        assert_eq!(st.recently_acked.len(), RECENTLY_ACKED_MAX);
+        assert_eq!(st.recently_acked_set.len(), RECENTLY_ACKED_MAX);
+        assert!(!st.recently_acked_set.contains(&0));
+    }
+}
