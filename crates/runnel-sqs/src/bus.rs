@@ -445,6 +445,16 @@ pub(crate) struct GroupQueues {
     pub(crate) queue_url: String,
 }
 
+/// The shard of a message group (FNV-1a: stable and cheap; only spread matters here).
+fn shard_of(group_id: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
 fn poisoned<T>(_: T) -> BusError {
     BusError::Backend("the topic cache lock is poisoned".into())
 }
@@ -463,7 +473,29 @@ impl Publisher for SqsBus {
             return Ok(());
         }
         let arn = self.ensure_topic(topic).await?;
-        self.publish_wire(&arn, &wires).await
+        let shards_n = self.options.publish_shards;
+        if wires.len() <= AWS_BATCH_MAX || shards_n == 1 {
+            return self.publish_wire(&arn, &wires).await;
+        }
+        // Larger calls fan out over shards by message group: one key always lands in the
+        // same shard, whose batches go out one after another, so per-key order holds while
+        // different keys are published in parallel.
+        let mut shards: Vec<Vec<WireMessage>> = vec![Vec::new(); shards_n];
+        for w in wires {
+            let shard = shard_of(&w.group_id, shards_n);
+            shards[shard].push(w);
+        }
+        let results = futures_util::future::join_all(
+            shards
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| self.publish_wire(&arn, s)),
+        )
+        .await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
     }
 }
 

@@ -34,6 +34,13 @@ pub const MAX_PAYLOAD_BYTES_DEFAULT: usize = 180 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one non-polling API call may take before it is retried.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Parallel `PublishBatch` streams a publish call of more than 10 messages is split into
+/// (by message group, so per-key order holds). 1 (sequential batches) by default: on moto
+/// parallel streams only deepen the queues and slow consumers; raise it for high-volume
+/// publishers on AWS after measuring there.
+pub const PUBLISH_SHARDS_DEFAULT: usize = 1;
+/// Most parallel publish streams.
+pub const PUBLISH_SHARDS_MAX: usize = 32;
 /// Attempts (first call included) the SDK makes for one API call.
 pub const SDK_ATTEMPTS_DEFAULT: u32 = 3;
 
@@ -94,6 +101,8 @@ pub struct SqsOptions {
     pub max_payload_bytes: usize,
     /// Attempts the SDK makes per API call (transient errors and throttling are retried).
     pub sdk_attempts: u32,
+    /// Parallel `PublishBatch` streams per publish call (1: strictly sequential batches).
+    pub publish_shards: usize,
 }
 
 impl Default for SqsOptions {
@@ -110,6 +119,7 @@ impl Default for SqsOptions {
             archive_days: ARCHIVE_DAYS_DEFAULT,
             max_payload_bytes: MAX_PAYLOAD_BYTES_DEFAULT,
             sdk_attempts: SDK_ATTEMPTS_DEFAULT,
+            publish_shards: PUBLISH_SHARDS_DEFAULT,
         }
     }
 }
@@ -129,7 +139,7 @@ impl SqsOptions {
     ///
     /// Parameters: `endpoint` (URL of a local or private endpoint), `session_token`,
     /// `prefix`, `wait_seconds`, `max_receive_count`, `archive_days`, `max_payload_bytes`,
-    /// `sdk_attempts`. Credentials in the user-info part are percent-decoded. Unknown
+    /// `sdk_attempts`, `publish_shards`. Credentials in the user-info part are percent-decoded. Unknown
     /// parameters are an error (a typo must not silently change behaviour).
     pub fn from_url(url: &str) -> Result<Self, BusError> {
         // The URL itself may carry a secret: never echo it in an error.
@@ -175,6 +185,7 @@ impl SqsOptions {
                 "archive_days" => o.archive_days = parse_number(&k, &v)?,
                 "max_payload_bytes" => o.max_payload_bytes = parse_number(&k, &v)?,
                 "sdk_attempts" => o.sdk_attempts = parse_number(&k, &v)?,
+                "publish_shards" => o.publish_shards = parse_number(&k, &v)?,
                 other => {
                     return Err(invalid(format!(
                         "sqs URL: unknown parameter {:?}",
@@ -236,6 +247,11 @@ impl SqsOptions {
             return Err(invalid(format!(
                 "max_payload_bytes must be 1..={MAX_PAYLOAD_BYTES_DEFAULT} (SNS/SQS take 256 KiB \
                  per message including the envelope; larger payloads need the claim-check option)"
+            )));
+        }
+        if self.publish_shards == 0 || self.publish_shards > PUBLISH_SHARDS_MAX {
+            return Err(invalid(format!(
+                "publish_shards must be 1..={PUBLISH_SHARDS_MAX}"
             )));
         }
         if self.sdk_attempts == 0 || self.sdk_attempts > 10 {

@@ -20,7 +20,8 @@
 //!
 //! ```text
 //! sqs://[ACCESS_KEY_ID:SECRET_ACCESS_KEY@][REGION][?endpoint=URL&session_token=…&prefix=runnel
-//!       &wait_seconds=20&max_receive_count=25&archive_days=7&max_payload_bytes=184320&sdk_attempts=3]
+//!       &wait_seconds=20&max_receive_count=25&archive_days=7&max_payload_bytes=184320&sdk_attempts=3
+//!       &publish_shards=1]
 //! ```
 //!
 //! Without credentials in the URL, `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
