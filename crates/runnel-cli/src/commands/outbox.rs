@@ -428,7 +428,7 @@ pub async fn bench(args: BenchOutboxArgs, postgres: Option<String>) -> anyhow::R
         bench_backend("SQLite", backend, total, duration).await?;
     }
     if let Some(url) = postgres {
-        let schema = format!("bench_outbox_{}", uuid::Uuid::now_v7().simple());
+        let schema = format!("bo_{}", uuid::Uuid::now_v7().simple());
         let options = PostgresOptions::from_url(&url)
             .map_err(|e| BadInput(e.to_string()))?
             .schema(schema.clone())
