@@ -65,7 +65,7 @@ struct Shared {
     /// Message groups with a delivered head, and their received successors.
     lanes: Mutex<HashMap<String, Lane>>,
     next_epoch: AtomicU64,
-    tx: mpsc::Sender<Result<Delivery, BusError>>,
+    tx: mpsc::Sender<Result<Pending, BusError>>,
 }
 
 /// Starts consuming `queue_url`.
@@ -95,15 +95,37 @@ pub(crate) fn start(
     Box::pin(SubscriptionStream { rx, poller })
 }
 
+/// A delivery waiting in the stream's buffer, with the end of its lease.
+struct Pending {
+    delivery: Delivery,
+    lease_until: Instant,
+}
+
 struct SubscriptionStream {
-    rx: mpsc::Receiver<Result<Delivery, BusError>>,
+    rx: mpsc::Receiver<Result<Pending, BusError>>,
     poller: tokio::task::JoinHandle<()>,
 }
 
 impl Stream for SubscriptionStream {
     type Item = Result<Delivery, BusError>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        loop {
+            return match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(p))) => {
+                    if p.lease_until <= Instant::now() + HELD_LEASE_MARGIN {
+                        // It waited in the buffer until its lease (nearly) ran out: SQS
+                        // hands it out again, so yielding it would give a stale copy.
+                        // Dropping it releases its key's held successors in order.
+                        drop(p);
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(p.delivery)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
     }
 }
 
@@ -262,7 +284,7 @@ fn deliver(shared: &Arc<Shared>, lease: Lease, epoch: u64) -> bool {
         receipt,
         group_id,
         attempt,
-        lease_until: _,
+        lease_until,
         permit,
     } = lease;
     let ack = SqsAcknowledger {
@@ -281,7 +303,10 @@ fn deliver(shared: &Arc<Shared>, lease: Lease, epoch: u64) -> bool {
         attempt,
         Box::new(ack),
     );
-    match shared.tx.try_send(Ok(d)) {
+    match shared.tx.try_send(Ok(Pending {
+        delivery: d,
+        lease_until,
+    })) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             debug_assert!(false, "the delivery channel is sized for max_in_flight");
