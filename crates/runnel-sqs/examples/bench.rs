@@ -101,13 +101,7 @@ fn sdk_parts(url: &str) -> (String, Option<String>) {
 
 static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-fn bare_config<B>(builder: B) -> B
-where
-    B: Sized,
-{
-    builder
-}
-
+/// A bare SNS client with the same region, endpoint and HTTP stack as the bus.
 fn bare_sns(_bus: &runnel_sqs::SqsBus) -> aws_sdk_sns::Client {
     let (region, endpoint) = sdk_parts(URL.get().expect("url"));
     let mut c = aws_sdk_sns::Config::builder()
@@ -120,7 +114,7 @@ fn bare_sns(_bus: &runnel_sqs::SqsBus) -> aws_sdk_sns::Client {
     if let Some(e) = endpoint {
         c = c.endpoint_url(e);
     }
-    aws_sdk_sns::Client::from_conf(bare_config(c).build())
+    aws_sdk_sns::Client::from_conf(c.build())
 }
 
 fn bare_sqs() -> aws_sdk_sqs::Client {
