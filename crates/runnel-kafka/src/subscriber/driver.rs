@@ -25,8 +25,8 @@ use crate::publisher::Producer;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest wait for a partition's committed offset and metadata during a rebalance.
 pub const COMMITTED_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Records a consumer buffers (fetched, not yet acked) above `max_in_flight` before it
-/// pauses fetching.
+/// Records a consumer buffers (fetched, not yet acked) before it stops taking more from
+/// the client until acks bring the number down.
 pub const BUFFERED_RECORDS_MAX: usize = 4096;
 /// Wait before a message whose move to the dead-letter topic failed is tried again.
 pub const DEAD_LETTER_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -261,7 +261,6 @@ impl Driver {
     /// committing what was handled.
     pub async fn run(self) {
         let mut last_commit = Instant::now();
-        let mut paused = false;
         loop {
             self.shared.lock().fire_timers(Instant::now());
             self.dispatch();
@@ -276,7 +275,11 @@ impl Driver {
                 let state = self.shared.lock();
                 (state.next_timer(), state.commit_dirty())
             };
-            paused = self.flow_control(paused);
+            // Back-pressure: while too many records wait in memory, stop taking more from
+            // librdkafka (whose own pre-fetch queue is bounded by
+            // `queued.max.messages.kbytes`, so its fetcher stops too). Acks and timers
+            // keep being served; group events wait until the backlog drains.
+            let fetching = self.shared.lock().buffered() < BUFFERED_RECORDS_MAX;
             let commit_at = dirty.then(|| last_commit + COMMIT_INTERVAL);
             let wake_at = match (wake_at, commit_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -292,7 +295,7 @@ impl Driver {
                 _ = self.out.closed() => break,
                 _ = self.shared.wake.notified() => {}
                 _ = sleep => {}
-                received = self.consumer.recv() => match received {
+                received = self.consumer.recv(), if fetching => match received {
                     Ok(m) => {
                         let record = Record::from_kafka(&m);
                         drop(m);
@@ -401,31 +404,6 @@ impl Driver {
                 state.commit_failed(c.partition);
             }
         }
-    }
-
-    /// Pauses fetching while too many records wait in memory; resumes below half.
-    fn flow_control(&self, paused: bool) -> bool {
-        let buffered = self.shared.lock().buffered();
-        let limit = BUFFERED_RECORDS_MAX;
-        let want_paused = if paused {
-            buffered > limit / 2
-        } else {
-            buffered > limit
-        };
-        if want_paused != paused {
-            if let Ok(assignment) = self.consumer.assignment() {
-                let result = if want_paused {
-                    self.consumer.pause(&assignment)
-                } else {
-                    self.consumer.resume(&assignment)
-                };
-                if let Err(e) = result {
-                    tracing::debug!(topic = %self.topic, error = %e, "pause/resume failed");
-                    return paused;
-                }
-            }
-        }
-        want_paused
     }
 
     /// The stream was dropped (the consumer ended or crashed): nothing more is handed

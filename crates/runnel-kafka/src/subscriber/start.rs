@@ -40,20 +40,27 @@ pub fn fix_latest_start(
     let consumer: BaseConsumer = config
         .create()
         .map_err(|e| bus_error("create the consumer", &e))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic.as_str()), remaining(deadline))
-        .map_err(|e| bus_error(&format!("read the partitions of {topic}"), &e))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic.as_str())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(BusError::Unavailable(format!(
-            "topic {topic} has no partitions yet"
-        )));
-    }
+    // A topic created a moment ago may not be in every broker's metadata yet.
+    let partitions: Vec<i32> = loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic.as_str()), remaining(deadline))
+            .map_err(|e| bus_error(&format!("read the partitions of {topic}"), &e))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic.as_str())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if !partitions.is_empty() {
+            break partitions;
+        }
+        if Instant::now() >= deadline {
+            return Err(BusError::Unavailable(format!(
+                "topic {topic} has no partitions in the broker metadata"
+            )));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    };
     let mut all = TopicPartitionList::new();
     for &p in &partitions {
         all.add_partition(topic.as_str(), p);
