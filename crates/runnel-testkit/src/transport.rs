@@ -97,6 +97,7 @@ pub struct TransportUnderTest {
     publisher: Arc<dyn Publisher>,
     subscribers: Vec<Arc<dyn Subscriber>>,
     max_payload_bytes: usize,
+    earliest_unsupported: Option<String>,
 }
 
 impl TransportUnderTest {
@@ -107,6 +108,7 @@ impl TransportUnderTest {
             publisher,
             subscribers: vec![subscriber],
             max_payload_bytes: MESSAGE_PAYLOAD_MAX_DEFAULT,
+            earliest_unsupported: None,
         }
     }
 
@@ -126,6 +128,18 @@ impl TransportUnderTest {
     /// The payload limit the transport was built with.
     pub fn with_max_payload_bytes(mut self, max_payload_bytes: usize) -> Self {
         self.max_payload_bytes = max_payload_bytes;
+        self
+    }
+
+    /// Declares that this deployment of the transport cannot replay retained messages to a
+    /// new group (`StartPosition::Earliest`), naming why — for a server that lacks the
+    /// broker feature the transport relies on (e.g. a local emulator). The Earliest check
+    /// then proves the other half of the contract instead: such a subscription is refused
+    /// with an error (never silently started at the latest message), and `Latest` works.
+    /// Only for a gap of the server under test, found by probing it, never to skip a
+    /// transport's own bug.
+    pub fn with_earliest_unsupported(mut self, reason: impl Into<String>) -> Self {
+        self.earliest_unsupported = Some(reason.into());
         self
     }
 
@@ -809,6 +823,43 @@ pub async fn start_earliest_sees_retained_messages_and_latest_does_not(t: Transp
     let topic = fresh_topic("start");
     let before: Vec<Message> = (0..3).map(|n| numbered(n, Some("k"))).collect();
     publish(&t, &topic, before.clone()).await;
+
+    if let Some(reason) = t.earliest_unsupported.clone() {
+        eprintln!("NOTE: this server cannot replay retained messages ({reason}): checking that Earliest is refused and Latest works");
+        let refused = t
+            .subscriber(0)
+            .subscribe(
+                &topic,
+                &fresh_group("earliest"),
+                options(8, Duration::from_secs(30), StartPosition::Earliest),
+            )
+            .await;
+        assert!(
+            refused.is_err(),
+            "a transport that declares Earliest unsupported must refuse it, not start elsewhere"
+        );
+        let mut late = subscribe(
+            &t,
+            1,
+            &topic,
+            &fresh_group("latest"),
+            options(8, Duration::from_secs(30), StartPosition::Latest),
+        )
+        .await;
+        assert_quiet(
+            std::slice::from_mut(&mut late),
+            "the latest group before any new message",
+        )
+        .await;
+        let after = numbered(3, Some("k"));
+        publish(&t, &topic, vec![after.clone()]).await;
+        let got = take_and_ack(&mut late, 1, "the latest group's first message").await;
+        assert_eq!(
+            got[0].id, after.id,
+            "the latest group starts after its creation"
+        );
+        return;
+    }
 
     let early_group = fresh_group("earliest");
     let late_group = fresh_group("latest");
