@@ -4,7 +4,7 @@
 //! consumer), 256-byte payloads.
 //!
 //! ```text
-//! cargo run --release -p runnel-nats --example bench -- nats://127.0.0.1:4222
+//! cargo run --release -p runnel-nats --example nats_bench -- nats://127.0.0.1:4222
 //! ```
 //! `BENCH_MESSAGES` sets the messages per scenario (default 20000).
 

@@ -3,7 +3,7 @@
 //! messages, publisher confirms awaited per batch, a topic exchange bound to a quorum
 //! queue and the topic's retention stream, manual acks).
 //!
-//! `cargo run --release -p runnel-rabbitmq --example bench -- amqp://guest:guest@127.0.0.1:5672/%2f [messages]`
+//! `cargo run --release -p runnel-rabbitmq --example rabbitmq_bench -- amqp://guest:guest@127.0.0.1:5672/%2f [messages]`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

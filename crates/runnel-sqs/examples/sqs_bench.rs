@@ -4,7 +4,7 @@
 //! handling), printed side by side with the ratio and the process's peak RSS.
 //!
 //! ```text
-//! cargo run --release -p runnel-sqs --example bench -- 'sqs://test:test@us-east-1?endpoint=http://127.0.0.1:4566&wait_seconds=1' [MESSAGES]
+//! cargo run --release -p runnel-sqs --example sqs_bench -- 'sqs://test:test@us-east-1?endpoint=http://127.0.0.1:4566&wait_seconds=1' [MESSAGES]
 //! ```
 //!
 //! Both consumers long-poll with the URL's `wait_seconds`. On moto use `wait_seconds=1`:
