@@ -2,7 +2,7 @@
 //! with the same durability settings (idempotent producer, acks=all, manual commits).
 //!
 //! ```text
-//! cargo run --release -p runnel-kafka --example bench -- kafka://127.0.0.1:9092 [messages]
+//! cargo run --release -p runnel-kafka --example kafka_bench -- kafka://127.0.0.1:9092 [messages]
 //! ```
 //!
 //! * publish: `messages` 256-byte keyed messages in batches of 1000, each batch awaited
