@@ -482,7 +482,7 @@ pub enum BenchCommand {
 const BENCH_OUTBOX_AFTER_HELP: &str = "\
 Scenarios, on a fresh SQLite file under --dir (and, with --store postgres://…, in a fresh
 schema on that server, dropped afterwards), relaying to the store's embedded bus:
-  - raw: the bus's own publish() in batches of 256 (the relay's batch), one caller
+  - raw: the bus's own publish() in batches of 1000 (the relay's batch), one caller
   - drain: N rows committed first (100 per transaction), then one relay publishes them all
   - live: 8 producers commit one message per transaction for --seconds while a relay runs;
     latency = broker ack minus commit returned (p50, p99)

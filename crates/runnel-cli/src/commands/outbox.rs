@@ -146,7 +146,7 @@ const PAYLOAD_BYTES: usize = 200;
 /// Distinct ordering keys.
 const KEYS: usize = 100;
 /// Rows per relay claim, and messages per raw publish call (the same batches).
-const BATCH: usize = 256;
+const BATCH: usize = 1000;
 /// Longest a drain may take before the benchmark gives up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
 

@@ -28,7 +28,7 @@ use super::routing::plan;
 use crate::retry::{FullJitter, Jitter, RetryPolicy};
 
 /// Default rows per claim.
-pub const BATCH_SIZE_DEFAULT: usize = 256;
+pub const BATCH_SIZE_DEFAULT: usize = 1000;
 /// Default lease: how long a dead relay's keys stay blocked before others take over.
 pub const LEASE_DEFAULT: Duration = Duration::from_secs(30);
 /// Default polling interval (wake-ups usually come sooner).
