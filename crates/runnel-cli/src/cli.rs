@@ -18,6 +18,9 @@ Bus selection (publish, consume, dlq replay; first match wins):
   2. $RUNNEL_BUS
   3. bus = \"...\" in ./runnel.toml
   4. embedded (the durable bus inside the store above)
+A broker instead of the embedded bus: nats://host:4222, amqp://user:pass@host:5672/%2f,
+kafka://host:9092, sqs://REGION?endpoint=URL (each transport's crate documents its
+parameters; credentials in the URL are never printed).
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see them.
 
@@ -55,7 +58,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Bus: `embedded` (the durable bus in the store) [env: RUNNEL_BUS] [default: embedded]
+    /// Bus: `embedded` (the durable bus in the store) or a broker URL (nats://, amqp://,
+    /// kafka://, sqs://) [env: RUNNEL_BUS] [default: embedded]
     #[arg(long, global = true, value_name = "BUS")]
     pub bus: Option<String>,
 

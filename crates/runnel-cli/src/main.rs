@@ -25,8 +25,11 @@ use crate::exit::EXIT_BAD_INPUT;
 use crate::open_store::OpenMode;
 use crate::output::Printer;
 
-/// The log filter when `RUST_LOG` is unset: only warnings and errors.
-const LOG_FILTER_DEFAULT: &str = "warn";
+/// The log filter when `RUST_LOG` is unset: only warnings and errors. lapin logs every
+/// channel the broker closes as an error, including the expected close after the RabbitMQ
+/// transport's passive "does this group exist?" declare; the transport reports real
+/// failures itself, as typed errors.
+const LOG_FILTER_DEFAULT: &str = "warn,lapin=off";
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -200,6 +203,7 @@ async fn open_bus(
     let cwd = std::env::current_dir()?;
     match config::resolve_bus(flag_bus, &cwd)? {
         BusUrl::Embedded => stores.embedded_bus().await,
+        BusUrl::Broker(transport, url) => open_store::broker_bus(transport, &url).await,
     }
 }
 

@@ -179,7 +179,12 @@ pub async fn open(url: &StoreUrl, mode: OpenMode) -> anyhow::Result<Stores> {
 /// Connects to a broker transport from its configuration URL.
 // Built without any transport (`--no-default-features`), only the refusal remains.
 #[cfg_attr(
-    not(any(feature = "nats", feature = "rabbitmq", feature = "kafka", feature = "sqs")),
+    not(any(
+        feature = "nats",
+        feature = "rabbitmq",
+        feature = "kafka",
+        feature = "sqs"
+    )),
     allow(unused_imports, unused_variables, dead_code)
 )]
 pub async fn broker_bus(
