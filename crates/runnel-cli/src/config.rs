@@ -465,7 +465,10 @@ mod tests {
         )
         .unwrap();
         if std::env::var(ENV_BUS).is_err() {
-            assert!(resolve_bus(None, dir.path()).is_err());
+            assert_eq!(
+                resolve_bus(None, dir.path()).unwrap(),
+                BusUrl::Broker(Transport::Kafka, "kafka://k:9092".into())
+            );
         }
         assert_eq!(
             resolve_bus(Some("embedded".into()), dir.path()).unwrap(),

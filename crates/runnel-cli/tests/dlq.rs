@@ -424,13 +424,13 @@ fn bad_dlq_and_bus_input_is_one_line_exit_2() {
     }
     let out = s
         .runnel()
-        .env("RUNNEL_BUS", "kafka://broker:9092")
+        .env("RUNNEL_BUS", "mqtt://broker:1883")
         .args(["publish", "orders", "--type", "T", "--data", "{}"])
         .output()
         .unwrap();
     let message = assert_one_line_error(&out, EXIT_BAD_INPUT);
     assert!(
-        message.contains("RUNNEL_BUS") && message.contains("Kafka"),
+        message.contains("RUNNEL_BUS") && message.contains("unsupported bus"),
         "{message}"
     );
     assert_eq!(s.pending(), 1, "nothing changed");
@@ -441,7 +441,7 @@ fn bus_comes_from_runnel_toml() {
     let s = Scratch::new();
     std::fs::write(
         s.path().join("runnel.toml"),
-        "store = \"sqlite:toml.db\"\nbus = \"nats://localhost:4222\"\n",
+        "store = \"sqlite:toml.db\"\nbus = \"mqtt://localhost:1883\"\n",
     )
     .unwrap();
     let out = s
@@ -451,7 +451,7 @@ fn bus_comes_from_runnel_toml() {
         .unwrap();
     let message = assert_one_line_error(&out, EXIT_BAD_INPUT);
     assert!(
-        message.contains("runnel.toml") && message.contains("NATS"),
+        message.contains("runnel.toml") && message.contains("unsupported bus"),
         "{message}"
     );
     s.runnel_bare()

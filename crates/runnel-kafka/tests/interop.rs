@@ -13,33 +13,17 @@ use runnel_core::Message;
 use runnel_kafka::{KafkaBus, KafkaOptions};
 use serde_json::{json, Value};
 
-/// Longest the Python side may run.
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
 /// Longest wait for Runnel to receive the plain client's event.
 const RECEIVE_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Runs the plain client's script with the project venv's Python.
 async fn run_script(args: &[&str]) -> String {
-    let python = support::venv_python().await;
+    let python = runnel_testkit::interop::venv_python()
+        .await
+        .expect("the Python venv (scripts/services.sh python)");
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/kafka_cloudevents.py");
-    let out = tokio::time::timeout(
-        SCRIPT_DEADLINE,
-        tokio::process::Command::new(&python)
-            .arg(&script)
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("the Python client did not finish within {SCRIPT_DEADLINE:?}"))
-    .expect("run the Python client");
-    assert!(
-        out.status.success(),
-        "the Python client failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    runnel_testkit::interop::run_script(&python, &script, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,15 +3,12 @@
 //! project's Python venv (`scripts/services.sh python`).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use runnel_core::bus::{Publisher, StartPosition, SubscribeOptions, Subscriber};
 use runnel_core::{GroupName, Message, TopicName};
-use tokio::process::Command;
-
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
+use runnel_testkit::interop::{run_script, venv_python};
 
 fn require_services() -> bool {
     std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() == Ok("1")
@@ -35,28 +32,6 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/nats_cloudevents.py")
 }
 
-/// The venv's Python, or `None` (SKIPPED) when the project script cannot provide it.
-async fn python() -> Option<String> {
-    let services = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
-    let out = Command::new("bash").arg(services).arg("python").output();
-    let found = match tokio::time::timeout(Duration::from_secs(600), out).await {
-        Ok(Ok(o)) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()
-            .map(|l| l.trim().to_string())
-            .filter(|p| !p.is_empty()),
-        _ => None,
-    };
-    if found.is_none() {
-        assert!(
-            !require_services(),
-            "RUNNEL_REQUIRE_SERVICES=1 but the Python venv is not available"
-        );
-        eprintln!("SKIPPED: the Python venv is not available");
-    }
-    found
-}
-
 fn fresh() -> (TopicName, GroupName) {
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     (
@@ -68,7 +43,9 @@ fn fresh() -> (TopicName, GroupName) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runnel_publishes_a_cloudevent_a_plain_nats_py_client_parses_with_the_sdk() {
     let Some(url) = nats_url() else { return };
-    let Some(python) = python().await else { return };
+    let Some(python) = venv_python().await else {
+        return;
+    };
     let bus = runnel_nats::connect(&url).await.expect("connect");
     let (topic, _) = fresh();
     let mut published = Message::json(
@@ -83,23 +60,17 @@ async fn runnel_publishes_a_cloudevent_a_plain_nats_py_client_parses_with_the_sd
         .await
         .expect("publish");
 
-    let out = Command::new(&python)
-        .arg(script())
-        .args([
+    let stdout = run_script(
+        &python,
+        &script(),
+        &[
             "consume",
             &url,
             &bus.stream_name(&topic),
             &bus.subject(&topic),
-        ])
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(SCRIPT_DEADLINE, out)
-        .await
-        .expect("the script within its deadline")
-        .expect("run the script");
-    assert!(out.status.success(), "the script failed: {:?}", out.status);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        ],
+    )
+    .await;
     let line = stdout.lines().last().expect("a line from the script");
     let event: serde_json::Value = serde_json::from_str(line).expect("JSON from the script");
     assert_eq!(event["id"], published.id.as_str());
@@ -126,7 +97,9 @@ async fn runnel_publishes_a_cloudevent_a_plain_nats_py_client_parses_with_the_sd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloudevent_published_by_plain_nats_py_with_the_sdk_is_consumed_by_runnel() {
     let Some(url) = nats_url() else { return };
-    let Some(python) = python().await else { return };
+    let Some(python) = venv_python().await else {
+        return;
+    };
     let bus = runnel_nats::connect(&url).await.expect("connect");
     let (topic, group) = fresh();
     let mut deliveries = bus
@@ -140,17 +113,7 @@ async fn a_cloudevent_published_by_plain_nats_py_with_the_sdk_is_consumed_by_run
         )
         .await
         .expect("subscribe");
-    let out = Command::new(&python)
-        .arg(script())
-        .args(["publish", &url, &bus.subject(&topic)])
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(SCRIPT_DEADLINE, out)
-        .await
-        .expect("the script within its deadline")
-        .expect("run the script");
-    assert!(out.status.success(), "the script failed: {:?}", out.status);
+    run_script(&python, &script(), &["publish", &url, &bus.subject(&topic)]).await;
 
     let d = tokio::time::timeout(Duration::from_secs(15), deliveries.next())
         .await

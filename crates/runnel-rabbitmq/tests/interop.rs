@@ -13,47 +13,14 @@ use runnel::core::bus::{Publisher, SubscribeOptions, Subscriber};
 use runnel::core::{GroupName, Message, TopicName};
 use runnel_rabbitmq::topology::exchange_name;
 use runnel_rabbitmq::RabbitBus;
+use runnel_testkit::interop::{run_script, venv_python};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/amqp_cloudevents.py")
-}
-
-/// The venv's Python, or `None` (SKIPPED) when the project script cannot provide it.
-async fn python() -> Option<String> {
-    let out = Command::new("bash")
-        .arg(workspace_root().join("scripts/services.sh"))
-        .arg("python")
-        .output();
-    match tokio::time::timeout(Duration::from_secs(600), out).await {
-        Ok(Ok(o)) if o.status.success() => {
-            let path = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            if !path.is_empty() {
-                return Some(path);
-            }
-            None
-        }
-        other => {
-            let msg = format!("the Python venv is not available: {other:?}");
-            if std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("{msg}");
-            }
-            eprintln!("SKIPPED: {msg}");
-            None
-        }
-    }
 }
 
 fn fresh() -> (TopicName, GroupName) {
@@ -69,7 +36,7 @@ async fn runnel_publishes_a_cloudevent_a_plain_pika_client_parses_with_the_sdk()
     let Some(url) = common::test_url() else {
         return;
     };
-    let Some(python) = python().await else {
+    let Some(python) = venv_python().await else {
         return;
     };
     let bus = RabbitBus::connect(common::options_for(&url))
@@ -138,7 +105,7 @@ async fn a_cloudevent_published_by_plain_pika_with_the_sdk_is_consumed_by_runnel
     let Some(url) = common::test_url() else {
         return;
     };
-    let Some(python) = python().await else {
+    let Some(python) = venv_python().await else {
         return;
     };
     let bus = RabbitBus::connect(common::options_for(&url))
@@ -149,17 +116,12 @@ async fn a_cloudevent_published_by_plain_pika_with_the_sdk_is_consumed_by_runnel
         .subscribe(&topic, &group, SubscribeOptions::default())
         .await
         .expect("subscribe");
-    let out = Command::new(&python)
-        .arg(script())
-        .args(["publish", &url, &exchange_name(&topic)])
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(SCRIPT_DEADLINE, out)
-        .await
-        .expect("the script within its deadline")
-        .expect("run the script");
-    assert!(out.status.success(), "the script failed: {:?}", out.status);
+    run_script(
+        &python,
+        &script(),
+        &["publish", &url, &exchange_name(&topic)],
+    )
+    .await;
 
     let d = tokio::time::timeout(Duration::from_secs(15), deliveries.next())
         .await

@@ -11,53 +11,13 @@ use futures_util::StreamExt;
 use runnel_core::bus::{Publisher, StartPosition, SubscribeOptions, Subscriber};
 use runnel_core::{GroupName, Message, TopicName};
 
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(90);
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The venv Python that `scripts/services.sh python` prints (installing it if needed).
-async fn venv_python() -> String {
-    let out = tokio::time::timeout(
-        SCRIPT_DEADLINE,
-        tokio::process::Command::new("bash")
-            .arg(repo_root().join("scripts/services.sh"))
-            .arg("python")
-            .output(),
-    )
-    .await
-    .expect("services.sh python in time")
-    .expect("run services.sh python");
-    assert!(out.status.success(), "services.sh python failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .expect("a python path")
-        .trim()
-        .to_string()
-}
-
+/// Runs the plain client's script with the project venv's Python.
 async fn run_script(args: &[&str]) -> String {
-    let python = venv_python().await;
+    let python = runnel_testkit::interop::venv_python()
+        .await
+        .expect("the Python venv (scripts/services.sh python)");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sqs_cloudevents.py");
-    let out = tokio::time::timeout(
-        SCRIPT_DEADLINE,
-        tokio::process::Command::new(python)
-            .arg(script)
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the interop script finished in time")
-    .expect("run the interop script");
-    assert!(
-        out.status.success(),
-        "interop script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    runnel_testkit::interop::run_script(&python, &script, args).await
 }
 
 fn fresh(what: &str) -> (TopicName, GroupName) {

@@ -5,7 +5,8 @@
 //! ([`dedup`], [`dedup_store_conformance!`]). The four suites share one per-check
 //! [`harness`]. [`append_hook`] decorates an event store's appends (e.g. counting
 //! conflicts with [`append_hook::ConflictCounter`]). [`fault::TcpProxy`] cuts and restores
-//! connections to a real server to simulate outages.
+//! connections to a real server to simulate outages; [`interop`] runs the plain-client
+//! scripts of the interoperability tests.
 
 pub mod append_hook;
 pub mod conformance;
@@ -13,6 +14,7 @@ pub mod dead_letters;
 pub mod dedup;
 pub mod fault;
 pub mod harness;
+pub mod interop;
 pub mod memory;
 pub mod outbox;
 pub mod transport;

@@ -40,34 +40,6 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The venv Python the services script prepares (`scripts/services.sh python`).
-pub async fn venv_python() -> PathBuf {
-    let script = workspace_root().join("scripts/services.sh");
-    let out = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new("bash")
-            .arg(&script)
-            .arg("python")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("scripts/services.sh python finished within 300 s")
-    .expect("scripts/services.sh python ran");
-    assert!(
-        out.status.success(),
-        "scripts/services.sh python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    PathBuf::from(path)
-}
-
 /// Every wait on a condition in these tests ends by this deadline (a failure, never a
 /// hang).
 pub const DEADLINE: Duration = Duration::from_secs(90);
