@@ -42,16 +42,12 @@ fn fresh(what: &str) -> (TopicName, GroupName) {
     )
 }
 
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
+async fn wait_until<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let until = Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < until, "{what} within {DEADLINE:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    runnel_testkit::harness::wait_until(DEADLINE, what, condition).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -207,8 +207,8 @@ async fn enqueue_wakes_a_waiting_relay_through_notify() {
             .expect("wait");
         started.elapsed()
     });
-    // Let the waiter start waiting, then enqueue.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The second handle listens from `new` on, so this NOTIFY reaches it whether or not the
+    // waiter has begun waiting yet; without it the waiter would sleep its whole 30 s.
     t.outbox
         .enqueue(vec![order_message(1)])
         .await

@@ -26,16 +26,12 @@ fn fresh(what: &str) -> (TopicName, GroupName) {
     )
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F)
+async fn wait_until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    runnel_testkit::harness::wait_until(DEADLINE, what, check).await;
 }
 
 fn store() -> Arc<SqliteDeadLetters> {

@@ -48,6 +48,44 @@ pub async fn within_for<T>(deadline: Duration, what: &str, fut: impl Future<Outp
     }
 }
 
+/// How often [`wait_until`] re-checks its condition.
+pub const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Re-checks `condition` every [`WAIT_POLL_INTERVAL`] until it holds, failing with "timed
+/// out after .. waiting for `what`" once `deadline` has passed: the one way tests wait
+/// for something another task or process makes true.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// let done = Arc::new(AtomicBool::new(false));
+/// let flag = done.clone();
+/// tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+/// runnel_testkit::harness::wait_until(Duration::from_secs(5), "the task", || {
+///     let done = done.clone();
+///     async move { done.load(Ordering::SeqCst) }
+/// })
+/// .await;
+/// # }
+/// ```
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(WAIT_POLL_INTERVAL).await;
+    }
+}
+
 /// Runs one check in a new multi-threaded runtime: awaits `subject` (the backend's factory
 /// and the conversion of its output, `None` to skip), then runs `check` on it as a spawned
 /// task that must finish within `deadline`. The body of every test a `*_conformance!`

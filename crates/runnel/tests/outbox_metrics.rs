@@ -38,6 +38,22 @@ fn find<'a>(
         .map(|(_, _, _, v)| v)
 }
 
+/// Snapshots taken one after another as one: counters summed, the latest value of the
+/// rest.
+fn merged(snapshots: Vec<Snapshot>) -> Snapshot {
+    let mut out: Snapshot = Vec::new();
+    for entry in snapshots.into_iter().flatten() {
+        match out.iter_mut().find(|e| e.0 == entry.0) {
+            Some(existing) => match (&mut existing.3, entry.3) {
+                (DebugValue::Counter(total), DebugValue::Counter(n)) => *total += n,
+                (slot, value) => *slot = value,
+            },
+            None => out.push(entry),
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_records_published_errors_and_backlog() {
     let recorder = DebuggingRecorder::new();
@@ -75,11 +91,24 @@ async fn relay_records_published_errors_and_backlog() {
         assert!(tokio::time::Instant::now() < until, "never drained");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // A status refresh after the drain (every 10 ms while idle).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The relay refreshes the backlog gauges every 10 ms while idle: wait for the drained
+    // backlog to show. A snapshot takes the counters' increments with it, so every
+    // snapshot is kept and merged below.
+    let mut snapshots: Vec<Snapshot> = Vec::new();
+    runnel_testkit::harness::wait_until(Duration::from_secs(30), "the pending gauge at 0", || {
+        let s = snapshotter.snapshot().into_vec();
+        let drained = matches!(
+            find(&s, MetricKind::Gauge, METRIC_PENDING, None),
+            Some(DebugValue::Gauge(v)) if v.into_inner() == 0.0
+        );
+        snapshots.push(s);
+        async move { drained }
+    })
+    .await;
     relay.shutdown().await.unwrap();
+    snapshots.push(snapshotter.snapshot().into_vec());
+    let s = merged(snapshots);
 
-    let s = snapshotter.snapshot().into_vec();
     match find(
         &s,
         MetricKind::Counter,

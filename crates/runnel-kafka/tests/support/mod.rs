@@ -47,19 +47,12 @@ pub const DEADLINE: Duration = Duration::from_secs(90);
 pub const POLL: Duration = Duration::from_millis(50);
 
 /// Waits until `condition` holds, failing after [`DEADLINE`].
-pub async fn wait_for<F, Fut>(what: &str, mut condition: F)
+pub async fn wait_for<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    runnel_testkit::harness::wait_until(DEADLINE, what, condition).await;
 }
 
 /// One row of the `effects` table: a message a handler applied.

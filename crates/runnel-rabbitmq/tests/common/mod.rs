@@ -37,7 +37,7 @@ pub fn options_for(url: &str) -> RabbitOptions {
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runnel::consumer::inbox::SqliteInboxScope;
 use runnel::consumer::{HandlerContext, HandlerError};
@@ -63,22 +63,12 @@ pub fn server_addr(url: &str) -> String {
 }
 
 /// Waits until `check` holds, failing after `deadline`.
-pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut check: F)
+pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let until = Instant::now() + deadline;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    runnel_testkit::harness::wait_until(deadline, what, check).await;
 }
 
 /// One handled message as the handler recorded it (in the inbox's transaction).
