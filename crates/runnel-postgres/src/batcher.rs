@@ -1,26 +1,38 @@
-//! Combines concurrent appends into one round trip: one task takes every append waiting
-//! (up to [`BATCH_APPENDS_MAX`] / [`BATCH_EVENTS_MAX`]) and sends them as one call of the
-//! `append_batch` function, one transaction and one commit. Each append still succeeds or
-//! fails on its own (conflicts and duplicate ids are per-append results, not errors).
+//! Combines concurrent appends into one round trip, with no hand-off for a lone append.
+//!
+//! One append runs at a time per store (they serialize on the append lock in the database
+//! anyway). An append that finds none running runs itself, on the caller's task, through
+//! `append_one`: the lone writer pays no task switch. Appends that arrive while one runs
+//! queue up; when it ends, the batcher task takes every append waiting (up to
+//! [`BATCH_APPENDS_MAX`] / [`BATCH_EVENTS_MAX`]) and sends them as one call of `append_batch`,
+//! one transaction and one commit, and keeps doing so until the queue is empty. Each append
+//! still succeeds or fails on its own (conflicts and duplicate ids are per-append results,
+//! not errors).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use runnel_core::{
     AppendResult, EventId, ExpectedRevision, Metadata, NewEvent, Position, StoreError, StreamName,
 };
-use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::Connection as _;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::error_map::map_sqlx;
-use crate::options::{BATCH_APPENDS_MAX, BATCH_EVENTS_MAX};
+use crate::options::{APPEND_QUEUE_MAX, BATCH_APPENDS_MAX, BATCH_EVENTS_MAX};
 
-pub(crate) struct AppendRequest {
-    pub stream: StreamName,
-    pub expected: ExpectedRevision,
-    pub events: Vec<NewEvent>,
-    pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+struct AppendRequest {
+    stream: StreamName,
+    expected: ExpectedRevision,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+    /// A place in the bounded queue, given back when the batcher takes the request.
+    _room: OwnedSemaphorePermit,
 }
 
 /// Batcher counters, for benchmarks and metrics.
@@ -34,7 +46,7 @@ pub struct BatchStats {
 /// A copy of the batcher counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchStatsSnapshot {
-    /// Calls of `append_batch` (each one transaction, one commit).
+    /// Calls of `append_one` or `append_batch` (each one transaction, one commit).
     pub round_trips: u64,
     pub appends: u64,
     pub events: u64,
@@ -50,66 +62,229 @@ impl BatchStats {
     }
 }
 
-pub(crate) struct Batcher {
-    pub pool: PgPool,
-    pub sql: String,
+/// Who is sending appends to the database right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Runner {
+    Nobody,
+    /// An append running itself on its caller's task.
+    Caller,
+    /// The batcher task, draining the queue.
+    Batcher,
+}
+
+struct State {
+    queue: VecDeque<AppendRequest>,
+    runner: Runner,
+}
+
+/// The SQL both paths send, and where they send it.
+pub(crate) struct AppendSql {
+    /// For the appender's own connection: one runner at a time needs only one, and a pooled
+    /// connection would cost a task spawn per append to go back to the pool.
+    pub connect: PgConnectOptions,
+    pub connect_timeout: Duration,
+    /// `append_batch($1 … $13)`.
+    pub batch: String,
+    /// `append_one($1 … $12)`.
+    pub one: String,
     pub lock_key: i64,
     pub channel: String,
-    pub requests: mpsc::Receiver<AppendRequest>,
+}
+
+pub(crate) struct Appender {
+    sql: AppendSql,
+    /// The connection appends go through; `None` until first use and after an error (the
+    /// next append reconnects). Only the current runner locks it.
+    conn: tokio::sync::Mutex<Option<PgConnection>>,
+    state: Mutex<State>,
+    /// Wakes the batcher task when a caller hands the queue over.
+    handed_over: Notify,
+    /// Bounds the queue at [`APPEND_QUEUE_MAX`]: callers past it wait (back-pressure).
+    room: Arc<Semaphore>,
     pub stats: Arc<BatchStats>,
 }
 
-impl Batcher {
-    pub async fn run(mut self) {
-        let mut batch: Vec<AppendRequest> = Vec::with_capacity(BATCH_APPENDS_MAX);
-        while let Some(first) = self.requests.recv().await {
-            let mut events = first.events.len();
-            batch.push(first);
-            while batch.len() < BATCH_APPENDS_MAX && events < BATCH_EVENTS_MAX {
-                match self.requests.try_recv() {
-                    Ok(r) => {
-                        events += r.events.len();
-                        batch.push(r);
-                    }
-                    Err(_) => break,
-                }
+impl Appender {
+    pub fn new(sql: AppendSql) -> Arc<Self> {
+        Arc::new(Appender {
+            sql,
+            conn: tokio::sync::Mutex::new(None),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                runner: Runner::Nobody,
+            }),
+            handed_over: Notify::new(),
+            room: Arc::new(Semaphore::new(APPEND_QUEUE_MAX)),
+            stats: Arc::new(BatchStats::default()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The lock is never held across an await or user code, so poisoning cannot leave the
+        // state half-changed.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends, running the append itself when nothing else is running, else queueing it for
+    /// the batcher.
+    pub async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let room = Arc::clone(&self.room)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let answer = {
+            let mut state = self.state();
+            if state.runner == Runner::Nobody {
+                state.runner = Runner::Caller;
+                Err(events)
+            } else {
+                let (reply, answer) = oneshot::channel();
+                state.queue.push_back(AppendRequest {
+                    stream: stream.clone(),
+                    expected,
+                    events,
+                    reply,
+                    _room: room,
+                });
+                Ok(answer)
             }
-            self.execute(&mut batch, events).await;
-            debug_assert!(batch.is_empty());
+        };
+        match answer {
+            Ok(answer) => answer.await.map_err(|_| {
+                StoreError::Unavailable("the append batcher stopped; the outcome is unknown".into())
+            })?,
+            Err(events) => {
+                // Hands the queue on when this append ends, also if the caller drops it.
+                let _turn = CallerTurn(self);
+                self.run_one(stream, expected, events).await
+            }
         }
     }
 
-    async fn execute(&self, batch: &mut Vec<AppendRequest>, _event_count: usize) {
+    /// Appends waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.state().queue.len()
+    }
+
+    /// Ends a caller's turn: the batcher takes over if appends queued up meanwhile.
+    fn caller_done(&self) {
+        let mut state = self.state();
+        debug_assert_eq!(state.runner, Runner::Caller);
+        if state.queue.is_empty() {
+            state.runner = Runner::Nobody;
+        } else {
+            state.runner = Runner::Batcher;
+            drop(state);
+            self.handed_over.notify_one();
+        }
+    }
+
+    /// The batcher task: drains the queue each time a caller hands it over.
+    pub async fn run_batcher(self: Arc<Self>) {
+        let mut batch: Vec<AppendRequest> = Vec::with_capacity(BATCH_APPENDS_MAX);
+        loop {
+            self.handed_over.notified().await;
+            loop {
+                {
+                    let mut state = self.state();
+                    if state.runner != Runner::Batcher {
+                        break;
+                    }
+                    let mut events = 0;
+                    while batch.len() < BATCH_APPENDS_MAX && events < BATCH_EVENTS_MAX {
+                        let Some(r) = state.queue.pop_front() else {
+                            break;
+                        };
+                        events += r.events.len();
+                        batch.push(r);
+                    }
+                    if batch.is_empty() {
+                        state.runner = Runner::Nobody;
+                        break;
+                    }
+                }
+                self.run_batch(&mut batch).await;
+                debug_assert!(batch.is_empty());
+            }
+        }
+    }
+
+    async fn run_one(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let count = events.len() as u64;
+        let key = [(stream.clone(), expected)];
+        let arrays = BatchArrays::build(&mut [(stream.clone(), expected, events)]);
+        let mut slot = self.conn.lock().await;
+        let conn = self.connection(&mut slot).await?;
+        let rows = arrays
+            .query_one(&self.sql.one, self.sql.lock_key, &self.sql.channel)
+            .fetch_all(conn)
+            .await;
+        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        let result = match rows {
+            Ok(rows) => results_from_rows(rows, &key)
+                .pop()
+                .flatten()
+                .unwrap_or_else(|| Err(StoreError::Corrupt("append_one returned no row".into()))),
+            Err(e) => {
+                *slot = None;
+                Err(outcome_unknown(e, 1))
+            }
+        };
+        if result.is_ok() {
+            self.stats.appends.fetch_add(1, Ordering::Relaxed);
+            self.stats.events.fetch_add(count, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn run_batch(&self, batch: &mut Vec<AppendRequest>) {
         let n = batch.len();
         let mut items: Vec<(StreamName, ExpectedRevision, Vec<NewEvent>)> = batch
             .iter_mut()
             .map(|r| (r.stream.clone(), r.expected, std::mem::take(&mut r.events)))
             .collect();
         let arrays = BatchArrays::build(&mut items);
-        let rows = arrays
-            .query(&self.sql, self.lock_key, &self.channel)
-            .fetch_all(&self.pool)
-            .await;
-        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self.conn.lock().await;
+        let rows = match self.connection(&mut slot).await {
+            Ok(conn) => {
+                let rows = if n == 1 {
+                    arrays.query_one(&self.sql.one, self.sql.lock_key, &self.sql.channel)
+                } else {
+                    arrays.query(&self.sql.batch, self.sql.lock_key, &self.sql.channel)
+                }
+                .fetch_all(conn)
+                .await;
+                self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+                rows.map_err(|e| {
+                    *slot = None;
+                    outcome_unknown(e, n)
+                })
+            }
+            Err(e) => Err(e),
+        };
+        drop(slot);
         let rows = match rows {
             Ok(rows) => rows,
-            Err(e) => {
-                let err = match map_sqlx(e) {
-                    StoreError::Unavailable(m) => {
-                        StoreError::Unavailable(format!("{m}; the append's outcome is unknown"))
-                    }
-                    other => other,
-                };
-                tracing::warn!(error = %err, appends = n, "append batch failed");
+            Err(err) => {
                 for r in batch.drain(..) {
                     let _ = r.reply.send(Err(err.clone()));
                 }
                 return;
             }
         };
-        let keys: Vec<(StreamName, ExpectedRevision)> = batch
-            .iter()
-            .map(|r| (r.stream.clone(), r.expected))
+        let keys: Vec<(StreamName, ExpectedRevision)> = items
+            .into_iter()
+            .map(|(stream, expected, _)| (stream, expected))
             .collect();
         let results = results_from_rows(rows, &keys);
         for (i, (r, result)) in batch.drain(..).zip(results).enumerate() {
@@ -124,6 +299,53 @@ impl Batcher {
             }));
         }
     }
+}
+
+impl Appender {
+    /// The appender's connection, opened if there is none. A failure to connect means
+    /// nothing was sent: the appends were not written.
+    async fn connection<'a>(
+        &self,
+        slot: &'a mut Option<PgConnection>,
+    ) -> Result<&'a mut PgConnection, StoreError> {
+        if slot.is_none() {
+            let conn = tokio::time::timeout(
+                self.sql.connect_timeout,
+                PgConnection::connect_with(&self.sql.connect),
+            )
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "connecting to PostgreSQL timed out after {:?}; nothing was appended",
+                    self.sql.connect_timeout
+                ))
+            })?
+            .map_err(map_sqlx)?;
+            *slot = Some(conn);
+        }
+        Ok(slot.as_mut().expect("connected just above"))
+    }
+}
+
+/// A caller's turn at running appends; ending it (also by drop) hands the queue on.
+struct CallerTurn<'a>(&'a Appender);
+
+impl Drop for CallerTurn<'_> {
+    fn drop(&mut self) {
+        self.0.caller_done();
+    }
+}
+
+/// A failed round trip: the appends in it may or may not have committed.
+fn outcome_unknown(e: sqlx::Error, appends: usize) -> StoreError {
+    let err = match map_sqlx(e) {
+        StoreError::Unavailable(m) => {
+            StoreError::Unavailable(format!("{m}; the append's outcome is unknown"))
+        }
+        other => other,
+    };
+    tracing::warn!(error = %err, appends, "append round trip failed");
+    err
 }
 
 /// The column arrays `append_batch` takes: per append, then per event.
@@ -195,15 +417,41 @@ impl BatchArrays {
         lock_key: i64,
         channel: &'a str,
     ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, BatchRow, sqlx::postgres::PgArguments> {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(lock_key)
             .bind(channel)
             .bind(&self.stream_names)
             .bind(&self.categories)
             .bind(&self.kinds)
             .bind(&self.revs)
-            .bind(&self.counts)
-            .bind(&self.ids)
+            .bind(&self.counts);
+        self.bind_events(q)
+    }
+
+    /// `append_one`'s call for arrays built from exactly one append.
+    pub fn query_one<'a>(
+        &'a self,
+        sql: &'a str,
+        lock_key: i64,
+        channel: &'a str,
+    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, BatchRow, sqlx::postgres::PgArguments> {
+        debug_assert_eq!(self.stream_names.len(), 1);
+        let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(lock_key)
+            .bind(channel)
+            .bind(&self.stream_names[0])
+            .bind(&self.categories[0])
+            .bind(self.kinds[0])
+            .bind(self.revs[0]);
+        self.bind_events(q)
+    }
+
+    /// The per-event arrays, the last six parameters of both functions.
+    fn bind_events<'a>(
+        &'a self,
+        q: sqlx::query::QueryAs<'a, sqlx::Postgres, BatchRow, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, BatchRow, sqlx::postgres::PgArguments> {
+        q.bind(&self.ids)
             .bind(&self.types)
             .bind(&self.versions)
             .bind(&self.content_types)

@@ -32,10 +32,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "append_plans",
         include_str!("migrations/0007_append_plans.sql"),
     ),
+    (
+        8,
+        "append_one",
+        include_str!("migrations/0008_append_one.sql"),
+    ),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {

@@ -29,8 +29,15 @@ pub struct PostgresOptions {
     /// The schema for Runnel's tables; several applications can share one database with
     /// different schemas.
     pub schema: String,
+    /// Connections for reads, checkpoints, snapshots and the bus. A store holds at most
+    /// this many plus one: appends go through one connection of their own (opened on the
+    /// first append), and the LISTEN connection, opened when something first waits for
+    /// events, is taken from the pool.
     pub pool_size: u32,
+    /// The longest any one statement may run before PostgreSQL cancels it (every
+    /// connection, the appender's included).
     pub statement_timeout: Duration,
+    /// How long opening a connection (or waiting for a pooled one) may take.
     pub connect_timeout: Duration,
     pub limits: StoreLimits,
 }

@@ -13,13 +13,13 @@ use runnel_core::{
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{watch, OnceCell};
 use uuid::Uuid;
 
-use crate::batcher::{AppendRequest, BatchStats, BatchStatsSnapshot, Batcher};
+use crate::batcher::{AppendSql, Appender, BatchStatsSnapshot};
 use crate::error_map::map_sqlx;
 use crate::migrate::migrate;
-use crate::options::{PostgresOptions, APPEND_QUEUE_MAX};
+use crate::options::PostgresOptions;
 
 /// An event store, snapshot store and checkpoint store in one PostgreSQL schema.
 ///
@@ -43,18 +43,23 @@ struct Inner {
     pool: PgPool,
     schema: String,
     lock_key: i64,
-    append_sql: String,
+    append_one_sql: String,
     channel: String,
-    appends: mpsc::Sender<AppendRequest>,
+    appender: Arc<Appender>,
     head: watch::Receiver<Position>,
+    head_tx: Arc<watch::Sender<Position>>,
+    /// Set once this store's LISTEN connection is up: it starts with the first wait for
+    /// events, so a store that only writes keeps no listener (each notification would
+    /// otherwise wake a backend and a task of this process on every append).
+    listening: OnceCell<()>,
     limits: StoreLimits,
-    stats: Arc<BatchStats>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        let tasks = self.tasks.get_mut().unwrap_or_else(|p| p.into_inner());
+        for t in tasks.iter() {
             t.abort();
         }
     }
@@ -94,7 +99,7 @@ impl PostgresStore {
             // replaces it. The ping would cost a round trip on every append.
             .test_before_acquire(false)
             .acquire_timeout(options.connect_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(map_sqlx)?;
         let schema = options.schema.clone();
@@ -103,39 +108,68 @@ impl PostgresStore {
         let head = head_position(&pool, &schema).await?;
         let (head_tx, head_rx) = watch::channel(head);
         let channel = format!("runnel_{schema}");
-        let mut listener = PgListener::connect_with(&pool).await.map_err(map_sqlx)?;
-        listener.listen(&channel).await.map_err(map_sqlx)?;
-        let listen_task = tokio::spawn(listen(listener, head_tx));
 
-        let (tx, rx) = mpsc::channel(APPEND_QUEUE_MAX);
-        let stats = Arc::new(BatchStats::default());
-        let append_sql = format!(
-            "SELECT idx, status, revision, pos, detail FROM {schema}.append_batch(\
-             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        let append_one_sql = format!(
+            "SELECT idx, status, revision, pos, detail FROM {schema}.append_one(\
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
-        let batcher = Batcher {
-            pool: pool.clone(),
-            sql: append_sql.clone(),
+        let appender = Appender::new(AppendSql {
+            connect: connect.clone(),
+            connect_timeout: options.connect_timeout,
+            batch: format!(
+                "SELECT idx, status, revision, pos, detail FROM {schema}.append_batch(\
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ),
+            one: append_one_sql.clone(),
             lock_key: lock_key(&schema, "append"),
             channel: channel.clone(),
-            requests: rx,
-            stats: Arc::clone(&stats),
-        };
-        let batch_task = tokio::spawn(batcher.run());
+        });
+        let batch_task = tokio::spawn(Arc::clone(&appender).run_batcher());
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 lock_key: lock_key(&schema, "append"),
-                append_sql,
+                append_one_sql,
                 channel,
                 schema,
-                appends: tx,
+                appender,
                 head: head_rx,
+                head_tx: Arc::new(head_tx),
+                listening: OnceCell::new(),
                 limits: options.limits,
-                stats,
-                tasks: vec![listen_task, batch_task],
+                tasks: std::sync::Mutex::new(vec![batch_task]),
             }),
         })
+    }
+
+    /// Starts the LISTEN connection if it is not up yet, then brings the head up to date
+    /// (an append that committed before LISTEN took effect sent its notification to nobody).
+    async fn ensure_listening(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner
+            .listening
+            .get_or_try_init(|| async {
+                let mut listener = PgListener::connect_with(&inner.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                listener.listen(&inner.channel).await.map_err(map_sqlx)?;
+                let task = tokio::spawn(listen(listener, Arc::clone(&inner.head_tx)));
+                inner
+                    .tasks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(task);
+                // The listener runs from here on; if this read fails, waits fall back to
+                // polling until the next notification (the init must not be retried, or a
+                // second listener would start).
+                match head_position(&inner.pool, &inner.schema).await {
+                    Ok(head) => advance_head(&inner.head_tx, head),
+                    Err(e) => tracing::warn!(error = %e, "reading the head after LISTEN failed"),
+                }
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// The pool, for applications that run their own SQL beside Runnel's.
@@ -164,8 +198,8 @@ impl PostgresStore {
         self.inner.limits.validate_append(&events)?;
         let request = crate::batcher::BatchArrays::build(&mut [(stream.clone(), expected, events)]);
         let rows = request
-            .query(
-                &self.inner.append_sql,
+            .query_one(
+                &self.inner.append_one_sql,
                 self.inner.lock_key,
                 &self.inner.channel,
             )
@@ -176,7 +210,7 @@ impl PostgresStore {
         results
             .pop()
             .flatten()
-            .unwrap_or_else(|| Err(StoreError::Corrupt("append_batch returned no row".into())))
+            .unwrap_or_else(|| Err(StoreError::Corrupt("append_one returned no row".into())))
     }
 
     /// The advisory-lock key that serializes appends to this store.
@@ -186,7 +220,14 @@ impl PostgresStore {
 
     /// Counters of the append batcher (round trips = transactions = commits).
     pub fn batch_stats(&self) -> BatchStatsSnapshot {
-        self.inner.stats.snapshot()
+        self.inner.appender.stats.snapshot()
+    }
+
+    /// Appends waiting for the one in flight to finish (they will share the next round
+    /// trip). At most [`APPEND_QUEUE_MAX`](crate::options::APPEND_QUEUE_MAX); callers past
+    /// that wait to get in.
+    pub fn queued_appends(&self) -> usize {
+        self.inner.appender.queued()
     }
 
     fn table(&self, name: &str) -> String {
@@ -197,19 +238,23 @@ impl PostgresStore {
 /// Follows NOTIFY on the store's channel and publishes the head. On a lost connection the
 /// listener reconnects; notifications sent meanwhile are lost, so it wakes every waiter
 /// (they re-read) — subscriptions also poll, so nothing depends on a notification arriving.
-async fn listen(mut listener: PgListener, head: watch::Sender<Position>) {
+/// Moves the published head forward to `p` (never back), waking waiters if it moved.
+fn advance_head(head: &watch::Sender<Position>, p: Position) {
+    head.send_if_modified(|h| {
+        let newer = p > *h;
+        if newer {
+            *h = p;
+        }
+        newer
+    });
+}
+
+async fn listen(mut listener: PgListener, head: Arc<watch::Sender<Position>>) {
     loop {
         match listener.recv().await {
             Ok(n) => {
                 if let Ok(p) = n.payload().parse::<u64>() {
-                    head.send_if_modified(|h| {
-                        if p > h.0 {
-                            *h = Position(p);
-                            true
-                        } else {
-                            false
-                        }
-                    });
+                    advance_head(&head, Position(p));
                 }
             }
             Err(e) => {
@@ -288,20 +333,7 @@ impl EventStore for PostgresStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         self.inner.limits.validate_append(&events)?;
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .appends
-            .send(AppendRequest {
-                stream: stream.clone(),
-                expected,
-                events,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| {
-            StoreError::Unavailable("the append batcher stopped; the outcome is unknown".into())
-        })?
+        self.inner.appender.append(stream, expected, events).await
     }
 
     async fn read_stream(
@@ -449,6 +481,9 @@ impl EventStore for PostgresStore {
     }
 
     async fn wait_for_events(&self, after: Position, max_wait: Duration) -> Result<(), StoreError> {
+        if let Err(e) = self.ensure_listening().await {
+            tracing::warn!(error = %e, "cannot LISTEN for appends; polling instead");
+        }
         let mut head = self.inner.head.clone();
         // Timing out is the polling fallback, not an error.
         let _ = tokio::time::timeout(max_wait, head.wait_for(|h| *h > after)).await;

@@ -23,12 +23,7 @@ async fn connection_killed_mid_append_then_retry_writes_exactly_once() {
     ];
 
     // Hold the store's append lock so the append is provably in flight inside PostgreSQL.
-    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(store.append_lock_key())
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_append_lock(&store, &url).await;
     let appending = {
         let (store, stream, events) = (store.clone(), stream.clone(), events.clone());
         tokio::spawn(async move {
@@ -37,24 +32,7 @@ async fn connection_killed_mid_append_then_retry_writes_exactly_once() {
                 .await
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let pid: i32 = loop {
-        let pid: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND query LIKE '%append_batch%' AND datname = current_database() LIMIT 1",
-        )
-        .fetch_optional(&mut holder)
-        .await
-        .unwrap();
-        if let Some(pid) = pid {
-            break pid;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the append never reached the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let pid = common::append_waiting_on_the_lock(&store).await;
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(pid)
         .fetch_one(&mut holder)
@@ -69,11 +47,7 @@ async fn connection_killed_mid_append_then_retry_writes_exactly_once() {
         matches!(outcome, Err(StoreError::Unavailable(_))),
         "a lost connection is Unavailable (retry is safe): {outcome:?}"
     );
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(store.append_lock_key())
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    release_append_lock(&mut holder, &store).await;
 
     // Retry the very same append (same event ids): written once.
     let first = store
@@ -185,4 +159,98 @@ async fn invalid_options_are_rejected_before_connecting() {
         PostgresStore::connect("not a url").await.err(),
         Some(StoreError::InvalidArgument(_))
     ));
+}
+
+/// A lone append runs on its caller's task; if the caller gives up (drops the future) while
+/// the append waits in PostgreSQL, appends queued behind it must still run, and later ones
+/// too: the turn passes on even when its holder is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_lone_append_does_not_stall_the_appends_behind_it() {
+    let Some(store) = common::fresh_store().await else {
+        return;
+    };
+    let url = common::postgres_url().unwrap();
+    let mut holder = hold_append_lock(&store, &url).await;
+
+    // The first append takes the turn and blocks on the lock inside PostgreSQL.
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(
+                    &StreamName::new("Cancelled-1").unwrap(),
+                    ExpectedRevision::Any,
+                    vec![NewEvent::json("Abandoned", &json!({}))],
+                )
+                .await
+        })
+    };
+    common::append_waiting_on_the_lock(&store).await;
+    // Two more queue behind it; then its caller gives up.
+    let queued: Vec<_> = (0..2)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(
+                        &StreamName::new(format!("Queued-{i}")).unwrap(),
+                        ExpectedRevision::NoStream,
+                        vec![NewEvent::json("Queued", &json!({"i": i}))],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    wait_for_queued_appends(&store, 2).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+
+    release_append_lock(&mut holder, &store).await;
+    for q in queued {
+        let appended = tokio::time::timeout(Duration::from_secs(20), q)
+            .await
+            .expect("a queued append stalled behind the cancelled one")
+            .unwrap();
+        assert_eq!(appended.unwrap().next_expected_revision, 1);
+    }
+    // And the appender still takes new work, alone or not.
+    let later = tokio::time::timeout(
+        Duration::from_secs(20),
+        store.append(
+            &StreamName::new("Later-1").unwrap(),
+            ExpectedRevision::NoStream,
+            vec![NewEvent::json("Later", &json!({}))],
+        ),
+    )
+    .await
+    .expect("an append after the cancelled one stalled");
+    assert_eq!(later.unwrap().next_expected_revision, 1);
+}
+
+/// Waits until `n` appends sit in the store's queue (their callers are parked on it).
+async fn wait_for_queued_appends(store: &PostgresStore, n: usize) {
+    runnel_testkit::harness::wait_until(Duration::from_secs(20), "appends to queue up", || {
+        let queued = store.queued_appends();
+        async move { queued >= n }
+    })
+    .await;
+}
+
+/// A connection holding the store's append lock: appends then wait inside PostgreSQL.
+async fn hold_append_lock(store: &PostgresStore, url: &str) -> sqlx::PgConnection {
+    let mut holder = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(store.append_lock_key())
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder
+}
+
+async fn release_append_lock(holder: &mut sqlx::PgConnection, store: &PostgresStore) {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(store.append_lock_key())
+        .execute(holder)
+        .await
+        .unwrap();
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use runnel_postgres::sqlx;
 use runnel_postgres::{PostgresOptions, PostgresStore};
 
 /// The test database URL, or `None` (the test then reports itself skipped, unless
@@ -33,4 +34,48 @@ pub async fn fresh_store() -> Option<Arc<PostgresStore>> {
         .await
         .expect("connect to the test PostgreSQL");
     Some(Arc::new(store))
+}
+
+/// Sequential scans of `table` in the current transaction of `conn`.
+#[allow(dead_code)]
+pub async fn seq_scans_in_transaction(conn: &mut sqlx::PgConnection, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_stat_get_xact_numscans('{table}'::regclass)"
+    )))
+    .fetch_one(conn)
+    .await
+    .expect("read the transaction's scan counter")
+}
+
+/// Waits until one of this store's appends waits for the append lock; returns its backend.
+#[allow(dead_code)]
+pub async fn append_waiting_on_the_lock(store: &PostgresStore) -> i32 {
+    let monitor = sqlx::PgPool::connect(&postgres_url().unwrap())
+        .await
+        .expect("connect the monitor");
+    let pattern = format!("%{}.%", store.schema());
+    let found = Arc::new(std::sync::Mutex::new(None));
+    runnel_testkit::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "an append waiting for the append lock",
+        || {
+            let (monitor, pattern, found) = (monitor.clone(), pattern.clone(), found.clone());
+            async move {
+                let pid: Option<i32> = sqlx::query_scalar(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND query LIKE $1 AND datname = current_database() LIMIT 1",
+                )
+                .bind(pattern)
+                .fetch_optional(&monitor)
+                .await
+                .unwrap();
+                *found.lock().unwrap() = pid;
+                pid.is_some()
+            }
+        },
+    )
+    .await;
+    monitor.close().await;
+    let pid = found.lock().unwrap().expect("found above");
+    pid
 }
