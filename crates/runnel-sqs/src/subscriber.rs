@@ -8,6 +8,11 @@
 //! so no other consumer gets them) in a per-key lane, surfacing the next one when the
 //! previous is acked. A nack makes the held ones visible again first, so SQS restarts the
 //! key from the nacked message.
+//!
+//! A message this consumer holds but has not yielded yet (waiting in the stream's buffer or
+//! in a lane) keeps its lease: a keeper task renews it before it runs out, so a consumer
+//! that falls behind neither burns receive counts (which lead to the dead-letter queue)
+//! nor yields a copy SQS has already handed out again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
@@ -17,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
 use futures_util::Stream;
 use runnel_core::bus::{Acknowledger, Delivery, DeliveryStream, SubscribeOptions, NACK_DELAY_MAX};
 use runnel_core::{BusError, GroupName, Message, TopicName};
@@ -34,8 +39,21 @@ pub const RECEIVE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A held message is surfaced only if its lease has at least this much left; otherwise
 /// the key is handed back to SQS (its lease may already be gone).
 pub const HELD_LEASE_MARGIN: Duration = Duration::from_millis(500);
+/// Pause after a short poll (`wait_seconds=0`) that returned nothing, so an idle consumer
+/// does not call `ReceiveMessage` in a tight loop.
+pub const SHORT_POLL_IDLE_PAUSE: Duration = Duration::from_millis(200);
 /// Extra time the HTTP call of a long poll may take beyond the poll itself.
 const RECEIVE_CALL_SLACK: Duration = Duration::from_secs(10);
+/// Bounds of the keeper's period (a quarter of the visibility timeout, within these).
+pub const LEASE_KEEPER_TICK_MIN: Duration = Duration::from_millis(250);
+pub const LEASE_KEEPER_TICK_MAX: Duration = Duration::from_secs(5);
+
+/// How often the keeper looks at the leases of unyielded messages; each one it finds with
+/// less than `visibility - tick` left is renewed to the full visibility timeout, so an
+/// unyielded message always has at least `visibility - 2 * tick` left.
+pub(crate) fn keeper_tick(visibility: Duration) -> Duration {
+    (visibility / 4).clamp(LEASE_KEEPER_TICK_MIN, LEASE_KEEPER_TICK_MAX)
+}
 
 /// A received message this consumer holds (delivered or waiting in its lane).
 struct Lease {
@@ -56,6 +74,12 @@ struct Lane {
     held: VecDeque<Lease>,
 }
 
+/// The lease of a head handed to the stream and not yet yielded.
+struct Buffered {
+    receipt: String,
+    lease_until: Instant,
+}
+
 struct Shared {
     clients: Arc<Clients>,
     queue_url: String,
@@ -65,6 +89,13 @@ struct Shared {
     /// Message groups with a delivered head, and their received successors.
     lanes: Mutex<HashMap<String, Lane>>,
     next_epoch: AtomicU64,
+    /// Heads in the stream's buffer, by token (removed when yielded or found lost).
+    buffered: Mutex<HashMap<u64, Buffered>>,
+    next_token: AtomicU64,
+    /// Held while changing visibility in ways that must not overtake each other: the
+    /// keeper's renewals against a nack, an extension or a lane's release (a renewal that
+    /// landed after a nack's "visible now" would block the key for a whole lease).
+    visibility_ops: tokio::sync::Mutex<()>,
     tx: mpsc::Sender<Result<Pending, BusError>>,
 }
 
@@ -88,22 +119,53 @@ pub(crate) fn start(
         visibility,
         lanes: Mutex::new(HashMap::new()),
         next_epoch: AtomicU64::new(1),
+        buffered: Mutex::new(HashMap::new()),
+        next_token: AtomicU64::new(1),
+        visibility_ops: tokio::sync::Mutex::new(()),
         tx,
     });
     let permits = Arc::new(Semaphore::new(options.max_in_flight));
-    let poller = tokio::spawn(poll(shared, permits, wait_seconds));
-    Box::pin(SubscriptionStream { rx, poller })
+    let poller = tokio::spawn(poll(shared.clone(), permits, wait_seconds));
+    let keeper = tokio::spawn(keep_leases(shared.clone()));
+    Box::pin(SubscriptionStream {
+        shared,
+        rx,
+        poller,
+        keeper,
+    })
 }
 
-/// A delivery waiting in the stream's buffer, with the end of its lease.
+/// A head waiting in the stream's buffer; its lease is in `Shared::buffered` under `token`.
 struct Pending {
     delivery: Delivery,
-    lease_until: Instant,
+    token: u64,
+    group_id: String,
+    epoch: u64,
 }
 
 struct SubscriptionStream {
+    shared: Arc<Shared>,
     rx: mpsc::Receiver<Result<Pending, BusError>>,
     poller: tokio::task::JoinHandle<()>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl SubscriptionStream {
+    /// Whether `p` may be yielded: SQS has not handed its key out again since it was
+    /// received, and its lease has time left. A stale one is dropped instead, which hands
+    /// its key's held successors back to SQS in order.
+    fn is_current(&self, p: &Pending) -> bool {
+        let lease = lock(&self.shared.buffered).remove(&p.token);
+        let Some(lease) = lease else {
+            // The keeper found its receipt no longer valid.
+            return false;
+        };
+        // A newer lane of the key means SQS handed the key out again: this lease ended.
+        let same_lane = lock(&self.shared.lanes)
+            .get(&p.group_id)
+            .is_some_and(|l| l.epoch == p.epoch);
+        same_lane && lease.lease_until > Instant::now() + HELD_LEASE_MARGIN
+    }
 }
 
 impl Stream for SubscriptionStream {
@@ -112,10 +174,7 @@ impl Stream for SubscriptionStream {
         loop {
             return match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Ok(p))) => {
-                    if p.lease_until <= Instant::now() + HELD_LEASE_MARGIN {
-                        // It waited in the buffer until its lease (nearly) ran out: SQS
-                        // hands it out again, so yielding it would give a stale copy.
-                        // Dropping it releases its key's held successors in order.
+                    if !self.is_current(&p) {
                         drop(p);
                         continue;
                     }
@@ -133,12 +192,17 @@ impl Drop for SubscriptionStream {
     fn drop(&mut self) {
         // Messages received but not delivered come back after their visibility timeout.
         self.poller.abort();
+        self.keeper.abort();
     }
 }
 
-fn lock_lanes(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind: keep going with it.
-    shared.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_lanes(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
+    lock(&shared.lanes)
 }
 
 async fn poll(shared: Arc<Shared>, permits: Arc<Semaphore>, wait_seconds: u32) {
@@ -197,6 +261,11 @@ async fn poll(shared: Arc<Shared>, permits: Arc<Semaphore>, wait_seconds: u32) {
                 continue;
             }
         };
+        if wait_seconds == 0 && out.messages().is_empty() {
+            drop(held);
+            tokio::time::sleep(SHORT_POLL_IDLE_PAUSE).await;
+            continue;
+        }
         // Keys opened by this receive: later messages of theirs in it wait in the lane.
         let mut opened: HashSet<String> = HashSet::new();
         for m in out.messages().iter() {
@@ -287,26 +356,41 @@ fn deliver(shared: &Arc<Shared>, lease: Lease, epoch: u64) -> bool {
         lease_until,
         permit,
     } = lease;
+    let token = shared.next_token.fetch_add(1, Ordering::Relaxed);
+    lock(&shared.buffered).insert(
+        token,
+        Buffered {
+            receipt: receipt.clone(),
+            lease_until,
+        },
+    );
     let ack = SqsAcknowledger {
         shared: shared.clone(),
-        group_id,
+        group_id: group_id.clone(),
         epoch,
         state: Mutex::new(Some(Held {
             receipt,
             _permit: permit,
         })),
     };
-    let d = Delivery::new(
+    let delivery = Delivery::new(
         message,
         shared.topic.clone(),
         shared.group.clone(),
         attempt,
         Box::new(ack),
     );
-    match shared.tx.try_send(Ok(Pending {
-        delivery: d,
-        lease_until,
-    })) {
+    let pending = Pending {
+        delivery,
+        token,
+        group_id,
+        epoch,
+    };
+    let sent = shared.tx.try_send(Ok(pending));
+    if sent.is_err() {
+        lock(&shared.buffered).remove(&token);
+    }
+    match sent {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             debug_assert!(false, "the delivery channel is sized for max_in_flight");
@@ -373,6 +457,12 @@ fn is_lost_code(code: &str) -> bool {
 /// Makes every held successor of `group_id` visible again and forgets the lane, so SQS
 /// restarts the key from its first unsettled message.
 async fn release_lane(shared: &Shared, group_id: &str, epoch: u64) {
+    let _ops = shared.visibility_ops.lock().await;
+    release_lane_locked(shared, group_id, epoch).await;
+}
+
+/// [`release_lane`] for a caller already holding `visibility_ops`.
+async fn release_lane_locked(shared: &Shared, group_id: &str, epoch: u64) {
     let held: Vec<Lease> = {
         let mut lanes = lock_lanes(shared);
         if lanes.get(group_id).is_some_and(|l| l.epoch == epoch) {
@@ -388,6 +478,154 @@ async fn release_lane(shared: &Shared, group_id: &str, epoch: u64) {
         if let Err(e) = change_visibility(shared, &lease.receipt, 0).await {
             // Its lease ends on its own; SQS then hands the key out again in order.
             tracing::debug!(error = %e, "releasing a held message failed");
+        }
+    }
+}
+
+/// Where an unyielded lease lives.
+enum Holder {
+    /// A head in the stream's buffer, by token.
+    Buffered(u64),
+    /// A successor held in a key's lane.
+    Lane { group_id: String, epoch: u64 },
+}
+
+struct Due {
+    holder: Holder,
+    receipt: String,
+}
+
+/// Renews the leases of messages received but not yet yielded, so they stay this
+/// consumer's however long the application takes to get to them. Yielded deliveries are
+/// left alone: their lease is the handler's ack timeout.
+async fn keep_leases(shared: Arc<Shared>) {
+    let tick = keeper_tick(shared.visibility);
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if shared.tx.is_closed() {
+            return;
+        }
+        let _ops = shared.visibility_ops.lock().await;
+        let due = due_leases(&shared, tick);
+        for chunk in due.chunks(AWS_BATCH_MAX) {
+            renew(&shared, chunk).await;
+        }
+    }
+}
+
+/// Unyielded leases with less than `visibility - tick` left.
+fn due_leases(shared: &Shared, tick: Duration) -> Vec<Due> {
+    let renew_before = Instant::now() + shared.visibility.saturating_sub(tick);
+    let mut due: Vec<Due> = lock(&shared.buffered)
+        .iter()
+        .filter(|(_, b)| b.lease_until < renew_before)
+        .map(|(token, b)| Due {
+            holder: Holder::Buffered(*token),
+            receipt: b.receipt.clone(),
+        })
+        .collect();
+    for (group_id, lane) in lock_lanes(shared).iter() {
+        due.extend(
+            lane.held
+                .iter()
+                .filter(|l| l.lease_until < renew_before)
+                .map(|l| Due {
+                    holder: Holder::Lane {
+                        group_id: group_id.clone(),
+                        epoch: lane.epoch,
+                    },
+                    receipt: l.receipt.clone(),
+                }),
+        );
+    }
+    due
+}
+
+/// Renews up to ten leases in one `ChangeMessageVisibilityBatch`. A failed call is retried
+/// on the next tick; a receipt SQS no longer honours marks its message lost, so it is
+/// never yielded (the stream drops it, a lane hands its key back to SQS).
+async fn renew(shared: &Shared, chunk: &[Due]) {
+    let seconds = shared.visibility.as_secs() as i32;
+    let entries = chunk
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(&d.receipt)
+                .visibility_timeout(seconds)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>();
+    let entries = match entries {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::error!(error = %e, "building a lease renewal failed");
+            return;
+        }
+    };
+    let sent_at = Instant::now();
+    let out = shared
+        .clients
+        .sqs
+        .change_message_visibility_batch()
+        .queue_url(&shared.queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await;
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            let err = map_sdk("sqs:ChangeMessageVisibilityBatch", e);
+            tracing::warn!(group = %shared.group, error = %err, "renewing held leases failed; retrying next tick");
+            return;
+        }
+    };
+    let entry = |id: &str| id.parse::<usize>().ok().and_then(|i| chunk.get(i));
+    let until = sent_at + shared.visibility;
+    for ok in out.successful() {
+        if let Some(d) = entry(ok.id()) {
+            set_lease(shared, d, Some(until));
+        }
+    }
+    for failed in out.failed() {
+        let Some(d) = entry(failed.id()) else {
+            continue;
+        };
+        if is_lost_code(failed.code()) {
+            set_lease(shared, d, None);
+        } else {
+            tracing::warn!(group = %shared.group, code = failed.code(), "renewing a held lease failed; retrying next tick");
+        }
+    }
+}
+
+/// Records a renewed lease (`Some(until)`) or a lost one (`None`).
+fn set_lease(shared: &Shared, due: &Due, until: Option<Instant>) {
+    match &due.holder {
+        Holder::Buffered(token) => {
+            let mut buffered = lock(&shared.buffered);
+            match until {
+                Some(until) => {
+                    if let Some(b) = buffered.get_mut(token) {
+                        b.lease_until = until;
+                    }
+                }
+                None => {
+                    buffered.remove(token);
+                }
+            }
+        }
+        Holder::Lane { group_id, epoch } => {
+            let mut lanes = lock_lanes(shared);
+            if let Some(lane) = lanes.get_mut(group_id).filter(|l| l.epoch == *epoch) {
+                for l in lane.held.iter_mut().filter(|l| l.receipt == due.receipt) {
+                    // A lost one looks expired: advancing to it hands the key back instead.
+                    l.lease_until = until.unwrap_or_else(Instant::now);
+                }
+            }
         }
     }
 }
@@ -409,13 +647,14 @@ async fn advance(shared: &Arc<Shared>, group_id: &str, epoch: u64) {
         }
     };
     let fresh_enough = next.lease_until > Instant::now() + HELD_LEASE_MARGIN;
+    let refreshing_at = Instant::now();
     let refreshed = fresh_enough
         && change_visibility(shared, &next.receipt, shared.visibility.as_secs() as i32)
             .await
             .is_ok();
     if refreshed {
         let mut next = next;
-        next.lease_until = Instant::now() + shared.visibility;
+        next.lease_until = refreshing_at + shared.visibility;
         if !deliver(shared, next, epoch) {
             lock_lanes(shared).remove(group_id);
         }
@@ -462,7 +701,8 @@ impl Acknowledger for SqsAcknowledger {
 
     async fn nack(&self, delay: Option<Duration>) -> Result<(), BusError> {
         let held = self.take()?;
-        release_lane(&self.shared, &self.group_id, self.epoch).await;
+        let _ops = self.shared.visibility_ops.lock().await;
+        release_lane_locked(&self.shared, &self.group_id, self.epoch).await;
         let seconds = delay.map(visibility_seconds).unwrap_or(0);
         // Visibility = the delay: SQS FIFO keeps the key blocked meanwhile, then hands this
         // message out again first, its receive count (the attempt) one higher.
@@ -482,6 +722,8 @@ impl Acknowledger for SqsAcknowledger {
             None => return Err(BusError::DeliveryLost(self.group_id.clone())),
         };
         let seconds = visibility_seconds(by);
+        let _ops = self.shared.visibility_ops.lock().await;
+        let until = Instant::now() + Duration::from_secs(seconds as u64);
         self.set_visibility(&receipt, seconds).await?;
         // The held successors of the key must not time out behind it either.
         let receipts: Vec<String> = lock_lanes(&self.shared)
@@ -489,7 +731,6 @@ impl Acknowledger for SqsAcknowledger {
             .filter(|lane| lane.epoch == self.epoch)
             .map(|lane| lane.held.iter().map(|l| l.receipt.clone()).collect())
             .unwrap_or_default();
-        let until = Instant::now() + Duration::from_secs(seconds as u64);
         for r in receipts {
             if change_visibility(&self.shared, &r, seconds).await.is_ok() {
                 if let Some(lane) = lock_lanes(&self.shared).get_mut(&self.group_id) {

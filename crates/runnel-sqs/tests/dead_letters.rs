@@ -122,7 +122,7 @@ async fn native_dead_letter_queue_drains_into_the_store() {
     };
     let bus = runnel_sqs::connect(&common::url(
         &endpoint,
-        "&wait_seconds=1&max_receive_count=2",
+        "&wait_seconds=0&max_receive_count=2",
     ))
     .expect("connect");
     let (topic, group) = fresh("native");

@@ -37,9 +37,9 @@ async fn outage_mid_stream_loses_nothing_and_keeps_key_order() {
     let via_proxy = format!("http://{}", proxy.local_addr());
     // Separate clients for publishing and consuming, both through the proxy.
     let publisher =
-        runnel_sqs::connect(&common::url(&via_proxy, "&wait_seconds=1")).expect("publisher");
+        runnel_sqs::connect(&common::url(&via_proxy, "&wait_seconds=0")).expect("publisher");
     let subscriber =
-        runnel_sqs::connect(&common::url(&via_proxy, "&wait_seconds=1")).expect("subscriber");
+        runnel_sqs::connect(&common::url(&via_proxy, "&wait_seconds=0")).expect("subscriber");
 
     let id = uuid::Uuid::new_v4().simple().to_string();
     let topic = TopicName::new(format!("outage.{id}")).expect("topic");
