@@ -65,8 +65,12 @@ const TICK_MAX: Duration = Duration::from_millis(250);
 enum Phase {
     /// Pulled, not handed out (waiting behind its key, or for room).
     Buffered(Box<Message>),
-    /// With the application.
-    Handed { extended_until: Option<Instant> },
+    /// Handed to the stream; `taken` once the application received it. Until then it waits
+    /// in the stream's buffer and is kept alive like a buffered one.
+    Handed {
+        extended_until: Option<Instant>,
+        taken: bool,
+    },
     /// Nacked; the server will deliver it again.
     Awaiting,
 }
@@ -128,6 +132,21 @@ impl State {
                     self.recently_acked_set.remove(&old);
                 }
             }
+        }
+    }
+
+    /// Whether the hand-out `(seq, token)` is current; if so the application takes it now
+    /// (its keep-alives stop: the ack timeout is the handler's from here).
+    fn take(&mut self, seq: u64, token: u64) -> bool {
+        match self.entries.get_mut(&seq) {
+            Some(e) if e.token == token => match &mut e.phase {
+                Phase::Handed { taken, .. } => {
+                    *taken = true;
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
         }
     }
 
@@ -273,7 +292,7 @@ impl Stream for Deliveries {
         loop {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some((seq, token, delivery))) => {
-                    if self.shared.lock().is_current(seq, token) {
+                    if self.shared.lock().take(seq, token) {
                         return Poll::Ready(Some(Ok(delivery)));
                     }
                 }
@@ -466,7 +485,10 @@ impl Member {
                     Phase::Buffered(_) => held,
                     Phase::Handed {
                         extended_until: Some(until),
+                        ..
                     } => *until > now,
+                    // Waiting in the stream's buffer: not the application's yet.
+                    Phase::Handed { taken: false, .. } => held,
                     _ => false,
                 })
                 .filter(|e| now.duration_since(e.touched) >= threshold)
@@ -639,6 +661,7 @@ impl Member {
                     &mut entry.phase,
                     Phase::Handed {
                         extended_until: None,
+                        taken: false,
                     },
                 );
                 let Phase::Buffered(message) = phase else {
@@ -773,6 +796,7 @@ impl Acknowledger for NatsAcker {
                 entry.touched = Instant::now();
                 entry.phase = Phase::Handed {
                     extended_until: Some(Instant::now() + by),
+                    taken: true,
                 };
             }
         }
@@ -808,6 +832,7 @@ mod tests {
         let entry = st.entries.get_mut(&seq).expect("tracked");
         entry.phase = Phase::Handed {
             extended_until: None,
+            taken: true,
         };
         st.buffered.remove(&seq);
         st.ready.remove(&seq);

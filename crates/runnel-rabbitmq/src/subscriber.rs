@@ -13,7 +13,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -69,7 +69,14 @@ pub(crate) async fn subscribe(
     tokio::spawn(task.run(session, cmd_rx));
     Ok(Box::pin(futures_util::stream::unfold(
         out_rx,
-        |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        |mut rx: mpsc::Receiver<Result<Handout, BusError>>| async move {
+            let item = rx.recv().await?.map(|h| {
+                // The application has it now: its ack timeout starts.
+                let _ = h.received.set(Instant::now());
+                h.delivery
+            });
+            Some((item, rx))
+        },
     )))
 }
 
@@ -152,7 +159,19 @@ struct Entry {
     attempt: u32,
     lease: u64,
     state: State,
+    /// When the application took the current lease's delivery from the stream; unset while
+    /// it waits in the stream's buffer. The ack timeout counts from then.
+    received: Arc<OnceLock<Instant>>,
 }
+
+/// A delivery on its way to the application, with the cell the stream sets when the
+/// application takes it.
+struct Handout {
+    delivery: Delivery,
+    received: Arc<OnceLock<Instant>>,
+}
+
+type Outbox = mpsc::Sender<Result<Handout, BusError>>;
 
 /// What the subscription holds from the broker and what it handed out.
 #[derive(Default)]
@@ -197,6 +216,7 @@ impl Book {
                 attempt,
                 lease: 0,
                 state,
+                received: Arc::new(OnceLock::new()),
             },
         );
     }
@@ -256,7 +276,7 @@ impl Book {
         options: &SubscribeOptions,
         topic: &TopicName,
         group: &GroupName,
-        out: &mpsc::Sender<Result<Delivery, BusError>>,
+        out: &Outbox,
         commands: &mpsc::Sender<Command>,
     ) {
         while self.out < options.max_in_flight {
@@ -283,8 +303,14 @@ impl Book {
                     commands: commands.clone(),
                 }),
             );
-            match out.try_send(Ok(delivery)) {
+            let received = Arc::new(OnceLock::new());
+            let handout = Handout {
+                delivery,
+                received: received.clone(),
+            };
+            match out.try_send(Ok(handout)) {
                 Ok(()) => {
+                    e.received = received;
                     e.state = State::Out { deadline };
                     self.out += 1;
                     self.timers.push(Reverse((deadline, id, e.lease)));
@@ -299,23 +325,36 @@ impl Book {
         }
     }
 
-    /// Times out handed-out entries and ends delays that are due.
-    fn expire(&mut self, now: Instant) {
+    /// Times out handed-out entries and ends delays that are due. A handed-out entry's
+    /// ack timeout counts from when the application took it from the stream: one still
+    /// waiting in the stream's buffer, or taken less than `ack_timeout` ago, gets its
+    /// deadline moved instead of coming back.
+    fn expire(&mut self, now: Instant, ack_timeout: Duration) {
         while let Some(Reverse((when, id, lease))) = self.timers.peek().copied() {
             if when > now {
                 return;
             }
             self.timers.pop();
-            let due = self.entries.get(&id).is_some_and(|e| {
-                e.lease == lease
-                    && match e.state {
-                        State::Out { deadline } => deadline == when,
-                        State::Delayed { until } => until == when,
-                        _ => false,
+            let Some(e) = self.entries.get_mut(&id).filter(|e| e.lease == lease) else {
+                continue;
+            };
+            match e.state {
+                State::Out { deadline } if deadline == when => {
+                    let due = match e.received.get() {
+                        None => Some(now + ack_timeout),
+                        Some(at) if *at + ack_timeout > now => Some(*at + ack_timeout),
+                        Some(_) => None,
+                    };
+                    match due {
+                        Some(deadline) => {
+                            e.state = State::Out { deadline };
+                            self.timers.push(Reverse((deadline, id, lease)));
+                        }
+                        None => self.hand_back(id),
                     }
-            });
-            if due {
-                self.hand_back(id);
+                }
+                State::Delayed { until } if until == when => self.hand_back(id),
+                _ => {}
             }
         }
     }
@@ -356,7 +395,7 @@ struct Subscription {
     topic: TopicName,
     group: GroupName,
     options: SubscribeOptions,
-    out: mpsc::Sender<Result<Delivery, BusError>>,
+    out: Outbox,
     commands: mpsc::Sender<Command>,
     book: Book,
 }
@@ -401,7 +440,7 @@ impl Subscription {
                         session = None;
                     }
                 },
-                _ = sleep_until(timer) => self.book.expire(Instant::now()),
+                _ = sleep_until(timer) => self.book.expire(Instant::now(), self.options.ack_timeout),
             }
         }
     }
@@ -640,9 +679,12 @@ mod tests {
         )
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Result<Delivery, BusError>>) -> Vec<(usize, u32)> {
+    /// Takes what the stream would yield (starting each delivery's ack timeout).
+    fn drain(rx: &mut mpsc::Receiver<Result<Handout, BusError>>) -> Vec<(usize, u32)> {
         let mut got = Vec::new();
-        while let Ok(Ok(d)) = rx.try_recv() {
+        while let Ok(Ok(h)) = rx.try_recv() {
+            let _ = h.received.set(Instant::now());
+            let d = h.delivery;
             let n = d.message.payload_json().unwrap()["n"].as_u64().unwrap() as usize;
             got.push((n, d.attempt));
         }
@@ -686,11 +728,37 @@ mod tests {
         book.emit(&options, &topic, &group, &out, &commands);
         assert!(drain(&mut rx).is_empty(), "at max_in_flight");
         // Both time out: they come back first, with attempt 2.
-        book.expire(Instant::now() + Duration::from_secs(31));
+        book.expire(
+            Instant::now() + Duration::from_secs(31),
+            options.ack_timeout,
+        );
         book.emit(&options, &topic, &group, &out, &commands);
         let mut got = drain(&mut rx);
         got.sort_unstable();
         assert_eq!(got, vec![(0, 2), (1, 2)]);
+    }
+
+    #[tokio::test]
+    async fn the_ack_timeout_counts_from_when_the_application_takes_the_delivery() {
+        let (mut book, options, topic, group) = setup(2);
+        let (out, mut rx) = mpsc::channel(2);
+        let (commands, _crx) = mpsc::channel(8);
+        book.accept(lapin::acker::Acker::mock(), msg(0, None), 1);
+        book.emit(&options, &topic, &group, &out, &commands);
+        // Still in the stream's buffer after a whole ack timeout: it does not come back.
+        let start = Instant::now();
+        book.expire(start + Duration::from_secs(31), options.ack_timeout);
+        book.emit(&options, &topic, &group, &out, &commands);
+        assert_eq!(book.out, 1, "still handed out");
+        assert_eq!(drain(&mut rx), vec![(0, 1)], "one delivery, first attempt");
+        // Taken now: it times out one ack timeout later, not before.
+        let taken = Instant::now();
+        book.expire(taken + Duration::from_secs(29), options.ack_timeout);
+        book.emit(&options, &topic, &group, &out, &commands);
+        assert!(drain(&mut rx).is_empty(), "within its ack timeout");
+        book.expire(taken + Duration::from_secs(62), options.ack_timeout);
+        book.emit(&options, &topic, &group, &out, &commands);
+        assert_eq!(drain(&mut rx), vec![(0, 2)], "back after its ack timeout");
     }
 
     #[tokio::test]

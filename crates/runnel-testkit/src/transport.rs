@@ -73,6 +73,10 @@ pub const EXTEND_QUIET_WINDOW: Duration = Duration::from_millis(1_600);
 pub const EXTENSION: Duration = Duration::from_secs(4);
 /// Messages published by the fan-out and load-sharing checks.
 pub const MESSAGES_PER_CHECK: usize = 40;
+/// Ack timeout of the slow-application check; it stops reading for [`FALLING_BEHIND_FOR`].
+pub const FALLING_BEHIND_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the slow-application check does not read: more than three ack timeouts.
+pub const FALLING_BEHIND_FOR: Duration = Duration::from_secs(10);
 /// Consumers sharing one group in the load-sharing check.
 pub const CONSUMERS_PER_GROUP: usize = 3;
 
@@ -243,6 +247,7 @@ macro_rules! __transport_checks {
             every_group_receives_every_message,
             within_a_group_each_message_goes_to_one_consumer,
             unacked_delivery_comes_back_after_ack_timeout,
+            messages_waiting_for_a_slow_application_keep_their_leases,
             nack_redelivers_with_incremented_attempt,
             nack_with_delay_redelivers_after_the_delay_not_before,
             extend_keeps_a_delivery_from_coming_back,
@@ -570,6 +575,73 @@ pub async fn unacked_delivery_comes_back_after_ack_timeout(t: TransportUnderTest
         Err(e) => panic!("acking a superseded delivery: expected Ok or DeliveryLost, got {e:?}"),
     }
     assert_quiet(std::slice::from_mut(&mut s), "after acking the redelivery").await;
+}
+
+/// An application that stops reading for more than three ack timeouts still gets every
+/// message exactly once, each on its first attempt and in per-key order: the ack timeout
+/// of a message starts when the application receives it, so messages the transport
+/// fetched ahead and holds for the application (buffered, or behind their key's
+/// unsettled head) must not expire and come back meanwhile.
+pub async fn messages_waiting_for_a_slow_application_keep_their_leases(t: TransportUnderTest) {
+    const KEYS: usize = 4;
+    let topic = fresh_topic("behind");
+    let group = fresh_group("behind");
+    let opts = options(64, FALLING_BEHIND_ACK_TIMEOUT, StartPosition::Latest);
+    let mut s = subscribe(&t, 0, &topic, &group, opts).await;
+    let sent: Vec<Message> = (0..KEYS * 5)
+        .map(|n| numbered(n, Some(&format!("key-{}", n % KEYS))))
+        .collect();
+    publish(&t, &topic, sent.clone()).await;
+
+    // The first delivery shows the consumer is fetching; the rest wait behind it.
+    let first = next_delivery(&mut s, "the first delivery").await;
+    assert_eq!(first.attempt, 1, "the first delivery's attempt");
+    let mut got = vec![first.message.clone()];
+    ack(first, "the first delivery").await;
+
+    // The application falls behind: nothing reads the stream for several ack timeouts.
+    tokio::time::sleep(FALLING_BEHIND_FOR).await;
+
+    while got.len() < sent.len() {
+        let what = format!(
+            "delivery {} of {} after falling behind",
+            got.len() + 1,
+            sent.len()
+        );
+        let d = next_delivery(&mut s, &what).await;
+        assert_eq!(
+            d.attempt,
+            1,
+            "message n={} came back while it waited for the application",
+            number_of(&d.message)
+        );
+        got.push(d.message.clone());
+        ack(d, &what).await;
+    }
+    let unique: HashSet<String> = ids(&got).into_iter().collect();
+    assert_eq!(unique.len(), got.len(), "a message was delivered twice");
+    assert_eq!(
+        unique,
+        ids(&sent).into_iter().collect::<HashSet<_>>(),
+        "every message"
+    );
+    for key in 0..KEYS {
+        let of_key: Vec<usize> = got
+            .iter()
+            .map(number_of)
+            .filter(|n| n % KEYS == key)
+            .collect();
+        let mut in_order = of_key.clone();
+        in_order.sort_unstable();
+        assert_eq!(of_key, in_order, "key-{key} in publish order");
+    }
+    // Nothing comes back once everything is acked, not even after an ack timeout.
+    assert_quiet_for(
+        std::slice::from_mut(&mut s),
+        FALLING_BEHIND_ACK_TIMEOUT + Duration::from_secs(1),
+        "after every message was acked",
+    )
+    .await;
 }
 
 /// A nack without delay makes the message come back at once, each time with the attempt

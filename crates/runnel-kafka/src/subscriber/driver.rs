@@ -32,6 +32,14 @@ pub const BUFFERED_RECORDS_MAX: usize = 4096;
 pub const DEAD_LETTER_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// State shared by the driver, the rebalance callback and the acknowledgers.
+/// A delivery on its way to the application, with what identifies it in the state (the
+/// stream reports when the application takes it: its ack timeout starts then).
+pub struct Handout {
+    pub delivery: Delivery,
+    pub queue: QueueKey,
+    pub token: u64,
+}
+
 pub struct Shared {
     state: Mutex<State>,
     wake: Notify,
@@ -250,7 +258,7 @@ pub struct Driver {
     pub shared: Arc<Shared>,
     pub topic: TopicName,
     pub group: GroupName,
-    pub out: mpsc::Sender<Result<Delivery, BusError>>,
+    pub out: mpsc::Sender<Result<Handout, BusError>>,
     pub producer: Producer,
     pub dead_letter_topic: TopicName,
     pub side: Arc<SideConsumer>,
@@ -329,7 +337,7 @@ impl Driver {
             }
             let acker = Acker {
                 shared: self.shared.clone(),
-                queue: o.queue,
+                queue: o.queue.clone(),
                 token: o.token,
                 id: o.message.id.clone(),
             };
@@ -341,7 +349,12 @@ impl Driver {
                 Box::new(acker),
             );
             // Room was checked above and this task is the only sender.
-            if self.out.try_send(Ok(delivery)).is_err() {
+            let handout = Handout {
+                delivery,
+                queue: o.queue,
+                token: o.token,
+            };
+            if self.out.try_send(Ok(handout)).is_err() {
                 tracing::debug!(topic = %self.topic, "subscription closed while delivering");
             }
         }

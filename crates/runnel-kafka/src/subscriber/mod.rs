@@ -86,7 +86,7 @@ pub async fn subscribe(
     let (out, rx) = mpsc::channel(2 * subscribe_options.max_in_flight);
     let driver = Driver {
         consumer: Arc::new(consumer),
-        shared,
+        shared: shared.clone(),
         topic: topic.clone(),
         group: group.clone(),
         out,
@@ -107,7 +107,17 @@ pub async fn subscribe(
             )));
         }
     }
+    let taken_by = shared.clone();
     Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
+        rx.poll_recv(cx).map(|item| {
+            item.map(|r| {
+                r.map(|h| {
+                    taken_by
+                        .lock()
+                        .taken(&h.queue, h.token, std::time::Instant::now());
+                    h.delivery
+                })
+            })
+        })
     })))
 }

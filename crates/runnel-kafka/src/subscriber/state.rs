@@ -9,6 +9,8 @@
 //! * keyless records each get their own queue (no order among them);
 //! * a nack puts the head back (now or after its delay) with the attempt raised, an
 //!   expired ack deadline does the same; an extension moves the deadline;
+//! * the ack deadline counts from when the application takes the delivery from the
+//!   stream ([`State::taken`]): one still waiting in the stream's buffer does not expire;
 //! * the commit position of a partition is its lowest unacked offset (or one past the
 //!   last fetched record when everything is acked): only the contiguous handled prefix
 //!   is ever committed;
@@ -66,8 +68,16 @@ struct Item {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Head {
     Idle,
-    InFlight { token: u64, deadline: Instant },
-    Delayed { until: Instant },
+    /// Handed to the stream; `taken` once the application received it (until then the
+    /// deadline is only a re-check time).
+    InFlight {
+        token: u64,
+        deadline: Instant,
+        taken: bool,
+    },
+    Delayed {
+        until: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -356,7 +366,11 @@ impl State {
             let token = self.next_token;
             self.next_token += 1;
             let deadline = now + self.settings.ack_timeout;
-            q.head = Head::InFlight { token, deadline };
+            q.head = Head::InFlight {
+                token,
+                deadline,
+                taken: false,
+            };
             self.push_timer(deadline, key.clone());
             self.in_flight += 1;
             let partition = key.partition();
@@ -442,6 +456,23 @@ impl State {
         Ok(())
     }
 
+    /// Records that the application took the delivery from the stream at `now`: its ack
+    /// timeout starts then. Stale tokens are ignored.
+    pub fn taken(&mut self, queue: &QueueKey, token: u64, now: Instant) {
+        let ack_timeout = self.settings.ack_timeout;
+        let Ok(q) = self.head_in_flight(queue, token) else {
+            return;
+        };
+        if let Head::InFlight {
+            deadline, taken, ..
+        } = &mut q.head
+        {
+            *taken = true;
+            *deadline = now + ack_timeout;
+        }
+        self.push_timer(now + ack_timeout, queue.clone());
+    }
+
     /// Moves the delivery's deadline to `by` from now (never earlier than it was).
     pub fn extend(
         &mut self,
@@ -502,6 +533,20 @@ impl State {
                 continue;
             };
             match q.head {
+                Head::InFlight {
+                    token,
+                    deadline,
+                    taken: false,
+                } if deadline <= now => {
+                    // Still in the stream's buffer: not the application's yet.
+                    let deadline = now + self.settings.ack_timeout;
+                    q.head = Head::InFlight {
+                        token,
+                        deadline,
+                        taken: false,
+                    };
+                    self.push_timer(deadline, key);
+                }
                 Head::InFlight { deadline, .. } if deadline <= now => {
                     if let Some(item) = q.items.front_mut() {
                         item.attempt += 1;
@@ -627,15 +672,44 @@ mod tests {
         s.fire_timers(now + Duration::from_secs(1));
         let d = s.dispatch(now, 10).remove(0);
         assert_eq!((n(&d), d.attempt), (0, 2));
+        s.taken(&d.queue, d.token, now);
         // Not settled: the ack timeout brings it back.
         let later = now + Duration::from_secs(3);
         s.fire_timers(later);
         let d = s.dispatch(later, 10).remove(0);
         assert_eq!((n(&d), d.attempt), (0, 3));
+        s.taken(&d.queue, d.token, later);
         s.extend(&d.queue, d.token, Duration::from_secs(10), later)
             .unwrap();
         s.fire_timers(later + Duration::from_secs(5));
         assert_eq!(s.in_flight(), 1, "the extension kept it");
+    }
+
+    #[test]
+    fn the_ack_timeout_counts_from_when_the_application_takes_the_delivery() {
+        let now = Instant::now();
+        let mut s = State::new(settings(10));
+        let ack_timeout = s.settings.ack_timeout;
+        s.assign(0, PriorDeliveries::default());
+        s.push(0, 0, msg(0, Some("k")));
+        let d = s.dispatch(now, 10).remove(0);
+        // Waiting in the stream's buffer for three ack timeouts: it stays handed out.
+        for i in 1..=3 {
+            s.fire_timers(now + ack_timeout * i + Duration::from_millis(1));
+        }
+        assert_eq!(s.in_flight(), 1, "not taken yet, so not expired");
+        let taken = now + ack_timeout * 3 + Duration::from_millis(2);
+        s.taken(&d.queue, d.token, taken);
+        s.fire_timers(taken + ack_timeout - Duration::from_millis(1));
+        assert_eq!(s.in_flight(), 1, "within its ack timeout");
+        s.fire_timers(taken + ack_timeout * 5);
+        assert_eq!(
+            s.in_flight(),
+            0,
+            "expired one ack timeout after it was taken"
+        );
+        let d = s.dispatch(taken + ack_timeout * 5, 10).remove(0);
+        assert_eq!((n(&d), d.attempt), (0, 2));
     }
 
     #[test]

@@ -78,12 +78,34 @@ impl Consumer {
         }
         loop {
             let now = self.bus.now_micros();
-            while let Some(b) = self.buffer.pop_front() {
-                if b.lease_until > now {
+            while let Some(mut b) = self.buffer.pop_front() {
+                let renew_below =
+                    now.saturating_add(self.ack_timeout_micros - self.ack_timeout_micros / 4);
+                if b.lease_until >= renew_below {
                     return Some(Ok(self.deliver(b)));
                 }
-                // Its lease ran out while it waited here: another consumer may hold it by
-                // now. Dropping it frees the slot; the row is claimable again.
+                // It waited here while the application was busy: the handler's ack timeout
+                // starts now, so the lease is renewed first. The renewal holds only if no
+                // other consumer claimed the row since (same owner, same attempt), even
+                // when the lease already ran out, so the attempt is not counted twice.
+                let visible_at = now.saturating_add(self.ack_timeout_micros);
+                match self
+                    .bus
+                    .settle(&self.topic, b.lease.clone(), Settle::Extend { visible_at })
+                    .await
+                {
+                    Ok(settled) if settled.held => {
+                        b.lease_until = visible_at;
+                        return Some(Ok(self.deliver(b)));
+                    }
+                    // Claimed by another consumer: dropping it frees the slot.
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.buffer.push_front(b);
+                        self.backoff = true;
+                        return Some(Err(e));
+                    }
+                }
             }
             // Back-pressure: wait until the application settles something.
             let Ok(first) = self.slots.clone().acquire_owned().await else {
