@@ -63,7 +63,9 @@ pub enum StartPosition {
 pub struct SubscribeOptions {
     /// Deliveries this consumer may hold unacknowledged (the prefetch / back-pressure bound).
     pub max_in_flight: usize,
-    /// An unacknowledged delivery comes back after this long (visibility timeout).
+    /// An unacknowledged delivery comes back after this long (visibility timeout), counted
+    /// from when the application takes it from the stream: messages a transport fetched
+    /// ahead keep their lease while they wait for an application that fell behind.
     pub ack_timeout: Duration,
     /// Where a new group starts.
     pub start: StartPosition,
