@@ -48,6 +48,9 @@ const RECEIVE_CALL_SLACK: Duration = Duration::from_secs(10);
 pub const LEASE_KEEPER_TICK_MIN: Duration = Duration::from_millis(250);
 pub const LEASE_KEEPER_TICK_MAX: Duration = Duration::from_secs(5);
 
+/// Shortest time one attempt of a lease renewal may take (otherwise one keeper tick).
+pub const RENEWAL_ATTEMPT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+
 /// How often the keeper looks at the leases of unyielded messages; each one it finds with
 /// less than `visibility - tick` left is renewed to the full visibility timeout, so an
 /// unyielded message always has at least `visibility - 2 * tick` left.
@@ -566,6 +569,9 @@ async fn renew(shared: &Shared, chunk: &[Due]) {
             return;
         }
     };
+    // A renewal that hangs (the endpoint is unreachable) must not outlive the leases it
+    // renews, nor hold `visibility_ops` (nacks, extensions) for the SDK's long default.
+    let attempt_timeout = keeper_tick(shared.visibility).max(RENEWAL_ATTEMPT_TIMEOUT_MIN);
     let sent_at = Instant::now();
     let out = shared
         .clients
@@ -573,6 +579,14 @@ async fn renew(shared: &Shared, chunk: &[Due]) {
         .change_message_visibility_batch()
         .queue_url(&shared.queue_url)
         .set_entries(Some(entries))
+        .customize()
+        .config_override(
+            aws_sdk_sqs::config::Config::builder().timeout_config(
+                aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(attempt_timeout)
+                    .build(),
+            ),
+        )
         .send()
         .await;
     let out = match out {
