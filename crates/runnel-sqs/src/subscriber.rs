@@ -199,6 +199,15 @@ impl Drop for SubscriptionStream {
     }
 }
 
+/// A per-call override of the SDK's attempt timeout.
+fn attempt_timeout(timeout: Duration) -> aws_sdk_sqs::config::Builder {
+    aws_sdk_sqs::config::Config::builder().timeout_config(
+        aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+            .operation_attempt_timeout(timeout)
+            .build(),
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind: keep going with it.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -237,13 +246,7 @@ async fn poll(shared: Arc<Shared>, permits: Arc<Semaphore>, wait_seconds: u32) {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .customize()
-            .config_override(
-                aws_sdk_sqs::config::Config::builder().timeout_config(
-                    aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
-                        .operation_attempt_timeout(call_timeout)
-                        .build(),
-                ),
-            )
+            .config_override(attempt_timeout(call_timeout))
             .send()
             .await;
         let received_at = Instant::now();
@@ -571,7 +574,7 @@ async fn renew(shared: &Shared, chunk: &[Due]) {
     };
     // A renewal that hangs (the endpoint is unreachable) must not outlive the leases it
     // renews, nor hold `visibility_ops` (nacks, extensions) for the SDK's long default.
-    let attempt_timeout = keeper_tick(shared.visibility).max(RENEWAL_ATTEMPT_TIMEOUT_MIN);
+    let renewal_timeout = keeper_tick(shared.visibility).max(RENEWAL_ATTEMPT_TIMEOUT_MIN);
     let sent_at = Instant::now();
     let out = shared
         .clients
@@ -580,13 +583,7 @@ async fn renew(shared: &Shared, chunk: &[Due]) {
         .queue_url(&shared.queue_url)
         .set_entries(Some(entries))
         .customize()
-        .config_override(
-            aws_sdk_sqs::config::Config::builder().timeout_config(
-                aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(attempt_timeout)
-                    .build(),
-            ),
-        )
+        .config_override(attempt_timeout(renewal_timeout))
         .send()
         .await;
     let out = match out {
