@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_core::Stream;
 
+use crate::dead_letter::DeadLetterStore;
 use crate::message::{BusError, GroupName, Message, TopicName};
 
 /// Default deliveries a consumer may hold unacknowledged.
@@ -113,6 +114,37 @@ pub trait Subscriber: Send + Sync + 'static {
         group: &GroupName,
         options: SubscribeOptions,
     ) -> Result<DeliveryStream, BusError>;
+}
+
+/// Moves the messages a broker dead-lettered by itself (after its own delivery limit, the
+/// backstop behind the router's dead-letter layer) into a [`DeadLetterStore`], where they
+/// can be listed, inspected and replayed like every other dead letter. Every broker
+/// transport implements it; the embedded buses need not, because the router dead-letters
+/// straight into the store.
+///
+/// A message is removed from the broker only after the store accepted it: a crash in
+/// between stores it twice, never loses it.
+///
+/// ```
+/// # async fn demo(drain: &dyn runnel_core::bus::DeadLetterDrain, store: &dyn runnel_core::dead_letter::DeadLetterStore) -> Result<(), runnel_core::message::BusError> {
+/// use runnel_core::message::{GroupName, TopicName};
+/// let moved = drain
+///     .drain_dead_letters(&TopicName::new("orders")?, &GroupName::new("billing")?, store, 100)
+///     .await?;
+/// println!("{moved} dead letters moved into the store");
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait DeadLetterDrain: Send + Sync + 'static {
+    /// Moves up to `max` of the messages the broker dead-lettered for `group` on `topic`
+    /// into `store`; returns how many were moved (0 when there are none).
+    async fn drain_dead_letters(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        store: &dyn DeadLetterStore,
+        max: usize,
+    ) -> Result<usize, BusError>;
 }
 
 /// Settles one delivery with the transport.
