@@ -208,6 +208,9 @@ pub enum DlqCommand {
     /// Delete dead letters older than a duration
     #[command(after_help = DLQ_PURGE_AFTER_HELP)]
     Purge(DlqPurgeArgs),
+    /// Move what a broker dead-lettered by itself into the store's dead letters
+    #[command(after_help = DLQ_DRAIN_AFTER_HELP)]
+    Drain(DlqDrainArgs),
 }
 
 /// Filters shared by the dlq commands.
@@ -308,6 +311,33 @@ Examples:
   runnel dlq purge --older-than 30d
   runnel dlq purge --older-than 7d --topic orders --dry-run
   runnel dlq purge --older-than 0s --group billing     # everything of one group";
+
+const DLQ_DRAIN_AFTER_HELP: &str = "\
+A broker moves a message to its own dead-letter queue after its delivery limit (the
+backstop behind the router's retries, e.g. when a consumer crashes on it every time). This
+moves those messages into the store's dead letters, where list, show, replay and purge work
+on them. Each message leaves the broker only after the store has it. Needs a broker bus
+(--bus, $RUNNEL_BUS or runnel.toml); the embedded bus dead-letters into the store directly.
+
+Examples:
+  runnel dlq drain --bus nats://127.0.0.1:4222 --topic orders --group billing
+  runnel dlq drain --bus amqp://guest:guest@127.0.0.1:5672/%2f --topic orders --group billing --max 100";
+
+/// Most messages one `dlq drain` moves by default.
+pub const DLQ_DRAIN_MAX_DEFAULT: usize = 1000;
+
+#[derive(Debug, Args)]
+pub struct DlqDrainArgs {
+    /// The topic whose dead-lettered messages to move
+    #[arg(long, value_name = "T")]
+    pub topic: String,
+    /// The consumer group that dead-lettered them
+    #[arg(long, value_name = "G")]
+    pub group: String,
+    /// Move at most this many
+    #[arg(long, value_name = "N", default_value_t = DLQ_DRAIN_MAX_DEFAULT)]
+    pub max: usize,
+}
 
 #[derive(Debug, Args)]
 pub struct DlqPurgeArgs {

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use runnel::connect::ConnectError;
 use runnel::dead_letter::DeadLetterError;
 use runnel_core::{BusError, StoreError};
 
@@ -60,6 +61,14 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<BrokenPipe>().is_some() {
             return EXIT_OK;
+        }
+        if let Some(e) = cause.downcast_ref::<ConnectError>() {
+            if e.is_bad_input() {
+                return EXIT_BAD_INPUT;
+            }
+            // A server that could not be reached: its typed cause, next in the chain,
+            // decides (a failure, unless it says otherwise).
+            continue;
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return store_error_code(e);

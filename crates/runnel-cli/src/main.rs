@@ -5,9 +5,7 @@
 
 mod cli;
 mod commands;
-mod config;
 mod exit;
-mod open_store;
 mod output;
 mod progress;
 mod time_args;
@@ -20,9 +18,12 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{
     BenchCommand, Cli, Command, DlqCommand, EventsCommand, OutboxCommand, StreamsCommand,
 };
-use crate::config::{BusUrl, StoreInputs, StoreUrl};
+use runnel::connect::{
+    open_bus, open_stores, Bus, OpenMode, Settings, SettingsInputs, StoreUrl, Stores, ENV_DB,
+    ENV_STORE,
+};
+
 use crate::exit::EXIT_BAD_INPUT;
-use crate::open_store::OpenMode;
 use crate::output::Printer;
 
 /// The log filter when `RUST_LOG` is unset: only warnings and errors. lapin logs every
@@ -68,7 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 StreamsCommand::Append(_) => OpenMode::CreateIfMissing,
                 StreamsCommand::Read(_) | StreamsCommand::List(_) => OpenMode::MustExist,
             };
-            let stores = open_configured(cli.store, cli.db, mode).await?;
+            let (stores, _) = open_configured(cli.store, cli.db, None, mode).await?;
             match command {
                 StreamsCommand::Append(args) => {
                     commands::streams::append(&stores, printer, args).await
@@ -84,17 +85,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 OpenMode::MustExist
             };
-            let stores = open_configured(cli.store, cli.db, mode).await?;
+            let (stores, _) = open_configured(cli.store, cli.db, None, mode).await?;
             commands::events::tail(&stores, printer, args).await
         }
         Command::Demo(args) => {
             // Flags or the environment choose the demo's store; runnel.toml does not, so the
             // demo never writes demo orders into a project's configured store by accident.
             let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-            let store_flag = cli.store.or_else(|| env(crate::config::ENV_STORE));
-            let db_flag = cli
-                .db
-                .or_else(|| env(crate::config::ENV_DB).map(std::path::PathBuf::from));
+            let store_flag = cli.store.or_else(|| env(ENV_STORE));
+            let db_flag = cli.db.or_else(|| env(ENV_DB).map(std::path::PathBuf::from));
             let url = match (store_flag, db_flag) {
                 (Some(_), Some(_)) => {
                     return Err(exit::BadInput(
@@ -154,9 +153,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::outbox::bench(args, postgres).await
         }
         Command::Outbox(command) => {
-            let cwd = std::env::current_dir()?;
-            let resolved = StoreInputs::gather(cli.store, cli.db, &cwd)?.resolve()?;
-            let outbox = commands::outbox::open(&resolved.url).await?;
+            let settings = settings(cli.store, cli.db, None)?;
+            let stores = open_stores(&settings.store, OpenMode::MustExist).await?;
+            let outbox = stores.outbox().await?;
             match command {
                 OutboxCommand::Status => commands::outbox::status(&*outbox, printer).await,
                 OutboxCommand::Retry(args) => {
@@ -165,8 +164,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Publish(args) => {
-            let stores = open_configured(cli.store, cli.db, OpenMode::CreateIfMissing).await?;
-            let bus = open_bus(cli.bus, &stores).await?;
+            let (stores, settings) =
+                open_configured(cli.store, cli.db, cli.bus, OpenMode::CreateIfMissing).await?;
+            let bus = open_bus(&settings.bus, &stores).await?;
             commands::publish::publish(bus.publisher, printer, args).await
         }
         Command::Consume(args) => {
@@ -176,46 +176,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 OpenMode::MustExist
             };
-            let stores = open_configured(cli.store, cli.db, mode).await?;
-            let bus = open_bus(cli.bus, &stores).await?;
+            let (stores, settings) = open_configured(cli.store, cli.db, cli.bus, mode).await?;
+            let bus = open_bus(&settings.bus, &stores).await?;
             commands::consume::consume(bus.subscriber, printer, args).await
         }
         Command::Dlq(command) => {
-            let stores = open_configured(cli.store, cli.db, OpenMode::MustExist).await?;
+            // Draining may be the first thing a store receives; the rest read what is there.
+            let mode = match command {
+                DlqCommand::Drain(_) => OpenMode::CreateIfMissing,
+                _ => OpenMode::MustExist,
+            };
+            let (stores, settings) = open_configured(cli.store, cli.db, cli.bus, mode).await?;
             match command {
                 DlqCommand::List(args) => commands::dlq::list(&stores, printer, args).await,
                 DlqCommand::Show(args) => commands::dlq::show(&stores, printer, args).await,
                 DlqCommand::Replay(args) => {
-                    let bus = open_bus(cli.bus, &stores).await?;
+                    let bus: Bus = open_bus(&settings.bus, &stores).await?;
                     commands::dlq::replay(&stores, bus.publisher, printer, args).await
                 }
                 DlqCommand::Purge(args) => commands::dlq::purge(&stores, printer, args).await,
+                DlqCommand::Drain(args) => {
+                    let bus = open_bus(&settings.bus, &stores).await?;
+                    commands::dlq::drain(&stores, &bus, printer, args).await
+                }
             }
         }
     }
 }
 
-/// The configured bus (`--bus` > `$RUNNEL_BUS` > runnel.toml > embedded) on `stores`.
-async fn open_bus(
+/// The store and the bus: flags > environment > runnel.toml (in the current directory) >
+/// the embedded default.
+fn settings(
+    flag_store: Option<String>,
+    flag_db: Option<std::path::PathBuf>,
     flag_bus: Option<String>,
-    stores: &open_store::Stores,
-) -> anyhow::Result<open_store::EmbeddedBus> {
+) -> anyhow::Result<Settings> {
     let cwd = std::env::current_dir()?;
-    match config::resolve_bus(flag_bus, &cwd)? {
-        BusUrl::Embedded => stores.embedded_bus().await,
-        BusUrl::Broker(transport, url) => open_store::broker_bus(transport, &url).await,
-    }
+    let settings = SettingsInputs::gather(&cwd)?
+        .store("--store", flag_store)
+        .db("--db", flag_db)
+        .bus("--bus", flag_bus)
+        .resolve()?;
+    tracing::debug!(
+        store = %settings.store, store_from = %settings.store_origin,
+        bus = %settings.bus, bus_from = %settings.bus_origin,
+        "backends selected"
+    );
+    Ok(settings)
 }
 
 async fn open_configured(
     flag_store: Option<String>,
     flag_db: Option<std::path::PathBuf>,
+    flag_bus: Option<String>,
     mode: OpenMode,
-) -> anyhow::Result<open_store::Stores> {
-    let cwd = std::env::current_dir()?;
-    let resolved = StoreInputs::gather(flag_store, flag_db, &cwd)?.resolve()?;
-    tracing::debug!(store = %resolved.url, from = %resolved.origin, "store selected");
-    open_store::open(&resolved.url, mode).await
+) -> anyhow::Result<(Stores, Settings)> {
+    let settings = settings(flag_store, flag_db, flag_bus)?;
+    let stores = open_stores(&settings.store, mode).await?;
+    Ok((stores, settings))
 }
 
 /// Help and version go to stdout as clap prints them; usage errors become one line.

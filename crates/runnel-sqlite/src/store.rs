@@ -303,6 +303,23 @@ impl SqliteStore {
     {
         self.inner.readers.with(f).await
     }
+
+    /// Runs `f` on one of the store's reader connections, for the application's own read
+    /// models kept in the same file (written in a [`SqliteStore::unit_of_work`] or through
+    /// the inbox). In WAL mode it sees every committed write and never blocks the writer.
+    /// Only read here: writes belong on the writer, or they would contend for the file's
+    /// write lock.
+    pub async fn read_with<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        match self.read(move |conn| Ok(f(conn))).await {
+            Ok(result) => result,
+            Err(e) => Err(E::from(e)),
+        }
+    }
 }
 
 pub(crate) fn keep_all<T>(_: &T) -> bool {

@@ -6,8 +6,10 @@
 //! [`harness`]. [`append_hook`] decorates an event store's appends (e.g. counting
 //! conflicts with [`append_hook::ConflictCounter`]). [`fault::TcpProxy`] cuts and restores
 //! connections to a real server to simulate outages; [`interop`] runs the plain-client
-//! scripts of the interoperability tests.
+//! scripts of the interoperability tests. [`aggregate::AggregateTest`] tests an aggregate's
+//! decisions in given / when / then form.
 
+pub mod aggregate;
 pub mod append_hook;
 pub mod conformance;
 pub mod dead_letters;

@@ -19,8 +19,10 @@
 //! The storage traits and envelope types live in [`runnel_core`], re-exported as [`core`].
 
 pub mod aggregate;
+pub mod app;
 pub mod bus;
 pub mod command;
+pub mod connect;
 pub mod consumer;
 pub mod dead_letter;
 pub mod outbox;
@@ -31,10 +33,10 @@ pub mod upcast;
 pub use aggregate::{
     Aggregate, ExecuteOutcome, Loaded, Repository, RepositoryError, RetryPolicy, SnapshotPolicy,
 };
-pub use bus::BusError;
+pub use bus::DispatchError;
 pub use command::{
     register_aggregate_command, AggregateCommand, Command, CommandBus, CommandEnvelope,
-    CommandHandler,
+    CommandError, CommandHandler, ToAggregate,
 };
 pub use query::{Query, QueryBus, QueryHandler};
 pub use upcast::{UpcastError, UpcasterError, Upcasters};

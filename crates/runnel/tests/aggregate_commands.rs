@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use runnel::core::Metadata;
 use runnel::{
-    register_aggregate_command, AggregateCommand, BusError, Command, CommandBus, CommandEnvelope,
-    ExecuteOutcome, Repository, RepositoryError,
+    register_aggregate_command, AggregateCommand, Command, CommandBus, CommandEnvelope,
+    DispatchError, ExecuteOutcome, Repository, RepositoryError,
 };
 use runnel_testkit::InMemoryStore;
 use serde::{Deserialize, Serialize};
@@ -102,5 +102,5 @@ async fn aggregate_rejection_surfaces_as_a_typed_handler_error() {
         .downcast_handler_error::<RepositoryError<Refused>>()
         .expect("the repository's error is kept");
     assert_eq!(repo_err.domain(), Some(&Refused));
-    assert!(matches!(err, BusError::Handler(_)));
+    assert!(matches!(err, DispatchError::Handler(_)));
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use runnel::core::Metadata;
 use runnel::{
-    async_trait, BusError, Command, CommandBus, CommandEnvelope, CommandHandler, Query, QueryBus,
+    async_trait, Command, CommandBus, CommandEnvelope, CommandHandler, DispatchError, Query,
+    QueryBus,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -128,7 +129,7 @@ async fn unknown_name_is_no_handler() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, BusError::NoHandler { name } if name == "Transfer"),
+        matches!(&err, DispatchError::NoHandler { name } if name == "Transfer"),
         "{err:?}"
     );
     assert!(err.is_rejected_input());
@@ -145,7 +146,7 @@ async fn typed_dispatch_without_a_handler_is_no_handler() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, BusError::NoHandler { name } if name == "Withdraw"),
+        matches!(&err, DispatchError::NoHandler { name } if name == "Withdraw"),
         "{err:?}"
     );
 }
@@ -163,7 +164,7 @@ async fn invalid_payload_is_rejected_before_the_handler_runs() {
             .await
             .unwrap_err();
         match &err {
-            BusError::InvalidPayload { name, message } => {
+            DispatchError::InvalidPayload { name, message } => {
                 assert_eq!(name, "Deposit");
                 assert!(!message.is_empty());
             }
@@ -179,20 +180,20 @@ async fn second_registration_for_a_name_is_already_registered() {
     let (bus, _) = bus_with_teller();
     let err = bus.register::<Deposit, _>(Teller::default()).unwrap_err();
     assert!(
-        matches!(&err, BusError::AlreadyRegistered { name } if name == "Deposit"),
+        matches!(&err, DispatchError::AlreadyRegistered { name } if name == "Deposit"),
         "{err:?}"
     );
     let err = bus
         .register_fn(|_: CommandEnvelope<Impostor>| async { Ok::<_, std::convert::Infallible>(()) })
         .unwrap_err();
-    assert!(matches!(err, BusError::AlreadyRegistered { .. }));
+    assert!(matches!(err, DispatchError::AlreadyRegistered { .. }));
 }
 
 #[tokio::test]
 async fn typed_dispatch_of_another_type_under_a_taken_name_is_a_type_mismatch() {
     let (bus, runs) = bus_with_teller();
     let err = bus.send(Impostor).await.unwrap_err();
-    assert!(matches!(err, BusError::TypeMismatch { .. }), "{err:?}");
+    assert!(matches!(err, DispatchError::TypeMismatch { .. }), "{err:?}");
     assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
 
@@ -311,12 +312,15 @@ async fn query_errors_are_typed() {
         .dispatch_json("Nope", json!({}), Metadata::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, BusError::NoHandler { .. }), "{err:?}");
+    assert!(matches!(err, DispatchError::NoHandler { .. }), "{err:?}");
     let err = queries
         .dispatch_json("Balance", json!({"acct": 1}), Metadata::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, BusError::InvalidPayload { .. }), "{err:?}");
+    assert!(
+        matches!(err, DispatchError::InvalidPayload { .. }),
+        "{err:?}"
+    );
     let err = queries
         .dispatch_with_metadata(
             Balance {
@@ -330,5 +334,5 @@ async fn query_errors_are_typed() {
     let err = queries
         .register_fn(|_: Balance, _: Metadata| async { Ok::<_, std::convert::Infallible>(None) })
         .unwrap_err();
-    assert!(matches!(err, BusError::AlreadyRegistered { .. }));
+    assert!(matches!(err, DispatchError::AlreadyRegistered { .. }));
 }

@@ -2,7 +2,7 @@
 //! an [`OrderCommand`]; each returns the [`ExecuteOutcome`] of running it.
 //!
 //! Unknown JSON fields are refused so that a misspelt optional field is a
-//! [`runnel::BusError::InvalidPayload`] rather than silently ignored.
+//! [`runnel::DispatchError::InvalidPayload`] rather than silently ignored.
 
 use runnel::{AggregateCommand, Command, ExecuteOutcome};
 use serde::{Deserialize, Serialize};

@@ -24,6 +24,8 @@
 pub mod commands;
 pub mod order;
 pub mod queries;
+pub mod read_model;
+pub mod service;
 mod wiring;
 
 pub use commands::{CancelOrder, ConfirmOrder, DeliverOrder, PlaceOrder, ShipOrder};

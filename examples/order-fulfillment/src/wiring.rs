@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use runnel::core::{EventStore, SnapshotStore};
 use runnel::{
-    register_aggregate_command, BusError, CommandBus, QueryBus, Repository, UpcasterError,
+    register_aggregate_command, CommandBus, DispatchError, QueryBus, Repository, UpcasterError,
     Upcasters,
 };
 
@@ -48,7 +48,7 @@ pub fn register(
     commands: &CommandBus,
     queries: &QueryBus,
     repository: Repository<Order>,
-) -> Result<(), BusError> {
+) -> Result<(), DispatchError> {
     register_aggregate_command::<PlaceOrder>(commands, repository.clone())?;
     register_aggregate_command::<ConfirmOrder>(commands, repository.clone())?;
     register_aggregate_command::<CancelOrder>(commands, repository.clone())?;

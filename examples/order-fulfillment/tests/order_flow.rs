@@ -14,10 +14,10 @@ use order_fulfillment::{
 use runnel::core::{
     CodecError, EventStore, ExpectedRevision, Metadata, NewEvent, SnapshotStore, StreamName,
 };
-use runnel::{BusError, CommandEnvelope, Repository, RepositoryError, RetryPolicy, Upcasters};
+use runnel::{CommandEnvelope, DispatchError, Repository, RepositoryError, RetryPolicy, Upcasters};
 use serde_json::json;
 
-fn order_error(err: &BusError) -> Option<&OrderError> {
+fn order_error(err: &DispatchError) -> Option<&OrderError> {
     err.downcast_handler_error::<RepositoryError<OrderError>>()?
         .domain()
 }
@@ -402,7 +402,7 @@ async fn unknown_command_name_is_a_no_handler_error() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, BusError::NoHandler { name } if name == "RefundOrder"),
+        matches!(&err, DispatchError::NoHandler { name } if name == "RefundOrder"),
         "{err:?}"
     );
 }
@@ -420,7 +420,10 @@ async fn malformed_json_is_rejected_and_nothing_is_stored() {
             .dispatch_json("PlaceOrder", payload, Metadata::default())
             .await
             .unwrap_err();
-        assert!(matches!(err, BusError::InvalidPayload { .. }), "{err:?}");
+        assert!(
+            matches!(err, DispatchError::InvalidPayload { .. }),
+            "{err:?}"
+        );
     }
     assert!(stored(&app.store, "Order-o-1").await.is_empty());
 }

@@ -11,11 +11,13 @@ use runnel_core::dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterId};
 use runnel_core::{GroupName, TopicName};
 use serde::Serialize;
 
-use crate::cli::{DlqFilterArgs, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs};
+use crate::cli::{
+    DlqDrainArgs, DlqFilterArgs, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs,
+};
 use crate::exit::BadInput;
-use crate::open_store::Stores;
 use crate::output::{print_line, Printer};
 use crate::time_args::{parse_duration, parse_time, time_before};
+use runnel::connect::Stores;
 
 /// Dead letters fetched per store call while listing.
 const PAGE_ITEMS: usize = 500;
@@ -317,6 +319,47 @@ pub async fn purge(stores: &Stores, printer: Printer, args: DlqPurgeArgs) -> any
             "{verb} {purged} dead letters dead-lettered before {}",
             human_time(&older_than)
         )
+    })
+}
+
+/// What `dlq drain` prints.
+#[derive(Serialize)]
+struct DrainLine<'a> {
+    drained: usize,
+    topic: &'a str,
+    group: &'a str,
+}
+
+/// `runnel dlq drain`.
+pub async fn drain(
+    stores: &Stores,
+    bus: &runnel::connect::Bus,
+    printer: Printer,
+    args: DlqDrainArgs,
+) -> anyhow::Result<()> {
+    let topic = TopicName::new(&args.topic).map_err(|e| BadInput(format!("--topic: {e}")))?;
+    let group = GroupName::new(&args.group).map_err(|e| BadInput(format!("--group: {e}")))?;
+    if args.max == 0 {
+        return Err(BadInput("--max must be at least 1".into()).into());
+    }
+    let Some(drain) = &bus.dead_letter_drain else {
+        return Err(BadInput(format!(
+            "the {} bus has no dead-letter queue of its own to drain: its consumers \
+             dead-letter into the store directly (see `runnel dlq list`); give a broker with --bus",
+            bus.url()
+        ))
+        .into());
+    };
+    let drained = drain
+        .drain_dead_letters(&topic, &group, &*stores.dead_letters, args.max)
+        .await?;
+    let line = DrainLine {
+        drained,
+        topic: topic.as_str(),
+        group: group.as_str(),
+    };
+    printer.value(&line, || {
+        format!("moved {drained} dead letters of {topic}/{group} from the broker into the store")
     })
 }
 

@@ -5,8 +5,8 @@ use runnel_core::{EventFilter, Position};
 
 use crate::cli::TailArgs;
 use crate::exit::BadInput;
-use crate::open_store::Stores;
 use crate::output::Printer;
+use runnel::connect::Stores;
 
 /// Events fetched per store call while reading without `--follow`.
 const PAGE_EVENTS: usize = 1000;

@@ -24,33 +24,8 @@ use runnel_sqlite::{SqliteOutbox, SqliteStore};
 use serde::Serialize;
 
 use crate::cli::{BenchOutboxArgs, OutboxRetryArgs};
-use crate::config::StoreUrl;
 use crate::exit::BadInput;
 use crate::output::{print_line, Printer};
-
-/// Opens the outbox of the store `url` names (a SQLite file must exist).
-pub async fn open(url: &StoreUrl) -> anyhow::Result<Arc<dyn OutboxStore>> {
-    match url {
-        StoreUrl::Sqlite(path) => {
-            if !path.exists() {
-                anyhow::bail!(
-                    "no store at {}: nothing has been written there yet (check --db / --store)",
-                    path.display()
-                );
-            }
-            let store = SqliteStore::open(path)
-                .with_context(|| format!("cannot open the SQLite store {}", path.display()))?;
-            Ok(Arc::new(SqliteOutbox::new(store)))
-        }
-        StoreUrl::Postgres(raw) => {
-            let options = PostgresOptions::from_url(raw).map_err(|e| BadInput(e.to_string()))?;
-            let store = PostgresStore::connect_with(options)
-                .await
-                .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
-            Ok(Arc::new(PostgresOutbox::new(store).await?))
-        }
-    }
-}
 
 #[derive(Serialize)]
 struct StatusLine<'a> {

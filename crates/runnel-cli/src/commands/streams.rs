@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::cli::{AppendArgs, ListArgs, ReadArgs};
 use crate::exit::BadInput;
-use crate::open_store::Stores;
 use crate::output::Printer;
+use runnel::connect::Stores;
 
 /// Events or streams fetched per store call while listing.
 const PAGE_ITEMS: usize = 1000;

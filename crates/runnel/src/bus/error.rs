@@ -1,4 +1,4 @@
-//! [`BusError`]: why a dispatch or a registration failed.
+//! [`DispatchError`]: why a dispatch or a registration failed.
 
 /// A handler's own error, boxed so one bus can carry handlers of different error types.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -6,7 +6,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Errors of the [`crate::CommandBus`] and [`crate::QueryBus`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum BusError {
+pub enum DispatchError {
     /// Nothing is registered under this name. Nothing ran.
     #[error(
         "no handler is registered for {name:?}; check the name (the bus lists its names) or \
@@ -49,16 +49,16 @@ pub enum BusError {
     EncodeOutput { name: String, message: String },
 
     /// The handler failed. The handler's own error is inside: inspect it with
-    /// [`BusError::handler_error`] or [`BusError::downcast_handler_error`].
+    /// [`DispatchError::handler_error`] or [`DispatchError::downcast_handler_error`].
     #[error(transparent)]
     Handler(BoxError),
 }
 
-impl BusError {
+impl DispatchError {
     /// The handler's own error, if the handler failed.
     pub fn handler_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         match self {
-            BusError::Handler(e) => Some(e.as_ref()),
+            DispatchError::Handler(e) => Some(e.as_ref()),
             _ => None,
         }
     }
@@ -66,13 +66,13 @@ impl BusError {
     /// The handler's own error as `E`, if the handler failed with an `E`.
     ///
     /// ```
-    /// use runnel::BusError;
+    /// use runnel::DispatchError;
     ///
     /// #[derive(Debug, thiserror::Error)]
     /// #[error("out of stock")]
     /// struct OutOfStock;
     ///
-    /// let err = BusError::Handler(Box::new(OutOfStock));
+    /// let err = DispatchError::Handler(Box::new(OutOfStock));
     /// assert!(err.downcast_handler_error::<OutOfStock>().is_some());
     /// assert_eq!(err.to_string(), "out of stock");
     /// ```
@@ -85,7 +85,7 @@ impl BusError {
     pub fn is_rejected_input(&self) -> bool {
         matches!(
             self,
-            BusError::NoHandler { .. } | BusError::InvalidPayload { .. }
+            DispatchError::NoHandler { .. } | DispatchError::InvalidPayload { .. }
         )
     }
 }

@@ -4,4 +4,4 @@
 mod error;
 pub(crate) mod registry;
 
-pub use error::{BoxError, BusError};
+pub use error::{BoxError, DispatchError};

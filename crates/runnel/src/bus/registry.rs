@@ -9,10 +9,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use super::error::BusError;
+use super::error::DispatchError;
 
 /// The future a JSON adapter returns.
-pub(crate) type JsonFuture = BoxFuture<'static, Result<Value, BusError>>;
+pub(crate) type JsonFuture = BoxFuture<'static, Result<Value, DispatchError>>;
 
 /// A handler behind its JSON adapter; `In` is what a dispatch by name carries.
 pub(crate) type JsonCall<In> = Arc<dyn Fn(In) -> JsonFuture + Send + Sync>;
@@ -44,13 +44,13 @@ impl<In> Registry<In> {
         type_name: &'static str,
         typed: Arc<dyn Any + Send + Sync>,
         json: JsonCall<In>,
-    ) -> Result<(), BusError> {
+    ) -> Result<(), DispatchError> {
         if name.is_empty() {
-            return Err(BusError::InvalidName);
+            return Err(DispatchError::InvalidName);
         }
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         if entries.contains_key(name) {
-            return Err(BusError::AlreadyRegistered {
+            return Err(DispatchError::AlreadyRegistered {
                 name: name.to_string(),
             });
         }
@@ -70,14 +70,14 @@ impl<In> Registry<In> {
         &self,
         name: &str,
         requested: &'static str,
-    ) -> Result<Arc<T>, BusError> {
+    ) -> Result<Arc<T>, DispatchError> {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        let entry = entries.get(name).ok_or_else(|| BusError::NoHandler {
+        let entry = entries.get(name).ok_or_else(|| DispatchError::NoHandler {
             name: name.to_string(),
         })?;
         Arc::clone(&entry.typed)
             .downcast::<T>()
-            .map_err(|_| BusError::TypeMismatch {
+            .map_err(|_| DispatchError::TypeMismatch {
                 name: name.to_string(),
                 registered: entry.type_name,
                 requested,
@@ -85,12 +85,12 @@ impl<In> Registry<In> {
     }
 
     /// The JSON adapter registered under `name`.
-    pub(crate) fn json(&self, name: &str) -> Result<JsonCall<In>, BusError> {
+    pub(crate) fn json(&self, name: &str) -> Result<JsonCall<In>, DispatchError> {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         entries
             .get(name)
             .map(|e| Arc::clone(&e.json))
-            .ok_or_else(|| BusError::NoHandler {
+            .ok_or_else(|| DispatchError::NoHandler {
                 name: name.to_string(),
             })
     }

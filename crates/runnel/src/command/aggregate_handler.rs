@@ -6,7 +6,7 @@ use super::bus::CommandBus;
 use super::envelope::CommandEnvelope;
 use super::handler::{Command, CommandHandler};
 use crate::aggregate::{Aggregate, ExecuteOutcome, Repository, RepositoryError};
-use crate::bus::BusError;
+use crate::bus::DispatchError;
 
 /// A bus command that addresses one aggregate instance.
 ///
@@ -72,7 +72,7 @@ use crate::bus::BusError;
 ///     }
 /// }
 ///
-/// fn wire(bus: &CommandBus, lights: Repository<Light>) -> Result<(), runnel::BusError> {
+/// fn wire(bus: &CommandBus, lights: Repository<Light>) -> Result<(), runnel::DispatchError> {
 ///     register_aggregate_command::<SwitchLight>(bus, lights)
 /// }
 /// ```
@@ -124,7 +124,7 @@ where
 pub fn register_aggregate_command<C>(
     bus: &CommandBus,
     repository: Repository<C::Aggregate>,
-) -> Result<(), BusError>
+) -> Result<(), DispatchError>
 where
     C: AggregateCommand + Command<Output = ExecuteOutcome<<C::Aggregate as Aggregate>::Event>>,
     <C::Aggregate as Aggregate>::Command: Clone,

@@ -12,10 +12,10 @@ use tracing::Instrument;
 use super::envelope::CommandEnvelope;
 use super::handler::{Command, CommandHandler, FnCommandHandler};
 use crate::bus::registry::{JsonCall, JsonFuture, Registry};
-use crate::bus::BusError;
+use crate::bus::DispatchError;
 
 /// The future a typed command handler returns once its error is boxed.
-type TypedFuture<C> = BoxFuture<'static, Result<<C as Command>::Output, BusError>>;
+type TypedFuture<C> = BoxFuture<'static, Result<<C as Command>::Output, DispatchError>>;
 
 /// The typed side of a registration: the handler with its error already boxed.
 struct TypedCommandHandler<C: Command> {
@@ -26,7 +26,7 @@ struct TypedCommandHandler<C: Command> {
 ///
 /// Dispatch by type ([`CommandBus::dispatch`]) for Rust callers; by name with a JSON payload
 /// ([`CommandBus::dispatch_json`]) for the HTTP API and the CLI. A payload that does not
-/// deserialize is [`BusError::InvalidPayload`] and nothing runs. Cloning is cheap and every
+/// deserialize is [`DispatchError::InvalidPayload`] and nothing runs. Cloning is cheap and every
 /// clone is the same bus.
 ///
 /// ```
@@ -79,8 +79,8 @@ impl CommandBus {
     }
 
     /// Registers `handler` for commands of type `C`. A second handler for the same name is
-    /// [`BusError::AlreadyRegistered`].
-    pub fn register<C, H>(&self, handler: H) -> Result<(), BusError>
+    /// [`DispatchError::AlreadyRegistered`].
+    pub fn register<C, H>(&self, handler: H) -> Result<(), DispatchError>
     where
         C: Command,
         H: CommandHandler<C>,
@@ -93,7 +93,7 @@ impl CommandBus {
                     handler
                         .handle(envelope)
                         .await
-                        .map_err(|e| BusError::Handler(Box::new(e)))
+                        .map_err(|e| DispatchError::Handler(Box::new(e)))
                 })
             }),
         };
@@ -107,18 +107,19 @@ impl CommandBus {
                         command,
                         metadata,
                     } = envelope;
-                    let command: C =
-                        serde_json::from_value(command).map_err(|e| BusError::InvalidPayload {
+                    let command: C = serde_json::from_value(command).map_err(|e| {
+                        DispatchError::InvalidPayload {
                             name: C::NAME.to_string(),
                             message: e.to_string(),
-                        })?;
+                        }
+                    })?;
                     let output = call(CommandEnvelope {
                         command_id,
                         command,
                         metadata,
                     })
                     .await?;
-                    serde_json::to_value(output).map_err(|e| BusError::EncodeOutput {
+                    serde_json::to_value(output).map_err(|e| DispatchError::EncodeOutput {
                         name: C::NAME.to_string(),
                         message: e.to_string(),
                     })
@@ -129,7 +130,7 @@ impl CommandBus {
     }
 
     /// Registers an async closure as the handler for commands of type `C`.
-    pub fn register_fn<C, F, Fut, E>(&self, f: F) -> Result<(), BusError>
+    pub fn register_fn<C, F, Fut, E>(&self, f: F) -> Result<(), DispatchError>
     where
         C: Command,
         F: Fn(CommandEnvelope<C>) -> Fut + Send + Sync + 'static,
@@ -143,7 +144,7 @@ impl CommandBus {
     pub async fn dispatch<C: Command>(
         &self,
         envelope: CommandEnvelope<C>,
-    ) -> Result<C::Output, BusError> {
+    ) -> Result<C::Output, DispatchError> {
         let handler = self
             .registry
             .typed::<TypedCommandHandler<C>>(C::NAME, std::any::type_name::<C>())?;
@@ -153,7 +154,7 @@ impl CommandBus {
     }
 
     /// Wraps `command` in a fresh [`CommandEnvelope`] and dispatches it.
-    pub async fn send<C: Command>(&self, command: C) -> Result<C::Output, BusError> {
+    pub async fn send<C: Command>(&self, command: C) -> Result<C::Output, DispatchError> {
         self.dispatch(CommandEnvelope::new(command)).await
     }
 
@@ -164,7 +165,7 @@ impl CommandBus {
         name: &str,
         payload: Value,
         metadata: Metadata,
-    ) -> Result<Value, BusError> {
+    ) -> Result<Value, DispatchError> {
         self.dispatch_json_envelope(name, CommandEnvelope::new(payload).with_metadata(metadata))
             .await
     }
@@ -175,7 +176,7 @@ impl CommandBus {
         &self,
         name: &str,
         envelope: CommandEnvelope<Value>,
-    ) -> Result<Value, BusError> {
+    ) -> Result<Value, DispatchError> {
         let call = self.registry.json(name)?;
         let span = tracing::debug_span!("command", name, command_id = %envelope.command_id);
         call(envelope).instrument(span).await

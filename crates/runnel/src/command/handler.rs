@@ -83,7 +83,7 @@ pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
 /// ```
 #[async_trait]
 pub trait CommandHandler<C: Command>: Send + Sync + 'static {
-    /// Why handling fails; the bus keeps it inspectable inside [`crate::BusError::Handler`].
+    /// Why handling fails; the bus keeps it inspectable inside [`crate::DispatchError::Handler`].
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Handles one command.

@@ -49,6 +49,7 @@ pub use context::{HandlerContext, InboxScope};
 pub use error::{
     BoxError, Classify, ConsumerError, DefaultClassify, ErrorKind, HandlerError, RouterFailure,
 };
+pub(crate) use handler::panic_message;
 pub use handler::{BoxFuture, Handler, HandlerService, Outcome};
 pub use inbox::{Inbox, InboxBegin, InboxCommit, InboxError, InboxKey, MemoryInbox};
 pub use lag::{LagProbe, LAG_PROBE_INTERVAL_DEFAULT};

@@ -185,6 +185,7 @@ impl Consumer {
             stop: stop_tx,
             grace,
             task: tokio::spawn(driver.run()),
+            done: None,
             topic: self.topic,
             group: self.group,
         })
@@ -212,6 +213,8 @@ pub struct ConsumerHandle {
     stop: watch::Sender<bool>,
     grace: Arc<Mutex<Duration>>,
     task: JoinHandle<ShutdownReport>,
+    // The outcome, once `stopped` saw the task end (a JoinHandle is awaited only once).
+    done: Option<Result<ShutdownReport, String>>,
     topic: TopicName,
     group: GroupName,
 }
@@ -230,17 +233,35 @@ impl ConsumerHandle {
 
     /// Waits until the consumer stops (its subscription ended, or shutdown was asked
     /// through another path).
-    pub async fn join(self) -> Result<ShutdownReport, ConsumerError> {
-        self.task.await.map_err(|e| ConsumerError::TaskFailed {
-            topic: self.topic.to_string(),
-            group: self.group.to_string(),
-            reason: e.to_string(),
-        })
+    pub async fn join(mut self) -> Result<ShutdownReport, ConsumerError> {
+        self.stopped().await
+    }
+
+    /// Waits until the consumer stops by itself (its subscription ended or its task
+    /// panicked), without asking it to. Cancel-safe: a supervisor selects on it beside its
+    /// own shutdown signal, then still calls [`ConsumerHandle::shutdown`].
+    pub async fn stopped(&mut self) -> Result<ShutdownReport, ConsumerError> {
+        let done = match self.done.take() {
+            Some(done) => done,
+            None => {
+                let joined = (&mut self.task).await.map_err(|e| e.to_string());
+                joined
+            }
+        };
+        self.done = Some(done.clone());
+        match done {
+            Ok(report) => Ok(report),
+            Err(reason) => Err(ConsumerError::TaskFailed {
+                topic: self.topic.to_string(),
+                group: self.group.to_string(),
+                reason,
+            }),
+        }
     }
 
     /// Whether the consumer has stopped.
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.done.is_some() || self.task.is_finished()
     }
 }
 

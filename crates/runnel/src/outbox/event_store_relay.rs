@@ -217,7 +217,11 @@ impl EventStoreRelay {
     pub fn start(self) -> EventStoreRelayHandle {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(self.run(stopped));
-        EventStoreRelayHandle { stop, task }
+        EventStoreRelayHandle {
+            stop,
+            task,
+            done: None,
+        }
     }
 
     async fn run(self, mut stop: watch::Receiver<bool>) -> Result<u64, RelayError> {
@@ -300,15 +304,36 @@ impl EventStoreRelay {
 pub struct EventStoreRelayHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<u64, RelayError>>,
+    // The outcome, once `stopped` saw the task end (a JoinHandle is awaited only once).
+    done: Option<Result<u64, String>>,
 }
 
 impl EventStoreRelayHandle {
     /// Graceful shutdown: a batch being published is given up (it was not checkpointed,
     /// so it is published again after a restart). Returns how many events were published.
-    pub async fn shutdown(self) -> Result<u64, RelayError> {
+    pub async fn shutdown(mut self) -> Result<u64, RelayError> {
         let _ = self.stop.send(true);
-        self.task
-            .await
-            .map_err(|e| RelayError::TaskFailed(e.to_string()))?
+        self.stopped().await
+    }
+
+    /// Waits until the relay's task ends without being asked to (it panicked). Cancel-safe,
+    /// for a supervisor that selects on it beside its own shutdown signal.
+    pub async fn stopped(&mut self) -> Result<u64, RelayError> {
+        let done = match self.done.take() {
+            Some(done) => done,
+            None => {
+                let joined = match (&mut self.task).await {
+                    Ok(Ok(published)) => Ok(published),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                joined
+            }
+        };
+        self.done = Some(done.clone());
+        match done {
+            Ok(published) => Ok(published),
+            Err(reason) => Err(RelayError::TaskFailed(reason)),
+        }
     }
 }

@@ -358,7 +358,11 @@ impl Relay {
     pub fn start(self) -> RelayHandle {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(self.run(stopped));
-        RelayHandle { stop, task }
+        RelayHandle {
+            stop,
+            task,
+            done: None,
+        }
     }
 
     async fn run(self, mut stop: watch::Receiver<bool>) -> RelayReport {
@@ -467,16 +471,33 @@ impl Relay {
 pub struct RelayHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<RelayReport>,
+    // The outcome, once `stopped` saw the task end (a JoinHandle is awaited only once).
+    done: Option<Result<RelayReport, String>>,
 }
 
 impl RelayHandle {
     /// Graceful shutdown: the round in progress finishes (its confirmed rows are marked),
     /// the relay's leases are released, and its report returned.
-    pub async fn shutdown(self) -> Result<RelayReport, RelayError> {
+    pub async fn shutdown(mut self) -> Result<RelayReport, RelayError> {
         let _ = self.stop.send(true);
-        self.task
-            .await
-            .map_err(|e| RelayError::TaskFailed(e.to_string()))
+        self.stopped().await
+    }
+
+    /// Waits until the relay's task ends without being asked to (it panicked). Cancel-safe,
+    /// for a supervisor that selects on it beside its own shutdown signal.
+    pub async fn stopped(&mut self) -> Result<RelayReport, RelayError> {
+        let done = match self.done.take() {
+            Some(done) => done,
+            None => {
+                let joined = (&mut self.task).await.map_err(|e| e.to_string());
+                joined
+            }
+        };
+        self.done = Some(done.clone());
+        match done {
+            Ok(report) => Ok(report),
+            Err(reason) => Err(RelayError::TaskFailed(reason)),
+        }
     }
 
     /// Stops the task at once, without releasing leases (they run out) — what a crash does.

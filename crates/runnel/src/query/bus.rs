@@ -11,13 +11,13 @@ use tracing::Instrument;
 
 use super::handler::{FnQueryHandler, Query, QueryHandler};
 use crate::bus::registry::{JsonCall, JsonFuture, Registry};
-use crate::bus::BusError;
+use crate::bus::DispatchError;
 
 /// What a query dispatch by name carries: the JSON query and the caller's metadata.
 type JsonQuery = (Value, Metadata);
 
 /// The future a typed query handler returns once its error is boxed.
-type TypedFuture<Q> = BoxFuture<'static, Result<<Q as Query>::Response, BusError>>;
+type TypedFuture<Q> = BoxFuture<'static, Result<<Q as Query>::Response, DispatchError>>;
 
 /// The typed side of a registration: the handler with its error already boxed.
 struct TypedQueryHandler<Q: Query> {
@@ -80,8 +80,8 @@ impl QueryBus {
     }
 
     /// Registers `handler` for queries of type `Q`. A second handler for the same name is
-    /// [`BusError::AlreadyRegistered`].
-    pub fn register<Q, H>(&self, handler: H) -> Result<(), BusError>
+    /// [`DispatchError::AlreadyRegistered`].
+    pub fn register<Q, H>(&self, handler: H) -> Result<(), DispatchError>
     where
         Q: Query,
         H: QueryHandler<Q>,
@@ -94,7 +94,7 @@ impl QueryBus {
                     handler
                         .handle(query, metadata)
                         .await
-                        .map_err(|e| BusError::Handler(Box::new(e)))
+                        .map_err(|e| DispatchError::Handler(Box::new(e)))
                 })
             }),
         };
@@ -103,13 +103,14 @@ impl QueryBus {
             Arc::new(move |(payload, metadata): JsonQuery| -> JsonFuture {
                 let call = Arc::clone(&call);
                 Box::pin(async move {
-                    let query: Q =
-                        serde_json::from_value(payload).map_err(|e| BusError::InvalidPayload {
+                    let query: Q = serde_json::from_value(payload).map_err(|e| {
+                        DispatchError::InvalidPayload {
                             name: Q::NAME.to_string(),
                             message: e.to_string(),
-                        })?;
+                        }
+                    })?;
                     let response = call(query, metadata).await?;
-                    serde_json::to_value(response).map_err(|e| BusError::EncodeOutput {
+                    serde_json::to_value(response).map_err(|e| DispatchError::EncodeOutput {
                         name: Q::NAME.to_string(),
                         message: e.to_string(),
                     })
@@ -120,7 +121,7 @@ impl QueryBus {
     }
 
     /// Registers an async closure as the handler for queries of type `Q`.
-    pub fn register_fn<Q, F, Fut, E>(&self, f: F) -> Result<(), BusError>
+    pub fn register_fn<Q, F, Fut, E>(&self, f: F) -> Result<(), DispatchError>
     where
         Q: Query,
         F: Fn(Q, Metadata) -> Fut + Send + Sync + 'static,
@@ -131,7 +132,7 @@ impl QueryBus {
     }
 
     /// Answers `query` with empty metadata.
-    pub async fn dispatch<Q: Query>(&self, query: Q) -> Result<Q::Response, BusError> {
+    pub async fn dispatch<Q: Query>(&self, query: Q) -> Result<Q::Response, DispatchError> {
         self.dispatch_with_metadata(query, Metadata::default())
             .await
     }
@@ -141,7 +142,7 @@ impl QueryBus {
         &self,
         query: Q,
         metadata: Metadata,
-    ) -> Result<Q::Response, BusError> {
+    ) -> Result<Q::Response, DispatchError> {
         let handler = self
             .registry
             .typed::<TypedQueryHandler<Q>>(Q::NAME, std::any::type_name::<Q>())?;
@@ -156,7 +157,7 @@ impl QueryBus {
         name: &str,
         payload: Value,
         metadata: Metadata,
-    ) -> Result<Value, BusError> {
+    ) -> Result<Value, DispatchError> {
         let call = self.registry.json(name)?;
         let span = tracing::debug_span!("query", name);
         call((payload, metadata)).instrument(span).await

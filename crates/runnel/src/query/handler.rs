@@ -72,7 +72,7 @@ pub trait Query: Serialize + DeserializeOwned + Send + Sync + 'static {
 /// ```
 #[async_trait]
 pub trait QueryHandler<Q: Query>: Send + Sync + 'static {
-    /// Why answering fails; the bus keeps it inspectable inside [`crate::BusError::Handler`].
+    /// Why answering fails; the bus keeps it inspectable inside [`crate::DispatchError::Handler`].
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Answers one query.

@@ -92,10 +92,10 @@ impl Settings {
 /// schemas on that server.
 pub async fn store(
     args: BenchStoreArgs,
-    store: Option<crate::config::StoreUrl>,
+    store: Option<runnel::connect::StoreUrl>,
 ) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
-    if let Some(crate::config::StoreUrl::Postgres(raw)) = &store {
+    if let Some(runnel::connect::StoreUrl::Postgres(raw)) = &store {
         let shown = store.as_ref().map(ToString::to_string).unwrap_or_default();
         let table = postgres::run(
             raw,

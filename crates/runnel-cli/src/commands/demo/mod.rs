@@ -18,11 +18,10 @@ use runnel_testkit::append_hook::{ConflictCounter, HookedAppends};
 use serde::Serialize;
 
 use crate::cli::DemoArgs;
-use crate::config::StoreUrl;
 use crate::exit::BadInput;
-use crate::open_store::{self, OpenMode, Stores};
 use crate::output::{print_line, Printer};
 use crate::progress::{bar, group_digits};
+use runnel::connect::{open_stores, OpenMode, StoreUrl, Stores};
 use workload::{Client, ClientStats, Fate};
 
 /// The demo's own store file when no --db / --store flag is given; recreated every run.
@@ -52,7 +51,7 @@ pub async fn run(url: Option<StoreUrl>, printer: Printer, args: DemoArgs) -> any
             (StoreUrl::sqlite(path), true)
         }
     };
-    let stores = open_store::open(&url, OpenMode::CreateIfMissing).await?;
+    let stores = open_stores(&url, OpenMode::CreateIfMissing).await?;
     eprintln!(
         "runnel demo: {} orders, {} concurrent clients, store {} ({})",
         group_digits(args.orders as f64),
@@ -250,10 +249,7 @@ async fn drive(stores: &Stores, args: &DemoArgs) -> anyhow::Result<Summary> {
     if let Some(e) = failure {
         return Err(e);
     }
-    let commits = match (commits_before, stores.commit_stats()) {
-        (Some(before), Some(after)) => Some(after.since(before)),
-        _ => None,
-    };
+    let commits = Some(stores.commit_stats().since(commits_before));
 
     let final_states = verify_final_states(&queries, &work, &total.unsettled_orders).await?;
     let events_verified =

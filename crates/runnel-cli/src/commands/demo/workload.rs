@@ -9,7 +9,9 @@ use order_fulfillment::{
     CancelOrder, ConfirmOrder, DeliverOrder, OrderError, OrderEvent, OrderLine, OrderStatus,
     PlaceOrder, ShipOrder,
 };
-use runnel::{BusError, Command, CommandBus, CommandEnvelope, ExecuteOutcome, RepositoryError};
+use runnel::{
+    Command, CommandBus, CommandEnvelope, DispatchError, ExecuteOutcome, RepositoryError,
+};
 
 /// Largest latency the histograms track, in microseconds (longer ones are clamped).
 const LATENCY_MICROS_MAX: u64 = 60_000_000;
@@ -112,7 +114,7 @@ impl ClientStats {
     fn record(
         &mut self,
         order: u64,
-        (elapsed, result): (Duration, Result<ExecuteOutcome<OrderEvent>, BusError>),
+        (elapsed, result): (Duration, Result<ExecuteOutcome<OrderEvent>, DispatchError>),
     ) -> anyhow::Result<()> {
         self.commands += 1;
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -155,7 +157,7 @@ impl Client {
         &self,
         order_id: &str,
         command: C,
-    ) -> (Duration, Result<ExecuteOutcome<OrderEvent>, BusError>)
+    ) -> (Duration, Result<ExecuteOutcome<OrderEvent>, DispatchError>)
     where
         C: Command<Output = ExecuteOutcome<OrderEvent>>,
     {

@@ -105,9 +105,12 @@ impl Settings {
 /// `runnel bench bus`: on fresh SQLite files in a temporary directory under `--dir`, or,
 /// given a PostgreSQL URL, the publish and end-to-end scenarios in fresh schemas on that
 /// server.
-pub async fn bus(args: BenchBusArgs, store: Option<crate::config::StoreUrl>) -> anyhow::Result<()> {
+pub async fn bus(
+    args: BenchBusArgs,
+    store: Option<runnel::connect::StoreUrl>,
+) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
-    if let Some(crate::config::StoreUrl::Postgres(raw)) = &store {
+    if let Some(runnel::connect::StoreUrl::Postgres(raw)) = &store {
         let shown = store.as_ref().map(ToString::to_string).unwrap_or_default();
         let load_before = load_average();
         let outcome = postgres::run(raw, settings).await?;

@@ -1,0 +1,394 @@
+//! The application runtime: one place that connects the stores and the bus from
+//! configuration, holds the command and query buses, registers the long-running parts
+//! (consumers, the outbox relay or the event store as outbox, and any task of the
+//! application's own), starts and supervises them, and shuts them down gracefully.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use runnel::app::App;
+//! use runnel::connect::SettingsInputs;
+//! use runnel::consumer::{HandlerContext, HandlerError};
+//! use runnel::core::{GroupName, TopicName};
+//! use runnel::outbox::EventStoreRelayOptions;
+//!
+//! let dir = tempfile::tempdir()?;
+//! // `--store` / `--bus` flags, else $RUNNEL_STORE / $RUNNEL_BUS, else runnel.toml, else
+//! // the embedded default.
+//! let settings = SettingsInputs::gather(dir.path())?
+//!     .db("--db", Some(dir.path().join("app.db")))
+//!     .resolve()?;
+//! let mut app = App::connect(&settings).await?;
+//! // The event store is the outbox: every appended event is published on the bus.
+//! app.event_store_relay(EventStoreRelayOptions::default());
+//! // A consumer of those events, dead-lettering into the store after its retries.
+//! app.consumer(TopicName::new("Order.OrderPlaced")?, GroupName::new("billing")?, |c| {
+//!     c.handler(|ctx: HandlerContext| async move {
+//!         tracing::info!(id = %ctx.message().id, "bill the order");
+//!         Ok::<_, HandlerError>(())
+//!     })
+//! });
+//! let running = app.start().await?;
+//! // ... `running.wait_for_signal().await` in a service; here, stop at once:
+//! let report = running.shutdown(Duration::from_secs(10)).await;
+//! assert!(report.all_stopped_in_time());
+//! # Ok(()) }
+//! ```
+//!
+//! Every task runs on its own tokio task. One that fails — returns an error or panics —
+//! is restarted after an exponential backoff with jitter ([`RestartPolicy`]), logged at
+//! `error` and counted in the `runnel_app_task_restarts_total{task}` metric. Shutdown
+//! (SIGTERM or Ctrl-C in [`RunningApp::wait_for_signal`], or [`RunningApp::shutdown`])
+//! asks every task to stop, waits up to the deadline, aborts what is left and says so in
+//! the [`AppReport`].
+
+mod restart;
+mod shutdown;
+mod supervisor;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runnel_core::{GroupName, TopicName};
+
+use crate::aggregate::{Aggregate, Repository};
+use crate::bus::BoxError;
+use crate::connect::{open_bus, open_stores, Bus, ConnectError, OpenMode, Settings, Stores};
+use crate::consumer::{Consumer, ConsumerBuilder};
+use crate::outbox::{EventStoreRelay, EventStoreRelayOptions, Relay, RelayOptions};
+use crate::{CommandBus, QueryBus};
+
+pub use restart::{
+    RestartPolicy, RESTART_BASE_DELAY_DEFAULT, RESTART_HEALTHY_AFTER_DEFAULT,
+    RESTART_MAX_DELAY_DEFAULT,
+};
+pub use shutdown::Shutdown;
+pub use supervisor::{AppReport, TaskReport, METRIC_TASKS_RUNNING, METRIC_TASK_RESTARTS};
+use supervisor::{Supervisor, TaskFn, TaskSpec};
+
+/// Default time shutdown waits for every task before aborting the rest.
+pub const SHUTDOWN_DEADLINE_DEFAULT: Duration = Duration::from_secs(30);
+/// Default time a consumer's in-flight handlers get to finish at shutdown.
+pub const CONSUMER_GRACE_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The store or the bus could not be opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// Two tasks share a name; each needs its own (logs and metrics are by name).
+    #[error("a task named {0:?} is already registered; give each task its own name")]
+    DuplicateTask(String),
+}
+
+/// An application being wired: its stores, its bus, its command and query buses, and the
+/// tasks it will run. See the [module documentation](self).
+pub struct App {
+    stores: Stores,
+    bus: Bus,
+    commands: CommandBus,
+    queries: QueryBus,
+    tasks: Vec<TaskSpec>,
+    restart: RestartPolicy,
+    consumer_grace: Duration,
+}
+
+impl App {
+    /// Opens the store and the bus that `settings` name (creating the store if missing).
+    pub async fn connect(settings: &Settings) -> Result<App, AppError> {
+        let stores = open_stores(&settings.store, OpenMode::CreateIfMissing).await?;
+        let bus = open_bus(&settings.bus, &stores).await?;
+        tracing::info!(
+            store = %settings.store,
+            store_from = %settings.store_origin,
+            bus = %settings.bus,
+            bus_from = %settings.bus_origin,
+            "application connected"
+        );
+        Ok(App::with(stores, bus))
+    }
+
+    /// An application over stores and a bus opened by the caller.
+    pub fn with(stores: Stores, bus: Bus) -> App {
+        App {
+            stores,
+            bus,
+            commands: CommandBus::new(),
+            queries: QueryBus::new(),
+            tasks: Vec::new(),
+            restart: RestartPolicy::default(),
+            consumer_grace: CONSUMER_GRACE_DEFAULT,
+        }
+    }
+
+    /// The stores.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The command bus (cloning it is cheap and shares the registrations).
+    pub fn commands(&self) -> &CommandBus {
+        &self.commands
+    }
+
+    /// The query bus.
+    pub fn queries(&self) -> &QueryBus {
+        &self.queries
+    }
+
+    /// A repository of `A` over the event store, with snapshots in the snapshot store
+    /// (taken when the repository's snapshot policy says so).
+    pub fn repository<A: Aggregate>(&self) -> Repository<A> {
+        Repository::new(Arc::clone(&self.stores.events))
+            .with_snapshot_store(Arc::clone(&self.stores.snapshots))
+    }
+
+    /// How failed tasks are restarted.
+    pub fn restart_policy(&mut self, policy: RestartPolicy) -> &mut Self {
+        self.restart = policy;
+        self
+    }
+
+    /// How long a consumer's in-flight handlers may finish at shutdown (within the
+    /// overall shutdown deadline).
+    pub fn consumer_grace(&mut self, grace: Duration) -> &mut Self {
+        self.consumer_grace = grace;
+        self
+    }
+
+    /// Registers a task of the application's own. `run` is called at each (re)start with
+    /// the shutdown signal; it returns `Ok` when shutdown is asked (or its work is done),
+    /// or an error to be restarted after a backoff.
+    ///
+    /// Panics if the name is taken; [`App::try_task`] returns the error instead.
+    pub fn task<F, Fut>(&mut self, name: impl Into<String>, run: F) -> &mut Self
+    where
+        F: Fn(Shutdown) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        if let Err(e) = self.try_task(name, run) {
+            panic!("{e}");
+        }
+        self
+    }
+
+    /// Like [`App::task`], returning an error for a name that is taken.
+    pub fn try_task<F, Fut>(&mut self, name: impl Into<String>, run: F) -> Result<(), AppError>
+    where
+        F: Fn(Shutdown) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        let name = name.into();
+        if self.tasks.iter().any(|t| t.name == name) {
+            return Err(AppError::DuplicateTask(name));
+        }
+        let run: TaskFn = Arc::new(move |shutdown| Box::pin(run(shutdown)));
+        self.tasks.push(TaskSpec { name, run });
+        Ok(())
+    }
+
+    /// Registers a consumer of `topic` in `group` on the application's bus, with the
+    /// application's publisher (for effects) and dead-letter store already set.
+    /// `configure` adds the handler and any other layer; it runs again at each restart.
+    /// The task is named `consumer:{topic}/{group}`.
+    pub fn consumer<F>(&mut self, topic: TopicName, group: GroupName, configure: F) -> &mut Self
+    where
+        F: Fn(ConsumerBuilder) -> ConsumerBuilder + Send + Sync + 'static,
+    {
+        let name = format!("consumer:{topic}/{group}");
+        let subscriber = Arc::clone(&self.bus.subscriber);
+        let publisher = Arc::clone(&self.bus.publisher);
+        let dead_letters = Arc::clone(&self.stores.dead_letters);
+        let grace = self.consumer_grace;
+        let configure = Arc::new(configure);
+        self.task(name, move |shutdown| {
+            let builder = Consumer::builder(Arc::clone(&subscriber), topic.clone(), group.clone())
+                .publisher(Arc::clone(&publisher))
+                .dead_letters(Arc::clone(&dead_letters));
+            let builder = configure(builder);
+            async move {
+                let mut handle = builder.start().await?;
+                tokio::select! {
+                    _ = shutdown.requested() => {
+                        let report = handle.shutdown(grace).await?;
+                        tracing::debug!(?report, "consumer stopped");
+                        Ok(())
+                    }
+                    stopped = handle.stopped() => Err(stopped_by_itself(stopped)),
+                }
+            }
+        })
+    }
+
+    /// Registers the event store as the outbox: an [`EventStoreRelay`] publishing `$all`
+    /// on the application's bus from its checkpoint (task `event-store-relay:{checkpoint}`).
+    pub fn event_store_relay(&mut self, options: EventStoreRelayOptions) -> &mut Self {
+        let name = format!("event-store-relay:{}", options.checkpoint);
+        let events = Arc::clone(&self.stores.events);
+        let checkpoints = Arc::clone(&self.stores.checkpoints);
+        let publisher = Arc::clone(&self.bus.publisher);
+        self.task(name, move |shutdown| {
+            let relay = EventStoreRelay::new(
+                Arc::clone(&events),
+                Arc::clone(&checkpoints),
+                Arc::clone(&publisher),
+                options.clone(),
+            );
+            async move {
+                let mut handle = relay?.start();
+                tokio::select! {
+                    _ = shutdown.requested() => {
+                        let published = handle.shutdown().await?;
+                        tracing::debug!(published, "event store relay stopped");
+                        Ok(())
+                    }
+                    stopped = handle.stopped() => Err(stopped_by_itself(stopped)),
+                }
+            }
+        })
+    }
+
+    /// Registers the outbox [`Relay`] publishing the store's outbox table on the
+    /// application's bus (task `outbox-relay:{name}`).
+    pub fn outbox_relay(&mut self, options: RelayOptions) -> &mut Self {
+        let name = format!("outbox-relay:{}", options.name);
+        let stores = self.stores.clone();
+        let publisher = Arc::clone(&self.bus.publisher);
+        self.task(name, move |shutdown| {
+            let stores = stores.clone();
+            let publisher = Arc::clone(&publisher);
+            let options = options.clone();
+            async move {
+                let outbox = stores.outbox().await?;
+                let mut handle = Relay::new(outbox, publisher, options)?.start();
+                tokio::select! {
+                    _ = shutdown.requested() => {
+                        let report = handle.shutdown().await?;
+                        tracing::debug!(?report, "outbox relay stopped");
+                        Ok(())
+                    }
+                    stopped = handle.stopped() => Err(stopped_by_itself(stopped)),
+                }
+            }
+        })
+    }
+
+    /// The names of the registered tasks, in registration order.
+    pub fn task_names(&self) -> Vec<&str> {
+        self.tasks.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// Starts every registered task.
+    pub async fn start(self) -> Result<RunningApp, AppError> {
+        let supervisor = Supervisor::start(self.tasks, self.restart);
+        Ok(RunningApp {
+            stores: self.stores,
+            bus: self.bus,
+            commands: self.commands,
+            queries: self.queries,
+            supervisor,
+        })
+    }
+
+    /// Starts every task, runs until SIGTERM or Ctrl-C, then shuts down within
+    /// [`SHUTDOWN_DEADLINE_DEFAULT`].
+    pub async fn run(self) -> Result<AppReport, AppError> {
+        let running = self.start().await?;
+        running.wait_for_signal().await;
+        Ok(running.shutdown(SHUTDOWN_DEADLINE_DEFAULT).await)
+    }
+}
+
+/// A long-running part that ended although nobody asked it to.
+fn stopped_by_itself<T: std::fmt::Debug, E: std::error::Error + Send + Sync + 'static>(
+    stopped: Result<T, E>,
+) -> BoxError {
+    match stopped {
+        Ok(report) => format!("stopped by itself ({report:?})").into(),
+        Err(e) => Box::new(e),
+    }
+}
+
+/// A running application.
+pub struct RunningApp {
+    stores: Stores,
+    bus: Bus,
+    commands: CommandBus,
+    queries: QueryBus,
+    supervisor: Supervisor,
+}
+
+impl RunningApp {
+    /// The stores.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The command bus.
+    pub fn commands(&self) -> &CommandBus {
+        &self.commands
+    }
+
+    /// The query bus.
+    pub fn queries(&self) -> &QueryBus {
+        &self.queries
+    }
+
+    /// The signal every task watches (fires when shutdown begins).
+    pub fn shutdown_signal(&self) -> Shutdown {
+        self.supervisor.shutdown_signal()
+    }
+
+    /// Resolves on SIGTERM or Ctrl-C (SIGINT).
+    pub async fn wait_for_signal(&self) {
+        wait_for_signal().await
+    }
+
+    /// Asks every task to stop, waits up to `deadline`, aborts the rest.
+    pub async fn shutdown(self, deadline: Duration) -> AppReport {
+        tracing::info!(deadline_ms = deadline.as_millis() as u64, "shutting down");
+        let report = self.supervisor.shutdown(deadline).await;
+        tracing::info!(
+            tasks = report.tasks.len(),
+            restarts = report.restarts(),
+            all_in_time = report.all_stopped_in_time(),
+            "application stopped"
+        );
+        report
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only"),
+        }
+    }
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::error!(error = %e, "cannot listen for Ctrl-C; running until killed");
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,136 @@
+//! [`open_bus`]: the publisher, the subscriber and the broker's dead-letter drain, from a
+//! bus URL.
+
+use std::sync::Arc;
+
+use runnel_core::bus::{DeadLetterDrain, Publisher, Subscriber};
+
+use super::error::ConnectError;
+use super::stores::{StoreBackend, Stores};
+use super::url::{BusUrl, Transport};
+
+/// A bus as the transport traits: the embedded durable bus of a store, or a broker's.
+/// Cloning is cheap; clones share the connection.
+#[derive(Clone)]
+pub struct Bus {
+    pub publisher: Arc<dyn Publisher>,
+    pub subscriber: Arc<dyn Subscriber>,
+    /// The broker's own dead-letter queue, drained into the store's dead letters
+    /// (`runnel dlq drain`). `None` on the embedded bus, whose consumers dead-letter
+    /// straight into the store.
+    pub dead_letter_drain: Option<Arc<dyn DeadLetterDrain>>,
+    url: BusUrl,
+}
+
+impl Bus {
+    /// The URL the bus was opened from (`Display` redacts the password).
+    pub fn url(&self) -> &BusUrl {
+        &self.url
+    }
+
+    /// The bus as one value implementing both traits, e.g. for the testkit.
+    pub fn from_parts<B>(bus: Arc<B>, url: BusUrl) -> Self
+    where
+        B: Publisher + Subscriber,
+    {
+        Bus {
+            publisher: bus.clone(),
+            subscriber: bus,
+            dead_letter_drain: None,
+            url,
+        }
+    }
+}
+
+/// Opens the bus `url` names: `embedded` (the durable bus in `stores`' database) or a
+/// broker (`nats://`, `amqp://`, `kafka://`, `sqs://`, each behind the cargo feature of
+/// the same name). A broker's own URL parameters are checked here, before anything is
+/// created on it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use runnel::connect::{open_bus, open_stores, BusUrl, OpenMode, StoreUrl};
+/// use runnel::core::{Message, TopicName};
+///
+/// let dir = tempfile::tempdir()?;
+/// let stores = open_stores(&StoreUrl::sqlite(dir.path().join("app.db")), OpenMode::CreateIfMissing).await?;
+/// let bus = open_bus(&BusUrl::parse("embedded")?, &stores).await?; // or "nats://…"
+/// let orders = TopicName::new("orders")?;
+/// bus.publisher.publish(&orders, vec![Message::json("OrderPlaced", &serde_json::json!({}))]).await?;
+/// # Ok(()) }
+/// ```
+pub async fn open_bus(url: &BusUrl, stores: &Stores) -> Result<Bus, ConnectError> {
+    match url {
+        BusUrl::Embedded => embedded(stores).await,
+        BusUrl::Broker(transport, raw) => broker(*transport, raw, url).await,
+    }
+}
+
+async fn embedded(stores: &Stores) -> Result<Bus, ConnectError> {
+    let failed = |source| ConnectError::Bus {
+        name: "embedded",
+        url: stores.url().to_string(),
+        source,
+    };
+    match stores.backend() {
+        #[cfg(feature = "sqlite")]
+        StoreBackend::Sqlite(store) => {
+            let bus = runnel_sqlite::bus::SqliteBus::new(store.clone(), Default::default())
+                .map_err(failed)?;
+            Ok(Bus::from_parts(Arc::new(bus), BusUrl::Embedded))
+        }
+        #[cfg(feature = "postgres")]
+        StoreBackend::Postgres(store) => {
+            let bus = runnel_postgres::bus::PostgresBus::new(store.clone(), Default::default())
+                .await
+                .map_err(failed)?;
+            Ok(Bus::from_parts(Arc::new(bus), BusUrl::Embedded))
+        }
+    }
+}
+
+// Built without any transport, only the refusal remains.
+#[allow(unused_variables, unreachable_code)]
+async fn broker(transport: Transport, raw: &str, url: &BusUrl) -> Result<Bus, ConnectError> {
+    let failed = |source| ConnectError::Bus {
+        name: transport.name(),
+        url: url.to_string(),
+        source,
+    };
+    match transport {
+        #[cfg(feature = "nats")]
+        Transport::Nats => {
+            let bus = runnel_nats::connect(raw).await.map_err(failed)?;
+            Ok(broker_bus(bus, url))
+        }
+        #[cfg(feature = "rabbitmq")]
+        Transport::RabbitMq => {
+            let bus = runnel_rabbitmq::connect(raw).await.map_err(failed)?;
+            Ok(broker_bus(bus, url))
+        }
+        #[cfg(feature = "kafka")]
+        Transport::Kafka => {
+            let bus = runnel_kafka::connect(raw).map_err(failed)?;
+            Ok(broker_bus(bus, url))
+        }
+        #[cfg(feature = "sqs")]
+        Transport::Sqs => {
+            let bus = runnel_sqs::connect(raw).map_err(failed)?;
+            Ok(broker_bus(bus, url))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(ConnectError::NotBuiltIn {
+            name: other.name(),
+            feature: other.feature(),
+        }),
+    }
+}
+
+#[allow(dead_code)]
+fn broker_bus<B>(bus: Arc<B>, url: &BusUrl) -> Bus
+where
+    B: Publisher + Subscriber,
+{
+    // TODO(transport-kit): every broker bus implements DeadLetterDrain; hand it out here.
+    Bus::from_parts(bus, url.clone())
+}

@@ -1,0 +1,276 @@
+//! [`open_stores`]: every storage trait of one database, from its URL.
+
+use std::sync::Arc;
+
+use runnel_core::dead_letter::{DeadLetterStore, DedupStore};
+use runnel_core::outbox::{BlobStore, OutboxStore};
+use runnel_core::{CheckpointStore, EventStore, SnapshotStore};
+
+use super::error::ConnectError;
+use super::url::StoreUrl;
+
+/// Whether opening may create a new, empty store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the store if it is missing (writers, and followers waiting for the first
+    /// event). The default.
+    #[default]
+    CreateIfMissing,
+    /// Refuse a missing SQLite file instead of leaving an empty one behind (readers). A
+    /// PostgreSQL schema is created on first use either way.
+    MustExist,
+}
+
+/// The backend a [`Stores`] runs on, for what is specific to it: the inbox (whose scope
+/// is a SQLite unit of work or a PostgreSQL transaction), the embedded bus, the
+/// application's own SQL.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum StoreBackend {
+    /// One SQLite file (feature `sqlite`).
+    #[cfg(feature = "sqlite")]
+    Sqlite(runnel_sqlite::SqliteStore),
+    /// A PostgreSQL schema (feature `postgres`).
+    #[cfg(feature = "postgres")]
+    Postgres(runnel_postgres::PostgresStore),
+}
+
+/// Every storage trait of one database, opened from one URL: the event store, snapshots,
+/// checkpoints, the transactional outbox, dead letters, the claim-check blobs and the dedup
+/// window. Cloning is cheap; every clone shares the same connections.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use runnel::connect::{open_stores, OpenMode, StoreUrl};
+/// use runnel::core::{ExpectedRevision, NewEvent, StreamName};
+///
+/// let dir = tempfile::tempdir()?;
+/// let url = StoreUrl::sqlite(dir.path().join("app.db")); // or "postgres://…"
+/// let stores = open_stores(&url, OpenMode::CreateIfMissing).await?;
+/// let stream = StreamName::new("Order-1")?;
+/// let placed = NewEvent::json("OrderPlaced", &serde_json::json!({ "total": 42 }));
+/// stores.events.append(&stream, ExpectedRevision::NoStream, vec![placed]).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Stores {
+    pub events: Arc<dyn EventStore>,
+    pub snapshots: Arc<dyn SnapshotStore>,
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    pub dead_letters: Arc<dyn DeadLetterStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    /// The dedup window; in the store's database unless replaced with
+    /// [`Stores::with_dedup`] (for example by Redis, [`open_dedup`](super::open_dedup)).
+    pub dedup: Arc<dyn DedupStore>,
+    backend: StoreBackend,
+    url: StoreUrl,
+    // Opened on first use: on PostgreSQL the outbox keeps a LISTEN connection, which a
+    // process that never enqueues should not hold.
+    outbox: Arc<tokio::sync::OnceCell<Arc<dyn OutboxStore>>>,
+}
+
+/// Commit counters of a store's writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed (fsyncs, at full durability).
+    pub commits: u64,
+    /// Events in those commits.
+    pub events: u64,
+}
+
+impl CommitStats {
+    /// The counters accumulated since `earlier`.
+    pub fn since(self, earlier: CommitStats) -> CommitStats {
+        CommitStats {
+            commits: self.commits.saturating_sub(earlier.commits),
+            events: self.events.saturating_sub(earlier.events),
+        }
+    }
+
+    /// Events per commit (0 when nothing was committed).
+    pub fn events_per_commit(self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.events as f64 / self.commits as f64
+        }
+    }
+}
+
+impl Stores {
+    /// The backend, for what is specific to it.
+    pub fn backend(&self) -> &StoreBackend {
+        &self.backend
+    }
+
+    /// The URL the stores were opened from (`Display` redacts the password).
+    pub fn url(&self) -> &StoreUrl {
+        &self.url
+    }
+
+    /// The transactional outbox in this database (opened on first call; later calls
+    /// return the same one).
+    pub async fn outbox(&self) -> Result<Arc<dyn OutboxStore>, ConnectError> {
+        let outbox = self
+            .outbox
+            .get_or_try_init(|| async {
+                let outbox: Arc<dyn OutboxStore> = match &self.backend {
+                    #[cfg(feature = "sqlite")]
+                    StoreBackend::Sqlite(store) => {
+                        Arc::new(runnel_sqlite::SqliteOutbox::new(store.clone()))
+                    }
+                    #[cfg(feature = "postgres")]
+                    StoreBackend::Postgres(store) => Arc::new(
+                        runnel_postgres::PostgresOutbox::new(store.clone())
+                            .await
+                            .map_err(|source| ConnectError::Store {
+                                location: self.url.to_string(),
+                                source,
+                            })?,
+                    ),
+                };
+                Ok::<_, ConnectError>(outbox)
+            })
+            .await?;
+        Ok(Arc::clone(outbox))
+    }
+
+    /// Replaces the dedup window (for example with Redis).
+    pub fn with_dedup(mut self, dedup: Arc<dyn DedupStore>) -> Self {
+        self.dedup = dedup;
+        self
+    }
+
+    /// The writer's commit counters since the store was opened.
+    pub fn commit_stats(&self) -> CommitStats {
+        match &self.backend {
+            #[cfg(feature = "sqlite")]
+            StoreBackend::Sqlite(store) => {
+                let s = store.writer_stats();
+                CommitStats {
+                    commits: s.commits,
+                    events: s.events,
+                }
+            }
+            #[cfg(feature = "postgres")]
+            StoreBackend::Postgres(store) => {
+                let s = store.batch_stats();
+                CommitStats {
+                    commits: s.round_trips,
+                    events: s.events,
+                }
+            }
+        }
+    }
+
+    /// Where the data lives, for messages: the file, or the server and schema.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            #[cfg(feature = "sqlite")]
+            StoreBackend::Sqlite(store) => store.path().display().to_string(),
+            #[cfg(feature = "postgres")]
+            StoreBackend::Postgres(store) => {
+                format!("{} (schema {})", self.url, store.schema())
+            }
+        }
+    }
+}
+
+/// Opens every store of the database `url` names: `sqlite:PATH` (feature `sqlite`) or
+/// `postgres://…` (feature `postgres`). On PostgreSQL the schema and its tables are created
+/// on first use.
+pub async fn open_stores(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
+    match url {
+        StoreUrl::Sqlite(_) => open_sqlite(url, mode),
+        StoreUrl::Postgres(_) => open_postgres(url).await,
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
+    use runnel_sqlite::{
+        SqliteBlobs, SqliteDeadLetters, SqliteDedupStore, SqliteOptions, SqliteStore,
+    };
+    let (path, options) = sqlite_options(url)?;
+    if mode == OpenMode::MustExist && !path.exists() {
+        return Err(ConnectError::NoSuchStore {
+            location: path.display().to_string(),
+        });
+    }
+    let _: &SqliteOptions = &options;
+    let store = SqliteStore::open_with(&path, options).map_err(|source| ConnectError::Store {
+        location: path.display().to_string(),
+        source,
+    })?;
+    tracing::debug!(path = %path.display(), "opened the SQLite store");
+    Ok(Stores {
+        events: Arc::new(store.clone()),
+        snapshots: Arc::new(store.clone()),
+        checkpoints: Arc::new(store.clone()),
+        dead_letters: Arc::new(SqliteDeadLetters::new(store.clone())),
+        blobs: Arc::new(SqliteBlobs::new(store.clone())),
+        dedup: Arc::new(SqliteDedupStore::new(store.clone())),
+        backend: StoreBackend::Sqlite(store),
+        url: url.clone(),
+        outbox: Arc::default(),
+    })
+}
+
+/// The file and the options a SQLite URL names.
+#[cfg(feature = "sqlite")]
+fn sqlite_options(
+    url: &StoreUrl,
+) -> Result<(std::path::PathBuf, runnel_sqlite::SqliteOptions), ConnectError> {
+    let path = url.sqlite_path().ok_or_else(|| ConnectError::InvalidUrl {
+        url: url.to_string(),
+        reason: "not a SQLite URL".into(),
+    })?;
+    if url.as_secret_str().contains('?') {
+        return Err(ConnectError::InvalidUrl {
+            url: url.to_string(),
+            reason: "a SQLite store URL takes no parameters; remove everything after `?`".into(),
+        });
+    }
+    Ok((path, runnel_sqlite::SqliteOptions::default()))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn open_sqlite(_url: &StoreUrl, _mode: OpenMode) -> Result<Stores, ConnectError> {
+    Err(ConnectError::NotBuiltIn {
+        name: "SQLite",
+        feature: "sqlite",
+    })
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &StoreUrl) -> Result<Stores, ConnectError> {
+    use runnel_postgres::{
+        PostgresBlobs, PostgresDeadLetters, PostgresDedupStore, PostgresOptions, PostgresStore,
+    };
+    let failed = |source| ConnectError::Store {
+        location: url.to_string(),
+        source,
+    };
+    let options = PostgresOptions::from_url(url.as_secret_str()).map_err(failed)?;
+    let store = PostgresStore::connect_with(options).await.map_err(failed)?;
+    tracing::debug!(store = %url, schema = store.schema(), "opened the PostgreSQL store");
+    Ok(Stores {
+        events: Arc::new(store.clone()),
+        snapshots: Arc::new(store.clone()),
+        checkpoints: Arc::new(store.clone()),
+        dead_letters: Arc::new(PostgresDeadLetters::new(store.clone())),
+        blobs: Arc::new(PostgresBlobs::new(store.clone())),
+        dedup: Arc::new(PostgresDedupStore::new(&store)),
+        backend: StoreBackend::Postgres(store),
+        url: url.clone(),
+        outbox: Arc::default(),
+    })
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_url: &StoreUrl) -> Result<Stores, ConnectError> {
+    Err(ConnectError::NotBuiltIn {
+        name: "PostgreSQL",
+        feature: "postgres",
+    })
+}

@@ -1,0 +1,289 @@
+//! `order-fulfillment`: the reference order service on the Runnel application runtime.
+//!
+//! ```text
+//! cargo run -p order-fulfillment                       # the service, on sqlite:runnel.db
+//! cargo run -p order-fulfillment -- run --simulate 20  # …placing and shipping 20 orders
+//! cargo run -p order-fulfillment -- place o-1 --customer c-1 --item p-1:2:1250
+//! cargo run -p order-fulfillment -- show o-1
+//! RUNNEL_STORE=postgres://postgres@127.0.0.1/postgres RUNNEL_BUS=nats://127.0.0.1:4222 \
+//!   cargo run -p order-fulfillment                     # the same binary, scaled out
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use order_fulfillment::service::{self, OrderService};
+use order_fulfillment::{Order, OrderCommand, OrderLine};
+use runnel::app::{App, RunningApp, SHUTDOWN_DEADLINE_DEFAULT};
+use runnel::connect::{Settings, SettingsInputs};
+use tracing_subscriber::EnvFilter;
+
+/// The order service: the Order aggregate behind the command bus, the event store as the
+/// outbox, and a consumer keeping the order_summaries read model (exactly once, with an
+/// inbox), dead-lettering what it cannot apply.
+///
+/// The store and the bus come from --store/--db and --bus, else $RUNNEL_STORE/$RUNNEL_DB and
+/// $RUNNEL_BUS, else runnel.toml, else sqlite:runnel.db and the embedded bus.
+#[derive(Parser)]
+#[command(name = "order-fulfillment", version)]
+struct Cli {
+    /// Store URL: sqlite:PATH or postgres://…
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// SQLite file (shorthand for --store sqlite:PATH).
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+    /// Bus: embedded (default), nats://…, amqp://…, kafka://…, sqs://…
+    #[arg(long, global = true)]
+    bus: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service until SIGTERM or Ctrl-C (the default).
+    Run(RunArgs),
+    /// Place one order through the command bus.
+    Place(PlaceArgs),
+    /// Print an order as the read model has it (JSON), or say it is not there yet.
+    Show {
+        /// The order id.
+        order_id: String,
+        /// Wait up to this many seconds for the order to reach the read model (a service
+        /// process is updating it).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+}
+
+#[derive(clap::Args, Default)]
+struct RunArgs {
+    /// Place, confirm and ship this many orders once the service is up, and report when
+    /// the read model shows each one shipped.
+    #[arg(long, default_value_t = 0)]
+    simulate: u32,
+    /// Stop once the simulated orders are all in the read model (instead of running until
+    /// a signal).
+    #[arg(long, requires = "simulate")]
+    exit_after_simulation: bool,
+}
+
+#[derive(clap::Args)]
+struct PlaceArgs {
+    /// The new order's id.
+    order_id: String,
+    /// The customer.
+    #[arg(long)]
+    customer: String,
+    /// A line, PRODUCT:QUANTITY:UNIT_PRICE_CENTS (repeat for more lines).
+    #[arg(long = "item", required = true, value_parser = parse_line)]
+    items: Vec<OrderLine>,
+    /// Where it ships.
+    #[arg(long, default_value = "1 Main St")]
+    address: String,
+}
+
+fn parse_line(text: &str) -> Result<OrderLine, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let [product, quantity, price] = parts[..] else {
+        return Err("expected PRODUCT:QUANTITY:UNIT_PRICE_CENTS, e.g. p-1:2:1250".into());
+    };
+    let quantity = quantity
+        .parse()
+        .map_err(|_| format!("quantity {quantity:?} is not a number"))?;
+    let price = price
+        .parse()
+        .map_err(|_| format!("unit price {price:?} is not a number of cents"))?;
+    Ok(OrderLine::new(product, quantity, price))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cwd = std::env::current_dir()?;
+    let settings: Settings = SettingsInputs::gather(&cwd)?
+        .store("--store", cli.store)
+        .db("--db", cli.db)
+        .bus("--bus", cli.bus)
+        .resolve()?;
+    let mut app = App::connect(&settings).await?;
+    let service = service::wire(&mut app)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+        Command::Run(args) => serve(app, service, args).await,
+        Command::Place(args) => {
+            let outcome = app
+                .commands()
+                .execute::<Order>(
+                    args.order_id.clone(),
+                    OrderCommand::Place {
+                        customer_id: args.customer,
+                        items: args.items,
+                        shipping_address: args.address,
+                        billing_address: None,
+                    },
+                )
+                .await?;
+            println!(
+                "placed {} at revision {} (position {}); `run` publishes it and updates the read model",
+                args.order_id,
+                outcome.revision.unwrap_or(0),
+                outcome.position.map_or(0, |p| p.get())
+            );
+            Ok(())
+        }
+        Command::Show { order_id, wait } => {
+            let deadline = Instant::now() + Duration::from_secs(wait);
+            loop {
+                if let Some(row) = service.read_model.get(&order_id).await? {
+                    println!("{}", serde_json::to_string(&row)?);
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "order {order_id} is not in the read model (yet); is `run` running?"
+                    );
+                }
+                tokio::time::sleep(READ_MODEL_POLL).await;
+            }
+        }
+    }
+}
+
+async fn serve(app: App, service: OrderService, args: RunArgs) -> anyhow::Result<()> {
+    eprintln!(
+        "order service: store {}, bus {}, tasks: {}",
+        app.stores().url(),
+        app.bus().url(),
+        app.task_names().join(", ")
+    );
+    let running = app.start().await?;
+    if args.simulate > 0 {
+        let simulated = simulate(&running, &service, args.simulate);
+        tokio::select! {
+            result = simulated => {
+                result?;
+                if args.exit_after_simulation {
+                    return stop(running).await;
+                }
+            }
+            _ = running.wait_for_signal() => return stop(running).await,
+        }
+    }
+    eprintln!("order service running; Ctrl-C or SIGTERM stops it");
+    running.wait_for_signal().await;
+    stop(running).await
+}
+
+async fn stop(running: RunningApp) -> anyhow::Result<()> {
+    let report = running.shutdown(SHUTDOWN_DEADLINE_DEFAULT).await;
+    anyhow::ensure!(
+        report.all_stopped_in_time(),
+        "some tasks did not stop in time: {:?}",
+        report
+            .tasks
+            .iter()
+            .filter(|t| !t.stopped_in_time)
+            .map(|t| &t.name)
+            .collect::<Vec<_>>()
+    );
+    eprintln!(
+        "order service stopped ({} task restarts)",
+        report.restarts()
+    );
+    Ok(())
+}
+
+/// How often `show --wait` and the simulation look at the read model.
+const READ_MODEL_POLL: Duration = Duration::from_millis(20);
+
+/// Longest a simulated order may take to show up shipped in the read model.
+const SIMULATED_ORDER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Places, confirms and ships `count` orders, then waits (with a deadline) until the read
+/// model shows every one shipped.
+async fn simulate(running: &RunningApp, service: &OrderService, count: u32) -> anyhow::Result<()> {
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let started = Instant::now();
+    let commands = running.commands();
+    let mut ids = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let id = format!("sim-{}-{i}", &run[run.len() - 8..]);
+        commands
+            .execute::<Order>(
+                id.clone(),
+                OrderCommand::Place {
+                    customer_id: format!("c-{}", i % 7),
+                    items: vec![OrderLine::new(format!("p-{}", i % 5), 1 + i % 3, 1250)],
+                    shipping_address: "1 Main St".into(),
+                    billing_address: None,
+                },
+            )
+            .await?;
+        commands
+            .execute::<Order>(id.clone(), OrderCommand::Confirm)
+            .await?;
+        commands
+            .execute::<Order>(
+                id.clone(),
+                OrderCommand::Ship {
+                    tracking_number: Some(format!("t-{i}")),
+                },
+            )
+            .await?;
+        ids.push(id);
+    }
+    let deadline = Instant::now() + SIMULATED_ORDER_DEADLINE;
+    let mut pending: Vec<String> = ids;
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for id in pending {
+            match service.read_model.get(&id).await? {
+                Some(row) if row.status == "shipped" => {}
+                _ => still.push(id),
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} simulated orders are not shipped in the read model after {:?}",
+            pending.len(),
+            SIMULATED_ORDER_DEADLINE
+        );
+        tokio::time::sleep(READ_MODEL_POLL).await;
+    }
+    eprintln!(
+        "simulated {count} orders: placed, confirmed, shipped, and all shipped in the read model after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

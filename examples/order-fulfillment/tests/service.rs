@@ -1,0 +1,168 @@
+//! The reference service as a newcomer runs it: `order-fulfillment run` on the embedded
+//! default places orders through the command bus, the event store relay publishes their
+//! events, and the read-model consumer (with an inbox) shows each one shipped; the process
+//! stops cleanly on SIGTERM. The same binary runs on PostgreSQL by configuration alone.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_order-fulfillment");
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn service(args: &[&str], dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("RUNNEL_STORE")
+        .env_remove("RUNNEL_DB")
+        .env_remove("RUNNEL_BUS")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Runs to completion with a deadline; returns (success, stdout, stderr).
+fn run_to_end(mut cmd: Command) -> (bool, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the service binary starts");
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            return (
+                status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            );
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("the service did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn simulated_orders_reach_the_read_model(store_args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = store_args.to_vec();
+    args.extend(["run", "--simulate", "5", "--exit-after-simulation"]);
+    let (ok, _, stderr) = run_to_end(service(&args, dir.path()));
+    assert!(ok, "the simulation failed: {stderr}");
+    assert!(
+        stderr.contains("simulated 5 orders") && stderr.contains("all shipped in the read model"),
+        "{stderr}"
+    );
+
+    // Separate processes: a service runs, another process places an order, a third
+    // reads it from the read model once the service has applied it.
+    let mut run = store_args.to_vec();
+    run.push("run");
+    let (mut server, lines) = spawn_until_running(service(&run, dir.path()));
+    let mut place = store_args.to_vec();
+    place.extend(["place", "o-1", "--customer", "c-1", "--item", "p-1:2:1250"]);
+    let (ok, stdout, stderr) = run_to_end(service(&place, dir.path()));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("placed o-1"), "{stdout}");
+    let mut show = store_args.to_vec();
+    show.extend(["show", "o-1", "--wait", "60"]);
+    let (ok, stdout, stderr) = run_to_end(service(&show, dir.path()));
+    assert!(ok, "{stderr}");
+    let row: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(row["status"], "placed");
+    assert_eq!(row["total_cents"], 2500);
+    assert_eq!(row["item_count"], 2);
+    stop_with_sigterm(&mut server, lines);
+}
+
+/// Starts a service and waits (with a deadline) until it says it runs.
+fn spawn_until_running(
+    mut cmd: Command,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let until = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("the service never said it runs: {seen:?}"));
+        let running = line.contains("order service running");
+        seen.push(line);
+        if running {
+            return (child, lines);
+        }
+    }
+}
+
+/// Sends SIGTERM to this child by its own PID; it must exit successfully, in time,
+/// saying it stopped.
+fn stop_with_sigterm(child: &mut std::process::Child, lines: std::sync::mpsc::Receiver<String>) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit after SIGTERM: {status}");
+            break;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("the service did not stop after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The process has exited: its stderr ends, and so does the reader thread.
+    let rest: Vec<String> = lines.iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("order service stopped")),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn the_service_runs_on_the_embedded_default() {
+    simulated_orders_reach_the_read_model(&[]);
+}
+
+#[test]
+fn the_same_binary_runs_on_postgres() {
+    let Ok(url) = std::env::var("RUNNEL_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "RUNNEL_TEST_POSTGRES_URL is not set but RUNNEL_REQUIRE_SERVICES=1"
+        );
+        eprintln!("SKIPPED the_same_binary_runs_on_postgres: RUNNEL_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let schema = format!("e2e_{}", uuid::Uuid::now_v7().simple());
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let store = format!("{url}{separator}schema={schema}");
+    simulated_orders_reach_the_read_model(&["--store", &store]);
+}
+
+#[test]
+fn sigterm_stops_the_service_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_until_running(service(&["run"], dir.path()));
+    stop_with_sigterm(&mut child, lines);
+}
