@@ -29,8 +29,9 @@ pub enum StoreError {
     /// One event's payload (data plus metadata) is over the configured limit.
     #[error(
         "event {event_id} is {size_bytes} bytes, over the {limit_bytes}-byte payload limit; \
-         store large payloads out of line with the claim-check option (`claim_check`) \
-         or raise `max_payload_bytes`"
+         keep the large part out of the event with a claim-check (put it in the store's blob \
+         store, `runnel::connect::Stores::blobs`, and record its key in the event) or raise \
+         `StoreLimits::max_payload_bytes`"
     )]
     PayloadTooLarge {
         event_id: EventId,
@@ -169,5 +170,6 @@ mod tests {
             limit_bytes: 1,
         };
         assert!(e.to_string().contains("claim-check"));
+        assert!(e.to_string().contains("blob store"));
     }
 }

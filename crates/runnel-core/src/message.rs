@@ -17,7 +17,7 @@ use crate::metadata::Metadata;
 
 /// Longest topic or group name, in bytes (fits Kafka's 249, SNS's 256, NATS and AMQP).
 pub const BUS_NAME_LEN_MAX: usize = 200;
-/// Default largest message payload: 1 MiB (above it, use the claim-check option).
+/// Default largest message payload: 1 MiB (above it, send a claim-check: `runnel::outbox::ClaimCheckPublisher`).
 pub const MESSAGE_PAYLOAD_MAX_DEFAULT: usize = 1024 * 1024;
 /// Most messages in one publish call.
 pub const PUBLISH_BATCH_MAX: usize = 1000;
@@ -329,7 +329,8 @@ pub enum BusError {
     InvalidMessage { id: String, reason: String },
     #[error(
         "message {id} is {size_bytes} bytes, over the {limit_bytes}-byte limit; send large \
-         payloads by reference with the claim-check option (`claim_check`)"
+         payloads by reference with a claim-check (publish through \
+         `runnel::outbox::ClaimCheckPublisher`, consume through `ClaimCheckSubscriber`)"
     )]
     PayloadTooLarge {
         id: String,

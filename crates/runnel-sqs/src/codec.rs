@@ -102,7 +102,7 @@ pub fn encode(message: &Message) -> Result<WireMessage, BusError> {
             reason: format!(
                 "encoded with its attributes and headers the message is {size} bytes, over \
                  SNS/SQS's {WIRE_MESSAGE_BYTES_MAX}-byte limit; send large payloads by \
-                 reference with the claim-check option (`claim_check`)"
+                 reference with a claim-check (`runnel::outbox::ClaimCheckPublisher`)"
             ),
         });
     }
