@@ -438,7 +438,7 @@ fn unreachable_postgres_store_is_one_line_without_the_password() {
         .runnel_bare()
         .args([
             "--store",
-            "postgres://runnel:secret@127.0.0.1:1/runnel?connect_timeout_ms=2000",
+            "postgres://runnel:secret@127.0.0.1:1/runnel?connect_timeout=2s",
             "streams",
             "list",
         ])

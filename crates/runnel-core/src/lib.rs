@@ -7,6 +7,7 @@ pub mod bus;
 pub mod clock;
 pub mod cloudevents;
 pub mod codec;
+pub mod config;
 pub mod dead_letter;
 pub mod error;
 pub mod event;
@@ -22,6 +23,7 @@ pub mod subscription;
 
 pub use clock::{Clock, SystemClock};
 pub use codec::DomainEvent;
+pub use config::ConfigError;
 pub use error::{CodecError, StoreError};
 pub use event::{AppendResult, EventId, NewEvent, RecordedEvent, CONTENT_TYPE_JSON};
 pub use limits::StoreLimits;

@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use runnel_core::config::{shared, ConfigError, UrlQuery};
 use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::BusError;
 
@@ -31,6 +32,24 @@ pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Room for headers and record framing above the payload limit in the producer's
 /// `message.max.bytes`.
 pub const RECORD_OVERHEAD_MAX_BYTES: usize = 1024 * 1024;
+/// Largest payload limit accepted for `max_payload_bytes`.
+pub const MAX_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Longest producer linger librdkafka accepts (`linger.ms` ≤ 900 000).
+pub const LINGER_MAX: Duration = Duration::from_secs(900);
+/// Longest session timeout or heartbeat interval accepted (librdkafka's limit is an hour).
+pub const TIMEOUT_MAX: Duration = Duration::from_secs(3_600);
+
+/// The URL scheme named in configuration errors.
+const SCHEME: &str = "kafka";
+
+/// Parameters that were renamed when every backend took the one URL grammar: (old, new,
+/// an example value in the new syntax).
+const RENAMED: [(&str, &str, &str); 3] = [
+    ("linger_ms", "linger", "5ms"),
+    ("session_timeout_ms", "session_timeout", "10s"),
+    ("heartbeat_interval_ms", "heartbeat_interval", "500ms"),
+];
+
 /// Most messages (kilobytes) librdkafka pre-fetches per consumer.
 pub const PREFETCH_MAX_KBYTES: usize = 16 * 1024;
 
@@ -48,13 +67,16 @@ pub const PREFETCH_MAX_KBYTES: usize = 16 * 1024;
 /// | `replication_factor` | replication factor of topics Runnel creates | 1 |
 /// | `max_payload_bytes` | largest payload accepted by `publish` | 1 MiB |
 /// | `max_deliveries` | deliveries before a message moves to `<topic>.dlq` (0 = never) | 16 |
-/// | `linger_ms` | producer batching delay | 5 |
-/// | `session_timeout_ms` | consumer group session timeout | 10000 |
-/// | `heartbeat_interval_ms` | consumer group heartbeat interval | 500 |
+/// | `linger` | producer batching delay (a duration) | `5ms` |
+/// | `session_timeout` | consumer group session timeout (a duration) | `10s` |
+/// | `heartbeat_interval` | consumer group heartbeat interval (a duration) | `500ms` |
 /// | `client_id` | the Kafka client id | `runnel` |
 /// | `tls` | `true` for TLS (SSL or SASL_SSL) | `false` |
 /// | `ca_location` | CA certificate file for TLS | system store |
 /// | `sasl_mechanism` | `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with user and password) | `PLAIN` when a user is given |
+///
+/// Durations are written `250ms`, `30s`, `5m`; unknown parameters are refused (see
+/// `docs/configuration.md` for every backend's parameters).
 ///
 /// ```
 /// use runnel_kafka::KafkaOptions;
@@ -198,74 +220,57 @@ impl KafkaOptions {
                 password: decode(password)?,
             });
         }
-        for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let number = |what: &str| -> Result<u64, BusError> {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| invalid(&format!("{what} must be a whole number")))
-            };
-            match name.as_ref() {
-                "partitions" => {
-                    let n = number("partitions")?;
-                    if n == 0 || n > PARTITIONS_MAX as u64 {
-                        return Err(invalid(&format!("partitions must be 1..={PARTITIONS_MAX}")));
-                    }
-                    options.partitions = n as i32;
-                }
-                "replication_factor" => {
-                    let n = number("replication_factor")?;
-                    if n == 0 || n > i16::MAX as u64 {
-                        return Err(invalid("replication_factor must be at least 1"));
-                    }
-                    options.replication_factor = n as i32;
-                }
-                "max_payload_bytes" => {
-                    let n = number("max_payload_bytes")?;
-                    if n == 0 || n > 64 * 1024 * 1024 {
-                        return Err(invalid("max_payload_bytes must be 1..=64 MiB"));
-                    }
-                    options.max_payload_bytes = n as usize;
-                }
-                "max_deliveries" => {
-                    options.max_deliveries = u32::try_from(number("max_deliveries")?)
-                        .map_err(|_| invalid("max_deliveries is too large"))?;
-                }
-                "linger_ms" => options.linger = Duration::from_millis(number("linger_ms")?),
-                "session_timeout_ms" => {
-                    options.session_timeout = Duration::from_millis(number("session_timeout_ms")?)
-                }
-                "heartbeat_interval_ms" => {
-                    options.heartbeat_interval =
-                        Duration::from_millis(number("heartbeat_interval_ms")?)
-                }
-                "client_id" => options.client_id = value.into_owned(),
-                "tls" => {
-                    options.tls = match value.as_ref() {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => return Err(invalid("tls must be true or false")),
-                    }
-                }
-                "ca_location" => options.ca_location = Some(value.into_owned()),
-                "sasl_mechanism" => match value.as_ref() {
-                    "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => {
-                        options.sasl_mechanism = Some(value.into_owned())
-                    }
-                    _ => {
-                        return Err(invalid(
-                            "sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-                        ))
-                    }
-                },
-                other => {
-                    return Err(invalid(&format!(
-                        "unknown parameter {:?}",
-                        other.chars().take(40).collect::<String>()
-                    )))
-                }
-            }
-        }
+        options.read_query(query.unwrap_or(""))?;
         Ok(options)
+    }
+
+    /// Applies the query parameters of a `kafka://` URL.
+    fn read_query(&mut self, query: &str) -> Result<(), ConfigError> {
+        let mut q = UrlQuery::parse(SCHEME, query)?;
+        for (old, new, example) in RENAMED {
+            q.renamed(old, new, example)?;
+        }
+        if let Some(n) = q.integer("partitions", 1..=PARTITIONS_MAX)? {
+            self.partitions = n;
+        }
+        if let Some(n) = q.integer("replication_factor", 1..=i32::from(i16::MAX))? {
+            self.replication_factor = n;
+        }
+        if let Some(n) = q.integer(shared::MAX_PAYLOAD_BYTES, 1..=MAX_PAYLOAD_BYTES_MAX)? {
+            self.max_payload_bytes = n;
+        }
+        if let Some(n) = q.integer(shared::MAX_DELIVERIES, 0..=u32::MAX)? {
+            self.max_deliveries = n;
+        }
+        if let Some(d) = q.duration_in("linger", Duration::ZERO..=LINGER_MAX)? {
+            self.linger = d;
+        }
+        if let Some(d) = q.duration_in("session_timeout", Duration::from_millis(1)..=TIMEOUT_MAX)? {
+            self.session_timeout = d;
+        }
+        if let Some(d) =
+            q.duration_in("heartbeat_interval", Duration::from_millis(1)..=TIMEOUT_MAX)?
+        {
+            self.heartbeat_interval = d;
+        }
+        if let Some(v) = q.string("client_id") {
+            self.client_id = v;
+        }
+        if let Some(v) = q.bool("tls")? {
+            self.tls = v;
+        }
+        if let Some(v) = q.string("ca_location") {
+            self.ca_location = Some(v);
+        }
+        let mechanisms = [
+            ("PLAIN", "PLAIN"),
+            ("SCRAM-SHA-256", "SCRAM-SHA-256"),
+            ("SCRAM-SHA-512", "SCRAM-SHA-512"),
+        ];
+        if let Some(m) = q.choice("sasl_mechanism", &mechanisms)? {
+            self.sasl_mechanism = Some(m.to_string());
+        }
+        q.finish()
     }
 
     /// The settings every client (producer, consumer, admin) shares: brokers, security.
@@ -361,7 +366,7 @@ mod tests {
     #[test]
     fn url_with_everything() {
         let o = KafkaOptions::from_url(
-            "kafka://u%40x:p%3Ass@h1:9092,h2:9093/?partitions=8&replication_factor=3&max_payload_bytes=1000&max_deliveries=0&linger_ms=1&tls=true&sasl_mechanism=SCRAM-SHA-256&client_id=svc",
+            "kafka://u%40x:p%3Ass@h1:9092,h2:9093/?partitions=8&replication_factor=3&max_payload_bytes=1000&max_deliveries=0&linger=1ms&session_timeout=45s&tls=true&sasl_mechanism=SCRAM-SHA-256&client_id=svc",
         )
         .unwrap();
         assert_eq!(o.brokers, "h1:9092,h2:9093");
@@ -370,6 +375,7 @@ mod tests {
         assert_eq!(o.max_payload_bytes, 1000);
         assert_eq!(o.max_deliveries, 0);
         assert_eq!(o.linger, Duration::from_millis(1));
+        assert_eq!(o.session_timeout, Duration::from_secs(45));
         assert!(o.tls);
         let creds = o.credentials.clone().unwrap();
         assert_eq!(
@@ -394,6 +400,8 @@ mod tests {
             "kafka://h:1?nope=1",
             "kafka://h:1?tls=maybe",
             "kafka://user@h:1",
+            "kafka://h:1?linger=5",
+            "kafka://h:1?partitions=2&partitions=3",
         ] {
             let err = KafkaOptions::from_url(bad).unwrap_err();
             assert!(
@@ -403,5 +411,22 @@ mod tests {
         }
         let err = KafkaOptions::from_url("kafka://u:topsecret@h:1?partitions=x").unwrap_err();
         assert!(!err.to_string().contains("topsecret"));
+    }
+
+    #[test]
+    fn old_parameter_names_point_to_the_new_ones() {
+        let err = KafkaOptions::from_url("kafka://h:1?linger_ms=5").unwrap_err();
+        assert!(
+            err.to_string().contains("linger_ms was renamed linger"),
+            "{err}"
+        );
+        let err = KafkaOptions::from_url("kafka://h:1?session_timeout_ms=5").unwrap_err();
+        assert!(err.to_string().contains("session_timeout"), "{err}");
+        let err = KafkaOptions::from_url("kafka://h:1?nope=1").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("client_id, heartbeat_interval, linger"),
+            "{err}"
+        );
     }
 }

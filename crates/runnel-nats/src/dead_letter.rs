@@ -3,7 +3,7 @@
 //! The consumer router dead-letters a message that exhausts its retries itself (its dead
 //! letter layer writes to the `DeadLetterStore`). The transport adds a backstop for
 //! messages that never get that far — a handler that crashes the process, or a message
-//! that cannot be decoded: once JetStream has delivered one more than `max_deliver`
+//! that cannot be decoded: once JetStream has delivered one more than `max_deliveries`
 //! times, the member copies it to the stream `<STREAM_PREFIX>_DLQ` (subject
 //! `<prefix>_dlq.<stream>.<consumer>`, with `Runnel-Dlq-*` headers saying why) and
 //! terminates it on the group's consumer. [`drain_dead_letters`] moves those copies into

@@ -12,7 +12,7 @@
 //! * **Per-key order** across every consumer of a group: one member of the group holds a
 //!   lease (a JetStream KV key) and is the only one pulling; it hands a key's next message
 //!   out only after the previous one is settled. See `DESIGN.md`.
-//! * **Poison messages**: a message delivered more than `max_deliver` times is copied to
+//! * **Poison messages**: a message delivered more than `max_deliveries` times is copied to
 //!   the dead-letter stream `RUNNEL_DLQ` and terminated; [`drain_dead_letters`] moves those
 //!   into a `DeadLetterStore`.
 //! * Messages follow the CloudEvents NATS binding in binary mode (`ce-` headers).
@@ -26,7 +26,7 @@
 //! # async fn demo() -> Result<(), runnel_core::BusError> {
 //! use runnel_core::bus::Publisher;
 //! use runnel_core::{Message, TopicName};
-//! let bus = runnel_nats::connect("nats://127.0.0.1:4222?max_age_secs=604800").await?;
+//! let bus = runnel_nats::connect("nats://127.0.0.1:4222?retention=7d").await?;
 //! let topic = TopicName::new("orders")?;
 //! bus.publish(&topic, vec![Message::json("OrderPlaced", &serde_json::json!({"id": 1})).with_key("Order-1")]).await?;
 //! # Ok(()) }

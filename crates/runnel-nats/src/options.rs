@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use runnel_core::config::{percent_decode, shared, split_query, ConfigError, UrlQuery};
 use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::BusError;
 
@@ -25,6 +26,12 @@ pub const LEASE_BUCKET_DEFAULT: &str = "runnel_leases";
 /// Default time a publish keeps retrying (same message id, deduplicated by the server)
 /// through a broker outage before it reports [`BusError::Unavailable`].
 pub const PUBLISH_RETRY_DEADLINE_DEFAULT: Duration = Duration::from_secs(30);
+/// Fewest deliveries accepted for `max_deliveries` (one delivery and one retry).
+pub const MAX_DELIVERIES_MIN: u32 = 2;
+/// Most stream replicas (JetStream's limit).
+pub const REPLICAS_MAX: usize = 5;
+/// Largest payload limit accepted for `max_payload_bytes`.
+pub const MAX_PAYLOAD_BYTES_MAX: usize = MESSAGE_PAYLOAD_MAX_DEFAULT * 64;
 /// Room kept for headers under the server's `max_payload` when deriving the payload limit.
 pub const HEADER_ALLOWANCE_BYTES: usize = 64 * 1024;
 
@@ -74,31 +81,31 @@ pub struct NatsOptions {
     pub subject_prefix: String,
     /// Stream-name prefix (`?stream_prefix=`).
     pub stream_prefix: String,
-    /// Stream retention (`?retention=limits|interest`).
+    /// Stream retention (`?retention_policy=limits|interest`).
     pub retention: Retention,
     /// Stream storage (`?storage=file|memory`).
     pub storage: Storage,
     /// Stream replicas (`?replicas=`, 1 for a single server).
     pub replicas: usize,
-    /// Maximum message age, none by default (`?max_age_secs=`).
+    /// Maximum message age, none by default (`?retention=7d`).
     pub max_age: Option<Duration>,
     /// Maximum messages kept per stream (`?max_msgs=`).
     pub max_msgs: Option<i64>,
     /// Maximum bytes kept per stream (`?max_bytes=`).
     pub max_bytes: Option<i64>,
-    /// Deduplication window (`?duplicate_window_secs=`).
+    /// Deduplication window (`?duplicate_window=2m`).
     pub duplicate_window: Duration,
     /// Poison backstop: deliveries after which a message goes to the dead-letter stream
-    /// (`?max_deliver=`).
+    /// (`?max_deliveries=`).
     pub max_deliver: u32,
-    /// Group lease lifetime (`?lease_ttl_ms=`).
+    /// Group lease lifetime (`?lease_ttl=10s`).
     pub lease_ttl: Duration,
     /// KV bucket of the group leases (`?lease_bucket=`).
     pub lease_bucket: String,
     /// Largest payload accepted; `None` derives it from the server's `max_payload`
     /// (`?max_payload_bytes=`).
     pub max_payload_bytes: Option<usize>,
-    /// How long a publish retries through an outage (`?publish_retry_ms=`).
+    /// How long a publish retries through an outage (`?publish_timeout=30s`).
     pub publish_retry_deadline: Duration,
 }
 
@@ -173,36 +180,36 @@ fn invalid(what: impl Into<String>) -> BusError {
     BusError::InvalidArgument(what.into())
 }
 
-fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, BusError> {
-    value.parse().map_err(|_| {
-        invalid(format!(
-            "NATS URL parameter {name}={value:?} is not a number"
-        ))
-    })
-}
+/// The URL scheme named in configuration errors.
+const SCHEME: &str = "nats";
 
-fn parse_bool(name: &str, value: &str) -> Result<bool, BusError> {
+/// Parameters that were renamed when every backend took the one URL grammar: (old, new,
+/// an example value in the new syntax).
+const RENAMED: [(&str, &str, &str); 5] = [
+    ("max_deliver", "max_deliveries", "20"),
+    ("max_age_secs", "retention", "7d"),
+    ("duplicate_window_secs", "duplicate_window", "2m"),
+    ("lease_ttl_ms", "lease_ttl", "10s"),
+    ("publish_retry_ms", "publish_timeout", "30s"),
+];
+
+fn valid_token(name: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
     match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(invalid(format!(
-            "NATS URL parameter {name}={value:?} must be true or false"
-        ))),
-    }
-}
-
-fn valid_token(what: &str, value: &str) -> Result<String, BusError> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(value.to_string())
-    } else {
-        Err(invalid(format!(
-            "{what} must be 1..=64 ASCII letters, digits, '-' or '_'"
-        )))
+        None => Ok(None),
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+        {
+            Ok(Some(v))
+        }
+        Some(v) => Err(ConfigError::invalid_value(
+            SCHEME,
+            name,
+            v,
+            "1..=64 ASCII letters, digits, '-' or '_'",
+        )),
     }
 }
 
@@ -210,17 +217,20 @@ impl NatsOptions {
     /// Reads the options from a URL:
     ///
     /// `nats://[user:password@]host[:port][,host2[:port]]...[?param=value&...]`
-    /// (`tls://` for TLS). Parameters: `tls`, `tls_ca`, `token`, `creds`, `name`,
-    /// `subject_prefix`, `stream_prefix`, `retention` (`limits` | `interest`), `storage`
-    /// (`file` | `memory`), `replicas`, `max_age_secs`, `max_msgs`, `max_bytes`,
-    /// `duplicate_window_secs`, `max_deliver`, `lease_ttl_ms`, `lease_bucket`,
-    /// `max_payload_bytes`, `publish_retry_ms`.
+    /// (`tls://` for TLS). Parameters (durations are written `30s`, `5m`, `7d`): `tls`,
+    /// `tls_ca`, `token`, `creds`, `name`, `subject_prefix`, `stream_prefix`, `retention`
+    /// (max message age, unlimited by default), `retention_policy` (`limits` |
+    /// `interest`), `storage` (`file` | `memory`), `replicas`, `max_msgs`, `max_bytes`,
+    /// `duplicate_window`, `max_deliveries`, `lease_ttl`, `lease_bucket`,
+    /// `max_payload_bytes`, `publish_timeout`. Unknown parameters are refused; see
+    /// `docs/configuration.md` for the table of every backend's parameters.
     ///
     /// ```
     /// use runnel_nats::NatsOptions;
-    /// let o = NatsOptions::from_url("nats://app:secret@127.0.0.1:4222?max_age_secs=86400&max_deliver=10")?;
+    /// let o = NatsOptions::from_url("nats://app:secret@127.0.0.1:4222?retention=1d&max_deliveries=10")?;
     /// assert_eq!(o.servers, vec!["127.0.0.1:4222".to_string()]);
     /// assert_eq!(o.max_deliver, 10);
+    /// assert_eq!(o.max_age, Some(std::time::Duration::from_secs(86_400)));
     /// assert!(!format!("{o:?}").contains("secret"));
     /// # Ok::<(), runnel_core::BusError>(())
     /// ```
@@ -238,25 +248,21 @@ impl NatsOptions {
                 )))
             }
         }
-        let (authority, query) = match rest.split_once('?') {
-            Some((a, q)) => (a, Some(q)),
-            None => (rest, None),
-        };
+        let (authority, query) = split_query(rest);
         let authority = authority.trim_end_matches('/');
         let hosts = match authority.rsplit_once('@') {
             Some((userinfo, hosts)) => {
                 let decode = |s: &str| {
-                    url::form_urlencoded::parse(format!("v={s}").as_bytes())
-                        .next()
-                        .map(|(_, v)| v.into_owned())
-                        .unwrap_or_default()
+                    percent_decode(s).ok_or_else(|| {
+                        ConfigError::invalid_url(SCHEME, "the user info is not valid UTF-8")
+                    })
                 };
                 match userinfo.split_once(':') {
                     Some((u, p)) => {
-                        o.user = Some(decode(u));
-                        o.password = Some(decode(p));
+                        o.user = Some(decode(u)?);
+                        o.password = Some(decode(p)?);
                     }
-                    None => o.token = Some(decode(userinfo)),
+                    None => o.token = Some(decode(userinfo)?),
                 }
                 hosts
             }
@@ -277,64 +283,103 @@ impl NatsOptions {
             return Err(invalid("the NATS URL names no server"));
         }
         o.servers = servers;
-        if let Some(q) = query {
-            for (name, value) in url::form_urlencoded::parse(q.as_bytes()) {
-                let (name, value) = (name.as_ref(), value.as_ref());
-                match name {
-                    "tls" => o.tls = parse_bool(name, value)?,
-                    "tls_ca" => o.tls_ca = Some(PathBuf::from(value)),
-                    "token" => o.token = Some(value.to_string()),
-                    "creds" => o.credentials_file = Some(PathBuf::from(value)),
-                    "name" => o.client_name = Some(value.to_string()),
-                    "subject_prefix" => o.subject_prefix = valid_token(name, value)?,
-                    "stream_prefix" => o.stream_prefix = valid_token(name, value)?,
-                    "retention" => {
-                        o.retention = match value {
-                            "limits" => Retention::Limits,
-                            "interest" => Retention::Interest,
-                            _ => return Err(invalid("retention must be limits or interest")),
-                        }
-                    }
-                    "storage" => {
-                        o.storage = match value {
-                            "file" => Storage::File,
-                            "memory" => Storage::Memory,
-                            _ => return Err(invalid("storage must be file or memory")),
-                        }
-                    }
-                    "replicas" => o.replicas = parse_num(name, value)?,
-                    "max_age_secs" => {
-                        o.max_age = Some(Duration::from_secs(parse_num(name, value)?))
-                    }
-                    "max_msgs" => o.max_msgs = Some(parse_num(name, value)?),
-                    "max_bytes" => o.max_bytes = Some(parse_num(name, value)?),
-                    "duplicate_window_secs" => {
-                        o.duplicate_window = Duration::from_secs(parse_num(name, value)?)
-                    }
-                    "max_deliver" => o.max_deliver = parse_num(name, value)?,
-                    "lease_ttl_ms" => o.lease_ttl = Duration::from_millis(parse_num(name, value)?),
-                    "lease_bucket" => o.lease_bucket = valid_token(name, value)?,
-                    "max_payload_bytes" => o.max_payload_bytes = Some(parse_num(name, value)?),
-                    "publish_retry_ms" => {
-                        o.publish_retry_deadline = Duration::from_millis(parse_num(name, value)?)
-                    }
-                    other => {
-                        return Err(invalid(format!("unknown NATS URL parameter {other:?}")));
-                    }
-                }
-            }
-        }
+        o.read_query(query)?;
         o.validate()?;
         Ok(o)
     }
 
+    /// Applies the query parameters of a `nats://` URL.
+    fn read_query(&mut self, query: &str) -> Result<(), ConfigError> {
+        let mut q = UrlQuery::parse(SCHEME, query)?;
+        for (old, new, example) in RENAMED {
+            q.renamed(old, new, example)?;
+        }
+        // `retention` used to name the discard policy; say where that went.
+        if let Some(v @ ("limits" | "interest")) = q.peek("retention") {
+            return Err(ConfigError::invalid_value(
+                SCHEME,
+                "retention",
+                v,
+                "a duration (the maximum message age, e.g. 7d); the limits / interest \
+                 discard policy is now retention_policy",
+            ));
+        }
+        if let Some(v) = q.bool("tls")? {
+            self.tls = v;
+        }
+        if let Some(v) = q.string("tls_ca") {
+            self.tls_ca = Some(PathBuf::from(v));
+        }
+        if let Some(v) = q.string("token") {
+            self.token = Some(v);
+        }
+        if let Some(v) = q.string("creds") {
+            self.credentials_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = q.string("name") {
+            self.client_name = Some(v);
+        }
+        if let Some(v) = valid_token("subject_prefix", q.string("subject_prefix"))? {
+            self.subject_prefix = v;
+        }
+        if let Some(v) = valid_token("stream_prefix", q.string("stream_prefix"))? {
+            self.stream_prefix = v;
+        }
+        if let Some(v) = q.duration_in(shared::RETENTION, Duration::from_secs(1)..=Duration::MAX)? {
+            self.max_age = Some(v);
+        }
+        let policies = [
+            ("limits", Retention::Limits),
+            ("interest", Retention::Interest),
+        ];
+        if let Some(v) = q.choice("retention_policy", &policies)? {
+            self.retention = v;
+        }
+        let storages = [("file", Storage::File), ("memory", Storage::Memory)];
+        if let Some(v) = q.choice("storage", &storages)? {
+            self.storage = v;
+        }
+        if let Some(v) = q.integer("replicas", 1..=REPLICAS_MAX)? {
+            self.replicas = v;
+        }
+        if let Some(v) = q.integer("max_msgs", 1..=i64::MAX)? {
+            self.max_msgs = Some(v);
+        }
+        if let Some(v) = q.integer("max_bytes", 1..=i64::MAX)? {
+            self.max_bytes = Some(v);
+        }
+        if let Some(v) =
+            q.duration_in("duplicate_window", Duration::from_secs(1)..=Duration::MAX)?
+        {
+            self.duplicate_window = v;
+        }
+        if let Some(v) = q.integer(shared::MAX_DELIVERIES, MAX_DELIVERIES_MIN..=u32::MAX)? {
+            self.max_deliver = v;
+        }
+        if let Some(v) = q.duration_in("lease_ttl", LEASE_TTL_MIN..=Duration::MAX)? {
+            self.lease_ttl = v;
+        }
+        if let Some(v) = valid_token("lease_bucket", q.string("lease_bucket"))? {
+            self.lease_bucket = v;
+        }
+        if let Some(v) = q.integer(shared::MAX_PAYLOAD_BYTES, 1..=MAX_PAYLOAD_BYTES_MAX)? {
+            self.max_payload_bytes = Some(v);
+        }
+        if let Some(v) = q.duration(shared::PUBLISH_TIMEOUT)? {
+            self.publish_retry_deadline = v;
+        }
+        q.finish()
+    }
+
     /// Checks the bounds.
     pub fn validate(&self) -> Result<(), BusError> {
-        if self.replicas == 0 || self.replicas > 5 {
-            return Err(invalid("replicas must be 1..=5"));
+        if self.replicas == 0 || self.replicas > REPLICAS_MAX {
+            return Err(invalid(format!("replicas must be 1..={REPLICAS_MAX}")));
         }
-        if self.max_deliver < 2 {
-            return Err(invalid("max_deliver must be at least 2"));
+        if self.max_deliver < MAX_DELIVERIES_MIN {
+            return Err(invalid(format!(
+                "max_deliveries must be at least {MAX_DELIVERIES_MIN}"
+            )));
         }
         if self.lease_ttl < LEASE_TTL_MIN {
             return Err(invalid(format!(
@@ -347,12 +392,13 @@ impl NatsOptions {
         if let Some(age) = self.max_age {
             if age < self.duplicate_window {
                 return Err(invalid(
-                    "max_age must be at least the duplicate window (JetStream rule)",
+                    "retention (the maximum message age) must be at least the duplicate \
+                     window (JetStream rule)",
                 ));
             }
         }
         if let Some(max) = self.max_payload_bytes {
-            if max == 0 || max > MESSAGE_PAYLOAD_MAX_DEFAULT * 64 {
+            if max == 0 || max > MAX_PAYLOAD_BYTES_MAX {
                 return Err(invalid("max_payload_bytes is out of range"));
             }
         }
@@ -376,7 +422,8 @@ mod tests {
     #[test]
     fn url_parameters_are_read_and_credentials_redacted() {
         let o = NatsOptions::from_url(
-            "tls://bob:p%40ss@a:1,b?retention=interest&storage=memory&max_msgs=5&lease_ttl_ms=2000&name=svc",
+            "tls://bob:p%40ss@a:1,b?retention_policy=interest&storage=memory&max_msgs=5&lease_ttl=2s&name=svc\
+             &retention=7d&duplicate_window=5m&max_deliveries=3&publish_timeout=1m",
         )
         .expect("valid url");
         assert!(o.tls);
@@ -387,6 +434,10 @@ mod tests {
         assert_eq!(o.storage, Storage::Memory);
         assert_eq!(o.max_msgs, Some(5));
         assert_eq!(o.lease_ttl, Duration::from_secs(2));
+        assert_eq!(o.max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(o.duplicate_window, Duration::from_secs(300));
+        assert_eq!(o.max_deliver, 3);
+        assert_eq!(o.publish_retry_deadline, Duration::from_secs(60));
         let shown = format!("{o:?} {o}");
         assert!(!shown.contains("p@ss") && !shown.contains("bob"), "{shown}");
     }
@@ -397,9 +448,12 @@ mod tests {
             "amqp://x",
             "nats://",
             "nats://h?unknown=1",
-            "nats://h?max_deliver=1",
-            "nats://h?lease_ttl_ms=10",
+            "nats://h?max_deliveries=1",
+            "nats://h?lease_ttl=10ms",
+            "nats://h?lease_ttl=10",
             "nats://h?stream_prefix=a.b",
+            "nats://h?retention=7d&retention=8d",
+            "nats://h?retention=1s",
         ] {
             assert!(
                 matches!(
@@ -409,5 +463,37 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn old_parameter_names_point_to_the_new_ones() {
+        for (old, new) in [
+            ("max_deliver=5", "max_deliver was renamed max_deliveries"),
+            ("max_age_secs=60", "max_age_secs was renamed retention"),
+            (
+                "duplicate_window_secs=60",
+                "duplicate_window_secs was renamed duplicate_window",
+            ),
+            ("lease_ttl_ms=5000", "lease_ttl_ms was renamed lease_ttl"),
+            (
+                "publish_retry_ms=1",
+                "publish_retry_ms was renamed publish_timeout",
+            ),
+        ] {
+            let err = NatsOptions::from_url(&format!("nats://h?{old}")).unwrap_err();
+            assert!(err.to_string().contains(new), "{old}: {err}");
+        }
+        let err = NatsOptions::from_url("nats://h?retention=interest").unwrap_err();
+        assert!(err.to_string().contains("retention_policy"), "{err}");
+    }
+
+    #[test]
+    fn unknown_parameters_list_the_valid_ones() {
+        let err = NatsOptions::from_url("nats://h?max_deliverys=3").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("lease_ttl, max_bytes, max_deliveries, max_msgs"),
+            "{text}"
+        );
     }
 }

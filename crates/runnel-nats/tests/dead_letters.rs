@@ -1,6 +1,6 @@
 //! Dead letters from NATS land in the one `DeadLetterStore`: the router's (a handler that
 //! keeps failing) directly, and the transport's native backstop (a message whose
-//! consumers keep crashing, moved to the dead-letter stream after `max_deliver`
+//! consumers keep crashing, moved to the dead-letter stream after `max_deliveries`
 //! deliveries) by [`runnel_nats::drain_dead_letters`]. Both replay through the NATS
 //! publisher.
 
@@ -138,7 +138,7 @@ async fn router_dead_letters_land_in_the_store_and_replay_through_nats() {
 async fn crashing_consumers_hit_max_deliver_and_the_native_dead_letter_drains_to_the_store() {
     let Some(url) = nats_url() else { return };
     let sep = if url.contains('?') { '&' } else { '?' };
-    let bus = runnel_nats::connect(&format!("{url}{sep}max_deliver=2"))
+    let bus = runnel_nats::connect(&format!("{url}{sep}max_deliveries=2"))
         .await
         .expect("connect");
     let (topic, group) = fresh("poison");
@@ -187,7 +187,7 @@ async fn crashing_consumers_hit_max_deliver_and_the_native_dead_letter_drains_to
     }
     assert_eq!(
         crashes, 2,
-        "delivered max_deliver times, then dead-lettered"
+        "delivered max_deliveries times, then dead-lettered"
     );
 
     let store = SqliteDeadLetters::new(SqliteStore::open_temporary().expect("sqlite"));

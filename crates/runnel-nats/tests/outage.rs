@@ -89,7 +89,7 @@ async fn broker_killed_and_restarted_mid_stream_loses_nothing_and_keeps_key_orde
     let store_dir = dir.path().join("jetstream");
     let port = free_port();
     let server = Server::start(port, &store_dir).await;
-    let url = format!("nats://127.0.0.1:{port}?publish_retry_ms=60000&lease_ttl_ms=5000");
+    let url = format!("nats://127.0.0.1:{port}?publish_timeout=60s&lease_ttl=5s");
     let publisher = runnel_nats::connect(&url)
         .await
         .expect("publisher connects");

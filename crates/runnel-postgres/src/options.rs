@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use runnel_core::config::{shared, split_query, ConfigError, UrlQuery};
 use runnel_core::{StoreError, StoreLimits};
 
 /// Default schema holding Runnel's tables.
@@ -10,6 +11,42 @@ pub const SCHEMA_DEFAULT: &str = "runnel";
 pub const POOL_SIZE_DEFAULT: u32 = 16;
 /// Largest accepted pool size.
 pub const POOL_SIZE_MAX: u32 = 512;
+/// Smallest accepted pool size (one connection appends, the rest read).
+pub const POOL_SIZE_MIN: u32 = 2;
+/// Largest event payload limit accepted for `max_payload_bytes`.
+pub const PAYLOAD_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// The URL scheme named in configuration errors.
+const SCHEME: &str = "postgres";
+
+/// Parameters that were renamed when every backend took the one URL grammar: (old, new,
+/// an example value in the new syntax).
+const RENAMED: [(&str, &str, &str); 2] = [
+    ("statement_timeout_ms", "statement_timeout", "30s"),
+    ("connect_timeout_ms", "connect_timeout", "10s"),
+];
+
+/// Query parameters the PostgreSQL driver reads itself; they are handed on as written.
+const DRIVER_PARAMETERS: [&str; 18] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
 /// Default statement timeout.
 pub const STATEMENT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Default time to wait for a connection (from the pool or a new one).
@@ -55,50 +92,65 @@ impl PostgresOptions {
         }
     }
 
-    /// Options from a URL. Runnel's own settings may ride along as query parameters and are
+    /// Options from a URL. Runnel's own settings ride along as query parameters and are
     /// taken out before the URL reaches the driver: `schema`, `pool_size`,
-    /// `statement_timeout_ms`, `connect_timeout_ms`. For example
-    /// `postgres://app@db/prod?schema=orders&pool_size=32`.
+    /// `statement_timeout` and `connect_timeout` (durations: `30s`, `5m`),
+    /// `max_payload_bytes`. The driver's own parameters (`sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey`, `application_name`, `options`, `host`, `hostaddr`, `port`,
+    /// `dbname`, `user`, `password`, `statement-cache-capacity`) are handed on; any other
+    /// parameter is refused with the list of valid ones (see `docs/configuration.md`).
+    /// For example `postgres://app@db/prod?schema=orders&pool_size=32&statement_timeout=30s`.
     ///
     /// ```
-    /// let o = runnel_postgres::PostgresOptions::from_url("postgres://u@h/db?schema=s1&pool_size=8&sslmode=disable").unwrap();
+    /// use std::time::Duration;
+    /// let o = runnel_postgres::PostgresOptions::from_url(
+    ///     "postgres://u@h/db?schema=s1&pool_size=8&statement_timeout=1m&sslmode=disable",
+    /// )?;
     /// assert_eq!(o.schema, "s1");
     /// assert_eq!(o.pool_size, 8);
+    /// assert_eq!(o.statement_timeout, Duration::from_secs(60));
     /// assert_eq!(o.url, "postgres://u@h/db?sslmode=disable");
+    /// # Ok::<(), runnel_core::StoreError>(())
     /// ```
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
-        let (base, query) = match url.split_once('?') {
-            Some((b, q)) => (b, q),
-            None => (url, ""),
-        };
+        let (base, query) = split_query(url);
         let mut options = PostgresOptions::new(base);
-        let mut rest = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let bad = |what: &str| {
-                StoreError::InvalidArgument(format!("store URL parameter {k}={v:?}: {what}"))
-            };
-            match k {
-                "schema" => options.schema = v.to_string(),
-                "pool_size" => {
-                    options.pool_size = v.parse().map_err(|_| bad("expected a number"))?
-                }
-                "statement_timeout_ms" => {
-                    options.statement_timeout =
-                        Duration::from_millis(v.parse().map_err(|_| bad("expected milliseconds"))?)
-                }
-                "connect_timeout_ms" => {
-                    options.connect_timeout =
-                        Duration::from_millis(v.parse().map_err(|_| bad("expected milliseconds"))?)
-                }
-                _ => rest.push(pair),
-            }
-        }
-        if !rest.is_empty() {
-            options.url = format!("{base}?{}", rest.join("&"));
+        let driver = options.read_query(query)?;
+        if !driver.is_empty() {
+            options.url = format!("{base}?{}", driver.join("&"));
         }
         options.validate()?;
         Ok(options)
+    }
+
+    /// Applies Runnel's query parameters and returns the driver's, as written.
+    fn read_query(&mut self, query: &str) -> Result<Vec<String>, ConfigError> {
+        let mut q = UrlQuery::parse(SCHEME, query)?;
+        for (old, new, example) in RENAMED {
+            q.renamed(old, new, example)?;
+        }
+        if let Some(v) = q.string("schema") {
+            self.schema = v;
+        }
+        if let Some(n) = q.integer("pool_size", POOL_SIZE_MIN..=POOL_SIZE_MAX)? {
+            self.pool_size = n;
+        }
+        let positive = Duration::from_millis(1)..=Duration::MAX;
+        if let Some(d) = q.duration_in("statement_timeout", positive.clone())? {
+            self.statement_timeout = d;
+        }
+        if let Some(d) = q.duration_in(shared::CONNECT_TIMEOUT, positive)? {
+            self.connect_timeout = d;
+        }
+        if let Some(n) = q.integer(shared::MAX_PAYLOAD_BYTES, 1..=PAYLOAD_BYTES_MAX)? {
+            self.limits.max_payload_bytes = n;
+        }
+        let driver = DRIVER_PARAMETERS
+            .iter()
+            .filter_map(|name| q.pass_through(name))
+            .collect();
+        q.finish()?;
+        Ok(driver)
     }
 
     /// Uses `schema` for the tables.
@@ -121,9 +173,10 @@ impl PostgresOptions {
 
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
         validate_schema_name(&self.schema)?;
-        if self.pool_size < 2 || self.pool_size > POOL_SIZE_MAX {
+        if self.pool_size < POOL_SIZE_MIN || self.pool_size > POOL_SIZE_MAX {
             return Err(StoreError::InvalidArgument(format!(
-                "pool_size must be 2..={POOL_SIZE_MAX} (one connection appends, the rest read)"
+                "pool_size must be {POOL_SIZE_MIN}..={POOL_SIZE_MAX} (one connection appends, \
+                 the rest read)"
             )));
         }
         if self.statement_timeout.is_zero() {
@@ -150,5 +203,71 @@ pub fn validate_schema_name(schema: &str) -> Result<(), StoreError> {
         Err(StoreError::InvalidArgument(format!(
             "schema name {schema:?} must be 1..=40 of [a-z0-9_], not starting with a digit"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runnel_parameters_are_read_and_driver_parameters_handed_on() {
+        let o = PostgresOptions::from_url(
+            "postgres://app:pw@db:5432/prod?schema=orders&sslmode=require&pool_size=4\
+             &statement_timeout=45s&connect_timeout=2s&application_name=shop%20api&max_payload_bytes=2048",
+        )
+        .expect("valid");
+        assert_eq!(o.schema, "orders");
+        assert_eq!(o.pool_size, 4);
+        assert_eq!(o.statement_timeout, Duration::from_secs(45));
+        assert_eq!(o.connect_timeout, Duration::from_secs(2));
+        assert_eq!(o.limits.max_payload_bytes, 2048);
+        assert_eq!(
+            o.url,
+            "postgres://app:pw@db:5432/prod?sslmode=require&application_name=shop%20api"
+        );
+        let o = PostgresOptions::from_url("postgresql://h/db").expect("valid");
+        assert_eq!(o.url, "postgresql://h/db");
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        for bad in [
+            "postgres://h/db?pool_size=1",
+            "postgres://h/db?statement_timeout=30",
+            "postgres://h/db?statement_timeout=0s",
+            "postgres://h/db?schema=Bad",
+            "postgres://h/db?scheam=x",
+            "postgres://h/db?schema=a&schema=b",
+        ] {
+            assert!(
+                matches!(
+                    PostgresOptions::from_url(bad),
+                    Err(StoreError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
+        let err = PostgresOptions::from_url("postgres://h/db?scheam=x").unwrap_err();
+        assert!(
+            err.to_string().contains("pool_size, port, schema, ssl-ca"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn old_parameter_names_point_to_the_new_ones() {
+        let err =
+            PostgresOptions::from_url("postgres://h/db?statement_timeout_ms=100").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("statement_timeout_ms was renamed statement_timeout"),
+            "{err}"
+        );
+        let err = PostgresOptions::from_url("postgres://h/db?connect_timeout_ms=100").unwrap_err();
+        assert!(
+            err.to_string().contains("write connect_timeout=10s"),
+            "{err}"
+        );
     }
 }

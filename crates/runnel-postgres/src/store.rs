@@ -76,9 +76,10 @@ fn lock_key(schema: &str, purpose: &str) -> i64 {
 }
 
 impl PostgresStore {
-    /// Connects with default options (schema `runnel`).
+    /// Connects with the options in `url`'s query (see [`PostgresOptions::from_url`];
+    /// defaults otherwise, schema `runnel`).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with(PostgresOptions::new(url)).await
+        Self::connect_with(PostgresOptions::from_url(url)?).await
     }
 
     /// Connects, applies missing migrations, starts the append batcher and the listener.

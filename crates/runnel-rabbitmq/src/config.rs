@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use runnel_core::config::{format_duration, shared, ConfigError, UrlQuery};
 use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::BusError;
 
@@ -22,35 +23,49 @@ pub const RECONNECT_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(5);
 pub const DELIVERY_LIMIT_MAX: u32 = 10_000;
 /// Largest payload accepted (the broker's own default frame ceiling is 128 MiB).
 pub const MAX_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Smallest AMQP frame size (the protocol's minimum).
+pub const FRAME_MAX_MIN: u32 = 4096;
+
+/// The URL scheme named in configuration errors.
+const SCHEME: &str = "amqp";
+
+/// Parameters that were renamed when every backend took the one URL grammar: (old, new,
+/// an example value in the new syntax).
+const RENAMED: [(&str, &str, &str); 2] = [
+    ("delivery_limit", "max_deliveries", "20"),
+    ("connection_timeout", "connect_timeout", "10s"),
+];
 
 /// How the transport connects and shapes its broker objects.
 ///
 /// Built from a URL with [`RabbitOptions::from_url`]:
 ///
 /// ```text
-/// amqp[s]://user:password@host:port/vhost?delivery_limit=20&retention=7d&group_expires=1h
+/// amqp[s]://user:password@host:port/vhost?max_deliveries=20&retention=7d&group_expires=1h
 /// ```
 ///
 /// The user information and the TLS settings travel in the URL exactly as the AMQP URI
-/// spec says (`amqps://` for TLS; the vhost percent-encoded, `%2f` for `/`). Query
-/// parameters Runnel reads itself (and removes before handing the URL to the client):
+/// spec says (`amqps://` for TLS; the vhost percent-encoded, `%2f` for `/`). Durations
+/// are written `250ms`, `30s`, `5m`, `2h`, `7d`. Query parameters Runnel reads itself:
 ///
 /// | parameter | meaning | default |
 /// |---|---|---|
-/// | `delivery_limit` | quorum queue `x-delivery-limit`: deliveries lost with a consumer (crash, connection loss) before the broker dead-letters the message | 20 |
+/// | `max_deliveries` | quorum queue `x-delivery-limit`: deliveries lost with a consumer (crash, connection loss) before the broker dead-letters the message | 20 |
 /// | `retention` | max age of the per-topic stream that `StartPosition::Earliest` replays (`30s`, `15m`, `2h`, `7d`), `off` for none | `7d` |
 /// | `group_expires` | delete a group's queue after it had no consumer this long (`x-expires`; for tests) | never |
 /// | `max_payload_bytes` | largest payload a publish accepts | 1 MiB |
 /// | `publish_timeout` | how long a publish keeps reconnecting and resending | `30s` |
 /// | `reconnect_max` | longest back-off step between reconnect attempts | `5s` |
 ///
-/// Other query parameters (`heartbeat`, `connection_timeout`, `channel_max`, `frame_max`,
-/// `auth_mechanism`) go to the AMQP client. The password is never printed: `Debug` and
-/// `Display` show the URL with it replaced by `***`.
+/// The AMQP client's own settings are given in the same grammar and handed on in its
+/// units: `heartbeat` (whole seconds, e.g. `10s`), `connect_timeout` (a duration),
+/// `channel_max`, `frame_max`, `auth_mechanism`. Any other parameter is refused with the
+/// list of valid ones (see `docs/configuration.md`). The password is never printed:
+/// `Debug` and `Display` show the URL with it replaced by `***`.
 ///
 /// ```
 /// use runnel_rabbitmq::RabbitOptions;
-/// let o = RabbitOptions::from_url("amqp://app:s3cret@127.0.0.1:5672/%2f?delivery_limit=5")?;
+/// let o = RabbitOptions::from_url("amqp://app:s3cret@127.0.0.1:5672/%2f?max_deliveries=5")?;
 /// assert_eq!(o.delivery_limit, 5);
 /// assert!(!format!("{o:?}").contains("s3cret"));
 /// # Ok::<(), runnel_core::BusError>(())
@@ -59,7 +74,7 @@ pub const MAX_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub struct RabbitOptions {
     /// The URL for the AMQP client (Runnel's own query parameters removed).
     pub(crate) client_url: String,
-    /// `x-delivery-limit` of group queues.
+    /// `x-delivery-limit` of group queues (URL `max_deliveries`).
     pub delivery_limit: u32,
     /// Retention of the per-topic stream; `None`: no stream, `Earliest` sees nothing old.
     pub retention: Option<Duration>,
@@ -97,55 +112,11 @@ impl RabbitOptions {
             reconnect_delay_min: RECONNECT_DELAY_MIN_DEFAULT,
             reconnect_delay_max: RECONNECT_DELAY_MAX_DEFAULT,
         };
-        let mut passed_on: Vec<(String, String)> = Vec::new();
-        for (k, v) in parsed.query_pairs() {
-            let bad = |what: &str| {
-                BusError::InvalidArgument(format!("URL parameter {k}={v:?}: expected {what}"))
-            };
-            match k.as_ref() {
-                "delivery_limit" => {
-                    options.delivery_limit = v
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=DELIVERY_LIMIT_MAX).contains(n))
-                        .ok_or_else(|| bad(&format!("1..={DELIVERY_LIMIT_MAX}")))?
-                }
-                "retention" => {
-                    options.retention = if v == "off" {
-                        None
-                    } else {
-                        Some(parse_duration(&v).ok_or_else(|| bad("a duration or off"))?)
-                    }
-                }
-                "group_expires" => {
-                    options.group_expires = Some(
-                        parse_duration(&v)
-                            .filter(|d| *d >= Duration::from_secs(1))
-                            .ok_or_else(|| bad("a duration of at least 1s"))?,
-                    )
-                }
-                "max_payload_bytes" => {
-                    options.max_payload_bytes = v
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_PAYLOAD_BYTES_MAX).contains(n))
-                        .ok_or_else(|| bad(&format!("1..={MAX_PAYLOAD_BYTES_MAX}")))?
-                }
-                "publish_timeout" => {
-                    options.publish_timeout = parse_duration(&v).ok_or_else(|| bad("a duration"))?
-                }
-                "reconnect_max" => {
-                    options.reconnect_delay_max = parse_duration(&v)
-                        .filter(|d| *d >= options.reconnect_delay_min)
-                        .ok_or_else(|| bad("a duration of at least 100ms"))?
-                }
-                _ => passed_on.push((k.into_owned(), v.into_owned())),
-            }
-        }
+        let passed_on = options.read_query(parsed.query().unwrap_or(""))?;
         if passed_on.is_empty() {
             parsed.set_query(None);
         } else {
-            parsed.query_pairs_mut().clear().extend_pairs(passed_on);
+            parsed.set_query(Some(&passed_on.join("&")));
         }
         options.client_url = parsed.to_string();
         // Validate what the AMQP client will parse now, so a bad URL fails here.
@@ -156,6 +127,62 @@ impl RabbitOptions {
                 BusError::InvalidArgument(format!("invalid AMQP URL {}: {e}", redact(url)))
             })?;
         Ok(options)
+    }
+
+    /// Applies Runnel's query parameters and returns the AMQP client's, as
+    /// `name=value` pairs in the client's own units.
+    fn read_query(&mut self, query: &str) -> Result<Vec<String>, ConfigError> {
+        let mut q = UrlQuery::parse(SCHEME, query)?;
+        for (old, new, example) in RENAMED {
+            q.renamed(old, new, example)?;
+        }
+        if let Some(n) = q.integer(shared::MAX_DELIVERIES, 1..=DELIVERY_LIMIT_MAX)? {
+            self.delivery_limit = n;
+        }
+        if let Some(retention) = q.duration_or_off(shared::RETENTION)? {
+            self.retention = retention;
+        }
+        if let Some(d) = q.duration_in("group_expires", Duration::from_secs(1)..=Duration::MAX)? {
+            self.group_expires = Some(d);
+        }
+        if let Some(n) = q.integer(shared::MAX_PAYLOAD_BYTES, 1..=MAX_PAYLOAD_BYTES_MAX)? {
+            self.max_payload_bytes = n;
+        }
+        if let Some(d) = q.duration(shared::PUBLISH_TIMEOUT)? {
+            self.publish_timeout = d;
+        }
+        if let Some(d) = q.duration_in("reconnect_max", self.reconnect_delay_min..=Duration::MAX)? {
+            self.reconnect_delay_max = d;
+        }
+        // The client's own settings, given in the one grammar and handed on in its units.
+        let mut client = Vec::new();
+        let heartbeat_max = Duration::from_secs(u64::from(u16::MAX));
+        if let Some(d) = q.duration_in("heartbeat", Duration::ZERO..=heartbeat_max)? {
+            if d.subsec_nanos() != 0 {
+                return Err(ConfigError::invalid_value(
+                    SCHEME,
+                    "heartbeat",
+                    format_duration(d),
+                    "whole seconds (AMQP negotiates the heartbeat in seconds)",
+                ));
+            }
+            client.push(format!("heartbeat={}", d.as_secs()));
+        }
+        if let Some(d) = q.duration_in(
+            shared::CONNECT_TIMEOUT,
+            Duration::from_millis(1)..=Duration::MAX,
+        )? {
+            client.push(format!("connection_timeout={}", d.as_millis()));
+        }
+        if let Some(n) = q.integer("channel_max", 1..=u16::MAX)? {
+            client.push(format!("channel_max={n}"));
+        }
+        if let Some(n) = q.integer("frame_max", FRAME_MAX_MIN..=u32::MAX)? {
+            client.push(format!("frame_max={n}"));
+        }
+        client.extend(q.pass_through("auth_mechanism"));
+        q.finish()?;
+        Ok(client)
     }
 
     /// The client URL with the password replaced by `***` (safe to log).
@@ -197,25 +224,6 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-/// `250ms`, `30s`, `15m`, `2h`, `7d` (a bare number is seconds).
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    let seconds = |factor: u64| n.checked_mul(factor).map(Duration::from_secs);
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "" | "s" => seconds(1),
-        "m" => seconds(60),
-        "h" => seconds(3600),
-        "d" => seconds(86_400),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,14 +231,22 @@ mod tests {
     #[test]
     fn runnel_parameters_are_read_and_removed() {
         let o = RabbitOptions::from_url(
-            "amqp://u:pw@h:5672/%2f?delivery_limit=3&retention=off&heartbeat=10&group_expires=10m",
+            "amqp://u:pw@h:5672/%2f?max_deliveries=3&retention=off&heartbeat=10s&group_expires=10m\
+             &connect_timeout=5s&publish_timeout=1m&reconnect_max=2s&channel_max=64",
         )
         .unwrap();
         assert_eq!(o.delivery_limit, 3);
         assert_eq!(o.retention, None);
         assert_eq!(o.group_expires, Some(Duration::from_secs(600)));
-        assert!(o.client_url.contains("heartbeat=10"));
-        assert!(!o.client_url.contains("delivery_limit"));
+        assert_eq!(o.publish_timeout, Duration::from_secs(60));
+        assert_eq!(o.reconnect_delay_max, Duration::from_secs(2));
+        assert!(o.client_url.contains("heartbeat=10&"), "{}", o.client_url);
+        assert!(o.client_url.contains("connection_timeout=5000"));
+        assert!(o.client_url.contains("channel_max=64"));
+        assert!(!o.client_url.contains("max_deliveries"));
+        let o = RabbitOptions::from_url("amqp://h/?retention=2h").unwrap();
+        assert_eq!(o.retention, Some(Duration::from_secs(7_200)));
+        assert!(!o.client_url.contains('?'), "{}", o.client_url);
     }
 
     #[test]
@@ -245,9 +261,14 @@ mod tests {
     #[test]
     fn bad_values_are_invalid_arguments() {
         for url in [
-            "amqp://h/?delivery_limit=0",
+            "amqp://h/?max_deliveries=0",
             "amqp://h/?retention=soon",
+            "amqp://h/?retention=7",
+            "amqp://h/?heartbeat=10",
+            "amqp://h/?heartbeat=1500ms",
             "amqp://h/?max_payload_bytes=0",
+            "amqp://h/?unknown=1",
+            "amqp://h/?retention=1d&retention=2d",
             "nats://h",
         ] {
             assert!(
@@ -261,9 +282,14 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
-        assert_eq!(parse_duration("x"), None);
+    fn old_parameter_names_point_to_the_new_ones() {
+        let err = RabbitOptions::from_url("amqp://h/?delivery_limit=3").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("delivery_limit was renamed max_deliveries"),
+            "{err}"
+        );
+        let err = RabbitOptions::from_url("amqp://h/?connection_timeout=3000").unwrap_err();
+        assert!(err.to_string().contains("connect_timeout"), "{err}");
     }
 }

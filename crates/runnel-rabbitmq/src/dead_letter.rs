@@ -1,5 +1,5 @@
 //! The broker's native dead letters: a group's quorum queue dead-letters a message the
-//! broker gave out `delivery_limit` times without an ack (consumers that crash on it,
+//! broker gave out `max_deliveries` times without an ack (consumers that crash on it,
 //! or messages no consumer can read) through the `runnel.dead-letter` exchange into the
 //! group's `…:$dead` queue. [`RabbitBus::drain_dead_letters`] moves them into the one
 //! [`DeadLetterStore`], where they are listed and replayed like every other dead letter.

@@ -23,7 +23,7 @@
 //! use runnel_core::{GroupName, Message, TopicName};
 //! use futures_util::StreamExt;
 //!
-//! let bus = runnel_rabbitmq::connect("amqp://guest:guest@127.0.0.1:5672/%2f?delivery_limit=10").await?;
+//! let bus = runnel_rabbitmq::connect("amqp://guest:guest@127.0.0.1:5672/%2f?max_deliveries=10").await?;
 //! let topic = TopicName::new("orders")?;
 //! let mut deliveries = bus
 //!     .subscribe(&topic, &GroupName::new("billing")?, SubscribeOptions::default())

@@ -121,7 +121,7 @@ async fn crashing_consumers_hit_the_delivery_limit_and_the_native_dead_letter_dr
         return;
     };
     let sep = if url.contains('?') { '&' } else { '?' };
-    let options = RabbitOptions::from_url(&format!("{url}{sep}delivery_limit=2&group_expires=10m"))
+    let options = RabbitOptions::from_url(&format!("{url}{sep}max_deliveries=2&group_expires=10m"))
         .expect("options");
     let bus = RabbitBus::connect(options).await.expect("connect");
     let (topic, group) = fresh("poison");

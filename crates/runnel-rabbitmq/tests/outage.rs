@@ -39,7 +39,7 @@ async fn outage_publishers_resend_consumers_resubscribe_each_message_once_in_key
     let via_proxy = common::url_via(&url, proxy.local_addr());
     let sep = if via_proxy.contains('?') { '&' } else { '?' };
     let options = RabbitOptions::from_url(&format!(
-        "{via_proxy}{sep}retention=1h&group_expires=10m&reconnect_max=500ms&publish_timeout=60s&heartbeat=5"
+        "{via_proxy}{sep}retention=1h&group_expires=10m&reconnect_max=500ms&publish_timeout=60s&heartbeat=5s"
     ))
     .expect("options");
     let publisher = RabbitBus::connect(options.clone())

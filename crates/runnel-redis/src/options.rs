@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use runnel_core::config::{shared, split_query, ConfigError, UrlQuery};
 use runnel_core::BusError;
 
 /// The key prefix used when none is configured.
@@ -17,6 +18,14 @@ pub const RESPONSE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 pub const RECONNECT_ATTEMPTS_DEFAULT: usize = 6;
 /// Longest pause between two reconnection attempts.
 pub const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// Most reconnection attempts accepted for `reconnect_attempts`.
+pub const RECONNECT_ATTEMPTS_MAX: usize = 100;
+
+/// The URL scheme named in configuration errors.
+const SCHEME: &str = "redis";
+
+/// Query parameters the Redis client reads itself; they are handed on as written.
+const DRIVER_PARAMETERS: [&str; 4] = ["protocol", "db", "user", "pass"];
 
 /// Options for [`crate::RedisDedupStore::connect_with`].
 ///
@@ -48,6 +57,57 @@ impl RedisOptions {
             response_timeout: RESPONSE_TIMEOUT_DEFAULT,
             reconnect_attempts: RECONNECT_ATTEMPTS_DEFAULT,
         }
+    }
+
+    /// Options from a URL. Runnel's settings ride along as query parameters and are taken
+    /// out before the URL reaches the client: `key_prefix`, `connect_timeout` and
+    /// `response_timeout` (durations: `500ms`, `5s`), `reconnect_attempts`. The client's
+    /// own parameters (`protocol`, and `db`, `user`, `pass` of `redis+unix://` URLs) are
+    /// handed on; any other parameter is refused with the list of valid ones (see
+    /// `docs/configuration.md`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use runnel_redis::RedisOptions;
+    /// let o = RedisOptions::from_url("redis://127.0.0.1:6379/2?key_prefix=shop:dedup&response_timeout=2s")?;
+    /// assert_eq!(o.url, "redis://127.0.0.1:6379/2");
+    /// assert_eq!(o.key_prefix, "shop:dedup");
+    /// assert_eq!(o.response_timeout, Duration::from_secs(2));
+    /// # Ok::<(), runnel_core::BusError>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, BusError> {
+        let (base, query) = split_query(url);
+        let mut options = RedisOptions::new(base);
+        let client = options.read_query(query)?;
+        if !client.is_empty() {
+            options.url = format!("{base}?{}", client.join("&"));
+        }
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// Applies Runnel's query parameters and returns the client's, as written.
+    fn read_query(&mut self, query: &str) -> Result<Vec<String>, ConfigError> {
+        let mut q = UrlQuery::parse(SCHEME, query)?;
+        if let Some(v) = q.string("key_prefix") {
+            self.key_prefix = v;
+        }
+        let positive = Duration::from_millis(1)..=Duration::MAX;
+        if let Some(d) = q.duration_in(shared::CONNECT_TIMEOUT, positive.clone())? {
+            self.connect_timeout = d;
+        }
+        if let Some(d) = q.duration_in("response_timeout", positive)? {
+            self.response_timeout = d;
+        }
+        if let Some(n) = q.integer("reconnect_attempts", 0..=RECONNECT_ATTEMPTS_MAX)? {
+            self.reconnect_attempts = n;
+        }
+        let client = DRIVER_PARAMETERS
+            .iter()
+            .filter_map(|name| q.pass_through(name))
+            .collect();
+        q.finish()?;
+        Ok(client)
     }
 
     /// Sets the key prefix.
@@ -127,5 +187,31 @@ mod tests {
             .response_timeout(Duration::ZERO)
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn url_parameters_are_read_and_client_parameters_handed_on() {
+        let o = RedisOptions::from_url(
+            "redis://:pw@h:6379/1?key_prefix=app%3Adedup&connect_timeout=250ms&protocol=resp3&reconnect_attempts=2",
+        )
+        .expect("valid");
+        assert_eq!(o.key_prefix, "app:dedup");
+        assert_eq!(o.connect_timeout, Duration::from_millis(250));
+        assert_eq!(o.reconnect_attempts, 2);
+        assert_eq!(o.url, "redis://:pw@h:6379/1?protocol=resp3");
+        for bad in [
+            "redis://h?key_prefix=",
+            "redis://h?response_timeout=5",
+            "redis://h?keyprefix=x",
+            "redis://h?reconnect_attempts=1000",
+        ] {
+            assert!(
+                matches!(
+                    RedisOptions::from_url(bad),
+                    Err(BusError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }

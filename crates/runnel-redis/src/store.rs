@@ -68,9 +68,10 @@ pub struct RedisDedupStore {
 }
 
 impl RedisDedupStore {
-    /// Connects to `url` with default options (key prefix `runnel:dedup`).
+    /// Connects to `url` with the options in its query (see [`RedisOptions::from_url`];
+    /// defaults otherwise, key prefix `runnel:dedup`).
     pub async fn connect(url: &str) -> Result<Self, BusError> {
-        Self::connect_with(RedisOptions::new(url)).await
+        Self::connect_with(RedisOptions::from_url(url)?).await
     }
 
     /// Connects with explicit options. Fails now — not at the first claim — when the URL is

@@ -142,6 +142,13 @@ impl SqliteStore {
         Self::open_with(path, SqliteOptions::default())
     }
 
+    /// Opens (creating if needed) the store a `sqlite:PATH?…` URL names, with the options
+    /// in its query (see [`SqliteOptions::from_url`]).
+    pub fn open_url(url: &str) -> Result<Self, StoreError> {
+        let (path, options) = SqliteOptions::from_url(url)?;
+        Self::open_with(path, options)
+    }
+
     /// Opens a new store in a fresh file under the system's temporary directory, deleted
     /// when the last handle is dropped. For tests and throwaway runs.
     pub fn open_temporary() -> Result<Self, StoreError> {

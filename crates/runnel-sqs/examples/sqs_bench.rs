@@ -4,10 +4,10 @@
 //! handling), printed side by side with the ratio and the process's peak RSS.
 //!
 //! ```text
-//! cargo run --release -p runnel-sqs --example sqs_bench -- 'sqs://test:test@us-east-1?endpoint=http://127.0.0.1:4566&wait_seconds=1' [MESSAGES]
+//! cargo run --release -p runnel-sqs --example sqs_bench -- 'sqs://test:test@us-east-1?endpoint=http://127.0.0.1:4566&wait=1s' [MESSAGES]
 //! ```
 //!
-//! Both consumers long-poll with the URL's `wait_seconds`. On moto use `wait_seconds=1`:
+//! Both consumers long-poll with the URL's `wait`. On moto use `wait=1s`:
 //! moto keeps a FIFO queue's in-flight groups as they were when a long poll started, so a
 //! key unblocked by an ack is served only by the next poll (see DESIGN.md).
 

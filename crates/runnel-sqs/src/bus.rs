@@ -292,7 +292,7 @@ impl SqsBus {
         if existing.is_none() && start == StartPosition::Earliest && self.options.archive_days == 0
         {
             return Err(BusError::InvalidArgument(
-                "StartPosition::Earliest replays the SNS topic archive, which archive_days=0 \
+                "StartPosition::Earliest replays the SNS topic archive, which retention=off \
                  disables"
                     .into(),
             ));

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use runnel_core::config::{format_duration, percent_decode, shared, ConfigError, UrlQuery};
 use runnel_core::BusError;
 
 /// Region used when neither the URL nor `AWS_REGION` / `AWS_DEFAULT_REGION` names one.
@@ -43,6 +44,21 @@ pub const PUBLISH_SHARDS_DEFAULT: usize = 1;
 pub const PUBLISH_SHARDS_MAX: usize = 32;
 /// Attempts (first call included) the SDK makes for one API call.
 pub const SDK_ATTEMPTS_DEFAULT: u32 = 3;
+/// Most SDK attempts per API call.
+pub const SDK_ATTEMPTS_MAX: u32 = 10;
+/// Seconds in a day (the unit of the SNS archive).
+const DAY_SECS: u64 = 86_400;
+
+/// The URL scheme named in configuration errors.
+const SCHEME: &str = "sqs";
+
+/// Parameters that were renamed when every backend took the one URL grammar: (old, new,
+/// an example value in the new syntax).
+const RENAMED: [(&str, &str, &str); 3] = [
+    ("wait_seconds", "wait", "20s"),
+    ("max_receive_count", "max_deliveries", "25"),
+    ("archive_days", "retention", "7d"),
+];
 
 /// Static AWS credentials. `Debug` shows the access key id only.
 #[derive(Clone, PartialEq, Eq)]
@@ -70,12 +86,13 @@ impl fmt::Debug for StaticCredentials {
 /// ```
 /// use runnel_sqs::SqsOptions;
 /// let o = SqsOptions::from_url(
-///     "sqs://AKIDEXAMPLE:wJalrXUtnFEMI@eu-west-1?endpoint=http://127.0.0.1:4566&prefix=shop&max_receive_count=10",
+///     "sqs://AKIDEXAMPLE:wJalrXUtnFEMI@eu-west-1?endpoint=http://127.0.0.1:4566&prefix=shop&max_deliveries=10&retention=3d",
 /// )?;
 /// assert_eq!(o.region, "eu-west-1");
 /// assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:4566"));
 /// assert_eq!(o.prefix, "shop");
 /// assert_eq!(o.max_receive_count, 10);
+/// assert_eq!(o.archive_days, 3);
 /// assert!(!format!("{o:?}").contains("wJalrXUtnFEMI"));
 /// # Ok::<(), runnel_core::BusError>(())
 /// ```
@@ -91,11 +108,12 @@ pub struct SqsOptions {
     pub credentials: Option<StaticCredentials>,
     /// Prefix of every topic and queue name.
     pub prefix: String,
-    /// Long-polling wait per `ReceiveMessage`, seconds (0..=20).
+    /// Long-polling wait per `ReceiveMessage`, seconds (0..=20; URL `wait=20s`).
     pub wait_seconds: u32,
-    /// `maxReceiveCount` of each group queue's redrive policy.
+    /// `maxReceiveCount` of each group queue's redrive policy (URL `max_deliveries`).
     pub max_receive_count: u32,
-    /// SNS archive retention in days for new topics (0: no archive; `Earliest` then fails).
+    /// SNS archive retention in days for new topics (0: no archive; `Earliest` then fails;
+    /// URL `retention=7d` or `retention=off`).
     pub archive_days: u32,
     /// Largest payload accepted by `publish`.
     pub max_payload_bytes: usize,
@@ -128,19 +146,16 @@ fn invalid(what: impl Into<String>) -> BusError {
     BusError::InvalidArgument(what.into())
 }
 
-fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, BusError> {
-    value
-        .parse()
-        .map_err(|_| invalid(format!("sqs URL: {name}={value:?} is not a number")))
-}
-
 impl SqsOptions {
     /// Reads `sqs://[ACCESS_KEY_ID:SECRET_ACCESS_KEY@][REGION][?PARAMS]`.
     ///
     /// Parameters: `endpoint` (URL of a local or private endpoint), `session_token`,
-    /// `prefix`, `wait_seconds`, `max_receive_count`, `archive_days`, `max_payload_bytes`,
-    /// `sdk_attempts`, `publish_shards`. Credentials in the user-info part are percent-decoded. Unknown
-    /// parameters are an error (a typo must not silently change behaviour).
+    /// `prefix`, `wait` (long-polling wait, `0s`..=`20s`), `max_deliveries` (receives
+    /// before the native dead-letter queue), `retention` (SNS archive, whole days or
+    /// `off`), `max_payload_bytes`, `sdk_attempts`, `publish_shards`. Credentials in the
+    /// user-info part are percent-decoded. Unknown parameters are an error listing the
+    /// valid ones (a typo must not silently change behaviour); see
+    /// `docs/configuration.md`.
     pub fn from_url(url: &str) -> Result<Self, BusError> {
         // The URL itself may carry a secret: never echo it in an error.
         let parsed =
@@ -168,34 +183,72 @@ impl SqsOptions {
                 session_token: None,
             });
         }
-        for (k, v) in parsed.query_pairs() {
-            match k.as_ref() {
-                "endpoint" => o.endpoint = Some(v.into_owned()),
-                "session_token" => match o.credentials.as_mut() {
-                    Some(c) => c.session_token = Some(v.into_owned()),
-                    None => {
-                        return Err(invalid(
-                            "sqs URL: session_token needs an access key id and secret",
-                        ))
-                    }
-                },
-                "prefix" => o.prefix = v.into_owned(),
-                "wait_seconds" => o.wait_seconds = parse_number(&k, &v)?,
-                "max_receive_count" => o.max_receive_count = parse_number(&k, &v)?,
-                "archive_days" => o.archive_days = parse_number(&k, &v)?,
-                "max_payload_bytes" => o.max_payload_bytes = parse_number(&k, &v)?,
-                "sdk_attempts" => o.sdk_attempts = parse_number(&k, &v)?,
-                "publish_shards" => o.publish_shards = parse_number(&k, &v)?,
-                other => {
-                    return Err(invalid(format!(
-                        "sqs URL: unknown parameter {:?}",
-                        other.chars().take(64).collect::<String>()
-                    )))
+        o.read_query(parsed.query().unwrap_or(""))?;
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Applies the query parameters of an `sqs://` URL.
+    fn read_query(&mut self, query: &str) -> Result<(), ConfigError> {
+        let mut q = UrlQuery::parse(SCHEME, query)?;
+        for (old, new, example) in RENAMED {
+            q.renamed(old, new, example)?;
+        }
+        if let Some(v) = q.string("endpoint") {
+            self.endpoint = Some(v);
+        }
+        if let Some(token) = q.string("session_token") {
+            match self.credentials.as_mut() {
+                Some(c) => c.session_token = Some(token),
+                None => {
+                    return Err(ConfigError::invalid_url(
+                        SCHEME,
+                        "session_token needs an access key id and secret in the user info",
+                    ))
                 }
             }
         }
-        o.validate()?;
-        Ok(o)
+        if let Some(v) = q.string("prefix") {
+            self.prefix = v;
+        }
+        let wait_max = Duration::from_secs(u64::from(WAIT_SECONDS_MAX));
+        if let Some(d) = q.duration_in("wait", Duration::ZERO..=wait_max)? {
+            self.wait_seconds = whole_units(d, 1, "wait", "whole seconds (SQS polls in seconds)")?;
+        }
+        if let Some(n) = q.integer(shared::MAX_DELIVERIES, 1..=MAX_RECEIVE_COUNT_MAX)? {
+            self.max_receive_count = n;
+        }
+        let retention_max = Duration::from_secs(u64::from(ARCHIVE_DAYS_MAX) * DAY_SECS);
+        match q.duration_or_off(shared::RETENTION)? {
+            None => {}
+            Some(None) => self.archive_days = 0,
+            Some(Some(d)) if d <= retention_max => {
+                self.archive_days = whole_units(
+                    d,
+                    DAY_SECS,
+                    shared::RETENTION,
+                    "whole days (SNS archives by the day), e.g. 7d, or off",
+                )?
+            }
+            Some(Some(d)) => {
+                return Err(ConfigError::invalid_value(
+                    SCHEME,
+                    shared::RETENTION,
+                    format_duration(d),
+                    format!("0d..={ARCHIVE_DAYS_MAX}d, or off"),
+                ))
+            }
+        }
+        if let Some(n) = q.integer(shared::MAX_PAYLOAD_BYTES, 1..=MAX_PAYLOAD_BYTES_DEFAULT)? {
+            self.max_payload_bytes = n;
+        }
+        if let Some(n) = q.integer("sdk_attempts", 1..=SDK_ATTEMPTS_MAX)? {
+            self.sdk_attempts = n;
+        }
+        if let Some(n) = q.integer("publish_shards", 1..=PUBLISH_SHARDS_MAX)? {
+            self.publish_shards = n;
+        }
+        q.finish()
     }
 
     /// Checks every bound.
@@ -229,18 +282,16 @@ impl SqsOptions {
             }
         }
         if self.wait_seconds > WAIT_SECONDS_MAX {
-            return Err(invalid(format!(
-                "wait_seconds must be 0..={WAIT_SECONDS_MAX}"
-            )));
+            return Err(invalid(format!("wait must be 0s..={WAIT_SECONDS_MAX}s")));
         }
         if self.max_receive_count == 0 || self.max_receive_count > MAX_RECEIVE_COUNT_MAX {
             return Err(invalid(format!(
-                "max_receive_count must be 1..={MAX_RECEIVE_COUNT_MAX}"
+                "max_deliveries must be 1..={MAX_RECEIVE_COUNT_MAX}"
             )));
         }
         if self.archive_days > ARCHIVE_DAYS_MAX {
             return Err(invalid(format!(
-                "archive_days must be 0..={ARCHIVE_DAYS_MAX}"
+                "retention must be 0d..={ARCHIVE_DAYS_MAX}d"
             )));
         }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > MAX_PAYLOAD_BYTES_DEFAULT {
@@ -254,18 +305,33 @@ impl SqsOptions {
                 "publish_shards must be 1..={PUBLISH_SHARDS_MAX}"
             )));
         }
-        if self.sdk_attempts == 0 || self.sdk_attempts > 10 {
-            return Err(invalid("sdk_attempts must be 1..=10"));
+        if self.sdk_attempts == 0 || self.sdk_attempts > SDK_ATTEMPTS_MAX {
+            return Err(invalid(format!(
+                "sdk_attempts must be 1..={SDK_ATTEMPTS_MAX}"
+            )));
         }
         Ok(())
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
+/// `d` as a whole number of `unit_secs`-long units, or an error saying `expected`.
+fn whole_units(
+    d: Duration,
+    unit_secs: u64,
+    name: &'static str,
+    expected: &str,
+) -> Result<u32, ConfigError> {
+    let units = d.as_secs() / unit_secs;
+    let exact = d.subsec_nanos() == 0 && d.as_secs() % unit_secs == 0;
+    match u32::try_from(units) {
+        Ok(n) if exact => Ok(n),
+        _ => Err(ConfigError::invalid_value(
+            SCHEME,
+            name,
+            format_duration(d),
+            expected,
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -275,7 +341,7 @@ mod tests {
     #[test]
     fn url_carries_every_knob_and_hides_secrets() {
         let o = SqsOptions::from_url(
-            "sqs://AK%2B1:s%40cret@eu-central-1?endpoint=http://127.0.0.1:4566&prefix=p1&wait_seconds=5&max_receive_count=7&archive_days=0&max_payload_bytes=1000&session_token=sesstok123",
+            "sqs://AK%2B1:s%40cret@eu-central-1?endpoint=http://127.0.0.1:4566&prefix=p1&wait=5s&max_deliveries=7&retention=off&max_payload_bytes=1000&session_token=sesstok123",
         )
         .expect("valid URL");
         let c = o.credentials.clone().expect("credentials");
@@ -292,6 +358,8 @@ mod tests {
             !shown.contains("s@cret") && !shown.contains("sesstok123"),
             "{shown}"
         );
+        let o = SqsOptions::from_url("sqs://us-east-1?retention=30d&wait=0s").expect("valid");
+        assert_eq!((o.archive_days, o.wait_seconds), (30, 0));
     }
 
     #[test]
@@ -299,7 +367,11 @@ mod tests {
         for bad in [
             "nats://x",
             "sqs://us-east-1?nope=1",
-            "sqs://us-east-1?wait_seconds=21",
+            "sqs://us-east-1?wait=21s",
+            "sqs://us-east-1?wait=1500ms",
+            "sqs://us-east-1?wait=5",
+            "sqs://us-east-1?retention=36h",
+            "sqs://us-east-1?retention=366d",
             "sqs://us-east-1?prefix=bad.prefix",
             "sqs://us-east-1?endpoint=ftp://x",
             "sqs://us-east-1?max_payload_bytes=999999999",
@@ -308,5 +380,20 @@ mod tests {
         }
         let err = SqsOptions::from_url("sqs://key:topsecret@us-east-1?bogus=1").unwrap_err();
         assert!(!err.to_string().contains("topsecret"));
+    }
+
+    #[test]
+    fn old_parameter_names_point_to_the_new_ones() {
+        for (old, new) in [
+            ("wait_seconds=0", "wait_seconds was renamed wait"),
+            (
+                "max_receive_count=3",
+                "max_receive_count was renamed max_deliveries",
+            ),
+            ("archive_days=1", "archive_days was renamed retention"),
+        ] {
+            let err = SqsOptions::from_url(&format!("sqs://us-east-1?{old}")).unwrap_err();
+            assert!(err.to_string().contains(new), "{old}: {err}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Draining a group's native SQS dead-letter queue into a [`DeadLetterStore`].
 //!
-//! SQS moves a message to the group's DLQ after `max_receive_count` receives without a
+//! SQS moves a message to the group's DLQ after `max_deliveries` receives without a
 //! delete: a consumer that crashes on it again and again never gets to nack it, so the
 //! consumer router's own retry/dead-letter layer never sees it fail. [`drain_dead_letters`]
 //! closes that gap: it moves every message of the DLQ into the one `DeadLetterStore`

@@ -20,11 +20,12 @@
 //!
 //! ```text
 //! sqs://[ACCESS_KEY_ID:SECRET_ACCESS_KEY@][REGION][?endpoint=URL&session_token=…&prefix=runnel
-//!       &wait_seconds=20&max_receive_count=25&archive_days=7&max_payload_bytes=184320&sdk_attempts=3
+//!       &wait=20s&max_deliveries=25&retention=7d&max_payload_bytes=184320&sdk_attempts=3
 //!       &publish_shards=1]
 //! ```
 //!
-//! Without credentials in the URL, `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+//! Durations are written `250ms`, `30s`, `5m`, `7d`; unknown parameters are refused (see
+//! [`SqsOptions::from_url`] and `docs/configuration.md`). Without credentials in the URL, `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
 //! `AWS_SESSION_TOKEN` are read. Credentials are never logged (`Debug` redacts them).
 //!
 //! ```

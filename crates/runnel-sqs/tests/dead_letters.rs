@@ -1,6 +1,6 @@
 //! Dead letters over SNS/SQS: the consumer router's dead-letter layer writes to the one
 //! `DeadLetterStore` and a replay through the SQS publisher is handled; the native SQS
-//! dead-letter queue (redrive after `max_receive_count` receives) drains into the same store.
+//! dead-letter queue (redrive after `max_deliveries` receives) drains into the same store.
 
 mod common;
 
@@ -120,11 +120,8 @@ async fn native_dead_letter_queue_drains_into_the_store() {
     let Some(endpoint) = common::endpoint("native_dead_letter_queue_drains_into_the_store") else {
         return;
     };
-    let bus = runnel_sqs::connect(&common::url(
-        &endpoint,
-        "&wait_seconds=0&max_receive_count=2",
-    ))
-    .expect("connect");
+    let bus =
+        runnel_sqs::connect(&common::url(&endpoint, "&wait=0s&max_deliveries=2")).expect("connect");
     let (topic, group) = fresh("native");
     let mut stream = bus
         .subscribe(

@@ -36,10 +36,8 @@ async fn outage_mid_stream_loses_nothing_and_keeps_key_order() {
     let proxy = Arc::new(TcpProxy::start(addr).await.expect("start the proxy"));
     let via_proxy = format!("http://{}", proxy.local_addr());
     // Separate clients for publishing and consuming, both through the proxy.
-    let publisher =
-        runnel_sqs::connect(&common::url(&via_proxy, "&wait_seconds=0")).expect("publisher");
-    let subscriber =
-        runnel_sqs::connect(&common::url(&via_proxy, "&wait_seconds=0")).expect("subscriber");
+    let publisher = runnel_sqs::connect(&common::url(&via_proxy, "&wait=0s")).expect("publisher");
+    let subscriber = runnel_sqs::connect(&common::url(&via_proxy, "&wait=0s")).expect("subscriber");
 
     let id = uuid::Uuid::new_v4().simple().to_string();
     let topic = TopicName::new(format!("outage.{id}")).expect("topic");

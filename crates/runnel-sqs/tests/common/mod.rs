@@ -28,12 +28,12 @@ pub fn url(endpoint: &str, extra: &str) -> String {
 
 /// A bus (one independent client pair) on `endpoint`.
 ///
-/// `wait_seconds=0` (short polls): moto 5.2.5 snapshots a FIFO queue's in-flight message
+/// `wait=0s` (short polls): moto 5.2.5 snapshots a FIFO queue's in-flight message
 /// groups when a long poll starts. Two consumers long-polling one queue then break FIFO
 /// order: a poll that began before a group went in flight hands out the group's later
 /// messages (8 of 15 trials with two pollers and a 5-message batch). It also returns a
 /// message made visible again by a nack only on the next poll. A short poll takes a fresh
 /// look on every call; real SQS needs none of this (see DESIGN.md).
 pub fn bus(endpoint: &str) -> Arc<SqsBus> {
-    runnel_sqs::connect(&url(endpoint, "&wait_seconds=0")).expect("connect to SQS/SNS")
+    runnel_sqs::connect(&url(endpoint, "&wait=0s")).expect("connect to SQS/SNS")
 }
