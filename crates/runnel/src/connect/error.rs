@@ -1,5 +1,6 @@
 //! [`ConnectError`]: why a store or a bus could not be opened from its URL.
 
+use runnel_core::config::ConfigError;
 use runnel_core::{BusError, StoreError};
 
 /// Why opening a store or a bus from configuration failed. Each variant says what to do;
@@ -20,6 +21,11 @@ pub enum ConnectError {
     /// The URL names a known backend but is malformed.
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+
+    /// A URL parameter is unknown, renamed, repeated or has a bad value (the message
+    /// lists the valid parameters or the new spelling).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 
     /// The backend is known, but this build of Runnel leaves it out.
     #[error(
@@ -69,6 +75,7 @@ impl ConnectError {
         match self {
             ConnectError::UnsupportedScheme { .. }
             | ConnectError::InvalidUrl { .. }
+            | ConnectError::Config(_)
             | ConnectError::NotBuiltIn { .. }
             | ConnectError::ConfigFile { .. }
             | ConnectError::Ambiguous(_) => true,

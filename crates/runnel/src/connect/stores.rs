@@ -189,7 +189,7 @@ pub async fn open_stores(url: &StoreUrl, mode: OpenMode) -> Result<Stores, Conne
 #[cfg(feature = "sqlite")]
 fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
     use runnel_sqlite::{
-        SqliteBlobs, SqliteDeadLetters, SqliteDedupStore, SqliteOptions, SqliteStore,
+        SqliteBlobs, SqliteDeadLetters, SqliteDedupStore, SqliteStore,
     };
     let (path, options) = sqlite_options(url)?;
     if mode == OpenMode::MustExist && !path.exists() {
@@ -197,7 +197,6 @@ fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
             location: path.display().to_string(),
         });
     }
-    let _: &SqliteOptions = &options;
     let store = SqliteStore::open_with(&path, options).map_err(|source| ConnectError::Store {
         location: path.display().to_string(),
         source,
@@ -216,22 +215,12 @@ fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
     })
 }
 
-/// The file and the options a SQLite URL names.
+/// The file and the options a SQLite URL names (`sqlite:PATH?durability=…`).
 #[cfg(feature = "sqlite")]
 fn sqlite_options(
     url: &StoreUrl,
 ) -> Result<(std::path::PathBuf, runnel_sqlite::SqliteOptions), ConnectError> {
-    let path = url.sqlite_path().ok_or_else(|| ConnectError::InvalidUrl {
-        url: url.to_string(),
-        reason: "not a SQLite URL".into(),
-    })?;
-    if url.as_secret_str().contains('?') {
-        return Err(ConnectError::InvalidUrl {
-            url: url.to_string(),
-            reason: "a SQLite store URL takes no parameters; remove everything after `?`".into(),
-        });
-    }
-    Ok((path, runnel_sqlite::SqliteOptions::default()))
+    Ok(runnel_sqlite::SqliteOptions::from_url(url.as_secret_str())?)
 }
 
 #[cfg(not(feature = "sqlite"))]
@@ -273,4 +262,36 @@ async fn open_postgres(_url: &StoreUrl) -> Result<Stores, ConnectError> {
         name: "PostgreSQL",
         feature: "postgres",
     })
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_url_parameters_are_read_and_unknown_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let ok = StoreUrl::parse(&format!("sqlite:{}?durability=relaxed", path.display())).unwrap();
+        let stores = open_stores(&ok, OpenMode::CreateIfMissing).await.unwrap();
+        assert_eq!(stores.location(), path.display().to_string());
+
+        let bad = StoreUrl::parse(&format!("sqlite:{}?durabilty=full", path.display())).unwrap();
+        let err = open_stores(&bad, OpenMode::CreateIfMissing).await.err().unwrap();
+        assert!(err.is_bad_input());
+        let message = err.to_string();
+        assert!(message.contains("durabilty") && message.contains("durability"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_reader_does_not_create_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.db");
+        let err = open_stores(&StoreUrl::sqlite(&path), OpenMode::MustExist)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ConnectError::NoSuchStore { .. }), "{err}");
+        assert!(!path.exists());
+    }
 }

@@ -265,7 +265,7 @@ mod tests {
             ("sqlite:runnel.db", "runnel.db"),
             ("sqlite:///tmp/x.db", "/tmp/x.db"),
             ("sqlite://data/x.db", "data/x.db"),
-            ("sqlite:x.db?durability=full", "x.db"),
+            ("sqlite:x.db?durability=relaxed", "x.db"),
         ] {
             let parsed = StoreUrl::parse(url).unwrap();
             assert_eq!(parsed.sqlite_path().unwrap(), PathBuf::from(path), "{url}");
