@@ -77,6 +77,7 @@ impl<S: TakesHandouts, G> Stream for Handouts<S, G> {
                         return Poll::Ready(Some(Ok(h.delivery)));
                     }
                     // Superseded while it waited: dropping it settles nothing.
+                    tracing::trace!(id = h.id, "a superseded hand-out skipped");
                 }
                 other => return other.map(|o| o.map(|r| r.map(|h| h.delivery))),
             }
