@@ -1,15 +1,15 @@
 //! The native dead-letter backstop: a message delivered `max_deliveries` times without
 //! being settled (it keeps crashing or stalling its consumers) is moved to the topic
 //! `<topic>.dlq` with headers naming the group and the attempts, and its offset is
-//! released. [`drain_dead_letters`] moves those records into the one
+//! released. [`DeadLetterDrain::drain_dead_letters`] moves those records into the one
 //! [`DeadLetterStore`], where they are listed and replayed like the router's own dead
 //! letters (`runnel dlq replay`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures_util::StreamExt;
-use runnel_core::bus::{StartPosition, SubscribeOptions, Subscriber};
+use runnel_core::bus::{DeadLetterDrain, StartPosition, SubscribeOptions, Subscriber};
 use runnel_core::dead_letter::{DeadLetterStore, FailureRecord, NewDeadLetter};
 use runnel_core::{BusError, GroupName, TopicName};
 
@@ -23,32 +23,37 @@ pub const DLQ_TOPIC_HEADER: &str = "runnel-dlq-topic";
 /// Header carrying how often the message was delivered.
 pub const DLQ_ATTEMPTS_HEADER: &str = "runnel-dlq-attempts";
 
-/// Moves the records `group` left in `<topic>.dlq` into `store`, until none arrives for
-/// `idle`. Each record is acknowledged (its offset committed for the drain's own group
-/// `<group>-dlq-drain`) only after the store accepted it, so a failed drain loses
-/// nothing. Records of other groups are skipped. Returns how many were stored.
-///
-/// ```no_run
-/// # async fn demo(bus: std::sync::Arc<runnel_kafka::KafkaBus>, store: std::sync::Arc<dyn runnel_core::dead_letter::DeadLetterStore>) -> Result<(), runnel_core::BusError> {
-/// use std::time::Duration;
-/// use runnel_core::{GroupName, TopicName};
-/// let moved = runnel_kafka::drain_dead_letters(
-///     &bus,
-///     &TopicName::new("orders")?,
-///     &GroupName::new("billing")?,
-///     store,
-///     Duration::from_secs(2),
-/// )
-/// .await?;
-/// println!("{moved} dead letters moved to the store");
-/// # Ok(()) }
-/// ```
-pub async fn drain_dead_letters(
+/// How long a drain waits for the next record of `<topic>.dlq` before it decides the
+/// topic is drained (a Kafka topic has no "empty": the drain reads until it goes quiet).
+pub const DRAIN_IDLE: Duration = Duration::from_secs(3);
+
+#[async_trait]
+impl DeadLetterDrain for KafkaBus {
+    /// Moves up to `max` of the records `group` left in `<topic>.dlq` into `store`,
+    /// reading until `max` are moved or none arrives for [`DRAIN_IDLE`]. Each record is
+    /// acknowledged (its offset committed for the drain's own group `<group>-dlq-drain`)
+    /// only after the store accepted it, so a failed drain loses nothing. Records of other
+    /// groups are skipped (and not counted). Returns how many were stored.
+    async fn drain_dead_letters(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        store: &dyn DeadLetterStore,
+        max: usize,
+    ) -> Result<usize, BusError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        drain(self, topic, group, store, max).await
+    }
+}
+
+async fn drain(
     bus: &KafkaBus,
     topic: &TopicName,
     group: &GroupName,
-    store: Arc<dyn DeadLetterStore>,
-    idle: Duration,
+    store: &dyn DeadLetterStore,
+    max: usize,
 ) -> Result<usize, BusError> {
     let dlq = dead_letter_topic(topic)?;
     let drain_group = GroupName::new(format!("{group}-dlq-drain"))?;
@@ -63,7 +68,10 @@ pub async fn drain_dead_letters(
         )
         .await?;
     let mut stored = 0;
-    while let Ok(Some(item)) = tokio::time::timeout(idle, stream.next()).await {
+    while stored < max {
+        let Ok(Some(item)) = tokio::time::timeout(DRAIN_IDLE, stream.next()).await else {
+            break;
+        };
         let delivery = item?;
         let (mut message, handle) = delivery.into_parts();
         let for_group = message.headers.remove(DLQ_GROUP_HEADER);

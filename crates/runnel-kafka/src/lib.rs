@@ -14,8 +14,9 @@
 //!   partition. On a rebalance the revoked partitions' prefix is committed (with metadata
 //!   recording what was delivered above it) and the rest is left to the next owner, which
 //!   reports those messages as redeliveries.
-//! * A message delivered `max_deliveries` times goes to `<topic>.dlq`; see
-//!   [`drain_dead_letters`].
+//! * A message delivered `max_deliveries` times goes to `<topic>.dlq`;
+//!   [`KafkaBus`]'s [`DeadLetterDrain`](runnel_core::bus::DeadLetterDrain) moves those
+//!   into a `DeadLetterStore`.
 //!
 //! Connect with a URL (format and parameters: [`KafkaOptions`]):
 //!
@@ -59,9 +60,7 @@ pub use config::{
     Credentials, KafkaOptions, HEARTBEAT_INTERVAL_DEFAULT, LINGER_DEFAULT, MAX_DELIVERIES_DEFAULT,
     PARTITIONS_DEFAULT, PARTITIONS_MAX, REPLICATION_FACTOR_DEFAULT, SESSION_TIMEOUT_DEFAULT,
 };
-pub use dead_letter::{
-    drain_dead_letters, DLQ_ATTEMPTS_HEADER, DLQ_GROUP_HEADER, DLQ_TOPIC_HEADER,
-};
+pub use dead_letter::{DLQ_ATTEMPTS_HEADER, DLQ_GROUP_HEADER, DLQ_TOPIC_HEADER, DRAIN_IDLE};
 pub use subscriber::driver::{BUFFERED_RECORDS_MAX, COMMIT_INTERVAL};
 pub use subscriber::{dead_letter_topic, kafka_group_id, ASSIGNMENT_WAIT};
 

@@ -3,7 +3,7 @@
 //! * the router's dead-letter layer: retries exhausted → stored with the failures →
 //!   handler fixed → replayed to its group → handled once;
 //! * the transport's native backstop: a message delivered `max_deliveries` times without
-//!   being settled moves to `<topic>.dlq`, [`drain_dead_letters`] moves it into the
+//!   being settled moves to `<topic>.dlq`, the bus's `DeadLetterDrain` moves it into the
 //!   store, and a replay brings it back.
 
 mod support;
@@ -16,10 +16,10 @@ use futures_util::StreamExt;
 use runnel::consumer::{Consumer, HandlerContext, HandlerError};
 use runnel::dead_letter::{ReplaySelection, ReplayTarget, Replayer};
 use runnel::RetryPolicy;
-use runnel_core::bus::{Publisher, StartPosition, SubscribeOptions, Subscriber};
+use runnel_core::bus::{DeadLetterDrain, Publisher, StartPosition, SubscribeOptions, Subscriber};
 use runnel_core::dead_letter::{DeadLetterFilter, DeadLetterStore};
 use runnel_core::Message;
-use runnel_kafka::{drain_dead_letters, KafkaBus, KafkaOptions};
+use runnel_kafka::{KafkaBus, KafkaOptions};
 use serde_json::json;
 use support::SqliteSide;
 
@@ -172,7 +172,10 @@ async fn messages_over_max_deliveries_move_to_the_native_dlq_and_drain_into_the_
     d.ack().await.expect("ack");
 
     let store: Arc<dyn DeadLetterStore> = side.dead_letters.clone();
-    let moved = drain_dead_letters(&bus, &topic, &group, store.clone(), Duration::from_secs(3))
+    // Through the transport-neutral trait, as `runnel dlq drain --bus URL` does.
+    let drain: &dyn DeadLetterDrain = &*bus;
+    let moved = drain
+        .drain_dead_letters(&topic, &group, &*store, 100)
         .await
         .expect("drain");
     assert_eq!(moved, 1);

@@ -13,8 +13,9 @@
 //!   lease (a JetStream KV key) and is the only one pulling; it hands a key's next message
 //!   out only after the previous one is settled. See `DESIGN.md`.
 //! * **Poison messages**: a message delivered more than `max_deliveries` times is copied to
-//!   the dead-letter stream `RUNNEL_DLQ` and terminated; [`drain_dead_letters`] moves those
-//!   into a `DeadLetterStore`.
+//!   the dead-letter stream `RUNNEL_DLQ` and terminated; the bus's
+//!   [`DeadLetterDrain`](runnel_core::bus::DeadLetterDrain) moves a group's copies into a
+//!   `DeadLetterStore`.
 //! * Messages follow the CloudEvents NATS binding in binary mode (`ce-` headers).
 //!
 //! ## Configuration URL
@@ -44,7 +45,7 @@ use std::sync::Arc;
 
 pub use bus::{NatsBus, ENSURED_STREAMS_MAX, JS_REQUEST_TIMEOUT};
 pub use codec::{from_nats, to_headers, MSG_ID_HEADER};
-pub use dead_letter::{drain_dead_letters, DRAIN_BATCH_MAX};
+pub use dead_letter::DRAIN_BATCH_MAX;
 pub use names::{consumer_name, escape, stream_name, subject};
 pub use options::{
     NatsOptions, Retention, Storage, DUPLICATE_WINDOW_DEFAULT, LEASE_TTL_DEFAULT,

@@ -1,7 +1,7 @@
 //! Dead letters from NATS land in the one `DeadLetterStore`: the router's (a handler that
 //! keeps failing) directly, and the transport's native backstop (a message whose
 //! consumers keep crashing, moved to the dead-letter stream after `max_deliveries`
-//! deliveries) by [`runnel_nats::drain_dead_letters`]. Both replay through the NATS
+//! deliveries) by the bus's `DeadLetterDrain`. Both replay through the NATS
 //! publisher.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use runnel::consumer::{Consumer, HandlerContext, HandlerError};
-use runnel::core::bus::{Publisher, SubscribeOptions, Subscriber};
+use runnel::core::bus::{DeadLetterDrain, Publisher, SubscribeOptions, Subscriber};
 use runnel::core::dead_letter::{DeadLetterFilter, DeadLetterStore};
 use runnel::core::{GroupName, Message, TopicName};
 use runnel::dead_letter::{ReplaySelection, ReplayTarget, Replayer};
@@ -196,9 +196,12 @@ async fn crashing_consumers_hit_max_deliver_and_the_native_dead_letter_drains_to
         group: Some(group.clone()),
         ..DeadLetterFilter::default()
     };
+    // Through the transport-neutral trait, as `runnel dlq drain --bus URL` does.
+    let drain: &dyn DeadLetterDrain = &*bus;
     let until = Instant::now() + DEADLINE;
     loop {
-        runnel_nats::drain_dead_letters(&bus, &store, 100)
+        drain
+            .drain_dead_letters(&topic, &group, &store, 100)
             .await
             .expect("drain");
         if store.count(&filter).await.expect("count") > 0 {

@@ -1,12 +1,14 @@
 //! The broker's native dead letters: a group's quorum queue dead-letters a message the
 //! broker gave out `max_deliveries` times without an ack (consumers that crash on it,
 //! or messages no consumer can read) through the `runnel.dead-letter` exchange into the
-//! group's `…:$dead` queue. [`RabbitBus::drain_dead_letters`] moves them into the one
+//! group's `…:$dead` queue. [`DeadLetterDrain::drain_dead_letters`] moves them into the one
 //! [`DeadLetterStore`], where they are listed and replayed like every other dead letter.
 
+use async_trait::async_trait;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
+use runnel_core::bus::DeadLetterDrain;
 use runnel_core::chrono::Utc;
 use runnel_core::dead_letter::{DeadLetterStore, FailureRecord, NewDeadLetter};
 use runnel_core::{BusError, GroupName, Message, TopicName};
@@ -16,25 +18,25 @@ use crate::error::from_lapin;
 use crate::topology::dead_letter_queue_name;
 use crate::RabbitBus;
 
-/// Most dead letters one [`RabbitBus::drain_dead_letters`] call moves.
+/// Most dead letters one [`DeadLetterDrain::drain_dead_letters`] call moves.
 pub const DRAIN_BATCH_MAX: usize = 10_000;
 
-impl RabbitBus {
-    /// Moves up to `max` (1..=[`DRAIN_BATCH_MAX`]) messages from the native dead-letter
-    /// queue of `group` on `topic` into `store`; returns how many. Each is acked at the
-    /// broker only after the store accepted it (a crash in between stores it twice, never
-    /// loses it).
-    pub async fn drain_dead_letters(
+#[async_trait]
+impl DeadLetterDrain for RabbitBus {
+    /// Moves up to `max` (at most [`DRAIN_BATCH_MAX`] per call; 0 moves nothing) messages
+    /// from the native dead-letter queue of `group` on `topic` into `store`; returns how
+    /// many. Each is acked at the broker only after the store accepted it (a crash in
+    /// between stores it twice, never loses it).
+    async fn drain_dead_letters(
         &self,
         topic: &TopicName,
         group: &GroupName,
         store: &dyn DeadLetterStore,
         max: usize,
     ) -> Result<usize, BusError> {
-        if max == 0 || max > DRAIN_BATCH_MAX {
-            return Err(BusError::InvalidArgument(format!(
-                "drain at most 1..={DRAIN_BATCH_MAX} dead letters at once"
-            )));
+        let max = max.min(DRAIN_BATCH_MAX);
+        if max == 0 {
+            return Ok(0);
         }
         let connection = self.link.connection().await?;
         let channel = connection.create_channel().await.map_err(from_lapin)?;

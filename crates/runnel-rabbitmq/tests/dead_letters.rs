@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use runnel::consumer::{Consumer, HandlerContext, HandlerError};
-use runnel::core::bus::{Publisher, SubscribeOptions, Subscriber};
+use runnel::core::bus::{DeadLetterDrain, Publisher, SubscribeOptions, Subscriber};
 use runnel::core::dead_letter::{DeadLetterFilter, DeadLetterStore};
 use runnel::core::{GroupName, Message, TopicName};
 use runnel::dead_letter::{ReplaySelection, ReplayTarget, Replayer};
@@ -175,10 +175,12 @@ async fn crashing_consumers_hit_the_delivery_limit_and_the_native_dead_letter_dr
 
     let effects = common::Effects::new().await;
     let store = SqliteDeadLetters::new(effects.store.clone());
+    // Through the transport-neutral trait, as `runnel dlq drain --bus URL` does.
+    let drain: &dyn DeadLetterDrain = &*bus;
     let mut moved = 0;
     let until = std::time::Instant::now() + DEADLINE;
     while moved == 0 {
-        moved += bus
+        moved += drain
             .drain_dead_letters(&topic, &group, &store, 100)
             .await
             .expect("drain");

@@ -2,14 +2,16 @@
 //!
 //! SQS moves a message to the group's DLQ after `max_deliveries` receives without a
 //! delete: a consumer that crashes on it again and again never gets to nack it, so the
-//! consumer router's own retry/dead-letter layer never sees it fail. [`drain_dead_letters`]
-//! closes that gap: it moves every message of the DLQ into the one `DeadLetterStore`
+//! consumer router's own retry/dead-letter layer never sees it fail. The bus's
+//! [`DeadLetterDrain`] closes that gap: it moves every message of the DLQ into the one `DeadLetterStore`
 //! (where `runnel dlq list/replay` see it), deleting each from SQS only after the store
 //! accepted it.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
+use runnel_core::bus::DeadLetterDrain;
 use runnel_core::chrono::Utc;
 use runnel_core::dead_letter::{DeadLetterStore, FailureRecord, NewDeadLetter};
 use runnel_core::{BusError, GroupName, TopicName};
@@ -21,10 +23,23 @@ use crate::error::map_sdk;
 /// Visibility a drained message gets while it is being copied into the store.
 const DRAIN_VISIBILITY: Duration = Duration::from_secs(30);
 
-/// Moves up to `max` messages from the native dead-letter queue of `group` on `topic` into
-/// `store`; returns how many were moved. Messages that are not CloudEvents are stored too,
-/// with their raw body as the payload, so nothing is lost.
-pub async fn drain_dead_letters(
+#[async_trait]
+impl DeadLetterDrain for SqsBus {
+    /// Moves up to `max` messages from the native dead-letter queue of `group` on `topic`
+    /// into `store`; returns how many were moved. Messages that are not CloudEvents are
+    /// stored too, with their raw body as the payload, so nothing is lost.
+    async fn drain_dead_letters(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        store: &dyn DeadLetterStore,
+        max: usize,
+    ) -> Result<usize, BusError> {
+        drain(self, topic, group, store, max).await
+    }
+}
+
+async fn drain(
     bus: &SqsBus,
     topic: &TopicName,
     group: &GroupName,

@@ -14,7 +14,8 @@
 //!   attributes ([`codec`]); structured mode when SQS's 10-attribute limit is exceeded.
 //! * `StartPosition::Earliest` replays the SNS FIFO topic's message archive
 //!   (`ArchivePolicy` on the topic, `ReplayPolicy` on the new group's subscription).
-//! * [`drain_dead_letters`] moves a group's native DLQ into a `DeadLetterStore`.
+//! * [`SqsBus`]'s [`DeadLetterDrain`](runnel_core::bus::DeadLetterDrain) moves a group's
+//!   native DLQ into a `DeadLetterStore`.
 //!
 //! # Configuration URL
 //!
@@ -46,4 +47,3 @@ mod subscriber;
 
 pub use bus::{connect, SqsBus};
 pub use config::{SqsOptions, StaticCredentials};
-pub use dead_letter::drain_dead_letters;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use runnel::consumer::{Consumer, HandlerContext, HandlerError};
 use runnel::dead_letter::{ReplaySelection, ReplayTarget, Replayer};
-use runnel_core::bus::{Publisher, StartPosition, SubscribeOptions, Subscriber};
+use runnel_core::bus::{DeadLetterDrain, Publisher, StartPosition, SubscribeOptions, Subscriber};
 use runnel_core::dead_letter::{DeadLetterFilter, DeadLetterStore};
 use runnel_core::{GroupName, Message, TopicName};
 use runnel_sqlite::{SqliteDeadLetters, SqliteStore};
@@ -171,7 +171,10 @@ async fn native_dead_letter_queue_drains_into_the_store() {
             );
         }
         drop(s);
-        moved = runnel_sqs::drain_dead_letters(&bus, &topic, &group, &*dead, 10)
+        // Through the transport-neutral trait, as `runnel dlq drain --bus URL` does.
+        let drain: &dyn DeadLetterDrain = &*bus;
+        moved = drain
+            .drain_dead_letters(&topic, &group, &*dead, 10)
             .await
             .expect("drain");
     }

@@ -3,7 +3,7 @@
 //! commits progress, and settles partitions on rebalance inside librdkafka's rebalance
 //! callback (which runs within this task's poll).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -12,11 +12,12 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use runnel_core::bus::{Acknowledger, Delivery, NACK_DELAY_MAX};
+use runnel_core::bus::{Acknowledger, Delivery};
 use runnel_core::{BusError, GroupName, TopicName};
-use tokio::sync::{mpsc, watch, Notify};
+use runnel_transport_kit::{check_extension, EntryId, Handout, Lost};
+use tokio::sync::{mpsc, watch};
 
-use super::state::{Commit, Outgoing, PriorDeliveries, QueueKey, SettleError, State};
+use super::state::{Commit, Outgoing, PriorDeliveries, State};
 use crate::codec::Record;
 use crate::error::bus_error;
 use crate::publisher::Producer;
@@ -31,34 +32,8 @@ pub const BUFFERED_RECORDS_MAX: usize = 4096;
 /// Wait before a message whose move to the dead-letter topic failed is tried again.
 pub const DEAD_LETTER_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// State shared by the driver, the rebalance callback and the acknowledgers.
-/// A delivery on its way to the application, with what identifies it in the state (the
-/// stream reports when the application takes it: its ack timeout starts then).
-pub struct Handout {
-    pub delivery: Delivery,
-    pub queue: QueueKey,
-    pub token: u64,
-}
-
-pub struct Shared {
-    state: Mutex<State>,
-    wake: Notify,
-}
-
-impl Shared {
-    pub fn new(state: State) -> Arc<Shared> {
-        Arc::new(Shared {
-            state: Mutex::new(state),
-            wake: Notify::new(),
-        })
-    }
-
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent-enough bookkeeping (every
-        // method finishes its updates before returning); keep serving.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// State shared by the driver, the rebalance callback, the acknowledgers and the stream.
+pub type Shared = runnel_transport_kit::Shared<State>;
 
 /// A client of the subscription's side group (`<kafka group>:delivered`), which never
 /// joins: its committed offset per partition is one past the highest offset the group
@@ -156,7 +131,7 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(_) = rebalance {
             self.assigned.send_modify(|n| *n += 1);
-            self.shared.wake.notify_one();
+            self.shared.wake();
         }
     }
 
@@ -206,14 +181,14 @@ pub fn commit<C: ConsumerContext, K: Consumer<C>>(
 /// Settles one delivery through the shared state.
 pub struct Acker {
     shared: Arc<Shared>,
-    queue: QueueKey,
+    id: EntryId,
     token: u64,
-    id: String,
+    message_id: String,
 }
 
 impl Acker {
-    fn lost(&self, _: SettleError) -> BusError {
-        BusError::DeliveryLost(self.id.clone())
+    fn lost(&self, _: Lost) -> BusError {
+        BusError::DeliveryLost(self.message_id.clone())
     }
 }
 
@@ -222,32 +197,28 @@ impl Acknowledger for Acker {
     async fn ack(&self) -> Result<(), BusError> {
         self.shared
             .lock()
-            .ack(&self.queue, self.token)
+            .ack(self.id, self.token)
             .map_err(|e| self.lost(e))?;
-        self.shared.wake.notify_one();
+        self.shared.wake();
         Ok(())
     }
 
     async fn nack(&self, delay: Option<Duration>) -> Result<(), BusError> {
         self.shared
             .lock()
-            .nack(&self.queue, self.token, delay, Instant::now())
+            .nack(self.id, self.token, delay, Instant::now())
             .map_err(|e| self.lost(e))?;
-        self.shared.wake.notify_one();
+        self.shared.wake();
         Ok(())
     }
 
     async fn extend(&self, by: Duration) -> Result<(), BusError> {
-        if by > NACK_DELAY_MAX {
-            return Err(BusError::InvalidArgument(format!(
-                "an extension of {by:?} is over the {NACK_DELAY_MAX:?} maximum"
-            )));
-        }
+        check_extension(by)?;
         self.shared
             .lock()
-            .extend(&self.queue, self.token, by, Instant::now())
+            .extend(self.id, self.token, by, Instant::now())
             .map_err(|e| self.lost(e))?;
-        self.shared.wake.notify_one();
+        self.shared.wake();
         Ok(())
     }
 }
@@ -301,7 +272,7 @@ impl Driver {
             };
             tokio::select! {
                 _ = self.out.closed() => break,
-                _ = self.shared.wake.notified() => {}
+                _ = self.shared.woken() => {}
                 _ = sleep => {}
                 received = self.consumer.recv(), if fetching => match received {
                     Ok(m) => {
@@ -329,7 +300,7 @@ impl Driver {
         if room == 0 {
             return;
         }
-        let outgoing = self.shared.lock().dispatch(Instant::now(), room);
+        let outgoing = self.shared.lock().dispatch(room);
         for o in outgoing {
             if o.dead_letter {
                 self.dead_letter(o);
@@ -337,9 +308,9 @@ impl Driver {
             }
             let acker = Acker {
                 shared: self.shared.clone(),
-                queue: o.queue.clone(),
+                id: o.id,
                 token: o.token,
-                id: o.message.id.clone(),
+                message_id: o.message.id.clone(),
             };
             let delivery = Delivery::new(
                 o.message,
@@ -350,9 +321,9 @@ impl Driver {
             );
             // Room was checked above and this task is the only sender.
             let handout = Handout {
-                delivery,
-                queue: o.queue,
+                id: o.id,
                 token: o.token,
+                delivery,
             };
             if self.out.try_send(Ok(handout)).is_err() {
                 tracing::debug!(topic = %self.topic, "subscription closed while delivering");
@@ -383,21 +354,16 @@ impl Driver {
             let settled = match result {
                 Ok(()) => {
                     tracing::warn!(topic = %topic, group = %group, offset = o.offset, partition = o.partition, "message delivered {attempts} times moved to {dlq}");
-                    state.ack(&o.queue, o.token)
+                    state.ack(o.id, o.token)
                 }
                 Err(e) => {
                     tracing::warn!(topic = %topic, error = %e, "moving a message to the dead-letter topic failed; retrying");
-                    state.nack(
-                        &o.queue,
-                        o.token,
-                        Some(DEAD_LETTER_RETRY_DELAY),
-                        Instant::now(),
-                    )
+                    state.nack(o.id, o.token, Some(DEAD_LETTER_RETRY_DELAY), Instant::now())
                 }
             };
             drop(state);
             if settled.is_ok() {
-                shared.wake.notify_one();
+                shared.wake();
             }
         });
     }

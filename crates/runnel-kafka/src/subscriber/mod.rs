@@ -18,6 +18,7 @@ use crate::config::KafkaOptions;
 use crate::error::bus_error;
 use crate::publisher::Producer;
 use driver::{Context, Driver, Shared};
+use runnel_transport_kit::handout_stream;
 use state::{Settings, State};
 
 /// Longest wait in `subscribe` for the group to hand this consumer its partitions.
@@ -107,17 +108,5 @@ pub async fn subscribe(
             )));
         }
     }
-    let taken_by = shared.clone();
-    Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|item| {
-            item.map(|r| {
-                r.map(|h| {
-                    taken_by
-                        .lock()
-                        .taken(&h.queue, h.token, std::time::Instant::now());
-                    h.delivery
-                })
-            })
-        })
-    })))
+    Ok(handout_stream(rx, shared, ()))
 }

@@ -1,14 +1,16 @@
-//! The delivery state of one consumer: which records of its partitions are buffered,
-//! handed out, delayed or done, per key; what may be delivered next; and which offsets
-//! may be committed. Pure bookkeeping (no I/O) so every rule is unit-tested.
+//! The delivery state of one consumer: the kit's per-key book over the records of its
+//! partitions (buffered, handed out, delayed or done, per key), and which offsets may be
+//! committed. Pure bookkeeping (no I/O) so every rule is unit-tested.
 //!
-//! Rules:
-//! * records are queued per `(partition, key)` in offset order; only a queue's head is
-//!   ever delivered, and the next record of a key waits until the head is acked — per-key
-//!   head-of-line blocking stays local, other keys of the same partition keep flowing;
-//! * keyless records each get their own queue (no order among them);
+//! Rules (the book's, see `runnel-transport-kit`, plus Kafka's own):
+//! * records are lined up per `(partition, key)` in fetch (offset) order; only a line's
+//!   head is ever delivered, and the next record of a key waits until the head is acked —
+//!   per-key head-of-line blocking stays local, other keys of the same partition keep
+//!   flowing;
+//! * keyless records have no line (no order among them);
 //! * a nack puts the head back (now or after its delay) with the attempt raised, an
-//!   expired ack deadline does the same; an extension moves the deadline;
+//!   expired ack deadline does the same; an extension moves the deadline
+//!   ([`Redelivery::Local`]: Kafka itself never redelivers to a live consumer);
 //! * the ack deadline counts from when the application takes the delivery from the
 //!   stream ([`State::taken`]): one still waiting in the stream's buffer does not expire;
 //! * the commit position of a partition is its lowest unacked offset (or one past the
@@ -17,12 +19,13 @@
 //! * the commit metadata says which offsets above the position were already delivered
 //!   (and how often), so the partition's next owner reports them as redeliveries.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runnel_core::Message;
+use runnel_transport_kit::book::{BookSettings, KeyBook, Redelivery};
+use runnel_transport_kit::{EntryId, Lost, TakesHandouts};
 
 /// Attempt counts of delivered-but-unacked offsets written into one partition's commit
 /// metadata (the lowest ones; offsets beyond count as delivered once more via the
@@ -30,9 +33,6 @@ use runnel_core::Message;
 pub const METADATA_ATTEMPTS_MAX: usize = 32;
 /// Prefix of Runnel's offset-commit metadata (versioned).
 pub const METADATA_PREFIX: &str = "runnel1";
-
-/// Superseded timers tolerated before the timer heap is rebuilt.
-const TIMERS_SLACK: usize = 1024;
 
 /// How a consumer hands out deliveries.
 #[derive(Clone, Debug)]
@@ -43,47 +43,15 @@ pub struct Settings {
     pub max_deliveries: u32,
 }
 
-/// The queue a record waits in: its key's, or its own for a keyless record.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum QueueKey {
-    Key(i32, Arc<str>),
-    Solo(i32, i64),
-}
+/// The line a record waits in: its partition and key.
+pub type LineKey = (i32, Arc<str>);
 
-impl QueueKey {
-    fn partition(&self) -> i32 {
-        match self {
-            QueueKey::Key(p, _) | QueueKey::Solo(p, _) => *p,
-        }
-    }
-}
-
+/// What the book keeps of one fetched record.
 #[derive(Debug)]
-struct Item {
-    offset: i64,
-    message: Message,
-    attempt: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Head {
-    Idle,
-    /// Handed to the stream; `taken` once the application received it (until then the
-    /// deadline is only a re-check time).
-    InFlight {
-        token: u64,
-        deadline: Instant,
-        taken: bool,
-    },
-    Delayed {
-        until: Instant,
-    },
-}
-
-#[derive(Debug)]
-struct KeyQueue {
-    items: VecDeque<Item>,
-    head: Head,
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub message: Message,
 }
 
 /// What a previous owner recorded in the commit metadata.
@@ -192,8 +160,8 @@ impl Partition {
 /// A delivery (or a move to the dead-letter topic) decided by [`State::dispatch`].
 #[derive(Debug)]
 pub struct Outgoing {
+    pub id: EntryId,
     pub token: u64,
-    pub queue: QueueKey,
     pub partition: i32,
     pub offset: i64,
     pub attempt: u32,
@@ -215,39 +183,31 @@ pub struct Commit {
     pub delivered_end: i64,
 }
 
-/// Why settling a delivery failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SettleError {
-    /// The delivery was settled already, expired, or its partition moved away.
-    Lost,
-}
-
 /// The state of one consumer.
 #[derive(Debug)]
 pub struct State {
     settings: Settings,
     partitions: HashMap<i32, Partition>,
-    queues: HashMap<QueueKey, KeyQueue>,
-    ready: VecDeque<QueueKey>,
-    timers: BinaryHeap<Reverse<(Instant, QueueKey)>>,
-    in_flight: usize,
-    buffered: usize,
-    next_token: u64,
+    book: KeyBook<LineKey, Record>,
+    /// Arrival ids (never reused, so a stale settlement cannot match a new record).
+    next_id: EntryId,
     closed: bool,
     commit_dirty: bool,
 }
 
 impl State {
     pub fn new(settings: Settings) -> Self {
+        let book = KeyBook::new(BookSettings {
+            max_in_flight: settings.max_in_flight,
+            redelivery: Redelivery::Local {
+                ack_timeout: settings.ack_timeout,
+            },
+        });
         State {
             settings,
             partitions: HashMap::new(),
-            queues: HashMap::new(),
-            ready: VecDeque::new(),
-            timers: BinaryHeap::new(),
-            in_flight: 0,
-            buffered: 0,
-            next_token: 1,
+            book,
+            next_id: 0,
             closed: false,
             commit_dirty: false,
         }
@@ -255,13 +215,13 @@ impl State {
 
     /// Records buffered (fetched, not yet acked).
     pub fn buffered(&self) -> usize {
-        self.buffered
+        self.book.len()
     }
 
     /// Deliveries handed out and not settled.
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.book.out()
     }
 
     /// No more deliveries; settling anything fails from now on.
@@ -286,17 +246,9 @@ impl State {
             if let Some(c) = part.commit(p) {
                 commits.push(c);
             }
-            self.buffered -= part.pending.len();
         }
-        let in_flight = &mut self.in_flight;
-        self.queues.retain(|k, q| {
-            let keep = !partitions.contains(&k.partition());
-            if !keep && matches!(q.head, Head::InFlight { .. }) {
-                *in_flight -= 1;
-            }
-            keep
-        });
-        self.ready.retain(|k| !partitions.contains(&k.partition()));
+        self.book
+            .retain(|_, e| !partitions.contains(&e.item.partition));
         commits
     }
 
@@ -316,112 +268,64 @@ impl State {
             None if offset < part.prior.delivered_end => 2,
             None => 1,
         };
-        self.buffered += 1;
-        let key = match message.key.as_deref() {
-            Some(k) => QueueKey::Key(partition, Arc::from(k)),
-            None => QueueKey::Solo(partition, offset),
-        };
-        let item = Item {
+        let key = message
+            .key
+            .as_deref()
+            .map(|k| (partition, Arc::<str>::from(k)));
+        self.next_id += 1;
+        let record = Record {
+            partition,
             offset,
             message,
-            attempt,
         };
-        match self.queues.get_mut(&key) {
-            Some(q) => q.items.push_back(item),
-            None => {
-                self.queues.insert(
-                    key.clone(),
-                    KeyQueue {
-                        items: VecDeque::from([item]),
-                        head: Head::Idle,
-                    },
-                );
-                self.ready.push_back(key);
-            }
-        }
+        let inserted = self.book.insert(self.next_id, key, attempt, record);
+        debug_assert!(inserted.is_ok(), "arrival ids are unique");
         true
     }
 
     /// Hands out ready heads while fewer than `max_in_flight` are unsettled, at most
     /// `room` of them.
-    pub fn dispatch(&mut self, now: Instant, room: usize) -> Vec<Outgoing> {
+    pub fn dispatch(&mut self, room: usize) -> Vec<Outgoing> {
         let mut out = Vec::new();
         if self.closed {
             return out;
         }
-        while self.in_flight < self.settings.max_in_flight && out.len() < room {
-            let Some(key) = self.ready.pop_front() else {
+        while out.len() < room {
+            let Some(h) = self.book.hand_out() else {
                 break;
             };
-            let Some(q) = self.queues.get_mut(&key) else {
+            let Some(entry) = self.book.get(h.id) else {
                 continue;
             };
-            if q.head != Head::Idle {
-                continue;
-            }
-            let Some(item) = q.items.front() else {
-                continue;
-            };
-            let (offset, attempt, message) = (item.offset, item.attempt, item.message.clone());
-            let token = self.next_token;
-            self.next_token += 1;
-            let deadline = now + self.settings.ack_timeout;
-            q.head = Head::InFlight {
-                token,
-                deadline,
-                taken: false,
-            };
-            self.push_timer(deadline, key.clone());
-            self.in_flight += 1;
-            let partition = key.partition();
+            let (partition, offset) = (entry.item.partition, entry.item.offset);
+            let message = entry.item.message.clone();
             if let Some(part) = self.partitions.get_mut(&partition) {
-                part.pending.insert(offset, attempt);
+                part.pending.insert(offset, h.attempt);
                 part.delivered_end = part.delivered_end.max(offset + 1);
                 self.commit_dirty = true;
             }
             let max = self.settings.max_deliveries;
             out.push(Outgoing {
-                token,
-                queue: key,
+                id: h.id,
+                token: h.token,
                 partition,
                 offset,
-                attempt,
+                attempt: h.attempt,
                 message,
-                dead_letter: max > 0 && attempt > max,
+                dead_letter: max > 0 && h.attempt > max,
             });
         }
         out
     }
 
-    fn head_in_flight(
-        &mut self,
-        queue: &QueueKey,
-        token: u64,
-    ) -> Result<&mut KeyQueue, SettleError> {
-        if self.closed {
-            return Err(SettleError::Lost);
-        }
-        match self.queues.get_mut(queue) {
-            Some(q) if matches!(q.head, Head::InFlight { token: t, .. } if t == token) => Ok(q),
-            _ => Err(SettleError::Lost),
-        }
-    }
-
     /// The delivery `token` is done.
-    pub fn ack(&mut self, queue: &QueueKey, token: u64) -> Result<(), SettleError> {
-        let q = self.head_in_flight(queue, token)?;
-        let item = q.items.pop_front().expect("an in-flight head exists");
-        q.head = Head::Idle;
-        let more = !q.items.is_empty();
-        if more {
-            self.ready.push_back(queue.clone());
-        } else {
-            self.queues.remove(queue);
+    pub fn ack(&mut self, id: EntryId, token: u64) -> Result<(), Lost> {
+        if self.closed {
+            return Err(Lost);
         }
-        self.in_flight -= 1;
-        self.buffered -= 1;
-        if let Some(part) = self.partitions.get_mut(&queue.partition()) {
-            part.pending.remove(&item.offset);
+        let record = self.book.ack(id, token)?;
+        if let Some(part) = self.partitions.get_mut(&record.partition) {
+            part.pending.remove(&record.offset);
             self.commit_dirty = true;
         }
         Ok(())
@@ -430,138 +334,39 @@ impl State {
     /// The delivery `token` failed: redeliver after `delay` with the attempt raised.
     pub fn nack(
         &mut self,
-        queue: &QueueKey,
+        id: EntryId,
         token: u64,
         delay: Option<Duration>,
         now: Instant,
-    ) -> Result<(), SettleError> {
-        let q = self.head_in_flight(queue, token)?;
-        if let Some(item) = q.items.front_mut() {
-            item.attempt += 1;
+    ) -> Result<(), Lost> {
+        if self.closed {
+            return Err(Lost);
         }
-        match delay {
-            Some(d) if !d.is_zero() => {
-                let until = now + d;
-                q.head = Head::Delayed { until };
-                self.in_flight -= 1;
-                self.push_timer(until, queue.clone());
-                return Ok(());
-            }
-            _ => {
-                q.head = Head::Idle;
-                self.ready.push_front(queue.clone());
-            }
-        }
-        self.in_flight -= 1;
-        Ok(())
-    }
-
-    /// Records that the application took the delivery from the stream at `now`: its ack
-    /// timeout starts then. Stale tokens are ignored.
-    pub fn taken(&mut self, queue: &QueueKey, token: u64, now: Instant) {
-        let ack_timeout = self.settings.ack_timeout;
-        let Ok(q) = self.head_in_flight(queue, token) else {
-            return;
-        };
-        if let Head::InFlight {
-            deadline, taken, ..
-        } = &mut q.head
-        {
-            *taken = true;
-            *deadline = now + ack_timeout;
-        }
-        self.push_timer(now + ack_timeout, queue.clone());
+        self.book.nack(id, token, delay, now)
     }
 
     /// Moves the delivery's deadline to `by` from now (never earlier than it was).
     pub fn extend(
         &mut self,
-        queue: &QueueKey,
+        id: EntryId,
         token: u64,
         by: Duration,
         now: Instant,
-    ) -> Result<(), SettleError> {
-        let q = self.head_in_flight(queue, token)?;
-        let wanted = now + by;
-        let mut moved = false;
-        if let Head::InFlight { deadline, .. } = &mut q.head {
-            if wanted > *deadline {
-                *deadline = wanted;
-                moved = true;
-            }
+    ) -> Result<(), Lost> {
+        if self.closed {
+            return Err(Lost);
         }
-        if moved {
-            self.push_timer(wanted, queue.clone());
-        }
-        Ok(())
-    }
-
-    /// Adds a timer. Timers are checked against the queue's state when they fire, so
-    /// superseded ones are simply skipped; when superseded ones pile up (many acks within
-    /// one ack timeout) the heap is rebuilt from the live heads, keeping it bounded.
-    fn push_timer(&mut self, at: Instant, key: QueueKey) {
-        self.timers.push(Reverse((at, key)));
-        if self.timers.len() > TIMERS_SLACK + 2 * (self.settings.max_in_flight + self.queues.len())
-        {
-            self.timers = self
-                .queues
-                .iter()
-                .filter_map(|(k, q)| match q.head {
-                    Head::InFlight { deadline, .. } => Some(Reverse((deadline, k.clone()))),
-                    Head::Delayed { until } => Some(Reverse((until, k.clone()))),
-                    Head::Idle => None,
-                })
-                .collect();
-        }
+        self.book.extend(id, token, by, now)
     }
 
     /// The earliest pending timer.
     pub fn next_timer(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.book.next_timer()
     }
 
     /// Expires ack deadlines and ends nack delays due by `now`.
     pub fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((at, _))) = self.timers.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(Reverse((_, key))) = self.timers.pop() else {
-                break;
-            };
-            let Some(q) = self.queues.get_mut(&key) else {
-                continue;
-            };
-            match q.head {
-                Head::InFlight {
-                    token,
-                    deadline,
-                    taken: false,
-                } if deadline <= now => {
-                    // Still in the stream's buffer: not the application's yet.
-                    let deadline = now + self.settings.ack_timeout;
-                    q.head = Head::InFlight {
-                        token,
-                        deadline,
-                        taken: false,
-                    };
-                    self.push_timer(deadline, key);
-                }
-                Head::InFlight { deadline, .. } if deadline <= now => {
-                    if let Some(item) = q.items.front_mut() {
-                        item.attempt += 1;
-                    }
-                    q.head = Head::Idle;
-                    self.in_flight -= 1;
-                    self.ready.push_front(key);
-                }
-                Head::Delayed { until } if until <= now => {
-                    q.head = Head::Idle;
-                    self.ready.push_front(key);
-                }
-                _ => {}
-            }
-        }
+        self.book.fire_timers(now);
     }
 
     /// Whether something changed that a commit would record.
@@ -593,6 +398,14 @@ impl State {
     }
 }
 
+impl TakesHandouts for State {
+    /// Records that the application took the delivery from the stream at `now`: its ack
+    /// timeout starts then. Stale tokens are ignored (and the stream skips them).
+    fn taken(&mut self, id: EntryId, token: u64, now: Instant) -> bool {
+        !self.closed && self.book.taken(id, token, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,38 +432,36 @@ mod tests {
 
     #[test]
     fn a_key_waits_for_its_head_other_keys_flow() {
-        let now = Instant::now();
         let mut s = State::new(settings(10));
         s.assign(0, PriorDeliveries::default());
         s.push(0, 0, msg(0, Some("a")));
         s.push(0, 1, msg(1, Some("a")));
         s.push(0, 2, msg(2, Some("b")));
-        let out = s.dispatch(now, 10);
+        let out = s.dispatch(10);
         assert_eq!(out.iter().map(n).collect::<Vec<_>>(), vec![0, 2]);
-        assert!(s.dispatch(now, 10).is_empty());
-        s.ack(&out[0].queue, out[0].token).unwrap();
-        let next = s.dispatch(now, 10);
+        assert!(s.dispatch(10).is_empty());
+        s.ack(out[0].id, out[0].token).unwrap();
+        let next = s.dispatch(10);
         assert_eq!(next.iter().map(n).collect::<Vec<_>>(), vec![1]);
-        assert_eq!(s.ack(&out[0].queue, out[0].token), Err(SettleError::Lost));
+        assert_eq!(s.ack(out[0].id, out[0].token), Err(Lost));
     }
 
     #[test]
     fn only_the_contiguous_prefix_is_committed() {
-        let now = Instant::now();
         let mut s = State::new(settings(10));
         s.assign(0, PriorDeliveries::default());
         for o in 0..3 {
             s.push(0, 10 + o, msg(o as u32, None));
         }
-        let out = s.dispatch(now, 10);
-        s.ack(&out[1].queue, out[1].token).unwrap();
-        s.ack(&out[2].queue, out[2].token).unwrap();
+        let out = s.dispatch(10);
+        s.ack(out[1].id, out[1].token).unwrap();
+        s.ack(out[2].id, out[2].token).unwrap();
         let c = s.commits(false);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].position, 10, "offset 10 is unacked");
         assert_eq!(c[0].delivered_end, 13);
         assert_eq!(PriorDeliveries::parse(&c[0].metadata).delivered_end, 13);
-        s.ack(&out[0].queue, out[0].token).unwrap();
+        s.ack(out[0].id, out[0].token).unwrap();
         assert_eq!(s.commits(false)[0].position, 13);
         assert!(s.commits(false).is_empty(), "nothing changed");
     }
@@ -662,24 +473,21 @@ mod tests {
         s.assign(0, PriorDeliveries::default());
         s.push(0, 0, msg(0, Some("k")));
         s.push(0, 1, msg(1, Some("k")));
-        let d = s.dispatch(now, 10).remove(0);
-        s.nack(&d.queue, d.token, Some(Duration::from_secs(1)), now)
+        let d = s.dispatch(10).remove(0);
+        s.nack(d.id, d.token, Some(Duration::from_secs(1)), now)
             .unwrap();
-        assert!(
-            s.dispatch(now, 10).is_empty(),
-            "delayed head blocks its key"
-        );
+        assert!(s.dispatch(10).is_empty(), "delayed head blocks its key");
         s.fire_timers(now + Duration::from_secs(1));
-        let d = s.dispatch(now, 10).remove(0);
+        let d = s.dispatch(10).remove(0);
         assert_eq!((n(&d), d.attempt), (0, 2));
-        s.taken(&d.queue, d.token, now);
+        s.taken(d.id, d.token, now);
         // Not settled: the ack timeout brings it back.
         let later = now + Duration::from_secs(3);
         s.fire_timers(later);
-        let d = s.dispatch(later, 10).remove(0);
+        let d = s.dispatch(10).remove(0);
         assert_eq!((n(&d), d.attempt), (0, 3));
-        s.taken(&d.queue, d.token, later);
-        s.extend(&d.queue, d.token, Duration::from_secs(10), later)
+        s.taken(d.id, d.token, later);
+        s.extend(d.id, d.token, Duration::from_secs(10), later)
             .unwrap();
         s.fire_timers(later + Duration::from_secs(5));
         assert_eq!(s.in_flight(), 1, "the extension kept it");
@@ -692,14 +500,14 @@ mod tests {
         let ack_timeout = s.settings.ack_timeout;
         s.assign(0, PriorDeliveries::default());
         s.push(0, 0, msg(0, Some("k")));
-        let d = s.dispatch(now, 10).remove(0);
+        let d = s.dispatch(10).remove(0);
         // Waiting in the stream's buffer for three ack timeouts: it stays handed out.
         for i in 1..=3 {
             s.fire_timers(now + ack_timeout * i + Duration::from_millis(1));
         }
         assert_eq!(s.in_flight(), 1, "not taken yet, so not expired");
         let taken = now + ack_timeout * 3 + Duration::from_millis(2);
-        s.taken(&d.queue, d.token, taken);
+        s.taken(d.id, d.token, taken);
         s.fire_timers(taken + ack_timeout - Duration::from_millis(1));
         assert_eq!(s.in_flight(), 1, "within its ack timeout");
         s.fire_timers(taken + ack_timeout * 5);
@@ -708,18 +516,17 @@ mod tests {
             0,
             "expired one ack timeout after it was taken"
         );
-        let d = s.dispatch(taken + ack_timeout * 5, 10).remove(0);
+        let d = s.dispatch(10).remove(0);
         assert_eq!((n(&d), d.attempt), (0, 2));
     }
 
     #[test]
     fn a_new_owner_sees_earlier_deliveries_as_redeliveries() {
-        let now = Instant::now();
         let mut s = State::new(settings(10));
         s.assign(0, PriorDeliveries::default());
         s.push(0, 0, msg(0, Some("k")));
         s.push(0, 1, msg(1, None));
-        let out = s.dispatch(now, 10);
+        let out = s.dispatch(10);
         assert_eq!(out.len(), 2);
         let commits = s.revoke(&[0]);
         assert_eq!(s.in_flight(), 0);
@@ -730,7 +537,7 @@ mod tests {
         next.push(0, 0, msg(0, Some("k")));
         next.push(0, 1, msg(1, None));
         next.push(0, 2, msg(2, None));
-        let attempts: Vec<u32> = next.dispatch(now, 10).iter().map(|o| o.attempt).collect();
+        let attempts: Vec<u32> = next.dispatch(10).iter().map(|o| o.attempt).collect();
         assert_eq!(attempts, vec![2, 2, 1]);
         // Without metadata (brokers that drop it) the side group's mark alone suffices.
         let mut next = State::new(settings(10));
@@ -743,21 +550,20 @@ mod tests {
         );
         next.push(0, 0, msg(0, Some("k")));
         next.push(0, 2, msg(2, None));
-        let attempts: Vec<u32> = next.dispatch(now, 10).iter().map(|o| o.attempt).collect();
+        let attempts: Vec<u32> = next.dispatch(10).iter().map(|o| o.attempt).collect();
         assert_eq!(attempts, vec![2, 1]);
     }
 
     #[test]
     fn max_in_flight_and_room_bound_dispatch() {
-        let now = Instant::now();
         let mut s = State::new(settings(2));
         s.assign(0, PriorDeliveries::default());
         for o in 0..5 {
             s.push(0, o, msg(o as u32, None));
         }
-        assert_eq!(s.dispatch(now, 1).len(), 1);
-        assert_eq!(s.dispatch(now, 10).len(), 1);
-        assert!(s.dispatch(now, 10).is_empty());
+        assert_eq!(s.dispatch(1).len(), 1);
+        assert_eq!(s.dispatch(10).len(), 1);
+        assert!(s.dispatch(10).is_empty());
     }
 
     #[test]

@@ -129,8 +129,12 @@ async fn broker(transport: Transport, raw: &str, url: &BusUrl) -> Result<Bus, Co
 #[allow(dead_code)]
 fn broker_bus<B>(bus: Arc<B>, url: &BusUrl) -> Bus
 where
-    B: Publisher + Subscriber,
+    B: Publisher + Subscriber + DeadLetterDrain,
 {
-    // TODO(transport-kit): every broker bus implements DeadLetterDrain; hand it out here.
-    Bus::from_parts(bus, url.clone())
+    Bus {
+        publisher: bus.clone(),
+        subscriber: bus.clone(),
+        dead_letter_drain: Some(bus),
+        url: url.clone(),
+    }
 }

@@ -13,9 +13,10 @@ use crate::consumer::context::{lock, HandlerContext, ShutdownSignal};
 use crate::consumer::error::{HandlerError, RouterFailure};
 use crate::consumer::handler::{BoxFuture, Outcome};
 
-/// Default most deliveries queued per ordering key (the one being handled included). With a
-/// transport that holds a key's next message until the previous is acked this is never
-/// more than one; partitioned logs (Kafka) can deliver a key's backlog at once.
+/// Default most deliveries queued per ordering key (the one being handled included). Every
+/// built-in transport holds a key's next message until the previous is settled, so with
+/// them this is one, and two while a redelivery after an ack timeout waits for the attempt
+/// still running; a custom `Subscriber` may deliver a key's backlog at once.
 pub const PER_KEY_QUEUE_MAX_DEFAULT: usize = 32;
 
 /// Deliveries with the same ordering key are handled one at a time, in the order they were
@@ -29,6 +30,29 @@ pub const PER_KEY_QUEUE_MAX_DEFAULT: usize = 32;
 /// the future they return (the built-in tracing layer does). A key waiting in a retry
 /// backoff below holds only its own key: other keys go on. If shutdown begins before a
 /// delivery's turn, the delivery is abandoned (left unsettled for redelivery).
+///
+/// # Why the router keeps this layer although every transport keeps per-key order
+///
+/// Every built-in broker transport (and the embedded bus) hands out a key's next message
+/// only after the previous one is settled (the per-key book of `runnel-transport-kit` on
+/// the brokers, head rows on the embedded bus).
+/// With them this layer's per-key queue normally holds one delivery and costs a map lookup.
+/// It stays in the default stack because a transport's order ends where a delivery is
+/// handed out, and only the router sees where *handling* ends:
+///
+/// * **an ack timeout while the handler still runs**: the transport counts the delivery as
+///   lost and hands the key's head out again, to this same consumer. Without this layer
+///   the redelivery would run beside the first attempt of the same key, their effects in
+///   any order; with it the redelivery waits until the first attempt is done (whose ack
+///   then fails as lost);
+/// * **users' own [`Subscriber`](runnel_core::bus::Subscriber)s**, which may promise order
+///   without holding a key's next message back: guarantee 4 (per-key order end to end)
+///   does not depend on the transport;
+/// * it costs no parallelism — different keys run at once, up to `max_concurrency` — and
+///   its bounds give the consumer back-pressure.
+///
+/// Removing it would be safe only for transports that hold keys *and* handlers that never
+/// outlive their ack timeout; neither is something the router can check.
 #[derive(Clone, Copy, Debug)]
 pub struct KeyOrderLayer {
     per_key_max: usize,

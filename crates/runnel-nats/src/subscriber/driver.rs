@@ -1,0 +1,427 @@
+//! The member task behind one subscription: it takes and renews the group's lease,
+//! pulls from the group's consumer while it holds it, feeds the book, hands out what the
+//! book allows, keeps the leases of waiting messages alive with `+WPI`, and dead-letters
+//! poison messages.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::Subject;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use runnel_core::bus::{Delivery, SubscribeOptions};
+use runnel_core::{BusError, GroupName, TopicName};
+use runnel_transport_kit::{Handout, Phase, Shared};
+use tokio::sync::mpsc;
+
+use super::state::NatsState;
+use super::NatsAcker;
+use crate::bus::Inner;
+use crate::codec::{self, dead_letter_headers as dlh, MSG_ID_HEADER};
+use crate::lease::Lease;
+use crate::names;
+
+/// Fewest messages one pull asks for (when the application's window allows).
+pub const PULL_BATCH_MIN: usize = 16;
+/// How long one pull request waits on the server for messages.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How often a member without the lease tries to take it.
+pub const LEASE_POLL: Duration = Duration::from_millis(200);
+/// Pause after a failed pull request before the next.
+const PULL_RETRY: Duration = Duration::from_millis(250);
+/// A message that waited here longer than the ack timeout divided by this gets a `+WPI`
+/// when handed out, so its ack timeout (nearly) starts at the hand-over; a shorter wait
+/// is not worth a message to the server.
+const HANDOUT_TOUCH_DIVISOR: u32 = 20;
+/// Bounds of the housekeeping tick (keep-alives, lease renewal, barrier checks).
+const TICK_MIN: Duration = Duration::from_millis(50);
+const TICK_MAX: Duration = Duration::from_millis(250);
+
+/// What one member task needs.
+pub(super) struct Member {
+    pub inner: Arc<Inner>,
+    pub shared: Arc<Shared<NatsState>>,
+    pub topic: TopicName,
+    pub group: GroupName,
+    pub stream: String,
+    pub consumer_name: String,
+    pub consumer: jetstream::consumer::PullConsumer,
+    pub stream_handle: jetstream::stream::Stream<()>,
+    pub options: SubscribeOptions,
+    pub tx: mpsc::Sender<Result<Handout, BusError>>,
+}
+
+impl Member {
+    fn tick_period(&self) -> Duration {
+        (self.options.ack_timeout / 4).clamp(TICK_MIN, TICK_MAX)
+    }
+
+    fn pull_batch(&self) -> usize {
+        (self.options.max_in_flight * 2).clamp(PULL_BATCH_MIN, super::PULL_BATCH_MAX)
+    }
+
+    pub async fn run(self) {
+        let member_id = uuid::Uuid::now_v7().simple().to_string();
+        let mut lease = Lease::new(
+            names::lease_key(&self.stream, &self.consumer_name),
+            member_id,
+            self.inner.options.lease_ttl,
+        );
+        let mut pull: Option<pull::Batch> = None;
+        let mut pull_connection = 0u64;
+        let mut barrier = true;
+        let mut max_consumer_seq: u64 = 0;
+        let mut next_acquire = Instant::now();
+        let mut next_pull = Instant::now();
+        let mut tick = tokio::time::interval(self.tick_period());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let store = match self.inner.lease_store().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "no lease bucket; the subscription ends");
+                return;
+            }
+        };
+
+        loop {
+            let connection = self.inner.connections.load(Ordering::SeqCst);
+            if pull.is_some() && connection != pull_connection {
+                // Reconnected: the server forgot the pull request; ask again.
+                pull = None;
+            }
+            let held = lease.held();
+            if held && pull.is_none() && Instant::now() >= next_pull {
+                let (room, buffered) = {
+                    let n = self.shared.lock().book.held();
+                    (self.pull_batch().saturating_sub(n), n)
+                };
+                // No trickle of tiny pulls while plenty waits here already.
+                if room > 0 && (buffered == 0 || room >= self.pull_batch() / 4) {
+                    match self
+                        .consumer
+                        .batch()
+                        .max_messages(room)
+                        .expires(PULL_EXPIRES)
+                        .messages()
+                        .await
+                    {
+                        Ok(b) => {
+                            pull = Some(b);
+                            pull_connection = connection;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "pull request failed; retrying");
+                            next_pull = Instant::now() + PULL_RETRY;
+                        }
+                    }
+                }
+            }
+            let pulling = pull.is_some();
+            tokio::select! {
+                biased;
+                _ = self.tx.closed() => break,
+                item = async { match pull.as_mut() { Some(p) => p.next().await, None => None } }, if pulling => {
+                    match item {
+                        Some(Ok(msg)) => {
+                            self.on_message(msg, &mut barrier, &mut max_consumer_seq).await;
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "pull ended with an error");
+                            pull = None;
+                            next_pull = Instant::now() + PULL_RETRY;
+                        }
+                        None => pull = None,
+                    }
+                }
+                _ = self.shared.woken() => {}
+                _ = tick.tick() => {
+                    self.housekeeping(&store, &mut lease, &mut pull, &mut barrier, &mut max_consumer_seq, &mut next_acquire).await;
+                }
+            }
+            if lease.held() && !barrier {
+                self.dispatch().await;
+            }
+        }
+        // The application dropped the stream: give waiting messages back at once and let
+        // another member take over. Deliveries the application still holds stay settle-able.
+        drop(pull);
+        if lease.held() {
+            let replies: Vec<Subject> = self
+                .shared
+                .lock()
+                .book
+                .retain(|_, e| e.phase() != Phase::Held)
+                .into_iter()
+                .map(|(_, item)| item.reply)
+                .collect();
+            for reply in replies {
+                let _ = self
+                    .inner
+                    .client
+                    .publish(reply, Bytes::from(AckKind::Nak(None)))
+                    .await;
+            }
+        }
+        lease.release(&store).await;
+        tracing::debug!(group = %self.group, topic = %self.topic, "member stopped");
+    }
+
+    async fn housekeeping(
+        &self,
+        store: &jetstream::kv::Store,
+        lease: &mut Lease,
+        pull: &mut Option<pull::Batch>,
+        barrier: &mut bool,
+        max_consumer_seq: &mut u64,
+        next_acquire: &mut Instant,
+    ) {
+        if lease.held() && lease.renewal_due() {
+            match lease.renew(store).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(group = %self.group, "group lease lost"),
+                Err(e) => tracing::debug!(error = %e, "lease renewal failed; retrying"),
+            }
+        }
+        if !lease.held() {
+            if pull.is_some() || self.shared.lock().book.held() > 0 {
+                // Lost: stop pulling, forget what waits here (the server redelivers it
+                // to the next holder after its ack wait).
+                *pull = None;
+                self.shared
+                    .lock()
+                    .book
+                    .retain(|_, e| e.phase() != Phase::Held);
+            }
+            if Instant::now() >= *next_acquire {
+                *next_acquire = Instant::now() + LEASE_POLL;
+                match lease.acquire(store).await {
+                    Ok(true) => {
+                        tracing::debug!(group = %self.group, topic = %self.topic, "group lease taken");
+                        *barrier = true;
+                        *max_consumer_seq = 0;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(error = %e, "taking the group lease failed"),
+                }
+            }
+        }
+        if lease.held() && *barrier {
+            match self.stream_handle.consumer_info(&self.consumer_name).await {
+                Ok(info) => {
+                    let tracked = self.shared.lock().book.len();
+                    if info.num_ack_pending <= tracked {
+                        *barrier = false;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "consumer info failed"),
+            }
+        }
+        self.keep_alive(lease.held()).await;
+    }
+
+    /// Resets the server's ack timer of messages waiting here (when holding the lease)
+    /// and of extended deliveries.
+    async fn keep_alive(&self, held: bool) {
+        let threshold = self.options.ack_timeout / 3;
+        let now = Instant::now();
+        let replies: Vec<Subject> = {
+            let mut st = self.shared.lock();
+            st.book
+                .entries_mut()
+                .filter(|(_, e)| match e.phase() {
+                    Phase::Held => held,
+                    // Extended by the application: kept alive until the extension ends.
+                    Phase::Out {
+                        deadline: Some(until),
+                        ..
+                    } => until > now,
+                    // Waiting in the stream's buffer: not the application's yet.
+                    Phase::Out { taken_at: None, .. } => held,
+                    _ => false,
+                })
+                .filter(|(_, e)| now.duration_since(e.item.touched) >= threshold)
+                .map(|(_, e)| {
+                    e.item.touched = now;
+                    e.item.reply.clone()
+                })
+                .collect()
+        };
+        for reply in replies {
+            if let Err(e) = self
+                .inner
+                .client
+                .publish(reply, Bytes::from(AckKind::Progress))
+                .await
+            {
+                tracing::debug!(error = %e, "keep-alive failed");
+            }
+        }
+    }
+
+    async fn on_message(
+        &self,
+        msg: jetstream::Message,
+        barrier: &mut bool,
+        max_consumer_seq: &mut u64,
+    ) {
+        let (stream_seq, delivered, consumer_seq) = match msg.info() {
+            Ok(i) => (
+                i.stream_sequence,
+                u32::try_from(i.delivered).unwrap_or(u32::MAX),
+                i.consumer_sequence,
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "a pulled message without JetStream metadata");
+                return;
+            }
+        };
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        if *max_consumer_seq != 0 && consumer_seq > *max_consumer_seq + 1 && !*barrier {
+            tracing::debug!(
+                expected = *max_consumer_seq + 1,
+                got = consumer_seq,
+                "a delivery never reached this member; waiting for it before handing out more"
+            );
+            *barrier = true;
+        }
+        *max_consumer_seq = (*max_consumer_seq).max(consumer_seq);
+
+        if self.shared.lock().was_recently_acked(stream_seq) {
+            // Its ack was lost: ack again rather than handle it twice, out of order.
+            let _ = self
+                .inner
+                .client
+                .publish(reply, Bytes::from(AckKind::Ack))
+                .await;
+            return;
+        }
+        let decoded = codec::from_nats(msg.headers.as_ref(), &msg.payload);
+        let reason = match &decoded {
+            Err(e) => Some(format!("undecodable: {e}")),
+            Ok(_) if delivered > self.inner.options.max_deliver => Some(format!(
+                "delivered {delivered} times without being settled (max_deliver {})",
+                self.inner.options.max_deliver
+            )),
+            Ok(_) => None,
+        };
+        if let Some(reason) = reason {
+            self.dead_letter(&msg, reply, stream_seq, delivered, &reason)
+                .await;
+            return;
+        }
+        let Ok(message) = decoded else { return };
+        self.shared
+            .lock()
+            .receive(stream_seq, delivered, reply, message, Instant::now());
+    }
+
+    /// The poison backstop: copies the message to the dead-letter stream, then terminates
+    /// it on the group's consumer (no more redeliveries). If the copy fails the message is
+    /// nacked to come back and be tried again.
+    async fn dead_letter(
+        &self,
+        msg: &jetstream::Message,
+        reply: Subject,
+        stream_seq: u64,
+        delivered: u32,
+        reason: &str,
+    ) {
+        self.shared.lock().book.remove(stream_seq);
+        let mut headers = msg.headers.clone().unwrap_or_default();
+        headers.insert(dlh::TOPIC, self.topic.as_str());
+        headers.insert(dlh::GROUP, self.group.as_str());
+        headers.insert(dlh::ATTEMPTS, delivered.to_string().as_str());
+        headers.insert(dlh::REASON, reason.replace(['\r', '\n'], " ").as_str());
+        headers.insert(dlh::STREAM_SEQUENCE, stream_seq.to_string().as_str());
+        headers.insert(dlh::AT, chrono::Utc::now().to_rfc3339().as_str());
+        let id = format!("{}:{}:{}", self.stream, self.consumer_name, stream_seq);
+        headers.insert(MSG_ID_HEADER, id.as_str());
+        let copied = match self.inner.ensure_dead_letter_stream().await {
+            Ok(()) => {
+                let subject = names::dead_letter_subject(
+                    &self.inner.options.subject_prefix,
+                    &self.stream,
+                    &self.consumer_name,
+                );
+                self.inner
+                    .publish_one(&subject, headers, msg.payload.clone(), &id)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let kind = match copied {
+            Ok(_) => {
+                tracing::warn!(topic = %self.topic, group = %self.group, stream_seq, reason, "message moved to the dead-letter stream");
+                AckKind::Term
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "copying a message to the dead-letter stream failed; it will come back");
+                AckKind::Nak(Some(Duration::from_secs(1)))
+            }
+        };
+        let _ = self.inner.client.publish(reply, Bytes::from(kind)).await;
+    }
+
+    /// Hands out ready messages while the application's window has room.
+    async fn dispatch(&self) {
+        let mut touch = Vec::new();
+        {
+            let mut st = self.shared.lock();
+            while let Some(h) = st.book.hand_out() {
+                let Some(entry) = st.book.get_mut(h.id) else {
+                    continue;
+                };
+                let Some(message) = entry.item.message.take() else {
+                    debug_assert!(false, "a held entry has its message");
+                    continue;
+                };
+                if entry.item.touched.elapsed() >= self.options.ack_timeout / HANDOUT_TOUCH_DIVISOR
+                {
+                    // The ack timeout runs from the hand-over, not from the pull.
+                    entry.item.touched = Instant::now();
+                    touch.push(entry.item.reply.clone());
+                }
+                let acker = NatsAcker {
+                    shared: self.shared.clone(),
+                    client: self.inner.client.clone(),
+                    seq: h.id,
+                    token: h.token,
+                    reply: entry.item.reply.clone(),
+                };
+                let delivery = Delivery::new(
+                    *message,
+                    self.topic.clone(),
+                    self.group.clone(),
+                    h.attempt,
+                    Box::new(acker),
+                );
+                let handout = Handout {
+                    id: h.id,
+                    token: h.token,
+                    delivery,
+                };
+                if let Err(err) = self.tx.try_send(Ok(handout)) {
+                    // No room (superseded deliveries fill the slack) or closed: back
+                    // to waiting.
+                    st.book.undo_hand_out(h.id, h.token);
+                    if let (Ok(handout), Some(entry)) = (err.into_inner(), st.book.get_mut(h.id)) {
+                        let (message, _handle) = handout.delivery.into_parts();
+                        entry.item.message = Some(Box::new(message));
+                    }
+                    break;
+                }
+            }
+        }
+        for reply in touch {
+            let _ = self
+                .inner
+                .client
+                .publish(reply, Bytes::from(AckKind::Progress))
+                .await;
+        }
+    }
+}
