@@ -153,3 +153,38 @@ fn an_unknown_bus_scheme_is_bad_input() {
     assert!(stderr.contains("unsupported bus"), "{stderr}");
     assert!(!stderr.contains("secret"), "credentials leaked: {stderr}");
 }
+
+#[test]
+fn dlq_drain_needs_a_broker_bus() {
+    let scratch = Scratch::new();
+    let out = scratch
+        .runnel()
+        .args(["dlq", "drain", "--topic", "orders", "--group", "billing"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "bad input exits with 2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no dead-letter queue of its own") && stderr.contains("--bus"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dlq_drain_over_nats_reports_what_it_moved() {
+    let Some(url) = broker_url("RUNNEL_TEST_NATS_URL", str::to_string) else {
+        return;
+    };
+    let scratch = Scratch::new();
+    let group = format!("g{}", uuid::Uuid::now_v7().simple());
+    let out = scratch
+        .runnel()
+        .args(["--bus", &url, "--json", "dlq", "drain"])
+        .args(["--topic", "orders", "--group", &group, "--max", "10"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["drained"], 0, "a fresh group has nothing dead-lettered");
+    assert_eq!(line["group"], group.as_str());
+}
