@@ -78,6 +78,7 @@ impl PostgresBus {
     /// A bus in `store`'s schema (its tables are created with the store's migrations).
     /// Opens one LISTEN connection for wake-ups.
     pub async fn new(store: PostgresStore, options: BusOptions) -> Result<Self, BusError> {
+        // Refuse bad options before opening a connection (the engine checks them again).
         options.validate()?;
         let channel = format!("runnel_{}_bus", store.schema());
         let signals = Arc::new(BusSignals::default());

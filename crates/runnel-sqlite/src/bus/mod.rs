@@ -72,7 +72,6 @@ impl fmt::Debug for SqliteBus {
 impl SqliteBus {
     /// A bus on `store`'s file. The tables are created with the store's schema.
     pub fn new(store: SqliteStore, options: BusOptions) -> Result<Self, BusError> {
-        options.validate()?;
         Ok(SqliteBus {
             engine: BusEngine::new(SqliteBackend::new(store, options))?,
         })
