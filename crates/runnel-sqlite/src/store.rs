@@ -54,7 +54,7 @@ struct Inner {
     limits: StoreLimits,
     stats: Arc<WriterStats>,
     /// Wake-ups for the embedded bus's consumers, shared by every bus on this store.
-    bus_signals: Arc<crate::bus::BusSignals>,
+    bus_signals: Arc<runnel_bus_engine::BusSignals>,
     /// Delete the file when the last handle goes (stores from `open_temporary`).
     remove_on_drop: bool,
 }
@@ -299,7 +299,7 @@ impl SqliteStore {
         })?
     }
 
-    pub(crate) fn bus_signals(&self) -> &Arc<crate::bus::BusSignals> {
+    pub(crate) fn bus_signals(&self) -> &Arc<runnel_bus_engine::BusSignals> {
         &self.inner.bus_signals
     }
 

@@ -7,48 +7,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use runnel_bus_engine::{decode_message, ClaimedRow, EncodedMessage, Settle, Settled};
 use runnel_core::bus::StartPosition;
-use runnel_core::{BusError, Message, StoreError};
+use runnel_core::StoreError;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use uuid::Uuid;
 
 use crate::error_map::map_sqlx;
-
-/// A message ready to be written: its ordering key, its envelope (the message without the
-/// payload, as JSON) and its payload.
-pub(crate) struct EncodedMessage {
-    pub ordering_key: Option<Vec<u8>>,
-    pub envelope: Vec<u8>,
-    pub payload: Vec<u8>,
-}
-
-impl EncodedMessage {
-    /// Encodes `message`, taking its payload without copying it.
-    pub fn encode(mut message: Message) -> Result<Self, BusError> {
-        let ordering_key = message.ordering_key().map(|k| k.as_bytes().to_vec());
-        let payload = std::mem::take(&mut message.payload);
-        let envelope = serde_json::to_vec(&message).map_err(|e| BusError::InvalidMessage {
-            id: message.id.chars().take(64).collect(),
-            reason: format!("cannot encode the envelope: {e}"),
-        })?;
-        Ok(EncodedMessage {
-            ordering_key,
-            envelope,
-            payload,
-        })
-    }
-}
-
-fn decode_message(seq: i64, envelope: &[u8], payload: Vec<u8>) -> Result<Message, StoreError> {
-    let mut message: Message = serde_json::from_slice(envelope)
-        .map_err(|e| StoreError::Corrupt(format!("bus message {seq}: unreadable envelope: {e}")))?;
-    debug_assert!(
-        message.payload.is_empty(),
-        "envelopes are stored without payload"
-    );
-    message.payload = payload;
-    Ok(message)
-}
 
 /// Which queue row a delivery holds, and under which lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,34 +28,14 @@ pub(crate) struct Lease {
     pub attempt: i32,
 }
 
-/// One claimed row with its message.
-pub(crate) struct Claimed {
-    pub lease: Lease,
-    pub message: Message,
-}
+impl runnel_bus_engine::Lease for Lease {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
 
-/// How a delivery is settled.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Settle {
-    /// Done: delete the row; the key's next row becomes the head.
-    Ack,
-    /// Failed: free the row, claimable again at `visible_at`.
-    Nack { visible_at: DateTime<Utc> },
-    /// Still working: keep the lease until `visible_at`.
-    Extend { visible_at: DateTime<Utc> },
-    /// Claimed but never handed to the application: free the row at `visible_at` and take
-    /// back the attempt the claim counted.
-    Release { visible_at: DateTime<Utc> },
-}
-
-/// What settling did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Settled {
-    /// The lease was still held (else the delivery is lost: redelivered elsewhere).
-    pub held: bool,
-    /// A row may have become claimable now: wake the topic's consumers (an ack notifies
-    /// other processes itself, inside `bus_ack`).
-    pub wake: bool,
+    fn attempt(&self) -> u32 {
+        u32::try_from(self.attempt).unwrap_or(u32::MAX)
+    }
 }
 
 /// The statements, formatted once for the schema.
@@ -186,7 +131,7 @@ impl Statements {
         let mut payloads = Vec::with_capacity(messages.len());
         for m in messages {
             keys.push(m.ordering_key);
-            envelopes.push(m.envelope);
+            envelopes.push(m.envelope.into_bytes());
             payloads.push(m.payload);
         }
         let expected = envelopes.len() as i32;
@@ -238,7 +183,7 @@ impl Statements {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<Claimed>, StoreError> {
+    ) -> Result<Vec<ClaimedRow<Lease>>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(self.claim.clone()))
             .bind(group_id)
             .bind(now)
@@ -257,7 +202,7 @@ impl Statements {
             let envelope: Vec<u8> = row.try_get(2).map_err(corrupt)?;
             let payload: Vec<u8> = row.try_get(3).map_err(corrupt)?;
             debug_assert!(attempt >= 1);
-            claimed.push(Claimed {
+            claimed.push(ClaimedRow {
                 lease: Lease {
                     topic_id,
                     group_id,

@@ -2,156 +2,29 @@
 //! the store's SQLite file. Topics and consumer groups are rows; every message is logged
 //! once and queued once per group; a consumer leases rows through the store's group-commit
 //! writer, so a publish is acknowledged only after its fsynced commit and nothing
-//! acknowledged is lost in a crash. See the crate's DESIGN.md, "Bus", for the tables, the
-//! claim query and why per-key order holds.
+//! acknowledged is lost in a crash. The consumer loop, wake-ups, options and settling are
+//! runnel-bus-engine's; this module holds the SQL (`queue.rs`) and the backend that runs
+//! it (`backend.rs`). See the crate's DESIGN.md, "Bus", for the tables, the claim query
+//! and why per-key order holds.
 
-mod consumer;
+mod backend;
 mod queue;
-mod signals;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use runnel_core::bus::{validate_publish, DeliveryStream, Publisher, SubscribeOptions, Subscriber};
-use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
-use runnel_core::{BusError, Clock, GroupName, Message, SystemClock, TopicName};
+use runnel_bus_engine::BusEngine;
+use runnel_core::bus::{DeliveryStream, Publisher, SubscribeOptions, Subscriber};
+use runnel_core::{BusError, GroupName, Message, TopicName};
 
-use crate::store::{keep_all, SqliteStore, UnitOfWork};
-use consumer::Consumer;
-use queue::{EncodedMessage, Lease, Settle, Settled};
-pub(crate) use signals::BusSignals;
+use crate::store::{SqliteStore, UnitOfWork};
+use backend::{micros, SqliteBackend};
 
-/// Default polling interval: how soon a consumer notices messages written by another
-/// process on the same file (same-process publishes wake consumers at once).
-pub const POLL_INTERVAL_DEFAULT: Duration = Duration::from_millis(500);
-/// Shortest accepted polling interval.
-pub const POLL_INTERVAL_MIN: Duration = Duration::from_millis(10);
-/// Longest accepted polling interval.
-pub const POLL_INTERVAL_MAX: Duration = Duration::from_secs(60);
-/// Default retention: how long a message stays in the log after publication (for groups
-/// created later with `StartPosition::Earliest`). A message some group has not yet
-/// acknowledged is kept regardless.
-pub const RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
-/// Longest accepted retention.
-pub const RETENTION_MAX: Duration = Duration::from_secs(366 * 24 * 60 * 60);
-/// Largest payload limit that may be configured, in bytes.
-pub const PAYLOAD_BYTES_LIMIT: usize = 64 * 1024 * 1024;
-/// Default largest total size of one publish call (payloads plus envelopes), in bytes:
-/// bounds what one queued publish holds in the writer's queue.
-pub const PUBLISH_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
-/// Most rows one claim leases (also never more than the consumer's free in-flight slots).
-pub const CLAIM_BATCH_MAX: usize = 64;
-/// How often the retention sweep runs.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// Most log rows one sweep transaction deletes (keeps each writer job short).
-pub const SWEEP_BATCH_MAX: usize = 5_000;
-/// Pause after a failed claim before the consumer tries again.
-pub const ERROR_BACKOFF: Duration = Duration::from_millis(500);
-
-/// How a [`SqliteBus`] behaves.
-#[derive(Clone)]
-pub struct BusOptions {
-    /// Largest payload of one message, in bytes; larger ones are rejected with
-    /// [`BusError::PayloadTooLarge`] (send them by reference: claim check).
-    pub max_payload_bytes: usize,
-    /// Largest total size of one publish call, in bytes.
-    pub max_publish_bytes: usize,
-    /// How often an idle consumer looks for messages it was not woken for (those written
-    /// by other processes on the same file).
-    pub poll_interval: Duration,
-    /// How long a published message stays in the log once no group needs it.
-    /// `Duration::ZERO` deletes it at the next sweep after every group acknowledged it
-    /// (a message published while its topic has no group is then not kept either).
-    pub retention: Duration,
-    /// The time source for visibility timeouts, nack delays and retention.
-    pub clock: Arc<dyn Clock>,
-}
-
-impl Default for BusOptions {
-    fn default() -> Self {
-        BusOptions {
-            max_payload_bytes: MESSAGE_PAYLOAD_MAX_DEFAULT,
-            max_publish_bytes: PUBLISH_BYTES_MAX_DEFAULT,
-            poll_interval: POLL_INTERVAL_DEFAULT,
-            retention: RETENTION_DEFAULT,
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
-impl fmt::Debug for BusOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BusOptions")
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("max_publish_bytes", &self.max_publish_bytes)
-            .field("poll_interval", &self.poll_interval)
-            .field("retention", &self.retention)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BusOptions {
-    /// Sets the payload limit.
-    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
-        self.max_payload_bytes = bytes;
-        self
-    }
-
-    /// Sets the polling interval.
-    pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
-        self
-    }
-
-    /// Sets the retention.
-    pub fn retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
-        self
-    }
-
-    /// Uses `clock` for every deadline (tests drive a virtual clock).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Checks the bounds.
-    pub fn validate(&self) -> Result<(), BusError> {
-        if self.max_payload_bytes == 0 || self.max_payload_bytes > PAYLOAD_BYTES_LIMIT {
-            return Err(BusError::InvalidArgument(format!(
-                "max_payload_bytes must be 1..={PAYLOAD_BYTES_LIMIT}"
-            )));
-        }
-        if self.max_publish_bytes < self.max_payload_bytes {
-            return Err(BusError::InvalidArgument(
-                "max_publish_bytes must be at least max_payload_bytes".into(),
-            ));
-        }
-        if !(POLL_INTERVAL_MIN..=POLL_INTERVAL_MAX).contains(&self.poll_interval) {
-            return Err(BusError::InvalidArgument(format!(
-                "poll_interval must be {POLL_INTERVAL_MIN:?}..={POLL_INTERVAL_MAX:?}"
-            )));
-        }
-        if self.retention > RETENTION_MAX {
-            return Err(BusError::InvalidArgument(format!(
-                "retention must be at most {RETENTION_MAX:?}"
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// What a consumer group still has to consume.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GroupBacklog {
-    /// Messages not yet acknowledged by the group (in flight, delayed or waiting).
-    pub pending: u64,
-    /// Of those, the ones leased to a consumer right now.
-    pub in_flight: u64,
-}
+pub use runnel_bus_engine::{
+    BusOptions, GroupBacklog, CLAIM_BATCH_MAX, ERROR_BACKOFF, PAYLOAD_BYTES_LIMIT,
+    POLL_INTERVAL_DEFAULT, POLL_INTERVAL_MAX, POLL_INTERVAL_MIN, PUBLISH_BYTES_MAX_DEFAULT,
+    RETENTION_DEFAULT, RETENTION_MAX, SWEEP_BATCH_MAX, SWEEP_INTERVAL,
+};
 
 /// The embedded durable bus on a [`SqliteStore`]'s file.
 ///
@@ -184,20 +57,14 @@ pub struct GroupBacklog {
 /// ```
 #[derive(Clone)]
 pub struct SqliteBus {
-    inner: Arc<BusInner>,
-}
-
-pub(crate) struct BusInner {
-    store: SqliteStore,
-    options: BusOptions,
-    sweeper_started: AtomicBool,
+    engine: BusEngine<SqliteBackend>,
 }
 
 impl fmt::Debug for SqliteBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteBus")
-            .field("path", &self.inner.store.path())
-            .field("options", &self.inner.options)
+            .field("path", &self.store().path())
+            .field("options", self.options())
             .finish()
     }
 }
@@ -205,24 +72,19 @@ impl fmt::Debug for SqliteBus {
 impl SqliteBus {
     /// A bus on `store`'s file. The tables are created with the store's schema.
     pub fn new(store: SqliteStore, options: BusOptions) -> Result<Self, BusError> {
-        options.validate()?;
         Ok(SqliteBus {
-            inner: Arc::new(BusInner {
-                store,
-                options,
-                sweeper_started: AtomicBool::new(false),
-            }),
+            engine: BusEngine::new(SqliteBackend::new(store, options))?,
         })
     }
 
     /// The store this bus writes to.
     pub fn store(&self) -> &SqliteStore {
-        &self.inner.store
+        self.engine.backend().store()
     }
 
     /// The options.
     pub fn options(&self) -> &BusOptions {
-        &self.inner.options
+        self.engine.options()
     }
 
     /// Publishes inside a unit of work: the messages commit together with everything else
@@ -252,7 +114,7 @@ impl SqliteBus {
         topic: &TopicName,
         messages: Vec<Message>,
     ) -> Result<(), BusError> {
-        let encoded = self.encode(messages)?;
+        let encoded = self.engine.encode(messages)?;
         if encoded.is_empty() {
             return Ok(());
         }
@@ -260,14 +122,14 @@ impl SqliteBus {
             uow.connection(),
             topic.as_str(),
             &encoded,
-            self.inner.now_micros(),
+            micros(self.engine.now()),
         )
         .map_err(BusError::from)
     }
 
     /// Wakes this process's consumers of `topic` (after a unit of work that published).
     pub fn wake_consumers(&self, topic: &TopicName) {
-        self.inner.store.bus_signals().bump(topic.as_str());
+        self.engine.wake_consumers(topic);
     }
 
     /// Removes a consumer group and every message it had still to consume. Consumers of
@@ -278,14 +140,7 @@ impl SqliteBus {
         topic: &TopicName,
         group: &GroupName,
     ) -> Result<bool, BusError> {
-        let (t, g) = (topic.to_string(), group.to_string());
-        Ok(self
-            .inner
-            .store
-            .submit(0, keep_all, move |conn, _| {
-                queue::delete_group(conn, &t, &g)
-            })
-            .await?)
+        self.engine.delete_group(topic, group).await
     }
 
     /// What `group` still has to consume on `topic` (the consumer lag), or `None` if the
@@ -295,138 +150,21 @@ impl SqliteBus {
         topic: &TopicName,
         group: &GroupName,
     ) -> Result<Option<GroupBacklog>, BusError> {
-        let (t, g) = (topic.to_string(), group.to_string());
-        let now = self.inner.now_micros();
-        let backlog = self
-            .inner
-            .store
-            .read(move |conn| queue::group_backlog(conn, &t, &g, now))
-            .await?;
-        Ok(backlog.map(|(pending, in_flight)| GroupBacklog { pending, in_flight }))
+        self.engine.group_backlog(topic, group).await
     }
 
     /// Runs the retention sweep now (it also runs every [`SWEEP_INTERVAL`] while the bus
     /// is used): deletes log rows older than the retention that no group still needs.
     /// Returns how many were deleted.
     pub async fn sweep_retained(&self) -> Result<usize, BusError> {
-        self.inner.sweep().await
-    }
-
-    fn encode(&self, messages: Vec<Message>) -> Result<Vec<EncodedMessage>, BusError> {
-        validate_publish(&messages, self.inner.options.max_payload_bytes)?;
-        let encoded = messages
-            .into_iter()
-            .map(EncodedMessage::encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        let total_bytes: usize = encoded
-            .iter()
-            .map(|m| m.payload.len() + m.envelope.len())
-            .sum();
-        if total_bytes > self.inner.options.max_publish_bytes {
-            return Err(BusError::InvalidArgument(format!(
-                "the publish carries {total_bytes} bytes, over the {}-byte limit per call; split it",
-                self.inner.options.max_publish_bytes
-            )));
-        }
-        Ok(encoded)
-    }
-}
-
-impl BusInner {
-    fn now_micros(&self) -> i64 {
-        self.options.clock.now().timestamp_micros()
-    }
-
-    /// Settles a lease through the writer and wakes the topic's consumers if a row became
-    /// claimable.
-    async fn settle(
-        self: &Arc<Self>,
-        topic: &TopicName,
-        lease: Lease,
-        how: Settle,
-    ) -> Result<Settled, BusError> {
-        let bus = Arc::clone(self);
-        let settled = self
-            .store
-            .submit(0, keep_all, move |conn, _| {
-                queue::settle(conn, &lease, how, bus.now_micros())
-            })
-            .await?;
-        if settled.wake {
-            self.store.bus_signals().bump(topic.as_str());
-        }
-        Ok(settled)
-    }
-
-    async fn sweep(&self) -> Result<usize, BusError> {
-        let cutoff = self
-            .now_micros()
-            .saturating_sub(duration_micros(self.options.retention));
-        let mut total = 0;
-        loop {
-            let deleted = self
-                .store
-                .submit(0, keep_all, move |conn, _| {
-                    queue::sweep(conn, cutoff, SWEEP_BATCH_MAX)
-                })
-                .await?;
-            total += deleted;
-            if deleted < SWEEP_BATCH_MAX {
-                return Ok(total);
-            }
-        }
-    }
-
-    /// Starts the retention sweeper on the current runtime, once. It stops when the last
-    /// handle to this bus is gone.
-    fn start_sweeper(self: &Arc<Self>) {
-        if self.sweeper_started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let weak: Weak<BusInner> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            // The first sweep one interval from now: starting a bus does no work.
-            let first = tokio::time::Instant::now() + SWEEP_INTERVAL;
-            let mut tick = tokio::time::interval_at(first, SWEEP_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(bus) = weak.upgrade() else {
-                    return;
-                };
-                match bus.sweep().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(deleted = n, "bus retention sweep"),
-                    Err(BusError::Closed) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "bus retention sweep failed; retrying later")
-                    }
-                }
-            }
-        });
+        self.engine.sweep_retained().await
     }
 }
 
 #[async_trait]
 impl Publisher for SqliteBus {
     async fn publish(&self, topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError> {
-        let encoded = self.encode(messages)?;
-        if encoded.is_empty() {
-            return Ok(());
-        }
-        self.inner.start_sweeper();
-        let count = encoded.len();
-        let bus = Arc::clone(&self.inner);
-        let name = topic.to_string();
-        self.inner
-            .store
-            .submit(count, keep_all, move |conn, _| {
-                queue::publish_in_tx(conn, &name, &encoded, bus.now_micros())
-            })
-            .await?;
-        // Committed (and fsynced): only now may consumers see it.
-        self.inner.store.bus_signals().bump(topic.as_str());
-        Ok(())
+        self.engine.publish(topic, messages).await
     }
 }
 
@@ -438,32 +176,6 @@ impl Subscriber for SqliteBus {
         group: &GroupName,
         options: SubscribeOptions,
     ) -> Result<DeliveryStream, BusError> {
-        options.validate()?;
-        self.inner.start_sweeper();
-        // Watch before the group exists, so no publish after it is missed.
-        let wake = self.inner.store.bus_signals().watch(topic.as_str());
-        let bus = Arc::clone(&self.inner);
-        let (t, g, start) = (topic.to_string(), group.to_string(), options.start);
-        let group_id = self
-            .inner
-            .store
-            .submit(0, keep_all, move |conn, _| {
-                queue::ensure_group(conn, &t, &g, start, bus.now_micros())
-            })
-            .await?;
-        Ok(Consumer::new(
-            Arc::clone(&self.inner),
-            topic.clone(),
-            group.clone(),
-            group_id,
-            &options,
-            wake,
-        )
-        .into_stream())
+        self.engine.subscribe(topic, group, options).await
     }
-}
-
-/// `d` in microseconds, saturating.
-pub(crate) fn duration_micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }

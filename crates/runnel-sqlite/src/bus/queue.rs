@@ -3,92 +3,40 @@
 //! the design — why only `head` rows are claimed and why that keeps per-key order — is in
 //! the crate's DESIGN.md, "Bus".
 
+use runnel_bus_engine::{decode_message, ClaimedRow, EncodedMessage, Settle, Settled};
 use runnel_core::bus::StartPosition;
-use runnel_core::{BusError, Message, StoreError};
+use runnel_core::uuid::Uuid;
+use runnel_core::StoreError;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::backend::micros;
 use crate::error_map::map_sqlite;
-
-/// A message ready to be written: its ordering key, its envelope (the message without the
-/// payload, as JSON) and its payload.
-pub(crate) struct EncodedMessage {
-    pub ordering_key: Option<Vec<u8>>,
-    pub envelope: String,
-    pub payload: Vec<u8>,
-}
-
-impl EncodedMessage {
-    /// Encodes `message`, taking its payload without copying it.
-    pub fn encode(mut message: Message) -> Result<Self, BusError> {
-        let ordering_key = message.ordering_key().map(|k| k.as_bytes().to_vec());
-        let payload = std::mem::take(&mut message.payload);
-        let envelope = serde_json::to_string(&message).map_err(|e| BusError::InvalidMessage {
-            id: message.id.chars().take(64).collect(),
-            reason: format!("cannot encode the envelope: {e}"),
-        })?;
-        Ok(EncodedMessage {
-            ordering_key,
-            envelope,
-            payload,
-        })
-    }
-}
-
-/// Turns a stored envelope and payload back into the message.
-pub(crate) fn decode_message(
-    seq: i64,
-    envelope: &str,
-    payload: Vec<u8>,
-) -> Result<Message, StoreError> {
-    let mut message: Message = serde_json::from_str(envelope)
-        .map_err(|e| StoreError::Corrupt(format!("bus message {seq}: unreadable envelope: {e}")))?;
-    debug_assert!(
-        message.payload.is_empty(),
-        "envelopes are stored without payload"
-    );
-    message.payload = payload;
-    Ok(message)
-}
 
 /// Which queue row a delivery holds, and under which lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Lease {
     pub group_id: i64,
     pub seq: i64,
-    /// The consumer that claimed it.
-    pub owner: std::sync::Arc<str>,
+    /// The consumer that claimed it (stored as its hyphenated text).
+    pub owner: Uuid,
     /// The delivery attempt the claim made; a later claim of the same row has a higher one,
     /// so a stale delivery can never settle a newer one.
     pub attempt: i64,
 }
 
-/// One claimed row with its message.
-pub(crate) struct Claimed {
-    pub lease: Lease,
-    pub message: Message,
+impl runnel_bus_engine::Lease for Lease {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    fn attempt(&self) -> u32 {
+        u32::try_from(self.attempt).unwrap_or(u32::MAX)
+    }
 }
 
-/// How a delivery is settled.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Settle {
-    /// Done: delete the row; the key's next row becomes the head.
-    Ack,
-    /// Failed: free the row, claimable again at `visible_at` (µs).
-    Nack { visible_at: i64 },
-    /// Still working: keep the lease until `visible_at` (µs).
-    Extend { visible_at: i64 },
-    /// Claimed but never handed to the application (the consumer went away first): free
-    /// the row now and take back the attempt the claim counted.
-    Release { visible_at: i64 },
-}
-
-/// What settling did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Settled {
-    /// The lease was still held (else the delivery is lost: redelivered elsewhere).
-    pub held: bool,
-    /// A row may have become claimable now: wake the topic's consumers.
-    pub wake: bool,
+/// A consumer's id as `lease_owner` stores it, formatted without allocating.
+fn owner_text<'b>(owner: &Uuid, buf: &'b mut [u8; 45]) -> &'b str {
+    owner.hyphenated().encode_lower(buf)
 }
 
 /// The topic's id, creating the topic on first use.
@@ -207,11 +155,13 @@ pub(crate) fn next_visible(conn: &Connection, group_id: i64) -> Result<Option<i6
 pub(crate) fn claim(
     conn: &Connection,
     group_id: i64,
-    owner: &std::sync::Arc<str>,
+    owner: Uuid,
     now_micros: i64,
     lease_until: i64,
     limit: usize,
-) -> Result<Vec<Claimed>, StoreError> {
+) -> Result<Vec<ClaimedRow<Lease>>, StoreError> {
+    let mut owner_buf = Uuid::encode_buffer();
+    let owner_str = owner_text(&owner, &mut owner_buf);
     let mut rows: Vec<(i64, i64)> = {
         let mut stmt = conn
             .prepare_cached(
@@ -227,7 +177,7 @@ pub(crate) fn claim(
         let mut q = stmt
             .query(params![
                 group_id,
-                &**owner,
+                owner_str,
                 lease_until,
                 now_micros,
                 limit as i64
@@ -253,14 +203,14 @@ pub(crate) fn claim(
             .ok_or_else(|| {
                 StoreError::Corrupt(format!("bus queue row {seq} has no message in the log"))
             })?;
-        claimed.push(Claimed {
+        claimed.push(ClaimedRow {
             lease: Lease {
                 group_id,
                 seq,
-                owner: owner.clone(),
+                owner,
                 attempt,
             },
-            message: decode_message(seq, &envelope, payload)?,
+            message: decode_message(seq, envelope.as_bytes(), payload)?,
         });
     }
     Ok(claimed)
@@ -273,7 +223,9 @@ pub(crate) fn settle(
     how: Settle,
     now_micros: i64,
 ) -> Result<Settled, StoreError> {
-    let key = params![lease.seq, lease.group_id, &*lease.owner, lease.attempt];
+    let mut owner_buf = Uuid::encode_buffer();
+    let owner = owner_text(&lease.owner, &mut owner_buf);
+    let key = params![lease.seq, lease.group_id, owner, lease.attempt];
     match how {
         Settle::Ack => {
             let deleted: Option<Option<Vec<u8>>> = conn
@@ -286,10 +238,7 @@ pub(crate) fn settle(
                 .optional()
                 .map_err(map_sqlite)?;
             let Some(ordering_key) = deleted else {
-                return Ok(Settled {
-                    held: false,
-                    wake: false,
-                });
+                return Ok(Settled::LOST);
             };
             let mut wake = false;
             if let Some(k) = ordering_key {
@@ -318,15 +267,15 @@ pub(crate) fn settle(
                 .execute(params![
                     lease.seq,
                     lease.group_id,
-                    &*lease.owner,
+                    owner,
                     lease.attempt,
-                    visible_at
+                    micros(visible_at)
                 ])
                 .map_err(map_sqlite)?
                 > 0;
             Ok(Settled {
                 held,
-                wake: held && visible_at <= now_micros,
+                wake: held && micros(visible_at) <= now_micros,
             })
         }
         Settle::Extend { visible_at } => {
@@ -339,9 +288,9 @@ pub(crate) fn settle(
                 .execute(params![
                     lease.seq,
                     lease.group_id,
-                    &*lease.owner,
+                    owner,
                     lease.attempt,
-                    visible_at
+                    micros(visible_at)
                 ])
                 .map_err(map_sqlite)?
                 > 0;
@@ -357,9 +306,9 @@ pub(crate) fn settle(
                 .execute(params![
                     lease.seq,
                     lease.group_id,
-                    &*lease.owner,
+                    owner,
                     lease.attempt,
-                    visible_at
+                    micros(visible_at)
                 ])
                 .map_err(map_sqlite)?
                 > 0;

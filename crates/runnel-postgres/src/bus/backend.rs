@@ -1,0 +1,192 @@
+//! [`PostgresBackend`]: runnel-bus-engine's backend in the store's schema. Each call is one
+//! statement (or one PL/pgSQL function call) on the pool; the functions that need the
+//! topic lock are in `migrations/0002_bus.sql`. Wake-ups reach other processes through
+//! `NOTIFY` on the bus channel; this process's consumers watch the bus's own
+//! [`BusSignals`], which the `LISTEN` task also bumps.
+
+use std::sync::Arc;
+
+use runnel_bus_engine::{
+    after, BusBackend, BusOptions, BusSignals, Claim, ClaimRequest, EncodedMessage, GroupBacklog,
+    Settle, Settled, SWEEP_BATCH_MAX,
+};
+use runnel_core::bus::StartPosition;
+use runnel_core::chrono::{DateTime, Utc};
+use runnel_core::{BusError, GroupName, TopicName};
+
+use super::queue::{Lease, Statements};
+use crate::store::PostgresStore;
+
+/// A consumer group's ids (an ack takes the topic's lock, keyed by its id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GroupIds {
+    pub topic_id: i64,
+    pub group_id: i64,
+}
+
+pub(crate) struct PostgresBackend {
+    store: PostgresStore,
+    options: BusOptions,
+    sql: Statements,
+    channel: String,
+    signals: Arc<BusSignals>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PostgresBackend {
+    pub fn new(
+        store: PostgresStore,
+        options: BusOptions,
+        channel: String,
+        signals: Arc<BusSignals>,
+        listener: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        PostgresBackend {
+            sql: Statements::new(store.schema()),
+            store,
+            options,
+            channel,
+            signals,
+            listener,
+        }
+    }
+
+    pub fn store(&self) -> &PostgresStore {
+        &self.store
+    }
+
+    pub fn schema(&self) -> &str {
+        self.sql.schema()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.options.clock.now()
+    }
+}
+
+impl BusBackend for PostgresBackend {
+    type Group = GroupIds;
+    type Lease = Lease;
+
+    fn options(&self) -> &BusOptions {
+        &self.options
+    }
+
+    fn signals(&self) -> &BusSignals {
+        &self.signals
+    }
+
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<EncodedMessage>,
+    ) -> Result<(), BusError> {
+        self.sql
+            .publish(
+                self.store.pool(),
+                topic.as_str(),
+                &self.channel,
+                messages,
+                self.now(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn ensure_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        start: StartPosition,
+    ) -> Result<GroupIds, BusError> {
+        let (topic_id, group_id) = self
+            .sql
+            .subscribe(
+                self.store.pool(),
+                topic.as_str(),
+                group.as_str(),
+                start,
+                self.now(),
+            )
+            .await?;
+        Ok(GroupIds { topic_id, group_id })
+    }
+
+    /// Claims at once (`SKIP LOCKED` makes an empty claim cheap); when nothing was ready,
+    /// learns when the next head will be.
+    async fn claim(&self, request: ClaimRequest<'_, GroupIds>) -> Result<Claim<Lease>, BusError> {
+        let lease_until = after(request.now, request.ack_timeout);
+        let pool = self.store.pool();
+        let ids = *request.group;
+        let rows = self
+            .sql
+            .claim(
+                pool,
+                ids.topic_id,
+                ids.group_id,
+                request.owner,
+                request.now,
+                lease_until,
+                request.limit,
+            )
+            .await?;
+        if rows.is_empty() {
+            let next_visible = self.sql.next_visible(pool, ids.group_id).await?;
+            Ok(Claim::Idle { next_visible })
+        } else {
+            Ok(Claim::Claimed { rows, lease_until })
+        }
+    }
+
+    async fn settle(
+        &self,
+        topic: &TopicName,
+        lease: &Lease,
+        how: Settle,
+    ) -> Result<Settled, BusError> {
+        Ok(self
+            .sql
+            .settle(
+                self.store.pool(),
+                lease,
+                how,
+                self.now(),
+                &self.channel,
+                topic.as_str(),
+            )
+            .await?)
+    }
+
+    async fn sweep(&self, cutoff: DateTime<Utc>) -> Result<usize, BusError> {
+        Ok(self
+            .sql
+            .sweep(self.store.pool(), cutoff, SWEEP_BATCH_MAX)
+            .await?)
+    }
+
+    async fn delete_group(&self, topic: &TopicName, group: &GroupName) -> Result<bool, BusError> {
+        Ok(self
+            .sql
+            .delete_group(self.store.pool(), topic.as_str(), group.as_str())
+            .await?)
+    }
+
+    async fn backlog(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        now: DateTime<Utc>,
+    ) -> Result<Option<GroupBacklog>, BusError> {
+        let backlog = self
+            .sql
+            .backlog(self.store.pool(), topic.as_str(), group.as_str(), now)
+            .await?;
+        Ok(backlog.map(|(pending, in_flight)| GroupBacklog::new(pending, in_flight)))
+    }
+}
