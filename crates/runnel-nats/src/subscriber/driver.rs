@@ -303,7 +303,7 @@ impl Member {
         let reason = match &decoded {
             Err(e) => Some(format!("undecodable: {e}")),
             Ok(_) if delivered > self.inner.options.max_deliver => Some(format!(
-                "delivered {delivered} times without being settled (max_deliver {})",
+                "delivered {delivered} times without being settled (max_deliveries {})",
                 self.inner.options.max_deliver
             )),
             Ok(_) => None,

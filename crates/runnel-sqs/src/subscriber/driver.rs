@@ -22,7 +22,7 @@ use crate::error::{code_of, map_sdk};
 pub const RECEIVE_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between failed receives (the broker is down: keep trying, slowly).
 pub const RECEIVE_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Pause after a short poll (`wait_seconds=0`) that returned nothing, so an idle consumer
+/// Pause after a short poll (`wait=0s`) that returned nothing, so an idle consumer
 /// does not call `ReceiveMessage` in a tight loop.
 pub const SHORT_POLL_IDLE_PAUSE: Duration = Duration::from_millis(200);
 /// Extra time the HTTP call of a long poll may take beyond the poll itself.
@@ -143,7 +143,7 @@ pub(super) async fn poll(shared: Arc<Consumer>, permits: Arc<Semaphore>, wait_se
             let message = match codec::decode(m.body().unwrap_or_default(), attrs) {
                 Ok(message) => message,
                 Err(e) => {
-                    // Not a CloudEvent: it stays in flight and, after max_receive_count
+                    // Not a CloudEvent: it stays in flight and, after max_deliveries
                     // receives, SQS moves it to the dead-letter queue.
                     tracing::error!(group = %shared.group, error = %e, "undecodable message; it will reach the dead-letter queue");
                     drop(permit);
