@@ -1,7 +1,7 @@
 use std::path::Path;
 
-use runnel_core::{EventStore, ExpectedRevision, NewEvent, ReadStream, StreamName};
-use runnel_sqlite::SqliteStore;
+use runnel::core::{EventStore, ExpectedRevision, NewEvent, ReadStream, StreamName};
+use runnel::sqlite::SqliteStore;
 use serde_json::json;
 
 #[tokio::main]

@@ -12,7 +12,7 @@ fn readme_shows_the_checked_library_example() {
     let block = format!("```rust\n{EXAMPLE}```");
     assert!(
         README.contains(&block),
-        "README.md's library example differs from crates/runnel-cli/examples/library.rs; \
+        "README.md's library example differs from examples/order-fulfillment/examples/library.rs; \
          paste the file into the README's ```rust block"
     );
 }
@@ -25,8 +25,8 @@ async fn readme_library_example_appends_and_reads() {
         .await
         .expect("the README example failed");
 
-    use runnel_core::{EventStore, ReadStream, StreamName};
-    let store = runnel_sqlite::SqliteStore::open(&path).unwrap();
+    use runnel::core::{EventStore, ReadStream, StreamName};
+    let store = runnel::sqlite::SqliteStore::open(&path).unwrap();
     let events = store
         .read_stream(
             &StreamName::new("Order-1").unwrap(),
@@ -49,7 +49,7 @@ fn readme_shows_the_checked_messaging_example() {
     let block = format!("```rust\n{MESSAGING_EXAMPLE}```");
     assert!(
         README.contains(&block),
-        "README.md's messaging example differs from crates/runnel-cli/examples/messaging.rs; \
+        "README.md's messaging example differs from examples/order-fulfillment/examples/messaging.rs; \
          paste the file into the README's ```rust block"
     );
 }
@@ -57,7 +57,7 @@ fn readme_shows_the_checked_messaging_example() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_messaging_example_publishes_and_consumes_through_the_router() {
     let dir = tempfile::tempdir().unwrap();
-    let store = runnel_sqlite::SqliteStore::open(dir.path().join("orders.db")).unwrap();
+    let store = runnel::sqlite::SqliteStore::open(dir.path().join("orders.db")).unwrap();
     let billed = messaging::run(store.clone())
         .await
         .expect("the README messaging example failed");
@@ -67,18 +67,18 @@ async fn readme_messaging_example_publishes_and_consumes_through_the_router() {
     );
 
     // Handled and acknowledged: nothing left for the group, nothing dead-lettered.
-    use runnel_core::dead_letter::{DeadLetterFilter, DeadLetterStore};
-    let bus = runnel_sqlite::SqliteBus::new(store.clone(), Default::default()).unwrap();
+    use runnel::core::dead_letter::{DeadLetterFilter, DeadLetterStore};
+    let bus = runnel::sqlite::SqliteBus::new(store.clone(), Default::default()).unwrap();
     let backlog = bus
         .group_backlog(
-            &runnel_core::TopicName::new("orders").unwrap(),
-            &runnel_core::GroupName::new("billing").unwrap(),
+            &runnel::core::TopicName::new("orders").unwrap(),
+            &runnel::core::GroupName::new("billing").unwrap(),
         )
         .await
         .unwrap()
         .expect("the example created the group");
     assert_eq!(backlog.pending, 0);
-    let dead = runnel_sqlite::SqliteDeadLetters::new(store)
+    let dead = runnel::sqlite::SqliteDeadLetters::new(store)
         .count(&DeadLetterFilter::default())
         .await
         .unwrap();
