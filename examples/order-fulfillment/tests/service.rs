@@ -40,6 +40,7 @@ fn run_to_end(mut cmd: Command) -> (bool, String, String) {
         }
         if Instant::now() > until {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("the service did not finish within {DEADLINE:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -100,9 +101,11 @@ fn spawn_until_running(
     let until = Instant::now() + DEADLINE;
     let mut seen = Vec::new();
     loop {
-        let line = lines
-            .recv_timeout(until.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("the service never said it runs: {seen:?}"));
+        let Ok(line) = lines.recv_timeout(until.saturating_duration_since(Instant::now())) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the service never said it runs: {seen:?}");
+        };
         let running = line.contains("order service running");
         seen.push(line);
         if running {
@@ -127,6 +130,7 @@ fn stop_with_sigterm(child: &mut std::process::Child, lines: std::sync::mpsc::Re
         }
         if Instant::now() > until {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("the service did not stop after SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(20));
