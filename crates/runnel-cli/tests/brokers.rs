@@ -183,8 +183,15 @@ fn dlq_drain_over_nats_reports_what_it_moved() {
         .args(["--topic", "orders", "--group", &group, "--max", "10"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(line["drained"], 0, "a fresh group has nothing dead-lettered");
+    assert_eq!(
+        line["drained"], 0,
+        "a fresh group has nothing dead-lettered"
+    );
     assert_eq!(line["group"], group.as_str());
 }

@@ -253,37 +253,6 @@ pub fn error_search_text(failures: &[FailureRecord]) -> String {
     out
 }
 
-/// What a claim on an idempotency key found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DedupClaim {
-    /// Nobody handled this key yet: the caller holds the lock (with this token) and must
-    /// `complete` or `release` it.
-    Acquired { token: String },
-    /// Already handled within the window: here is the cached result.
-    Completed { result: Vec<u8> },
-    /// Someone else is handling it right now.
-    InProgress,
-}
-
-/// A dedup window for handlers with external side effects (an email, a card charge):
-/// lock a key, cache the result for a TTL, let concurrent duplicates wait for it.
-#[async_trait]
-pub trait DedupStore: Send + Sync + 'static {
-    /// Claims `key` for `lock_ttl` (after which a crashed holder's lock expires).
-    async fn claim(&self, key: &str, lock_ttl: std::time::Duration)
-        -> Result<DedupClaim, BusError>;
-    /// Stores the result for `ttl` and releases the lock held with `token`.
-    async fn complete(
-        &self,
-        key: &str,
-        token: &str,
-        result: Vec<u8>,
-        ttl: std::time::Duration,
-    ) -> Result<(), BusError>;
-    /// Releases the lock without a result (the handler failed; a retry may claim again).
-    async fn release(&self, key: &str, token: &str) -> Result<(), BusError>;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,10 @@
 //! Limits and input checks shared by every idempotency backend — the transactional inbox
-//! and the [`DedupStore`](crate::dead_letter::DedupStore) — so SQLite, PostgreSQL and Redis
-//! accept and refuse exactly the same calls.
+//! and the [`DedupStore`] — so SQLite, PostgreSQL and Redis accept and refuse exactly the
+//! same calls — and the dedup window's trait itself.
 
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::message::BusError;
@@ -87,6 +89,36 @@ pub fn validate_dedup_result(result: &[u8]) -> Result<(), BusError> {
 pub fn ttl_millis(ttl: Duration) -> u64 {
     let ms = ttl.as_millis() + u128::from(ttl.subsec_nanos() % 1_000_000 != 0);
     u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// What a claim on an idempotency key found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DedupClaim {
+    /// Nobody handled this key yet: the caller holds the lock (with this token) and must
+    /// `complete` or `release` it.
+    Acquired { token: String },
+    /// Already handled within the window: here is the cached result.
+    Completed { result: Vec<u8> },
+    /// Someone else is handling it right now.
+    InProgress,
+}
+
+/// A dedup window for handlers with external side effects (an email, a card charge):
+/// lock a key, cache the result for a TTL, let concurrent duplicates wait for it.
+#[async_trait]
+pub trait DedupStore: Send + Sync + 'static {
+    /// Claims `key` for `lock_ttl` (after which a crashed holder's lock expires).
+    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, BusError>;
+    /// Stores the result for `ttl` and releases the lock held with `token`.
+    async fn complete(
+        &self,
+        key: &str,
+        token: &str,
+        result: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), BusError>;
+    /// Releases the lock without a result (the handler failed; a retry may claim again).
+    async fn release(&self, key: &str, token: &str) -> Result<(), BusError>;
 }
 
 #[cfg(test)]

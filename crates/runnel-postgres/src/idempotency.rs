@@ -13,10 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
 use runnel_core::idempotency::{
     validate_dedup_key, validate_dedup_result, validate_dedup_ttl, validate_inbox_entry,
 };
+use runnel_core::idempotency::{DedupClaim, DedupStore};
 use runnel_core::{BusError, StoreError};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 
@@ -358,7 +358,7 @@ async fn purge_in_batches(
 /// ```no_run
 /// # async fn demo() -> Result<(), runnel_core::BusError> {
 /// use std::time::Duration;
-/// use runnel_core::dead_letter::{DedupClaim, DedupStore};
+/// use runnel_core::idempotency::{DedupClaim, DedupStore};
 /// use runnel_postgres::{PostgresDedupStore, PostgresStore};
 /// let store = PostgresStore::connect("postgres://postgres@127.0.0.1/app").await?;
 /// let dedup = PostgresDedupStore::new(&store);

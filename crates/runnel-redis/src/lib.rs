@@ -1,5 +1,5 @@
 //! Runnel's dedup window on Redis: [`RedisDedupStore`] implements
-//! [`runnel_core::dead_letter::DedupStore`] for handlers with external side effects (an
+//! [`runnel_core::idempotency::DedupStore`] for handlers with external side effects (an
 //! email, a card charge) — lock a key while the handler runs, cache its result for a TTL,
 //! let concurrent duplicates see `InProgress` and later the cached result.
 //!
@@ -8,7 +8,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), runnel_core::BusError> {
 //! use std::time::Duration;
-//! use runnel_core::dead_letter::{DedupClaim, DedupStore};
+//! use runnel_core::idempotency::{DedupClaim, DedupStore};
 //! use runnel_redis::{RedisDedupStore, RedisOptions};
 //!
 //! let dedup = RedisDedupStore::connect_with(

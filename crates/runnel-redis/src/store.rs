@@ -16,10 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
 use runnel_core::idempotency::{
     ttl_millis, validate_dedup_key, validate_dedup_result, validate_dedup_ttl,
 };
+use runnel_core::idempotency::{DedupClaim, DedupStore};
 use runnel_core::BusError;
 
 use crate::error_map::map_redis;

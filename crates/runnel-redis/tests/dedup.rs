@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
+use runnel_core::idempotency::{DedupClaim, DedupStore};
 use runnel_core::BusError;
 use runnel_redis::{RedisDedupStore, RedisOptions};
 

@@ -13,10 +13,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
 use runnel_core::idempotency::{
     validate_dedup_key, validate_dedup_result, validate_dedup_ttl, validate_inbox_entry,
 };
+use runnel_core::idempotency::{DedupClaim, DedupStore};
 use runnel_core::{BusError, StoreError};
 use rusqlite::{params, OptionalExtension};
 
@@ -213,7 +213,7 @@ async fn purge_in_batches(
 /// ```no_run
 /// # async fn demo() -> Result<(), runnel_core::BusError> {
 /// use std::time::Duration;
-/// use runnel_core::dead_letter::{DedupClaim, DedupStore};
+/// use runnel_core::idempotency::{DedupClaim, DedupStore};
 /// use runnel_sqlite::idempotency::SqliteDedupStore;
 /// let dedup = SqliteDedupStore::new(runnel_sqlite::SqliteStore::open("app.db")?);
 /// match dedup.claim("email/order-1", Duration::from_secs(30)).await? {

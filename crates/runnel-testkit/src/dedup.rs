@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use runnel_core::async_trait;
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
 use runnel_core::idempotency::{
     validate_dedup_key, validate_dedup_result, validate_dedup_ttl, DEDUP_KEY_LEN_MAX,
     DEDUP_RESULT_LEN_MAX, DEDUP_TTL_MAX,
 };
+use runnel_core::idempotency::{DedupClaim, DedupStore};
 use runnel_core::BusError;
 
 use crate::conformance::CHECK_DEADLINE;

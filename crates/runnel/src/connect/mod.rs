@@ -38,7 +38,7 @@ mod url;
 
 use std::sync::Arc;
 
-use runnel_core::dead_letter::DedupStore;
+use runnel_core::idempotency::DedupStore;
 
 pub use bus::{open_bus, Bus};
 pub use error::ConnectError;

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use runnel_core::dead_letter::{DeadLetterStore, DedupStore};
+use runnel_core::dead_letter::DeadLetterStore;
+use runnel_core::idempotency::DedupStore;
 use runnel_core::outbox::{BlobStore, OutboxStore};
 use runnel_core::{CheckpointStore, EventStore, SnapshotStore};
 
@@ -188,9 +189,7 @@ pub async fn open_stores(url: &StoreUrl, mode: OpenMode) -> Result<Stores, Conne
 
 #[cfg(feature = "sqlite")]
 fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
-    use runnel_sqlite::{
-        SqliteBlobs, SqliteDeadLetters, SqliteDedupStore, SqliteStore,
-    };
+    use runnel_sqlite::{SqliteBlobs, SqliteDeadLetters, SqliteDedupStore, SqliteStore};
     let (path, options) = sqlite_options(url)?;
     if mode == OpenMode::MustExist && !path.exists() {
         return Err(ConnectError::NoSuchStore {
@@ -277,10 +276,16 @@ mod tests {
         assert_eq!(stores.location(), path.display().to_string());
 
         let bad = StoreUrl::parse(&format!("sqlite:{}?durabilty=full", path.display())).unwrap();
-        let err = open_stores(&bad, OpenMode::CreateIfMissing).await.err().unwrap();
+        let err = open_stores(&bad, OpenMode::CreateIfMissing)
+            .await
+            .err()
+            .unwrap();
         assert!(err.is_bad_input());
         let message = err.to_string();
-        assert!(message.contains("durabilty") && message.contains("durability"), "{message}");
+        assert!(
+            message.contains("durabilty") && message.contains("durability"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

@@ -16,9 +16,9 @@ use runnel::core::bus::{
     Acknowledger, Delivery, DeliveryStream, Publisher, SubscribeOptions, Subscriber,
 };
 use runnel::core::dead_letter::{
-    DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetterStore, DedupClaim, DedupStore,
-    NewDeadLetter,
+    DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetterStore, NewDeadLetter,
 };
+use runnel::core::idempotency::{DedupClaim, DedupStore};
 use runnel::core::message::{BusError, GroupName, Message, TopicName};
 use runnel::core::{async_trait, Clock};
 use runnel::retry::Jitter;

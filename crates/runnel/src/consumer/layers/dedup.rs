@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
+use runnel_core::idempotency::{DedupClaim, DedupStore};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
