@@ -7,7 +7,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::StoreError;
-use crate::message::BusError;
 
 /// Longest inbox handler name, in bytes (the same bound as topic and group names).
 pub const HANDLER_NAME_LEN_MAX: usize = crate::message::BUS_NAME_LEN_MAX;
@@ -51,9 +50,9 @@ pub const DEDUP_TTL_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 /// assert!(validate_dedup_key("billing/msg-1").is_ok());
 /// assert!(validate_dedup_key("").is_err());
 /// ```
-pub fn validate_dedup_key(key: &str) -> Result<(), BusError> {
+pub fn validate_dedup_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() || key.len() > DEDUP_KEY_LEN_MAX || key.chars().any(char::is_control) {
-        return Err(BusError::InvalidArgument(format!(
+        return Err(StoreError::InvalidArgument(format!(
             "dedup key {:?}: must be 1..={DEDUP_KEY_LEN_MAX} bytes without control characters",
             key.chars().take(64).collect::<String>()
         )));
@@ -63,9 +62,9 @@ pub fn validate_dedup_key(key: &str) -> Result<(), BusError> {
 
 /// Checks a lock or result TTL: above zero and at most [`DEDUP_TTL_MAX`]; `what` names it
 /// in the error.
-pub fn validate_dedup_ttl(what: &str, ttl: Duration) -> Result<(), BusError> {
+pub fn validate_dedup_ttl(what: &str, ttl: Duration) -> Result<(), StoreError> {
     if ttl.is_zero() || ttl > DEDUP_TTL_MAX {
-        return Err(BusError::InvalidArgument(format!(
+        return Err(StoreError::InvalidArgument(format!(
             "{what} {ttl:?}: must be above zero and at most {DEDUP_TTL_MAX:?}"
         )));
     }
@@ -73,9 +72,9 @@ pub fn validate_dedup_ttl(what: &str, ttl: Duration) -> Result<(), BusError> {
 }
 
 /// Checks a result's size against [`DEDUP_RESULT_LEN_MAX`].
-pub fn validate_dedup_result(result: &[u8]) -> Result<(), BusError> {
+pub fn validate_dedup_result(result: &[u8]) -> Result<(), StoreError> {
     if result.len() > DEDUP_RESULT_LEN_MAX {
-        return Err(BusError::InvalidArgument(format!(
+        return Err(StoreError::InvalidArgument(format!(
             "dedup result of {} bytes is over the {DEDUP_RESULT_LEN_MAX}-byte limit; cache a \
              reference (an id) instead of the whole result",
             result.len()
@@ -108,7 +107,7 @@ pub enum DedupClaim {
 #[async_trait]
 pub trait DedupStore: Send + Sync + 'static {
     /// Claims `key` for `lock_ttl` (after which a crashed holder's lock expires).
-    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, BusError>;
+    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, StoreError>;
     /// Stores the result for `ttl` and releases the lock held with `token`.
     async fn complete(
         &self,
@@ -116,9 +115,9 @@ pub trait DedupStore: Send + Sync + 'static {
         token: &str,
         result: Vec<u8>,
         ttl: Duration,
-    ) -> Result<(), BusError>;
+    ) -> Result<(), StoreError>;
     /// Releases the lock without a result (the handler failed; a retry may claim again).
-    async fn release(&self, key: &str, token: &str) -> Result<(), BusError>;
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

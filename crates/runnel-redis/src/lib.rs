@@ -6,7 +6,7 @@
 //! See `DESIGN.md` in this crate for the keys, the scripts, the TTLs and the failure modes.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), runnel_core::BusError> {
+//! # async fn demo() -> Result<(), runnel_core::StoreError> {
 //! use std::time::Duration;
 //! use runnel_core::idempotency::{DedupClaim, DedupStore};
 //! use runnel_redis::{RedisDedupStore, RedisOptions};

@@ -67,9 +67,8 @@ pub async fn open_dedup(url: &str) -> Result<Arc<dyn DedupStore>, ConnectError> 
 async fn open_redis(url: &str) -> Result<Arc<dyn DedupStore>, ConnectError> {
     let store = runnel_redis::RedisDedupStore::connect(url)
         .await
-        .map_err(|source| ConnectError::Bus {
-            name: "Redis",
-            url: redact(url),
+        .map_err(|source| ConnectError::Store {
+            location: redact(url),
             source,
         })?;
     Ok(Arc::new(store))

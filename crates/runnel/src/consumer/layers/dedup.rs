@@ -125,7 +125,7 @@ pub struct Dedup<S> {
     config: DedupLayer,
 }
 
-fn unavailable(e: runnel_core::message::BusError) -> HandlerError {
+fn unavailable(e: runnel_core::StoreError) -> HandlerError {
     HandlerError::redeliver(
         RouterFailure::DedupUnavailable(e),
         Some(DEDUP_UNAVAILABLE_NACK_DELAY),
