@@ -190,5 +190,11 @@ mod tests {
         };
         assert!(e.to_string().contains("claim-check"));
         assert!(e.to_string().contains("blob store"));
+        let e = StoreError::DedupLockLost { key: "k".into() }.to_string();
+        assert!(e.contains("nothing was stored or released"), "{e}");
+        assert!(
+            e.contains("lock TTL longer than the slowest handler"),
+            "{e}"
+        );
     }
 }

@@ -104,6 +104,28 @@ pub enum DedupClaim {
 
 /// A dedup window for handlers with external side effects (an email, a card charge):
 /// lock a key, cache the result for a TTL, let concurrent duplicates wait for it.
+///
+/// `complete` and `release` fail with [`StoreError::DedupLockLost`] when the lock expired
+/// before the handler finished; nothing is stored or released then.
+///
+/// ```
+/// use std::time::Duration;
+/// use runnel_core::idempotency::{DedupClaim, DedupStore};
+/// use runnel_core::StoreError;
+///
+/// /// Sends the receipt for `order` at most once, whatever the redeliveries.
+/// async fn send_receipt_once(dedup: &dyn DedupStore, order: &str) -> Result<(), StoreError> {
+///     let key = format!("receipts/{order}");
+///     match dedup.claim(&key, Duration::from_secs(30)).await? {
+///         DedupClaim::Acquired { token } => {
+///             let receipt_id = b"r-1".to_vec(); // send it; keep what the provider returned
+///             dedup.complete(&key, &token, receipt_id, Duration::from_secs(86_400)).await
+///         }
+///         DedupClaim::Completed { .. } => Ok(()), // sent before
+///         DedupClaim::InProgress => Ok(()),       // another consumer is sending it
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait DedupStore: Send + Sync + 'static {
     /// Claims `key` for `lock_ttl` (after which a crashed holder's lock expires).

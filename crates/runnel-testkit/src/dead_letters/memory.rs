@@ -15,7 +15,7 @@ use runnel_core::{async_trait, Clock, StoreError, SystemClock};
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), runnel_core::StoreError> {
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use runnel_core::dead_letter::{DeadLetterFilter, DeadLetterStore, FailureRecord, NewDeadLetter};
 /// use runnel_core::{GroupName, Message, TopicName};
 /// use runnel_testkit::dead_letters::InMemoryDeadLetters;
