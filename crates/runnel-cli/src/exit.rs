@@ -79,7 +79,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
                 DeadLetterError::InvalidArgument(_) => return EXIT_BAD_INPUT,
                 // The bus or the store failed part-way: a failure, whatever the cause.
                 DeadLetterError::ReplayInterrupted { .. } => return EXIT_FAILURE,
-                // The bus error in the chain decides.
+                // The store error next in the chain decides.
                 _ => {}
             }
         }
@@ -99,6 +99,7 @@ fn store_error_code(e: &StoreError) -> u8 {
         | StoreError::TooManyEvents { .. }
         | StoreError::EmptyAppend
         | StoreError::DuplicateEventId { .. }
+        | StoreError::InvalidMessage { .. }
         | StoreError::InvalidArgument(_) => EXIT_BAD_INPUT,
         _ => EXIT_FAILURE,
     }
@@ -164,7 +165,12 @@ mod tests {
         assert_eq!(code_for(&missing), EXIT_NOT_FOUND);
         let bad_topic = anyhow::Error::new(runnel_core::TopicName::new("a b").unwrap_err());
         assert_eq!(code_for(&bad_topic), EXIT_BAD_INPUT);
-        let down = anyhow::Error::new(DeadLetterError::Store(BusError::Unavailable("x".into())));
+        let down = anyhow::Error::new(DeadLetterError::Store(StoreError::Unavailable("x".into())));
         assert_eq!(code_for(&down), EXIT_FAILURE);
+        let bad_letter = anyhow::Error::new(DeadLetterError::Store(StoreError::InvalidMessage {
+            id: String::new(),
+            reason: "no id".into(),
+        }));
+        assert_eq!(code_for(&bad_letter), EXIT_BAD_INPUT);
     }
 }

@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::message::{BusError, GroupName, Message, TopicName};
+use crate::error::StoreError;
+use crate::message::{GroupName, Message, TopicName};
 
 /// Most failures kept per dead letter (the earliest and the latest are always kept).
 pub const FAILURES_KEPT_MAX: usize = 100;
@@ -79,27 +80,27 @@ pub struct DeadLetterFilter {
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync + 'static {
     /// Stores a dead letter; returns its id.
-    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, BusError>;
+    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, StoreError>;
     /// Dead letters matching `filter`, by id, after `after`, at most `limit` (1..=10,000).
     async fn list(
         &self,
         filter: &DeadLetterFilter,
         after: Option<DeadLetterId>,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, BusError>;
+    ) -> Result<Vec<DeadLetter>, StoreError>;
     /// One dead letter.
-    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, BusError>;
+    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, StoreError>;
     /// How many match `filter`.
-    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, BusError>;
+    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError>;
     /// Records a replay (the message was published again).
-    async fn mark_replayed(&self, id: DeadLetterId, at: DateTime<Utc>) -> Result<(), BusError>;
+    async fn mark_replayed(&self, id: DeadLetterId, at: DateTime<Utc>) -> Result<(), StoreError>;
     /// Deletes dead letters matching `filter` that were dead-lettered before `older_than`;
     /// returns how many.
     async fn purge(
         &self,
         filter: &DeadLetterFilter,
         older_than: DateTime<Utc>,
-    ) -> Result<u64, BusError>;
+    ) -> Result<u64, StoreError>;
 }
 
 /// Most dead letters one [`DeadLetterStore::list`] call may return.
@@ -113,9 +114,9 @@ pub const ERROR_SEARCH_SEPARATOR: char = '\u{1e}';
 const TRUNCATED_MARK: &str = " …[truncated]";
 
 /// Checks a [`DeadLetterStore::list`] limit (1..=[`DEAD_LETTER_LIST_LIMIT_MAX`]).
-pub fn validate_list_limit(limit: usize) -> Result<(), BusError> {
+pub fn validate_list_limit(limit: usize) -> Result<(), StoreError> {
     if limit == 0 || limit > DEAD_LETTER_LIST_LIMIT_MAX {
-        return Err(BusError::InvalidArgument(format!(
+        return Err(StoreError::InvalidArgument(format!(
             "dead-letter list limit {limit} is outside 1..={DEAD_LETTER_LIST_LIMIT_MAX}"
         )));
     }
@@ -143,15 +144,15 @@ impl NewDeadLetter {
     /// where the trouble began, the latest what it is now) with error texts cut to
     /// [`ERROR_TEXT_LEN_MAX`]. Every store calls this before writing, so all backends
     /// keep the same history.
-    pub fn normalized(mut self) -> Result<NewDeadLetter, BusError> {
+    pub fn normalized(mut self) -> Result<NewDeadLetter, StoreError> {
         if self.failures.is_empty() {
-            return Err(BusError::InvalidArgument(format!(
+            return Err(StoreError::InvalidArgument(format!(
                 "dead letter for message {:?} has no failure; at least one is required",
                 self.message.id.chars().take(64).collect::<String>()
             )));
         }
         if self.message.id.is_empty() {
-            return Err(BusError::InvalidMessage {
+            return Err(StoreError::InvalidMessage {
                 id: String::new(),
                 reason: "a dead-lettered message needs an id (replay republishes it)".into(),
             });
@@ -198,16 +199,16 @@ impl DeadLetterFilter {
 
     /// Checks the filter: the error text is bounded and holds no
     /// [`ERROR_SEARCH_SEPARATOR`].
-    pub fn validate(&self) -> Result<(), BusError> {
+    pub fn validate(&self) -> Result<(), StoreError> {
         if let Some(text) = &self.error_contains {
             if text.len() > ERROR_FILTER_LEN_MAX {
-                return Err(BusError::InvalidArgument(format!(
+                return Err(StoreError::InvalidArgument(format!(
                     "the error filter is {} bytes; at most {ERROR_FILTER_LEN_MAX}",
                     text.len()
                 )));
             }
             if text.contains(ERROR_SEARCH_SEPARATOR) {
-                return Err(BusError::InvalidArgument(
+                return Err(StoreError::InvalidArgument(
                     "the error filter may not contain the U+001E separator".into(),
                 ));
             }
@@ -251,37 +252,6 @@ pub fn error_search_text(failures: &[FailureRecord]) -> String {
         out.push_str(&f.error.to_lowercase());
     }
     out
-}
-
-/// What a claim on an idempotency key found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DedupClaim {
-    /// Nobody handled this key yet: the caller holds the lock (with this token) and must
-    /// `complete` or `release` it.
-    Acquired { token: String },
-    /// Already handled within the window: here is the cached result.
-    Completed { result: Vec<u8> },
-    /// Someone else is handling it right now.
-    InProgress,
-}
-
-/// A dedup window for handlers with external side effects (an email, a card charge):
-/// lock a key, cache the result for a TTL, let concurrent duplicates wait for it.
-#[async_trait]
-pub trait DedupStore: Send + Sync + 'static {
-    /// Claims `key` for `lock_ttl` (after which a crashed holder's lock expires).
-    async fn claim(&self, key: &str, lock_ttl: std::time::Duration)
-        -> Result<DedupClaim, BusError>;
-    /// Stores the result for `ttl` and releases the lock held with `token`.
-    async fn complete(
-        &self,
-        key: &str,
-        token: &str,
-        result: Vec<u8>,
-        ttl: std::time::Duration,
-    ) -> Result<(), BusError>;
-    /// Releases the lock without a result (the handler failed; a retry may claim again).
-    async fn release(&self, key: &str, token: &str) -> Result<(), BusError>;
 }
 
 #[cfg(test)]
@@ -334,7 +304,7 @@ mod tests {
     fn a_dead_letter_without_failures_is_refused() {
         assert!(matches!(
             new_dead_letter(vec![]).normalized(),
-            Err(BusError::InvalidArgument(_))
+            Err(StoreError::InvalidArgument(_))
         ));
     }
 

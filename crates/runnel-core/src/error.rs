@@ -3,8 +3,11 @@
 use crate::event::EventId;
 use crate::position::ExpectedRevision;
 
-/// Errors from an [`crate::EventStore`], [`crate::SnapshotStore`] or
-/// [`crate::CheckpointStore`]. Every input error is raised before anything is written.
+/// Errors from every storage trait: [`crate::EventStore`], [`crate::SnapshotStore`],
+/// [`crate::CheckpointStore`], the outbox and blob stores, the
+/// [`DeadLetterStore`](crate::dead_letter::DeadLetterStore) and the
+/// [`DedupStore`](crate::idempotency::DedupStore). Every input error is raised before
+/// anything is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -58,6 +61,22 @@ pub enum StoreError {
         event_id: EventId,
         existing_stream: String,
     },
+
+    /// A message handed to a store (a dead letter's message) is malformed. Nothing was
+    /// stored.
+    #[error("invalid message {id:?}: {reason}")]
+    InvalidMessage { id: String, reason: String },
+
+    /// A dedup `complete` or `release` named a lock this caller no longer holds: it expired
+    /// (the handler ran longer than the lock TTL) and may have been claimed by another
+    /// handler, or the token is wrong. Nothing was stored or released. Use a lock TTL longer
+    /// than the slowest handler.
+    #[error(
+        "the idempotency lock on key {key:?} is not held with this token (it expired or \
+         another holder took it over); nothing was stored or released — use a lock TTL \
+         longer than the slowest handler"
+    )]
+    DedupLockLost { key: String },
 
     /// An argument outside its allowed range (a zero limit, an invalid filter, ...).
     #[error("invalid argument: {0}")]
@@ -171,5 +190,11 @@ mod tests {
         };
         assert!(e.to_string().contains("claim-check"));
         assert!(e.to_string().contains("blob store"));
+        let e = StoreError::DedupLockLost { key: "k".into() }.to_string();
+        assert!(e.contains("nothing was stored or released"), "{e}");
+        assert!(
+            e.contains("lock TTL longer than the slowest handler"),
+            "{e}"
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! Limits and input checks shared by every idempotency backend — the transactional inbox
-//! and the [`DedupStore`](crate::dead_letter::DedupStore) — so SQLite, PostgreSQL and Redis
-//! accept and refuse exactly the same calls.
+//! and the [`DedupStore`] — so SQLite, PostgreSQL and Redis accept and refuse exactly the
+//! same calls — and the dedup window's trait itself.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
+
 use crate::error::StoreError;
-use crate::message::BusError;
 
 /// Longest inbox handler name, in bytes (the same bound as topic and group names).
 pub const HANDLER_NAME_LEN_MAX: usize = crate::message::BUS_NAME_LEN_MAX;
@@ -49,9 +50,9 @@ pub const DEDUP_TTL_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 /// assert!(validate_dedup_key("billing/msg-1").is_ok());
 /// assert!(validate_dedup_key("").is_err());
 /// ```
-pub fn validate_dedup_key(key: &str) -> Result<(), BusError> {
+pub fn validate_dedup_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() || key.len() > DEDUP_KEY_LEN_MAX || key.chars().any(char::is_control) {
-        return Err(BusError::InvalidArgument(format!(
+        return Err(StoreError::InvalidArgument(format!(
             "dedup key {:?}: must be 1..={DEDUP_KEY_LEN_MAX} bytes without control characters",
             key.chars().take(64).collect::<String>()
         )));
@@ -61,9 +62,9 @@ pub fn validate_dedup_key(key: &str) -> Result<(), BusError> {
 
 /// Checks a lock or result TTL: above zero and at most [`DEDUP_TTL_MAX`]; `what` names it
 /// in the error.
-pub fn validate_dedup_ttl(what: &str, ttl: Duration) -> Result<(), BusError> {
+pub fn validate_dedup_ttl(what: &str, ttl: Duration) -> Result<(), StoreError> {
     if ttl.is_zero() || ttl > DEDUP_TTL_MAX {
-        return Err(BusError::InvalidArgument(format!(
+        return Err(StoreError::InvalidArgument(format!(
             "{what} {ttl:?}: must be above zero and at most {DEDUP_TTL_MAX:?}"
         )));
     }
@@ -71,9 +72,9 @@ pub fn validate_dedup_ttl(what: &str, ttl: Duration) -> Result<(), BusError> {
 }
 
 /// Checks a result's size against [`DEDUP_RESULT_LEN_MAX`].
-pub fn validate_dedup_result(result: &[u8]) -> Result<(), BusError> {
+pub fn validate_dedup_result(result: &[u8]) -> Result<(), StoreError> {
     if result.len() > DEDUP_RESULT_LEN_MAX {
-        return Err(BusError::InvalidArgument(format!(
+        return Err(StoreError::InvalidArgument(format!(
             "dedup result of {} bytes is over the {DEDUP_RESULT_LEN_MAX}-byte limit; cache a \
              reference (an id) instead of the whole result",
             result.len()
@@ -87,6 +88,58 @@ pub fn validate_dedup_result(result: &[u8]) -> Result<(), BusError> {
 pub fn ttl_millis(ttl: Duration) -> u64 {
     let ms = ttl.as_millis() + u128::from(ttl.subsec_nanos() % 1_000_000 != 0);
     u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// What a claim on an idempotency key found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DedupClaim {
+    /// Nobody handled this key yet: the caller holds the lock (with this token) and must
+    /// `complete` or `release` it.
+    Acquired { token: String },
+    /// Already handled within the window: here is the cached result.
+    Completed { result: Vec<u8> },
+    /// Someone else is handling it right now.
+    InProgress,
+}
+
+/// A dedup window for handlers with external side effects (an email, a card charge):
+/// lock a key, cache the result for a TTL, let concurrent duplicates wait for it.
+///
+/// `complete` and `release` fail with [`StoreError::DedupLockLost`] when the lock expired
+/// before the handler finished; nothing is stored or released then.
+///
+/// ```
+/// use std::time::Duration;
+/// use runnel_core::idempotency::{DedupClaim, DedupStore};
+/// use runnel_core::StoreError;
+///
+/// /// Sends the receipt for `order` at most once, whatever the redeliveries.
+/// async fn send_receipt_once(dedup: &dyn DedupStore, order: &str) -> Result<(), StoreError> {
+///     let key = format!("receipts/{order}");
+///     match dedup.claim(&key, Duration::from_secs(30)).await? {
+///         DedupClaim::Acquired { token } => {
+///             let receipt_id = b"r-1".to_vec(); // send it; keep what the provider returned
+///             dedup.complete(&key, &token, receipt_id, Duration::from_secs(86_400)).await
+///         }
+///         DedupClaim::Completed { .. } => Ok(()), // sent before
+///         DedupClaim::InProgress => Ok(()),       // another consumer is sending it
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait DedupStore: Send + Sync + 'static {
+    /// Claims `key` for `lock_ttl` (after which a crashed holder's lock expires).
+    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, StoreError>;
+    /// Stores the result for `ttl` and releases the lock held with `token`.
+    async fn complete(
+        &self,
+        key: &str,
+        token: &str,
+        result: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Releases the lock without a result (the handler failed; a retry may claim again).
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

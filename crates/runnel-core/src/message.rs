@@ -353,15 +353,6 @@ pub enum BusError {
     DeliveryLost(String),
     #[error("the subscription or bus is closed")]
     Closed,
-    /// A dedup `complete` or `release` named a lock this caller no longer holds: it expired
-    /// (the handler ran longer than the lock TTL) and may have been claimed by another
-    /// handler, or the token is wrong. Nothing was stored or released. Use a lock TTL longer
-    /// than the slowest handler.
-    #[error(
-        "the idempotency lock on key {key:?} is not held with this token (it expired or \
-         another holder took it over); nothing was stored or released"
-    )]
-    DedupLockLost { key: String },
     #[error("bus backend error: {0}")]
     Backend(String),
 }
@@ -380,6 +371,7 @@ impl From<crate::error::StoreError> for BusError {
             S::Unavailable(m) => BusError::Unavailable(m),
             S::AuthenticationFailed(m) => BusError::AuthenticationFailed(m),
             S::InvalidArgument(m) => BusError::InvalidArgument(m),
+            S::InvalidMessage { id, reason } => BusError::InvalidMessage { id, reason },
             S::Closed => BusError::Closed,
             other => BusError::Backend(other.to_string()),
         }

@@ -108,7 +108,7 @@ async fn drain(
             }
             Err(e) => {
                 let _ = handle.nack(None).await;
-                return Err(e);
+                return Err(e.into());
             }
         }
     }

@@ -8,7 +8,7 @@ use runnel_core::dead_letter::{
     error_search_text, failure_span, validate_list_limit, DeadLetter, DeadLetterFilter,
     DeadLetterId, DeadLetterStore, FailureRecord, NewDeadLetter,
 };
-use runnel_core::{BusError, GroupName, Message, StoreError, TopicName};
+use runnel_core::{GroupName, Message, StoreError, TopicName};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 
@@ -61,14 +61,14 @@ impl PostgresDeadLetters {
         &self,
         tx: &mut sqlx::PgConnection,
         dead_letter: NewDeadLetter,
-    ) -> Result<DeadLetterId, BusError> {
+    ) -> Result<DeadLetterId, StoreError> {
         let dead_letter = dead_letter.normalized()?;
         let mut envelope = dead_letter.message;
         let payload = std::mem::take(&mut envelope.payload);
         let envelope_json = serde_json::to_string(&envelope)
-            .map_err(|e| BusError::Backend(format!("cannot encode the message envelope: {e}")))?;
+            .map_err(|e| StoreError::Backend(format!("cannot encode the message envelope: {e}")))?;
         let failures_json = serde_json::to_string(&dead_letter.failures)
-            .map_err(|e| BusError::Backend(format!("cannot encode the failures: {e}")))?;
+            .map_err(|e| StoreError::Backend(format!("cannot encode the failures: {e}")))?;
         // PostgreSQL text cannot hold NUL; the JSON columns escape it, the search column
         // simply drops it (nobody searches for NUL).
         let search = error_search_text(&dead_letter.failures).replace('\0', "");
@@ -93,8 +93,8 @@ impl PostgresDeadLetters {
     }
 }
 
-fn store_err(e: sqlx::Error) -> BusError {
-    BusError::from(map_sqlx(e))
+fn store_err(e: sqlx::Error) -> StoreError {
+    map_sqlx(e)
 }
 
 fn id_to_sql(id: DeadLetterId) -> i64 {
@@ -169,7 +169,7 @@ fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter, StoreError> {
 
 #[async_trait]
 impl DeadLetterStore for PostgresDeadLetters {
-    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, BusError> {
+    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, StoreError> {
         let mut conn = self.store.pool().acquire().await.map_err(store_err)?;
         // One statement: autocommit makes it atomic and durable on its own.
         self.put_in(&mut conn, dead_letter).await
@@ -180,7 +180,7 @@ impl DeadLetterStore for PostgresDeadLetters {
         filter: &DeadLetterFilter,
         after: Option<DeadLetterId>,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, BusError> {
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         validate_list_limit(limit)?;
         filter.validate()?;
         let mut q = QueryBuilder::<Postgres>::new(format!(
@@ -196,12 +196,10 @@ impl DeadLetterStore for PostgresDeadLetters {
             .await
             .map_err(store_err)?;
         debug_assert!(rows.len() <= limit);
-        rows.iter()
-            .map(|r| dead_letter_from_row(r).map_err(BusError::from))
-            .collect()
+        rows.iter().map(dead_letter_from_row).collect()
     }
 
-    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, BusError> {
+    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM {} WHERE id = $1",
             self.table
@@ -210,13 +208,10 @@ impl DeadLetterStore for PostgresDeadLetters {
         .fetch_optional(self.store.pool())
         .await
         .map_err(store_err)?;
-        row.as_ref()
-            .map(dead_letter_from_row)
-            .transpose()
-            .map_err(BusError::from)
+        row.as_ref().map(dead_letter_from_row).transpose()
     }
 
-    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, BusError> {
+    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
         filter.validate()?;
         let mut q = QueryBuilder::<Postgres>::new(format!(
             "SELECT count(*) FROM {} WHERE true",
@@ -232,7 +227,7 @@ impl DeadLetterStore for PostgresDeadLetters {
         Ok(n as u64)
     }
 
-    async fn mark_replayed(&self, id: DeadLetterId, at: DateTime<Utc>) -> Result<(), BusError> {
+    async fn mark_replayed(&self, id: DeadLetterId, at: DateTime<Utc>) -> Result<(), StoreError> {
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE {} SET replay_count = replay_count + 1, last_replayed_at = $2 WHERE id = $1",
             self.table
@@ -243,7 +238,7 @@ impl DeadLetterStore for PostgresDeadLetters {
         .await
         .map_err(store_err)?;
         if done.rows_affected() == 0 {
-            return Err(BusError::InvalidArgument(format!(
+            return Err(StoreError::InvalidArgument(format!(
                 "dead letter {id} does not exist (purged?)"
             )));
         }
@@ -254,7 +249,7 @@ impl DeadLetterStore for PostgresDeadLetters {
         &self,
         filter: &DeadLetterFilter,
         older_than: DateTime<Utc>,
-    ) -> Result<u64, BusError> {
+    ) -> Result<u64, StoreError> {
         filter.validate()?;
         let mut total = 0u64;
         loop {

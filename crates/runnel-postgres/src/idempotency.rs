@@ -13,11 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
 use runnel_core::idempotency::{
     validate_dedup_key, validate_dedup_result, validate_dedup_ttl, validate_inbox_entry,
 };
-use runnel_core::{BusError, StoreError};
+use runnel_core::idempotency::{DedupClaim, DedupStore};
+use runnel_core::StoreError;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 
 use crate::error_map::map_sqlx;
@@ -356,9 +356,9 @@ async fn purge_in_batches(
 /// the next claim; [`PostgresDedupStore::purge_expired`] deletes the rest.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), runnel_core::BusError> {
+/// # async fn demo() -> Result<(), runnel_core::StoreError> {
 /// use std::time::Duration;
-/// use runnel_core::dead_letter::{DedupClaim, DedupStore};
+/// use runnel_core::idempotency::{DedupClaim, DedupStore};
 /// use runnel_postgres::{PostgresDedupStore, PostgresStore};
 /// let store = PostgresStore::connect("postgres://postgres@127.0.0.1/app").await?;
 /// let dedup = PostgresDedupStore::new(&store);
@@ -442,7 +442,7 @@ fn ttl_secs(ttl: Duration) -> f64 {
 
 #[async_trait]
 impl DedupStore for PostgresDedupStore {
-    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, BusError> {
+    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, StoreError> {
         validate_dedup_key(key)?;
         validate_dedup_ttl("lock TTL", lock_ttl)?;
         let token = runnel_core::uuid::Uuid::new_v4().simple().to_string();
@@ -464,7 +464,7 @@ impl DedupStore for PostgresDedupStore {
                 .await
                 .map_err(map_sqlx)?;
             if let Some(row) = row {
-                let corrupt = |e: sqlx::Error| BusError::Backend(format!("dedup row: {e}"));
+                let corrupt = |e: sqlx::Error| StoreError::Backend(format!("dedup row: {e}"));
                 let result: Option<Vec<u8>> = row.try_get(0).map_err(corrupt)?;
                 let live: bool = row.try_get(1).map_err(corrupt)?;
                 match (result, live) {
@@ -485,7 +485,7 @@ impl DedupStore for PostgresDedupStore {
         token: &str,
         result: Vec<u8>,
         ttl: Duration,
-    ) -> Result<(), BusError> {
+    ) -> Result<(), StoreError> {
         validate_dedup_key(key)?;
         validate_dedup_ttl("result TTL", ttl)?;
         validate_dedup_result(&result)?;
@@ -500,7 +500,7 @@ impl DedupStore for PostgresDedupStore {
         lock_held(key, done.rows_affected())
     }
 
-    async fn release(&self, key: &str, token: &str) -> Result<(), BusError> {
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
         validate_dedup_key(key)?;
         let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.release)))
             .bind(key)
@@ -513,12 +513,12 @@ impl DedupStore for PostgresDedupStore {
 }
 
 /// One changed row means the caller held a live lock; none means it did not.
-fn lock_held(key: &str, rows_changed: u64) -> Result<(), BusError> {
+fn lock_held(key: &str, rows_changed: u64) -> Result<(), StoreError> {
     debug_assert!(rows_changed <= 1, "dedup keys are unique");
     if rows_changed == 1 {
         Ok(())
     } else {
-        Err(BusError::DedupLockLost {
+        Err(StoreError::DedupLockLost {
             key: key.chars().take(64).collect(),
         })
     }

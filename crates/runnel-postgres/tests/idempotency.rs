@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
+use runnel_core::idempotency::{DedupClaim, DedupStore};
 use runnel_core::StoreError;
 use runnel_postgres::idempotency::{InboxOutcome, PostgresDedupStore, PostgresInbox};
 use runnel_postgres::{PostgresOptions, PostgresStore};

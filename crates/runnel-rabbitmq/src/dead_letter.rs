@@ -70,7 +70,7 @@ impl DeadLetterDrain for RabbitBus {
                         ..BasicNackOptions::default()
                     })
                     .await;
-                return Err(e);
+                return Err(e.into());
             }
             delivery
                 .acker

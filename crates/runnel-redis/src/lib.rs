@@ -1,14 +1,14 @@
 //! Runnel's dedup window on Redis: [`RedisDedupStore`] implements
-//! [`runnel_core::dead_letter::DedupStore`] for handlers with external side effects (an
+//! [`runnel_core::idempotency::DedupStore`] for handlers with external side effects (an
 //! email, a card charge) — lock a key while the handler runs, cache its result for a TTL,
 //! let concurrent duplicates see `InProgress` and later the cached result.
 //!
 //! See `DESIGN.md` in this crate for the keys, the scripts, the TTLs and the failure modes.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), runnel_core::BusError> {
+//! # async fn demo() -> Result<(), runnel_core::StoreError> {
 //! use std::time::Duration;
-//! use runnel_core::dead_letter::{DedupClaim, DedupStore};
+//! use runnel_core::idempotency::{DedupClaim, DedupStore};
 //! use runnel_redis::{RedisDedupStore, RedisOptions};
 //!
 //! let dedup = RedisDedupStore::connect_with(

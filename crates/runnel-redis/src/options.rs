@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use runnel_core::config::{shared, split_query, ConfigError, UrlQuery};
-use runnel_core::BusError;
+use runnel_core::StoreError;
 
 /// The key prefix used when none is configured.
 pub const KEY_PREFIX_DEFAULT: &str = "runnel:dedup";
@@ -73,9 +73,9 @@ impl RedisOptions {
     /// assert_eq!(o.url, "redis://127.0.0.1:6379/2");
     /// assert_eq!(o.key_prefix, "shop:dedup");
     /// assert_eq!(o.response_timeout, Duration::from_secs(2));
-    /// # Ok::<(), runnel_core::BusError>(())
+    /// # Ok::<(), runnel_core::StoreError>(())
     /// ```
-    pub fn from_url(url: &str) -> Result<Self, BusError> {
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
         let (base, query) = split_query(url);
         let mut options = RedisOptions::new(base);
         let client = options.read_query(query)?;
@@ -136,13 +136,13 @@ impl RedisOptions {
     }
 
     /// Checks the options (not the URL: the client parses that).
-    pub fn validate(&self) -> Result<(), BusError> {
+    pub fn validate(&self) -> Result<(), StoreError> {
         let prefix = &self.key_prefix;
         if prefix.is_empty()
             || prefix.len() > KEY_PREFIX_LEN_MAX
             || prefix.chars().any(|c| c.is_control() || c.is_whitespace())
         {
-            return Err(BusError::InvalidArgument(format!(
+            return Err(StoreError::InvalidArgument(format!(
                 "Redis key prefix {:?}: must be 1..={KEY_PREFIX_LEN_MAX} bytes without \
                  spaces or control characters",
                 prefix.chars().take(64).collect::<String>()
@@ -153,7 +153,7 @@ impl RedisOptions {
             ("response timeout", self.response_timeout),
         ] {
             if t.is_zero() {
-                return Err(BusError::InvalidArgument(format!(
+                return Err(StoreError::InvalidArgument(format!(
                     "the Redis {what} must be above zero"
                 )));
             }
@@ -208,7 +208,7 @@ mod tests {
             assert!(
                 matches!(
                     RedisOptions::from_url(bad),
-                    Err(BusError::InvalidArgument(_))
+                    Err(StoreError::InvalidArgument(_))
                 ),
                 "{bad}"
             );

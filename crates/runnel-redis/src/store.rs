@@ -16,11 +16,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
 use runnel_core::idempotency::{
     ttl_millis, validate_dedup_key, validate_dedup_result, validate_dedup_ttl,
 };
-use runnel_core::BusError;
+use runnel_core::idempotency::{DedupClaim, DedupStore};
+use runnel_core::StoreError;
 
 use crate::error_map::map_redis;
 use crate::options::{RedisOptions, RECONNECT_DELAY_MAX};
@@ -70,16 +70,16 @@ pub struct RedisDedupStore {
 impl RedisDedupStore {
     /// Connects to `url` with the options in its query (see [`RedisOptions::from_url`];
     /// defaults otherwise, key prefix `runnel:dedup`).
-    pub async fn connect(url: &str) -> Result<Self, BusError> {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(RedisOptions::from_url(url)?).await
     }
 
     /// Connects with explicit options. Fails now — not at the first claim — when the URL is
     /// invalid or the server cannot be reached.
-    pub async fn connect_with(options: RedisOptions) -> Result<Self, BusError> {
+    pub async fn connect_with(options: RedisOptions) -> Result<Self, StoreError> {
         options.validate()?;
         let client = redis::Client::open(options.url.as_str()).map_err(|e| {
-            BusError::InvalidArgument(format!("invalid Redis URL {:?}: {e}", options.url))
+            StoreError::InvalidArgument(format!("invalid Redis URL {:?}: {e}", options.url))
         })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
@@ -114,7 +114,7 @@ impl RedisDedupStore {
         key: &str,
         token: &str,
         extra: &[&[u8]],
-    ) -> Result<(), BusError> {
+    ) -> Result<(), StoreError> {
         let mut invocation = script.key(self.redis_key(key));
         invocation.arg(tagged(LOCKED, token.as_bytes()));
         for arg in extra {
@@ -128,7 +128,7 @@ impl RedisDedupStore {
         if changed == 1 {
             Ok(())
         } else {
-            Err(BusError::DedupLockLost {
+            Err(StoreError::DedupLockLost {
                 key: key.chars().take(64).collect(),
             })
         }
@@ -145,7 +145,7 @@ fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
 
 #[async_trait]
 impl DedupStore for RedisDedupStore {
-    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, BusError> {
+    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, StoreError> {
         validate_dedup_key(key)?;
         validate_dedup_ttl("lock TTL", lock_ttl)?;
         let redis_key = self.redis_key(key);
@@ -166,7 +166,7 @@ impl DedupStore for RedisDedupStore {
                 Value::Okay => return Ok(DedupClaim::Acquired { token }),
                 Value::Nil => {}
                 other => {
-                    return Err(BusError::Backend(format!(
+                    return Err(StoreError::Backend(format!(
                         "Redis answered SET NX with {other:?}"
                     )))
                 }
@@ -187,7 +187,7 @@ impl DedupStore for RedisDedupStore {
                 }
                 Some([LOCKED, ..]) => return Ok(DedupClaim::InProgress),
                 Some(_) => {
-                    return Err(BusError::Backend(format!(
+                    return Err(StoreError::Backend(format!(
                         "Redis key {redis_key:?} holds a value this store did not write; \
                          give the dedup store a key prefix of its own"
                     )))
@@ -203,7 +203,7 @@ impl DedupStore for RedisDedupStore {
         token: &str,
         result: Vec<u8>,
         ttl: Duration,
-    ) -> Result<(), BusError> {
+    ) -> Result<(), StoreError> {
         validate_dedup_key(key)?;
         validate_dedup_ttl("result TTL", ttl)?;
         validate_dedup_result(&result)?;
@@ -213,7 +213,7 @@ impl DedupStore for RedisDedupStore {
             .await
     }
 
-    async fn release(&self, key: &str, token: &str) -> Result<(), BusError> {
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
         validate_dedup_key(key)?;
         self.with_lock(&self.release, key, token, &[]).await
     }

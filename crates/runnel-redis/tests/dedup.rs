@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
-use runnel_core::BusError;
+use runnel_core::idempotency::{DedupClaim, DedupStore};
+use runnel_core::StoreError;
 use runnel_redis::{RedisDedupStore, RedisOptions};
 
 /// The test server's URL, or `None` (the test then says it is skipped, unless
@@ -124,7 +124,7 @@ async fn foreign_value_under_the_prefix_is_a_clear_error() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, BusError::Backend(m) if m.contains("key prefix")),
+        matches!(&err, StoreError::Backend(m) if m.contains("key prefix")),
         "{err:?}"
     );
 }
@@ -132,13 +132,13 @@ async fn foreign_value_under_the_prefix_is_a_clear_error() {
 #[tokio::test]
 async fn invalid_url_is_an_invalid_argument() {
     let err = RedisDedupStore::connect("not-a-url").await.err().unwrap();
-    assert!(matches!(err, BusError::InvalidArgument(_)), "{err:?}");
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
     let err =
         RedisDedupStore::connect_with(RedisOptions::new("redis://127.0.0.1:6379").key_prefix(""))
             .await
             .err()
             .unwrap();
-    assert!(matches!(err, BusError::InvalidArgument(_)), "{err:?}");
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
 }
 
 #[tokio::test]
@@ -152,6 +152,6 @@ async fn unreachable_server_is_unavailable() {
     .await
     .err()
     .unwrap();
-    assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(err.is_transient());
 }

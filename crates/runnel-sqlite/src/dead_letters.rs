@@ -10,7 +10,7 @@ use runnel_core::dead_letter::{
     error_search_text, failure_span, validate_list_limit, DeadLetter, DeadLetterFilter,
     DeadLetterId, DeadLetterStore, FailureRecord, NewDeadLetter,
 };
-use runnel_core::{BusError, GroupName, Message, StoreError, TopicName};
+use runnel_core::{GroupName, Message, StoreError, TopicName};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection};
 
@@ -79,14 +79,14 @@ pub fn put_dead_letter_in_tx(
     conn: &Connection,
     now_micros: i64,
     dead_letter: NewDeadLetter,
-) -> Result<DeadLetterId, BusError> {
+) -> Result<DeadLetterId, StoreError> {
     let dead_letter = dead_letter.normalized()?;
     let mut envelope = dead_letter.message;
     let payload = std::mem::take(&mut envelope.payload);
     let envelope_json = serde_json::to_string(&envelope)
-        .map_err(|e| BusError::Backend(format!("cannot encode the message envelope: {e}")))?;
+        .map_err(|e| StoreError::Backend(format!("cannot encode the message envelope: {e}")))?;
     let failures_json = serde_json::to_string(&dead_letter.failures)
-        .map_err(|e| BusError::Backend(format!("cannot encode the failures: {e}")))?;
+        .map_err(|e| StoreError::Backend(format!("cannot encode the failures: {e}")))?;
     conn.prepare_cached(
         "INSERT INTO dead_letters (topic, group_name, message_id, envelope, payload, failures, \
          error_search, dead_lettered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -183,16 +183,15 @@ fn dead_letter_from_row(row: &rusqlite::Row<'_>) -> Result<DeadLetter, StoreErro
 
 #[async_trait]
 impl DeadLetterStore for SqliteDeadLetters {
-    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, BusError> {
+    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, StoreError> {
         // Normalize (and refuse bad input) before queueing, so a refused call never
         // reaches the writer.
         let dead_letter = dead_letter.normalized()?;
         self.store
             .submit(0, keep_all, move |conn, ctx| {
-                put_dead_letter_in_tx(conn, ctx.now_micros, dead_letter).map_err(bus_to_store)
+                put_dead_letter_in_tx(conn, ctx.now_micros, dead_letter)
             })
             .await
-            .map_err(BusError::from)
     }
 
     async fn list(
@@ -200,7 +199,7 @@ impl DeadLetterStore for SqliteDeadLetters {
         filter: &DeadLetterFilter,
         after: Option<DeadLetterId>,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, BusError> {
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         validate_list_limit(limit)?;
         filter.validate()?;
         let filter = filter.clone();
@@ -221,10 +220,9 @@ impl DeadLetterStore for SqliteDeadLetters {
                 Ok(out)
             })
             .await
-            .map_err(BusError::from)
     }
 
-    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, BusError> {
+    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, StoreError> {
         self.store
             .read(move |conn| {
                 let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?1");
@@ -236,10 +234,9 @@ impl DeadLetterStore for SqliteDeadLetters {
                 }
             })
             .await
-            .map_err(BusError::from)
     }
 
-    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, BusError> {
+    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
         filter.validate()?;
         let filter = filter.clone();
         self.store
@@ -256,10 +253,9 @@ impl DeadLetterStore for SqliteDeadLetters {
                     .map_err(map_sqlite)
             })
             .await
-            .map_err(BusError::from)
     }
 
-    async fn mark_replayed(&self, id: DeadLetterId, at: DateTime<Utc>) -> Result<(), BusError> {
+    async fn mark_replayed(&self, id: DeadLetterId, at: DateTime<Utc>) -> Result<(), StoreError> {
         let changed = self
             .store
             .submit(0, keep_all, move |conn, _ctx| {
@@ -273,7 +269,7 @@ impl DeadLetterStore for SqliteDeadLetters {
             })
             .await?;
         if changed == 0 {
-            return Err(BusError::InvalidArgument(format!(
+            return Err(StoreError::InvalidArgument(format!(
                 "dead letter {id} does not exist (purged?)"
             )));
         }
@@ -284,7 +280,7 @@ impl DeadLetterStore for SqliteDeadLetters {
         &self,
         filter: &DeadLetterFilter,
         older_than: DateTime<Utc>,
-    ) -> Result<u64, BusError> {
+    ) -> Result<u64, StoreError> {
         filter.validate()?;
         let mut total = 0u64;
         loop {
@@ -311,14 +307,5 @@ impl DeadLetterStore for SqliteDeadLetters {
                 return Ok(total);
             }
         }
-    }
-}
-
-/// Carries a typed bus error through the writer (which speaks `StoreError`) and back.
-fn bus_to_store(e: BusError) -> StoreError {
-    match e {
-        BusError::InvalidArgument(m) => StoreError::InvalidArgument(m),
-        BusError::Unavailable(m) => StoreError::Unavailable(m),
-        other => StoreError::Backend(other.to_string()),
     }
 }

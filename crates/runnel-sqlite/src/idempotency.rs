@@ -13,11 +13,11 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
 use runnel_core::idempotency::{
     validate_dedup_key, validate_dedup_result, validate_dedup_ttl, validate_inbox_entry,
 };
-use runnel_core::{BusError, StoreError};
+use runnel_core::idempotency::{DedupClaim, DedupStore};
+use runnel_core::StoreError;
 use rusqlite::{params, OptionalExtension};
 
 use crate::error_map::map_sqlite;
@@ -211,9 +211,9 @@ async fn purge_in_batches(
 /// [`SqliteDedupStore::purge_expired`] deletes the rest.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), runnel_core::BusError> {
+/// # async fn demo() -> Result<(), runnel_core::StoreError> {
 /// use std::time::Duration;
-/// use runnel_core::dead_letter::{DedupClaim, DedupStore};
+/// use runnel_core::idempotency::{DedupClaim, DedupStore};
 /// use runnel_sqlite::idempotency::SqliteDedupStore;
 /// let dedup = SqliteDedupStore::new(runnel_sqlite::SqliteStore::open("app.db")?);
 /// match dedup.claim("email/order-1", Duration::from_secs(30)).await? {
@@ -267,7 +267,7 @@ impl DedupStore for SqliteDedupStore {
         &self,
         key: &str,
         lock_ttl: std::time::Duration,
-    ) -> Result<DedupClaim, BusError> {
+    ) -> Result<DedupClaim, StoreError> {
         validate_dedup_key(key)?;
         validate_dedup_ttl("lock TTL", lock_ttl)?;
         let key = key.to_owned();
@@ -313,7 +313,7 @@ impl DedupStore for SqliteDedupStore {
         token: &str,
         result: Vec<u8>,
         ttl: std::time::Duration,
-    ) -> Result<(), BusError> {
+    ) -> Result<(), StoreError> {
         validate_dedup_key(key)?;
         validate_dedup_ttl("result TTL", ttl)?;
         validate_dedup_result(&result)?;
@@ -339,7 +339,7 @@ impl DedupStore for SqliteDedupStore {
         lock_held(key, updated)
     }
 
-    async fn release(&self, key: &str, token: &str) -> Result<(), BusError> {
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
         validate_dedup_key(key)?;
         let (k, t) = (key.to_owned(), token.to_owned());
         let deleted = self
@@ -358,12 +358,12 @@ impl DedupStore for SqliteDedupStore {
 }
 
 /// One changed row means the caller held a live lock; none means it did not.
-fn lock_held(key: &str, rows_changed: usize) -> Result<(), BusError> {
+fn lock_held(key: &str, rows_changed: usize) -> Result<(), StoreError> {
     debug_assert!(rows_changed <= 1, "dedup keys are unique");
     if rows_changed == 1 {
         Ok(())
     } else {
-        Err(BusError::DedupLockLost {
+        Err(StoreError::DedupLockLost {
             key: key.chars().take(64).collect(),
         })
     }

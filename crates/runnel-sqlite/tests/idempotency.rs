@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
+use runnel_core::idempotency::{DedupClaim, DedupStore};
 use runnel_core::StoreError;
 use runnel_sqlite::idempotency::{mark_processed_in, InboxOutcome, SqliteDedupStore, SqliteInbox};
 use runnel_sqlite::{SqliteStore, UnitOfWork};

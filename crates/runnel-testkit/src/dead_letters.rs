@@ -32,7 +32,7 @@ use runnel_core::dead_letter::{
     DEAD_LETTER_LIST_LIMIT_MAX, ERROR_FILTER_LEN_MAX, ERROR_SEARCH_SEPARATOR, ERROR_TEXT_LEN_MAX,
     FAILURES_KEPT_MAX,
 };
-use runnel_core::{BusError, GroupName, Message, TopicName};
+use runnel_core::{GroupName, Message, StoreError, TopicName};
 
 pub use memory::InMemoryDeadLetters;
 
@@ -656,7 +656,7 @@ pub async fn mark_replayed_of_an_unknown_id_is_an_error<S: DeadLetterStore>(stor
             .mark_replayed(DeadLetterId(a.0 + 1000), Utc::now())
             .await,
     );
-    assert!(matches!(e, BusError::InvalidArgument(_)), "got {e:?}");
+    assert!(matches!(e, StoreError::InvalidArgument(_)), "got {e:?}");
     assert_eq!(get(&*store, a).await.replay_count, 0);
 }
 
@@ -793,7 +793,7 @@ pub async fn bad_input_is_rejected_with_a_typed_error_and_writes_nothing<S: Dead
             store.list(&everything(), None, limit).await,
         );
         assert!(
-            matches!(e, BusError::InvalidArgument(_)),
+            matches!(e, StoreError::InvalidArgument(_)),
             "limit {limit}: {e:?}"
         );
     }
@@ -810,11 +810,11 @@ pub async fn bad_input_is_rejected_with_a_typed_error_and_writes_nothing<S: Dead
         "put without failures",
         store.put(new_dead_letter("t", "g", &[])).await,
     );
-    assert!(matches!(e, BusError::InvalidArgument(_)), "{e:?}");
+    assert!(matches!(e, StoreError::InvalidArgument(_)), "{e:?}");
     let mut no_id = new_dead_letter("t", "g", &["x"]);
     no_id.message.id = String::new();
     let e = expect_err("put without a message id", store.put(no_id).await);
-    assert!(matches!(e, BusError::InvalidMessage { .. }), "{e:?}");
+    assert!(matches!(e, StoreError::InvalidMessage { .. }), "{e:?}");
 
     let bad_filters = [
         DeadLetterFilter {
@@ -831,14 +831,14 @@ pub async fn bad_input_is_rejected_with_a_typed_error_and_writes_nothing<S: Dead
             "list with a bad filter",
             store.list(&filter, None, 10).await,
         );
-        assert!(matches!(e, BusError::InvalidArgument(_)), "{e:?}");
+        assert!(matches!(e, StoreError::InvalidArgument(_)), "{e:?}");
         let e = expect_err("count with a bad filter", store.count(&filter).await);
-        assert!(matches!(e, BusError::InvalidArgument(_)), "{e:?}");
+        assert!(matches!(e, StoreError::InvalidArgument(_)), "{e:?}");
         let e = expect_err(
             "purge with a bad filter",
             store.purge(&filter, Utc::now() + TimeDelta::days(1)).await,
         );
-        assert!(matches!(e, BusError::InvalidArgument(_)), "{e:?}");
+        assert!(matches!(e, StoreError::InvalidArgument(_)), "{e:?}");
     }
 
     let after = list_all(&*store, &everything()).await;

@@ -25,12 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use runnel_core::async_trait;
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
 use runnel_core::idempotency::{
     validate_dedup_key, validate_dedup_result, validate_dedup_ttl, DEDUP_KEY_LEN_MAX,
     DEDUP_RESULT_LEN_MAX, DEDUP_TTL_MAX,
 };
-use runnel_core::BusError;
+use runnel_core::idempotency::{DedupClaim, DedupStore};
+use runnel_core::StoreError;
 
 use crate::conformance::CHECK_DEADLINE;
 
@@ -165,7 +165,7 @@ fn fresh_key(what: &str) -> String {
 }
 
 #[track_caller]
-fn must<T>(what: &str, result: Result<T, BusError>) -> T {
+fn must<T>(what: &str, result: Result<T, StoreError>) -> T {
     match result {
         Ok(v) => v,
         Err(e) => panic!("{what} failed: {e} ({e:?})"),
@@ -184,17 +184,17 @@ async fn acquire<S: DedupStore + ?Sized>(store: &S, key: &str, lock_ttl: Duratio
 }
 
 #[track_caller]
-fn assert_lock_lost(what: &str, result: Result<(), BusError>) {
+fn assert_lock_lost(what: &str, result: Result<(), StoreError>) {
     match result {
-        Err(BusError::DedupLockLost { .. }) => {}
+        Err(StoreError::DedupLockLost { .. }) => {}
         other => panic!("{what}: expected DedupLockLost, got {other:?}"),
     }
 }
 
 #[track_caller]
-fn assert_invalid<T: std::fmt::Debug>(what: &str, result: Result<T, BusError>) {
+fn assert_invalid<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>) {
     match result {
-        Err(BusError::InvalidArgument(_)) => {}
+        Err(StoreError::InvalidArgument(_)) => {}
         other => panic!("{what}: expected InvalidArgument, got {other:?}"),
     }
 }
@@ -627,14 +627,14 @@ impl InMemoryDedupStore {
         entries: &mut HashMap<String, Entry>,
         key: &str,
         token: &str,
-    ) -> Result<(), BusError> {
+    ) -> Result<(), StoreError> {
         let held = matches!(
             entries.get(key),
             Some(Entry { state: State::Locked { token: t }, expires_at })
                 if t == token && *expires_at > Instant::now()
         );
         if !held {
-            return Err(BusError::DedupLockLost {
+            return Err(StoreError::DedupLockLost {
                 key: key.chars().take(64).collect(),
             });
         }
@@ -645,7 +645,7 @@ impl InMemoryDedupStore {
 
 #[async_trait]
 impl DedupStore for InMemoryDedupStore {
-    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, BusError> {
+    async fn claim(&self, key: &str, lock_ttl: Duration) -> Result<DedupClaim, StoreError> {
         validate_dedup_key(key)?;
         validate_dedup_ttl("lock TTL", lock_ttl)?;
         let now = Instant::now();
@@ -684,7 +684,7 @@ impl DedupStore for InMemoryDedupStore {
         token: &str,
         result: Vec<u8>,
         ttl: Duration,
-    ) -> Result<(), BusError> {
+    ) -> Result<(), StoreError> {
         validate_dedup_key(key)?;
         validate_dedup_ttl("result TTL", ttl)?;
         validate_dedup_result(&result)?;
@@ -700,7 +700,7 @@ impl DedupStore for InMemoryDedupStore {
         Ok(())
     }
 
-    async fn release(&self, key: &str, token: &str) -> Result<(), BusError> {
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
         validate_dedup_key(key)?;
         Self::take_lock(&mut self.entries(), key, token)
     }

@@ -12,7 +12,7 @@ use runnel::consumer::inbox::{InboxKey, MemoryInbox, MemoryInboxScope};
 use runnel::consumer::layers::DedupLayer;
 use runnel::consumer::{Consumer, HandlerContext, HandlerError, HandlerService, Outcome};
 use runnel::core::bus::Publisher;
-use runnel::core::dead_letter::{DedupClaim, DedupStore};
+use runnel::core::idempotency::{DedupClaim, DedupStore};
 use runnel::core::message::{Message, TopicName};
 use runnel::retry::RetryPolicy;
 use tokio::sync::Barrier;

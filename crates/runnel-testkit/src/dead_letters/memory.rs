@@ -9,13 +9,13 @@ use runnel_core::chrono::{DateTime, Utc};
 use runnel_core::dead_letter::{
     validate_list_limit, DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetterStore, NewDeadLetter,
 };
-use runnel_core::{async_trait, BusError, Clock, SystemClock};
+use runnel_core::{async_trait, Clock, StoreError, SystemClock};
 
 /// Dead letters in memory. Clones share the same data.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), runnel_core::BusError> {
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use runnel_core::dead_letter::{DeadLetterFilter, DeadLetterStore, FailureRecord, NewDeadLetter};
 /// use runnel_core::{GroupName, Message, TopicName};
 /// use runnel_testkit::dead_letters::InMemoryDeadLetters;
@@ -70,12 +70,12 @@ impl InMemoryDeadLetters {
         }
     }
 
-    fn state(&self) -> Result<MutexGuard<'_, State>, BusError> {
+    fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
         // A poisoned lock means a panic mid-update: report it rather than read it.
         self.inner
             .state
             .lock()
-            .map_err(|_| BusError::Backend("in-memory dead letters poisoned by a panic".into()))
+            .map_err(|_| StoreError::Backend("in-memory dead letters poisoned by a panic".into()))
     }
 }
 
@@ -94,11 +94,11 @@ impl std::fmt::Debug for InMemoryDeadLetters {
 
 #[async_trait]
 impl DeadLetterStore for InMemoryDeadLetters {
-    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, BusError> {
+    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, StoreError> {
         let dead_letter = dead_letter.normalized()?;
         let (first_failed_at, last_failed_at) = dead_letter
             .failure_span()
-            .ok_or_else(|| BusError::InvalidArgument("a dead letter needs a failure".into()))?;
+            .ok_or_else(|| StoreError::InvalidArgument("a dead letter needs a failure".into()))?;
         let now = self.inner.clock.now();
         let mut state = self.state()?;
         state.last_id += 1;
@@ -126,7 +126,7 @@ impl DeadLetterStore for InMemoryDeadLetters {
         filter: &DeadLetterFilter,
         after: Option<DeadLetterId>,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, BusError> {
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         validate_list_limit(limit)?;
         filter.validate()?;
         let start = after.map_or(0, |a| a.0.saturating_add(1));
@@ -141,11 +141,11 @@ impl DeadLetterStore for InMemoryDeadLetters {
             .collect())
     }
 
-    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, BusError> {
+    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, StoreError> {
         Ok(self.state()?.letters.get(&id.0).cloned())
     }
 
-    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, BusError> {
+    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
         filter.validate()?;
         Ok(self
             .state()?
@@ -155,10 +155,10 @@ impl DeadLetterStore for InMemoryDeadLetters {
             .count() as u64)
     }
 
-    async fn mark_replayed(&self, id: DeadLetterId, at: DateTime<Utc>) -> Result<(), BusError> {
+    async fn mark_replayed(&self, id: DeadLetterId, at: DateTime<Utc>) -> Result<(), StoreError> {
         let mut state = self.state()?;
         let letter = state.letters.get_mut(&id.0).ok_or_else(|| {
-            BusError::InvalidArgument(format!("dead letter {id} does not exist (purged?)"))
+            StoreError::InvalidArgument(format!("dead letter {id} does not exist (purged?)"))
         })?;
         letter.replay_count = letter.replay_count.saturating_add(1);
         letter.last_replayed_at = Some(at);
@@ -169,7 +169,7 @@ impl DeadLetterStore for InMemoryDeadLetters {
         &self,
         filter: &DeadLetterFilter,
         older_than: DateTime<Utc>,
-    ) -> Result<u64, BusError> {
+    ) -> Result<u64, StoreError> {
         filter.validate()?;
         let mut state = self.state()?;
         let before = state.letters.len();

@@ -38,7 +38,7 @@ mod url;
 
 use std::sync::Arc;
 
-use runnel_core::dead_letter::DedupStore;
+use runnel_core::idempotency::DedupStore;
 
 pub use bus::{open_bus, Bus};
 pub use error::ConnectError;
@@ -67,9 +67,8 @@ pub async fn open_dedup(url: &str) -> Result<Arc<dyn DedupStore>, ConnectError> 
 async fn open_redis(url: &str) -> Result<Arc<dyn DedupStore>, ConnectError> {
     let store = runnel_redis::RedisDedupStore::connect(url)
         .await
-        .map_err(|source| ConnectError::Bus {
-            name: "Redis",
-            url: redact(url),
+        .map_err(|source| ConnectError::Store {
+            location: redact(url),
             source,
         })?;
     Ok(Arc::new(store))

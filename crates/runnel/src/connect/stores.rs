@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use runnel_core::dead_letter::{DeadLetterStore, DedupStore};
+use runnel_core::dead_letter::DeadLetterStore;
+use runnel_core::idempotency::DedupStore;
 use runnel_core::outbox::{BlobStore, OutboxStore};
 use runnel_core::{CheckpointStore, EventStore, SnapshotStore};
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_core::bus::{Publisher, SubscribeOptions, Subscriber};
-use runnel_core::dead_letter::{DeadLetterStore, DedupStore};
+use runnel_core::dead_letter::DeadLetterStore;
+use runnel_core::idempotency::DedupStore;
 use runnel_core::message::{GroupName, TopicName};
 use runnel_core::{Clock, SystemClock};
 use tower::limit::ConcurrencyLimitLayer;

@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use runnel_core::message::BusError;
+use runnel_core::StoreError;
 
 /// A boxed error of any type.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -255,7 +256,7 @@ pub enum RouterFailure {
     InboxUnavailable(#[source] BusError),
     /// The dedup store failed; the delivery is redelivered later.
     #[error("the dedup store failed: {0}")]
-    DedupUnavailable(#[source] BusError),
+    DedupUnavailable(#[source] StoreError),
     /// Another consumer kept the message's dedup lock past the wait deadline.
     #[error("message {message_id} is still being handled elsewhere after {waited:?}; redelivering it later")]
     DedupBusy {
@@ -265,7 +266,7 @@ pub enum RouterFailure {
     /// Storing the dead letter failed; the delivery is nacked, never dropped.
     #[error("storing the dead letter failed ({store_error}); the message is nacked and will come back. Last handler error: {handler_error}")]
     DeadLetterStoreFailed {
-        store_error: BusError,
+        store_error: StoreError,
         handler_error: String,
     },
     /// The delivery's lease could not be kept (it expired and was handed to another

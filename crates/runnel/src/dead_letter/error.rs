@@ -1,7 +1,7 @@
 //! [`DeadLetterError`]: what the dead-letter tooling reports.
 
 use runnel_core::dead_letter::DeadLetterId;
-use runnel_core::BusError;
+use runnel_core::{BusError, StoreError};
 
 use super::replay::ReplayReport;
 
@@ -20,7 +20,7 @@ pub enum DeadLetterError {
     /// The dead-letter store failed; nothing was changed by this call (or, for a bulk
     /// operation, see the operation's own error).
     #[error("the dead-letter store failed: {0}")]
-    Store(#[source] BusError),
+    Store(#[source] StoreError),
     /// A replay stopped part-way because the bus or the store failed. `report` says what was
     /// replayed before; running the same replay again is safe — republished messages keep
     /// their ids, so idempotent consumers apply each one once.
@@ -33,14 +33,37 @@ pub enum DeadLetterError {
     ReplayInterrupted {
         report: ReplayReport,
         #[source]
-        source: BusError,
+        source: ReplayFailure,
     },
 }
 
-impl From<BusError> for DeadLetterError {
-    fn from(e: BusError) -> Self {
+/// What stopped a replay part-way: publishing to the bus, or marking in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayFailure {
+    /// Publishing the dead letters again failed.
+    #[error("publishing failed: {0}")]
+    Bus(#[source] BusError),
+    /// Marking published dead letters replayed failed; the next replay republishes them
+    /// (same ids).
+    #[error("marking dead letters replayed failed: {0}")]
+    Store(#[source] StoreError),
+}
+
+impl ReplayFailure {
+    /// Whether retrying the replay later may succeed (the bus or the store was unavailable).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReplayFailure::Bus(e) => e.is_transient(),
+            ReplayFailure::Store(e) => e.is_transient(),
+        }
+    }
+}
+
+impl From<StoreError> for DeadLetterError {
+    fn from(e: StoreError) -> Self {
         match e {
-            BusError::InvalidArgument(m) => DeadLetterError::InvalidArgument(m),
+            StoreError::InvalidArgument(m) => DeadLetterError::InvalidArgument(m),
             other => DeadLetterError::Store(other),
         }
     }

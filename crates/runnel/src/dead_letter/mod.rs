@@ -29,7 +29,7 @@ pub mod replay;
 #[cfg(test)]
 mod tests;
 
-pub use error::DeadLetterError;
+pub use error::{DeadLetterError, ReplayFailure};
 pub use inspect::{for_each_page, show, DeadLetterSummary, PAGE_SIZE_DEFAULT};
 pub use monitor::{
     AlertScope, DeadLetterThresholdExceeded, ThresholdMonitor, ThresholdRule,

@@ -44,10 +44,10 @@ use futures_util::future::try_join_all;
 use runnel_core::bus::Publisher;
 use runnel_core::dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetterStore};
 use runnel_core::message::{HEADERS_MAX, PUBLISH_BATCH_MAX};
-use runnel_core::{BusError, Clock, GroupName, Message, SystemClock, TopicName};
+use runnel_core::{BusError, Clock, GroupName, Message, StoreError, SystemClock, TopicName};
 use serde::Serialize;
 
-use super::error::DeadLetterError;
+use super::error::{DeadLetterError, ReplayFailure};
 use super::inspect::{for_each_page, PAGE_SIZE_DEFAULT};
 
 /// Header naming the only consumer group a replayed message is for. A CloudEvents
@@ -417,7 +417,7 @@ impl Replayer {
             }
             Err(source) => Err(DeadLetterError::ReplayInterrupted {
                 report: report.clone(),
-                source,
+                source: ReplayFailure::Bus(source),
             }),
         }
     }
@@ -447,7 +447,7 @@ impl Replayer {
         let marks = ids.iter().map(|id| async move {
             match self.store.mark_replayed(*id, at).await {
                 // Purged while we published: the message did go out, so it counts.
-                Ok(()) | Err(BusError::InvalidArgument(_)) => Ok(()),
+                Ok(()) | Err(StoreError::InvalidArgument(_)) => Ok(()),
                 Err(e) => Err(e),
             }
         });
@@ -455,7 +455,7 @@ impl Replayer {
             // Published but perhaps not marked: a second replay republishes the same ids.
             return Err(DeadLetterError::ReplayInterrupted {
                 report: report.clone(),
-                source,
+                source: ReplayFailure::Store(source),
             });
         }
         metrics::counter!(METRIC_REPLAYED, "topic" => topic.to_string())

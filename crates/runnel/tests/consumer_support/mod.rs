@@ -16,10 +16,11 @@ use runnel::core::bus::{
     Acknowledger, Delivery, DeliveryStream, Publisher, SubscribeOptions, Subscriber,
 };
 use runnel::core::dead_letter::{
-    DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetterStore, DedupClaim, DedupStore,
-    NewDeadLetter,
+    DeadLetter, DeadLetterFilter, DeadLetterId, DeadLetterStore, NewDeadLetter,
 };
+use runnel::core::idempotency::{DedupClaim, DedupStore};
 use runnel::core::message::{BusError, GroupName, Message, TopicName};
+use runnel::core::StoreError;
 use runnel::core::{async_trait, Clock};
 use runnel::retry::Jitter;
 use tokio::sync::{mpsc, Notify};
@@ -318,9 +319,9 @@ impl MemoryDeadLetters {
 
 #[async_trait]
 impl DeadLetterStore for MemoryDeadLetters {
-    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, BusError> {
+    async fn put(&self, dead_letter: NewDeadLetter) -> Result<DeadLetterId, StoreError> {
         if self.failing {
-            return Err(BusError::Unavailable(
+            return Err(StoreError::Unavailable(
                 "the dead-letter database is down".into(),
             ));
         }
@@ -336,20 +337,20 @@ impl DeadLetterStore for MemoryDeadLetters {
         _: &DeadLetterFilter,
         _: Option<DeadLetterId>,
         _: usize,
-    ) -> Result<Vec<DeadLetter>, BusError> {
-        Err(BusError::Backend("not used by the router".into()))
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        Err(StoreError::Backend("not used by the router".into()))
     }
-    async fn get(&self, _: DeadLetterId) -> Result<Option<DeadLetter>, BusError> {
-        Err(BusError::Backend("not used by the router".into()))
+    async fn get(&self, _: DeadLetterId) -> Result<Option<DeadLetter>, StoreError> {
+        Err(StoreError::Backend("not used by the router".into()))
     }
-    async fn count(&self, _: &DeadLetterFilter) -> Result<u64, BusError> {
-        Err(BusError::Backend("not used by the router".into()))
+    async fn count(&self, _: &DeadLetterFilter) -> Result<u64, StoreError> {
+        Err(StoreError::Backend("not used by the router".into()))
     }
-    async fn mark_replayed(&self, _: DeadLetterId, _: DateTime<Utc>) -> Result<(), BusError> {
-        Err(BusError::Backend("not used by the router".into()))
+    async fn mark_replayed(&self, _: DeadLetterId, _: DateTime<Utc>) -> Result<(), StoreError> {
+        Err(StoreError::Backend("not used by the router".into()))
     }
-    async fn purge(&self, _: &DeadLetterFilter, _: DateTime<Utc>) -> Result<u64, BusError> {
-        Err(BusError::Backend("not used by the router".into()))
+    async fn purge(&self, _: &DeadLetterFilter, _: DateTime<Utc>) -> Result<u64, StoreError> {
+        Err(StoreError::Backend("not used by the router".into()))
     }
 }
 
@@ -370,7 +371,7 @@ pub struct MemoryDedup {
 
 #[async_trait]
 impl DedupStore for MemoryDedup {
-    async fn claim(&self, key: &str, _lock_ttl: Duration) -> Result<DedupClaim, BusError> {
+    async fn claim(&self, key: &str, _lock_ttl: Duration) -> Result<DedupClaim, StoreError> {
         self.claims.fetch_add(1, Ordering::SeqCst);
         let mut entries = self.entries.lock().unwrap();
         match entries.get(key) {
@@ -397,25 +398,25 @@ impl DedupStore for MemoryDedup {
         token: &str,
         result: Vec<u8>,
         _ttl: Duration,
-    ) -> Result<(), BusError> {
+    ) -> Result<(), StoreError> {
         let mut entries = self.entries.lock().unwrap();
         match entries.get(key) {
             Some(DedupEntry::Locked { token: t }) if t == token => {
                 entries.insert(key.to_string(), DedupEntry::Done { result });
                 Ok(())
             }
-            _ => Err(BusError::InvalidArgument(format!("lock on {key} not held"))),
+            _ => Err(StoreError::DedupLockLost { key: key.into() }),
         }
     }
 
-    async fn release(&self, key: &str, token: &str) -> Result<(), BusError> {
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
         let mut entries = self.entries.lock().unwrap();
         match entries.get(key) {
             Some(DedupEntry::Locked { token: t }) if t == token => {
                 entries.remove(key);
                 Ok(())
             }
-            _ => Err(BusError::InvalidArgument(format!("lock on {key} not held"))),
+            _ => Err(StoreError::DedupLockLost { key: key.into() }),
         }
     }
 }

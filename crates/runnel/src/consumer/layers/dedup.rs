@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use runnel_core::dead_letter::{DedupClaim, DedupStore};
+use runnel_core::idempotency::{DedupClaim, DedupStore};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -125,7 +125,7 @@ pub struct Dedup<S> {
     config: DedupLayer,
 }
 
-fn unavailable(e: runnel_core::message::BusError) -> HandlerError {
+fn unavailable(e: runnel_core::StoreError) -> HandlerError {
     HandlerError::redeliver(
         RouterFailure::DedupUnavailable(e),
         Some(DEDUP_UNAVAILABLE_NACK_DELAY),
