@@ -25,6 +25,7 @@ pub mod command;
 pub mod connect;
 pub mod consumer;
 pub mod dead_letter;
+mod join_once;
 pub mod outbox;
 pub mod query;
 pub mod retry;

@@ -14,6 +14,8 @@ use runnel_core::bus::{
 use runnel_core::message::{BusError, GroupName, TopicName};
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
+
+use crate::join_once::JoinOnce;
 use tower::Service;
 
 use super::builder::ConsumerBuilder;
@@ -184,8 +186,7 @@ impl Consumer {
         Ok(ConsumerHandle {
             stop: stop_tx,
             grace,
-            task: tokio::spawn(driver.run()),
-            done: None,
+            task: JoinOnce::new(tokio::spawn(driver.run())),
             topic: self.topic,
             group: self.group,
         })
@@ -212,9 +213,7 @@ pub struct ShutdownReport {
 pub struct ConsumerHandle {
     stop: watch::Sender<bool>,
     grace: Arc<Mutex<Duration>>,
-    task: JoinHandle<ShutdownReport>,
-    // The outcome, once `stopped` saw the task end (a JoinHandle is awaited only once).
-    done: Option<Result<ShutdownReport, String>>,
+    task: JoinOnce<ShutdownReport>,
     topic: TopicName,
     group: GroupName,
 }
@@ -241,27 +240,19 @@ impl ConsumerHandle {
     /// panicked), without asking it to. Cancel-safe: a supervisor selects on it beside its
     /// own shutdown signal, then still calls [`ConsumerHandle::shutdown`].
     pub async fn stopped(&mut self) -> Result<ShutdownReport, ConsumerError> {
-        let done = match self.done.take() {
-            Some(done) => done,
-            None => {
-                let joined = (&mut self.task).await.map_err(|e| e.to_string());
-                joined
-            }
-        };
-        self.done = Some(done.clone());
-        match done {
-            Ok(report) => Ok(report),
-            Err(reason) => Err(ConsumerError::TaskFailed {
+        self.task
+            .join()
+            .await
+            .map_err(|reason| ConsumerError::TaskFailed {
                 topic: self.topic.to_string(),
                 group: self.group.to_string(),
                 reason,
-            }),
-        }
+            })
     }
 
     /// Whether the consumer has stopped.
     pub fn is_finished(&self) -> bool {
-        self.done.is_some() || self.task.is_finished()
+        self.task.is_finished()
     }
 }
 

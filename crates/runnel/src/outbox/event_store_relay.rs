@@ -19,7 +19,7 @@ use runnel_core::message::{Message, TopicName, SOURCE_DEFAULT};
 use runnel_core::outbox::TopicRouting;
 use runnel_core::{CheckpointStore, EventFilter, EventStore, Position, RecordedEvent};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use crate::join_once::JoinOnce;
 
 use super::metrics::RelayMetrics;
 use super::relay::{AfterPublishHook, RelayError, BACKOFF_DEFAULT};
@@ -216,11 +216,11 @@ impl EventStoreRelay {
     /// Runs the relay as a task until shutdown.
     pub fn start(self) -> EventStoreRelayHandle {
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(self.run(stopped));
+        // The error travels as its message, so the outcome can be kept and read again.
+        let task = tokio::spawn(async move { self.run(stopped).await.map_err(|e| e.to_string()) });
         EventStoreRelayHandle {
             stop,
-            task,
-            done: None,
+            task: JoinOnce::new(task),
         }
     }
 
@@ -303,9 +303,7 @@ impl EventStoreRelay {
 #[derive(Debug)]
 pub struct EventStoreRelayHandle {
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<u64, RelayError>>,
-    // The outcome, once `stopped` saw the task end (a JoinHandle is awaited only once).
-    done: Option<Result<u64, String>>,
+    task: JoinOnce<Result<u64, String>>,
 }
 
 impl EventStoreRelayHandle {
@@ -319,21 +317,9 @@ impl EventStoreRelayHandle {
     /// Waits until the relay's task ends without being asked to (it panicked). Cancel-safe,
     /// for a supervisor that selects on it beside its own shutdown signal.
     pub async fn stopped(&mut self) -> Result<u64, RelayError> {
-        let done = match self.done.take() {
-            Some(done) => done,
-            None => {
-                let joined = match (&mut self.task).await {
-                    Ok(Ok(published)) => Ok(published),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                joined
-            }
-        };
-        self.done = Some(done.clone());
-        match done {
-            Ok(published) => Ok(published),
-            Err(reason) => Err(RelayError::TaskFailed(reason)),
+        match self.task.join().await {
+            Ok(Ok(published)) => Ok(published),
+            Ok(Err(reason)) | Err(reason) => Err(RelayError::TaskFailed(reason)),
         }
     }
 }

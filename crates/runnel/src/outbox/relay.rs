@@ -20,7 +20,7 @@ use runnel_core::outbox::{
 };
 use runnel_core::{Clock, StoreError, SystemClock};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use crate::join_once::JoinOnce;
 use tokio::time::Instant;
 
 use super::metrics::RelayMetrics;
@@ -360,8 +360,7 @@ impl Relay {
         let task = tokio::spawn(self.run(stopped));
         RelayHandle {
             stop,
-            task,
-            done: None,
+            task: JoinOnce::new(task),
         }
     }
 
@@ -470,9 +469,7 @@ impl Relay {
 #[derive(Debug)]
 pub struct RelayHandle {
     stop: watch::Sender<bool>,
-    task: JoinHandle<RelayReport>,
-    // The outcome, once `stopped` saw the task end (a JoinHandle is awaited only once).
-    done: Option<Result<RelayReport, String>>,
+    task: JoinOnce<RelayReport>,
 }
 
 impl RelayHandle {
@@ -486,18 +483,7 @@ impl RelayHandle {
     /// Waits until the relay's task ends without being asked to (it panicked). Cancel-safe,
     /// for a supervisor that selects on it beside its own shutdown signal.
     pub async fn stopped(&mut self) -> Result<RelayReport, RelayError> {
-        let done = match self.done.take() {
-            Some(done) => done,
-            None => {
-                let joined = (&mut self.task).await.map_err(|e| e.to_string());
-                joined
-            }
-        };
-        self.done = Some(done.clone());
-        match done {
-            Ok(report) => Ok(report),
-            Err(reason) => Err(RelayError::TaskFailed(reason)),
-        }
+        self.task.join().await.map_err(RelayError::TaskFailed)
     }
 
     /// Stops the task at once, without releasing leases (they run out) — what a crash does.
