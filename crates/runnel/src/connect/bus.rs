@@ -66,6 +66,10 @@ pub async fn open_bus(url: &BusUrl, stores: &Stores) -> Result<Bus, ConnectError
     }
 }
 
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unreachable_code, unused_variables)
+)]
 async fn embedded(stores: &Stores) -> Result<Bus, ConnectError> {
     let failed = |source| ConnectError::Bus {
         name: "embedded",
@@ -86,6 +90,8 @@ async fn embedded(stores: &Stores) -> Result<Bus, ConnectError> {
                 .map_err(failed)?;
             Ok(Bus::from_parts(Arc::new(bus), BusUrl::Embedded))
         }
+        #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+        StoreBackend::NoBackend(never) => match *never {},
     }
 }
 

@@ -49,16 +49,18 @@ pub enum ConnectError {
     #[error("{0}")]
     Ambiguous(String),
 
-    /// The store refused or could not be reached.
-    #[error("cannot open the store {location}: {source}")]
+    /// The store refused or could not be reached (the cause is the error's `source`).
+    #[error("cannot open the {backend} store {location}")]
     Store {
+        /// `SQLite`, `PostgreSQL` or `Redis`.
+        backend: &'static str,
         location: String,
         #[source]
         source: StoreError,
     },
 
-    /// The bus refused or could not be reached.
-    #[error("cannot connect to the {name} bus {url}: {source}")]
+    /// The bus refused or could not be reached (the cause is the error's `source`).
+    #[error("cannot connect to the {name} bus {url}")]
     Bus {
         name: &'static str,
         /// The URL with its password redacted.

@@ -68,6 +68,7 @@ async fn open_redis(url: &str) -> Result<Arc<dyn DedupStore>, ConnectError> {
     let store = runnel_redis::RedisDedupStore::connect(url)
         .await
         .map_err(|source| ConnectError::Store {
+            backend: "Redis",
             location: redact(url),
             source,
         })?;

@@ -34,6 +34,10 @@ pub enum StoreBackend {
     /// A PostgreSQL schema (feature `postgres`).
     #[cfg(feature = "postgres")]
     Postgres(runnel_postgres::PostgresStore),
+    /// Built with neither backend: no store can be opened, so this is never constructed.
+    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+    #[doc(hidden)]
+    NoBackend(std::convert::Infallible),
 }
 
 /// Every storage trait of one database, opened from one URL: the event store, snapshots,
@@ -111,6 +115,10 @@ impl Stores {
 
     /// The transactional outbox in this database (opened on first call; later calls
     /// return the same one).
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        allow(unreachable_code, unused_variables)
+    )]
     pub async fn outbox(&self) -> Result<Arc<dyn OutboxStore>, ConnectError> {
         let outbox = self
             .outbox
@@ -125,10 +133,13 @@ impl Stores {
                         runnel_postgres::PostgresOutbox::new(store.clone())
                             .await
                             .map_err(|source| ConnectError::Store {
+                                backend: "PostgreSQL",
                                 location: self.url.to_string(),
                                 source,
                             })?,
                     ),
+                    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+                    StoreBackend::NoBackend(never) => match *never {},
                 };
                 Ok::<_, ConnectError>(outbox)
             })
@@ -161,6 +172,8 @@ impl Stores {
                     events: s.events,
                 }
             }
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            StoreBackend::NoBackend(never) => match *never {},
         }
     }
 
@@ -173,6 +186,8 @@ impl Stores {
             StoreBackend::Postgres(store) => {
                 format!("{} (schema {})", self.url, store.schema())
             }
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            StoreBackend::NoBackend(never) => match *never {},
         }
     }
 }
@@ -197,6 +212,7 @@ fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
         });
     }
     let store = SqliteStore::open_with(&path, options).map_err(|source| ConnectError::Store {
+        backend: "SQLite",
         location: path.display().to_string(),
         source,
     })?;
@@ -236,6 +252,7 @@ async fn open_postgres(url: &StoreUrl) -> Result<Stores, ConnectError> {
         PostgresBlobs, PostgresDeadLetters, PostgresDedupStore, PostgresOptions, PostgresStore,
     };
     let failed = |source| ConnectError::Store {
+        backend: "PostgreSQL",
         location: url.to_string(),
         source,
     };

@@ -13,13 +13,13 @@
 
 use std::sync::Arc;
 
+use crate::join_once::JoinOnce;
 use futures_util::{FutureExt, StreamExt};
 use runnel_core::bus::Publisher;
 use runnel_core::message::{Message, TopicName, SOURCE_DEFAULT};
 use runnel_core::outbox::TopicRouting;
 use runnel_core::{CheckpointStore, EventFilter, EventStore, Position, RecordedEvent};
 use tokio::sync::watch;
-use crate::join_once::JoinOnce;
 
 use super::metrics::RelayMetrics;
 use super::relay::{AfterPublishHook, RelayError, BACKOFF_DEFAULT};

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::join_once::JoinOnce;
 use futures_util::future::join_all;
 use runnel_core::bus::Publisher;
 use runnel_core::message::BusError;
@@ -20,7 +21,6 @@ use runnel_core::outbox::{
 };
 use runnel_core::{Clock, StoreError, SystemClock};
 use tokio::sync::watch;
-use crate::join_once::JoinOnce;
 use tokio::time::Instant;
 
 use super::metrics::RelayMetrics;
