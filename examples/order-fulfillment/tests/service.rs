@@ -23,27 +23,35 @@ fn service(args: &[&str], dir: &std::path::Path) -> Command {
 
 /// Runs to completion with a deadline; returns (success, stdout, stderr).
 fn run_to_end(mut cmd: Command) -> (bool, String, String) {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the service binary starts");
-    let until = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let output = child.wait_with_output().unwrap();
-            return (
-                status.success(),
-                String::from_utf8_lossy(&output.stdout).into_owned(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            );
+    let output = wait_with_deadline(child, "the service to finish");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Waits for `child` to exit (on a thread that blocks in `wait`), up to [`DEADLINE`]; past
+/// it the child is killed by its own PID and the test fails.
+fn wait_with_deadline(child: std::process::Child, what: &str) -> std::process::Output {
+    let pid = child.id();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    match done.recv_timeout(DEADLINE) {
+        Ok(output) => output.expect("waiting for the service"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
         }
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the service did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -62,7 +70,7 @@ fn simulated_orders_reach_the_read_model(store_args: &[&str]) {
     // reads it from the read model once the service has applied it.
     let mut run = store_args.to_vec();
     run.push("run");
-    let (mut server, lines) = spawn_until_running(service(&run, dir.path()));
+    let (server, lines) = spawn_until_running(service(&run, dir.path()));
     let mut place = store_args.to_vec();
     place.extend(["place", "o-1", "--customer", "c-1", "--item", "p-1:2:1250"]);
     let (ok, stdout, stderr) = run_to_end(service(&place, dir.path()));
@@ -76,7 +84,7 @@ fn simulated_orders_reach_the_read_model(store_args: &[&str]) {
     assert_eq!(row["status"], "placed");
     assert_eq!(row["total_cents"], 2500);
     assert_eq!(row["item_count"], 2);
-    stop_with_sigterm(&mut server, lines);
+    stop_with_sigterm(server, lines);
 }
 
 /// Starts a service and waits (with a deadline) until it says it runs.
@@ -116,25 +124,18 @@ fn spawn_until_running(
 
 /// Sends SIGTERM to this child by its own PID; it must exit successfully, in time,
 /// saying it stopped.
-fn stop_with_sigterm(child: &mut std::process::Child, lines: std::sync::mpsc::Receiver<String>) {
+fn stop_with_sigterm(child: std::process::Child, lines: std::sync::mpsc::Receiver<String>) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let until = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit after SIGTERM: {status}");
-            break;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the service did not stop after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let output = wait_with_deadline(child, "the service to stop after SIGTERM");
+    assert!(
+        output.status.success(),
+        "exit after SIGTERM: {}",
+        output.status
+    );
     // The process has exited: its stderr ends, and so does the reader thread.
     let rest: Vec<String> = lines.iter().collect();
     assert!(
@@ -167,6 +168,6 @@ fn the_same_binary_runs_on_postgres() {
 #[test]
 fn sigterm_stops_the_service_gracefully() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, lines) = spawn_until_running(service(&["run"], dir.path()));
-    stop_with_sigterm(&mut child, lines);
+    let (child, lines) = spawn_until_running(service(&["run"], dir.path()));
+    stop_with_sigterm(child, lines);
 }
