@@ -167,3 +167,28 @@ async fn two_tasks_cannot_share_a_name() {
     );
     assert_eq!(app.task_names(), ["relay"]);
 }
+
+/// A SIGTERM sent the moment `start` returns stops the application: the handlers are
+/// installed by `start`, not by the first `wait_for_signal`, so the signal neither kills
+/// the process (the default action) nor goes unseen.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_sigterm_right_after_start_is_seen_by_a_later_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = app(&dir).await;
+    app.task("idle", |shutdown| async move {
+        shutdown.requested().await;
+        Ok(())
+    });
+    let running = app.start().await.unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::time::timeout(DEADLINE, running.wait_for_signal())
+        .await
+        .expect("the SIGTERM sent after start is seen");
+    let report = running.shutdown(DEADLINE).await;
+    assert!(report.all_stopped_in_time());
+}

@@ -288,6 +288,9 @@ impl App {
 
     /// Starts every registered task.
     pub async fn start(self) -> Result<RunningApp, AppError> {
+        // Listen before any task runs: a SIGTERM that arrives while the application is
+        // starting must stop it, not kill it (or be lost).
+        let signals = SignalListener::install();
         let supervisor = Supervisor::start(self.tasks, self.restart);
         Ok(RunningApp {
             stores: self.stores,
@@ -295,6 +298,7 @@ impl App {
             commands: self.commands,
             queries: self.queries,
             supervisor,
+            signals,
         })
     }
 
@@ -324,6 +328,7 @@ pub struct RunningApp {
     commands: CommandBus,
     queries: QueryBus,
     supervisor: Supervisor,
+    signals: SignalListener,
 }
 
 impl RunningApp {
@@ -352,9 +357,10 @@ impl RunningApp {
         self.supervisor.shutdown_signal()
     }
 
-    /// Resolves on SIGTERM or Ctrl-C (SIGINT).
+    /// Resolves on SIGTERM or Ctrl-C (SIGINT) received since [`App::start`]; a signal that
+    /// arrived before this call is not lost.
     pub async fn wait_for_signal(&self) {
-        wait_for_signal().await
+        self.signals.received().await
     }
 
     /// Asks every task to stop, waits up to `deadline`, aborts the rest.
@@ -371,7 +377,78 @@ impl RunningApp {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
+/// SIGTERM and Ctrl-C, listened for from the moment it is installed: the process-wide
+/// handlers are registered synchronously, so a signal sent right after `install` returns
+/// is seen by every later [`SignalListener::received`].
+struct SignalListener {
+    received: tokio::sync::watch::Receiver<bool>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl SignalListener {
+    fn install() -> Self {
+        let (tx, received) = tokio::sync::watch::channel(false);
+        let listener = tokio::spawn(Self::listen(Self::register(), tx));
+        SignalListener { received, listener }
+    }
+
+    #[cfg(unix)]
+    fn register() -> Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGINT; falling back to Ctrl-C");
+                None
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn register() -> Option<()> {
+        None
+    }
+
+    #[cfg(unix)]
+    async fn listen(
+        registered: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+        tx: tokio::sync::watch::Sender<bool>,
+    ) {
+        match registered {
+            Some((mut term, mut int)) => tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("Ctrl-C received"),
+            },
+            None => wait_for_signal().await,
+        }
+        let _ = tx.send(true);
+    }
+
+    #[cfg(not(unix))]
+    async fn listen(_: Option<()>, tx: tokio::sync::watch::Sender<bool>) {
+        wait_for_signal().await;
+        let _ = tx.send(true);
+    }
+
+    async fn received(&self) {
+        let mut received = self.received.clone();
+        if received.wait_for(|got| *got).await.is_err() {
+            // The listener ended without a signal (its runtime is shutting down).
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for SignalListener {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C received from the first poll on.
 pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
