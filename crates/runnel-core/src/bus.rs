@@ -70,6 +70,10 @@ pub struct SubscribeOptions {
     pub ack_timeout: Duration,
     /// Where a new group starts.
     pub start: StartPosition,
+    /// How this subscription reads messages on the wire; `None` reads them as the bus was
+    /// configured (its URL's `envelope` parameter, CloudEvents by default). Broker
+    /// transports honour it; the embedded buses carry [`Message`]s as they are and ignore it.
+    pub envelope: Option<crate::envelope::Envelope>,
 }
 
 impl Default for SubscribeOptions {
@@ -78,6 +82,7 @@ impl Default for SubscribeOptions {
             max_in_flight: MAX_IN_FLIGHT_DEFAULT,
             ack_timeout: ACK_TIMEOUT_DEFAULT,
             start: StartPosition::Latest,
+            envelope: None,
         }
     }
 }

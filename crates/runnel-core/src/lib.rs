@@ -9,6 +9,7 @@ pub mod cloudevents;
 pub mod codec;
 pub mod config;
 pub mod dead_letter;
+pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod idempotency;

@@ -173,6 +173,7 @@ async fn runnel_consume(bus: &KafkaBus, topic: &TopicName, n: usize) -> Result<(
                 max_in_flight: 1000,
                 ack_timeout: Duration::from_secs(60),
                 start: StartPosition::Earliest,
+                ..Default::default()
             },
         )
         .await?;

@@ -2,16 +2,40 @@
 //! `ce_`-prefixed record headers, `content-type` as a header, the data as the record value
 //! and the ordering key as the record key (also `ce_partitionkey`).
 //!
-//! Records that carry no CloudEvents headers (written by a plain producer) are still
-//! delivered: they become messages whose id names the record's position.
+//! Written in binary mode; read in binary mode and in structured mode (content type
+//! `application/cloudevents+json`, the whole event as the record value).
+//!
+//! Records that are not CloudEvents are read (and written) through a mapped [`Envelope`]
+//! (the bus URL's `envelope=` parameter, or the subscription's own): the seeds' plain
+//! `Event` JSON with `event-type` / `event-source` headers (`envelope=json-event`), an
+//! outbox relay's records (`envelope=outbox-record`), or any value as it is
+//! (`envelope=raw`). The broker's id of a record is `kafka:TOPIC/PARTITION/OFFSET`, its
+//! key the record key, its time the record timestamp. Without a matching envelope a record
+//! goes to the dead-letter topic with the reason, never silently into a handler.
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use runnel_core::cloudevents::{self, EVENT_ID_HEADER, EVENT_TYPE_HEADER, KAFKA};
-use runnel_core::Message;
+use runnel_core::cloudevents::{self, KAFKA};
+use runnel_core::envelope::{BrokerFacts, Envelope, Incoming, Mapping};
+use runnel_core::{BusError, Message};
 
-/// The `type` given to a record written without CloudEvents headers (and without an
-/// `event-type` header).
-pub const PLAIN_RECORD_TYPE: &str = "kafka.record";
+/// Header carrying why a record could not be read; such a record goes straight to the
+/// dead-letter topic.
+pub const UNDECODABLE_HEADER: &str = "runnel-undecodable";
+
+/// The record headers and value of `message` as `envelope` shapes it.
+pub fn encode(message: &Message, envelope: &Envelope) -> Result<(OwnedHeaders, Vec<u8>), BusError> {
+    let Some(out) = envelope.encode(message)? else {
+        return Ok((to_headers(message), message.payload.clone()));
+    };
+    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+    for (name, value) in &out.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    Ok((headers, out.body))
+}
 
 /// The record headers of `message` in binary mode.
 pub fn to_headers(message: &Message) -> OwnedHeaders {
@@ -34,6 +58,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     pub payload: Vec<u8>,
+    /// The record timestamp, milliseconds since the Unix epoch.
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
@@ -53,59 +79,70 @@ impl Record {
             key: m.key().map(<[u8]>::to_vec),
             headers,
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            timestamp: m.timestamp().to_millis(),
         }
     }
 
-    /// The record as a [`Message`]: binary-mode CloudEvents when it has `ce_` headers,
-    /// otherwise a plain record (id `kafka:<topic>/<partition>/<offset>` unless it has an
-    /// `event-id` header).
-    pub fn to_message(&self, topic: &str) -> Message {
+    /// The record as a [`Message`], read as `envelope` says.
+    pub fn to_message(&self, topic: &str, envelope: &Envelope) -> Result<Message, BusError> {
+        let mut m = envelope.decode(self.incoming(topic), KAFKA)?;
+        if m.key.is_none() {
+            m.key = self.key_text();
+        }
+        Ok(m)
+    }
+
+    /// A record that could not be read, kept whole as a message (the value as it is, its
+    /// headers except CloudEvents attributes) with the reason in [`UNDECODABLE_HEADER`],
+    /// bound for the dead-letter topic.
+    pub fn undecodable(&self, topic: &str, reason: &BusError) -> Message {
+        let mut incoming = self.incoming(topic);
+        incoming
+            .headers
+            .retain(|(k, _)| !k.to_ascii_lowercase().starts_with(KAFKA.prefix));
+        let mut m = Envelope::Mapped(Mapping::raw().into())
+            .decode(incoming, KAFKA)
+            .unwrap_or_else(|_| {
+                let mut m = Message::json(
+                    runnel_core::envelope::RAW_EVENT_TYPE,
+                    &serde_json::Value::Null,
+                );
+                m.id = self.broker_id(topic);
+                m.content_type = "application/octet-stream".into();
+                m.payload = self.payload.clone();
+                m
+            });
+        m.headers
+            .insert(UNDECODABLE_HEADER.into(), reason.to_string());
+        m
+    }
+
+    fn broker_id(&self, topic: &str) -> String {
+        format!("kafka:{topic}/{}/{}", self.partition, self.offset)
+    }
+
+    fn incoming(&self, topic: &str) -> Incoming {
         let text = |v: &Option<Vec<u8>>| {
             v.as_deref()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
-        let has_ce = self
-            .headers
-            .iter()
-            .any(|(k, _)| k.to_ascii_lowercase().starts_with(KAFKA.prefix));
-        if has_ce {
-            let pairs = self.headers.iter().map(|(k, v)| (k.as_str(), text(v)));
-            if let Ok(mut m) = cloudevents::from_binary(pairs, self.payload.clone(), KAFKA) {
-                if m.key.is_none() {
-                    m.key = self.key_text();
-                }
-                return m;
-            }
-        }
-        let header = |name: &str| {
-            self.headers
+        Incoming {
+            headers: self
+                .headers
                 .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| text(v))
-        };
-        let mut m = Message::json(
-            header(EVENT_TYPE_HEADER).unwrap_or_else(|| PLAIN_RECORD_TYPE.to_string()),
-            &serde_json::Value::Null,
-        );
-        m.id = header(EVENT_ID_HEADER)
-            .unwrap_or_else(|| format!("kafka:{topic}/{}/{}", self.partition, self.offset));
-        m.source = format!("kafka:{topic}");
-        m.time = None;
-        m.content_type = header(KAFKA.content_type_header)
-            .unwrap_or_else(|| "application/octet-stream".to_string());
-        m.key = self.key_text();
-        m.payload = self.payload.clone();
-        for (k, v) in &self.headers {
-            let lower = k.to_ascii_lowercase();
-            if lower != EVENT_TYPE_HEADER
-                && lower != EVENT_ID_HEADER
-                && lower != KAFKA.content_type_header
-            {
-                m.headers.insert(k.clone(), text(v));
-            }
+                .map(|(k, v)| (k.clone(), text(v)))
+                .collect(),
+            body: self.payload.clone(),
+            broker: BrokerFacts {
+                id: self.broker_id(topic),
+                key: self.key_text(),
+                time: self
+                    .timestamp
+                    .and_then(runnel_core::chrono::DateTime::from_timestamp_millis),
+                origin: format!("kafka:{topic}"),
+            },
         }
-        m
     }
 
     fn key_text(&self) -> Option<String> {
@@ -135,25 +172,44 @@ mod tests {
                 .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
                 .collect(),
             payload: m.payload.clone(),
+            timestamp: None,
         };
         assert!(record.headers.iter().any(|(k, _)| k == "ce_specversion"));
-        assert_eq!(record.to_message("orders"), m);
+        assert_eq!(
+            record.to_message("orders", &Envelope::CloudEvents).unwrap(),
+            m
+        );
     }
 
     #[test]
-    fn plain_records_become_messages() {
+    fn plain_records_are_refused_by_default_and_read_raw_on_request() {
         let record = Record {
             partition: 2,
             offset: 9,
             key: Some(b"k".to_vec()),
             headers: vec![("x".into(), Some(b"y".to_vec()))],
             payload: b"raw".to_vec(),
+            timestamp: Some(1_765_015_200_000),
         };
-        let m = record.to_message("orders");
+        let err = record
+            .to_message("orders", &Envelope::CloudEvents)
+            .unwrap_err();
+        assert!(err.to_string().contains("envelope="), "{err}");
+        let m = record
+            .to_message("orders", &Envelope::Mapped(Mapping::raw().into()))
+            .unwrap();
         assert_eq!(m.id, "kafka:orders/2/9");
-        assert_eq!(m.event_type, PLAIN_RECORD_TYPE);
+        assert_eq!(m.event_type, runnel_core::envelope::RAW_EVENT_TYPE);
         assert_eq!(m.key.as_deref(), Some("k"));
         assert_eq!(m.payload, b"raw");
+        assert_eq!(
+            m.time.map(|t| t.timestamp_millis()),
+            Some(1_765_015_200_000)
+        );
         assert_eq!(m.headers.get("x").map(String::as_str), Some("y"));
+
+        let kept = record.undecodable("orders", &err);
+        assert_eq!(kept.payload, b"raw");
+        assert!(kept.headers[UNDECODABLE_HEADER].contains("not a CloudEvent"));
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use runnel_core::config::{shared, ConfigError, UrlQuery};
+use runnel_core::envelope::Envelope;
 use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::BusError;
 
@@ -115,6 +116,9 @@ pub struct KafkaOptions {
     pub credentials: Option<Credentials>,
     /// SASL mechanism.
     pub sasl_mechanism: Option<String>,
+    /// How records are shaped (`?envelope=`, CloudEvents binary mode by default); a
+    /// subscription may override it in its `SubscribeOptions`.
+    pub envelope: Envelope,
 }
 
 /// SASL user name and password. `Debug` shows the user only.
@@ -151,6 +155,7 @@ impl fmt::Debug for KafkaOptions {
             .field("ca_location", &self.ca_location)
             .field("credentials", &self.credentials)
             .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("envelope", &self.envelope)
             .finish()
     }
 }
@@ -172,6 +177,7 @@ impl KafkaOptions {
             ca_location: None,
             credentials: None,
             sasl_mechanism: None,
+            envelope: Envelope::CloudEvents,
         }
     }
 
@@ -270,6 +276,7 @@ impl KafkaOptions {
         if let Some(m) = q.choice("sasl_mechanism", &mechanisms)? {
             self.sasl_mechanism = Some(m.to_string());
         }
+        self.envelope = Envelope::from_query(&mut q)?;
         q.finish()
     }
 
@@ -425,7 +432,7 @@ mod tests {
         let err = KafkaOptions::from_url("kafka://h:1?nope=1").unwrap_err();
         assert!(
             err.to_string()
-                .contains("client_id, heartbeat_interval, linger"),
+                .contains("client_id, envelope, envelope_causation_id"),
             "{err}"
         );
     }

@@ -13,8 +13,10 @@ use runnel_core::bus::{DeadLetterDrain, StartPosition, SubscribeOptions, Subscri
 use runnel_core::dead_letter::{DeadLetterStore, FailureRecord, NewDeadLetter};
 use runnel_core::{BusError, GroupName, TopicName};
 
+use crate::codec::UNDECODABLE_HEADER;
 use crate::subscriber::dead_letter_topic;
 use crate::KafkaBus;
+use runnel_core::envelope::Envelope;
 
 /// Header naming the group that gave up on a message.
 pub const DLQ_GROUP_HEADER: &str = "runnel-dlq-group";
@@ -63,6 +65,8 @@ async fn drain(
             &drain_group,
             SubscribeOptions {
                 start: StartPosition::Earliest,
+                // The transport writes dead letters as CloudEvents whatever the envelope.
+                envelope: Some(Envelope::CloudEvents),
                 ..SubscribeOptions::default()
             },
         )
@@ -81,6 +85,7 @@ async fn drain(
             .remove(DLQ_ATTEMPTS_HEADER)
             .and_then(|a| a.parse().ok())
             .unwrap_or(0);
+        let undecodable = message.headers.remove(UNDECODABLE_HEADER);
         if for_group.as_deref() != Some(group.as_str())
             || from_topic.as_deref() != Some(topic.as_str())
         {
@@ -94,10 +99,15 @@ async fn drain(
             failures: vec![FailureRecord {
                 attempt: attempts,
                 at: runnel_core::chrono::Utc::now(),
-                error: format!(
-                    "delivered {attempts} times without being settled (the consumer crashed or \
-                     stalled each time); moved to {dlq} by the Kafka transport"
-                ),
+                error: match undecodable {
+                    Some(reason) => {
+                        format!("undecodable, moved to {dlq} by the Kafka transport: {reason}")
+                    }
+                    None => format!(
+                        "delivered {attempts} times without being settled (the consumer \
+                         crashed or stalled each time); moved to {dlq} by the Kafka transport"
+                    ),
+                },
                 permanent: false,
             }],
         };

@@ -4,8 +4,11 @@
 //! * A Runnel topic is a Kafka topic (created on first use with the configured
 //!   partitions); a message's key is the record key, so a key always lands in one
 //!   partition; keyless messages spread over partitions.
-//! * Messages follow the CloudEvents Kafka binding in binary mode (`ce_` headers), so
-//!   any Kafka client can read them.
+//! * Messages follow the CloudEvents Kafka binding: written in binary mode (`ce_`
+//!   headers), so any Kafka client can read them; read in binary and structured mode.
+//!   Records that are not CloudEvents are read through a mapped envelope
+//!   (`?envelope=json-event|outbox-record|raw|mapped`, see `runnel_core::envelope`);
+//!   without one they go to the dead-letter topic with the reason.
 //! * Publishing uses the idempotent producer (`enable.idempotence`, `acks=all`).
 //! * A group is a Kafka consumer group (`<group>:<topic>`) with offsets committed only
 //!   by Runnel: deliveries are handled in parallel across keys, one at a time per key,
@@ -55,7 +58,7 @@ use async_trait::async_trait;
 use runnel_core::bus::{validate_publish, DeliveryStream, Publisher, SubscribeOptions, Subscriber};
 use runnel_core::{BusError, GroupName, Message, TopicName};
 
-pub use codec::PLAIN_RECORD_TYPE;
+pub use codec::UNDECODABLE_HEADER;
 pub use config::{
     Credentials, KafkaOptions, HEARTBEAT_INTERVAL_DEFAULT, LINGER_DEFAULT, MAX_DELIVERIES_DEFAULT,
     PARTITIONS_DEFAULT, PARTITIONS_MAX, REPLICATION_FACTOR_DEFAULT, SESSION_TIMEOUT_DEFAULT,
@@ -110,7 +113,9 @@ impl Publisher for KafkaBus {
         if messages.is_empty() {
             return Ok(());
         }
-        self.producer.send_all(topic, &messages).await
+        self.producer
+            .send_all(topic, &messages, &self.options.envelope)
+            .await
     }
 }
 

@@ -11,9 +11,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use runnel_core::{BusError, Message, TopicName};
 
-use crate::codec::to_headers;
+use crate::codec::encode;
 use crate::config::{KafkaOptions, REQUEST_TIMEOUT_DEFAULT};
 use crate::error::bus_error;
+use runnel_core::envelope::Envelope;
 
 /// Topics remembered as existing (beyond it the memory is cleared and topics are checked
 /// again, which is harmless: creating an existing topic is a no-op).
@@ -116,13 +117,22 @@ impl Producer {
     /// Sends `messages` in order and waits until every one is acknowledged by the
     /// cluster. Enqueueing all before waiting keeps them pipelined; the idempotent
     /// producer keeps their order per partition even when it retries.
-    pub async fn send_all(&self, topic: &TopicName, messages: &[Message]) -> Result<(), BusError> {
+    pub async fn send_all(
+        &self,
+        topic: &TopicName,
+        messages: &[Message],
+        envelope: &Envelope,
+    ) -> Result<(), BusError> {
+        let encoded = messages
+            .iter()
+            .map(|m| encode(m, envelope))
+            .collect::<Result<Vec<_>, _>>()?;
         self.topics.ensure(topic.as_str()).await?;
         let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(messages.len());
-        for m in messages {
+        for (m, (headers, value)) in messages.iter().zip(encoded) {
             let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic.as_str())
-                .payload(m.payload.as_slice())
-                .headers(to_headers(m));
+                .payload(value.as_slice())
+                .headers(headers);
             if let Some(key) = m.key.as_deref() {
                 record = record.key(key);
             }

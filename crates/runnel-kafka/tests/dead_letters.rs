@@ -138,6 +138,7 @@ async fn messages_over_max_deliveries_move_to_the_native_dlq_and_drain_into_the_
                 max_in_flight: 4,
                 ack_timeout: Duration::from_secs(1),
                 start: StartPosition::Latest,
+                ..Default::default()
             },
         )
         .await

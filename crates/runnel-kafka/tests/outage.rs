@@ -109,6 +109,7 @@ async fn publishing_and_consuming_survive_a_broker_outage() {
             max_in_flight: 64,
             ack_timeout: Duration::from_secs(10),
             start: StartPosition::Earliest,
+            ..Default::default()
         })
         .start()
         .await

@@ -210,6 +210,7 @@ async fn runnel_end_to_end(
                 max_in_flight: MAX_IN_FLIGHT,
                 ack_timeout: Duration::from_secs(30),
                 start: StartPosition::Latest,
+                ..Default::default()
             },
         )
         .await?;

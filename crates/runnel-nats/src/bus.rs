@@ -355,7 +355,7 @@ impl Publisher for NatsBus {
         let mut encoded = Vec::with_capacity(messages.len());
         for m in &messages {
             codec::validate_for_nats(m)?;
-            let headers = codec::to_headers(m)?;
+            let (headers, body) = codec::encode(m, &inner.options.envelope)?;
             let header_bytes: usize = headers
                 .iter()
                 .flat_map(|(k, vs)| {
@@ -371,7 +371,7 @@ impl Publisher for NatsBus {
                     ),
                 });
             }
-            encoded.push(Some(headers));
+            encoded.push(Some((headers, body)));
         }
         if messages.is_empty() {
             return Ok(());
@@ -404,13 +404,13 @@ impl Publisher for NatsBus {
         'waves: for wave in waves {
             let mut sent = Vec::with_capacity(wave.len());
             for i in wave {
-                let headers = match encoded[i].take() {
-                    Some(h) => h,
-                    None => codec::to_headers(&messages[i])?,
+                let (headers, body) = match encoded[i].take() {
+                    Some(wire) => wire,
+                    None => codec::encode(&messages[i], &inner.options.envelope)?,
                 };
                 let publish = jetstream::message::PublishMessage::build()
                     .headers(headers)
-                    .payload(bytes::Bytes::copy_from_slice(&messages[i].payload));
+                    .payload(body);
                 sent.push((i, inner.js.send_publish(subject.clone(), publish).await));
             }
             for (i, attempt) in sent {
@@ -420,8 +420,7 @@ impl Publisher for NatsBus {
                 };
                 if !acked {
                     // Encoded again: the first attempt's headers went with it.
-                    let headers = codec::to_headers(&messages[i])?;
-                    let payload = bytes::Bytes::copy_from_slice(&messages[i].payload);
+                    let (headers, payload) = codec::encode(&messages[i], &inner.options.envelope)?;
                     if let Err(e) = inner
                         .publish_one(&subject, headers, payload, &messages[i].id)
                         .await

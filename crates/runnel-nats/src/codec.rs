@@ -5,17 +5,23 @@
 //! is the payload bytes. `Nats-Msg-Id` is the message id, so JetStream drops a republish
 //! of the same message within the stream's duplicate window. Messages from other
 //! publishers in structured mode (`content-type: application/cloudevents+json`, the whole
-//! event as one JSON document) are read too.
+//! event as one JSON document) are read too, and so is a JSON body holding `specversion`
+//! without a content type.
+//!
+//! Messages that are not CloudEvents are read and written through a mapped
+//! [`Envelope`] (the bus URL's `envelope=` parameter or the subscription's own): the seeds'
+//! plain `Event` JSON (`envelope=json-event`), an outbox relay's records
+//! (`envelope=outbox-record`), or any body (`envelope=raw`). The broker's id of a message
+//! is `nats:STREAM/SEQUENCE`; its time the JetStream publish time.
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use runnel_core::cloudevents::{self, HTTP};
+use runnel_core::envelope::{BrokerFacts, Envelope, Incoming};
 use runnel_core::{BusError, Message};
 
 /// The JetStream deduplication header.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
-/// Structured-mode content type.
-pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents";
 
 /// Header names starting with this are the server's (`Nats-Msg-Id`,
 /// `Nats-Expected-...`); messages may not carry their own.
@@ -81,6 +87,27 @@ pub fn to_headers(message: &Message) -> Result<HeaderMap, BusError> {
     Ok(headers)
 }
 
+/// The headers and body of `message` as `envelope` shapes it: CloudEvents binary mode, or
+/// a mapped shape; always with `Nats-Msg-Id`.
+pub fn encode(message: &Message, envelope: &Envelope) -> Result<(HeaderMap, Bytes), BusError> {
+    let Some(out) = envelope.encode(message)? else {
+        return Ok((
+            to_headers(message)?,
+            Bytes::copy_from_slice(&message.payload),
+        ));
+    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in out.headers {
+        let parsed: HeaderName = name.parse().map_err(|_| BusError::InvalidMessage {
+            id: message.id.clone(),
+            reason: format!("header name {name:?} is not a valid NATS header name"),
+        })?;
+        headers.insert(parsed, HeaderValue::from(value.as_str()));
+    }
+    headers.insert(MSG_ID_HEADER, dedup_id(message).as_str());
+    Ok((headers, Bytes::from(out.body)))
+}
+
 /// Header the dead-letter replay adds (the id of the dead letter replayed).
 const REPLAY_OF_HEADER: &str = "runnelreplayof";
 
@@ -95,10 +122,15 @@ pub fn dedup_id(message: &Message) -> String {
     }
 }
 
-/// Reads a message: binary mode when `ce-` headers are present, else structured mode.
-pub fn from_nats(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Message, BusError> {
+/// Reads a message as `envelope` says (CloudEvents binary or structured mode by default);
+/// `broker` is what JetStream knows of it.
+pub fn from_nats(
+    headers: Option<&HeaderMap>,
+    payload: &Bytes,
+    envelope: &Envelope,
+    broker: BrokerFacts,
+) -> Result<Message, BusError> {
     let mut pairs: Vec<(String, String)> = Vec::new();
-    let mut content_type = None;
     if let Some(h) = headers {
         for (name, values) in h.iter() {
             let name: &str = name.as_ref();
@@ -110,30 +142,31 @@ pub fn from_nats(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Message
                 continue;
             }
             if let Some(v) = values.first() {
-                if name.eq_ignore_ascii_case("content-type") {
-                    content_type = Some(v.as_str().to_string());
-                }
                 pairs.push((name.to_string(), v.as_str().to_string()));
             }
         }
     }
-    let binary = pairs
-        .iter()
-        .any(|(k, _)| k.to_ascii_lowercase().starts_with(HTTP.prefix));
-    if binary {
-        return cloudevents::from_binary(pairs, payload.to_vec(), HTTP);
+    envelope.decode(
+        Incoming {
+            headers: pairs,
+            body: payload.to_vec(),
+            broker,
+        },
+        HTTP,
+    )
+}
+
+/// The broker's facts of a stored message.
+pub fn broker_facts(
+    stream: &str,
+    sequence: u64,
+    topic: &str,
+    published: Option<runnel_core::chrono::DateTime<runnel_core::chrono::Utc>>,
+) -> BrokerFacts {
+    BrokerFacts {
+        time: published,
+        ..BrokerFacts::new(format!("nats:{stream}/{sequence}"), format!("nats:{topic}"))
     }
-    if content_type
-        .as_deref()
-        .is_some_and(|c| c.starts_with(STRUCTURED_CONTENT_TYPE))
-        || payload.first() == Some(&b'{')
-    {
-        return cloudevents::from_structured(payload);
-    }
-    Err(BusError::InvalidMessage {
-        id: String::new(),
-        reason: "not a CloudEvent: no ce- headers and no structured-mode body".into(),
-    })
 }
 
 /// Headers the dead-letter stream adds to a copied message.
@@ -171,7 +204,13 @@ mod tests {
             h.get(MSG_ID_HEADER).map(|v| v.as_str().to_string()),
             Some(m.id.clone())
         );
-        let back = from_nats(Some(&h), &Bytes::from(m.payload.clone())).expect("decode");
+        let back = from_nats(
+            Some(&h),
+            &Bytes::from(m.payload.clone()),
+            &Envelope::CloudEvents,
+            broker_facts("S", 1, "t", None),
+        )
+        .expect("decode");
         assert_eq!(back, m);
     }
 

@@ -67,7 +67,14 @@ impl DeadLetterDrain for NatsBus {
                 Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => break,
                 Err(e) => return Err(unavailable("reading dead letters", e)),
             };
-            let dead = to_dead_letter(&msg.headers, &msg.payload, topic, group)?;
+            let dead = to_dead_letter(
+                &msg.headers,
+                &msg.payload,
+                topic,
+                group,
+                &inner.options.envelope,
+                codec::broker_facts(&stream_name, msg.sequence, topic.as_str(), None),
+            )?;
             store.put(dead).await?;
             stream
                 .delete_message(msg.sequence)
@@ -85,6 +92,8 @@ fn to_dead_letter(
     payload: &bytes::Bytes,
     topic: &TopicName,
     group: &GroupName,
+    envelope: &runnel_core::envelope::Envelope,
+    broker: runnel_core::envelope::BrokerFacts,
 ) -> Result<NewDeadLetter, BusError> {
     let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
     let attempts: u32 = header(dlh::ATTEMPTS)
@@ -95,7 +104,7 @@ fn to_dead_letter(
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or_else(chrono::Utc::now);
-    let message = match codec::from_nats(Some(headers), payload) {
+    let message = match codec::from_nats(Some(headers), payload, envelope, broker) {
         Ok(m) => m,
         Err(e) => {
             // Not a CloudEvent: keep the bytes so nothing is lost.

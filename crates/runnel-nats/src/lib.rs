@@ -44,7 +44,7 @@ mod subscriber;
 use std::sync::Arc;
 
 pub use bus::{NatsBus, ENSURED_STREAMS_MAX, JS_REQUEST_TIMEOUT};
-pub use codec::{from_nats, to_headers, MSG_ID_HEADER};
+pub use codec::{broker_facts, encode, from_nats, to_headers, MSG_ID_HEADER};
 pub use dead_letter::DRAIN_BATCH_MAX;
 pub use names::{consumer_name, escape, stream_name, subject};
 pub use options::{

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use runnel_core::config::{percent_decode, shared, split_query, ConfigError, UrlQuery};
+use runnel_core::envelope::Envelope;
 use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::BusError;
 
@@ -107,6 +108,9 @@ pub struct NatsOptions {
     pub max_payload_bytes: Option<usize>,
     /// How long a publish retries through an outage (`?publish_timeout=30s`).
     pub publish_retry_deadline: Duration,
+    /// How messages are shaped on the wire (`?envelope=`, CloudEvents by default); a
+    /// subscription may override it in its `SubscribeOptions`.
+    pub envelope: Envelope,
 }
 
 impl Default for NatsOptions {
@@ -134,6 +138,7 @@ impl Default for NatsOptions {
             lease_bucket: LEASE_BUCKET_DEFAULT.into(),
             max_payload_bytes: None,
             publish_retry_deadline: PUBLISH_RETRY_DEADLINE_DEFAULT,
+            envelope: Envelope::CloudEvents,
         }
     }
 }
@@ -164,6 +169,7 @@ impl fmt::Debug for NatsOptions {
             .field("lease_bucket", &self.lease_bucket)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("publish_retry_deadline", &self.publish_retry_deadline)
+            .field("envelope", &self.envelope)
             .finish()
     }
 }
@@ -368,6 +374,7 @@ impl NatsOptions {
         if let Some(v) = q.duration(shared::PUBLISH_TIMEOUT)? {
             self.publish_retry_deadline = v;
         }
+        self.envelope = Envelope::from_query(&mut q)?;
         q.finish()
     }
 

@@ -107,6 +107,7 @@ async fn broker_killed_and_restarted_mid_stream_loses_nothing_and_keeps_key_orde
                 max_in_flight: 32,
                 ack_timeout: Duration::from_secs(2),
                 start: StartPosition::Earliest,
+                ..Default::default()
             },
         )
         .await

@@ -69,6 +69,7 @@ fn options(max_in_flight: usize, ack_timeout: Duration, start: StartPosition) ->
         max_in_flight,
         ack_timeout,
         start,
+        ..Default::default()
     }
 }
 

@@ -1,11 +1,23 @@
-//! [`Message`] ⇄ AMQP 0-9-1 message, following the CloudEvents AMQP protocol binding in
-//! binary mode: attributes as `cloudEvents:`-prefixed application properties (headers),
-//! `datacontenttype` as the `content-type` property, the data as the body.
+//! [`Message`] ⇄ AMQP 0-9-1 message, following the CloudEvents AMQP protocol binding.
+//!
+//! Written in binary mode: attributes as `cloudEvents:`-prefixed application properties
+//! (headers), `datacontenttype` as the `content-type` property, the data as the body. Read
+//! in binary mode (also with the binding's `cloudEvents_` prefix) and in structured mode
+//! (`content-type: application/cloudevents+json`, the whole event as the body).
+//!
+//! Messages that are not CloudEvents are read and written through a mapped [`Envelope`]
+//! (the bus URL's `envelope=` parameter or the subscription's own): the seeds' plain
+//! `Event` JSON with `event-type` / `event-source` headers (`envelope=json-event`), an
+//! outbox relay's records (`envelope=outbox-record`) or any body (`envelope=raw`). The
+//! broker's id of a message is its `message-id` property (else its stream offset, else a
+//! fresh id: give such messages a `message-id` so redeliveries keep theirs), its time the
+//! `timestamp` property.
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use runnel_core::chrono::{DateTime, Utc};
 use runnel_core::cloudevents::{self, AMQP};
+use runnel_core::envelope::{BrokerFacts, Envelope, Incoming};
 use runnel_core::{BusError, Message};
 
 /// `delivery_mode` of persistent messages.
@@ -58,8 +70,76 @@ pub(crate) fn to_amqp(message: &Message) -> BasicProperties {
     properties.with_headers(headers)
 }
 
-/// The message in an AMQP delivery.
-pub(crate) fn from_amqp(properties: &BasicProperties, body: Vec<u8>) -> Result<Message, BusError> {
+/// The AMQP properties and body of `message` as `envelope` shapes it.
+pub(crate) fn encode(
+    message: &Message,
+    envelope: &Envelope,
+) -> Result<(BasicProperties, Vec<u8>), BusError> {
+    let Some(out) = envelope.encode(message)? else {
+        return Ok((to_amqp(message), message.payload.clone()));
+    };
+    let mut headers = FieldTable::default();
+    let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    for (name, value) in out.headers {
+        if name.eq_ignore_ascii_case(AMQP.content_type_header) && value.len() <= SHORT_STRING_MAX {
+            properties = properties.with_content_type(ShortString::from(value));
+            continue;
+        }
+        if name.len() > SHORT_STRING_MAX {
+            return Err(BusError::InvalidMessage {
+                id: message.id.chars().take(64).collect(),
+                reason: format!("header name {name:?} is over 255 bytes"),
+            });
+        }
+        headers.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    }
+    if message.id.len() <= SHORT_STRING_MAX {
+        properties = properties.with_message_id(ShortString::from(message.id.clone()));
+    }
+    if let Some(seconds) = message.time.and_then(|t| u64::try_from(t.timestamp()).ok()) {
+        properties = properties.with_timestamp(seconds);
+    }
+    Ok((properties.with_headers(headers), out.body))
+}
+
+/// The broker's facts of a delivery from the topic `origin`.
+fn broker_facts(properties: &BasicProperties, origin: &str) -> BrokerFacts {
+    let stream_offset = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-stream-offset").cloned())
+        .and_then(|v| value_text(&v));
+    let id = match (properties.message_id(), stream_offset) {
+        (Some(id), _) => id.to_string(),
+        (None, Some(offset)) => format!("amqp:{origin}/{offset}"),
+        (None, None) => runnel_core::uuid::Uuid::now_v7().to_string(),
+    };
+    // AMQP 0-9-1 timestamps are seconds; some clients write milliseconds.
+    let time = properties.timestamp().and_then(|t| {
+        let t = i64::try_from(t).ok()?;
+        if t > 100_000_000_000 {
+            DateTime::<Utc>::from_timestamp_millis(t)
+        } else {
+            DateTime::<Utc>::from_timestamp(t, 0)
+        }
+    });
+    BrokerFacts {
+        time,
+        ..BrokerFacts::new(id, format!("amqp:{origin}"))
+    }
+}
+
+/// The message in an AMQP delivery from the topic `origin`, read as `envelope` says.
+pub(crate) fn from_amqp(
+    properties: &BasicProperties,
+    body: Vec<u8>,
+    envelope: &Envelope,
+    origin: &str,
+) -> Result<Message, BusError> {
+    let broker = broker_facts(properties, origin);
     let mut pairs: Vec<(String, String)> = Vec::new();
     if let Some(headers) = properties.headers() {
         for (name, value) in headers.inner() {
@@ -82,7 +162,14 @@ pub(crate) fn from_amqp(properties: &BasicProperties, body: Vec<u8>) -> Result<M
     if let Some(ct) = properties.content_type() {
         pairs.push((AMQP.content_type_header.to_string(), ct.to_string()));
     }
-    cloudevents::from_binary(pairs, body, AMQP)
+    envelope.decode(
+        Incoming {
+            headers: pairs,
+            body,
+            broker,
+        },
+        AMQP,
+    )
 }
 
 /// The `time` attribute's header in the canonical prefix.
@@ -176,7 +263,7 @@ mod tests {
         );
         let props = to_amqp(&m);
         assert_eq!(*props.delivery_mode(), Some(PERSISTENT));
-        let back = from_amqp(&props, m.payload.clone()).unwrap();
+        let back = from_amqp(&props, m.payload.clone(), &Envelope::CloudEvents, "t").unwrap();
         assert_eq!(back, m);
     }
 
@@ -197,7 +284,7 @@ mod tests {
             AMQPValue::LongLongInt(1_763_805_600_123),
         );
         let props = BasicProperties::default().with_headers(headers);
-        let m = from_amqp(&props, b"{}".to_vec()).unwrap();
+        let m = from_amqp(&props, b"{}".to_vec(), &Envelope::CloudEvents, "t").unwrap();
         assert_eq!((m.id.as_str(), m.event_type.as_str()), ("e-1", "T"));
         assert!(m.headers.is_empty(), "{:?}", m.headers);
         assert_eq!(

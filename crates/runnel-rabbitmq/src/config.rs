@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use runnel_core::config::{format_duration, shared, ConfigError, UrlQuery};
+use runnel_core::envelope::Envelope;
 use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::BusError;
 
@@ -88,6 +89,9 @@ pub struct RabbitOptions {
     pub reconnect_delay_min: Duration,
     /// Longest reconnect back-off step.
     pub reconnect_delay_max: Duration,
+    /// How messages are shaped (`?envelope=`, CloudEvents by default); a subscription may
+    /// override it in its `SubscribeOptions`.
+    pub envelope: Envelope,
 }
 
 impl RabbitOptions {
@@ -111,6 +115,7 @@ impl RabbitOptions {
             publish_timeout: PUBLISH_TIMEOUT_DEFAULT,
             reconnect_delay_min: RECONNECT_DELAY_MIN_DEFAULT,
             reconnect_delay_max: RECONNECT_DELAY_MAX_DEFAULT,
+            envelope: Envelope::CloudEvents,
         };
         let passed_on = options.read_query(parsed.query().unwrap_or(""))?;
         if passed_on.is_empty() {
@@ -181,6 +186,7 @@ impl RabbitOptions {
             client.push(format!("frame_max={n}"));
         }
         client.extend(q.pass_through("auth_mechanism"));
+        self.envelope = Envelope::from_query(&mut q)?;
         q.finish()?;
         Ok(client)
     }

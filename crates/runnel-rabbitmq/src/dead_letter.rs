@@ -52,7 +52,12 @@ impl DeadLetterDrain for RabbitBus {
             };
             let delivery = got.delivery;
             let failure = failure_of(&delivery.properties, delivery.redelivered);
-            let message = match from_amqp(&delivery.properties, delivery.data.clone()) {
+            let message = match from_amqp(
+                &delivery.properties,
+                delivery.data.clone(),
+                &self.link.options().envelope,
+                topic.as_str(),
+            ) {
                 Ok(m) => m,
                 Err(e) => unreadable(&delivery.properties, delivery.data.clone(), &e),
             };

@@ -11,7 +11,7 @@ use runnel_core::bus::validate_publish;
 use runnel_core::{BusError, Message, TopicName};
 use tokio::sync::Mutex;
 
-use crate::codec::to_amqp;
+use crate::codec::encode;
 use crate::connection::{Backoff, Link};
 use crate::error::from_lapin;
 use crate::topology::{check_confirm, declare_topic, exchange_name};
@@ -47,10 +47,13 @@ impl PublishSide {
             return Ok(());
         }
         let exchange = exchange_name(topic);
-        let encoded: Vec<(String, BasicProperties)> = messages
+        let encoded: Vec<(String, BasicProperties, Vec<u8>)> = messages
             .iter()
-            .map(|m| (routing_key(m), to_amqp(m)))
-            .collect();
+            .map(|m| {
+                let (properties, body) = encode(m, &options.envelope)?;
+                Ok((routing_key(m), properties, body))
+            })
+            .collect::<Result<_, BusError>>()?;
         let deadline = Instant::now() + options.publish_timeout;
         let mut backoff = Backoff::new(&options);
         let mut from = 0;
@@ -97,20 +100,20 @@ impl PublishSide {
         topic: &TopicName,
         exchange: &str,
         messages: &[Message],
-        encoded: &[(String, BasicProperties)],
+        encoded: &[(String, BasicProperties, Vec<u8>)],
     ) -> (usize, Result<(), BusError>) {
         let channel = match self.channel(link, topic).await {
             Ok(c) => c,
             Err(e) => return (0, Err(e)),
         };
         let mut confirms = Vec::with_capacity(messages.len());
-        for (m, (key, properties)) in messages.iter().zip(encoded) {
+        for (key, properties, body) in encoded.iter().take(messages.len()) {
             match channel
                 .basic_publish(
                     exchange,
                     key,
                     BasicPublishOptions::default(),
-                    &m.payload,
+                    body,
                     properties.clone(),
                 )
                 .await

@@ -66,7 +66,8 @@ async fn bare_publish(bus: &runnel_sqs::SqsBus, topic_arn: &str, messages: &[Mes
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                let w = codec::encode(m).expect("encode");
+                let w = codec::encode(m, &runnel_core::envelope::Envelope::CloudEvents)
+                    .expect("encode");
                 let mut e = PublishBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message(w.body)
@@ -230,6 +231,7 @@ async fn main() {
                 max_in_flight: MAX_IN_FLIGHT,
                 ack_timeout: Duration::from_secs(30),
                 start: StartPosition::Latest,
+                ..Default::default()
             },
         )
         .await

@@ -467,7 +467,7 @@ impl Publisher for SqsBus {
         // call before anything is sent.
         let wires = messages
             .iter()
-            .map(codec::encode)
+            .map(|m| codec::encode(m, &self.options.envelope))
             .collect::<Result<Vec<_>, _>>()?;
         if wires.is_empty() {
             return Ok(());
@@ -509,6 +509,10 @@ impl Subscriber for SqsBus {
     ) -> Result<DeliveryStream, BusError> {
         options.validate()?;
         let queues = self.ensure_group(topic, group, options.start).await?;
+        let envelope = options
+            .envelope
+            .clone()
+            .unwrap_or_else(|| self.options.envelope.clone());
         Ok(crate::subscriber::start(
             self.clients.clone(),
             self.options.wait_seconds,
@@ -516,6 +520,7 @@ impl Subscriber for SqsBus {
             group.clone(),
             queues.queue_url,
             options,
+            envelope,
         ))
     }
 }

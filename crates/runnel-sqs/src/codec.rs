@@ -20,10 +20,21 @@
 //!
 //! The plain `event-type` / `event-id` headers of the other transports are left out: they
 //! would cost two of the ten attributes and repeat `ce-type` / `ce-id`.
+//!
+//! Both modes are read, whoever wrote them; a structured body is recognised by its
+//! content-type attribute, or without one by a JSON body holding `specversion`.
+//!
+//! Messages that are not CloudEvents are read and written through a mapped [`Envelope`]
+//! (the bus URL's `envelope=` parameter or the subscription's own): the seeds' plain
+//! `Event` JSON as the body (`envelope=json-event`), an outbox relay's records
+//! (`envelope=outbox-record`), or any text body (`envelope=raw`). The broker's id of a
+//! message is its SQS `MessageId`, its key the `MessageGroupId` of a FIFO queue, its time
+//! `SentTimestamp`.
 
 use std::collections::BTreeMap;
 
 use runnel_core::cloudevents::{self, BinaryMapping, EVENT_ID_HEADER, EVENT_TYPE_HEADER};
+use runnel_core::envelope::{BrokerFacts, Envelope, Incoming};
 use runnel_core::{BusError, Message};
 use serde_json::{Map, Value};
 
@@ -64,8 +75,64 @@ pub fn encode_group_id(message: &Message) -> String {
     fifo_id(message.key.as_deref().unwrap_or(&message.id))
 }
 
-/// Encodes `message` (binary mode where it fits, structured otherwise).
-pub fn encode(message: &Message) -> Result<WireMessage, BusError> {
+/// Encodes `message` as `envelope` shapes it: CloudEvents (binary mode where it fits,
+/// structured otherwise), or a mapped shape.
+pub fn encode(message: &Message, envelope: &Envelope) -> Result<WireMessage, BusError> {
+    match envelope.encode(message)? {
+        None => encode_cloudevents(message),
+        Some(out) => {
+            let invalid = |reason: String| BusError::InvalidMessage {
+                id: message.id.chars().take(64).collect(),
+                reason: format!("envelope={envelope}: {reason}"),
+            };
+            let body = String::from_utf8(out.body)
+                .ok()
+                .filter(|b| !b.is_empty() && is_sqs_text(b))
+                .ok_or_else(|| {
+                    invalid("SQS carries a non-empty text body only; this one is not".into())
+                })?;
+            let attributes: Vec<(String, String)> = out
+                .headers
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
+            if attributes.len() > ATTRIBUTES_MAX {
+                return Err(invalid(format!(
+                    "{} message attributes, over SNS/SQS's {ATTRIBUTES_MAX}; send fewer headers",
+                    attributes.len()
+                )));
+            }
+            if let Some((k, _)) = attributes.iter().find(|(_, v)| !is_sqs_text(v)) {
+                return Err(invalid(format!("attribute {k:?} is not SQS text")));
+            }
+            let wire = WireMessage {
+                body,
+                attributes,
+                group_id: encode_group_id(message),
+                deduplication_id: fifo_id(&message.id),
+            };
+            check_size(message, &wire)?;
+            Ok(wire)
+        }
+    }
+}
+
+fn check_size(message: &Message, wire: &WireMessage) -> Result<(), BusError> {
+    let size = wire_size(wire);
+    if size > WIRE_MESSAGE_BYTES_MAX {
+        return Err(BusError::InvalidMessage {
+            id: message.id.chars().take(64).collect(),
+            reason: format!(
+                "encoded with its attributes and headers the message is {size} bytes, over \
+                 SNS/SQS's {WIRE_MESSAGE_BYTES_MAX}-byte limit; send large payloads by \
+                 reference with a claim-check (`runnel::outbox::ClaimCheckPublisher`)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn encode_cloudevents(message: &Message) -> Result<WireMessage, BusError> {
     let group_id = encode_group_id(message);
     let deduplication_id = fifo_id(&message.id);
     let attributes: Vec<(String, String)> = cloudevents::to_binary(message, MAPPING)
@@ -95,17 +162,7 @@ pub fn encode(message: &Message) -> Result<WireMessage, BusError> {
             deduplication_id,
         },
     };
-    let size = wire_size(&wire);
-    if size > WIRE_MESSAGE_BYTES_MAX {
-        return Err(BusError::InvalidMessage {
-            id: message.id.chars().take(64).collect(),
-            reason: format!(
-                "encoded with its attributes and headers the message is {size} bytes, over \
-                 SNS/SQS's {WIRE_MESSAGE_BYTES_MAX}-byte limit; send large payloads by \
-                 reference with a claim-check (`runnel::outbox::ClaimCheckPublisher`)"
-            ),
-        });
-    }
+    check_size(message, &wire)?;
     Ok(wire)
 }
 
@@ -154,33 +211,49 @@ fn structured(message: &Message) -> String {
     serde_json::to_string(&Value::Object(map)).unwrap_or_default()
 }
 
-/// Decodes a received message from its body and `String` attributes.
-pub fn decode<I>(body: &str, attributes: I) -> Result<Message, BusError>
+/// What SQS knows of a received message from `topic`: its `MessageId`, its
+/// `MessageGroupId` (FIFO queues), its `SentTimestamp`.
+pub fn broker_facts(m: &aws_sdk_sqs::types::Message, topic: &str) -> BrokerFacts {
+    use aws_sdk_sqs::types::MessageSystemAttributeName as Name;
+    let sys = m.attributes();
+    let attribute = |name: &Name| sys.and_then(|a| a.get(name)).cloned();
+    BrokerFacts {
+        id: m.message_id().unwrap_or_default().to_string(),
+        key: attribute(&Name::MessageGroupId),
+        time: attribute(&Name::SentTimestamp)
+            .and_then(|t| t.parse::<i64>().ok())
+            .and_then(runnel_core::chrono::DateTime::from_timestamp_millis),
+        origin: format!("sqs:{topic}"),
+    }
+}
+
+/// Decodes a received message from its body and `String` attributes, as `envelope` says.
+pub fn decode<I>(
+    body: &str,
+    attributes: I,
+    envelope: &Envelope,
+    broker: BrokerFacts,
+) -> Result<Message, BusError>
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let attributes: Vec<(String, String)> = attributes.into_iter().collect();
-    let structured = attributes.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case(MAPPING.content_type_header)
-            && v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/cloudevents+json")
-    }) || (!attributes
-        .iter()
-        .any(|(k, _)| k.to_ascii_lowercase().starts_with(MAPPING.prefix))
-        && body.trim_start().starts_with('{')
-        && body.contains("\"specversion\""));
-    if !structured {
-        return cloudevents::from_binary(attributes, body.as_bytes().to_vec(), MAPPING);
-    }
-    let mut message = cloudevents::from_structured(body.as_bytes())?;
-    if let Some(text) = message.headers.remove(HEADERS_EXTENSION) {
-        let plain: BTreeMap<String, String> =
-            serde_json::from_str(&text).map_err(|e| BusError::InvalidMessage {
-                id: message.id.clone(),
-                reason: format!("the {HEADERS_EXTENSION} extension is not a JSON object: {e}"),
-            })?;
-        message.headers.extend(plain);
+    let mut message = envelope.decode(
+        Incoming {
+            headers: attributes.into_iter().collect(),
+            body: body.as_bytes().to_vec(),
+            broker,
+        },
+        MAPPING,
+    )?;
+    if envelope.is_cloudevents() {
+        if let Some(text) = message.headers.remove(HEADERS_EXTENSION) {
+            let plain: BTreeMap<String, String> =
+                serde_json::from_str(&text).map_err(|e| BusError::InvalidMessage {
+                    id: message.id.clone(),
+                    reason: format!("the {HEADERS_EXTENSION} extension is not a JSON object: {e}"),
+                })?;
+            message.headers.extend(plain);
+        }
     }
     Ok(message)
 }
@@ -211,8 +284,14 @@ mod tests {
     }
 
     fn round_trip(m: &Message) -> (WireMessage, Message) {
-        let wire = encode(m).expect("encode");
-        let back = decode(&wire.body, wire.attributes.clone()).expect("decode");
+        let wire = encode(m, &Envelope::CloudEvents).expect("encode");
+        let back = decode(
+            &wire.body,
+            wire.attributes.clone(),
+            &Envelope::CloudEvents,
+            BrokerFacts::new("sqs-1", "sqs:t"),
+        )
+        .expect("decode");
         (wire, back)
     }
 
@@ -259,14 +338,17 @@ mod tests {
     #[test]
     fn keyless_messages_group_by_their_id() {
         let m = Message::json("T", &serde_json::json!({}));
-        assert_eq!(encode(&m).expect("encode").group_id, m.id);
+        assert_eq!(
+            encode(&m, &Envelope::CloudEvents).expect("encode").group_id,
+            m.id
+        );
     }
 
     #[test]
     fn over_the_wire_limit_is_a_typed_error() {
         let mut m = Message::json("T", &serde_json::json!({}));
         m.payload = vec![0xff; 200 * 1024];
-        let err = encode(&m).unwrap_err();
+        let err = encode(&m, &Envelope::CloudEvents).unwrap_err();
         assert!(err.to_string().contains("claim-check"), "{err}");
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use runnel_core::config::{format_duration, percent_decode, shared, ConfigError, UrlQuery};
+use runnel_core::envelope::Envelope;
 use runnel_core::BusError;
 
 /// Region used when neither the URL nor `AWS_REGION` / `AWS_DEFAULT_REGION` names one.
@@ -121,6 +122,9 @@ pub struct SqsOptions {
     pub sdk_attempts: u32,
     /// Parallel `PublishBatch` streams per publish call (1: strictly sequential batches).
     pub publish_shards: usize,
+    /// How messages are shaped (`?envelope=`, CloudEvents by default); a subscription may
+    /// override it in its `SubscribeOptions`.
+    pub envelope: Envelope,
 }
 
 impl Default for SqsOptions {
@@ -138,6 +142,7 @@ impl Default for SqsOptions {
             max_payload_bytes: MAX_PAYLOAD_BYTES_DEFAULT,
             sdk_attempts: SDK_ATTEMPTS_DEFAULT,
             publish_shards: PUBLISH_SHARDS_DEFAULT,
+            envelope: Envelope::CloudEvents,
         }
     }
 }
@@ -248,6 +253,7 @@ impl SqsOptions {
         if let Some(n) = q.integer("publish_shards", 1..=PUBLISH_SHARDS_MAX)? {
             self.publish_shards = n;
         }
+        self.envelope = Envelope::from_query(&mut q)?;
         q.finish()
     }
 

@@ -82,7 +82,8 @@ async fn drain(
                 .into_iter()
                 .flatten()
                 .filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_string())));
-            let (message, error) = match codec::decode(body, attrs) {
+            let facts = codec::broker_facts(m, topic.as_str());
+            let (message, error) = match codec::decode(body, attrs, &bus.options.envelope, facts) {
                 Ok(msg) => (
                     msg,
                     format!(

@@ -71,6 +71,7 @@ async fn router_dead_letters_reach_the_store_and_replay_through_sqs() {
             max_in_flight: 8,
             ack_timeout: Duration::from_secs(30),
             start: StartPosition::Latest,
+            ..Default::default()
         })
         .start()
         .await
@@ -131,6 +132,7 @@ async fn native_dead_letter_queue_drains_into_the_store() {
                 max_in_flight: 4,
                 ack_timeout: Duration::from_secs(1),
                 start: StartPosition::Latest,
+                ..Default::default()
             },
         )
         .await

@@ -67,6 +67,7 @@ async fn outage_mid_stream_loses_nothing_and_keeps_key_order() {
             max_in_flight: 1,
             ack_timeout: Duration::from_secs(5),
             start: StartPosition::Latest,
+            ..Default::default()
         })
         .start()
         .await

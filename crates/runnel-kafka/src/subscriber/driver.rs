@@ -3,6 +3,8 @@
 //! commits progress, and settles partitions on rebalance inside librdkafka's rebalance
 //! callback (which runs within this task's poll).
 
+use crate::codec::UNDECODABLE_HEADER;
+use runnel_core::envelope::Envelope;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -233,6 +235,8 @@ pub struct Driver {
     pub producer: Producer,
     pub dead_letter_topic: TopicName,
     pub side: Arc<SideConsumer>,
+    /// How this subscription reads records.
+    pub envelope: Envelope,
 }
 
 impl Driver {
@@ -278,7 +282,12 @@ impl Driver {
                     Ok(m) => {
                         let record = Record::from_kafka(&m);
                         drop(m);
-                        let message = record.to_message(self.topic.as_str());
+                        let message = record
+                            .to_message(self.topic.as_str(), &self.envelope)
+                            .unwrap_or_else(|e| {
+                                tracing::error!(topic = %self.topic, group = %self.group, partition = record.partition, offset = record.offset, error = %e, "undecodable record; it goes to the dead-letter topic");
+                                record.undecodable(self.topic.as_str(), &e)
+                            });
                         self.shared.lock().push(record.partition, record.offset, message);
                     }
                     Err(e) => {
@@ -340,7 +349,12 @@ impl Driver {
         let group = self.group.clone();
         let topic = self.topic.clone();
         tokio::spawn(async move {
-            let attempts = o.attempt - 1;
+            let undecodable = o.message.headers.contains_key(UNDECODABLE_HEADER);
+            let attempts = if undecodable {
+                o.attempt
+            } else {
+                o.attempt - 1
+            };
             let message = o
                 .message
                 .with_header(crate::dead_letter::DLQ_GROUP_HEADER, group.as_str())
@@ -349,11 +363,19 @@ impl Driver {
                     crate::dead_letter::DLQ_ATTEMPTS_HEADER,
                     attempts.to_string(),
                 );
-            let result = producer.send_all(&dlq, &[message]).await;
+            // Dead letters are always CloudEvents: whatever the topic's envelope, the
+            // record kept (bytes that fit no envelope included) must be writable.
+            let result = producer
+                .send_all(&dlq, &[message], &Envelope::CloudEvents)
+                .await;
             let mut state = shared.lock();
             let settled = match result {
                 Ok(()) => {
-                    tracing::warn!(topic = %topic, group = %group, offset = o.offset, partition = o.partition, "message delivered {attempts} times moved to {dlq}");
+                    if undecodable {
+                        tracing::warn!(topic = %topic, group = %group, offset = o.offset, partition = o.partition, "undecodable message moved to {dlq}");
+                    } else {
+                        tracing::warn!(topic = %topic, group = %group, offset = o.offset, partition = o.partition, "message delivered {attempts} times moved to {dlq}");
+                    }
                     state.ack(o.id, o.token)
                 }
                 Err(e) => {

@@ -94,6 +94,10 @@ pub async fn subscribe(
         producer: producer.clone(),
         dead_letter_topic,
         side,
+        envelope: subscribe_options
+            .envelope
+            .clone()
+            .unwrap_or_else(|| options.envelope.clone()),
     };
     tokio::spawn(driver.run());
     let mut rx = rx;

@@ -305,6 +305,10 @@ impl State {
                 self.commit_dirty = true;
             }
             let max = self.settings.max_deliveries;
+            // An undecodable record goes to the dead-letter topic at once.
+            let undecodable = message
+                .headers
+                .contains_key(crate::codec::UNDECODABLE_HEADER);
             out.push(Outgoing {
                 id: h.id,
                 token: h.token,
@@ -312,7 +316,7 @@ impl State {
                 offset,
                 attempt: h.attempt,
                 message,
-                dead_letter: max > 0 && h.attempt > max,
+                dead_letter: (max > 0 && h.attempt > max) || undecodable,
             });
         }
         out

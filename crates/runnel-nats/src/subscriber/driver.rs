@@ -299,7 +299,19 @@ impl Member {
                 .await;
             return;
         }
-        let decoded = codec::from_nats(msg.headers.as_ref(), &msg.payload);
+        let envelope = self
+            .options
+            .envelope
+            .as_ref()
+            .unwrap_or(&self.inner.options.envelope);
+        let published = msg.info().ok().and_then(|i| {
+            runnel_core::chrono::DateTime::from_timestamp_nanos(
+                i64::try_from(i.published.unix_timestamp_nanos()).ok()?,
+            )
+            .into()
+        });
+        let facts = codec::broker_facts(&self.stream, stream_seq, self.topic.as_str(), published);
+        let decoded = codec::from_nats(msg.headers.as_ref(), &msg.payload, envelope, facts);
         let reason = match &decoded {
             Err(e) => Some(format!("undecodable: {e}")),
             Ok(_) if delivered > self.inner.options.max_deliver => Some(format!(

@@ -157,10 +157,20 @@ impl Driver {
 
     async fn accept(&self, delivery: lapin::message::Delivery) {
         let attempt = broker_attempt(&delivery.properties, delivery.redelivered);
-        match from_amqp(&delivery.properties, delivery.data) {
+        let envelope = self
+            .options
+            .envelope
+            .as_ref()
+            .unwrap_or(&self.link.options().envelope);
+        match from_amqp(
+            &delivery.properties,
+            delivery.data,
+            envelope,
+            self.topic.as_str(),
+        ) {
             Ok(message) => self.shared.lock().accept(delivery.acker, message, attempt),
             Err(e) => {
-                // Not a CloudEvent Runnel can read: straight to the dead-letter queue.
+                // Not a message this envelope reads: straight to the dead-letter queue.
                 tracing::warn!(topic = %self.topic, group = %self.group, error = %e, "unreadable message dead-lettered");
                 let _ = delivery
                     .acker

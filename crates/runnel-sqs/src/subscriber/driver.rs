@@ -54,6 +54,8 @@ pub(crate) struct Consumer {
     /// landed after a nack's "visible now" would block the key for a whole lease).
     pub visibility_ops: tokio::sync::Mutex<()>,
     pub tx: mpsc::Sender<Result<Handout, BusError>>,
+    /// How this subscription reads messages.
+    pub envelope: runnel_core::envelope::Envelope,
 }
 
 /// A per-call override of the SDK's attempt timeout.
@@ -93,6 +95,7 @@ pub(super) async fn poll(shared: Arc<Consumer>, permits: Arc<Semaphore>, wait_se
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .customize()
             .config_override(attempt_timeout(call_timeout))
             .send()
@@ -140,10 +143,16 @@ pub(super) async fn poll(shared: Arc<Consumer>, permits: Arc<Semaphore>, wait_se
                 .into_iter()
                 .flatten()
                 .filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_string())));
-            let message = match codec::decode(m.body().unwrap_or_default(), attrs) {
+            let facts = codec::broker_facts(m, shared.topic.as_str());
+            let message = match codec::decode(
+                m.body().unwrap_or_default(),
+                attrs,
+                &shared.envelope,
+                facts,
+            ) {
                 Ok(message) => message,
                 Err(e) => {
-                    // Not a CloudEvent: it stays in flight and, after max_deliveries
+                    // Not a message the envelope reads: it stays in flight and, after max_deliveries
                     // receives, SQS moves it to the dead-letter queue.
                     tracing::error!(group = %shared.group, error = %e, "undecodable message; it will reach the dead-letter queue");
                     drop(permit);

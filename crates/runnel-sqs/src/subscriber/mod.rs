@@ -42,6 +42,7 @@ pub(crate) fn start(
     group: GroupName,
     queue_url: String,
     options: SubscribeOptions,
+    envelope: runnel_core::envelope::Envelope,
 ) -> DeliveryStream {
     // Never full: every item holds one of max_in_flight permits (errors are rare extras).
     let (tx, rx) = mpsc::channel(options.max_in_flight + AWS_BATCH_MAX);
@@ -56,6 +57,7 @@ pub(crate) fn start(
         state: state.clone(),
         visibility_ops: tokio::sync::Mutex::new(()),
         tx,
+        envelope,
     });
     let permits = Arc::new(Semaphore::new(options.max_in_flight));
     let poller = tokio::spawn(driver::poll(consumer.clone(), permits, wait_seconds));

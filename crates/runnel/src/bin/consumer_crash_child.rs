@@ -206,6 +206,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
             ack_timeout: ACK_TIMEOUT,
             // The first run creates the group over everything already published.
             start: StartPosition::Earliest,
+            ..Default::default()
         })
         .handler_timeout(HANDLER_TIMEOUT)
         .max_concurrency(MAX_CONCURRENCY)

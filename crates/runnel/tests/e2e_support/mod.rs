@@ -92,6 +92,7 @@ pub fn options(max_in_flight: usize, ack_timeout: Duration) -> SubscribeOptions 
         max_in_flight,
         ack_timeout,
         start: runnel::core::bus::StartPosition::Earliest,
+        ..Default::default()
     }
 }
 
