@@ -136,3 +136,155 @@ async fn a_cloudevent_published_by_plain_nats_py_with_the_sdk_is_consumed_by_run
     assert_eq!(d.attempt, 1);
     d.ack().await.expect("ack");
 }
+
+/// `url` with one more query parameter.
+fn with_param(url: &str, param: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{param}")
+}
+
+/// A plain client publishes a structured-mode CloudEvent, the plain `Event` JSON and an
+/// outbox relay's record; Runnel reads each, with the subscription's envelope, with type,
+/// id, key and data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shape_a_plain_nats_py_client_publishes_is_read_intact() {
+    let Some(url) = nats_url() else { return };
+    let Some(python) = venv_python().await else {
+        return;
+    };
+    let bus = runnel_nats::connect(&url).await.expect("connect");
+    for shape in runnel_testkit::interop::SHAPES {
+        let (topic, group) = fresh();
+        let mut deliveries = bus
+            .subscribe(
+                &topic,
+                &group,
+                SubscribeOptions {
+                    start: StartPosition::Earliest,
+                    envelope: Some(runnel_testkit::interop::envelope_for(shape)),
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .expect("subscribe");
+        run_script(
+            &python,
+            &script(),
+            &["publish-shape", &url, &bus.subject(&topic), shape],
+        )
+        .await;
+        let d = tokio::time::timeout(Duration::from_secs(15), deliveries.next())
+            .await
+            .unwrap_or_else(|_| panic!("{shape}: a delivery within the deadline"))
+            .expect("the subscription is open")
+            .unwrap_or_else(|e| panic!("{shape}: readable: {e}"));
+        runnel_testkit::interop::assert_shape(shape, &d.message, None);
+        assert_eq!(d.attempt, 1);
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Runnel publishes in the plain `Event` JSON shape (`envelope=json-event` on the bus
+/// URL), which a consumer that knows nothing of CloudEvents parses as it always did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_nats_py_client_reads_the_json_event_shape_runnel_publishes() {
+    let Some(url) = nats_url() else { return };
+    let Some(python) = venv_python().await else {
+        return;
+    };
+    let bus = runnel_nats::connect(&with_param(&url, "envelope=json-event"))
+        .await
+        .expect("connect");
+    let (topic, _) = fresh();
+    let sent = runnel_testkit::interop::json_event_sample();
+    bus.publish(&topic, vec![sent.clone()])
+        .await
+        .expect("publish");
+    let stdout = run_script(
+        &python,
+        &script(),
+        &[
+            "read-plain",
+            &url,
+            &bus.stream_name(&topic),
+            &bus.subject(&topic),
+        ],
+    )
+    .await;
+    let line = stdout.lines().last().expect("a line from the script");
+    runnel_testkit::interop::assert_plain_json_event(line, &sent);
+}
+
+/// Without an envelope a plain JSON event is not a CloudEvent: it is dead-lettered with
+/// an error that names the option, never handed to a handler half-read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_json_event_without_an_envelope_is_dead_lettered_naming_the_option() {
+    use runnel_core::bus::DeadLetterDrain;
+    use runnel_core::dead_letter::DeadLetterStore;
+    let Some(url) = nats_url() else { return };
+    let Some(python) = venv_python().await else {
+        return;
+    };
+    let bus = runnel_nats::connect(&url).await.expect("connect");
+    let (topic, group) = fresh();
+    let mut deliveries = bus
+        .subscribe(
+            &topic,
+            &group,
+            SubscribeOptions {
+                start: StartPosition::Earliest,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .expect("subscribe");
+    run_script(
+        &python,
+        &script(),
+        &["publish-shape", &url, &bus.subject(&topic), "json-event"],
+    )
+    .await;
+    let store = runnel_testkit::dead_letters::InMemoryDeadLetters::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let moved = bus
+            .drain_dead_letters(&topic, &group, &store, 10)
+            .await
+            .expect("drain");
+        if moved > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plain event never reached the dead letters"
+        );
+        // Nothing may be delivered meanwhile.
+        if let Ok(Some(item)) =
+            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
+        {
+            panic!(
+                "delivered instead of dead-lettered: {:?}",
+                item.map(|d| d.message)
+            );
+        }
+    }
+    let listed = store
+        .list(
+            &runnel_core::dead_letter::DeadLetterFilter::default(),
+            None,
+            10,
+        )
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    let failure = &listed[0].failures[0].error;
+    assert!(failure.contains("envelope=json-event"), "{failure}");
+    assert!(
+        listed[0]
+            .message
+            .payload
+            .windows(13)
+            .any(|w| w == b"order.created"),
+        "the body is kept whole"
+    );
+}

@@ -76,3 +76,129 @@ pub async fn run_script(python: &Path, script: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The message shapes `scripts/interop/shapes.py` publishes from plain clients.
+pub const SHAPES: [&str; 3] = ["structured", "json-event", "outbox-record"];
+
+/// The envelope a subscription reads `shape` with.
+pub fn envelope_for(shape: &str) -> runnel_core::envelope::Envelope {
+    use runnel_core::envelope::{Envelope, Mapping};
+    match shape {
+        "structured" => Envelope::CloudEvents,
+        "json-event" => Envelope::Mapped(Mapping::json_event().into()),
+        "outbox-record" => Envelope::Mapped(Mapping::outbox_record().into()),
+        other => panic!("no shape {other:?} in scripts/interop/shapes.py"),
+    }
+}
+
+/// Checks that `message` carries what `scripts/interop/shapes.py` put into `shape`: its
+/// type, id, key and data intact. `broker_key` is the key the broker itself carries for a
+/// plain event (a Kafka record key, an SQS message group), `None` where it has none.
+pub fn assert_shape(shape: &str, message: &runnel_core::Message, broker_key: Option<&str>) {
+    let data = message
+        .payload_json()
+        .unwrap_or_else(|e| panic!("{shape}: the data is not JSON: {e}"));
+    let time = message.time.map(|t| t.to_rfc3339());
+    match shape {
+        "structured" => {
+            assert_eq!(message.id, "interop-structured-1", "{shape}");
+            assert_eq!(message.event_type, "com.example.PythonSaidHello", "{shape}");
+            assert_eq!(message.source, "/interop/python", "{shape}");
+            assert_eq!(message.subject.as_deref(), Some("Greeting-1"), "{shape}");
+            assert_eq!(message.key.as_deref(), Some("Greeting-1"), "{shape}");
+            assert_eq!(
+                message.correlation_id.as_deref(),
+                Some("corr-py"),
+                "{shape}"
+            );
+            assert_eq!(
+                data,
+                serde_json::json!({"hello": "structured", "n": 7}),
+                "{shape}"
+            );
+        }
+        "json-event" => {
+            assert_eq!(message.id, "interop-json-event-1", "{shape}");
+            assert_eq!(message.event_type, "order.created", "{shape}");
+            assert_eq!(message.source, "order-service", "{shape}");
+            assert_eq!(
+                time.as_deref(),
+                Some("2026-12-06T10:00:00+00:00"),
+                "{shape}"
+            );
+            assert_eq!(message.key.as_deref(), broker_key, "{shape}");
+            assert_eq!(
+                data,
+                serde_json::json!({"id": "ord-1", "total": 99.99}),
+                "{shape}"
+            );
+        }
+        "outbox-record" => {
+            assert_eq!(message.id, "interop-outbox-1", "{shape}");
+            assert_eq!(message.event_type, "OrderPlaced", "{shape}");
+            assert_eq!(message.key.as_deref(), Some("ord-2"), "{shape}");
+            assert_eq!(message.subject.as_deref(), Some("ord-2"), "{shape}");
+            assert_eq!(
+                time.as_deref(),
+                Some("2026-12-06T10:00:01+00:00"),
+                "{shape}"
+            );
+            assert_eq!(
+                data,
+                serde_json::json!({"orderId": "ord-2", "total": 12.5}),
+                "{shape}"
+            );
+        }
+        other => panic!("no shape {other:?} in scripts/interop/shapes.py"),
+    }
+    assert_eq!(message.content_type, "application/json", "{shape}");
+}
+
+/// A message Runnel publishes in the `json-event` shape, and the check of what a plain
+/// client printed for it (`read-plain`: its headers and its body parsed as JSON).
+pub fn json_event_sample() -> runnel_core::Message {
+    let mut m = runnel_core::Message::json(
+        "order.shipped",
+        &serde_json::json!({"id": "ord-9", "carrier": "ACME"}),
+    )
+    .with_key("ord-9");
+    m.source = "runnel-order-service".into();
+    m
+}
+
+/// Checks a plain client's `read-plain` line for [`json_event_sample`] `sent`.
+pub fn assert_plain_json_event(line: &str, sent: &runnel_core::Message) {
+    let seen: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let body = &seen["body"];
+    assert_eq!(body["type"], "order.shipped", "{line}");
+    assert_eq!(body["id"], sent.id.as_str(), "{line}");
+    assert_eq!(body["source"], "runnel-order-service", "{line}");
+    assert_eq!(
+        body["data"],
+        serde_json::json!({"id": "ord-9", "carrier": "ACME"}),
+        "{line}"
+    );
+    assert!(
+        body["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "{line}"
+    );
+    let headers = seen["headers"].as_object().expect("headers");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(
+        header("event-type").as_deref(),
+        Some("order.shipped"),
+        "{line}"
+    );
+    assert!(
+        header("ce-specversion").is_none() && header("ce_specversion").is_none(),
+        "a mapped shape carries no CloudEvents attributes: {line}"
+    );
+}

@@ -7,13 +7,23 @@ CloudEvents SDK. NATS headers follow the HTTP header mapping of the CloudEvents 
                                its attributes (plus data and Nats-Msg-Id) as one JSON line
   publish URL SUBJECT          publish one CloudEvent built with the SDK (binary mode) with
                                a JetStream publish, and print PUBLISHED
+  publish-shape URL SUBJECT SHAPE
+                               publish one message of SHAPE (scripts/interop/shapes.py:
+                               structured, json-event, outbox-record), print PUBLISHED
+  read-plain URL STREAM SUBJECT
+                               read the first message as a plain client does (headers, the
+                               body parsed as JSON) and print it as one JSON line
 
 Exits non-zero on any failure; every wait has a deadline.
 """
 
 import asyncio
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../../../scripts/interop"))
+import shapes  # noqa: E402
 
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -70,12 +80,45 @@ async def publish(url, subject):
         await nc.close()
 
 
+async def publish_shape(url, subject, shape):
+    headers, body, _key = shapes.build(shape)
+    nc = await nats.connect(url, connect_timeout=DEADLINE_S)
+    try:
+        js = nc.jetstream()
+        ack = await js.publish(subject, body, headers=headers, timeout=DEADLINE_S)
+        print("PUBLISHED", ack.seq, flush=True)
+        return 0
+    finally:
+        await nc.close()
+
+
+async def read_plain(url, stream, subject):
+    nc = await nats.connect(url, connect_timeout=DEADLINE_S)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(
+            subject,
+            stream=stream,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        msg = (await sub.fetch(1, timeout=DEADLINE_S))[0]
+        await msg.ack()
+        print(shapes.plain_line(dict(msg.headers or {}), msg.data), flush=True)
+        return 0
+    finally:
+        await nc.close()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "consume":
         code = asyncio.run(consume(*sys.argv[2:5]))
     elif mode == "publish":
         code = asyncio.run(publish(*sys.argv[2:4]))
+    elif mode == "publish-shape":
+        code = asyncio.run(publish_shape(*sys.argv[2:5]))
+    elif mode == "read-plain":
+        code = asyncio.run(read_plain(*sys.argv[2:5]))
     else:
         print(f"unknown mode {mode}", file=sys.stderr)
         code = 64
