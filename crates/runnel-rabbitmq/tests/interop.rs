@@ -144,3 +144,169 @@ async fn a_cloudevent_published_by_plain_pika_with_the_sdk_is_consumed_by_runnel
     assert_eq!(d.attempt, 1);
     d.ack().await.expect("ack");
 }
+
+/// A plain client publishes a structured-mode CloudEvent, the plain `Event` JSON and an
+/// outbox relay's record; Runnel reads each, with the subscription's envelope, with type,
+/// id, key and data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shape_a_plain_pika_client_publishes_is_read_intact() {
+    let Some(url) = common::test_url() else {
+        return;
+    };
+    let Some(python) = venv_python().await else {
+        return;
+    };
+    let bus = RabbitBus::connect(common::options_for(&url))
+        .await
+        .expect("connect");
+    for shape in runnel_testkit::interop::SHAPES {
+        let (topic, group) = fresh();
+        let mut deliveries = bus
+            .subscribe(
+                &topic,
+                &group,
+                SubscribeOptions {
+                    envelope: Some(runnel_testkit::interop::envelope_for(shape)),
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .expect("subscribe");
+        run_script(
+            &python,
+            &script(),
+            &["publish-shape", &url, &exchange_name(&topic), shape],
+        )
+        .await;
+        let d = tokio::time::timeout(Duration::from_secs(15), deliveries.next())
+            .await
+            .unwrap_or_else(|_| panic!("{shape}: a delivery within the deadline"))
+            .expect("the subscription is open")
+            .unwrap_or_else(|e| panic!("{shape}: readable: {e}"));
+        runnel_testkit::interop::assert_shape(shape, &d.message, None);
+        assert_eq!(d.attempt, 1);
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Runnel publishes in the plain `Event` JSON shape (`envelope=json-event` on the bus
+/// URL), which a consumer that knows nothing of CloudEvents parses as it always did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_pika_client_reads_the_json_event_shape_runnel_publishes() {
+    let Some(url) = common::test_url() else {
+        return;
+    };
+    let Some(python) = venv_python().await else {
+        return;
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let bus = RabbitBus::connect(common::options_for(&format!(
+        "{url}{sep}envelope=json-event"
+    )))
+    .await
+    .expect("connect");
+    let (topic, _) = fresh();
+    bus.publish(
+        &topic,
+        vec![Message::json("Warmup", &serde_json::json!({}))],
+    )
+    .await
+    .expect("declare the topic");
+    let sent = runnel_testkit::interop::json_event_sample();
+    let mut child = Command::new(&python)
+        .arg(script())
+        .args(["read-plain", &url, &exchange_name(&topic)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the script");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let run = async {
+        let ready = lines.next_line().await.expect("read").expect("a line");
+        assert_eq!(ready, "READY");
+        bus.publish(&topic, vec![sent.clone()])
+            .await
+            .expect("publish");
+        let line = lines.next_line().await.expect("read").expect("the message");
+        let status = child.wait().await.expect("wait");
+        assert!(status.success(), "the script failed: {status}");
+        line
+    };
+    let line = tokio::time::timeout(SCRIPT_DEADLINE, run)
+        .await
+        .expect("the script within its deadline");
+    runnel_testkit::interop::assert_plain_json_event(&line, &sent);
+}
+
+/// Without an envelope a plain JSON event is not a CloudEvent: it goes to the group's
+/// dead-letter queue, and the drain keeps it whole with an error naming the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_json_event_without_an_envelope_is_dead_lettered_naming_the_option() {
+    use runnel::core::bus::DeadLetterDrain;
+    use runnel::core::dead_letter::{DeadLetterFilter, DeadLetterStore};
+    let Some(url) = common::test_url() else {
+        return;
+    };
+    let Some(python) = venv_python().await else {
+        return;
+    };
+    let bus = RabbitBus::connect(common::options_for(&url))
+        .await
+        .expect("connect");
+    let (topic, group) = fresh();
+    let mut deliveries = bus
+        .subscribe(&topic, &group, SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    run_script(
+        &python,
+        &script(),
+        &["publish-shape", &url, &exchange_name(&topic), "json-event"],
+    )
+    .await;
+    let store = runnel_testkit::dead_letters::InMemoryDeadLetters::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if bus
+            .drain_dead_letters(&topic, &group, &store, 10)
+            .await
+            .expect("drain")
+            > 0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plain event never reached the dead letters"
+        );
+        if let Ok(Some(item)) =
+            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
+        {
+            panic!(
+                "delivered instead of dead-lettered: {:?}",
+                item.map(|d| d.message)
+            );
+        }
+    }
+    let listed = store
+        .list(&DeadLetterFilter::default(), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    let why = listed[0]
+        .message
+        .headers
+        .get("runnelreaderror")
+        .cloned()
+        .unwrap_or_default();
+    assert!(why.contains("envelope=json-event"), "{why}");
+    assert!(
+        listed[0]
+            .message
+            .payload
+            .windows(13)
+            .any(|w| w == b"order.created"),
+        "the body is kept whole"
+    );
+}
