@@ -18,10 +18,6 @@ use runnel_core::cloudevents::{self, KAFKA};
 use runnel_core::envelope::{BrokerFacts, Envelope, Incoming, Mapping};
 use runnel_core::{BusError, Message};
 
-/// Header carrying why a record could not be read; such a record goes straight to the
-/// dead-letter topic.
-pub const UNDECODABLE_HEADER: &str = "runnel-undecodable";
-
 /// The record headers and value of `message` as `envelope` shapes it.
 pub fn encode(message: &Message, envelope: &Envelope) -> Result<(OwnedHeaders, Vec<u8>), BusError> {
     let Some(out) = envelope.encode(message)? else {
@@ -93,14 +89,13 @@ impl Record {
     }
 
     /// A record that could not be read, kept whole as a message (the value as it is, its
-    /// headers except CloudEvents attributes) with the reason in [`UNDECODABLE_HEADER`],
-    /// bound for the dead-letter topic.
-    pub fn undecodable(&self, topic: &str, reason: &BusError) -> Message {
+    /// headers except CloudEvents attributes), bound for the dead-letter topic.
+    pub fn undecodable(&self, topic: &str) -> Message {
         let mut incoming = self.incoming(topic);
         incoming
             .headers
             .retain(|(k, _)| !k.to_ascii_lowercase().starts_with(KAFKA.prefix));
-        let mut m = Envelope::Mapped(Mapping::raw().into())
+        Envelope::Mapped(Mapping::raw().into())
             .decode(incoming, KAFKA)
             .unwrap_or_else(|_| {
                 let mut m = Message::json(
@@ -111,10 +106,7 @@ impl Record {
                 m.content_type = "application/octet-stream".into();
                 m.payload = self.payload.clone();
                 m
-            });
-        m.headers
-            .insert(UNDECODABLE_HEADER.into(), reason.to_string());
-        m
+            })
     }
 
     fn broker_id(&self, topic: &str) -> String {
@@ -208,8 +200,8 @@ mod tests {
         );
         assert_eq!(m.headers.get("x").map(String::as_str), Some("y"));
 
-        let kept = record.undecodable("orders", &err);
+        let kept = record.undecodable("orders");
         assert_eq!(kept.payload, b"raw");
-        assert!(kept.headers[UNDECODABLE_HEADER].contains("not a CloudEvent"));
+        assert_eq!(kept.id, "kafka:orders/2/9");
     }
 }

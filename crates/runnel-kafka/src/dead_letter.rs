@@ -13,7 +13,6 @@ use runnel_core::bus::{DeadLetterDrain, StartPosition, SubscribeOptions, Subscri
 use runnel_core::dead_letter::{DeadLetterStore, FailureRecord, NewDeadLetter};
 use runnel_core::{BusError, GroupName, TopicName};
 
-use crate::codec::UNDECODABLE_HEADER;
 use crate::subscriber::dead_letter_topic;
 use crate::KafkaBus;
 use runnel_core::envelope::Envelope;
@@ -24,6 +23,8 @@ pub const DLQ_GROUP_HEADER: &str = "runnel-dlq-group";
 pub const DLQ_TOPIC_HEADER: &str = "runnel-dlq-topic";
 /// Header carrying how often the message was delivered.
 pub const DLQ_ATTEMPTS_HEADER: &str = "runnel-dlq-attempts";
+/// Header carrying why a record that could not be read was dead-lettered.
+pub const DLQ_REASON_HEADER: &str = "runnel-dlq-reason";
 
 /// How long a drain waits for the next record of `<topic>.dlq` before it decides the
 /// topic is drained (a Kafka topic has no "empty": the drain reads until it goes quiet).
@@ -85,7 +86,7 @@ async fn drain(
             .remove(DLQ_ATTEMPTS_HEADER)
             .and_then(|a| a.parse().ok())
             .unwrap_or(0);
-        let undecodable = message.headers.remove(UNDECODABLE_HEADER);
+        let undecodable = message.headers.remove(DLQ_REASON_HEADER);
         if for_group.as_deref() != Some(group.as_str())
             || from_topic.as_deref() != Some(topic.as_str())
         {

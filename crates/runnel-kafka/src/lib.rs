@@ -58,7 +58,6 @@ use async_trait::async_trait;
 use runnel_core::bus::{validate_publish, DeliveryStream, Publisher, SubscribeOptions, Subscriber};
 use runnel_core::{BusError, GroupName, Message, TopicName};
 
-pub use codec::UNDECODABLE_HEADER;
 pub use config::{
     Credentials, KafkaOptions, HEARTBEAT_INTERVAL_DEFAULT, LINGER_DEFAULT, MAX_DELIVERIES_DEFAULT,
     PARTITIONS_DEFAULT, PARTITIONS_MAX, REPLICATION_FACTOR_DEFAULT, SESSION_TIMEOUT_DEFAULT,

@@ -126,3 +126,135 @@ async fn runnel_consumes_a_cloudevent_from_the_python_client() {
     assert_eq!(delivery.attempt, 1);
     delivery.ack().await.expect("ack");
 }
+
+/// A plain client produces a structured-mode CloudEvent, the plain `Event` JSON with
+/// `event-type` / `event-source` headers and an outbox relay's record; Runnel reads each,
+/// with the subscription's envelope, with type, id, key and data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shape_the_python_client_produces_is_read_intact() {
+    let Some(brokers) = support::brokers("every_shape_the_python_client_produces_is_read_intact")
+    else {
+        return;
+    };
+    let bus = KafkaBus::new(KafkaOptions::new(&brokers)).expect("bus");
+    for shape in runnel_testkit::interop::SHAPES {
+        let topic = support::fresh_topic("interop-shape");
+        let group = support::fresh_group("runnel-shape-reader");
+        let mut deliveries = bus
+            .subscribe(
+                &topic,
+                &group,
+                SubscribeOptions {
+                    start: StartPosition::Earliest,
+                    envelope: Some(runnel_testkit::interop::envelope_for(shape)),
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .expect("subscribe");
+        let out = run_script(&["write-shape", &brokers, topic.as_str(), shape]).await;
+        assert!(out.contains("sent"), "{out}");
+        let d = tokio::time::timeout(RECEIVE_DEADLINE, deliveries.next())
+            .await
+            .unwrap_or_else(|_| panic!("{shape}: a delivery within the deadline"))
+            .expect("the subscription is open")
+            .unwrap_or_else(|e| panic!("{shape}: readable: {e}"));
+        // A plain event's key is the record key the producer chose.
+        runnel_testkit::interop::assert_shape(shape, &d.message, Some("ord-1"));
+        assert_eq!(d.attempt, 1);
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Runnel produces in the plain `Event` JSON shape (`envelope=json-event`), which a
+/// consumer that knows nothing of CloudEvents parses as it always did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_reads_the_json_event_shape_runnel_produces() {
+    let Some(brokers) =
+        support::brokers("the_python_client_reads_the_json_event_shape_runnel_produces")
+    else {
+        return;
+    };
+    let bus = KafkaBus::new(
+        KafkaOptions::from_url(&format!("kafka://{brokers}?envelope=json-event")).expect("url"),
+    )
+    .expect("bus");
+    let topic = support::fresh_topic("interop-plain-out");
+    let group = support::fresh_group("python-plain-reader");
+    let sent = runnel_testkit::interop::json_event_sample();
+    bus.publish(&topic, vec![sent.clone()])
+        .await
+        .expect("publish");
+    let out = run_script(&["read-plain", &brokers, topic.as_str(), group.as_str()]).await;
+    let line = out.lines().last().expect("a line from the script");
+    runnel_testkit::interop::assert_plain_json_event(line, &sent);
+    let seen: Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(seen["headers"]["event-id"], sent.id.as_str());
+}
+
+/// Without an envelope a plain record is not a CloudEvent: the transport moves it to the
+/// dead-letter topic at once (no handler sees it), and the drain stores it whole with an
+/// error naming the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_record_without_an_envelope_is_dead_lettered_naming_the_option() {
+    use runnel_core::bus::DeadLetterDrain;
+    use runnel_core::dead_letter::{DeadLetterFilter, DeadLetterStore};
+    let Some(brokers) =
+        support::brokers("a_plain_record_without_an_envelope_is_dead_lettered_naming_the_option")
+    else {
+        return;
+    };
+    let bus = KafkaBus::new(KafkaOptions::new(&brokers)).expect("bus");
+    let topic = support::fresh_topic("interop-plain-in");
+    let group = support::fresh_group("runnel-strict-reader");
+    let mut deliveries = bus
+        .subscribe(
+            &topic,
+            &group,
+            SubscribeOptions {
+                start: StartPosition::Earliest,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .expect("subscribe");
+    let out = run_script(&["write-shape", &brokers, topic.as_str(), "json-event"]).await;
+    assert!(out.contains("sent"), "{out}");
+    let store = runnel_testkit::dead_letters::InMemoryDeadLetters::new();
+    let deadline = tokio::time::Instant::now() + RECEIVE_DEADLINE;
+    loop {
+        if let Ok(Some(item)) =
+            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
+        {
+            panic!(
+                "delivered instead of dead-lettered: {:?}",
+                item.map(|d| d.message)
+            );
+        }
+        if bus
+            .drain_dead_letters(&topic, &group, &store, 10)
+            .await
+            .expect("drain")
+            > 0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plain record never reached the dead letters"
+        );
+    }
+    let listed = store
+        .list(&DeadLetterFilter::default(), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    let failure = &listed[0].failures[0].error;
+    assert!(failure.contains("envelope=json-event"), "{failure}");
+    let kept = &listed[0].message;
+    assert_eq!(kept.key.as_deref(), Some("ord-1"));
+    assert!(
+        kept.payload.windows(13).any(|w| w == b"order.created"),
+        "the value is kept whole"
+    );
+}

@@ -3,7 +3,6 @@
 //! commits progress, and settles partitions on rebalance inside librdkafka's rebalance
 //! callback (which runs within this task's poll).
 
-use crate::codec::UNDECODABLE_HEADER;
 use runnel_core::envelope::Envelope;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -282,13 +281,16 @@ impl Driver {
                     Ok(m) => {
                         let record = Record::from_kafka(&m);
                         drop(m);
-                        let message = record
-                            .to_message(self.topic.as_str(), &self.envelope)
-                            .unwrap_or_else(|e| {
+                        match record.to_message(self.topic.as_str(), &self.envelope) {
+                            Ok(message) => {
+                                self.shared.lock().push(record.partition, record.offset, message);
+                            }
+                            Err(e) => {
                                 tracing::error!(topic = %self.topic, group = %self.group, partition = record.partition, offset = record.offset, error = %e, "undecodable record; it goes to the dead-letter topic");
-                                record.undecodable(self.topic.as_str(), &e)
-                            });
-                        self.shared.lock().push(record.partition, record.offset, message);
+                                let kept = record.undecodable(self.topic.as_str());
+                                self.shared.lock().push_undecodable(record.partition, record.offset, kept, e.to_string());
+                            }
+                        }
                     }
                     Err(e) => {
                         if let KafkaError::MessageConsumptionFatal(_) = e {
@@ -349,14 +351,18 @@ impl Driver {
         let group = self.group.clone();
         let topic = self.topic.clone();
         tokio::spawn(async move {
-            let undecodable = o.message.headers.contains_key(UNDECODABLE_HEADER);
+            let undecodable = o.undecodable.is_some();
             let attempts = if undecodable {
                 o.attempt
             } else {
                 o.attempt - 1
             };
-            let message = o
-                .message
+            let mut message = o.message;
+            if let Some(reason) = &o.undecodable {
+                message =
+                    message.with_header(crate::dead_letter::DLQ_REASON_HEADER, reason.as_str());
+            }
+            let message = message
                 .with_header(crate::dead_letter::DLQ_GROUP_HEADER, group.as_str())
                 .with_header(crate::dead_letter::DLQ_TOPIC_HEADER, topic.as_str())
                 .with_header(

@@ -52,6 +52,8 @@ pub struct Record {
     pub partition: i32,
     pub offset: i64,
     pub message: Message,
+    /// Why the record could not be read: it goes to the dead-letter topic at once.
+    pub undecodable: Option<String>,
 }
 
 /// What a previous owner recorded in the commit metadata.
@@ -166,8 +168,10 @@ pub struct Outgoing {
     pub offset: i64,
     pub attempt: u32,
     pub message: Message,
-    /// Over `max_deliveries`: publish to the dead-letter topic, then ack.
+    /// Over `max_deliveries`, or undecodable: publish to the dead-letter topic, then ack.
     pub dead_letter: bool,
+    /// Why the record could not be read, if it could not.
+    pub undecodable: Option<String>,
 }
 
 /// A commit to issue for one partition.
@@ -255,6 +259,28 @@ impl State {
     /// A fetched record. Returns false when it was ignored (partition not owned, or a
     /// record fetched again after a seek).
     pub fn push(&mut self, partition: i32, offset: i64, message: Message) -> bool {
+        self.push_record(partition, offset, message, None)
+    }
+
+    /// A fetched record that could not be read (`reason`), kept whole as `message`: it is
+    /// handed out to the dead-letter topic, in its key's turn, instead of to a handler.
+    pub fn push_undecodable(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        message: Message,
+        reason: String,
+    ) -> bool {
+        self.push_record(partition, offset, message, Some(reason))
+    }
+
+    fn push_record(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        message: Message,
+        undecodable: Option<String>,
+    ) -> bool {
         let Some(part) = self.partitions.get_mut(&partition) else {
             return false;
         };
@@ -277,6 +303,7 @@ impl State {
             partition,
             offset,
             message,
+            undecodable,
         };
         let inserted = self.book.insert(self.next_id, key, attempt, record);
         debug_assert!(inserted.is_ok(), "arrival ids are unique");
@@ -305,10 +332,7 @@ impl State {
                 self.commit_dirty = true;
             }
             let max = self.settings.max_deliveries;
-            // An undecodable record goes to the dead-letter topic at once.
-            let undecodable = message
-                .headers
-                .contains_key(crate::codec::UNDECODABLE_HEADER);
+            let undecodable = entry.item.undecodable.clone();
             out.push(Outgoing {
                 id: h.id,
                 token: h.token,
@@ -316,7 +340,8 @@ impl State {
                 offset,
                 attempt: h.attempt,
                 message,
-                dead_letter: (max > 0 && h.attempt > max) || undecodable,
+                dead_letter: (max > 0 && h.attempt > max) || undecodable.is_some(),
+                undecodable,
             });
         }
         out

@@ -8,10 +8,17 @@ protocol binding, binary content mode).
   write BROKERS TOPIC ID KEY       publish one CloudEvent (JSON data) with the given id
                                    and partition key, print "sent"
 
+  write-shape BROKERS TOPIC SHAPE  publish one message of SHAPE (scripts/interop/shapes.py:
+                                   structured, json-event, outbox-record) keyed as a plain
+                                   producer does, print "sent"
+  read-plain BROKERS TOPIC GROUP   read one record as a plain consumer does (headers, the
+                                   value parsed as JSON), print it as one JSON line
+
 Every wait is bounded; a failure exits non-zero with the reason on stderr.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -19,6 +26,9 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_binary, to_binary
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from confluent_kafka import Consumer, KafkaError, Producer
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../../../scripts/interop"))
+import shapes  # noqa: E402
 
 DEADLINE_SECONDS = 30
 
@@ -105,12 +115,62 @@ def write(brokers, topic, event_id, key):
     print("sent", flush=True)
 
 
+def write_shape(brokers, topic, shape):
+    headers, body, key = shapes.build(shape)
+    producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True, "acks": "all"})
+    errors = []
+    producer.produce(
+        topic,
+        key=key,
+        value=body,
+        headers=list(headers.items()),
+        on_delivery=lambda err, _msg: errors.append(err) if err else None,
+    )
+    if producer.flush(DEADLINE_SECONDS) != 0:
+        sys.exit("timed out flushing the producer")
+    if errors:
+        sys.exit(f"delivery failed: {errors[0]}")
+    print("sent", flush=True)
+
+
+def read_plain(brokers, topic, group):
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            record = consumer.poll(0.5)
+            if record is None:
+                continue
+            if record.error():
+                if record.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                sys.exit(f"consume error: {record.error()}")
+            headers = {k: (v or b"") for k, v in (record.headers() or [])}
+            print(shapes.plain_line(headers, record.value() or b"null"), flush=True)
+            return
+        sys.exit("timed out: no record")
+    finally:
+        consumer.close()
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "read" and len(sys.argv) == 6:
         read(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif mode == "write" and len(sys.argv) == 6:
         write(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    elif mode == "write-shape" and len(sys.argv) == 5:
+        write_shape(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif mode == "read-plain" and len(sys.argv) == 5:
+        read_plain(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         sys.exit(__doc__)
 
