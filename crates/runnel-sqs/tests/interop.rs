@@ -122,3 +122,62 @@ async fn runnel_consumes_a_cloudevent_published_by_boto3() {
     assert_eq!(d.attempt, 1);
     d.ack().await.expect("ack");
 }
+
+/// A plain client publishes a structured-mode CloudEvent, the plain `Event` JSON and an
+/// outbox relay's record; Runnel reads each, with the subscription's envelope, with type,
+/// id, key (the message group) and data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shape_boto3_publishes_is_read_intact() {
+    let Some(endpoint) = common::endpoint("every_shape_boto3_publishes_is_read_intact") else {
+        return;
+    };
+    let bus = common::bus(&endpoint);
+    for shape in runnel_testkit::interop::SHAPES {
+        let (topic, group) = fresh("shapeFromPython");
+        let mut stream = bus
+            .subscribe(
+                &topic,
+                &group,
+                SubscribeOptions {
+                    envelope: Some(runnel_testkit::interop::envelope_for(shape)),
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .expect("subscribe");
+        let topic_arn = bus.ensure_topic(&topic).await.expect("topic ARN");
+        run_script(&["publish-shape", &endpoint, &topic_arn, shape]).await;
+        let d = tokio::time::timeout(Duration::from_secs(15), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("{shape}: a delivery within the deadline"))
+            .expect("stream open")
+            .unwrap_or_else(|e| panic!("{shape}: readable: {e}"));
+        runnel_testkit::interop::assert_shape(shape, &d.message, Some("ord-1"));
+        assert_eq!(d.attempt, 1);
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Runnel publishes in the plain `Event` JSON shape (`envelope=json-event`), which a
+/// consumer that knows nothing of CloudEvents parses as it always did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_reads_the_json_event_shape_runnel_publishes() {
+    let Some(endpoint) = common::endpoint("boto3_reads_the_json_event_shape_runnel_publishes")
+    else {
+        return;
+    };
+    let bus = runnel_sqs::connect(&common::url(&endpoint, "&wait=0s&envelope=json-event"))
+        .expect("connect");
+    let (topic, group) = fresh("plainToPython");
+    let queue_url = bus
+        .provision_group(&topic, &group, StartPosition::Latest)
+        .await
+        .expect("provision the group the plain client reads");
+    let sent = runnel_testkit::interop::json_event_sample();
+    bus.publish(&topic, vec![sent.clone()])
+        .await
+        .expect("publish");
+    let out = run_script(&["read-plain", &endpoint, &queue_url]).await;
+    let line = out.lines().last().expect("a line from the script");
+    runnel_testkit::interop::assert_plain_json_event(line, &sent);
+}

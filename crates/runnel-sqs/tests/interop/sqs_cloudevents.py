@@ -4,14 +4,23 @@ CloudEvents SDK. Used by tests/interop.rs.
   read ENDPOINT QUEUE_URL COUNT     receive COUNT messages, parse each as a CloudEvent
                                     (HTTP binding: SQS attributes as headers), print JSON lines
   publish ENDPOINT TOPIC_ARN ID     publish one binary-mode CloudEvent to the FIFO topic
+  publish-shape ENDPOINT TOPIC_ARN SHAPE
+                                    publish one message of SHAPE (scripts/interop/shapes.py:
+                                    structured, json-event, outbox-record) as a plain client
+  read-plain ENDPOINT QUEUE_URL     receive one message as a plain client does (attributes,
+                                    the body parsed as JSON), print it as one JSON line
 """
 import json
+import os
 import sys
 import time
 
 import boto3
 from cloudevents.core.bindings import http
 from cloudevents.core.v1.event import CloudEvent
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../../../scripts/interop"))
+import shapes  # noqa: E402
 
 DEADLINE_SECONDS = 30
 
@@ -99,11 +108,51 @@ def publish(endpoint, topic_arn, event_id):
     print("published", event_id, flush=True)
 
 
+def publish_shape(endpoint, topic_arn, shape):
+    sns, _ = clients(endpoint)
+    headers, body, key = shapes.build(shape)
+    attributes = {k: {"DataType": "String", "StringValue": v} for k, v in headers.items()}
+    sns.publish(
+        TopicArn=topic_arn,
+        Message=body.decode("utf-8") if isinstance(body, bytes) else body,
+        MessageAttributes=attributes,
+        MessageGroupId=key,
+        MessageDeduplicationId=f"{shape}-{time.time_ns()}",
+    )
+    print("published", shape, flush=True)
+
+
+def read_plain(endpoint, queue_url):
+    _, sqs = clients(endpoint)
+    deadline = time.time() + DEADLINE_SECONDS
+    while time.time() < deadline:
+        out = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=1,
+            MessageAttributeNames=["All"],
+        )
+        for m in out.get("Messages", []):
+            attributes = {
+                k: v["StringValue"]
+                for k, v in m.get("MessageAttributes", {}).items()
+                if "StringValue" in v
+            }
+            print(shapes.plain_line(attributes, m["Body"]), flush=True)
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+            return
+    sys.exit("timed out: no message")
+
+
 if __name__ == "__main__":
     verb = sys.argv[1]
     if verb == "read":
         read(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif verb == "publish":
         publish(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif verb == "publish-shape":
+        publish_shape(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif verb == "read-plain":
+        read_plain(sys.argv[2], sys.argv[3])
     else:
         sys.exit(f"unknown verb {verb}")
