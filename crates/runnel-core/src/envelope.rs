@@ -380,7 +380,8 @@ impl Envelope {
             Some(3) => Some(Mapping::raw()),
             _ => Some(Mapping::new()),
         };
-        let fields: [(&'static str, fn(&mut Mapping) -> &mut Vec<Field>); 8] = [
+        type Slot = fn(&mut Mapping) -> &mut Vec<Field>;
+        let fields: [(&'static str, Slot); 8] = [
             ("envelope_type", |m| &mut m.event_type),
             ("envelope_id", |m| &mut m.id),
             ("envelope_source", |m| &mut m.source),
@@ -490,7 +491,7 @@ fn parse_fields(
     Ok(fields)
 }
 
-fn content_type_of<'a>(headers: &'a [(String, String)], binding: BinaryMapping) -> Option<&'a str> {
+fn content_type_of(headers: &[(String, String)], binding: BinaryMapping) -> Option<&str> {
     headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(binding.content_type_header))
@@ -555,8 +556,8 @@ fn body_has_specversion(body: &[u8]) -> bool {
 
 /// Looks up a name or a JSON pointer in a document.
 fn lookup<'a>(doc: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    if path.starts_with('/') {
-        let mut parts = path[1..].split('/');
+    if let Some(pointer) = path.strip_prefix('/') {
+        let mut parts = pointer.split('/');
         let first = unescape_pointer(parts.next()?);
         let mut at = doc.get(first.as_str())?;
         for part in parts {
@@ -750,11 +751,11 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 
 /// Sets a name or a JSON pointer in a document, creating objects on the way.
 fn set(doc: &mut Map<String, Value>, path: &str, value: Value) {
-    if !path.starts_with('/') {
+    let Some(pointer) = path.strip_prefix('/') else {
         doc.insert(path.to_string(), value);
         return;
-    }
-    let parts: Vec<String> = path[1..].split('/').map(unescape_pointer).collect();
+    };
+    let parts: Vec<String> = pointer.split('/').map(unescape_pointer).collect();
     let (last, parents) = parts.split_last().expect("split always yields a part");
     let mut at = doc;
     for part in parents {
