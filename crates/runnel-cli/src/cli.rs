@@ -20,7 +20,9 @@ Bus selection (publish, consume, dlq replay; first match wins):
   4. embedded (the durable bus inside the store above)
 A broker instead of the embedded bus: nats://host:4222, amqp://user:pass@host:5672/%2f,
 kafka://host:9092, sqs://REGION?endpoint=URL (each transport's crate documents its
-parameters; credentials in the URL are never printed).
+parameters; credentials in the URL are never printed). Publishing and consuming through a
+broker need no store: none is opened or created (the broker keeps its own dead letters;
+dlq drain moves them into the store).
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see them.
 

@@ -19,8 +19,8 @@ use crate::cli::{
     BenchCommand, Cli, Command, DlqCommand, EventsCommand, OutboxCommand, StreamsCommand,
 };
 use runnel::connect::{
-    open_bus, open_stores, Bus, OpenMode, Settings, SettingsInputs, StoreUrl, Stores, ENV_DB,
-    ENV_STORE,
+    open_broker, open_bus, open_stores, Bus, OpenMode, Settings, SettingsInputs, StoreUrl, Stores,
+    ENV_DB, ENV_STORE,
 };
 
 use crate::exit::EXIT_BAD_INPUT;
@@ -164,9 +164,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Publish(args) => {
-            let (stores, settings) =
-                open_configured(cli.store, cli.db, cli.bus, OpenMode::CreateIfMissing).await?;
-            let bus = open_bus(&settings.bus, &stores).await?;
+            let bus =
+                open_configured_bus(cli.store, cli.db, cli.bus, OpenMode::CreateIfMissing).await?;
             commands::publish::publish(bus.publisher, printer, args).await
         }
         Command::Consume(args) => {
@@ -176,8 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 OpenMode::MustExist
             };
-            let (stores, settings) = open_configured(cli.store, cli.db, cli.bus, mode).await?;
-            let bus = open_bus(&settings.bus, &stores).await?;
+            let bus = open_configured_bus(cli.store, cli.db, cli.bus, mode).await?;
             commands::consume::consume(bus.subscriber, printer, args).await
         }
         Command::Dlq(command) => {
@@ -234,6 +232,26 @@ async fn open_configured(
     let settings = settings(flag_store, flag_db, flag_bus)?;
     let stores = open_stores(&settings.store, mode).await?;
     Ok((stores, settings))
+}
+
+/// The bus of `publish` and `consume`: a broker on its own, or the embedded bus in the
+/// configured store (opened in `mode`). A broker needs no store for either command: it
+/// holds the messages, `consume` acks what it prints, and what it cannot read (a message
+/// that is not a CloudEvent) ends in the broker's own dead-letter queue, at once or after
+/// the broker's redeliveries (`runnel dlq drain` moves those into a store, on demand). So
+/// no store is opened or created, and a broker consumer works on a machine that has none.
+async fn open_configured_bus(
+    flag_store: Option<String>,
+    flag_db: Option<std::path::PathBuf>,
+    flag_bus: Option<String>,
+    mode: OpenMode,
+) -> anyhow::Result<Bus> {
+    let settings = settings(flag_store, flag_db, flag_bus)?;
+    if let Some(bus) = open_broker(&settings.bus).await? {
+        return Ok(bus);
+    }
+    let stores = open_stores(&settings.store, mode).await?;
+    Ok(open_bus(&settings.bus, &stores).await?)
 }
 
 /// Help and version go to stdout as clap prints them; usage errors become one line.

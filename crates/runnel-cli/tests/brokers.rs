@@ -43,11 +43,6 @@ fn publish_and_consume_through(bus: &str) {
         .env_remove("RUNNEL_BUS")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
-        // Its own store file: the broker carries the messages, the store only dead letters.
-        .args([
-            "--db",
-            &scratch.path().join("consumer.db").to_string_lossy(),
-        ])
         .args(["--bus", bus, "--json"])
         .args(["consume", &topic, "--group", "cli-test", "--from", "latest"])
         .args(["--count", "1", "--follow"])
@@ -137,6 +132,68 @@ fn publish_and_consume_over_sqs() {
     }) {
         publish_and_consume_through(&url);
     }
+}
+
+/// A broker carries the messages and keeps its own dead letters, so publishing and
+/// consuming through one needs no store: on a fresh machine (an empty directory, no
+/// runnel.toml, no store configured) both work and leave no runnel.db behind.
+#[test]
+fn publish_and_consume_on_a_broker_need_no_store() {
+    let Some(url) = broker_url("RUNNEL_TEST_NATS_URL", str::to_string) else {
+        return;
+    };
+    let scratch = Scratch::new();
+    let topic = format!("cli-nostore-{}", uuid::Uuid::now_v7().simple());
+    let published = scratch
+        .runnel_bare()
+        .args(["--bus", &url, "--json", "publish", &topic])
+        .args([
+            "--type",
+            "OrderPlaced",
+            "--key",
+            "Order-1",
+            "--data",
+            r#"{"n": 1}"#,
+        ])
+        .output()
+        .expect("run runnel publish");
+    assert!(
+        published.status.success(),
+        "publish without a store failed: {}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let published: serde_json::Value =
+        serde_json::from_slice(&published.stdout).expect("publish prints JSON");
+
+    let consumed = scratch
+        .runnel_bare()
+        .args(["--bus", &url, "--json", "consume", &topic])
+        .args([
+            "--group",
+            "fresh-machine",
+            "--from",
+            "earliest",
+            "--count",
+            "1",
+        ])
+        .args(["--wait", "30s"])
+        .output()
+        .expect("run runnel consume");
+    assert!(
+        consumed.status.success(),
+        "consume without a store failed: {}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_slice(&consumed.stdout).expect("consume prints one JSON line");
+    assert_eq!(line["id"], published["id"], "{line}");
+    assert_eq!(line["payload"]["n"], 1, "{line}");
+
+    let left: Vec<_> = std::fs::read_dir(scratch.path())
+        .expect("list the directory")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "a store was created: {left:?}");
 }
 
 #[test]
