@@ -134,8 +134,13 @@ The message is a CloudEvents 1.0 event (id, type, source, time) with a JSON payl
 durably accepted by the bus when the command returns. Every consumer group of the topic
 receives it.
 
+--data takes the JSON inline, from a file (@FILE) or from standard input (-), as curl does;
+a file or stdin has no argument-length limit (128 KiB on Linux), only the bus's payload limit.
+
 Examples:
   runnel publish orders --type OrderPlaced --data '{\"order\": 1}'
+  runnel publish orders --type OrderPlaced --data @order.json --key Order-1
+  generate-order | runnel publish orders --type OrderPlaced --data -
   runnel publish orders --type OrderPlaced --data '{\"order\": 1}' --key Order-1 \\
       --header tenant=acme --header correlationid=c-42
   runnel --json publish orders --type Ping --data null --id 0190-fixed   # idempotent re-send";
@@ -147,8 +152,9 @@ pub struct PublishArgs {
     /// The message type, e.g. OrderPlaced
     #[arg(long = "type", value_name = "TYPE")]
     pub event_type: String,
-    /// The payload, a JSON value
-    #[arg(long, value_name = "JSON")]
+    /// The payload, a JSON value: inline, @FILE (the file's contents) or - (standard
+    /// input). A JSON string starting with @ is quoted: --data '"@home"'
+    #[arg(long, value_name = "JSON|@FILE|-")]
     pub data: String,
     /// Ordering key: messages with the same key are consumed in order
     #[arg(long, value_name = "K")]
@@ -373,8 +379,15 @@ const APPEND_AFTER_HELP: &str = "\
 Stream names are {Category}-{id}, e.g. Order-1 (category: letters, digits, _; id: letters,
 digits and - _ . : @). The event is durable (fsynced) when the command returns.
 
+--data and --metadata take the JSON inline, from a file (@FILE) or from standard input (-,
+for one of them), as curl does; a file or stdin has no argument-length limit (128 KiB on
+Linux), only the store's payload limit (1 MiB by default). A JSON string starting with @ is
+quoted, so it stays inline: --data '\"@home\"'.
+
 Examples:
   runnel streams append Order-1 --type OrderPlaced --data '{\"total\": 42}' --expected no-stream
+  runnel streams append Order-1 --type OrderPlaced --data @order.json
+  generate-order | runnel streams append Order-1 --type OrderPlaced --data -
   runnel streams append Order-1 --type OrderConfirmed --data '{}' --expected 1 \\
       --metadata '{\"correlation_id\": \"c-1\", \"user_id\": \"alice\"}'
 
@@ -387,14 +400,16 @@ pub struct AppendArgs {
     /// The event type, past tense, e.g. OrderPlaced
     #[arg(long = "type", value_name = "TYPE")]
     pub event_type: String,
-    /// The payload, a JSON value
-    #[arg(long, value_name = "JSON")]
+    /// The payload, a JSON value: inline, @FILE (the file's contents) or - (standard
+    /// input). A JSON string starting with @ is quoted: --data '"@home"'
+    #[arg(long, value_name = "JSON|@FILE|-")]
     pub data: String,
     /// Where the stream must be: a revision N, `any`, `no-stream` or `exists`
     #[arg(long, value_name = "N|any|no-stream|exists", default_value = "any")]
     pub expected: String,
-    /// Metadata JSON: correlation_id, causation_id, user_id, traceparent, headers {…}
-    #[arg(long, value_name = "JSON")]
+    /// Metadata JSON (inline, @FILE or -): correlation_id, causation_id, user_id,
+    /// traceparent, headers {…}
+    #[arg(long, value_name = "JSON|@FILE|-")]
     pub metadata: Option<String>,
     /// The event id (a UUID); appending the same id again is a no-op [default: a new UUIDv7]
     #[arg(long, value_name = "UUID")]

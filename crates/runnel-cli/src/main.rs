@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod json_arg;
 mod output;
 mod progress;
 mod time_args;
@@ -64,19 +65,21 @@ fn init_tracing() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let printer = Printer { json: cli.json };
     match cli.command {
-        Command::Streams(command) => {
-            let mode = match command {
-                StreamsCommand::Append(_) => OpenMode::CreateIfMissing,
-                StreamsCommand::Read(_) | StreamsCommand::List(_) => OpenMode::MustExist,
-            };
-            let (stores, _) = open_configured(cli.store, cli.db, None, mode).await?;
-            match command {
-                StreamsCommand::Append(args) => {
-                    commands::streams::append(&stores, printer, args).await
-                }
-                StreamsCommand::Read(args) => commands::streams::read(&stores, printer, args).await,
-                StreamsCommand::List(args) => commands::streams::list(&stores, printer, args).await,
-            }
+        Command::Streams(StreamsCommand::Append(args)) => {
+            // Read and check the input first: refused input changes nothing, not even by
+            // creating an empty store file.
+            let prepared = commands::streams::prepare_append(args)?;
+            let (stores, _) =
+                open_configured(cli.store, cli.db, None, OpenMode::CreateIfMissing).await?;
+            commands::streams::append(&stores, printer, prepared).await
+        }
+        Command::Streams(StreamsCommand::Read(args)) => {
+            let (stores, _) = open_configured(cli.store, cli.db, None, OpenMode::MustExist).await?;
+            commands::streams::read(&stores, printer, args).await
+        }
+        Command::Streams(StreamsCommand::List(args)) => {
+            let (stores, _) = open_configured(cli.store, cli.db, None, OpenMode::MustExist).await?;
+            commands::streams::list(&stores, printer, args).await
         }
         Command::Events(EventsCommand::Tail(args)) => {
             // A follower may start before the first event exists.
@@ -164,9 +167,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Publish(args) => {
+            // As for streams append: the input is read and checked before anything opens.
+            let prepared = commands::publish::prepare(&args)?;
             let bus =
                 open_configured_bus(cli.store, cli.db, cli.bus, OpenMode::CreateIfMissing).await?;
-            commands::publish::publish(bus.publisher, printer, args).await
+            commands::publish::publish(bus.publisher, printer, prepared).await
         }
         Command::Consume(args) => {
             // A follower may start before anything was published.
