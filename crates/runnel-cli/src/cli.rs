@@ -172,7 +172,8 @@ const CONSUME_AFTER_HELP: &str = "\
 Each message is printed, then acknowledged for the group: the group will not get it again.
 A group created by this command starts at the earliest message the bus still holds
 (--from latest: only messages published from now on); an existing group continues where it
-is. Without --follow the command stops after --count messages or once no message arrived
+is. A bus that keeps no history for a new group (SQS without SNS message replay, e.g. a
+local emulator, or retention=off) refuses --from earliest: pass --from latest there. Without --follow the command stops after --count messages or once no message arrived
 for --wait; with --follow it runs until Ctrl-C (or --count). Messages replayed from the
 dead-letter queue for another group are acknowledged without being printed.
 

@@ -196,6 +196,56 @@ fn publish_and_consume_on_a_broker_need_no_store() {
     assert!(left.is_empty(), "a store was created: {left:?}");
 }
 
+/// A new SQS group starts at its earliest messages only by SNS message replay: moto does
+/// not implement it, and `retention=off` switches the topic archive off anywhere. Then
+/// `--from earliest`, the default, is refused with a one-line bad-input error that says
+/// why and to pass `--from latest`, which works.
+#[test]
+fn consume_from_earliest_on_sqs_without_replay_says_to_pass_from_latest() {
+    let Some(url) = broker_url("RUNNEL_TEST_SQS_ENDPOINT", |v| {
+        format!("sqs://us-east-1?endpoint={v}")
+    }) else {
+        return;
+    };
+    let scratch = Scratch::new();
+    let topic = format!("cli-earliest-{}", uuid::Uuid::now_v7().simple());
+    for (bus, why) in [
+        (url.clone(), "refused to replay"),
+        (format!("{url}&retention=off"), "retention=off"),
+    ] {
+        let group = format!("g{}", uuid::Uuid::now_v7().simple());
+        let sqs = |from: Option<&str>| {
+            let mut cmd = scratch.runnel_bare();
+            cmd.env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .args(["--bus", &bus, "consume", &topic, "--group", &group])
+                .args(["--wait", "1s"]);
+            if let Some(from) = from {
+                cmd.args(["--from", from]);
+            }
+            cmd.output().expect("run runnel consume")
+        };
+        let refused = sqs(None);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{bus}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+        for expected in ["--from earliest (the default)", why, "pass --from latest"] {
+            assert!(
+                stderr.contains(expected),
+                "{bus}: no {expected:?} in {stderr}"
+            );
+        }
+        assert!(!stderr.contains("StartPosition"), "library terms: {stderr}");
+
+        let latest = sqs(Some("latest"));
+        assert!(
+            latest.status.success(),
+            "{bus}: --from latest failed: {}",
+            String::from_utf8_lossy(&latest.stderr)
+        );
+    }
+}
+
 #[test]
 fn an_unknown_bus_scheme_is_bad_input() {
     let scratch = Scratch::new();
