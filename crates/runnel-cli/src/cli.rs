@@ -20,7 +20,9 @@ Bus selection (publish, consume, dlq replay; first match wins):
   4. embedded (the durable bus inside the store above)
 A broker instead of the embedded bus: nats://host:4222, amqp://user:pass@host:5672/%2f,
 kafka://host:9092, sqs://REGION?endpoint=URL (each transport's crate documents its
-parameters; credentials in the URL are never printed).
+parameters; credentials in the URL are never printed). Publishing and consuming through a
+broker need no store: none is opened or created (the broker keeps its own dead letters;
+dlq drain moves them into the store).
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see them.
 
@@ -132,8 +134,13 @@ The message is a CloudEvents 1.0 event (id, type, source, time) with a JSON payl
 durably accepted by the bus when the command returns. Every consumer group of the topic
 receives it.
 
+--data takes the JSON inline, from a file (@FILE) or from standard input (-), as curl does;
+a file or stdin has no argument-length limit (128 KiB on Linux), only the bus's payload limit.
+
 Examples:
   runnel publish orders --type OrderPlaced --data '{\"order\": 1}'
+  runnel publish orders --type OrderPlaced --data @order.json --key Order-1
+  generate-order | runnel publish orders --type OrderPlaced --data -
   runnel publish orders --type OrderPlaced --data '{\"order\": 1}' --key Order-1 \\
       --header tenant=acme --header correlationid=c-42
   runnel --json publish orders --type Ping --data null --id 0190-fixed   # idempotent re-send";
@@ -145,8 +152,9 @@ pub struct PublishArgs {
     /// The message type, e.g. OrderPlaced
     #[arg(long = "type", value_name = "TYPE")]
     pub event_type: String,
-    /// The payload, a JSON value
-    #[arg(long, value_name = "JSON")]
+    /// The payload, a JSON value: inline, @FILE (the file's contents) or - (standard
+    /// input). A JSON string starting with @ is quoted: --data '"@home"'
+    #[arg(long, value_name = "JSON|@FILE|-")]
     pub data: String,
     /// Ordering key: messages with the same key are consumed in order
     #[arg(long, value_name = "K")]
@@ -164,7 +172,8 @@ const CONSUME_AFTER_HELP: &str = "\
 Each message is printed, then acknowledged for the group: the group will not get it again.
 A group created by this command starts at the earliest message the bus still holds
 (--from latest: only messages published from now on); an existing group continues where it
-is. Without --follow the command stops after --count messages or once no message arrived
+is. A bus that keeps no history for a new group (SQS without SNS message replay, e.g. a
+local emulator, or retention=off) refuses --from earliest: pass --from latest there. Without --follow the command stops after --count messages or once no message arrived
 for --wait; with --follow it runs until Ctrl-C (or --count). Messages replayed from the
 dead-letter queue for another group are acknowledged without being printed.
 
@@ -371,8 +380,15 @@ const APPEND_AFTER_HELP: &str = "\
 Stream names are {Category}-{id}, e.g. Order-1 (category: letters, digits, _; id: letters,
 digits and - _ . : @). The event is durable (fsynced) when the command returns.
 
+--data and --metadata take the JSON inline, from a file (@FILE) or from standard input (-,
+for one of them), as curl does; a file or stdin has no argument-length limit (128 KiB on
+Linux), only the store's payload limit (1 MiB by default). A JSON string starting with @ is
+quoted, so it stays inline: --data '\"@home\"'.
+
 Examples:
   runnel streams append Order-1 --type OrderPlaced --data '{\"total\": 42}' --expected no-stream
+  runnel streams append Order-1 --type OrderPlaced --data @order.json
+  generate-order | runnel streams append Order-1 --type OrderPlaced --data -
   runnel streams append Order-1 --type OrderConfirmed --data '{}' --expected 1 \\
       --metadata '{\"correlation_id\": \"c-1\", \"user_id\": \"alice\"}'
 
@@ -385,14 +401,16 @@ pub struct AppendArgs {
     /// The event type, past tense, e.g. OrderPlaced
     #[arg(long = "type", value_name = "TYPE")]
     pub event_type: String,
-    /// The payload, a JSON value
-    #[arg(long, value_name = "JSON")]
+    /// The payload, a JSON value: inline, @FILE (the file's contents) or - (standard
+    /// input). A JSON string starting with @ is quoted: --data '"@home"'
+    #[arg(long, value_name = "JSON|@FILE|-")]
     pub data: String,
     /// Where the stream must be: a revision N, `any`, `no-stream` or `exists`
     #[arg(long, value_name = "N|any|no-stream|exists", default_value = "any")]
     pub expected: String,
-    /// Metadata JSON: correlation_id, causation_id, user_id, traceparent, headers {…}
-    #[arg(long, value_name = "JSON")]
+    /// Metadata JSON (inline, @FILE or -): correlation_id, causation_id, user_id,
+    /// traceparent, headers {…}
+    #[arg(long, value_name = "JSON|@FILE|-")]
     pub metadata: Option<String>,
     /// The event id (a UUID); appending the same id again is a no-op [default: a new UUIDv7]
     #[arg(long, value_name = "UUID")]

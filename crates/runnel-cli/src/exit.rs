@@ -111,7 +111,8 @@ fn bus_error_code(e: &BusError) -> u8 {
         | BusError::InvalidMessage { .. }
         | BusError::PayloadTooLarge { .. }
         | BusError::TooManyMessages { .. }
-        | BusError::InvalidArgument(_) => EXIT_BAD_INPUT,
+        | BusError::InvalidArgument(_)
+        | BusError::EarliestUnavailable { .. } => EXIT_BAD_INPUT,
         _ => EXIT_FAILURE,
     }
 }

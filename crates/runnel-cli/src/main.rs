@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod json_arg;
 mod output;
 mod progress;
 mod time_args;
@@ -19,8 +20,8 @@ use crate::cli::{
     BenchCommand, Cli, Command, DlqCommand, EventsCommand, OutboxCommand, StreamsCommand,
 };
 use runnel::connect::{
-    open_bus, open_stores, Bus, OpenMode, Settings, SettingsInputs, StoreUrl, Stores, ENV_DB,
-    ENV_STORE,
+    open_broker, open_bus, open_stores, Bus, OpenMode, Settings, SettingsInputs, StoreUrl, Stores,
+    ENV_DB, ENV_STORE,
 };
 
 use crate::exit::EXIT_BAD_INPUT;
@@ -64,19 +65,21 @@ fn init_tracing() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let printer = Printer { json: cli.json };
     match cli.command {
-        Command::Streams(command) => {
-            let mode = match command {
-                StreamsCommand::Append(_) => OpenMode::CreateIfMissing,
-                StreamsCommand::Read(_) | StreamsCommand::List(_) => OpenMode::MustExist,
-            };
-            let (stores, _) = open_configured(cli.store, cli.db, None, mode).await?;
-            match command {
-                StreamsCommand::Append(args) => {
-                    commands::streams::append(&stores, printer, args).await
-                }
-                StreamsCommand::Read(args) => commands::streams::read(&stores, printer, args).await,
-                StreamsCommand::List(args) => commands::streams::list(&stores, printer, args).await,
-            }
+        Command::Streams(StreamsCommand::Append(args)) => {
+            // Read and check the input first: refused input changes nothing, not even by
+            // creating an empty store file.
+            let prepared = commands::streams::prepare_append(args)?;
+            let (stores, _) =
+                open_configured(cli.store, cli.db, None, OpenMode::CreateIfMissing).await?;
+            commands::streams::append(&stores, printer, prepared).await
+        }
+        Command::Streams(StreamsCommand::Read(args)) => {
+            let (stores, _) = open_configured(cli.store, cli.db, None, OpenMode::MustExist).await?;
+            commands::streams::read(&stores, printer, args).await
+        }
+        Command::Streams(StreamsCommand::List(args)) => {
+            let (stores, _) = open_configured(cli.store, cli.db, None, OpenMode::MustExist).await?;
+            commands::streams::list(&stores, printer, args).await
         }
         Command::Events(EventsCommand::Tail(args)) => {
             // A follower may start before the first event exists.
@@ -164,10 +167,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Publish(args) => {
-            let (stores, settings) =
-                open_configured(cli.store, cli.db, cli.bus, OpenMode::CreateIfMissing).await?;
-            let bus = open_bus(&settings.bus, &stores).await?;
-            commands::publish::publish(bus.publisher, printer, args).await
+            // As for streams append: the input is read and checked before anything opens.
+            let prepared = commands::publish::prepare(&args)?;
+            let bus =
+                open_configured_bus(cli.store, cli.db, cli.bus, OpenMode::CreateIfMissing).await?;
+            commands::publish::publish(bus.publisher, printer, prepared).await
         }
         Command::Consume(args) => {
             // A follower may start before anything was published.
@@ -176,8 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 OpenMode::MustExist
             };
-            let (stores, settings) = open_configured(cli.store, cli.db, cli.bus, mode).await?;
-            let bus = open_bus(&settings.bus, &stores).await?;
+            let bus = open_configured_bus(cli.store, cli.db, cli.bus, mode).await?;
             commands::consume::consume(bus.subscriber, printer, args).await
         }
         Command::Dlq(command) => {
@@ -234,6 +237,26 @@ async fn open_configured(
     let settings = settings(flag_store, flag_db, flag_bus)?;
     let stores = open_stores(&settings.store, mode).await?;
     Ok((stores, settings))
+}
+
+/// The bus of `publish` and `consume`: a broker on its own, or the embedded bus in the
+/// configured store (opened in `mode`). A broker needs no store for either command: it
+/// holds the messages, `consume` acks what it prints, and what it cannot read (a message
+/// that is not a CloudEvent) ends in the broker's own dead-letter queue, at once or after
+/// the broker's redeliveries (`runnel dlq drain` moves those into a store, on demand). So
+/// no store is opened or created, and a broker consumer works on a machine that has none.
+async fn open_configured_bus(
+    flag_store: Option<String>,
+    flag_db: Option<std::path::PathBuf>,
+    flag_bus: Option<String>,
+    mode: OpenMode,
+) -> anyhow::Result<Bus> {
+    let settings = settings(flag_store, flag_db, flag_bus)?;
+    if let Some(bus) = open_broker(&settings.bus).await? {
+        return Ok(bus);
+    }
+    let stores = open_stores(&settings.store, mode).await?;
+    Ok(open_bus(&settings.bus, &stores).await?)
 }
 
 /// Help and version go to stdout as clap prints them; usage errors become one line.

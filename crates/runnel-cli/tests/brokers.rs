@@ -43,11 +43,6 @@ fn publish_and_consume_through(bus: &str) {
         .env_remove("RUNNEL_BUS")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
-        // Its own store file: the broker carries the messages, the store only dead letters.
-        .args([
-            "--db",
-            &scratch.path().join("consumer.db").to_string_lossy(),
-        ])
         .args(["--bus", bus, "--json"])
         .args(["consume", &topic, "--group", "cli-test", "--from", "latest"])
         .args(["--count", "1", "--follow"])
@@ -136,6 +131,118 @@ fn publish_and_consume_over_sqs() {
         format!("sqs://us-east-1?endpoint={v}")
     }) {
         publish_and_consume_through(&url);
+    }
+}
+
+/// A broker carries the messages and keeps its own dead letters, so publishing and
+/// consuming through one needs no store: on a fresh machine (an empty directory, no
+/// runnel.toml, no store configured) both work and leave no runnel.db behind.
+#[test]
+fn publish_and_consume_on_a_broker_need_no_store() {
+    let Some(url) = broker_url("RUNNEL_TEST_NATS_URL", str::to_string) else {
+        return;
+    };
+    let scratch = Scratch::new();
+    let topic = format!("cli-nostore-{}", uuid::Uuid::now_v7().simple());
+    let published = scratch
+        .runnel_bare()
+        .args(["--bus", &url, "--json", "publish", &topic])
+        .args([
+            "--type",
+            "OrderPlaced",
+            "--key",
+            "Order-1",
+            "--data",
+            r#"{"n": 1}"#,
+        ])
+        .output()
+        .expect("run runnel publish");
+    assert!(
+        published.status.success(),
+        "publish without a store failed: {}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let published: serde_json::Value =
+        serde_json::from_slice(&published.stdout).expect("publish prints JSON");
+
+    let consumed = scratch
+        .runnel_bare()
+        .args(["--bus", &url, "--json", "consume", &topic])
+        .args([
+            "--group",
+            "fresh-machine",
+            "--from",
+            "earliest",
+            "--count",
+            "1",
+        ])
+        .args(["--wait", "30s"])
+        .output()
+        .expect("run runnel consume");
+    assert!(
+        consumed.status.success(),
+        "consume without a store failed: {}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_slice(&consumed.stdout).expect("consume prints one JSON line");
+    assert_eq!(line["id"], published["id"], "{line}");
+    assert_eq!(line["payload"]["n"], 1, "{line}");
+
+    let left: Vec<_> = std::fs::read_dir(scratch.path())
+        .expect("list the directory")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "a store was created: {left:?}");
+}
+
+/// A new SQS group starts at its earliest messages only by SNS message replay: moto does
+/// not implement it, and `retention=off` switches the topic archive off anywhere. Then
+/// `--from earliest`, the default, is refused with a one-line bad-input error that says
+/// why and to pass `--from latest`, which works.
+#[test]
+fn consume_from_earliest_on_sqs_without_replay_says_to_pass_from_latest() {
+    let Some(url) = broker_url("RUNNEL_TEST_SQS_ENDPOINT", |v| {
+        format!("sqs://us-east-1?endpoint={v}")
+    }) else {
+        return;
+    };
+    let scratch = Scratch::new();
+    let topic = format!("cli-earliest-{}", uuid::Uuid::now_v7().simple());
+    for (bus, why) in [
+        (url.clone(), "refused to replay"),
+        (format!("{url}&retention=off"), "retention=off"),
+    ] {
+        let group = format!("g{}", uuid::Uuid::now_v7().simple());
+        let sqs = |from: Option<&str>| {
+            let mut cmd = scratch.runnel_bare();
+            cmd.env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .args(["--bus", &bus, "consume", &topic, "--group", &group])
+                .args(["--wait", "1s"]);
+            if let Some(from) = from {
+                cmd.args(["--from", from]);
+            }
+            cmd.output().expect("run runnel consume")
+        };
+        let refused = sqs(None);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{bus}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+        for expected in ["--from earliest (the default)", why, "pass --from latest"] {
+            assert!(
+                stderr.contains(expected),
+                "{bus}: no {expected:?} in {stderr}"
+            );
+        }
+        assert!(!stderr.contains("StartPosition"), "library terms: {stderr}");
+
+        let latest = sqs(Some("latest"));
+        assert!(
+            latest.status.success(),
+            "{bus}: --from latest failed: {}",
+            String::from_utf8_lossy(&latest.stderr)
+        );
     }
 }
 

@@ -240,6 +240,198 @@ fn malformed_json_data_exits_2_with_one_line_and_writes_nothing() {
     );
 }
 
+/// Bytes a payload must exceed so it could not be given inline: Linux caps one argument at
+/// 128 KiB (MAX_ARG_STRLEN).
+const ARGUMENT_BYTES_MAX: usize = 128 * 1024;
+
+/// A JSON payload of about `bytes` bytes.
+fn big_payload(bytes: usize) -> String {
+    let filler: String = (0..bytes)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    serde_json::json!({ "order": "Order-big", "blob": filler }).to_string()
+}
+
+/// A payload over the argument limit and under the store's (data plus metadata), so only
+/// a file or standard input can carry it.
+fn payload_over_the_argument_limit() -> String {
+    let payload = big_payload(runnel_core::limits::PAYLOAD_BYTES_MAX_DEFAULT - 64 * 1024);
+    assert!(payload.len() > ARGUMENT_BYTES_MAX);
+    assert!(payload.len() < runnel_core::limits::PAYLOAD_BYTES_MAX_DEFAULT);
+    payload
+}
+
+#[test]
+fn data_from_a_file_or_stdin_appends_a_payload_over_the_argument_limit() {
+    let s = Scratch::new();
+    let payload = payload_over_the_argument_limit();
+    let expected: Value = serde_json::from_str(&payload).unwrap();
+    let file = s.path().join("order.json");
+    std::fs::write(&file, &payload).unwrap();
+    let data_arg = format!("@{}", file.display());
+
+    let from_file = s.json_lines(&[
+        "streams",
+        "append",
+        "Order-1",
+        "--type",
+        "OrderPlaced",
+        "--data",
+        &data_arg,
+    ]);
+    assert_eq!(from_file[0]["revision"], 1);
+    let out = s
+        .runnel()
+        .args([
+            "--json",
+            "streams",
+            "append",
+            "Order-2",
+            "--type",
+            "OrderPlaced",
+        ])
+        .args(["--data", "-"])
+        .write_stdin(payload.clone())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stdin append failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for stream in ["Order-1", "Order-2"] {
+        let events = s.json_lines(&["streams", "read", stream]);
+        assert_eq!(events.len(), 1, "{stream}");
+        assert_eq!(
+            events[0]["data"], expected,
+            "{stream} holds another payload"
+        );
+    }
+}
+
+#[test]
+fn metadata_from_a_file_and_a_quoted_at_string_as_data() {
+    let s = Scratch::new();
+    let metadata = s.path().join("metadata.json");
+    std::fs::write(&metadata, r#"{"correlation_id": "corr-file"}"#).unwrap();
+    let metadata_arg = format!("@{}", metadata.display());
+    s.json_lines(&[
+        "streams",
+        "append",
+        "Note-1",
+        "--type",
+        "Noted",
+        "--data",
+        r#""@home""#,
+        "--metadata",
+        &metadata_arg,
+    ]);
+    let events = s.json_lines(&["streams", "read", "Note-1"]);
+    assert_eq!(
+        events[0]["data"], "@home",
+        "a quoted @ string is JSON, not a file"
+    );
+    assert_eq!(events[0]["metadata"]["correlation_id"], "corr-file");
+}
+
+#[test]
+fn publish_reads_data_over_the_argument_limit_from_a_file_and_stdin() {
+    let s = Scratch::new();
+    let payload = payload_over_the_argument_limit();
+    let expected: Value = serde_json::from_str(&payload).unwrap();
+    let file = s.path().join("order.json");
+    std::fs::write(&file, &payload).unwrap();
+    let data_arg = format!("@{}", file.display());
+    let from_file = s.json_lines(&[
+        "publish",
+        "orders",
+        "--type",
+        "OrderPlaced",
+        "--data",
+        &data_arg,
+    ]);
+    let out = s
+        .runnel()
+        .args([
+            "--json",
+            "publish",
+            "orders",
+            "--type",
+            "OrderPlaced",
+            "--data",
+            "-",
+        ])
+        .write_stdin(payload.clone())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stdin publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_stdin = parse_lines(&out.stdout);
+
+    let consumed = s.json_lines(&[
+        "consume", "orders", "--group", "big", "--from", "earliest", "--count", "2",
+    ]);
+    let ids: Vec<&Value> = consumed.iter().map(|line| &line["id"]).collect();
+    assert_eq!(ids, [&from_file[0]["id"], &from_stdin[0]["id"]]);
+    for line in &consumed {
+        assert_eq!(line["payload"], expected, "{}", line["id"]);
+    }
+}
+
+#[test]
+fn bad_data_sources_exit_2_with_one_line_and_create_nothing() {
+    let s = Scratch::new();
+    let broken = s.path().join("broken.json");
+    std::fs::write(&broken, "{total: 42").unwrap();
+    let broken_arg = format!("@{}", broken.display());
+    let missing_arg = format!("@{}", s.path().join("missing.json").display());
+    let cases: [(&[&str], &str, &str); 5] = [
+        (&["--data", "@"], "", "no file name after @"),
+        (&["--data", &missing_arg], "", "cannot open the file"),
+        (&["--data", &broken_arg], "", "is not valid JSON"),
+        (
+            &["--data", "-"],
+            "{total: 42",
+            "--data - (standard input) is not valid JSON",
+        ),
+        (
+            &["--data", "-", "--metadata", "-"],
+            "{}",
+            "can be read only once",
+        ),
+    ];
+    for (args, stdin, expected) in cases {
+        let out = s
+            .runnel()
+            .args(["streams", "append", "Order-1", "--type", "OrderPlaced"])
+            .args(args)
+            .write_stdin(stdin)
+            .output()
+            .unwrap();
+        let message = assert_one_line_error(&out, EXIT_BAD_INPUT);
+        assert!(message.contains(expected), "{args:?}: {message}");
+    }
+    let out = s
+        .runnel()
+        .args([
+            "publish",
+            "orders",
+            "--type",
+            "OrderPlaced",
+            "--data",
+            &missing_arg,
+        ])
+        .output()
+        .unwrap();
+    let message = assert_one_line_error(&out, EXIT_BAD_INPUT);
+    assert!(message.contains("cannot open the file"), "{message}");
+    assert!(!s.db().exists(), "refused input created the store");
+}
+
 #[test]
 fn usage_errors_are_one_line_too() {
     let s = Scratch::new();

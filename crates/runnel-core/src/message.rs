@@ -355,6 +355,15 @@ pub enum BusError {
     Closed,
     #[error("bus backend error: {0}")]
     Backend(String),
+    /// A new group cannot start at [`StartPosition::Earliest`](crate::bus::StartPosition)
+    /// here: the bus keeps no history it could replay into it (the reason says why).
+    /// Nothing was consumed; starting the group at `Latest` works.
+    #[error(
+        "a new group cannot start at the earliest message on this bus: {reason}; start it \
+         at the latest message (StartPosition::Latest) to receive what is published from \
+         now on"
+    )]
+    EarliestUnavailable { reason: String },
 }
 
 impl BusError {

@@ -25,6 +25,11 @@ pub const QUEUE_RETENTION_SECONDS: u32 = 14 * 24 * 60 * 60;
 /// SQS's longest visibility timeout.
 pub const VISIBILITY_MAX_SECONDS: u64 = 12 * 60 * 60;
 
+/// Why `StartPosition::Earliest` depends on SNS replay.
+const NO_HISTORY: &str = "an SQS queue holds only what SNS delivered after the queue was \
+                          subscribed, so a new group's earliest messages can only come from \
+                          the topic's message archive";
+
 pub(crate) struct Clients {
     pub(crate) sns: aws_sdk_sns::Client,
     pub(crate) sqs: aws_sdk_sqs::Client,
@@ -291,11 +296,12 @@ impl SqsBus {
         let existing = self.queue_url(&queue_name).await?;
         if existing.is_none() && start == StartPosition::Earliest && self.options.archive_days == 0
         {
-            return Err(BusError::InvalidArgument(
-                "StartPosition::Earliest replays the SNS topic archive, which retention=off \
-                 disables"
-                    .into(),
-            ));
+            return Err(BusError::EarliestUnavailable {
+                reason: format!(
+                    "{NO_HISTORY}, and the SNS topic archive that would replay it is off \
+                     (retention=off)"
+                ),
+            });
         }
         let retention = QUEUE_RETENTION_SECONDS.to_string();
         let fifo = (QueueAttributeName::FifoQueue, "true".to_string());
@@ -380,13 +386,12 @@ impl SqsBus {
                 .attribute_value(replay.to_string())
                 .send()
                 .await
-                .map_err(|e| {
-                    BusError::Backend(format!(
-                        "StartPosition::Earliest needs SNS message replay (a ReplayPolicy on the \
-                         subscription, replaying the FIFO topic's archive), which this endpoint \
-                         refused: {}",
+                .map_err(|e| BusError::EarliestUnavailable {
+                    reason: format!(
+                        "{NO_HISTORY}, and this endpoint refused to replay the SNS FIFO topic's \
+                         archive into it (a ReplayPolicy on the subscription: {})",
                         map_sdk("sns:SetSubscriptionAttributes", e)
-                    ))
+                    ),
                 })?;
         }
         Ok(GroupQueues { queue_url })

@@ -109,7 +109,12 @@ pub struct SqsOptions {
     pub credentials: Option<StaticCredentials>,
     /// Prefix of every topic and queue name.
     pub prefix: String,
-    /// Long-polling wait per `ReceiveMessage`, seconds (0..=20; URL `wait=20s`).
+    /// Long-polling wait per `ReceiveMessage`, seconds (0..=20; URL `wait=20s`). A long
+    /// poll runs only while the application waits on its stream. SQS cannot be told to
+    /// end one early: a process that exits while its consumer waits leaves the poll open
+    /// for the rest of this wait, and a message arriving meanwhile is taken for nobody
+    /// (back after the visibility timeout, one attempt spent). Short-lived consumers
+    /// that come and go while messages flow use a shorter wait.
     pub wait_seconds: u32,
     /// `maxReceiveCount` of each group queue's redrive policy (URL `max_deliveries`).
     pub max_receive_count: u32,

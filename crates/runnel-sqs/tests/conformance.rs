@@ -30,7 +30,7 @@ async fn replay_gap(endpoint: &str) -> Option<String> {
             };
             match bus.subscribe(&topic, &group, options).await {
                 Ok(_) => None,
-                Err(e) if e.to_string().contains("ReplayPolicy") => Some(e.to_string()),
+                Err(e @ runnel_core::BusError::EarliestUnavailable { .. }) => Some(e.to_string()),
                 Err(e) => panic!("probing the endpoint for SNS replay failed: {e}"),
             }
         })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::StreamExt as _;
 use runnel::dead_letter::replay_targets_other_group;
 use runnel_core::bus::{StartPosition, SubscribeOptions, Subscriber, MAX_IN_FLIGHT_DEFAULT};
-use runnel_core::{GroupName, Message, TopicName};
+use runnel_core::{BusError, GroupName, Message, TopicName};
 use serde::Serialize;
 
 use crate::cli::ConsumeArgs;
@@ -60,7 +60,18 @@ pub async fn consume(
         start,
         ..SubscribeOptions::default()
     };
-    let mut deliveries = subscriber.subscribe(&topic, &group, options).await?;
+    let mut deliveries = match subscriber.subscribe(&topic, &group, options).await {
+        Ok(deliveries) => deliveries,
+        // The library's error names its API; say it in flags.
+        Err(BusError::EarliestUnavailable { reason }) => {
+            return Err(BadInput(format!(
+                "--from earliest (the default) cannot start the new group {group} on this bus: \
+                 {reason}; pass --from latest to start it at the messages published from now on"
+            ))
+            .into())
+        }
+        Err(e) => return Err(e.into()),
+    };
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut printed = 0u64;

@@ -8,13 +8,29 @@ use serde::Serialize;
 
 use crate::cli::PublishArgs;
 use crate::exit::BadInput;
+use crate::json_arg::JsonArgs;
 use crate::output::Printer;
+
+/// One message and its topic, read from the flags and checked.
+pub struct PreparedPublish {
+    topic: TopicName,
+    message: Message,
+}
+
+/// Reads the flags of `runnel publish` (`--data` may name a file or standard input) and
+/// checks them. Called before the bus (or the store of the embedded bus) is opened, so bad
+/// input changes nothing.
+pub fn prepare(args: &PublishArgs) -> anyhow::Result<PreparedPublish> {
+    Ok(PreparedPublish {
+        topic: TopicName::new(args.topic.as_str())?,
+        message: build_message(args)?,
+    })
+}
 
 /// Builds the message from the flags: JSON payload, key, headers (the CloudEvents
 /// extensions `correlationid`, `causationid` and `traceparent` set those attributes).
 pub fn build_message(args: &PublishArgs) -> Result<Message, BadInput> {
-    let data: serde_json::Value = serde_json::from_str(&args.data)
-        .map_err(|e| BadInput(format!("--data is not valid JSON: {e}")))?;
+    let data = JsonArgs::default().parse("--data", &args.data)?;
     let mut message = Message::json(args.event_type.clone(), &data);
     if let Some(id) = &args.id {
         message = message.with_id(id.clone());
@@ -50,19 +66,19 @@ struct Published<'a> {
 pub async fn publish(
     publisher: Arc<dyn Publisher>,
     printer: Printer,
-    args: PublishArgs,
+    prepared: PreparedPublish,
 ) -> anyhow::Result<()> {
-    let topic = TopicName::new(args.topic.as_str())?;
-    let message = build_message(&args)?;
+    let PreparedPublish { topic, message } = prepared;
     let id = message.id.clone();
+    let event_type = message.event_type.clone();
     publisher.publish(&topic, vec![message]).await?;
     let line = Published {
         topic: topic.as_str(),
         id: &id,
-        event_type: &args.event_type,
+        event_type: &event_type,
     };
     printer.value(&line, || {
-        format!("published {} ({}) to {}", id, args.event_type, topic)
+        format!("published {id} ({event_type}) to {topic}")
     })
 }
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::cli::{AppendArgs, ListArgs, ReadArgs};
 use crate::exit::BadInput;
+use crate::json_arg::JsonArgs;
 use crate::output::Printer;
 use runnel::connect::Stores;
 
@@ -45,10 +46,8 @@ pub fn parse_expected(text: &str) -> Result<ExpectedRevision, BadInput> {
     }
 }
 
-/// Parses `--metadata`: a JSON object with only the known fields.
-pub fn parse_metadata(text: &str) -> Result<Metadata, BadInput> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| BadInput(format!("--metadata is not valid JSON: {e}")))?;
+/// Checks `--metadata`: a JSON object with only the known fields.
+pub fn metadata_from_json(value: serde_json::Value) -> Result<Metadata, BadInput> {
     let Some(object) = value.as_object() else {
         return Err(BadInput("--metadata must be a JSON object".into()));
     };
@@ -72,21 +71,49 @@ struct Appended<'a> {
     position: u64,
 }
 
-/// `runnel streams append`.
-pub async fn append(stores: &Stores, printer: Printer, args: AppendArgs) -> anyhow::Result<()> {
+/// One append, read from the flags and checked.
+pub struct PreparedAppend {
+    stream: StreamName,
+    expected: ExpectedRevision,
+    event: NewEvent,
+}
+
+/// Reads the flags of `runnel streams append` (`--data` and `--metadata` may name a file or
+/// standard input) and checks them. Called before the store is opened, so bad input
+/// changes nothing, not even by creating an empty store file.
+pub fn prepare_append(args: AppendArgs) -> anyhow::Result<PreparedAppend> {
     let stream = parse_stream(&args.stream)?;
     let expected = parse_expected(&args.expected)?;
-    let data: serde_json::Value = serde_json::from_str(&args.data)
-        .map_err(|e| BadInput(format!("--data is not valid JSON: {e}")))?;
+    let mut json_args = JsonArgs::default();
+    let data = json_args.parse("--data", &args.data)?;
     let mut event = NewEvent::json(args.event_type, &data);
     if let Some(metadata) = &args.metadata {
-        event = event.with_metadata(parse_metadata(metadata)?);
+        let metadata = json_args.parse("--metadata", metadata)?;
+        event = event.with_metadata(metadata_from_json(metadata)?);
     }
     if let Some(id) = &args.id {
         let id = uuid::Uuid::parse_str(id)
             .map_err(|e| BadInput(format!("--id {id:?} is not a UUID: {e}")))?;
         event = event.with_id(EventId(id));
     }
+    Ok(PreparedAppend {
+        stream,
+        expected,
+        event,
+    })
+}
+
+/// `runnel streams append`.
+pub async fn append(
+    stores: &Stores,
+    printer: Printer,
+    prepared: PreparedAppend,
+) -> anyhow::Result<()> {
+    let PreparedAppend {
+        stream,
+        expected,
+        event,
+    } = prepared;
     let event_id = event.id;
     let result = stores.events.append(&stream, expected, vec![event]).await?;
     let appended = Appended {
@@ -213,11 +240,12 @@ mod tests {
 
     #[test]
     fn metadata_accepts_known_fields_only() {
-        let m = parse_metadata(r#"{"correlation_id":"c","headers":{"k":"v"}}"#).unwrap();
+        let m =
+            metadata_from_json(serde_json::json!({"correlation_id": "c", "headers": {"k": "v"}}))
+                .unwrap();
         assert_eq!(m.correlation_id.as_deref(), Some("c"));
         assert_eq!(m.headers.get("k").map(String::as_str), Some("v"));
-        assert!(parse_metadata(r#"{"tenant":"x"}"#).is_err());
-        assert!(parse_metadata("[1]").is_err());
-        assert!(parse_metadata("{").is_err());
+        assert!(metadata_from_json(serde_json::json!({"tenant": "x"})).is_err());
+        assert!(metadata_from_json(serde_json::json!([1])).is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! The I/O behind one consumer: the poller (long-polls `ReceiveMessage` while permits
-//! are free and feeds the book), the keeper (renews the leases of unyielded messages),
+//! The I/O behind one consumer: the poller (calls `ReceiveMessage` while permits are
+//! free, long-polling only while the application waits, and feeds the book), the keeper (renews the leases of unyielded messages),
 //! and the visibility changes that advance or release a group's line.
 
 use std::collections::HashSet;
@@ -12,6 +12,7 @@ use runnel_core::{BusError, GroupName, TopicName};
 use runnel_transport_kit::{EntryId, Handout, Shared};
 use tokio::sync::{mpsc, Semaphore};
 
+use super::demand::Demand;
 use super::state::{Item, Received, SqsState};
 use super::{Held, SqsAcknowledger};
 use crate::bus::{Clients, AWS_BATCH_MAX};
@@ -53,6 +54,8 @@ pub(crate) struct Consumer {
     /// keeper's renewals against a nack, an extension or a line's release (a renewal that
     /// landed after a nack's "visible now" would block the key for a whole lease).
     pub visibility_ops: tokio::sync::Mutex<()>,
+    /// Whether the application waits for a delivery (only then may a long poll run).
+    pub demand: Demand,
     pub tx: mpsc::Sender<Result<Handout, BusError>>,
     /// How this subscription reads messages.
     pub envelope: runnel_core::envelope::Envelope,
@@ -83,14 +86,19 @@ pub(super) async fn poll(shared: Arc<Consumer>, permits: Arc<Semaphore>, wait_se
         if shared.tx.is_closed() {
             return;
         }
-        let call_timeout = Duration::from_secs(u64::from(wait_seconds)) + RECEIVE_CALL_SLACK;
+        // A long poll only for an application that waits: one still open when the
+        // consumer stops would take the next message for nobody (see `demand`). Ahead of
+        // the application, a short poll prefetches what is already there.
+        let waiting = shared.demand.is_waiting();
+        let wait_seconds_now = if waiting { wait_seconds } else { 0 };
+        let call_timeout = Duration::from_secs(u64::from(wait_seconds_now)) + RECEIVE_CALL_SLACK;
         let received = shared
             .clients
             .sqs
             .receive_message()
             .queue_url(&shared.queue_url)
             .max_number_of_messages(held.len() as i32)
-            .wait_time_seconds(wait_seconds as i32)
+            .wait_time_seconds(wait_seconds_now as i32)
             .visibility_timeout(shared.visibility.as_secs() as i32)
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -109,7 +117,7 @@ pub(super) async fn poll(shared: Arc<Consumer>, permits: Arc<Semaphore>, wait_se
             Err(e) => {
                 let err = map_sdk("sqs:ReceiveMessage", e);
                 tracing::warn!(group = %shared.group, error = %err, ?backoff, "receive failed; retrying");
-                if !err.is_transient() && shared.tx.try_send(Err(err)).is_err() {
+                if !err.is_transient() && !hand_error(&shared, err) {
                     return;
                 }
                 drop(held);
@@ -118,9 +126,17 @@ pub(super) async fn poll(shared: Arc<Consumer>, permits: Arc<Semaphore>, wait_se
                 continue;
             }
         };
-        if wait_seconds == 0 && out.messages().is_empty() {
+        if out.messages().is_empty() {
             drop(held);
-            tokio::time::sleep(SHORT_POLL_IDLE_PAUSE).await;
+            if !waiting {
+                // Nothing to prefetch: wait for the application to ask.
+                tokio::select! {
+                    _ = shared.demand.until_waiting() => {}
+                    _ = shared.tx.closed() => return,
+                }
+            } else if wait_seconds == 0 {
+                tokio::time::sleep(SHORT_POLL_IDLE_PAUSE).await;
+            }
             continue;
         }
         // Keys opened by this receive: later messages of theirs in it wait in the line.
@@ -156,7 +172,7 @@ pub(super) async fn poll(shared: Arc<Consumer>, permits: Arc<Semaphore>, wait_se
                     // receives, SQS moves it to the dead-letter queue.
                     tracing::error!(group = %shared.group, error = %e, "undecodable message; it will reach the dead-letter queue");
                     drop(permit);
-                    if shared.tx.try_send(Err(e)).is_err() {
+                    if !hand_error(&shared, e) {
                         return;
                     }
                     continue;
@@ -182,6 +198,13 @@ pub(super) async fn poll(shared: Arc<Consumer>, permits: Arc<Semaphore>, wait_se
             }
         }
     }
+}
+
+/// Hands an error to the stream; false when the stream is gone.
+fn hand_error(shared: &Consumer, err: BusError) -> bool {
+    // Before it is queued, as in `deliver`.
+    shared.demand.met();
+    shared.tx.try_send(Err(err)).is_ok()
 }
 
 /// Hands the ready head `id` to the stream; false when the stream is gone.
@@ -222,6 +245,8 @@ fn deliver(shared: &Arc<Consumer>, id: EntryId) -> bool {
         token: out.handed.token,
         delivery,
     };
+    // Before it is queued: the application may take it and ask again at once.
+    shared.demand.met();
     match shared.tx.try_send(Ok(handout)) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {

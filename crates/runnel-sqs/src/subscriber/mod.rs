@@ -14,21 +14,30 @@
 //! in a line) keeps its lease: a keeper task renews it before it runs out, so a consumer
 //! that falls behind neither burns receive counts (which lead to the dead-letter queue)
 //! nor yields a copy SQS has already handed out again.
+//!
+//! A long poll runs only while the application waits on the stream ([`demand`]): SQS
+//! keeps serving a long poll whose client has gone, so one left open by a consumer that
+//! stopped would take the next message for nobody, hiding it for a visibility timeout.
 
+mod demand;
 mod driver;
 mod state;
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use runnel_core::bus::{Acknowledger, DeliveryStream, SubscribeOptions};
+use futures_util::Stream;
+use runnel_core::bus::{Acknowledger, Delivery, DeliveryStream, SubscribeOptions};
 use runnel_core::{BusError, GroupName, TopicName};
 use runnel_transport_kit::{check_extension, handout_stream, EntryId, Shared};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::bus::{visibility_seconds, Clients, AWS_BATCH_MAX};
 use crate::error::{code_of, map_sdk};
+use demand::Demand;
 use driver::{
     advance, change_visibility, is_lost_code, release_line, release_line_locked, Consumer,
 };
@@ -56,13 +65,36 @@ pub(crate) fn start(
         visibility,
         state: state.clone(),
         visibility_ops: tokio::sync::Mutex::new(()),
+        demand: Demand::new(),
         tx,
         envelope,
     });
     let permits = Arc::new(Semaphore::new(options.max_in_flight));
     let poller = tokio::spawn(driver::poll(consumer.clone(), permits, wait_seconds));
-    let keeper = tokio::spawn(driver::keep_leases(consumer));
-    handout_stream(rx, state, Tasks { poller, keeper })
+    let keeper = tokio::spawn(driver::keep_leases(consumer.clone()));
+    Box::pin(Asking {
+        deliveries: handout_stream(rx, state, Tasks { poller, keeper }),
+        consumer,
+    })
+}
+
+/// The delivery stream, telling the poller when the application waits on it.
+struct Asking {
+    deliveries: DeliveryStream,
+    consumer: Arc<Consumer>,
+}
+
+impl Stream for Asking {
+    type Item = Result<Delivery, BusError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = self.deliveries.as_mut().poll_next(cx);
+        match next {
+            Poll::Pending => self.consumer.demand.wanted(),
+            Poll::Ready(_) => self.consumer.demand.met(),
+        }
+        next
+    }
 }
 
 /// The driver's tasks, aborted with the stream. Messages received but not delivered come

@@ -66,6 +66,30 @@ pub async fn open_bus(url: &BusUrl, stores: &Stores) -> Result<Bus, ConnectError
     }
 }
 
+/// Opens the broker `url` names without any store; `None` for `embedded`, whose bus lives
+/// in a store's database (open that with [`open_bus`]).
+///
+/// A broker holds its messages itself and moves what its consumers keep failing on into
+/// its own dead-letter queue, so publishing and consuming need no database: a process that
+/// only does that (`runnel publish` / `runnel consume --bus nats://…`) works on a machine
+/// with no store at all. What needs a store is moving that queue into the store's dead
+/// letters ([`Bus::dead_letter_drain`], `runnel dlq drain`) and replaying from there.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use runnel::connect::{open_broker, BusUrl};
+///
+/// assert!(open_broker(&BusUrl::parse("embedded")?).await?.is_none());
+/// // open_broker(&BusUrl::parse("nats://127.0.0.1:4222")?).await? is Some(bus).
+/// # Ok(()) }
+/// ```
+pub async fn open_broker(url: &BusUrl) -> Result<Option<Bus>, ConnectError> {
+    match url {
+        BusUrl::Embedded => Ok(None),
+        BusUrl::Broker(transport, raw) => broker(*transport, raw, url).await.map(Some),
+    }
+}
+
 #[cfg_attr(
     not(any(feature = "sqlite", feature = "postgres")),
     allow(unreachable_code, unused_variables)

@@ -7,7 +7,8 @@
 //!   `docs/configuration.md`.
 //! * [`open_stores`] → [`Stores`]: events, snapshots, checkpoints, outbox, dead letters,
 //!   blobs, dedup.
-//! * [`open_bus`] → [`Bus`]: publisher, subscriber, the broker's dead-letter drain.
+//! * [`open_bus`] → [`Bus`]: publisher, subscriber, the broker's dead-letter drain;
+//!   [`open_broker`] opens a broker with no store at all.
 //! * [`Settings`]: which URLs, from explicit values, the environment (`RUNNEL_STORE`,
 //!   `RUNNEL_DB`, `RUNNEL_BUS`), `runnel.toml`, or the defaults.
 //!
@@ -40,7 +41,7 @@ use std::sync::Arc;
 
 use runnel_core::idempotency::DedupStore;
 
-pub use bus::{open_bus, Bus};
+pub use bus::{open_broker, open_bus, Bus};
 pub use error::ConnectError;
 pub use settings::{
     read_config_file, FileConfig, Origin, Settings, SettingsInputs, CONFIG_FILE_NAME, ENV_BUS,
