@@ -1,51 +1,12 @@
-//! Progress bars and spinners on stderr. indicatif hides them when stderr is not a
-//! terminal, so scripted runs and tests see only the final output.
+//! Progress bars on stderr. indicatif hides them when stderr is not a terminal, so
+//! scripted runs and tests see only the final output.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// How often a bar redraws.
 const TICK: Duration = Duration::from_millis(100);
-
-/// A spinner with a live count: `⠋ 64 writers: 12,345 events [00:00:02]`.
-pub struct CountSpinner {
-    bar: ProgressBar,
-    updater: tokio::task::JoinHandle<()>,
-}
-
-impl CountSpinner {
-    /// Starts a spinner labelled `label` that shows `count` (in `unit`s) as it grows.
-    pub fn start(label: impl Into<String>, unit: &'static str, count: Arc<AtomicU64>) -> Self {
-        let bar = ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar.enable_steady_tick(TICK);
-        let label = label.into();
-        bar.set_message(label.clone());
-        let updater = {
-            let bar = bar.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(TICK);
-                loop {
-                    tick.tick().await;
-                    let n = count.load(Ordering::Relaxed);
-                    bar.set_message(format!("{label}: {} {unit}", group_digits(n as f64)));
-                }
-            })
-        };
-        CountSpinner { bar, updater }
-    }
-
-    /// Removes the spinner.
-    pub fn finish(self) {
-        self.updater.abort();
-        self.bar.finish_and_clear();
-    }
-}
 
 /// A bar for a known amount of work: `[#####-----] 1200/2000 commands`.
 pub fn bar(len: u64, unit: &str) -> ProgressBar {

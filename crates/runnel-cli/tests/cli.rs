@@ -589,7 +589,6 @@ fn every_command_has_help_with_an_example() {
         &["streams", "list", "--help"],
         &["events", "tail", "--help"],
         &["demo", "--help"],
-        &["bench", "store", "--help"],
     ] {
         let out = s.runnel_bare().args(command).output().unwrap();
         assert!(out.status.success(), "{command:?}");
@@ -605,111 +604,6 @@ fn every_command_has_help_with_an_example() {
         help.contains("Exit codes") && help.contains("RUNNEL_STORE"),
         "{help}"
     );
-}
-
-#[test]
-fn bench_store_quick_prints_the_table() {
-    let s = Scratch::new();
-    let out = s
-        .runnel_bare()
-        .args(["bench", "store", "--quick", "--writers", "8", "--dir"])
-        .arg(s.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for needle in [
-        "| scenario | Runnel | baseline | ratio | target |",
-        "fdatasync",
-        "1 writer, 1 event/append",
-        "8 writers, 1 event/append",
-        "100 events/append",
-        "read $all",
-        "Peak RSS",
-    ] {
-        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
-    }
-    // The temporary files are gone.
-    let leftovers: Vec<_> = std::fs::read_dir(s.path()).unwrap().flatten().collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-}
-
-#[test]
-fn bench_bus_quick_prints_every_scenario_beside_its_baseline() {
-    let s = Scratch::new();
-    let out = s
-        .runnel_bare()
-        .args(["bench", "bus", "--quick", "--dir"])
-        .arg(s.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for needle in [
-        "| scenario | Runnel | baseline | ratio | target |",
-        "Load average",
-        "fdatasync",
-        "publish, 1 publisher × 1 msg/call",
-        "publish, 64 publishers × 1 msg/call",
-        "publish, 1 publisher × 100 msg/call",
-        "vs bare tokio mpsc pipeline",
-        "vs raw SQLite insert + select + delete",
-        "through the default layers vs direct call",
-        "whole consumer",
-        "p99",
-        "Peak RSS",
-    ] {
-        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
-    }
-    // Every scenario line has a ratio.
-    let ratios = stdout
-        .lines()
-        .filter(|l| l.starts_with("| ") && l.contains(" vs "))
-        .filter(|l| l.contains("× |"))
-        .count();
-    assert_eq!(ratios, 7, "{stdout}");
-    // The temporary files are gone.
-    let leftovers: Vec<_> = std::fs::read_dir(s.path()).unwrap().flatten().collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-}
-
-#[test]
-fn bench_bus_quick_on_postgres_prints_every_scenario_beside_its_baseline() {
-    let Some(url) = postgres_store_url() else {
-        return;
-    };
-    let s = Scratch::new();
-    let out = s
-        .runnel_bare()
-        .args(["--store", &url, "bench", "bus", "--quick"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for needle in [
-        "synchronous_commit=on",
-        "PostgreSQL publish, 1 publisher × 1 msg/call vs raw INSERT 1 msg/tx",
-        "PostgreSQL publish, 64 publishers × 1 msg/call vs raw INSERT 64 msg/tx",
-        "on 16 connections",
-        "PostgreSQL publish, 1 publisher × 100 msg/call",
-        "vs raw INSERT + SELECT + DELETE",
-        "Peak RSS",
-    ] {
-        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
-    }
-    assert!(!stdout.contains(" NaN"), "{stdout}");
 }
 
 #[test]
