@@ -75,9 +75,10 @@ pub enum Command {
     /// Read the global event log ($all)
     #[command(subcommand)]
     Events(EventsCommand),
-    /// Run the order-fulfillment demo: many concurrent clients on a fresh embedded store
-    #[command(after_help = DEMO_AFTER_HELP)]
-    Demo(DemoArgs),
+    /// Run the order-fulfillment demo: many concurrent clients on a fresh embedded store;
+    /// runs the order-fulfillment binary's demo (`runnel demo --help` shows its flags)
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Demo(ForwardArgs),
     /// Benchmarks, each printed beside its raw baseline: runs the runnel-bench binary
     /// (`runnel bench --help` shows its commands)
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -470,33 +471,6 @@ pub struct TailArgs {
     /// Stop after this many events
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
-}
-
-const DEMO_AFTER_HELP: &str = "\
-Clients place orders, then confirm, ship or cancel them. Some clients deliberately act on
-the same orders at the same time: their optimistic-concurrency conflicts are retried by the
-repository, and commands the Order aggregate refuses (shipping a cancelled order, ...) are
-counted. A summary follows: orders, events, commands, conflicts retried, rejections,
-throughput, p50/p99 command latency and the writer's events per commit.
-
-The demo uses --store / --db, else $RUNNEL_STORE / $RUNNEL_DB, adding orders to that
-store; otherwise it recreates runnel-demo.db in the current directory. runnel.toml is
-ignored, so the demo never writes into a project's configured store by accident.
-
-Examples:
-  runnel demo
-  runnel demo --orders 10000 --clients 64
-  runnel demo --db /tmp/demo.db --orders 50 --clients 4
-  RUNNEL_STORE=postgres://postgres@127.0.0.1/postgres?schema=demo runnel demo";
-
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Orders to place
-    #[arg(long, value_name = "N", default_value_t = 5000)]
-    pub orders: u64,
-    /// Concurrent clients
-    #[arg(long, value_name = "C", default_value_t = 32)]
-    pub clients: u64,
 }
 
 /// The arguments of a command that runs another binary (`runnel bench`, `runnel demo`):

@@ -16,10 +16,7 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, DlqCommand, EventsCommand, OutboxCommand, StreamsCommand};
-use runnel::connect::{
-    open_bus, open_stores, Bus, OpenMode, Settings, SettingsInputs, StoreUrl, Stores, ENV_DB,
-    ENV_STORE,
-};
+use runnel::connect::{open_bus, open_stores, Bus, OpenMode, Settings, SettingsInputs, Stores};
 
 use crate::exit::EXIT_BAD_INPUT;
 use crate::output::Printer;
@@ -36,8 +33,13 @@ fn main() -> ExitCode {
         Err(e) => return clap_error(e),
     };
     // Commands another binary runs are handed over before anything else starts here.
-    if let Command::Bench(forward) = &cli.command {
-        return match commands::forward::BENCH.run(&cli, &forward.args) {
+    let handed_over = match &cli.command {
+        Command::Bench(forward) => Some((&commands::forward::BENCH, forward)),
+        Command::Demo(forward) => Some((&commands::forward::DEMO, forward)),
+        _ => None,
+    };
+    if let Some((sibling, forward)) = handed_over {
+        return match sibling.run(&cli, &forward.args) {
             Ok(code) => code,
             Err(e) => exit::report(&e),
         };
@@ -93,26 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (stores, _) = open_configured(cli.store, cli.db, None, mode).await?;
             commands::events::tail(&stores, printer, args).await
         }
-        Command::Bench(_) => unreachable!("handed over in main"),
-        Command::Demo(args) => {
-            // Flags or the environment choose the demo's store; runnel.toml does not, so the
-            // demo never writes demo orders into a project's configured store by accident.
-            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-            let store_flag = cli.store.or_else(|| env(ENV_STORE));
-            let db_flag = cli.db.or_else(|| env(ENV_DB).map(std::path::PathBuf::from));
-            let url = match (store_flag, db_flag) {
-                (Some(_), Some(_)) => {
-                    return Err(exit::BadInput(
-                        "--store and --db both name a store; give only one".into(),
-                    )
-                    .into())
-                }
-                (Some(url), None) => Some(StoreUrl::parse(&url)?),
-                (None, Some(path)) => Some(StoreUrl::sqlite(path)),
-                (None, None) => None,
-            };
-            commands::demo::run(url, printer, args).await
-        }
+        Command::Bench(_) | Command::Demo(_) => unreachable!("handed over in main"),
         Command::Outbox(command) => {
             let settings = settings(cli.store, cli.db, None)?;
             let stores = open_stores(&settings.store, OpenMode::MustExist).await?;

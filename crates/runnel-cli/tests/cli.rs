@@ -542,35 +542,6 @@ fn streams_commands_work_against_postgres_from_runnel_store() {
 }
 
 #[test]
-fn demo_works_against_postgres_from_runnel_store() {
-    let Some(url) = postgres_store_url() else {
-        return;
-    };
-    let s = Scratch::new();
-    let out = s
-        .runnel_bare()
-        .env("RUNNEL_STORE", &url)
-        .args(["demo", "--orders", "40", "--clients", "4"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        summary.contains("40 orders by 4 concurrent clients"),
-        "{summary}"
-    );
-    assert!(summary.contains("verified"), "{summary}");
-    assert!(
-        !s.path().join("runnel-demo.db").exists(),
-        "the demo used PostgreSQL"
-    );
-}
-
-#[test]
 fn reading_a_missing_store_fails_without_creating_it() {
     let s = Scratch::new();
     let out = s.runnel().args(["streams", "list"]).output().unwrap();
@@ -588,7 +559,6 @@ fn every_command_has_help_with_an_example() {
         &["streams", "read", "--help"],
         &["streams", "list", "--help"],
         &["events", "tail", "--help"],
-        &["demo", "--help"],
     ] {
         let out = s.runnel_bare().args(command).output().unwrap();
         assert!(out.status.success(), "{command:?}");
@@ -603,117 +573,5 @@ fn every_command_has_help_with_an_example() {
     assert!(
         help.contains("Exit codes") && help.contains("RUNNEL_STORE"),
         "{help}"
-    );
-}
-
-#[test]
-fn demo_with_small_numbers_prints_a_summary() {
-    let s = Scratch::new();
-    let out = s
-        .runnel()
-        .args(["demo", "--orders", "50", "--clients", "4"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout);
-    for needle in [
-        "50 orders by 4 concurrent clients",
-        "rejected by invariants",
-        "retried by the repository",
-        "events/s",
-        "p50",
-        "p99",
-        "events per commit",
-        "verified",
-    ] {
-        assert!(
-            summary.contains(needle),
-            "missing {needle:?} in:\n{summary}"
-        );
-    }
-    // The orders are really in the store.
-    let orders = s.json_lines(&["streams", "list", "--category", "Order"]);
-    assert_eq!(orders.len(), 50);
-}
-
-#[test]
-fn demo_summary_as_json_adds_up() {
-    let s = Scratch::new();
-    let out = s
-        .runnel()
-        .args(["--json", "demo", "--orders", "60", "--clients", "6"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = parse_lines(&out.stdout);
-    assert_eq!(lines.len(), 1, "one JSON summary");
-    let v = &lines[0];
-    let n = |key: &str| {
-        v[key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{key} missing in {v}"))
-    };
-    assert_eq!(n("orders"), 60);
-    assert_eq!(n("events"), n("events_verified"));
-    assert_eq!(
-        n("commands"),
-        n("accepted") + n("rejected_by_invariants") + n("gave_up_after_retries")
-    );
-    // Each accepted order command appends exactly one event.
-    assert_eq!(n("events"), n("accepted"));
-    // Scripted refusals: 6 cancelled-then-shipped orders, 9 ship/cancel races and 3 double
-    // confirmations among 60 orders each refuse exactly one command (unless it gave up).
-    assert!(
-        n("rejected_by_invariants") + n("gave_up_after_retries") >= 18,
-        "{v}"
-    );
-    assert_eq!(v["final_states"]["delivered"], 6, "{v}");
-    assert!(v["events_per_commit"].as_f64().unwrap() >= 1.0);
-    assert!(v["latency_p99_ms"].as_f64().unwrap() >= v["latency_p50_ms"].as_f64().unwrap());
-}
-
-#[test]
-fn demo_without_a_store_flag_or_env_recreates_its_own_file_ignoring_runnel_toml() {
-    let s = Scratch::new();
-    std::fs::write(
-        s.path().join("runnel.toml"),
-        "store = \"sqlite:configured.db\"\n",
-    )
-    .unwrap();
-    for _ in 0..2 {
-        s.runnel_bare()
-            .args(["demo", "--orders", "20", "--clients", "2"])
-            .assert()
-            .success();
-    }
-    assert!(
-        !s.path().join("configured.db").exists(),
-        "the demo wrote into the store runnel.toml configures"
-    );
-    let out = s
-        .runnel_bare()
-        .args([
-            "--db",
-            "runnel-demo.db",
-            "--json",
-            "streams",
-            "list",
-            "--category",
-            "Order",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        parse_lines(&out.stdout).len(),
-        20,
-        "the second run did not start afresh"
     );
 }

@@ -1,5 +1,6 @@
-//! `runnel bench …` runs the `runnel-bench` binary with the rest of the command line: a
-//! stand-in script shows what it receives, and a missing binary is a clear usage error.
+//! `runnel bench …` and `runnel demo …` run the `runnel-bench` and `order-fulfillment`
+//! binaries with the rest of the command line: a stand-in script shows what they receive,
+//! and a missing binary is a clear usage error.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -85,9 +86,36 @@ fn bench_passes_its_arguments_through_and_exits_with_the_binarys_code() {
 }
 
 #[test]
-fn bench_without_its_binary_says_how_to_build_it() {
+fn demo_passes_its_arguments_through_and_exits_with_the_binarys_code() {
     let dir = tempfile::tempdir().unwrap();
-    // A copy of runnel alone in a directory, with nothing on PATH: no runnel-bench anywhere.
+    let printer = args_printer(dir.path());
+    let run = |args: &[&str]| {
+        let out = runnel_in(cargo_bin!("runnel"), dir.path())
+            .env("RUNNEL_DEMO_BIN", &printer)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines(&out.stdout)
+    };
+    assert_eq!(run(&["demo", "--orders", "5"]), ["demo", "--orders", "5"]);
+    assert_eq!(run(&["demo", "--help"]), ["demo", "--help"]);
+    assert_eq!(
+        run(&["--db", "d.db", "--json", "demo", "--clients", "2"]),
+        ["demo", "--db", "d.db", "--json", "--clients", "2"]
+    );
+}
+
+#[test]
+fn bench_and_demo_without_their_binary_say_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of runnel alone in a directory, with nothing on PATH: neither runnel-bench nor
+    // order-fulfillment anywhere.
     let lonely = dir.path().join("runnel");
     std::fs::copy(cargo_bin!("runnel"), &lonely).unwrap();
     let out = runnel_in(&lonely, dir.path())
@@ -105,6 +133,19 @@ fn bench_without_its_binary_says_how_to_build_it() {
     );
     assert!(stderr.contains("RUNNEL_BENCH_BIN"), "{stderr}");
     assert!(out.stdout.is_empty());
+    let out = runnel_in(&lonely, dir.path())
+        .args(["demo", "--orders", "5"])
+        .env("PATH", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cargo build --release -p order-fulfillment"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("RUNNEL_DEMO_BIN"), "{stderr}");
 
     // The override names a file that is not there: the same error, naming that file.
     let out = runnel_in(cargo_bin!("runnel"), dir.path())

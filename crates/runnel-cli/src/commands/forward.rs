@@ -36,6 +36,15 @@ pub const BENCH: Sibling = Sibling {
     leading_args: &[],
 };
 
+/// `runnel demo …` → `order-fulfillment demo …`.
+pub const DEMO: Sibling = Sibling {
+    command: "runnel demo",
+    binary: "order-fulfillment",
+    package: "order-fulfillment",
+    env: "RUNNEL_DEMO_BIN",
+    leading_args: &["demo"],
+};
+
 /// The binary a command needs is not built (or not where it was looked for). Exit code 2.
 #[derive(Debug)]
 pub struct MissingBinary {

@@ -1,7 +1,6 @@
 //! One module per command group.
 
 pub mod consume;
-pub mod demo;
 pub mod dlq;
 pub mod events;
 pub mod forward;
