@@ -394,7 +394,7 @@ fn load_average() -> Option<String> {
 
 /// The command as run, for the header.
 fn command_line(args: &BenchBusArgs) -> String {
-    let mut command = String::from("runnel bench bus");
+    let mut command = String::from("runnel-bench bus");
     if args.quick {
         command.push_str(" --quick");
     } else if args.seconds != 3.0 {

@@ -401,7 +401,7 @@ fn header(dir: &Path, s: &Settings, args: &BenchStoreArgs, fsync_per_round: &[f6
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| std::env::consts::OS.into());
     let (fs, device) = filesystem_of(dir).unwrap_or_else(|| ("unknown".into(), "unknown".into()));
-    let mut command = String::from("runnel bench store");
+    let mut command = String::from("runnel-bench store");
     if args.quick {
         command.push_str(" --quick");
     }
