@@ -77,12 +77,14 @@ pub enum Command {
     /// Read the global event log ($all)
     #[command(subcommand)]
     Events(EventsCommand),
-    /// Run the order-fulfillment demo: many concurrent clients on a fresh embedded store
-    #[command(after_help = DEMO_AFTER_HELP)]
-    Demo(DemoArgs),
-    /// Benchmarks, each printed beside its raw baseline
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Run the order-fulfillment demo: many concurrent clients on a fresh embedded store;
+    /// runs the order-fulfillment binary's demo (`runnel demo --help` shows its flags)
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Demo(ForwardArgs),
+    /// Benchmarks, each printed beside its raw baseline: runs the runnel-bench binary
+    /// (`runnel bench --help` shows its commands)
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Bench(ForwardArgs),
     /// Publish one message to a topic of the configured bus
     #[command(after_help = PUBLISH_AFTER_HELP)]
     Publish(PublishArgs),
@@ -489,157 +491,17 @@ pub struct TailArgs {
     pub limit: Option<u64>,
 }
 
-const DEMO_AFTER_HELP: &str = "\
-Clients place orders, then confirm, ship or cancel them. Some clients deliberately act on
-the same orders at the same time: their optimistic-concurrency conflicts are retried by the
-repository, and commands the Order aggregate refuses (shipping a cancelled order, ...) are
-counted. A summary follows: orders, events, commands, conflicts retried, rejections,
-throughput, p50/p99 command latency and the writer's events per commit.
-
-The demo uses --store / --db, else $RUNNEL_STORE / $RUNNEL_DB, adding orders to that
-store; otherwise it recreates runnel-demo.db in the current directory. runnel.toml is
-ignored, so the demo never writes into a project's configured store by accident.
-
-Examples:
-  runnel demo
-  runnel demo --orders 10000 --clients 64
-  runnel demo --db /tmp/demo.db --orders 50 --clients 4
-  RUNNEL_STORE=postgres://postgres@127.0.0.1/postgres?schema=demo runnel demo";
-
+/// The arguments of a command that runs another binary (`runnel bench`, `runnel demo`):
+/// everything after the command name, `--help` included, passed through unchanged.
 #[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Orders to place
-    #[arg(long, value_name = "N", default_value_t = 5000)]
-    pub orders: u64,
-    /// Concurrent clients
-    #[arg(long, value_name = "C", default_value_t = 32)]
-    pub clients: u64,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Event store throughput beside raw SQLite and the disk's fsync rate
-    #[command(after_help = BENCH_STORE_AFTER_HELP)]
-    Store(BenchStoreArgs),
-    /// Embedded bus and consumer router throughput and latency beside raw SQLite, a bare
-    /// tokio channel and a direct handler call
-    #[command(after_help = BENCH_BUS_AFTER_HELP)]
-    Bus(BenchBusArgs),
-    /// Outbox relay throughput (commit to broker ack) and commit-to-publish latency beside
-    /// the bus publisher's raw rate
-    #[command(after_help = BENCH_OUTBOX_AFTER_HELP)]
-    Outbox(BenchOutboxArgs),
-}
-
-const BENCH_OUTBOX_AFTER_HELP: &str = "\
-Scenarios, on a fresh SQLite file under --dir (and, with --store postgres://…, in a fresh
-schema on that server, dropped afterwards), relaying to the store's embedded bus:
-  - raw: the bus's own publish() in batches of 1000 (the relay's batch), one caller
-  - drain: N rows committed first (100 per transaction), then one relay publishes them all
-  - live: 8 producers commit one message per transaction for --seconds while a relay runs;
-    latency = broker ack minus commit returned (p50, p99)
-Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
-
-Examples:
-  cargo run --release -p runnel-cli -- bench outbox
-  runnel --store postgres://postgres@127.0.0.1/postgres bench outbox --messages 20000
-  runnel bench outbox --quick";
-
-#[derive(Debug, Args)]
-pub struct BenchOutboxArgs {
-    /// Directory for the temporary database file [default: the current directory]
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Seconds the live scenario runs
-    #[arg(long, value_name = "S", default_value_t = 3.0)]
-    pub seconds: f64,
-    /// Rows in the drain scenario (and messages in the raw one)
-    #[arg(long, value_name = "N", default_value_t = 20_000)]
-    pub messages: usize,
-    /// Tiny sizes: checks that every scenario runs, measures nothing
-    #[arg(long)]
-    pub quick: bool,
-}
-
-const BENCH_STORE_AFTER_HELP: &str = "\
-Scenarios (each on a fresh database file in one temporary directory, full durability):
-  - the disk's fsync rate: 4 KiB write + fdatasync in a loop (the limit for serial commits)
-  - 1 writer, 1 event per append, beside the fsync rate
-  - 64 concurrent writers, 1 event per append, beside raw rusqlite inserting the same rows
-    64 per transaction (synchronous=FULL, WAL, same table and constraints), and beside the
-    1-writer rate; with the writer's events per commit (= per fsync)
-  - 1 writer, 100 events per append, beside raw rusqlite 100 rows per transaction
-  - reading $all (pages of 1000) and one 10,000-event stream, beside raw SELECTs
-  - loading an aggregate of 10,000 events with and without a snapshot
-Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
-
-Examples:
-  cargo run --release -p runnel-cli -- bench store
-  runnel bench store --dir /mnt/ssd --seconds 5
-  runnel bench store --quick            # a few hundred milliseconds, for smoke tests";
-
-#[derive(Debug, Args)]
-pub struct BenchStoreArgs {
-    /// Directory for the temporary database files (same disk as what you want measured)
-    /// [default: the current directory]
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Seconds each timed scenario runs
-    #[arg(long, value_name = "S", default_value_t = 3.0)]
-    pub seconds: f64,
-    /// Stop each write scenario after this many events (whichever comes first with --seconds)
-    #[arg(long, value_name = "N")]
-    pub events: Option<u64>,
-    /// Concurrent writers in the group-commit scenario
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub writers: u64,
-    /// Tiny durations and counts: checks that every scenario runs, measures nothing
-    #[arg(long)]
-    pub quick: bool,
-    /// Keep the database files instead of deleting them
-    #[arg(long)]
-    pub keep: bool,
-}
-
-const BENCH_BUS_AFTER_HELP: &str = "\
-Scenarios (fresh SQLite files in one temporary directory, WAL, synchronous=FULL, 256-byte
-JSON payloads, one consumer group; each alternates with its baseline in 3 rounds):
-  - publish on the embedded bus: 1 publisher x 1 message per call, 64 concurrent
-    publishers x 1, 1 publisher x 100 per call; beside raw rusqlite inserting the same rows
-    (log row + queue row) 1, 64 and 100 messages per transaction
-  - end to end: publish -> consumer router (every default layer, no-op handler) -> ack,
-    64 messages in flight, messages/s and p50/p99 publish-to-ack latency; beside a bare
-    tokio mpsc pipeline (the in-process ceiling) and beside raw SQLite insert + select +
-    delete, 64 messages per transaction
-  - router overhead in memory: a no-op handler called directly vs through the default
-    layers, and vs a whole consumer fed by an in-memory subscriber (ns per message)
-With --store postgres://...: the publish and end-to-end scenarios on the PostgreSQL bus,
-in fresh schemas dropped at the end, beside raw INSERT / SELECT / DELETE of the same rows
-through sqlx (synchronous_commit=on).
-Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
-
-Examples:
-  cargo run --release -p runnel-cli -- bench bus
-  runnel bench bus --dir /mnt/ssd --seconds 6
-  runnel --store postgres://postgres@localhost/postgres bench bus
-  runnel bench bus --quick              # well under a second per scenario, for smoke tests";
-
-#[derive(Debug, Args)]
-pub struct BenchBusArgs {
-    /// Directory for the temporary database files (same disk as what you want measured)
-    /// [default: the current directory]
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Seconds each bus scenario runs (over all rounds)
-    #[arg(long, value_name = "S", default_value_t = 3.0)]
-    pub seconds: f64,
-    /// Stop each bus scenario after this many messages (whichever comes first with
-    /// --seconds)
-    #[arg(long, value_name = "N")]
-    pub messages: Option<u64>,
-    /// Tiny durations: checks that every scenario runs, measures nothing
-    #[arg(long)]
-    pub quick: bool,
+pub struct ForwardArgs {
+    /// Arguments for that binary, passed through unchanged (`--help` lists them)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 #[cfg(test)]

@@ -6,12 +6,15 @@ use runnel::connect::ConnectError;
 use runnel::dead_letter::DeadLetterError;
 use runnel_core::{BusError, StoreError};
 
+use crate::commands::forward::MissingBinary;
+
 /// Exit codes, documented in `runnel --help`.
 pub const EXIT_OK: u8 = 0;
 /// Anything else went wrong (the store is unreachable, an I/O error, a bug).
 pub const EXIT_FAILURE: u8 = 1;
 /// The input was rejected (bad arguments, invalid stream name, malformed JSON, limits,
-/// an unsupported store URL). Nothing was written.
+/// an unsupported store URL), or `runnel bench` / `runnel demo` found no binary to run.
+/// Nothing was written.
 pub const EXIT_BAD_INPUT: u8 = 2;
 /// An optimistic-concurrency conflict: the stream was not at the expected revision.
 /// Nothing was written.
@@ -24,7 +27,8 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
   1  failure (store unreachable, I/O error, ...)
-  2  bad input (invalid arguments, stream name, JSON, limits, store URL); nothing written
+  2  bad input (invalid arguments, stream name, JSON, limits, store URL; the binary that
+     bench or demo runs is not built); nothing written
   3  conflict: the stream is not at the --expected revision; nothing written
   4  not found: no dead letter with that id";
 
@@ -56,7 +60,7 @@ impl std::error::Error for BrokenPipe {}
 /// The exit code for an error: the first typed cause in the chain decides.
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
-        if cause.downcast_ref::<BadInput>().is_some() {
+        if cause.is::<BadInput>() || cause.is::<MissingBinary>() {
             return EXIT_BAD_INPUT;
         }
         if cause.downcast_ref::<BrokenPipe>().is_some() {

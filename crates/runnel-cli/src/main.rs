@@ -16,12 +16,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{
-    BenchCommand, Cli, Command, DlqCommand, EventsCommand, OutboxCommand, StreamsCommand,
-};
+use crate::cli::{Cli, Command, DlqCommand, EventsCommand, OutboxCommand, StreamsCommand};
 use runnel::connect::{
-    open_broker, open_bus, open_stores, Bus, OpenMode, Settings, SettingsInputs, StoreUrl, Stores,
-    ENV_DB, ENV_STORE,
+    open_broker, open_bus, open_stores, Bus, OpenMode, Settings, SettingsInputs, Stores,
 };
 
 use crate::exit::EXIT_BAD_INPUT;
@@ -38,6 +35,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
+    // Commands another binary runs are handed over before anything else starts here.
+    let handed_over = match &cli.command {
+        Command::Bench(forward) => Some((&commands::forward::BENCH, forward)),
+        Command::Demo(forward) => Some((&commands::forward::DEMO, forward)),
+        _ => None,
+    };
+    if let Some((sibling, forward)) = handed_over {
+        return match sibling.run(&cli, &forward.args) {
+            Ok(code) => code,
+            Err(e) => exit::report(&e),
+        };
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -91,70 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (stores, _) = open_configured(cli.store, cli.db, None, mode).await?;
             commands::events::tail(&stores, printer, args).await
         }
-        Command::Demo(args) => {
-            // Flags or the environment choose the demo's store; runnel.toml does not, so the
-            // demo never writes demo orders into a project's configured store by accident.
-            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-            let store_flag = cli.store.or_else(|| env(ENV_STORE));
-            let db_flag = cli.db.or_else(|| env(ENV_DB).map(std::path::PathBuf::from));
-            let url = match (store_flag, db_flag) {
-                (Some(_), Some(_)) => {
-                    return Err(exit::BadInput(
-                        "--store and --db both name a store; give only one".into(),
-                    )
-                    .into())
-                }
-                (Some(url), None) => Some(StoreUrl::parse(&url)?),
-                (None, Some(path)) => Some(StoreUrl::sqlite(path)),
-                (None, None) => None,
-            };
-            commands::demo::run(url, printer, args).await
-        }
-        Command::Bench(BenchCommand::Store(args)) => {
-            // A PostgreSQL --store is benchmarked in fresh schemas on that server; SQLite is
-            // always measured on fresh files under --dir.
-            let store = match cli.store.as_deref().map(StoreUrl::parse).transpose()? {
-                Some(url @ StoreUrl::Postgres(_)) => Some(url),
-                Some(_) => {
-                    eprintln!("note: bench store measures fresh SQLite files under --dir; --store is ignored");
-                    None
-                }
-                None => {
-                    if cli.db.is_some() {
-                        eprintln!("note: bench store measures fresh SQLite files under --dir; --db is ignored");
-                    }
-                    None
-                }
-            };
-            commands::bench::store(args, store).await
-        }
-        Command::Bench(BenchCommand::Bus(args)) => {
-            // As for bench store: a PostgreSQL --store is benchmarked in fresh schemas on
-            // that server; SQLite is always measured on fresh files under --dir.
-            let store = match cli.store.as_deref().map(StoreUrl::parse).transpose()? {
-                Some(url @ StoreUrl::Postgres(_)) => Some(url),
-                Some(_) => {
-                    eprintln!("note: bench bus measures fresh SQLite files under --dir; --store is ignored");
-                    None
-                }
-                None => {
-                    if cli.db.is_some() {
-                        eprintln!("note: bench bus measures fresh SQLite files under --dir; --db is ignored");
-                    }
-                    None
-                }
-            };
-            commands::bench::bus(args, store).await
-        }
-        Command::Bench(BenchCommand::Outbox(args)) => {
-            // As for bench bus: a PostgreSQL --store adds the PostgreSQL scenarios (fresh
-            // schemas on that server); SQLite is always measured on a fresh file under --dir.
-            let postgres = match cli.store.as_deref().map(StoreUrl::parse).transpose()? {
-                Some(StoreUrl::Postgres(url)) => Some(url),
-                _ => None,
-            };
-            commands::outbox::bench(args, postgres).await
-        }
+        Command::Bench(_) | Command::Demo(_) => unreachable!("handed over in main"),
         Command::Outbox(command) => {
             let settings = settings(cli.store, cli.db, None)?;
             let stores = open_stores(&settings.store, OpenMode::MustExist).await?;

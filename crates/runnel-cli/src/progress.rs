@@ -1,51 +1,12 @@
-//! Progress bars and spinners on stderr. indicatif hides them when stderr is not a
-//! terminal, so scripted runs and tests see only the final output.
+//! Progress bars on stderr. indicatif hides them when stderr is not a terminal, so
+//! scripted runs and tests see only the final output.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// How often a bar redraws.
 const TICK: Duration = Duration::from_millis(100);
-
-/// A spinner with a live count: `⠋ 64 writers: 12,345 events [00:00:02]`.
-pub struct CountSpinner {
-    bar: ProgressBar,
-    updater: tokio::task::JoinHandle<()>,
-}
-
-impl CountSpinner {
-    /// Starts a spinner labelled `label` that shows `count` (in `unit`s) as it grows.
-    pub fn start(label: impl Into<String>, unit: &'static str, count: Arc<AtomicU64>) -> Self {
-        let bar = ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar.enable_steady_tick(TICK);
-        let label = label.into();
-        bar.set_message(label.clone());
-        let updater = {
-            let bar = bar.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(TICK);
-                loop {
-                    tick.tick().await;
-                    let n = count.load(Ordering::Relaxed);
-                    bar.set_message(format!("{label}: {} {unit}", group_digits(n as f64)));
-                }
-            })
-        };
-        CountSpinner { bar, updater }
-    }
-
-    /// Removes the spinner.
-    pub fn finish(self) {
-        self.updater.abort();
-        self.bar.finish_and_clear();
-    }
-}
 
 /// A bar for a known amount of work: `[#####-----] 1200/2000 commands`.
 pub fn bar(len: u64, unit: &str) -> ProgressBar {
@@ -57,37 +18,4 @@ pub fn bar(len: u64, unit: &str) -> ProgressBar {
     );
     bar.enable_steady_tick(TICK);
     bar
-}
-
-/// `1234567.8` → `1,234,568`.
-pub fn group_digits(value: f64) -> String {
-    let rounded = value.round();
-    let negative = rounded < 0.0;
-    let digits = format!("{}", rounded.abs() as u64);
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if negative {
-        format!("-{out}")
-    } else {
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digits_are_grouped_in_thousands() {
-        assert_eq!(group_digits(0.0), "0");
-        assert_eq!(group_digits(999.4), "999");
-        assert_eq!(group_digits(1000.0), "1,000");
-        assert_eq!(group_digits(1234567.8), "1,234,568");
-        assert_eq!(group_digits(-4321.0), "-4,321");
-    }
 }

@@ -1,5 +1,5 @@
-//! `runnel outbox status | retry` and `runnel bench outbox --quick` end to end: the outbox
-//! is filled through the library, the real binary reports and retries it.
+//! `runnel outbox status | retry` end to end: the outbox is filled through the library,
+//! the real binary reports and retries it.
 
 use std::time::Duration;
 
@@ -103,19 +103,4 @@ fn outbox_status_refuses_a_missing_store() {
         .assert()
         .failure();
     assert!(!scratch.db().exists(), "no empty file left behind");
-}
-
-#[test]
-fn bench_outbox_quick_prints_every_scenario() {
-    let scratch = Scratch::new();
-    let out = scratch
-        .runnel_bare()
-        .args(["bench", "outbox", "--quick", "--dir"])
-        .arg(scratch.path())
-        .assert()
-        .success();
-    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
-    assert!(text.contains("| SQLite | drain"), "{text}");
-    assert!(text.contains("| SQLite | 8 producers"), "{text}");
-    assert!(text.contains("peak RSS"), "{text}");
 }

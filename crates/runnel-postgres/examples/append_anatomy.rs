@@ -4,7 +4,7 @@
 //! - B: the same `INSERT` in autocommit (one round trip)
 //! - C: `append_one` called directly (`append_in` on a dedicated connection)
 //! - D: `EventStore::append` (the appender: turn-taking, its own connection)
-//! - E: the `runnel bench store` raw baseline (an `unnest` INSERT into a table shaped like
+//! - E: the `runnel-bench store` raw baseline (an `unnest` INSERT into a table shaped like
 //!   `events`, one transaction per append)
 //!
 //! ```text

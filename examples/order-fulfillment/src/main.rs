@@ -5,9 +5,12 @@
 //! cargo run -p order-fulfillment -- run --simulate 20  # …placing and shipping 20 orders
 //! cargo run -p order-fulfillment -- place o-1 --customer c-1 --item p-1:2:1250
 //! cargo run -p order-fulfillment -- show o-1
+//! cargo run --release -p order-fulfillment -- demo   # many concurrent clients, a summary
 //! RUNNEL_STORE=postgres://postgres@127.0.0.1/postgres RUNNEL_BUS=nats://127.0.0.1:4222 \
 //!   cargo run -p order-fulfillment                     # the same binary, scaled out
 //! ```
+
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,15 +20,20 @@ use clap::{Parser, Subcommand};
 use order_fulfillment::service::{self, OrderService};
 use order_fulfillment::{Order, OrderCommand, OrderLine};
 use runnel::app::{App, RunningApp, SHUTDOWN_DEADLINE_DEFAULT};
-use runnel::connect::{Settings, SettingsInputs};
+use runnel::connect::{ConnectError, Settings, SettingsInputs};
 use tracing_subscriber::EnvFilter;
+
+/// Exit code for input refused before anything ran (a demo flag out of range, an unusable
+/// store URL), as the `runnel` CLI uses it; every other failure is 1.
+const EXIT_BAD_INPUT: u8 = 2;
 
 /// The order service: the Order aggregate behind the command bus, the event store as the
 /// outbox, and a consumer keeping the order_summaries read model (exactly once, with an
 /// inbox), dead-lettering what it cannot apply.
 ///
 /// The store and the bus come from --store/--db and --bus, else $RUNNEL_STORE/$RUNNEL_DB and
-/// $RUNNEL_BUS, else runnel.toml, else sqlite:runnel.db and the embedded bus.
+/// $RUNNEL_BUS, else runnel.toml, else sqlite:runnel.db and the embedded bus. `demo` reads no
+/// runnel.toml and defaults to its own recreated runnel-demo.db.
 #[derive(Parser)]
 #[command(name = "order-fulfillment", version)]
 struct Cli {
@@ -57,6 +65,10 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
+    /// Run the demo: many concurrent clients place, confirm, ship and cancel orders on a
+    /// fresh embedded store, racing each other on purpose; prints a summary.
+    #[command(after_help = demo::AFTER_HELP)]
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args, Default)]
@@ -102,8 +114,12 @@ fn parse_line(text: &str) -> Result<OrderLine, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=off"));
+    // The service reports what it does; the demo's output is its progress bar and summary.
+    let log_default = match cli.command {
+        Some(Command::Demo(_)) => "warn,lapin=off",
+        _ => "info,lapin=off",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -119,25 +135,40 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     }
 }
 
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let bad_input = e.chain().any(|cause| {
+        cause.is::<demo::BadInput>()
+            || cause
+                .downcast_ref::<ConnectError>()
+                .is_some_and(ConnectError::is_bad_input)
+    });
+    if bad_input {
+        ExitCode::from(EXIT_BAD_INPUT)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let cwd = std::env::current_dir()?;
-    let settings: Settings = SettingsInputs::gather(&cwd)?
-        .store("--store", cli.store)
-        .db("--db", cli.db)
-        .bus("--bus", cli.bus)
-        .resolve()?;
-    let mut app = App::connect(&settings).await?;
-    let service = service::wire(&mut app)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
-        Command::Run(args) => serve(app, service, args).await,
+    let Cli {
+        store,
+        db,
+        bus,
+        command,
+    } = cli;
+    match command.unwrap_or(Command::Run(RunArgs::default())) {
+        Command::Demo(args) => demo::run(demo::store_url(store, db)?, args).await,
+        Command::Run(args) => {
+            let (app, service) = connect(store, db, bus).await?;
+            serve(app, service, args).await
+        }
         Command::Place(args) => {
+            let (app, _service) = connect(store, db, bus).await?;
             let outcome = app
                 .commands()
                 .execute::<Order>(
@@ -159,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Show { order_id, wait } => {
+            let (_app, service) = connect(store, db, bus).await?;
             let deadline = Instant::now() + Duration::from_secs(wait);
             loop {
                 if let Some(row) = service.read_model.get(&order_id).await? {
@@ -174,6 +206,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The application on the store and bus from the flags, else the environment, else
+/// runnel.toml, else the embedded defaults, with the order service wired in.
+async fn connect(
+    store: Option<String>,
+    db: Option<PathBuf>,
+    bus: Option<String>,
+) -> anyhow::Result<(App, OrderService)> {
+    let cwd = std::env::current_dir()?;
+    let settings: Settings = SettingsInputs::gather(&cwd)?
+        .store("--store", store)
+        .db("--db", db)
+        .bus("--bus", bus)
+        .resolve()?;
+    let mut app = App::connect(&settings).await?;
+    let service = service::wire(&mut app)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok((app, service))
 }
 
 async fn serve(app: App, service: OrderService, args: RunArgs) -> anyhow::Result<()> {

@@ -1,10 +1,9 @@
 //! One module per command group.
 
-pub mod bench;
 pub mod consume;
-pub mod demo;
 pub mod dlq;
 pub mod events;
+pub mod forward;
 pub mod outbox;
 pub mod publish;
 pub mod streams;

@@ -1,4 +1,4 @@
-//! `runnel bench bus --store postgres://…`: the publish and end-to-end scenarios on the
+//! `runnel-bench bus --store postgres://…`: the publish and end-to-end scenarios on the
 //! PostgreSQL bus ([`PostgresBus`]), beside raw INSERTs and DELETEs of the same rows
 //! through the same driver (sqlx) at the same durability (`synchronous_commit = on`), in
 //! fresh schemas that are dropped at the end.
@@ -16,9 +16,10 @@ use runnel_postgres::{PostgresBus, PostgresDeadLetters, PostgresOptions, Postgre
 
 use super::end_to_end::{self, Endpoints, IN_FLIGHT};
 use super::publish;
-use super::report::Row;
 use super::workload::{message, Budget, Latency, Run, KEYS, PAYLOAD};
-use super::{counted, rate_and_latency, Settings, BATCH, PUBLISHERS, ROUNDS};
+use super::{rate_and_latency, Settings, BATCH, PUBLISHERS, ROUNDS};
+use crate::report::Row;
+use crate::scenario::counted;
 
 /// Every scenario of a PostgreSQL run, with the server's version.
 pub struct Outcome {

@@ -1,22 +1,14 @@
-//! `runnel bench store`: the event store's throughput, each scenario beside its raw
-//! baseline measured in the same run, on the same disk, as a ratio. `runnel bench bus`
-//! (in [`bus`]) does the same for the embedded bus and the consumer router.
+//! `runnel-bench store`: the event store's throughput, each scenario beside its raw
+//! baseline measured in the same run, on the same disk, as a ratio.
 
 mod aggregate;
-mod bus;
-mod disk;
 mod postgres;
 mod raw;
 mod reads;
-mod report;
-mod rss;
 mod workload;
 mod writes;
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,13 +16,15 @@ use runnel_core::StreamName;
 use runnel_sqlite::SqliteStore;
 
 use crate::cli::BenchStoreArgs;
+use crate::disk;
 use crate::exit::BadInput;
+use crate::machine::{filesystem_of, read_first};
 use crate::output::print_line;
-use crate::progress::{group_digits, CountSpinner};
-use report::{rate, Row, Target};
+use crate::progress::group_digits;
+use crate::report::{self, rate, Row, Target};
+use crate::rss;
+use crate::scenario::{blocking, counted};
 use workload::{Budget, ReadRun, WriteRun};
-
-pub use bus::bus;
 
 /// Rows or events per read call in the read scenarios.
 const READ_PAGE: usize = 1000;
@@ -88,7 +82,7 @@ impl Settings {
     }
 }
 
-/// `runnel bench store`: on fresh SQLite files, or, given a PostgreSQL URL, in fresh
+/// `runnel-bench store`: on fresh SQLite files, or, given a PostgreSQL URL, in fresh
 /// schemas on that server.
 pub async fn store(
     args: BenchStoreArgs,
@@ -184,7 +178,7 @@ async fn write_rounds(dir: &Path, s: Settings) -> anyhow::Result<WriteTotals> {
 
         // The disk's fsync rate, and one writer appending one event at a time (one
         // commit, one fsync per event) beside it and beside raw single-row transactions.
-        let fsync = fsync_probe(dir, s.fsync_duration / WRITE_ROUNDS).await?;
+        let fsync = disk::probe(dir, s.fsync_duration / WRITE_ROUNDS).await?;
         t.fsync_per_round.push(fsync.per_second());
         t.fsync = t.fsync.plus(fsync);
         t.one = t.one.plus(
@@ -399,42 +393,6 @@ async fn run_scenarios(dir: &Path, s: Settings, args: &BenchStoreArgs) -> anyhow
     print_line(out.trim_end())
 }
 
-/// Runs the fsync probe for `duration` under a spinner.
-async fn fsync_probe(dir: &Path, duration: Duration) -> anyhow::Result<disk::FsyncRun> {
-    let dir = dir.to_path_buf();
-    blocking("disk fsync rate", "fsyncs", move |count| {
-        disk::fsync_rate(&dir, duration, count)
-    })
-    .await
-}
-
-/// Runs an async scenario under a spinner showing its count.
-async fn counted<T, F, Fut>(label: &str, unit: &'static str, f: F) -> anyhow::Result<T>
-where
-    F: FnOnce(Arc<AtomicU64>) -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    let count = Arc::new(AtomicU64::new(0));
-    let spinner = CountSpinner::start(label, unit, Arc::clone(&count));
-    let result = f(count).await;
-    spinner.finish();
-    result.with_context(|| format!("benchmark scenario {label:?} failed"))
-}
-
-/// Runs a blocking scenario (raw SQLite, fsync loop) on the blocking pool under a spinner.
-async fn blocking<T, F>(label: &str, unit: &'static str, f: F) -> anyhow::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce(Arc<AtomicU64>) -> anyhow::Result<T> + Send + 'static,
-{
-    counted(label, unit, |count| async move {
-        tokio::task::spawn_blocking(move || f(count))
-            .await
-            .context("the benchmark thread panicked")?
-    })
-    .await
-}
-
 /// What was measured where: machine, disk, versions, settings.
 fn header(dir: &Path, s: &Settings, args: &BenchStoreArgs, fsync_per_round: &[f64]) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -443,7 +401,7 @@ fn header(dir: &Path, s: &Settings, args: &BenchStoreArgs, fsync_per_round: &[f6
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| std::env::consts::OS.into());
     let (fs, device) = filesystem_of(dir).unwrap_or_else(|| ("unknown".into(), "unknown".into()));
-    let mut command = String::from("runnel bench store");
+    let mut command = String::from("runnel-bench store");
     if args.quick {
         command.push_str(" --quick");
     }
@@ -470,28 +428,4 @@ fn header(dir: &Path, s: &Settings, args: &BenchStoreArgs, fsync_per_round: &[f6
         if args.quick { " (smoke test: numbers are not meaningful)" } else { "" }
     ));
     out
-}
-
-fn read_first(path: &str, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-}
-
-/// The file system type and device of the mount that holds `path`.
-fn filesystem_of(path: &Path) -> Option<(String, String)> {
-    let path: PathBuf = path.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (device, mount, fs) = (f.next()?, f.next()?, f.next()?);
-            path.starts_with(mount)
-                .then(|| (mount.len(), fs.to_string(), device.to_string()))
-        })
-        .max_by_key(|(len, _, _)| *len)
-        .map(|(_, fs, device)| (fs, device))
 }

@@ -1,4 +1,4 @@
-//! `runnel bench bus`: the embedded bus's publish and end-to-end throughput and latency,
+//! `runnel-bench bus`: the embedded bus's publish and end-to-end throughput and latency,
 //! and the consumer router's overhead, each scenario beside its baseline measured in the
 //! same run (raw SQLite at the same durability, a bare tokio mpsc pipeline, a direct
 //! handler call), as a ratio.
@@ -20,12 +20,15 @@ use runnel_core::{GroupName, TopicName};
 use runnel_sqlite::bus::{BusOptions, SqliteBus};
 use runnel_sqlite::{SqliteDeadLetters, SqliteStore};
 
-use super::report::{self, rate, Row};
-use super::{blocking, counted, disk, fsync_probe, rss};
 use crate::cli::BenchBusArgs;
+use crate::disk;
 use crate::exit::BadInput;
+use crate::machine::{filesystem_of, read_first};
 use crate::output::print_line;
 use crate::progress::group_digits;
+use crate::report::{self, rate, Row};
+use crate::rss;
+use crate::scenario::{blocking, counted};
 use end_to_end::{Endpoints, IN_FLIGHT};
 use workload::{Budget, Run, PAYLOAD_BYTES};
 
@@ -102,7 +105,7 @@ impl Settings {
     }
 }
 
-/// `runnel bench bus`: on fresh SQLite files in a temporary directory under `--dir`, or,
+/// `runnel-bench bus`: on fresh SQLite files in a temporary directory under `--dir`, or,
 /// given a PostgreSQL URL, the publish and end-to-end scenarios in fresh schemas on that
 /// server.
 pub async fn bus(
@@ -226,7 +229,7 @@ async fn run_scenarios(dir: &Path, s: Settings) -> anyhow::Result<(Vec<Row>, Vec
     let budget = s.round_budget();
     for round in 0..ROUNDS {
         let of = format!("round {}/{ROUNDS}", round + 1);
-        let fsync = fsync_probe(dir, s.fsync / ROUNDS).await?;
+        let fsync = disk::probe(dir, s.fsync / ROUNDS).await?;
         t.fsync_per_round.push(fsync.per_second());
         t.fsync = t.fsync.plus(fsync);
 
@@ -391,7 +394,7 @@ fn load_average() -> Option<String> {
 
 /// The command as run, for the header.
 fn command_line(args: &BenchBusArgs) -> String {
-    let mut command = String::from("runnel bench bus");
+    let mut command = String::from("runnel-bench bus");
     if args.quick {
         command.push_str(" --quick");
     } else if args.seconds != 3.0 {
@@ -409,8 +412,7 @@ fn command_line(args: &BenchBusArgs) -> String {
 /// The machine and its load average before and after the run.
 fn machine_lines(load_before: Option<String>, load_after: Option<String>) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu =
-        super::read_first("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".into());
+    let cpu = read_first("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| std::env::consts::OS.into());
@@ -431,8 +433,7 @@ fn header(
     load_before: Option<String>,
     load_after: Option<String>,
 ) -> String {
-    let (fs, device) =
-        super::filesystem_of(dir).unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+    let (fs, device) = filesystem_of(dir).unwrap_or_else(|| ("unknown".into(), "unknown".into()));
     let rounds: Vec<String> = fsync_per_round.iter().map(|r| group_digits(*r)).collect();
     let mut out = machine_lines(load_before, load_after);
     out.push_str(&format!(

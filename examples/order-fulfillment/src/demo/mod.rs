@@ -1,9 +1,16 @@
-//! `runnel demo`: the order-fulfillment example driven by many concurrent clients on an
-//! embedded store, with a progress bar and a summary.
+//! `order-fulfillment demo`: the Order aggregate driven by many concurrent clients through
+//! the command bus, with a progress bar and a summary (`runnel demo` runs this).
+//!
+//! The demo opens a store itself instead of starting the service: `--store` / `--db`, else
+//! `$RUNNEL_STORE` / `$RUNNEL_DB`, else a recreated `runnel-demo.db` in the current
+//! directory. runnel.toml is not read, so the demo never writes demo orders into a
+//! project's configured store by accident.
 
+mod progress;
 mod workload;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,16 +19,13 @@ use std::time::Instant;
 use anyhow::Context as _;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use order_fulfillment::{GetOrder, OrderStatus};
+use runnel::connect::{open_stores, OpenMode, StoreUrl, Stores, ENV_DB, ENV_STORE};
 use runnel::core::{EventFilter, EventStore, Position};
 use runnel::{CommandBus, QueryBus};
 use runnel_testkit::append_hook::{ConflictCounter, HookedAppends};
 use serde::Serialize;
 
-use crate::cli::DemoArgs;
-use crate::exit::BadInput;
-use crate::output::{print_line, Printer};
-use crate::progress::{bar, group_digits};
-use runnel::connect::{open_stores, OpenMode, StoreUrl, Stores};
+use progress::{bar, group_digits};
 use workload::{Client, ClientStats, Fate};
 
 /// The demo's own store file when no --db / --store flag is given; recreated every run.
@@ -35,8 +39,62 @@ const VERIFY_CONCURRENCY: usize = 16;
 /// Events per read while counting what the run stored.
 const VERIFY_PAGE_EVENTS: usize = 1000;
 
-/// `runnel demo`.
-pub async fn run(url: Option<StoreUrl>, printer: Printer, args: DemoArgs) -> anyhow::Result<()> {
+/// The help after the demo's flags.
+pub const AFTER_HELP: &str = "\
+Clients place orders, then confirm, ship or cancel them. Some clients deliberately act on
+the same orders at the same time: their optimistic-concurrency conflicts are retried by the
+repository, and commands the Order aggregate refuses (shipping a cancelled order, ...) are
+counted. A summary follows: orders, events, commands, conflicts retried, rejections,
+throughput, p50/p99 command latency and the writer's events per commit.
+
+The demo uses --store / --db, else $RUNNEL_STORE / $RUNNEL_DB, adding orders to that
+store; otherwise it recreates runnel-demo.db in the current directory. runnel.toml is
+ignored, so the demo never writes into a project's configured store by accident.
+
+Examples:
+  cargo run --release -p order-fulfillment -- demo
+  order-fulfillment demo --orders 10000 --clients 64
+  order-fulfillment demo --db /tmp/demo.db --orders 50 --clients 4
+  RUNNEL_STORE=postgres://postgres@127.0.0.1/postgres?schema=demo order-fulfillment demo
+  runnel demo --json                    # the same, through the runnel CLI";
+
+/// The demo's flags (the store comes from the global --store / --db).
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Orders to place
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    pub orders: u64,
+    /// Concurrent clients
+    #[arg(long, value_name = "C", default_value_t = 32)]
+    pub clients: u64,
+    /// Print the summary as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A flag the demo refuses before it touches a store (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(String);
+
+/// The store the demo adds orders to: `--store` or `--db`, else `$RUNNEL_STORE` or
+/// `$RUNNEL_DB`; `None` for the demo's own recreated file. runnel.toml is not read.
+pub fn store_url(store: Option<String>, db: Option<PathBuf>) -> anyhow::Result<Option<StoreUrl>> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let store = store.or_else(|| env(ENV_STORE));
+    let db = db.or_else(|| env(ENV_DB).map(PathBuf::from));
+    Ok(match (store, db) {
+        (Some(_), Some(_)) => {
+            return Err(BadInput("--store and --db both name a store; give only one".into()).into())
+        }
+        (Some(url), None) => Some(StoreUrl::parse(&url)?),
+        (None, Some(path)) => Some(StoreUrl::sqlite(path)),
+        (None, None) => None,
+    })
+}
+
+/// Runs the demo on `url` (or a recreated [`DEMO_DB_DEFAULT`]) and prints the summary.
+pub async fn run(url: Option<StoreUrl>, args: DemoArgs) -> anyhow::Result<()> {
     if args.orders == 0 || args.orders > ORDERS_MAX {
         return Err(BadInput(format!("--orders must be 1..={ORDERS_MAX}")).into());
     }
@@ -53,7 +111,7 @@ pub async fn run(url: Option<StoreUrl>, printer: Printer, args: DemoArgs) -> any
     };
     let stores = open_stores(&url, OpenMode::CreateIfMissing).await?;
     eprintln!(
-        "runnel demo: {} orders, {} concurrent clients, store {} ({})",
+        "order-fulfillment demo: {} orders, {} concurrent clients, store {} ({})",
         group_digits(args.orders as f64),
         args.clients,
         stores.location(),
@@ -64,10 +122,22 @@ pub async fn run(url: Option<StoreUrl>, printer: Printer, args: DemoArgs) -> any
         }
     );
     let summary = drive(&stores, &args).await?;
-    if printer.json {
-        print_line(&serde_json::to_string(&summary)?)
+    let text = if args.json {
+        serde_json::to_string(&summary)?
     } else {
-        print_line(&summary.human(&stores.location()))
+        summary.human(&stores.location())
+    };
+    print_line(&text)
+}
+
+/// Writes `line` to stdout; a reader that went away (`… | head`) is not an error.
+fn print_line(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -74,3 +74,12 @@ pub fn fsync_rate(
     let _ = std::fs::remove_file(&path);
     Ok(FsyncRun { syncs, elapsed })
 }
+
+/// Runs the fsync probe for `duration` under a spinner.
+pub async fn probe(dir: &Path, duration: Duration) -> anyhow::Result<FsyncRun> {
+    let dir = dir.to_path_buf();
+    crate::scenario::blocking("disk fsync rate", "fsyncs", move |count| {
+        fsync_rate(&dir, duration, count)
+    })
+    .await
+}

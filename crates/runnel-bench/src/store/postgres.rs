@@ -1,4 +1,4 @@
-//! The PostgreSQL scenarios of `runnel bench store --store postgres://…`: Runnel's appends
+//! The PostgreSQL scenarios of `runnel-bench store --store postgres://…`: Runnel's appends
 //! beside raw INSERTs of the same rows through the same driver (sqlx), at the same
 //! durability (`synchronous_commit = on`), one transaction per append.
 
@@ -234,7 +234,7 @@ async fn read_all(store: &PostgresStore, read: Arc<AtomicU64>) -> anyhow::Result
 /// and long blocks (or always running one side first) turned that drift into a bias.
 const PG_ROUNDS: u32 = 12;
 
-/// `runnel bench store --store postgres://…`: every scenario in fresh schemas that are
+/// `runnel-bench store --store postgres://…`: every scenario in fresh schemas that are
 /// dropped at the end.
 pub async fn run(
     url: &str,
@@ -243,8 +243,9 @@ pub async fn run(
     events_max: u64,
     writers: usize,
 ) -> anyhow::Result<String> {
-    use super::report::{markdown, rate, Row, Target};
-    use super::{counted, ROUND_STREAM_STRIDE};
+    use super::ROUND_STREAM_STRIDE;
+    use crate::report::{markdown, rate, Row, Target};
+    use crate::scenario::counted;
 
     let suffix = runnel_core::uuid::Uuid::now_v7().simple().to_string();
     let runnel_schema = format!("bench_{suffix}");

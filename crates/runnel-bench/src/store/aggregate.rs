@@ -13,8 +13,8 @@ use runnel::{Aggregate, Repository};
 use runnel_sqlite::SqliteStore;
 use serde::{Deserialize, Serialize};
 
-use super::report::{rate, Row};
 use super::workload::{stream_name, EVENT_TYPE};
+use crate::report::{rate, Row};
 
 /// Events after the snapshot: what a policy of one snapshot every 50 events leaves at
 /// worst.

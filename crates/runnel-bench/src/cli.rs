@@ -1,0 +1,186 @@
+//! The command line: the three benchmarks, their flags, and the help text with examples.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::EXIT_CODES_HELP;
+
+const ROOT_AFTER_HELP: &str = "\
+Every table is markdown, ready for BENCHMARKS.md, and prints each scenario beside a raw
+baseline measured in the same run, on the same disk, as a ratio. Run a release build on a
+quiet machine; --quick only checks that every scenario runs.
+
+Examples:
+  cargo run --release -p runnel-bench -- store
+  runnel-bench bus --seconds 6
+  runnel-bench outbox --store postgres://postgres@127.0.0.1/postgres
+  runnel-bench store --quick
+";
+
+/// Runnel's benchmarks: the event store, the embedded bus and consumer router, and the
+/// outbox relay, each beside its raw baseline.
+#[derive(Debug, Parser)]
+#[command(
+    name = "runnel-bench",
+    version,
+    after_help = format!("{ROOT_AFTER_HELP}\n{EXIT_CODES_HELP}"),
+    propagate_version = true
+)]
+pub struct Cli {
+    /// A postgres://… URL adds the PostgreSQL scenarios, in fresh schemas on that server
+    /// dropped at the end; SQLite is always measured on fresh files under --dir
+    #[arg(long, global = true, value_name = "URL")]
+    pub store: Option<String>,
+
+    /// Ignored with a note: the benchmarks make their own SQLite files under --dir.
+    /// Accepted because `runnel --db … bench …` forwards it.
+    #[arg(long, global = true, value_name = "PATH", hide = true)]
+    pub db: Option<PathBuf>,
+
+    /// Ignored: the tables are markdown. Accepted because `runnel --json bench …` forwards
+    /// it.
+    #[arg(long, global = true, hide = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Event store throughput beside raw SQLite and the disk's fsync rate
+    #[command(after_help = BENCH_STORE_AFTER_HELP)]
+    Store(BenchStoreArgs),
+    /// Embedded bus and consumer router throughput and latency beside raw SQLite, a bare
+    /// tokio channel and a direct handler call
+    #[command(after_help = BENCH_BUS_AFTER_HELP)]
+    Bus(BenchBusArgs),
+    /// Outbox relay throughput (commit to broker ack) and commit-to-publish latency beside
+    /// the bus publisher's raw rate
+    #[command(after_help = BENCH_OUTBOX_AFTER_HELP)]
+    Outbox(BenchOutboxArgs),
+}
+
+const BENCH_OUTBOX_AFTER_HELP: &str = "\
+Scenarios, on a fresh SQLite file under --dir (and, with --store postgres://…, in a fresh
+schema on that server, dropped afterwards), relaying to the store's embedded bus:
+  - raw: the bus's own publish() in batches of 1000 (the relay's batch), one caller
+  - drain: N rows committed first (100 per transaction), then one relay publishes them all
+  - live: 8 producers commit one message per transaction for --seconds while a relay runs;
+    latency = broker ack minus commit returned (p50, p99)
+Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
+
+Examples:
+  cargo run --release -p runnel-bench -- outbox
+  runnel-bench outbox --store postgres://postgres@127.0.0.1/postgres --messages 20000
+  runnel-bench outbox --quick";
+
+#[derive(Debug, Args)]
+pub struct BenchOutboxArgs {
+    /// Directory for the temporary database file [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seconds the live scenario runs
+    #[arg(long, value_name = "S", default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Rows in the drain scenario (and messages in the raw one)
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub messages: usize,
+    /// Tiny sizes: checks that every scenario runs, measures nothing
+    #[arg(long)]
+    pub quick: bool,
+}
+
+const BENCH_STORE_AFTER_HELP: &str = "\
+Scenarios (each on a fresh database file in one temporary directory, full durability):
+  - the disk's fsync rate: 4 KiB write + fdatasync in a loop (the limit for serial commits)
+  - 1 writer, 1 event per append, beside the fsync rate
+  - 64 concurrent writers, 1 event per append, beside raw rusqlite inserting the same rows
+    64 per transaction (synchronous=FULL, WAL, same table and constraints), and beside the
+    1-writer rate; with the writer's events per commit (= per fsync)
+  - 1 writer, 100 events per append, beside raw rusqlite 100 rows per transaction
+  - reading $all (pages of 1000) and one 10,000-event stream, beside raw SELECTs
+  - loading an aggregate of 10,000 events with and without a snapshot
+Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
+
+Examples:
+  cargo run --release -p runnel-bench -- store
+  runnel-bench store --dir /mnt/ssd --seconds 5
+  runnel-bench store --store postgres://postgres@127.0.0.1/postgres --seconds 6
+  runnel-bench store --quick            # a few hundred milliseconds, for smoke tests";
+
+#[derive(Debug, Args)]
+pub struct BenchStoreArgs {
+    /// Directory for the temporary database files (same disk as what you want measured)
+    /// [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seconds each timed scenario runs
+    #[arg(long, value_name = "S", default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Stop each write scenario after this many events (whichever comes first with --seconds)
+    #[arg(long, value_name = "N")]
+    pub events: Option<u64>,
+    /// Concurrent writers in the group-commit scenario
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub writers: u64,
+    /// Tiny durations and counts: checks that every scenario runs, measures nothing
+    #[arg(long)]
+    pub quick: bool,
+    /// Keep the database files instead of deleting them
+    #[arg(long)]
+    pub keep: bool,
+}
+
+const BENCH_BUS_AFTER_HELP: &str = "\
+Scenarios (fresh SQLite files in one temporary directory, WAL, synchronous=FULL, 256-byte
+JSON payloads, one consumer group; each alternates with its baseline in 3 rounds):
+  - publish on the embedded bus: 1 publisher x 1 message per call, 64 concurrent
+    publishers x 1, 1 publisher x 100 per call; beside raw rusqlite inserting the same rows
+    (log row + queue row) 1, 64 and 100 messages per transaction
+  - end to end: publish -> consumer router (every default layer, no-op handler) -> ack,
+    64 messages in flight, messages/s and p50/p99 publish-to-ack latency; beside a bare
+    tokio mpsc pipeline (the in-process ceiling) and beside raw SQLite insert + select +
+    delete, 64 messages per transaction
+  - router overhead in memory: a no-op handler called directly vs through the default
+    layers, and vs a whole consumer fed by an in-memory subscriber (ns per message)
+With --store postgres://...: the publish and end-to-end scenarios on the PostgreSQL bus,
+in fresh schemas dropped at the end, beside raw INSERT / SELECT / DELETE of the same rows
+through sqlx (synchronous_commit=on).
+Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
+
+Examples:
+  cargo run --release -p runnel-bench -- bus
+  runnel-bench bus --dir /mnt/ssd --seconds 6
+  runnel-bench bus --store postgres://postgres@localhost/postgres
+  runnel-bench bus --quick              # well under a second per scenario, for smoke tests";
+
+#[derive(Debug, Args)]
+pub struct BenchBusArgs {
+    /// Directory for the temporary database files (same disk as what you want measured)
+    /// [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seconds each bus scenario runs (over all rounds)
+    #[arg(long, value_name = "S", default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Stop each bus scenario after this many messages (whichever comes first with
+    /// --seconds)
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+    /// Tiny durations: checks that every scenario runs, measures nothing
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

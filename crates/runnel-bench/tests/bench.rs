@@ -1,0 +1,200 @@
+//! The `runnel-bench` binary end to end: each benchmark in `--quick` mode prints every
+//! scenario of its table and leaves no file behind.
+
+use std::path::Path;
+use std::time::Duration;
+
+use assert_cmd::Command;
+
+/// Longest a `--quick` run may take (a debug build on a busy machine).
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `runnel-bench` in `dir`, with no store configuration leaking in from the environment.
+fn bench(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnel-bench"));
+    cmd.current_dir(dir)
+        .env_remove("RUNNEL_STORE")
+        .env_remove("RUNNEL_DB")
+        .env_remove("RUST_LOG")
+        .timeout(RUN_DEADLINE);
+    cmd
+}
+
+/// The PostgreSQL test server, or `None` (skipped loudly; a failure when
+/// `RUNNEL_REQUIRE_SERVICES=1`).
+fn postgres_url() -> Option<String> {
+    match std::env::var("RUNNEL_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "RUNNEL_TEST_POSTGRES_URL is not set but RUNNEL_REQUIRE_SERVICES=1"
+            );
+            eprintln!("SKIPPED: RUNNEL_TEST_POSTGRES_URL is not set");
+            None
+        }
+    }
+}
+
+fn assert_no_leftovers(dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        &["--help"][..],
+        &["store", "--help"],
+        &["bus", "--help"],
+        &["outbox", "--help"],
+    ] {
+        let out = bench(dir.path()).args(command).output().unwrap();
+        assert!(out.status.success(), "{command:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Example"),
+            "{command:?} has no example:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn out_of_range_flags_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["bus", "--seconds", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end(), "error: --seconds must be in (0, 600]");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bench_store_quick_prints_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args([
+            "store",
+            "--quick",
+            "--writers",
+            "8",
+            "--store",
+            "sqlite:ignored.db",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for needle in [
+        "| scenario | Runnel | baseline | ratio | target |",
+        "fdatasync",
+        "1 writer, 1 event/append",
+        "8 writers, 1 event/append",
+        "100 events/append",
+        "read $all",
+        "Peak RSS",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    // A SQLite --store is not what bench store measures: it says so and leaves it alone.
+    assert!(
+        stderr.contains(
+            "note: bench store measures fresh SQLite files under --dir; --store is ignored"
+        ),
+        "{stderr}"
+    );
+    // The temporary files are gone.
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_bus_quick_prints_every_scenario_beside_its_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["bus", "--quick", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "| scenario | Runnel | baseline | ratio | target |",
+        "Load average",
+        "fdatasync",
+        "publish, 1 publisher × 1 msg/call",
+        "publish, 64 publishers × 1 msg/call",
+        "publish, 1 publisher × 100 msg/call",
+        "vs bare tokio mpsc pipeline",
+        "vs raw SQLite insert + select + delete",
+        "through the default layers vs direct call",
+        "whole consumer",
+        "p99",
+        "Peak RSS",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    // Every scenario line has a ratio.
+    let ratios = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(" vs "))
+        .filter(|l| l.contains("× |"))
+        .count();
+    assert_eq!(ratios, 7, "{stdout}");
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_bus_quick_on_postgres_prints_every_scenario_beside_its_baseline() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["bus", "--quick", "--store", &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "synchronous_commit=on",
+        "PostgreSQL publish, 1 publisher × 1 msg/call vs raw INSERT 1 msg/tx",
+        "PostgreSQL publish, 64 publishers × 1 msg/call vs raw INSERT 64 msg/tx",
+        "on 16 connections",
+        "PostgreSQL publish, 1 publisher × 100 msg/call",
+        "vs raw INSERT + SELECT + DELETE",
+        "Peak RSS",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains(" NaN"), "{stdout}");
+}
+
+#[test]
+fn bench_outbox_quick_prints_every_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["outbox", "--quick", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains("| SQLite | drain"), "{text}");
+    assert!(text.contains("| SQLite | 8 producers"), "{text}");
+    assert!(text.contains("peak RSS"), "{text}");
+    assert_no_leftovers(dir.path());
+}
