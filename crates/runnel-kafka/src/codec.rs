@@ -18,10 +18,14 @@ use runnel_core::cloudevents::{self, KAFKA};
 use runnel_core::envelope::{BrokerFacts, Envelope, Incoming, Mapping};
 use runnel_core::{BusError, Message};
 
-/// The record headers and value of `message` as `envelope` shapes it.
-pub fn encode(message: &Message, envelope: &Envelope) -> Result<(OwnedHeaders, Vec<u8>), BusError> {
+/// The record headers of `message` as `envelope` shapes it, and its value when that is not
+/// the payload itself (`None`: send `message.payload` as it is, no copy).
+pub fn encode(
+    message: &Message,
+    envelope: &Envelope,
+) -> Result<(OwnedHeaders, Option<Vec<u8>>), BusError> {
     let Some(out) = envelope.encode(message)? else {
-        return Ok((to_headers(message), message.payload.clone()));
+        return Ok((to_headers(message), None));
     };
     let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
     for (name, value) in &out.headers {
@@ -30,7 +34,7 @@ pub fn encode(message: &Message, envelope: &Envelope) -> Result<(OwnedHeaders, V
             value: Some(value.as_bytes()),
         });
     }
-    Ok((headers, out.body))
+    Ok((headers, Some(out.body)))
 }
 
 /// The record headers of `message` in binary mode.

@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use runnel_core::{BusError, Message, TopicName};
 
-use crate::codec::encode;
+use crate::codec::{encode, to_headers};
 use crate::config::{KafkaOptions, REQUEST_TIMEOUT_DEFAULT};
 use crate::error::bus_error;
 use runnel_core::envelope::Envelope;
@@ -123,15 +123,27 @@ impl Producer {
         messages: &[Message],
         envelope: &Envelope,
     ) -> Result<(), BusError> {
-        let encoded = messages
-            .iter()
-            .map(|m| encode(m, envelope))
-            .collect::<Result<Vec<_>, _>>()?;
+        // A mapped envelope can refuse a message: encode the whole batch first so a refusal
+        // sends nothing. CloudEvents never refuses; its headers are built as records go out.
+        let mut encoded = if envelope.is_cloudevents() {
+            None
+        } else {
+            Some(
+                messages
+                    .iter()
+                    .map(|m| encode(m, envelope).map(Some))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        };
         self.topics.ensure(topic.as_str()).await?;
         let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(messages.len());
-        for (m, (headers, value)) in messages.iter().zip(encoded) {
+        for (i, m) in messages.iter().enumerate() {
+            let (headers, value) = match encoded.as_mut().and_then(|e| e[i].take()) {
+                Some(wire) => wire,
+                None => (to_headers(m), None),
+            };
             let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic.as_str())
-                .payload(value.as_slice())
+                .payload(value.as_deref().unwrap_or(&m.payload))
                 .headers(headers);
             if let Some(key) = m.key.as_deref() {
                 record = record.key(key);

@@ -70,13 +70,14 @@ pub(crate) fn to_amqp(message: &Message) -> BasicProperties {
     properties.with_headers(headers)
 }
 
-/// The AMQP properties and body of `message` as `envelope` shapes it.
+/// The AMQP properties of `message` as `envelope` shapes it, and its body when that is not
+/// the payload itself (`None`: send `message.payload` as it is, no copy).
 pub(crate) fn encode(
     message: &Message,
     envelope: &Envelope,
-) -> Result<(BasicProperties, Vec<u8>), BusError> {
+) -> Result<(BasicProperties, Option<Vec<u8>>), BusError> {
     let Some(out) = envelope.encode(message)? else {
-        return Ok((to_amqp(message), message.payload.clone()));
+        return Ok((to_amqp(message), None));
     };
     let mut headers = FieldTable::default();
     let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
@@ -102,7 +103,7 @@ pub(crate) fn encode(
     if let Some(seconds) = message.time.and_then(|t| u64::try_from(t.timestamp()).ok()) {
         properties = properties.with_timestamp(seconds);
     }
-    Ok((properties.with_headers(headers), out.body))
+    Ok((properties.with_headers(headers), Some(out.body)))
 }
 
 /// The broker's facts of a delivery from the topic `origin`.

@@ -47,7 +47,7 @@ impl PublishSide {
             return Ok(());
         }
         let exchange = exchange_name(topic);
-        let encoded: Vec<(String, BasicProperties, Vec<u8>)> = messages
+        let encoded: Vec<(String, BasicProperties, Option<Vec<u8>>)> = messages
             .iter()
             .map(|m| {
                 let (properties, body) = encode(m, &options.envelope)?;
@@ -100,20 +100,20 @@ impl PublishSide {
         topic: &TopicName,
         exchange: &str,
         messages: &[Message],
-        encoded: &[(String, BasicProperties, Vec<u8>)],
+        encoded: &[(String, BasicProperties, Option<Vec<u8>>)],
     ) -> (usize, Result<(), BusError>) {
         let channel = match self.channel(link, topic).await {
             Ok(c) => c,
             Err(e) => return (0, Err(e)),
         };
         let mut confirms = Vec::with_capacity(messages.len());
-        for (key, properties, body) in encoded.iter().take(messages.len()) {
+        for (m, (key, properties, body)) in messages.iter().zip(encoded) {
             match channel
                 .basic_publish(
                     exchange,
                     key,
                     BasicPublishOptions::default(),
-                    body,
+                    body.as_deref().unwrap_or(&m.payload),
                     properties.clone(),
                 )
                 .await
