@@ -253,7 +253,7 @@ pub enum RouterFailure {
     },
     /// The inbox store failed; the delivery is redelivered later.
     #[error("the inbox store failed: {0}")]
-    InboxUnavailable(#[source] BusError),
+    InboxUnavailable(#[source] StoreError),
     /// The dedup store failed; the delivery is redelivered later.
     #[error("the dedup store failed: {0}")]
     DedupUnavailable(#[source] StoreError),

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use runnel_core::message::BusError;
+use runnel_core::StoreError;
 
 use super::{Inbox, InboxBegin, InboxCommit, InboxError, InboxKey};
 use crate::consumer::context::lock;
@@ -83,7 +83,7 @@ impl Inbox for MemoryInbox {
             return Ok(InboxCommit::AlreadyProcessed);
         }
         if state.processed.len() >= MEMORY_INBOX_ENTRIES_MAX {
-            return Err(InboxError::Store(BusError::Backend(format!(
+            return Err(InboxError::Store(StoreError::Backend(format!(
                 "the memory inbox holds {MEMORY_INBOX_ENTRIES_MAX} messages, its limit"
             ))));
         }

@@ -28,7 +28,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use runnel_core::message::BusError;
+
+use runnel_core::StoreError;
 
 use super::error::BoxError;
 
@@ -86,7 +87,7 @@ pub enum InboxError {
     /// hands the delivery back to the transport to come again later; it is not counted as
     /// a failure of the message.
     #[error("the inbox store failed: {0}")]
-    Store(#[from] BusError),
+    Store(#[from] StoreError),
     /// The handler's own writes failed when they were applied (a constraint violated, bad
     /// data): nothing was committed. Counts as a failed attempt of the handler (retried, or
     /// dead-lettered if the retry layer's classifier says permanent).

@@ -42,7 +42,7 @@ impl Inbox for PostgresInbox {
         match PostgresInbox::begin(self, &key.handler, &key.message_id).await {
             Ok(Some(tx)) => Ok(InboxBegin::Started(tx)),
             Ok(None) => Ok(InboxBegin::AlreadyProcessed),
-            Err(e) => Err(InboxError::Store(e.into())),
+            Err(e) => Err(InboxError::Store(e)),
         }
     }
 
@@ -56,7 +56,7 @@ impl Inbox for PostgresInbox {
             // The connection or the server failed: not the message's fault; it comes back
             // and finds the mark or not.
             Err(e) if e.is_transient() || matches!(e, StoreError::Closed) => {
-                Err(InboxError::Store(e.into()))
+                Err(InboxError::Store(e))
             }
             // Anything else is the handler's SQL (a statement failed and aborted the
             // transaction, a deferred constraint): a failed attempt, retried and in the

@@ -120,7 +120,7 @@ impl From<StoreError> for CommitError {
 }
 
 fn store_failed(e: StoreError) -> InboxError {
-    InboxError::Store(e.into())
+    InboxError::Store(e)
 }
 
 #[async_trait]
