@@ -197,8 +197,6 @@ async fn the_python_client_reads_the_json_event_shape_runnel_produces() {
 /// error naming the option.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_record_without_an_envelope_is_dead_lettered_naming_the_option() {
-    use runnel_core::bus::DeadLetterDrain;
-    use runnel_core::dead_letter::{DeadLetterFilter, DeadLetterStore};
     let Some(brokers) =
         support::brokers("a_plain_record_without_an_envelope_is_dead_lettered_naming_the_option")
     else {
@@ -220,34 +218,14 @@ async fn a_plain_record_without_an_envelope_is_dead_lettered_naming_the_option()
         .expect("subscribe");
     let out = run_script(&["write-shape", &brokers, topic.as_str(), "json-event"]).await;
     assert!(out.contains("sent"), "{out}");
-    let store = runnel_testkit::dead_letters::InMemoryDeadLetters::new();
-    let deadline = tokio::time::Instant::now() + RECEIVE_DEADLINE;
-    loop {
-        if let Ok(Some(item)) =
-            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
-        {
-            panic!(
-                "delivered instead of dead-lettered: {:?}",
-                item.map(|d| d.message)
-            );
-        }
-        if bus
-            .drain_dead_letters(&topic, &group, &store, 10)
-            .await
-            .expect("drain")
-            > 0
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the plain record never reached the dead letters"
-        );
-    }
-    let listed = store
-        .list(&DeadLetterFilter::default(), None, 10)
-        .await
-        .expect("list");
+    let listed = runnel_testkit::interop::dead_lettered_not_delivered(
+        &bus,
+        &topic,
+        &group,
+        &mut deliveries,
+        RECEIVE_DEADLINE,
+    )
+    .await;
     assert_eq!(listed.len(), 1);
     let failure = &listed[0].failures[0].error;
     assert!(failure.contains("envelope=json-event"), "{failure}");

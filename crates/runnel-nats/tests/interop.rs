@@ -219,8 +219,6 @@ async fn a_plain_nats_py_client_reads_the_json_event_shape_runnel_publishes() {
 /// an error that names the option, never handed to a handler half-read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_json_event_without_an_envelope_is_dead_lettered_naming_the_option() {
-    use runnel_core::bus::DeadLetterDrain;
-    use runnel_core::dead_letter::DeadLetterStore;
     let Some(url) = nats_url() else { return };
     let Some(python) = venv_python().await else {
         return;
@@ -244,38 +242,14 @@ async fn a_plain_json_event_without_an_envelope_is_dead_lettered_naming_the_opti
         &["publish-shape", &url, &bus.subject(&topic), "json-event"],
     )
     .await;
-    let store = runnel_testkit::dead_letters::InMemoryDeadLetters::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let moved = bus
-            .drain_dead_letters(&topic, &group, &store, 10)
-            .await
-            .expect("drain");
-        if moved > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the plain event never reached the dead letters"
-        );
-        // Nothing may be delivered meanwhile.
-        if let Ok(Some(item)) =
-            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
-        {
-            panic!(
-                "delivered instead of dead-lettered: {:?}",
-                item.map(|d| d.message)
-            );
-        }
-    }
-    let listed = store
-        .list(
-            &runnel_core::dead_letter::DeadLetterFilter::default(),
-            None,
-            10,
-        )
-        .await
-        .expect("list");
+    let listed = runnel_testkit::interop::dead_lettered_not_delivered(
+        &*bus,
+        &topic,
+        &group,
+        &mut deliveries,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(listed.len(), 1);
     let failure = &listed[0].failures[0].error;
     assert!(failure.contains("envelope=json-event"), "{failure}");

@@ -243,8 +243,6 @@ async fn a_plain_pika_client_reads_the_json_event_shape_runnel_publishes() {
 /// dead-letter queue, and the drain keeps it whole with an error naming the option.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_json_event_without_an_envelope_is_dead_lettered_naming_the_option() {
-    use runnel::core::bus::DeadLetterDrain;
-    use runnel::core::dead_letter::{DeadLetterFilter, DeadLetterStore};
     let Some(url) = common::test_url() else {
         return;
     };
@@ -265,34 +263,14 @@ async fn a_plain_json_event_without_an_envelope_is_dead_lettered_naming_the_opti
         &["publish-shape", &url, &exchange_name(&topic), "json-event"],
     )
     .await;
-    let store = runnel_testkit::dead_letters::InMemoryDeadLetters::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if bus
-            .drain_dead_letters(&topic, &group, &store, 10)
-            .await
-            .expect("drain")
-            > 0
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the plain event never reached the dead letters"
-        );
-        if let Ok(Some(item)) =
-            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
-        {
-            panic!(
-                "delivered instead of dead-lettered: {:?}",
-                item.map(|d| d.message)
-            );
-        }
-    }
-    let listed = store
-        .list(&DeadLetterFilter::default(), None, 10)
-        .await
-        .expect("list");
+    let listed = runnel_testkit::interop::dead_lettered_not_delivered(
+        &*bus,
+        &topic,
+        &group,
+        &mut deliveries,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(listed.len(), 1);
     let why = listed[0]
         .message

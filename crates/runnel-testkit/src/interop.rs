@@ -202,3 +202,45 @@ pub fn assert_plain_json_event(line: &str, sent: &runnel_core::Message) {
         "a mapped shape carries no CloudEvents attributes: {line}"
     );
 }
+
+/// Drains `topic`/`group`'s native dead letters into an in-memory store until one arrives
+/// (within `deadline`), failing the test if `deliveries` hands anything to the consumer
+/// meanwhile: a message no envelope reads must be dead-lettered, never delivered. Returns
+/// the dead letters stored.
+pub async fn dead_lettered_not_delivered(
+    drain: &dyn runnel_core::bus::DeadLetterDrain,
+    topic: &runnel_core::TopicName,
+    group: &runnel_core::GroupName,
+    deliveries: &mut runnel_core::bus::DeliveryStream,
+    deadline: Duration,
+) -> Vec<runnel_core::dead_letter::DeadLetter> {
+    use futures_util::StreamExt;
+    use runnel_core::dead_letter::{DeadLetterFilter, DeadLetterStore};
+    let store = crate::dead_letters::InMemoryDeadLetters::new();
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Ok(Some(item)) =
+            tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await
+        {
+            panic!(
+                "delivered instead of dead-lettered: {:?}",
+                item.map(|d| d.message)
+            );
+        }
+        let moved = drain
+            .drain_dead_letters(topic, group, &store, 10)
+            .await
+            .expect("drain");
+        if moved > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "nothing reached the dead letters within {deadline:?}"
+        );
+    }
+    store
+        .list(&DeadLetterFilter::default(), None, 10)
+        .await
+        .expect("list")
+}
