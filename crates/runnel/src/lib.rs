@@ -29,6 +29,7 @@ mod join_once;
 pub mod outbox;
 pub mod query;
 pub mod retry;
+pub mod saga;
 pub mod upcast;
 
 pub use aggregate::{
