@@ -88,7 +88,8 @@ start() {
       ;;
     sqs)
       install_py_venv
-      nohup "$PY_VENV/bin/moto_server" -H 127.0.0.1 -p 4566 \
+      # moto's server with its FIFO receive made atomic (see scripts/moto-server.py).
+      nohup "$PY_VENV/bin/python" "$SCRIPTS_DIR/moto-server.py" -H 127.0.0.1 -p 4566 \
         >>"$TOOLS_DIR/moto.log" 2>&1 </dev/null &
       ;;
   esac
