@@ -16,7 +16,11 @@
 //!   the dead-letter stream `RUNNEL_DLQ` and terminated; the bus's
 //!   [`DeadLetterDrain`](runnel_core::bus::DeadLetterDrain) moves a group's copies into a
 //!   `DeadLetterStore`.
-//! * Messages follow the CloudEvents NATS binding in binary mode (`ce-` headers).
+//! * Messages follow the CloudEvents NATS binding: written in binary mode (`ce-`
+//!   headers); read in binary and structured mode. Messages that are not CloudEvents are
+//!   read and written through a mapped envelope
+//!   (`?envelope=json-event|outbox-record|raw|mapped`, `runnel_core::envelope`), and
+//!   without one are dead-lettered with the reason.
 //!
 //! ## Configuration URL
 //!

@@ -7,8 +7,12 @@
 //!   **single active consumer**, `x-delivery-limit` and a **dead-letter exchange**;
 //! * consumers use manual acks and a prefetch derived from `max_in_flight`; per-key order,
 //!   nack delays and ack timeouts are kept by the client (see `DESIGN.md` in the crate);
-//! * messages follow the CloudEvents AMQP binding in binary mode, so any AMQP client can
-//!   read them (`cloudEvents:`-prefixed headers, the data as the body);
+//! * messages follow the CloudEvents AMQP binding: written in binary mode, so any AMQP
+//!   client can read them (`cloudEvents:`-prefixed headers, the data as the body); read in
+//!   binary mode (`cloudEvents:` or `cloudEvents_`) and structured mode
+//!   (`application/cloudevents+json`); messages that are not CloudEvents are read and
+//!   written through a mapped envelope (`?envelope=json-event|outbox-record|raw|mapped`,
+//!   `runnel_core::envelope`), and without one are dead-lettered with the reason;
 //! * connections are reopened with back-off after they are lost: publishers resend what
 //!   was not confirmed, consumers resubscribe.
 //!

@@ -12,6 +12,9 @@
 //!   `nack(Some(d))` visibility `d`; the attempt is `ApproximateReceiveCount`.
 //! * Messages follow the CloudEvents HTTP binding's binary mode on SNS/SQS message
 //!   attributes ([`codec`]); structured mode when SQS's 10-attribute limit is exceeded.
+//!   Both modes are read, whoever wrote them; messages that are not CloudEvents are read
+//!   and written through a mapped envelope (`?envelope=json-event|outbox-record|raw|mapped`,
+//!   `runnel_core::envelope`), and without one reach the dead-letter queue.
 //! * `StartPosition::Earliest` replays the SNS FIFO topic's message archive
 //!   (`ArchivePolicy` on the topic, `ReplayPolicy` on the new group's subscription).
 //! * [`SqsBus`]'s [`DeadLetterDrain`](runnel_core::bus::DeadLetterDrain) moves a group's
