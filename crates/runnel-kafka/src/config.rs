@@ -436,4 +436,29 @@ mod tests {
             "{err}"
         );
     }
+    #[test]
+    fn the_envelope_parameters_are_read_and_checked() {
+        use runnel_core::envelope::{Envelope, Field, Mapping};
+        let o = KafkaOptions::from_url("kafka://127.0.0.1:9092").unwrap();
+        assert_eq!(o.envelope, Envelope::CloudEvents);
+        let o = KafkaOptions::from_url("kafka://127.0.0.1:9092?envelope=json-event").unwrap();
+        assert_eq!(o.envelope, Envelope::Mapped(Mapping::json_event().into()));
+        let o = KafkaOptions::from_url(
+            "kafka://127.0.0.1:9092?envelope=mapped&envelope_type=header:kind&envelope_id=field:uuid,broker",
+        )
+        .unwrap();
+        let Envelope::Mapped(m) = &o.envelope else {
+            panic!("a mapping: {:?}", o.envelope)
+        };
+        assert_eq!(m.event_type, vec![Field::Header("kind".into())]);
+        assert_eq!(m.id, vec![Field::Json("uuid".into()), Field::Broker]);
+        for (bad, says) in [
+            ("envelope=xml", "one of cloudevents"),
+            ("envelope_type=header:kind", "envelope=mapped"),
+            ("envelope=mapped", "event type"),
+        ] {
+            let err = KafkaOptions::from_url(&format!("kafka://127.0.0.1:9092?{bad}")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+    }
 }

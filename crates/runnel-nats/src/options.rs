@@ -503,4 +503,29 @@ mod tests {
             "{text}"
         );
     }
+    #[test]
+    fn the_envelope_parameters_are_read_and_checked() {
+        use runnel_core::envelope::{Envelope, Field, Mapping};
+        let o = NatsOptions::from_url("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(o.envelope, Envelope::CloudEvents);
+        let o = NatsOptions::from_url("nats://127.0.0.1:4222?envelope=json-event").unwrap();
+        assert_eq!(o.envelope, Envelope::Mapped(Mapping::json_event().into()));
+        let o = NatsOptions::from_url(
+            "nats://127.0.0.1:4222?envelope=mapped&envelope_type=header:kind&envelope_id=field:uuid,broker",
+        )
+        .unwrap();
+        let Envelope::Mapped(m) = &o.envelope else {
+            panic!("a mapping: {:?}", o.envelope)
+        };
+        assert_eq!(m.event_type, vec![Field::Header("kind".into())]);
+        assert_eq!(m.id, vec![Field::Json("uuid".into()), Field::Broker]);
+        for (bad, says) in [
+            ("envelope=xml", "one of cloudevents"),
+            ("envelope_type=header:kind", "envelope=mapped"),
+            ("envelope=mapped", "event type"),
+        ] {
+            let err = NatsOptions::from_url(&format!("nats://127.0.0.1:4222?{bad}")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+    }
 }

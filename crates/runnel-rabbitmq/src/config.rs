@@ -298,4 +298,33 @@ mod tests {
         let err = RabbitOptions::from_url("amqp://h/?connection_timeout=3000").unwrap_err();
         assert!(err.to_string().contains("connect_timeout"), "{err}");
     }
+    #[test]
+    fn the_envelope_parameters_are_read_and_checked() {
+        use runnel_core::envelope::{Envelope, Field, Mapping};
+        let o = RabbitOptions::from_url("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(o.envelope, Envelope::CloudEvents);
+        let o =
+            RabbitOptions::from_url("amqp://guest:guest@127.0.0.1:5672/%2f?envelope=json-event")
+                .unwrap();
+        assert_eq!(o.envelope, Envelope::Mapped(Mapping::json_event().into()));
+        let o = RabbitOptions::from_url(
+            "amqp://guest:guest@127.0.0.1:5672/%2f?envelope=mapped&envelope_type=header:kind&envelope_id=field:uuid,broker",
+        )
+        .unwrap();
+        let Envelope::Mapped(m) = &o.envelope else {
+            panic!("a mapping: {:?}", o.envelope)
+        };
+        assert_eq!(m.event_type, vec![Field::Header("kind".into())]);
+        assert_eq!(m.id, vec![Field::Json("uuid".into()), Field::Broker]);
+        for (bad, says) in [
+            ("envelope=xml", "one of cloudevents"),
+            ("envelope_type=header:kind", "envelope=mapped"),
+            ("envelope=mapped", "event type"),
+        ] {
+            let err =
+                RabbitOptions::from_url(&format!("amqp://guest:guest@127.0.0.1:5672/%2f?{bad}"))
+                    .unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+    }
 }

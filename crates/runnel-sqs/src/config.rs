@@ -407,4 +407,30 @@ mod tests {
             assert!(err.to_string().contains(new), "{old}: {err}");
         }
     }
+    #[test]
+    fn the_envelope_parameters_are_read_and_checked() {
+        use runnel_core::envelope::{Envelope, Field, Mapping};
+        let o = SqsOptions::from_url("sqs://test:test@us-east-1").unwrap();
+        assert_eq!(o.envelope, Envelope::CloudEvents);
+        let o = SqsOptions::from_url("sqs://test:test@us-east-1?envelope=json-event").unwrap();
+        assert_eq!(o.envelope, Envelope::Mapped(Mapping::json_event().into()));
+        let o = SqsOptions::from_url(
+            "sqs://test:test@us-east-1?envelope=mapped&envelope_type=header:kind&envelope_id=field:uuid,broker",
+        )
+        .unwrap();
+        let Envelope::Mapped(m) = &o.envelope else {
+            panic!("a mapping: {:?}", o.envelope)
+        };
+        assert_eq!(m.event_type, vec![Field::Header("kind".into())]);
+        assert_eq!(m.id, vec![Field::Json("uuid".into()), Field::Broker]);
+        for (bad, says) in [
+            ("envelope=xml", "one of cloudevents"),
+            ("envelope_type=header:kind", "envelope=mapped"),
+            ("envelope=mapped", "event type"),
+        ] {
+            let err =
+                SqsOptions::from_url(&format!("sqs://test:test@us-east-1?{bad}")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+    }
 }
