@@ -18,6 +18,7 @@ pub mod message;
 pub mod metadata;
 pub mod outbox;
 pub mod position;
+pub mod processor;
 pub mod store;
 pub mod stream_name;
 pub mod subscription;

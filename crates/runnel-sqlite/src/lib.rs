@@ -10,6 +10,7 @@ mod error_map;
 pub mod idempotency;
 pub mod options;
 pub mod outbox;
+pub mod processors;
 mod reader;
 mod rows;
 mod schema;
@@ -22,6 +23,7 @@ pub use dead_letters::SqliteDeadLetters;
 pub use idempotency::{InboxOutcome, SqliteDedupStore, SqliteInbox};
 pub use options::{Durability, SqliteOptions};
 pub use outbox::SqliteOutbox;
+pub use processors::SqliteProcessorStore;
 pub use store::{save_checkpoint_in_tx, SqliteStore, UnitOfWork};
 pub use writer::WriterStatsSnapshot;
 

@@ -110,7 +110,7 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> Result<OutboxRecord, StoreError> 
 }
 
 /// Inserts `messages` in the open transaction at `now_micros`.
-fn insert_rows(
+pub(crate) fn insert_rows(
     conn: &Connection,
     now_micros: i64,
     messages: &[OutboxMessage],

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Every migration in order: (version, name, SQL). Each runs once, in one transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (5, "outbox", include_str!("migrations/0005_outbox.sql")),
     (6, "blobs", include_str!("migrations/0006_blobs.sql")),
+    (
+        7,
+        "processors",
+        include_str!("migrations/0007_processors.sql"),
+    ),
 ];
 
 /// Brings a freshly opened write connection's schema up to [`SCHEMA_VERSION`].

@@ -19,6 +19,7 @@ pub mod harness;
 pub mod interop;
 pub mod memory;
 pub mod outbox;
+pub mod processors;
 pub mod transport;
 
 pub use conformance::run_event_store_suite;
