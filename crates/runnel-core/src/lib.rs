@@ -23,7 +23,7 @@ pub mod store;
 pub mod stream_name;
 pub mod subscription;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, SystemClock, VirtualClock};
 pub use codec::DomainEvent;
 pub use config::ConfigError;
 pub use error::{CodecError, StoreError};

@@ -20,6 +20,7 @@ pub mod interop;
 pub mod memory;
 pub mod outbox;
 pub mod processors;
+pub mod saga;
 pub mod transport;
 
 pub use conformance::run_event_store_suite;

@@ -57,6 +57,7 @@ use crate::bus::BoxError;
 use crate::connect::{open_bus, open_stores, Bus, ConnectError, OpenMode, Settings, Stores};
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::outbox::{EventStoreRelay, EventStoreRelayOptions, Relay, RelayOptions};
+use crate::saga::{reply_handler, SagaData, SagaDefinition, SagaOptions, SagaRuntime};
 use crate::{CommandBus, QueryBus};
 
 pub use restart::{
@@ -94,6 +95,9 @@ pub struct App {
     tasks: Vec<TaskSpec>,
     restart: RestartPolicy,
     consumer_grace: Duration,
+    /// A part that sends through the outbox is registered (a saga): start the outbox
+    /// relay unless the application registered one.
+    wants_outbox_relay: bool,
 }
 
 impl App {
@@ -121,6 +125,7 @@ impl App {
             tasks: Vec::new(),
             restart: RestartPolicy::default(),
             consumer_grace: CONSUMER_GRACE_DEFAULT,
+            wants_outbox_relay: false,
         }
     }
 
@@ -281,13 +286,52 @@ impl App {
         })
     }
 
+    /// Registers a saga with default [`SagaOptions`]; see [`App::saga_with`].
+    pub fn saga<D: SagaData>(&mut self, definition: SagaDefinition<D>) -> SagaRuntime<D> {
+        self.saga_with(definition, SagaOptions::default())
+    }
+
+    /// Registers a saga: its runtime on the application's processor store (task
+    /// `saga:{name}`: local steps, timers, work taken over from dead processes), a consumer
+    /// of its reply topic in group `saga-{name}` (task `consumer:{topic}/saga-{name}`), and
+    /// — unless the application registers one — the outbox relay that sends its commands
+    /// and lifecycle events. Returns the runtime, to start instances with.
+    pub fn saga_with<D: SagaData>(
+        &mut self,
+        definition: SagaDefinition<D>,
+        options: SagaOptions,
+    ) -> SagaRuntime<D> {
+        let runtime = SagaRuntime::with_options(
+            definition,
+            Arc::clone(&self.stores.processors),
+            Arc::new(runnel_core::SystemClock),
+            options,
+        );
+        let name = runtime.definition().name().to_string();
+        let r = runtime.clone();
+        self.task(format!("saga:{name}"), move |shutdown| {
+            let r = r.clone();
+            async move { r.run(shutdown).await.map_err(BoxError::from) }
+        });
+        let topic = runtime.definition().reply_topic().clone();
+        let group = GroupName::new(format!("saga-{name}"))
+            .expect("a saga name is a valid group name");
+        let r = runtime.clone();
+        self.consumer(topic, group, move |c| c.handler(reply_handler(r.clone())));
+        self.wants_outbox_relay = true;
+        runtime
+    }
+
     /// The names of the registered tasks, in registration order.
     pub fn task_names(&self) -> Vec<&str> {
         self.tasks.iter().map(|t| t.name.as_str()).collect()
     }
 
     /// Starts every registered task.
-    pub async fn start(self) -> Result<RunningApp, AppError> {
+    pub async fn start(mut self) -> Result<RunningApp, AppError> {
+        if self.wants_outbox_relay && !self.tasks.iter().any(|t| t.name.starts_with("outbox-relay:")) {
+            self.outbox_relay(RelayOptions::default());
+        }
         // Listen before any task runs: a SIGTERM that arrives while the application is
         // starting must stop it, not kill it (or be lost).
         let signals = SignalListener::install();

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use runnel_core::dead_letter::DeadLetterStore;
 use runnel_core::idempotency::DedupStore;
 use runnel_core::outbox::{BlobStore, OutboxStore};
+use runnel_core::processor::ProcessorStore;
 use runnel_core::{CheckpointStore, EventStore, SnapshotStore};
 
 use super::error::ConnectError;
@@ -67,6 +68,8 @@ pub struct Stores {
     /// The dedup window; in the store's database unless replaced with
     /// [`Stores::with_dedup`] (for example by Redis, [`open_dedup`](super::open_dedup)).
     pub dedup: Arc<dyn DedupStore>,
+    /// The state of sagas and process managers (instances, timers, history).
+    pub processors: Arc<dyn ProcessorStore>,
     backend: StoreBackend,
     url: StoreUrl,
     // Opened on first use: on PostgreSQL the outbox keeps a LISTEN connection, which a
@@ -224,6 +227,7 @@ fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
         dead_letters: Arc::new(SqliteDeadLetters::new(store.clone())),
         blobs: Arc::new(SqliteBlobs::new(store.clone())),
         dedup: Arc::new(SqliteDedupStore::new(store.clone())),
+        processors: Arc::new(runnel_sqlite::SqliteProcessorStore::new(store.clone())),
         backend: StoreBackend::Sqlite(store),
         url: url.clone(),
         outbox: Arc::default(),
@@ -266,6 +270,7 @@ async fn open_postgres(url: &StoreUrl) -> Result<Stores, ConnectError> {
         dead_letters: Arc::new(PostgresDeadLetters::new(store.clone())),
         blobs: Arc::new(PostgresBlobs::new(store.clone())),
         dedup: Arc::new(PostgresDedupStore::new(&store)),
+        processors: Arc::new(runnel_postgres::PostgresProcessorStore::new(store.clone())),
         backend: StoreBackend::Postgres(store),
         url: url.clone(),
         outbox: Arc::default(),

@@ -429,6 +429,25 @@ impl Plan {
                     format!("no reply within {:?}", self.steps[*step].reply_deadline),
                 )
             }
+            (Compensating { step, .. }, Input::DeadlineFired { step: s, token }) if s == step => {
+                if *token != progress.token {
+                    return Decision::Ignore(Ignored::Stale);
+                }
+                // A remote compensation's reply did not come in time: a failed attempt.
+                let error = format!(
+                    "no compensation reply within {:?}",
+                    self.steps[*step].reply_deadline
+                );
+                self.decide(
+                    instance,
+                    progress,
+                    &Input::CompensationFailed {
+                        step: *step,
+                        token: *token,
+                        error,
+                    },
+                )
+            }
             (
                 _,
                 Input::StepSucceeded { .. }
@@ -455,7 +474,10 @@ impl Plan {
                 if s == step =>
             {
                 let done = *step;
-                self.compensate_next(instance, next, Some(done))
+                with_first(
+                    Effect::CancelTimers,
+                    self.compensate_next(instance, next, Some(done)),
+                )
             }
             (
                 Compensating { step, attempt },
@@ -632,13 +654,21 @@ impl Plan {
     ) -> Decision {
         next.token += 1;
         next.phase = Phase::Compensating { step, attempt };
-        Decision::Apply {
-            effects: vec![Effect::Compensate {
+        let mut effects = vec![Effect::Compensate {
+            step,
+            token: next.token,
+            attempt,
+            key: self.key(instance, step, true),
+        }];
+        if let Some(after) = self.steps[step].reply_deadline {
+            effects.push(Effect::ScheduleDeadline {
                 step,
                 token: next.token,
-                attempt,
-                key: self.key(instance, step, true),
-            }],
+                after,
+            });
+        }
+        Decision::Apply {
+            effects,
             progress: next,
         }
     }
@@ -666,6 +696,20 @@ impl Plan {
                 }
             }
         }
+    }
+}
+
+/// `decision` with `effect` first (when it applies).
+fn with_first(effect: Effect, decision: Decision) -> Decision {
+    match decision {
+        Decision::Apply {
+            progress,
+            mut effects,
+        } => {
+            effects.insert(0, effect);
+            Decision::Apply { progress, effects }
+        }
+        other => other,
     }
 }
 
