@@ -11,6 +11,7 @@ pub mod idempotency;
 mod migrate;
 pub mod options;
 pub mod outbox;
+pub mod processors;
 mod store;
 
 pub use batcher::BatchStatsSnapshot;
@@ -20,6 +21,7 @@ pub use dead_letters::PostgresDeadLetters;
 pub use idempotency::{InboxOutcome, InboxTransaction, PostgresDedupStore, PostgresInbox};
 pub use options::PostgresOptions;
 pub use outbox::PostgresOutbox;
+pub use processors::PostgresProcessorStore;
 pub use store::PostgresStore;
 
 /// The driver, re-exported so applications use the same version for their own SQL.

@@ -37,10 +37,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "append_one",
         include_str!("migrations/0008_append_one.sql"),
     ),
+    (
+        9,
+        "processors",
+        include_str!("migrations/0009_processors.sql"),
+    ),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {

@@ -107,6 +107,60 @@ fn to_i64(seqs: &[u64]) -> Vec<i64> {
         .collect()
 }
 
+/// The outbox table of `schema` and the NOTIFY channel its relays listen on.
+pub(crate) fn outbox_names(schema: &str) -> (String, String) {
+    (
+        format!("{schema}.outbox_messages"),
+        format!("runnel_outbox_{schema}"),
+    )
+}
+
+/// Inserts `messages` (validated by the caller) into `table` on `tx`, stamped `now`, and
+/// sends the NOTIFY on `channel` that PostgreSQL delivers to relays at commit. The one
+/// enqueue statement, shared by [`PostgresOutbox::enqueue_in`] and the processor store.
+pub(crate) async fn insert_rows(
+    tx: &mut sqlx::PgConnection,
+    table: &str,
+    channel: &str,
+    now: DateTime<Utc>,
+    messages: &[OutboxMessage],
+) -> Result<(), StoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(messages.len());
+    let mut topics = Vec::with_capacity(messages.len());
+    let mut keys: Vec<Option<String>> = Vec::with_capacity(messages.len());
+    let mut envelopes = Vec::with_capacity(messages.len());
+    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(messages.len());
+    for m in messages {
+        ids.push(m.message.id.clone());
+        topics.push(m.topic.to_string());
+        keys.push(m.message.ordering_key().map(str::to_string));
+        envelopes.push(encode_envelope(&m.message)?);
+        payloads.push(m.message.payload.clone());
+    }
+    // WITH ORDINALITY + ORDER BY: rows get their seq in the order given.
+    let sql = format!(
+        "WITH ins AS (INSERT INTO {table} (message_id, topic, ordering_key, envelope, payload, created_at) \
+         SELECT m, t, k, e, p, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[]) \
+         WITH ORDINALITY AS u(m, t, k, e, p, n) ORDER BY n RETURNING 1) \
+         SELECT pg_notify($7, '') FROM (SELECT count(*) FROM ins) c"
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(ids)
+        .bind(topics)
+        .bind(keys)
+        .bind(envelopes)
+        .bind(payloads)
+        .bind(now)
+        .bind(channel)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
+}
+
 async fn listen(mut listener: PgListener, wake: watch::Sender<u64>) {
     loop {
         match listener.recv().await {
@@ -125,8 +179,7 @@ impl PostgresOutbox {
     /// The outbox in `store`'s schema (created by the store's migrations), listening for
     /// the NOTIFY its enqueues send.
     pub async fn new(store: PostgresStore) -> Result<Self, StoreError> {
-        let schema = store.schema().to_string();
-        let channel = format!("runnel_outbox_{schema}");
+        let (table, channel) = outbox_names(store.schema());
         let mut listener = PgListener::connect_with(store.pool())
             .await
             .map_err(map_sqlx)?;
@@ -135,7 +188,7 @@ impl PostgresOutbox {
         let task = tokio::spawn(listen(listener, wake));
         Ok(PostgresOutbox {
             inner: Arc::new(Inner {
-                table: format!("{schema}.outbox_messages"),
+                table,
                 store,
                 channel,
                 clock: Arc::new(SystemClock),
@@ -176,41 +229,14 @@ impl PostgresOutbox {
         messages: &[OutboxMessage],
     ) -> Result<(), StoreError> {
         validate_enqueue(messages, self.inner.max_payload_bytes)?;
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let mut ids = Vec::with_capacity(messages.len());
-        let mut topics = Vec::with_capacity(messages.len());
-        let mut keys: Vec<Option<String>> = Vec::with_capacity(messages.len());
-        let mut envelopes = Vec::with_capacity(messages.len());
-        let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(messages.len());
-        for m in messages {
-            ids.push(m.message.id.clone());
-            topics.push(m.topic.to_string());
-            keys.push(m.message.ordering_key().map(str::to_string));
-            envelopes.push(encode_envelope(&m.message)?);
-            payloads.push(m.message.payload.clone());
-        }
-        // WITH ORDINALITY + ORDER BY: rows get their seq in the order given.
-        let sql = format!(
-            "WITH ins AS (INSERT INTO {} (message_id, topic, ordering_key, envelope, payload, created_at) \
-             SELECT m, t, k, e, p, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[]) \
-             WITH ORDINALITY AS u(m, t, k, e, p, n) ORDER BY n RETURNING 1) \
-             SELECT pg_notify($7, '') FROM (SELECT count(*) FROM ins) c",
-            self.inner.table
-        );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(ids)
-            .bind(topics)
-            .bind(keys)
-            .bind(envelopes)
-            .bind(payloads)
-            .bind(self.inner.clock.now())
-            .bind(&self.inner.channel)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        Ok(())
+        insert_rows(
+            tx,
+            &self.inner.table,
+            &self.inner.channel,
+            self.inner.clock.now(),
+            messages,
+        )
+        .await
     }
 
     fn pool(&self) -> &sqlx::PgPool {

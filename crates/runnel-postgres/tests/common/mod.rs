@@ -79,3 +79,46 @@ pub async fn append_waiting_on_the_lock(store: &PostgresStore) -> i32 {
     let pid = found.lock().unwrap().expect("found above");
     pid
 }
+
+/// Drops a test's schema when dropped: hold it beside the test's stores, so the schema
+/// goes with the test's last handle.
+#[allow(dead_code)]
+pub struct SchemaGuard {
+    url: String,
+    schema: String,
+}
+
+#[allow(dead_code)]
+impl SchemaGuard {
+    /// A guard for `schema` in the database at `url`.
+    pub fn new(url: &str, schema: &str) -> Self {
+        SchemaGuard {
+            url: url.to_string(),
+            schema: schema.to_string(),
+        }
+    }
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        // Drop runs inside the test's runtime: drop the schema from a thread of its own.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                )))
+                .execute(&mut conn)
+                .await
+                .expect("drop the test schema");
+            });
+        });
+        let _ = done.join();
+    }
+}
