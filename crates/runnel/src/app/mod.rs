@@ -314,8 +314,8 @@ impl App {
             async move { r.run(shutdown).await.map_err(BoxError::from) }
         });
         let topic = runtime.definition().reply_topic().clone();
-        let group = GroupName::new(format!("saga-{name}"))
-            .expect("a saga name is a valid group name");
+        let group =
+            GroupName::new(format!("saga-{name}")).expect("a saga name is a valid group name");
         let r = runtime.clone();
         self.consumer(topic, group, move |c| c.handler(reply_handler(r.clone())));
         self.wants_outbox_relay = true;
@@ -329,7 +329,12 @@ impl App {
 
     /// Starts every registered task.
     pub async fn start(mut self) -> Result<RunningApp, AppError> {
-        if self.wants_outbox_relay && !self.tasks.iter().any(|t| t.name.starts_with("outbox-relay:")) {
+        if self.wants_outbox_relay
+            && !self
+                .tasks
+                .iter()
+                .any(|t| t.name.starts_with("outbox-relay:"))
+        {
             self.outbox_relay(RelayOptions::default());
         }
         // Listen before any task runs: a SIGTERM that arrives while the application is

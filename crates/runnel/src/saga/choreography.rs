@@ -22,7 +22,7 @@
 //!     .route("OrderCancelled", react(|event: &Message| {
 //!         Ok(vec![(
 //!             TopicName::new("payments.commands")?,
-//!             Message::json("RefundPayment", &event.payload_json::<serde_json::Value>()?),
+//!             Message::json("RefundPayment", &event.payload_json()?),
 //!         )])
 //!     }));
 //! assert!(billing.routes("OrderPlaced"));

@@ -45,11 +45,11 @@
 //! ```
 
 pub mod admin;
+pub mod choreography;
 mod definition;
 mod handler;
 pub mod machine;
 pub mod process;
-pub mod choreography;
 mod runtime;
 
 pub use definition::{

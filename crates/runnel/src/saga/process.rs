@@ -70,7 +70,8 @@ use super::runtime::{SagaError, CONFLICT_RETRIES_MAX, METRIC_IGNORED, METRIC_TRA
 use crate::app::Shutdown;
 
 type CorrelateFn = Arc<dyn Fn(&Message) -> Option<String> + Send + Sync>;
-type TransitionFn<D> = Arc<dyn Fn(&mut ProcessStep<D>, &Message) -> Result<(), String> + Send + Sync>;
+type TransitionFn<D> =
+    Arc<dyn Fn(&mut ProcessStep<D>, &Message) -> Result<(), String> + Send + Sync>;
 type TimerFn<D> =
     Arc<dyn Fn(&mut ProcessStep<D>, &serde_json::Value) -> Result<(), String> + Send + Sync>;
 
@@ -111,7 +112,12 @@ impl<D> ProcessStep<D> {
 
     /// Schedules the timer `name` to fire `after` from now with `payload` (replacing a
     /// pending one of that name).
-    pub fn schedule(&mut self, name: impl Into<String>, after: Duration, payload: serde_json::Value) {
+    pub fn schedule(
+        &mut self,
+        name: impl Into<String>,
+        after: Duration,
+        payload: serde_json::Value,
+    ) {
         self.schedules.push((name.into(), after, payload));
     }
 
@@ -237,7 +243,10 @@ impl<D: SagaData + Default> ProcessBuilder<D> {
     /// In `state`, the timer `name` firing runs `then` with the timer's payload.
     pub fn on_timer<F>(mut self, state: &str, name: &str, then: F) -> Self
     where
-        F: Fn(&mut ProcessStep<D>, &serde_json::Value) -> Result<(), String> + Send + Sync + 'static,
+        F: Fn(&mut ProcessStep<D>, &serde_json::Value) -> Result<(), String>
+            + Send
+            + Sync
+            + 'static,
     {
         self.def
             .timers
@@ -398,7 +407,11 @@ impl<D: SagaData + Default> ProcessRuntime<D> {
     /// Handles an event delivered to the consumer `handler` (its inbox name): starts an
     /// instance, or runs the transition of the instance's state for the event, in one
     /// commit with the event's inbox mark.
-    pub async fn handle(&self, event: &Message, handler: &str) -> Result<ProcessHandled, SagaError> {
+    pub async fn handle(
+        &self,
+        event: &Message,
+        handler: &str,
+    ) -> Result<ProcessHandled, SagaError> {
         let def = &self.inner.def;
         let start = def.starts.get(&event.event_type);
         let correlate = start.map(|s| &s.correlate).or_else(|| {
@@ -537,8 +550,12 @@ impl<D: SagaData + Default> ProcessRuntime<D> {
         for m in &mut outbox {
             let msg = &mut m.message;
             if msg.correlation_id.is_none() {
-                msg.correlation_id =
-                    Some(cause.correlation_id.clone().unwrap_or_else(|| key.to_string()));
+                msg.correlation_id = Some(
+                    cause
+                        .correlation_id
+                        .clone()
+                        .unwrap_or_else(|| key.to_string()),
+                );
             }
             if msg.causation_id.is_none() {
                 msg.causation_id = Some(cause.id.clone());
@@ -639,7 +656,12 @@ impl<D: SagaData + Default> ProcessRuntime<D> {
             return Ok(());
         };
         for _ in 0..CONFLICT_RETRIES_MAX {
-            let Some(r) = self.inner.store.load(&self.inner.kind, &timer.instance).await? else {
+            let Some(r) = self
+                .inner
+                .store
+                .load(&self.inner.kind, &timer.instance)
+                .await?
+            else {
                 self.inner.store.delete_timer(timer.id).await?;
                 return Ok(());
             };
@@ -649,7 +671,10 @@ impl<D: SagaData + Default> ProcessRuntime<D> {
                     what: "progress",
                     error: e.to_string(),
                 })?;
-            let Some(then) = def.timers.get(&(progress.state.clone(), parsed.name.clone())) else {
+            let Some(then) = def
+                .timers
+                .get(&(progress.state.clone(), parsed.name.clone()))
+            else {
                 tracing::debug!(process = %def.name, instance = %r.id, timer = %parsed.name, state = %progress.state, "timer has no transition in this state");
                 self.inner.store.delete_timer(timer.id).await?;
                 return Ok(());
@@ -675,7 +700,15 @@ impl<D: SagaData + Default> ProcessRuntime<D> {
                 detail: Some(parsed.name.clone()),
             };
             match self
-                .commit(ExpectedInstance::Version(r.version), &r.id, step, &cause, Some(timer.id), None, line)
+                .commit(
+                    ExpectedInstance::Version(r.version),
+                    &r.id,
+                    step,
+                    &cause,
+                    Some(timer.id),
+                    None,
+                    line,
+                )
                 .await?
             {
                 (CommitOutcome::Committed { .. }, _) => return Ok(()),

@@ -1573,7 +1573,11 @@ impl<D: SagaData> SagaRuntime<D> {
             let n = self
                 .inner
                 .store
-                .purge_finished(Some(&self.inner.kind), before, runnel_core::processor::PROCESSOR_BATCH_MAX)
+                .purge_finished(
+                    Some(&self.inner.kind),
+                    before,
+                    runnel_core::processor::PROCESSOR_BATCH_MAX,
+                )
                 .await?;
             total += n;
             if n < runnel_core::processor::PROCESSOR_BATCH_MAX as u64 {

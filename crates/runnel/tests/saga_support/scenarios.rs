@@ -159,7 +159,7 @@ pub async fn compensation_runs_in_reverse_after_a_step_fails(stores: Stores) {
     let history = test
         .runtime()
         .store()
-        .history(&test.runtime().kind(), "o-2", 0, 100)
+        .history(test.runtime().kind(), "o-2", 0, 100)
         .await
         .unwrap();
     let compensated: Vec<String> = history
@@ -730,10 +730,14 @@ struct Shipping {
 fn shipping_process() -> runnel::saga::process::ProcessDefinition<Shipping> {
     use runnel::saga::process::ProcessDefinition;
     let order_of =
-        |m: &runnel::core::Message| m.payload_json::<serde_json::Value>().ok()?["order"].as_str().map(String::from);
+        |m: &runnel::core::Message| m.payload_json().ok()?["order"].as_str().map(String::from);
     ProcessDefinition::<Shipping>::builder("shipping", 1)
         .start_on("OrderPlaced", order_of, "awaiting-payment", |step, _| {
-            step.schedule("reminder", Duration::from_secs(3600), serde_json::json!({"n": 1}));
+            step.schedule(
+                "reminder",
+                Duration::from_secs(3600),
+                serde_json::json!({"n": 1}),
+            );
             Ok(())
         })
         .on_timer("awaiting-payment", "reminder", |step, payload| {
@@ -743,19 +747,31 @@ fn shipping_process() -> runnel::saga::process::ProcessDefinition<Shipping> {
                 runnel::core::TopicName::new("notifications").unwrap(),
                 runnel::core::Message::json("PaymentReminder", &serde_json::json!({"n": n})),
             );
-            step.schedule("reminder", Duration::from_secs(3600), serde_json::json!({"n": n + 1}));
-            Ok(())
-        })
-        .on("awaiting-payment", "PaymentReceived", order_of, |step, _| {
-            step.data.paid = true;
-            step.cancel("reminder");
-            step.send(
-                runnel::core::TopicName::new("shipping.commands").unwrap(),
-                runnel::core::Message::json("ShipOrder", &serde_json::json!({"order": step.instance()})),
+            step.schedule(
+                "reminder",
+                Duration::from_secs(3600),
+                serde_json::json!({"n": n + 1}),
             );
-            step.goto("shipping");
             Ok(())
         })
+        .on(
+            "awaiting-payment",
+            "PaymentReceived",
+            order_of,
+            |step, _| {
+                step.data.paid = true;
+                step.cancel("reminder");
+                step.send(
+                    runnel::core::TopicName::new("shipping.commands").unwrap(),
+                    runnel::core::Message::json(
+                        "ShipOrder",
+                        &serde_json::json!({"order": step.instance()}),
+                    ),
+                );
+                step.goto("shipping");
+                Ok(())
+            },
+        )
         .on("shipping", "OrderShipped", order_of, |step, _| {
             step.goto("done");
             Ok(())
@@ -771,14 +787,20 @@ fn shipping_process() -> runnel::saga::process::ProcessDefinition<Shipping> {
 pub async fn process_manager_correlates_times_and_finishes(stores: Stores) {
     use runnel::saga::process::{ProcessHandled, ProcessRuntime};
     let clock = Arc::new(runnel::core::VirtualClock::new());
-    let pm = ProcessRuntime::with_clock(shipping_process(), Arc::clone(&stores.processors), clock.clone());
+    let pm = ProcessRuntime::with_clock(
+        shipping_process(),
+        Arc::clone(&stores.processors),
+        clock.clone(),
+    );
     let placed = runnel::core::Message::json("OrderPlaced", &serde_json::json!({"order": "o-20"}));
     let mut racers = Vec::new();
     for i in 0..8 {
         let pm = pm.clone();
         let mut event = placed.clone();
         event.id = format!("placed-{i}");
-        racers.push(tokio::spawn(async move { pm.handle(&event, "orders/shipping").await }));
+        racers.push(tokio::spawn(async move {
+            pm.handle(&event, "orders/shipping").await
+        }));
     }
     let mut started = 0;
     for r in racers {
@@ -788,7 +810,11 @@ pub async fn process_manager_correlates_times_and_finishes(stores: Stores) {
     }
     assert_eq!(started, 1, "one instance for eight start events");
     // A restarted process fires the timer.
-    let pm = ProcessRuntime::with_clock(shipping_process(), Arc::clone(&stores.processors), clock.clone());
+    let pm = ProcessRuntime::with_clock(
+        shipping_process(),
+        Arc::clone(&stores.processors),
+        clock.clone(),
+    );
     assert_eq!(pm.tick().await.unwrap(), 0);
     clock.advance(Duration::from_secs(3601));
     assert_eq!(pm.tick().await.unwrap(), 1);
@@ -796,28 +822,49 @@ pub async fn process_manager_correlates_times_and_finishes(stores: Stores) {
     assert_eq!(pm.tick().await.unwrap(), 1);
     assert_eq!(pm.data("o-20").await.unwrap().unwrap().reminders, 2);
 
-    let paid = runnel::core::Message::json("PaymentReceived", &serde_json::json!({"order": "o-20"}));
-    assert!(matches!(pm.handle(&paid, "payments/shipping").await.unwrap(), ProcessHandled::Applied { ref state, .. } if state == "shipping"));
-    assert!(matches!(pm.handle(&paid, "payments/shipping").await.unwrap(), ProcessHandled::Ignored(_)));
+    let paid =
+        runnel::core::Message::json("PaymentReceived", &serde_json::json!({"order": "o-20"}));
+    assert!(
+        matches!(pm.handle(&paid, "payments/shipping").await.unwrap(), ProcessHandled::Applied { ref state, .. } if state == "shipping")
+    );
+    assert!(matches!(
+        pm.handle(&paid, "payments/shipping").await.unwrap(),
+        ProcessHandled::Ignored(_)
+    ));
     clock.advance(Duration::from_secs(7200));
     assert_eq!(pm.tick().await.unwrap(), 0, "the reminder was cancelled");
-    let shipped = runnel::core::Message::json("OrderShipped", &serde_json::json!({"order": "o-20"}));
+    let shipped =
+        runnel::core::Message::json("OrderShipped", &serde_json::json!({"order": "o-20"}));
     pm.handle(&shipped, "shipping/shipping").await.unwrap();
     let done = pm.load("o-20").await.unwrap().unwrap();
     assert_eq!(done.status, InstanceStatus::Completed);
     assert_eq!(done.state, "done");
-    assert!(matches!(pm.handle(&paid, "late/shipping").await.unwrap(), ProcessHandled::Ignored(_)));
+    assert!(matches!(
+        pm.handle(&paid, "late/shipping").await.unwrap(),
+        ProcessHandled::Ignored(_)
+    ));
     let sent: Vec<String> = {
         let mut types = Vec::new();
         loop {
-            let rows = stores.outbox.claim("t", Duration::from_secs(60), 100).await.unwrap();
+            let rows = stores
+                .outbox
+                .claim("t", Duration::from_secs(60), 100)
+                .await
+                .unwrap();
             if rows.is_empty() {
                 break;
             }
-            stores.outbox.mark_published(&rows.iter().map(|r| r.seq).collect::<Vec<_>>()).await.unwrap();
+            stores
+                .outbox
+                .mark_published(&rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+                .await
+                .unwrap();
             types.extend(rows.into_iter().map(|r| r.message.event_type));
         }
         types
     };
-    assert_eq!(sent, vec!["PaymentReminder", "PaymentReminder", "ShipOrder"]);
+    assert_eq!(
+        sent,
+        vec!["PaymentReminder", "PaymentReminder", "ShipOrder"]
+    );
 }
