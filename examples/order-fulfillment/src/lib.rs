@@ -22,6 +22,7 @@
 //! ```
 
 pub mod commands;
+pub mod fulfillment;
 pub mod order;
 pub mod queries;
 pub mod read_model;

@@ -18,9 +18,11 @@ use runnel::postgres::PostgresInbox;
 use runnel::sqlite::SqliteInbox;
 use runnel::{RetryPolicy, Upcasters};
 
+use crate::fulfillment::{Fulfillment, FulfillmentConfig};
 use crate::order::{Order, OrderEvent};
 use crate::read_model::{OrderReadModel, RowChange};
 use crate::{order_repository, register, upcasters};
+use runnel::saga::SagaRuntime;
 
 /// The topic every order event is published to (the aggregate type: one topic per
 /// category keeps one order's events in order).
@@ -34,12 +36,24 @@ pub const RELAY_CHECKPOINT: &str = "order-service-relay";
 #[derive(Clone)]
 pub struct OrderService {
     pub read_model: OrderReadModel,
+    /// The fulfillment saga's runtime.
+    pub fulfillment: SagaRuntime<Fulfillment>,
+}
+
+/// Wires the order service into `app` with default fulfillment (no injected failures):
+/// see [`wire_with`].
+pub async fn wire(app: &mut App) -> Result<OrderService, Box<dyn std::error::Error + Send + Sync>> {
+    wire_with(app, FulfillmentConfig::default()).await
 }
 
 /// Wires the order service into `app`: commands and queries, the event store as outbox,
-/// and the read-model consumer.
-pub async fn wire(app: &mut App) -> Result<OrderService, Box<dyn std::error::Error + Send + Sync>> {
+/// the read-model consumer, and fulfillment (the saga and the services it talks to).
+pub async fn wire_with(
+    app: &mut App,
+    fulfillment: FulfillmentConfig,
+) -> Result<OrderService, Box<dyn std::error::Error + Send + Sync>> {
     let upcasters = Arc::new(upcasters()?);
+    let upcasters_for_saga = Arc::clone(&upcasters);
     let stores = app.stores().clone();
     let repository = order_repository(
         Arc::clone(&stores.events),
@@ -66,6 +80,9 @@ pub async fn wire(app: &mut App) -> Result<OrderService, Box<dyn std::error::Err
         let model = model.clone();
         let upcasters = Arc::clone(&upcasters);
         let consumer = consumer
+            // The read model must see every order event, even those published before its
+            // group first subscribed.
+            .subscribe_options(crate::fulfillment::from_earliest())
             .retry(RetryPolicy {
                 max_attempts: 5,
                 ..RetryPolicy::default()
@@ -83,16 +100,18 @@ pub async fn wire(app: &mut App) -> Result<OrderService, Box<dyn std::error::Err
             _ => consumer,
         }
     });
-    Ok(OrderService { read_model })
+    let fulfillment = crate::fulfillment::wire(app, Arc::clone(&upcasters_for_saga), fulfillment)?;
+    Ok(OrderService {
+        read_model,
+        fulfillment,
+    })
 }
 
-/// Applies one order event to the read model, in the inbox's scope.
-async fn apply(
-    model: &OrderReadModel,
+/// The order id and the decoded (upcast) order event of a message on the `Order` topic.
+pub fn decode_order_event(
     upcasters: &Upcasters,
-    ctx: HandlerContext,
-) -> Result<(), HandlerError> {
-    let message = ctx.message();
+    message: &runnel::core::Message,
+) -> Result<(String, OrderEvent), HandlerError> {
     let order_id = message
         .key
         .as_deref()
@@ -111,7 +130,17 @@ async fn apply(
         .map_err(HandlerError::permanent)?;
     let event: OrderEvent = codec::decode_value(&message.event_type, version, payload)
         .map_err(HandlerError::permanent)?;
-    let event_id = message.id.clone();
+    Ok((order_id, event))
+}
+
+/// Applies one order event to the read model, in the inbox's scope.
+async fn apply(
+    model: &OrderReadModel,
+    upcasters: &Upcasters,
+    ctx: HandlerContext,
+) -> Result<(), HandlerError> {
+    let (order_id, event) = decode_order_event(upcasters, ctx.message())?;
+    let event_id = ctx.message().id.clone();
     model
         .apply_in(&ctx, order_id, event_id, RowChange::of(&event))
         .await

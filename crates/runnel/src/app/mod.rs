@@ -317,7 +317,14 @@ impl App {
         let group =
             GroupName::new(format!("saga-{name}")).expect("a saga name is a valid group name");
         let r = runtime.clone();
-        self.consumer(topic, group, move |c| c.handler(reply_handler(r.clone())));
+        // A reply must never be missed because the group was created after it was sent.
+        self.consumer(topic, group, move |c| {
+            c.subscribe_options(runnel_core::bus::SubscribeOptions {
+                start: runnel_core::bus::StartPosition::Earliest,
+                ..runnel_core::bus::SubscribeOptions::default()
+            })
+            .handler(reply_handler(r.clone()))
+        });
         self.wants_outbox_relay = true;
         runtime
     }

@@ -422,12 +422,8 @@ impl Plan {
                 if *token != progress.token {
                     return Decision::Ignore(Ignored::Stale);
                 }
-                self.retry_step(
-                    next,
-                    *step,
-                    *attempt,
-                    format!("no reply within {:?}", self.steps[*step].reply_deadline),
-                )
+                let within = self.steps[*step].reply_deadline.unwrap_or_default();
+                self.retry_step(next, *step, *attempt, format!("no reply within {within:?}"))
             }
             (Compensating { step, .. }, Input::DeadlineFired { step: s, token }) if s == step => {
                 if *token != progress.token {
@@ -436,7 +432,7 @@ impl Plan {
                 // A remote compensation's reply did not come in time: a failed attempt.
                 let error = format!(
                     "no compensation reply within {:?}",
-                    self.steps[*step].reply_deadline
+                    self.steps[*step].reply_deadline.unwrap_or_default()
                 );
                 self.decide(
                     instance,

@@ -49,7 +49,9 @@ where
 {
     for fail_confirm in [false, true] {
         let world: Arc<Mutex<World>> = Arc::new(Mutex::new(World::default()));
-        let stores_alive: Arc<Mutex<Vec<Stores>>> = Arc::new(Mutex::new(Vec::new()));
+        // The stores of the run in progress: replacing them at the next run drops the
+        // previous run's database (its schema, its connections).
+        let stores_alive: Arc<Mutex<Option<Stores>>> = Arc::new(Mutex::new(None));
         let runs = CrashHarness::run(
             "o-1",
             || {
@@ -62,7 +64,8 @@ where
                     w.faults.lock().unwrap().fail_confirm = fail_confirm;
                     *world.lock().unwrap() = w.clone();
                     let test = driver(&stores, &w, 1, LateReplyPolicy::Ignore);
-                    alive.lock().unwrap().push(stores);
+                    let previous = alive.lock().unwrap().replace(stores);
+                    drop(previous);
                     test
                 }
             },
