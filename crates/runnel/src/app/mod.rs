@@ -64,7 +64,7 @@ pub use restart::{
     RestartPolicy, RESTART_BASE_DELAY_DEFAULT, RESTART_HEALTHY_AFTER_DEFAULT,
     RESTART_MAX_DELAY_DEFAULT,
 };
-pub use shutdown::Shutdown;
+pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use supervisor::{AppReport, TaskReport, METRIC_TASKS_RUNNING, METRIC_TASK_RESTARTS};
 use supervisor::{Supervisor, TaskFn, TaskSpec};
 

@@ -7,17 +7,20 @@ use tokio::sync::watch;
 #[derive(Clone, Debug)]
 pub struct Shutdown(watch::Receiver<bool>);
 
-/// Fires a [`Shutdown`].
+/// Fires a [`Shutdown`]: for running a task (a saga runtime, a relay) outside an
+/// application and stopping it on your own terms.
 #[derive(Debug)]
-pub(crate) struct ShutdownTrigger(watch::Sender<bool>);
+pub struct ShutdownTrigger(watch::Sender<bool>);
 
 impl ShutdownTrigger {
-    pub(crate) fn new() -> (ShutdownTrigger, Shutdown) {
+    /// A trigger and the signal it fires.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
         let (tx, rx) = watch::channel(false);
         (ShutdownTrigger(tx), Shutdown(rx))
     }
 
-    pub(crate) fn fire(&self) {
+    /// Fires the signal (every clone of it).
+    pub fn fire(&self) {
         // send_replace: fires even when no receiver is left.
         self.0.send_replace(true);
     }
