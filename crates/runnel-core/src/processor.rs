@@ -362,8 +362,10 @@ pub trait ProcessorStore: Send + Sync + 'static {
         due: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Deletes timer `id` (one that fired and turned out to have no effect).
-    async fn delete_timer(&self, id: u64) -> Result<(), StoreError>;
+    /// Deletes timer `id` if `owner` still holds its lease (a timer that fired and turned
+    /// out to have no effect). A timer re-scheduled or taken over meanwhile is left alone:
+    /// it is someone else's work now.
+    async fn delete_timer(&self, id: u64, owner: &str) -> Result<(), StoreError>;
 
     /// The earliest due time of `kind`'s timers not leased now, if any (how long the
     /// timer loop may sleep).

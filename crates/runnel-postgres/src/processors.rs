@@ -665,15 +665,16 @@ impl ProcessorStore for PostgresProcessorStore {
         Ok(())
     }
 
-    async fn delete_timer(&self, id: u64) -> Result<(), StoreError> {
+    async fn delete_timer(&self, id: u64, owner: &str) -> Result<(), StoreError> {
         let Ok(id) = i64::try_from(id) else {
             return Ok(());
         };
         sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {} WHERE id = $1",
+            "DELETE FROM {} WHERE id = $1 AND leased_by = $2",
             self.tables.timers
         )))
         .bind(id)
+        .bind(owner)
         .execute(self.store.pool())
         .await
         .map_err(map_sqlx)?;

@@ -105,8 +105,8 @@ impl ProcessorStore for SchemaProcessors {
     ) -> Result<(), StoreError> {
         self.processors.release_timer(id, owner, due).await
     }
-    async fn delete_timer(&self, id: u64) -> Result<(), StoreError> {
-        self.processors.delete_timer(id).await
+    async fn delete_timer(&self, id: u64, owner: &str) -> Result<(), StoreError> {
+        self.processors.delete_timer(id, owner).await
     }
     async fn next_due(&self, kind: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.processors.next_due(kind).await

@@ -493,13 +493,16 @@ impl ProcessorStore for SqliteProcessorStore {
             .await
     }
 
-    async fn delete_timer(&self, id: u64) -> Result<(), StoreError> {
+    async fn delete_timer(&self, id: u64, owner: &str) -> Result<(), StoreError> {
+        let owner = owner.to_string();
         self.store
             .submit(0, keep_all, move |conn, _| {
-                conn.prepare_cached("DELETE FROM processor_timers WHERE id = ?1")
-                    .map_err(map_sqlite)?
-                    .execute(params![id as i64])
-                    .map_err(map_sqlite)?;
+                conn.prepare_cached(
+                    "DELETE FROM processor_timers WHERE id = ?1 AND leased_by = ?2",
+                )
+                .map_err(map_sqlite)?
+                .execute(params![id as i64, owner])
+                .map_err(map_sqlite)?;
                 Ok(())
             })
             .await

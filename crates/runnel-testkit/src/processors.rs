@@ -463,7 +463,13 @@ pub async fn a_due_timer_is_leased_to_one_owner_until_the_lease_lapses<
     );
     assert_eq!(c.len(), 1, "released timers are claimable at once");
 
-    must("delete", store.delete_timer(id).await);
+    must("delete by a", store.delete_timer(id, "a").await);
+    assert_eq!(
+        must("timers", store.timers(KIND, "i").await).len(),
+        1,
+        "only the lease holder deletes a timer"
+    );
+    must("delete", store.delete_timer(id, "c").await);
     assert!(must("timers", store.timers(KIND, "i").await).is_empty());
 }
 

@@ -29,8 +29,10 @@ CREATE INDEX processor_instances_finished ON processor_instances (finished_at)
 -- Durable timers, and the work queue: a local step about to run is a timer due now,
 -- leased to the process running it. `(kind, instance, name)` is unique, so scheduling a
 -- timer again replaces it.
+-- AUTOINCREMENT: an id is never reused, so a process holding a fired timer's id can never
+-- act on a later timer that took the same row number.
 CREATE TABLE processor_timers (
-    id           INTEGER PRIMARY KEY,
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
     kind         TEXT    NOT NULL,
     instance     TEXT    NOT NULL,
     name         TEXT    NOT NULL,

@@ -652,7 +652,10 @@ impl<D: SagaData + Default> ProcessRuntime<D> {
         let parsed: Result<ProcessTimer, _> = serde_json::from_slice(&timer.payload);
         let Ok(parsed) = parsed else {
             tracing::error!(process = %def.name, instance = %timer.instance, "unreadable timer; deleted");
-            self.inner.store.delete_timer(timer.id).await?;
+            self.inner
+                .store
+                .delete_timer(timer.id, &self.inner.owner)
+                .await?;
             return Ok(());
         };
         for _ in 0..CONFLICT_RETRIES_MAX {
@@ -662,7 +665,10 @@ impl<D: SagaData + Default> ProcessRuntime<D> {
                 .load(&self.inner.kind, &timer.instance)
                 .await?
             else {
-                self.inner.store.delete_timer(timer.id).await?;
+                self.inner
+                    .store
+                    .delete_timer(timer.id, &self.inner.owner)
+                    .await?;
                 return Ok(());
             };
             let progress: ProcessProgress =
@@ -676,7 +682,10 @@ impl<D: SagaData + Default> ProcessRuntime<D> {
                 .get(&(progress.state.clone(), parsed.name.clone()))
             else {
                 tracing::debug!(process = %def.name, instance = %r.id, timer = %parsed.name, state = %progress.state, "timer has no transition in this state");
-                self.inner.store.delete_timer(timer.id).await?;
+                self.inner
+                    .store
+                    .delete_timer(timer.id, &self.inner.owner)
+                    .await?;
                 return Ok(());
             };
             let mut step = ProcessStep {

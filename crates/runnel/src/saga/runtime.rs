@@ -938,7 +938,10 @@ impl<D: SagaData> SagaRuntime<D> {
                         .increment(1);
                     tracing::debug!(saga = %def.name, instance = %id, ?input, ?why, "input has no effect");
                     if let Some(timer) = cause.timer {
-                        self.inner.store.delete_timer(timer).await?;
+                        self.inner
+                            .store
+                            .delete_timer(timer, &self.inner.owner)
+                            .await?;
                     }
                     return Ok(Applied::Ignored(why, Box::new(record)));
                 }
@@ -1252,7 +1255,10 @@ impl<D: SagaData> SagaRuntime<D> {
             Err(SagaError::UnknownInstance { .. }) => {
                 // Purged meanwhile: the timer goes with it.
                 if let Some(timer) = work.timer {
-                    self.inner.store.delete_timer(timer).await?;
+                    self.inner
+                        .store
+                        .delete_timer(timer, &self.inner.owner)
+                        .await?;
                 }
                 Ok(())
             }
@@ -1296,7 +1302,10 @@ impl<D: SagaData> SagaRuntime<D> {
         if !current || progress.token != token {
             // Stale: the instance moved on (another process ran it, an operator acted).
             if let Some(timer) = cause.timer {
-                self.inner.store.delete_timer(timer).await?;
+                self.inner
+                    .store
+                    .delete_timer(timer, &self.inner.owner)
+                    .await?;
             }
             return Ok(());
         }
