@@ -336,6 +336,27 @@ pub async fn duplicate_reply_has_one_effect(stores: Stores) {
     let done = test.settle("o-5", &inventory(false)).await.unwrap();
     assert_eq!(done.record.status, InstanceStatus::Completed);
     assert_eq!(done.data.replies_applied, 1);
+
+    // A reply naming an instance whose start has not committed (or never will): an error
+    // the consumer retries (and in the end dead-letters), never a silent drop.
+    let mut ghost = reply.clone();
+    ghost.id = "ghost-reply".into();
+    ghost
+        .headers
+        .insert("runnel-saga-instance".into(), "o-ghost".into());
+    let e = test.deliver(&ghost).await.unwrap_err();
+    assert!(matches!(e, SagaError::UnknownInstance { .. }), "{e:?}");
+    assert!(e.is_transient(), "retried by the consumer");
+    // Not a reply to this saga at all: a permanent error (dead-lettered at once).
+    let mut foreign = reply.clone();
+    foreign
+        .headers
+        .insert("runnel-saga".into(), "saga:other".into());
+    let e = test.deliver(&foreign).await.unwrap_err();
+    assert!(
+        matches!(e, SagaError::NotAReply { .. }) && !e.is_transient(),
+        "{e:?}"
+    );
 }
 
 /// A reply that comes after its deadline fired is never applied to a later step: the
