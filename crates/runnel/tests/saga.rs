@@ -79,6 +79,12 @@ macro_rules! proofs {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn finished_instances_are_purged_after_the_retention() {
+                let Some(stores) = $stores else { return };
+                scenarios::finished_instances_are_purged_after_the_retention(stores).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn unknown_definition_version_is_refused() {
                 let Some(stores) = $stores else { return };
                 scenarios::unknown_definition_version_is_refused(stores).await;

@@ -892,3 +892,31 @@ pub async fn process_manager_correlates_times_and_finishes(stores: Stores) {
         vec!["PaymentReminder", "PaymentReminder", "ShipOrder"]
     );
 }
+
+/// Finished instances are purged with their history once past the retention; running and
+/// parked ones are kept.
+pub async fn finished_instances_are_purged_after_the_retention(stores: Stores) {
+    let world = World::default();
+    let test = driver(&stores, &world, 1, LateReplyPolicy::Ignore);
+    test.start("p-1", Order::new("p-1")).await.unwrap();
+    let done = test.settle("p-1", &inventory(false)).await.unwrap();
+    assert_eq!(done.record.status, InstanceStatus::Completed);
+    test.start("p-2", Order::new("p-2")).await.unwrap(); // stays running (no reply)
+    test.run_due().await.unwrap();
+    // The driver's runtime keeps finished instances 7 days (the default).
+    assert_eq!(test.runtime().purge_finished().await.unwrap(), 0);
+    test.clock().advance(Duration::from_secs(8 * 24 * 3600));
+    assert_eq!(test.runtime().purge_finished().await.unwrap(), 1);
+    assert!(test.runtime().load("p-1").await.unwrap().is_none());
+    assert!(test
+        .runtime()
+        .store()
+        .history(test.runtime().kind(), "p-1", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        test.runtime().load("p-2").await.unwrap().is_some(),
+        "a running one stays"
+    );
+}
