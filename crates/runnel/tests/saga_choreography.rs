@@ -91,13 +91,26 @@ async fn a_reaction_sends_its_command_with_correlation_and_causation() {
     assert_eq!(charge.correlation_id.as_deref(), Some("checkout-42"));
     assert_eq!(charge.causation_id.as_deref(), Some(placed.id.as_str()));
     assert_eq!(charge.payload_json().unwrap()["order"], "o-1");
-    // The failed reaction published nothing.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), seen_rx.recv())
+    // The failed reaction was dead-lettered, and published nothing: effects go out only
+    // when the handler succeeds, before the delivery is settled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let letters = running
+            .stores()
+            .dead_letters
+            .list(&DeadLetterFilter::default(), None, 10)
             .await
-            .is_err(),
-        "only one command"
-    );
+            .unwrap();
+        if letters.iter().any(|l| l.message.event_type == "Broken") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Broken was not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen_rx.try_recv().is_err(), "only one command");
     let report = running.shutdown(Duration::from_secs(20)).await;
     assert!(report.all_stopped_in_time(), "{report:?}");
 }
