@@ -19,6 +19,7 @@ pub mod metadata;
 pub mod outbox;
 pub mod position;
 pub mod processor;
+pub mod projection;
 pub mod store;
 pub mod stream_name;
 pub mod subscription;

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod options;
 pub mod outbox;
 pub mod processors;
+pub mod projections;
 mod reader;
 mod rows;
 mod schema;
@@ -24,6 +25,7 @@ pub use idempotency::{InboxOutcome, SqliteDedupStore, SqliteInbox};
 pub use options::{Durability, SqliteOptions};
 pub use outbox::SqliteOutbox;
 pub use processors::SqliteProcessorStore;
+pub use projections::SqliteProjectionStore;
 pub use store::{save_checkpoint_in_tx, SqliteStore, UnitOfWork};
 pub use writer::WriterStatsSnapshot;
 

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Every migration in order: (version, name, SQL). Each runs once, in one transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "processors",
         include_str!("migrations/0007_processors.sql"),
+    ),
+    (
+        8,
+        "projections",
+        include_str!("migrations/0008_projections.sql"),
     ),
 ];
 

@@ -27,6 +27,7 @@ pub mod consumer;
 pub mod dead_letter;
 mod join_once;
 pub mod outbox;
+pub mod projection;
 pub mod query;
 pub mod retry;
 pub mod saga;

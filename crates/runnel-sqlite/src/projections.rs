@@ -1,0 +1,557 @@
+//! [`ProjectionStore`] on the SQLite file: versions, checkpoints and leases in the tables
+//! of migration 8; a batch of read-model statements and its checkpoint are one job of the
+//! writer's batch (under its own savepoint), so they commit together or not at all.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use runnel_core::async_trait;
+use runnel_core::projection::{
+    cut_error, resolve_tables, validate_identifier, validate_spec, versioned_table, Batch,
+    BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, SqlValue,
+    VersionRole, VersionSpec, BATCH_STATEMENTS_MAX,
+};
+use runnel_core::{Position, StoreError};
+
+use crate::error_map::map_sqlite;
+use crate::rows::{micros_to_time, time_to_micros};
+use crate::store::{keep_all, SqliteStore};
+
+/// Projection state in the store's file. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteProjectionStore {
+    store: SqliteStore,
+    wake: crate::outbox::SqliteOutbox,
+}
+
+impl std::fmt::Debug for SqliteProjectionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteProjectionStore")
+            .field("path", &self.store.path())
+            .finish()
+    }
+}
+
+const STATE_COLUMNS: &str = "s.name, s.version, s.partition, v.partitions, v.role, s.checkpoint, \
+     s.status, s.last_error, s.failed_position, s.events_applied, s.leased_by, s.leased_until, \
+     s.updated_at";
+
+fn state_from_row(row: &rusqlite::Row<'_>) -> Result<ProjectionState, StoreError> {
+    let bad = |e: rusqlite::Error| StoreError::Corrupt(format!("unreadable projection row: {e}"));
+    let role: String = row.get(4).map_err(bad)?;
+    let status: String = row.get(6).map_err(bad)?;
+    let failed: Option<i64> = row.get(8).map_err(bad)?;
+    let owner: Option<String> = row.get(10).map_err(bad)?;
+    let until: Option<i64> = row.get(11).map_err(bad)?;
+    Ok(ProjectionState {
+        name: row.get(0).map_err(bad)?,
+        version: row.get(1).map_err(bad)?,
+        partition: row.get(2).map_err(bad)?,
+        partitions: row.get(3).map_err(bad)?,
+        role: VersionRole::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown version role {role:?}")))?,
+        checkpoint: Position(row.get::<_, i64>(5).map_err(bad)? as u64),
+        status: ProjectionStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown projection status {status:?}")))?,
+        last_error: row.get(7).map_err(bad)?,
+        failed_position: failed.map(|p| Position(p as u64)),
+        events_applied: row.get::<_, i64>(9).map_err(bad)? as u64,
+        lease: match (owner, until) {
+            (Some(o), Some(u)) => Some((o, micros_to_time(u)?)),
+            _ => None,
+        },
+        updated_at: micros_to_time(row.get(12).map_err(bad)?)?,
+    })
+}
+
+fn tables_of(
+    conn: &Connection,
+    name: &str,
+    version: u32,
+) -> Result<Option<(Vec<String>, VersionRole)>, StoreError> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT tables, role FROM projection_versions WHERE name = ?1 AND version = ?2",
+        )
+        .map_err(map_sqlite)?
+        .query_row(params![name, version], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(map_sqlite)?;
+    match row {
+        None => Ok(None),
+        Some((tables, role)) => {
+            let tables: Vec<String> = serde_json::from_str(&tables)
+                .map_err(|e| StoreError::Corrupt(format!("projection tables: {e}")))?;
+            let role = VersionRole::parse(&role)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown version role {role:?}")))?;
+            Ok(Some((tables, role)))
+        }
+    }
+}
+
+/// Points the plain table names at `version`'s tables.
+fn replace_views(conn: &Connection, tables: &[String], version: u32) -> Result<(), StoreError> {
+    for t in tables {
+        conn.execute_batch(&format!(
+            "DROP VIEW IF EXISTS {t}; CREATE VIEW {t} AS SELECT * FROM {};",
+            versioned_table(t, version)
+        ))
+        .map_err(|e| {
+            StoreError::InvalidArgument(format!(
+                "cannot make view {t} (is there a table of that name already?): {e}"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[SqlValue]) -> Result<(), String> {
+    for (i, value) in params.iter().enumerate() {
+        let name = format!("${}", i + 1);
+        let Some(index) = stmt.parameter_index(&name).map_err(|e| e.to_string())? else {
+            return Err(format!("the statement has no parameter {name}"));
+        };
+        let bound = match value {
+            SqlValue::Null => stmt.raw_bind_parameter(index, rusqlite::types::Null),
+            SqlValue::Int(v) => stmt.raw_bind_parameter(index, v),
+            SqlValue::Real(v) => stmt.raw_bind_parameter(index, v),
+            SqlValue::Text(v) => stmt.raw_bind_parameter(index, v),
+            SqlValue::Blob(v) => stmt.raw_bind_parameter(index, v),
+        };
+        bound.map_err(|e| e.to_string())?;
+    }
+    if stmt.parameter_count() != params.len() {
+        return Err(format!(
+            "the statement has {} parameters but {} were given",
+            stmt.parameter_count(),
+            params.len()
+        ));
+    }
+    Ok(())
+}
+
+fn commit_in(
+    conn: &Connection,
+    now: i64,
+    batch: &Batch,
+    until: i64,
+) -> Result<BatchOutcome, StoreError> {
+    let moved = conn
+        .prepare_cached(
+            "UPDATE projection_state SET checkpoint = ?5, events_applied = events_applied + ?6, \
+             leased_until = ?7, updated_at = ?8 \
+             WHERE name = ?1 AND version = ?2 AND partition = ?3 AND leased_by = ?4 \
+               AND checkpoint = ?9 AND status = 'running'",
+        )
+        .map_err(map_sqlite)?
+        .execute(params![
+            batch.name,
+            batch.version,
+            batch.partition,
+            batch.owner,
+            batch.to.get() as i64,
+            batch.events as i64,
+            until,
+            now,
+            batch.from.get() as i64,
+        ])
+        .map_err(map_sqlite)?;
+    if moved == 0 {
+        return Ok(BatchOutcome::LeaseLost);
+    }
+    if !batch.outbox.is_empty() {
+        crate::outbox::insert_rows(conn, now, &batch.outbox)?;
+    }
+    if batch.statements.is_empty() {
+        return Ok(BatchOutcome::Committed);
+    }
+    let Some((tables, _)) = tables_of(conn, &batch.name, batch.version)? else {
+        return Ok(BatchOutcome::LeaseLost);
+    };
+    for (index, statement) in batch.statements.iter().enumerate() {
+        let sql = resolve_tables(&statement.sql, &tables, batch.version)?;
+        let mut stmt = match conn.prepare_cached(&sql) {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(BatchOutcome::StatementFailed {
+                    index,
+                    error: cut_error(&e.to_string()),
+                })
+            }
+        };
+        if let Err(error) = bind(&mut stmt, &statement.params) {
+            return Ok(BatchOutcome::StatementFailed {
+                index,
+                error: cut_error(&error),
+            });
+        }
+        if let Err(e) = stmt.raw_execute() {
+            return Ok(BatchOutcome::StatementFailed {
+                index,
+                error: cut_error(&e.to_string()),
+            });
+        }
+    }
+    Ok(BatchOutcome::Committed)
+}
+
+impl SqliteProjectionStore {
+    /// Projection state on `store`'s file.
+    pub fn new(store: SqliteStore) -> Self {
+        SqliteProjectionStore {
+            wake: crate::outbox::SqliteOutbox::new(store.clone()),
+            store,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl ProjectionStore for SqliteProjectionStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn register(&self, spec: &VersionSpec) -> Result<VersionRole, StoreError> {
+        validate_spec(spec)?;
+        let spec = spec.clone();
+        self.store
+            .submit(0, keep_all, move |conn, ctx| {
+                if let Some((_, role)) = tables_of(conn, &spec.name, spec.version)? {
+                    return Ok(role);
+                }
+                let has_current: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM projection_versions WHERE name = ?1 AND role = 'current')",
+                    )
+                    .map_err(map_sqlite)?
+                    .query_row(params![spec.name], |r| r.get(0))
+                    .map_err(map_sqlite)?;
+                let newer: Option<u32> = conn
+                    .prepare_cached("SELECT MAX(version) FROM projection_versions WHERE name = ?1")
+                    .map_err(map_sqlite)?
+                    .query_row(params![spec.name], |r| r.get(0))
+                    .map_err(map_sqlite)?;
+                if let Some(max) = newer {
+                    if max > spec.version {
+                        return Err(StoreError::InvalidArgument(format!(
+                            "projection {} has version {max} already; version {} is older",
+                            spec.name, spec.version
+                        )));
+                    }
+                }
+                // A building version replaced by a newer one is dropped (it never served).
+                let stale: Vec<u32> = conn
+                    .prepare_cached(
+                        "SELECT version FROM projection_versions WHERE name = ?1 AND role = 'building'",
+                    )
+                    .map_err(map_sqlite)?
+                    .query_map(params![spec.name], |r| r.get(0))
+                    .map_err(map_sqlite)?
+                    .collect::<Result<_, _>>()
+                    .map_err(map_sqlite)?;
+                for v in stale {
+                    drop_in(conn, &spec.name, v)?;
+                }
+                for sql in &spec.schema {
+                    let sql = resolve_tables(sql, &spec.tables, spec.version)?;
+                    conn.execute_batch(&sql).map_err(|e| {
+                        StoreError::InvalidArgument(format!(
+                            "projection {} schema statement failed: {e}: {sql}",
+                            spec.name
+                        ))
+                    })?;
+                }
+                let role = if has_current {
+                    VersionRole::Building
+                } else {
+                    VersionRole::Current
+                };
+                conn.prepare_cached(
+                    "INSERT INTO projection_versions (name, version, role, tables, partitions, created_at, switched_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(map_sqlite)?
+                .execute(params![
+                    spec.name,
+                    spec.version,
+                    role.as_str(),
+                    serde_json::to_string(&spec.tables).expect("strings serialise"),
+                    spec.partitions,
+                    ctx.now_micros,
+                    (role == VersionRole::Current).then_some(ctx.now_micros),
+                ])
+                .map_err(map_sqlite)?;
+                let mut insert = conn
+                    .prepare_cached(
+                        "INSERT INTO projection_state (name, version, partition, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .map_err(map_sqlite)?;
+                for p in 0..spec.partitions {
+                    insert
+                        .execute(params![spec.name, spec.version, p, ctx.now_micros])
+                        .map_err(map_sqlite)?;
+                }
+                if role == VersionRole::Current {
+                    replace_views(conn, &spec.tables, spec.version)?;
+                }
+                Ok(role)
+            })
+            .await
+    }
+
+    async fn states(&self, name: Option<&str>) -> Result<Vec<ProjectionState>, StoreError> {
+        let name = name.map(str::to_string);
+        self.store
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {STATE_COLUMNS} FROM projection_state s JOIN projection_versions v \
+                           ON v.name = s.name AND v.version = s.version \
+                         WHERE ?1 IS NULL OR s.name = ?1 ORDER BY s.name, s.version, s.partition"
+                    ))
+                    .map_err(map_sqlite)?;
+                let mut rows = stmt.query(params![name]).map_err(map_sqlite)?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().map_err(map_sqlite)? {
+                    out.push(state_from_row(row)?);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn claim(
+        &self,
+        name: &str,
+        version: u32,
+        partition: u32,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<ProjectionState>, StoreError> {
+        validate_identifier("projection name", name)?;
+        let (name, owner) = (name.to_string(), owner.to_string());
+        let now_micros = time_to_micros(now);
+        let until = time_to_micros(
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX),
+        );
+        self.store
+            .submit(0, keep_all, move |conn, ctx| {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE projection_state SET leased_by = ?4, leased_until = ?5, updated_at = ?7 \
+                         WHERE name = ?1 AND version = ?2 AND partition = ?3 \
+                           AND (leased_by IS NULL OR leased_by = ?4 OR leased_until < ?6)",
+                    )
+                    .map_err(map_sqlite)?
+                    .execute(params![name, version, partition, owner, until, now_micros, ctx.now_micros])
+                    .map_err(map_sqlite)?;
+                if changed == 0 {
+                    return Ok(None);
+                }
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {STATE_COLUMNS} FROM projection_state s JOIN projection_versions v \
+                           ON v.name = s.name AND v.version = s.version \
+                         WHERE s.name = ?1 AND s.version = ?2 AND s.partition = ?3"
+                    ))
+                    .map_err(map_sqlite)?;
+                let mut rows = stmt.query(params![name, version, partition]).map_err(map_sqlite)?;
+                match rows.next().map_err(map_sqlite)? {
+                    Some(row) => Ok(Some(state_from_row(row)?)),
+                    None => Ok(None),
+                }
+            })
+            .await
+    }
+
+    async fn release(
+        &self,
+        name: &str,
+        version: u32,
+        partition: u32,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.store
+            .submit(0, keep_all, move |conn, _| {
+                conn.prepare_cached(
+                    "UPDATE projection_state SET leased_by = NULL, leased_until = NULL \
+                     WHERE name = ?1 AND version = ?2 AND partition = ?3 AND leased_by = ?4",
+                )
+                .map_err(map_sqlite)?
+                .execute(params![name, version, partition, owner])
+                .map_err(map_sqlite)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn commit_batch(
+        &self,
+        batch: Batch,
+        lease_until: DateTime<Utc>,
+    ) -> Result<BatchOutcome, StoreError> {
+        validate_identifier("projection name", &batch.name)?;
+        if batch.statements.len() > BATCH_STATEMENTS_MAX {
+            return Err(StoreError::InvalidArgument(format!(
+                "a batch carries {} statements; at most {BATCH_STATEMENTS_MAX}",
+                batch.statements.len()
+            )));
+        }
+        runnel_core::outbox::validate_enqueue(
+            &batch.outbox,
+            runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT,
+        )?;
+        let sends = !batch.outbox.is_empty();
+        let until = time_to_micros(lease_until);
+        let outcome = self
+            .store
+            .submit(
+                0,
+                |o: &BatchOutcome| *o == BatchOutcome::Committed,
+                move |conn, ctx| commit_in(conn, ctx.now_micros, &batch, until),
+            )
+            .await?;
+        if sends && outcome == BatchOutcome::Committed {
+            self.wake.wake_relays();
+        }
+        Ok(outcome)
+    }
+
+    async fn set_status(
+        &self,
+        name: &str,
+        version: u32,
+        partition: Option<u32>,
+        status: ProjectionStatus,
+        error: Option<(Position, String)>,
+    ) -> Result<u64, StoreError> {
+        let name = name.to_string();
+        self.store
+            .submit(0, keep_all, move |conn, ctx| {
+                let (failed, text) = match &error {
+                    Some((p, e)) => (Some(p.get() as i64), Some(cut_error(e))),
+                    None => (None, None),
+                };
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE projection_state SET status = ?4, failed_position = ?5, \
+                         last_error = COALESCE(?6, CASE WHEN ?4 = 'running' THEN NULL ELSE last_error END), \
+                         updated_at = ?7 \
+                         WHERE name = ?1 AND version = ?2 AND (?3 IS NULL OR partition = ?3)",
+                    )
+                    .map_err(map_sqlite)?
+                    .execute(params![name, version, partition, status.as_str(), failed, text, ctx.now_micros])
+                    .map_err(map_sqlite)?;
+                Ok(changed as u64)
+            })
+            .await
+    }
+
+    async fn skip_failed(
+        &self,
+        name: &str,
+        version: u32,
+        partition: u32,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.store
+            .submit(0, keep_all, move |conn, ctx| {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE projection_state SET checkpoint = failed_position, status = 'running', \
+                         failed_position = NULL, last_error = NULL, updated_at = ?4 \
+                         WHERE name = ?1 AND version = ?2 AND partition = ?3 AND status = 'faulted' \
+                           AND failed_position IS NOT NULL",
+                    )
+                    .map_err(map_sqlite)?
+                    .execute(params![name, version, partition, ctx.now_micros])
+                    .map_err(map_sqlite)?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    async fn switch(&self, name: &str, version: u32) -> Result<(), StoreError> {
+        validate_identifier("projection name", name)?;
+        let name = name.to_string();
+        self.store
+            .submit(0, keep_all, move |conn, ctx| {
+                let Some((tables, role)) = tables_of(conn, &name, version)? else {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "projection {name} has no version {version}"
+                    )));
+                };
+                if role == VersionRole::Current {
+                    return Ok(());
+                }
+                if role == VersionRole::Retired {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "version {version} of projection {name} is retired; rebuild with a new version"
+                    )));
+                }
+                conn.prepare_cached(
+                    "UPDATE projection_versions SET role = 'retired' WHERE name = ?1 AND role = 'current'",
+                )
+                .map_err(map_sqlite)?
+                .execute(params![name])
+                .map_err(map_sqlite)?;
+                conn.prepare_cached(
+                    "UPDATE projection_versions SET role = 'current', switched_at = ?3 WHERE name = ?1 AND version = ?2",
+                )
+                .map_err(map_sqlite)?
+                .execute(params![name, version, ctx.now_micros])
+                .map_err(map_sqlite)?;
+                replace_views(conn, &tables, version)
+            })
+            .await
+    }
+
+    async fn drop_version(&self, name: &str, version: u32) -> Result<(), StoreError> {
+        validate_identifier("projection name", name)?;
+        let name = name.to_string();
+        self.store
+            .submit(0, keep_all, move |conn, _| {
+                match tables_of(conn, &name, version)? {
+                    None => Err(StoreError::InvalidArgument(format!(
+                        "projection {name} has no version {version}"
+                    ))),
+                    Some((_, VersionRole::Current)) => Err(StoreError::InvalidArgument(format!(
+                        "version {version} of projection {name} is current; switch to another first"
+                    ))),
+                    Some(_) => drop_in(conn, &name, version),
+                }
+            })
+            .await
+    }
+}
+
+fn drop_in(conn: &Connection, name: &str, version: u32) -> Result<(), StoreError> {
+    if let Some((tables, _)) = tables_of(conn, name, version)? {
+        for t in tables {
+            conn.execute_batch(&format!(
+                "DROP TABLE IF EXISTS {}",
+                versioned_table(&t, version)
+            ))
+            .map_err(map_sqlite)?;
+        }
+    }
+    for sql in [
+        "DELETE FROM projection_state WHERE name = ?1 AND version = ?2",
+        "DELETE FROM projection_versions WHERE name = ?1 AND version = ?2",
+    ] {
+        conn.prepare_cached(sql)
+            .map_err(map_sqlite)?
+            .execute(params![name, version])
+            .map_err(map_sqlite)?;
+    }
+    Ok(())
+}
