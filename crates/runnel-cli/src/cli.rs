@@ -34,11 +34,12 @@ Examples:
   runnel publish orders --type OrderPlaced --data '{\"order\": 1}' --key Order-1
   runnel consume orders --group billing --follow
   runnel dlq list --topic orders
+  runnel sagas list --status compensation-failed
 ";
 
 /// Runnel: an event store, aggregates and messaging toolkit. This binary inspects and
-/// writes event streams, publishes and consumes messages, manages dead letters, runs the
-/// demo and the benchmarks.
+/// writes event streams, publishes and consumes messages, manages dead letters and saga
+/// instances, runs the demo and the benchmarks.
 #[derive(Debug, Parser)]
 #[command(
     name = "runnel",
@@ -97,6 +98,167 @@ pub enum Command {
     /// The transactional outbox: backlog status, retry of parked rows
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Saga and process-manager instances: list, show, retry, skip-step, compensate, purge
+    #[command(subcommand)]
+    Sagas(SagasCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SagasCommand {
+    /// List instances in (kind, id) order, with a count per kind and status at the end
+    #[command(after_help = SAGAS_LIST_AFTER_HELP)]
+    List(SagasListArgs),
+    /// Show one instance: its data, status, step history and pending timers
+    #[command(after_help = SAGAS_SHOW_AFTER_HELP)]
+    Show(SagasShowArgs),
+    /// Ask the service running the saga to run a parked step or compensation again
+    #[command(after_help = SAGAS_RETRY_AFTER_HELP)]
+    Retry(SagasActionArgs),
+    /// Ask the service running the saga to count a parked step (or its compensation) as
+    /// done and go on
+    #[command(after_help = SAGAS_SKIP_AFTER_HELP)]
+    SkipStep(SagasActionArgs),
+    /// Ask the service running the saga to compensate a running or parked instance
+    #[command(after_help = SAGAS_COMPENSATE_AFTER_HELP)]
+    Compensate(SagasActionArgs),
+    /// Delete finished instances (completed or compensated) with their history and timers
+    #[command(after_help = SAGAS_PURGE_AFTER_HELP)]
+    Purge(SagasPurgeArgs),
+}
+
+const SAGAS_LIST_AFTER_HELP: &str = "\
+Each instance is one line: id, kind, status, state, version, last change, last error.
+Process managers are listed too (kind process:NAME). Without filters a count per kind and
+status follows on stderr.
+
+Statuses: running, compensating, completed, compensated, compensation-failed (parked: a
+compensation kept failing), needs-attention (parked: an outcome stayed unknown, or a step
+past the pivot failed). Parked instances wait for `runnel sagas retry` or `skip-step`.
+
+Examples:
+  runnel sagas list
+  runnel sagas list --type checkout --status needs-attention
+  runnel sagas list --type process:shipping --limit 20
+  runnel --json sagas list --status compensation-failed";
+
+#[derive(Debug, Args)]
+pub struct SagasListArgs {
+    /// Only instances of this saga (kind saga:NAME), or of this full kind (process:NAME)
+    #[arg(long = "type", value_name = "T")]
+    pub kind: Option<String>,
+    /// Only instances in this status: running, compensating, completed, compensated,
+    /// compensation-failed or needs-attention
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// Most instances to print [default: all]
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+}
+
+const SAGAS_SHOW_AFTER_HELP: &str = "\
+Without --type the id is looked up in every kind; pass --type when two kinds have an
+instance with that id. Exit code 4 if there is no instance with that id.
+
+Examples:
+  runnel sagas show order-1
+  runnel sagas show order-1 --type checkout
+  runnel --json sagas show order-1 --type process:shipping";
+
+#[derive(Debug, Args)]
+pub struct SagasShowArgs {
+    /// The instance id (from `runnel sagas list`)
+    pub id: String,
+    /// The saga (kind saga:NAME) or full kind (process:NAME) [default: whichever has the id]
+    #[arg(long = "type", value_name = "T")]
+    pub kind: Option<String>,
+}
+
+/// How long `--wait` waits when given without a duration.
+pub const SAGAS_WAIT_DEFAULT: &str = "30s";
+
+/// The arguments of `sagas retry | skip-step | compensate`.
+#[derive(Debug, Args)]
+pub struct SagasActionArgs {
+    /// The instance id (from `runnel sagas list`)
+    pub id: String,
+    /// The saga (kind saga:NAME) [default: whichever saga has the id]
+    #[arg(long = "type", value_name = "T")]
+    pub kind: Option<String>,
+    /// Then wait until the service running the saga took the request, and print the
+    /// instance's new status (an error if it did not within DURATION)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        num_args = 0..=1,
+        default_missing_value = SAGAS_WAIT_DEFAULT,
+    )]
+    pub wait: Option<String>,
+}
+
+/// What `sagas retry | skip-step | compensate` do, shared by their help texts.
+macro_rules! sagas_action_note {
+    () => {
+        "The command records the request (a history line and an `operator` timer on the
+instance) and returns; the service running that saga claims the timer and applies the
+request with the saga's own definition and code. --wait waits until it did (30s, or the
+duration given) and prints the new status; if nothing took the request by then, the
+service running the saga may be down (the request stays recorded and is applied once it
+runs). An action that does not apply to the instance's status is refused with exit code 2
+and changes nothing; exit code 4 if there is no instance with that id. Operator actions
+apply to sagas only (kind saga:NAME), not to process managers."
+    };
+}
+
+const SAGAS_RETRY_AFTER_HELP: &str = concat!(
+    "Runs the parked step (needs-attention) or compensation (compensation-failed) again.\n\n",
+    sagas_action_note!(),
+    "\n
+Examples:
+  runnel sagas retry order-1
+  runnel sagas retry order-1 --type checkout --wait
+  runnel sagas retry order-1 --wait 2m"
+);
+
+const SAGAS_SKIP_AFTER_HELP: &str = concat!(
+    "Counts the parked step as done (needs-attention) or its compensation as compensated
+(compensation-failed), and the saga goes on from there. Use it once you did by hand what
+the step should have done.\n\n",
+    sagas_action_note!(),
+    "\n
+Examples:
+  runnel sagas skip-step order-1
+  runnel sagas skip-step order-1 --type checkout --wait 10s"
+);
+
+const SAGAS_COMPENSATE_AFTER_HELP: &str = concat!(
+    "Undoes the completed steps, newest first, of a running or needs-attention instance.\n\n",
+    sagas_action_note!(),
+    "\n
+Examples:
+  runnel sagas compensate order-1
+  runnel sagas compensate order-1 --type checkout --wait"
+);
+
+const SAGAS_PURGE_AFTER_HELP: &str = "\
+Deletes instances that finished (completed or compensated) before TIME, with their history
+and timers, in batches; running and parked instances are never purged. A service running a
+saga purges its finished instances after its retention on its own (7 days by default);
+this is for stores no service purges, or for sooner.
+
+Examples:
+  runnel sagas purge --finished-before 30d
+  runnel sagas purge --finished-before 2026-05-01T00:00:00Z --type checkout
+  runnel --json sagas purge --finished-before 0s       # every finished instance";
+
+#[derive(Debug, Args)]
+pub struct SagasPurgeArgs {
+    /// Delete instances that finished before TIME: RFC 3339 (2026-05-01T12:00:00Z) or an
+    /// age (12h, 7d, 2w)
+    #[arg(long, value_name = "TIME")]
+    pub finished_before: String,
+    /// Only instances of this saga (kind saga:NAME), or of this full kind (process:NAME)
+    #[arg(long = "type", value_name = "T")]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,7 +19,7 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 /// An optimistic-concurrency conflict: the stream was not at the expected revision.
 /// Nothing was written.
 pub const EXIT_CONFLICT: u8 = 3;
-/// What the command names does not exist (a dead-letter id).
+/// What the command names does not exist (a dead-letter id, a saga instance).
 pub const EXIT_NOT_FOUND: u8 = 4;
 
 /// The exit code table for `--help`.
@@ -30,7 +30,7 @@ Exit codes:
   2  bad input (invalid arguments, stream name, JSON, limits, store URL; the binary that
      bench or demo runs is not built); nothing written
   3  conflict: the stream is not at the --expected revision; nothing written
-  4  not found: no dead letter with that id";
+  4  not found: no dead letter or saga instance with that id";
 
 /// Input the CLI refuses before (or instead of) touching the store. Exit code 2.
 #[derive(Debug)]
@@ -43,6 +43,18 @@ impl std::fmt::Display for BadInput {
 }
 
 impl std::error::Error for BadInput {}
+
+/// What the command names does not exist (a saga instance). Exit code 4.
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
 
 /// Writing to stdout failed because the reader went away (`runnel … | head`): not an
 /// error worth a message.
@@ -62,6 +74,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
         if cause.is::<BadInput>() || cause.is::<MissingBinary>() {
             return EXIT_BAD_INPUT;
+        }
+        if cause.is::<NotFound>() {
+            return EXIT_NOT_FOUND;
         }
         if cause.downcast_ref::<BrokenPipe>().is_some() {
             return EXIT_OK;
@@ -177,5 +192,7 @@ mod tests {
             reason: "no id".into(),
         }));
         assert_eq!(code_for(&bad_letter), EXIT_BAD_INPUT);
+        let no_instance = anyhow::Error::new(NotFound("no saga instance \"o-1\"".into()));
+        assert_eq!(code_for(&no_instance), EXIT_NOT_FOUND);
     }
 }

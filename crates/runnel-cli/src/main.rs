@@ -129,6 +129,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = open_configured_bus(cli.store, cli.db, cli.bus, mode).await?;
             commands::consume::consume(bus.subscriber, printer, args).await
         }
+        Command::Sagas(command) => {
+            // As for streams append: the input is checked before anything opens.
+            let request = commands::sagas::prepare(command, chrono::Utc::now())?;
+            let (stores, _) = open_configured(cli.store, cli.db, None, OpenMode::MustExist).await?;
+            commands::sagas::run(&*stores.processors, printer, request).await
+        }
         Command::Dlq(command) => {
             // Draining may be the first thing a store receives; the rest read what is there.
             let mode = match command {

@@ -118,7 +118,8 @@ fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn human_time(t: &chrono::DateTime<chrono::Utc>) -> String {
+/// A time as human lines show it: `2026-05-01 12:00:00.000` (UTC).
+pub fn human_time(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
 }
 
@@ -150,7 +151,8 @@ fn human_event(event: &RecordedEvent) -> String {
     )
 }
 
-fn truncate(s: &str, chars_max: usize) -> String {
+/// `s` cut to `chars_max` characters, with `…` when cut.
+pub fn truncate(s: &str, chars_max: usize) -> String {
     if s.chars().count() <= chars_max {
         s.to_string()
     } else {

@@ -19,3 +19,14 @@ pub fn bar(len: u64, unit: &str) -> ProgressBar {
     bar.enable_steady_tick(TICK);
     bar
 }
+
+/// A counter for work of unknown size: `⠙ 1200 instances purged [00:03]`.
+pub fn counter(unit: &str) -> ProgressBar {
+    let template = format!("{{spinner}} {{pos}} {unit} [{{elapsed}}]");
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(TICK);
+    bar
+}

@@ -6,4 +6,5 @@ pub mod events;
 pub mod forward;
 pub mod outbox;
 pub mod publish;
+pub mod sagas;
 pub mod streams;
