@@ -87,7 +87,8 @@ impl Default for RunnerOptions {
 /// What one step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
-    /// Applied this many events (or moved the checkpoint).
+    /// Made progress: applied this many events (0: only moved the checkpoint, or will
+    /// retry a failing event).
     Applied(usize),
     /// Nothing new: caught up.
     CaughtUp,
@@ -165,11 +166,8 @@ impl ProjectionRunner {
         self.register().await.map_err(store_err)?;
         let mut applied = 0u64;
         for partition in 0..self.projection.partitions().max(1) {
-            loop {
-                match self.step(partition).await? {
-                    Step::Applied(n) => applied += n as u64,
-                    Step::CaughtUp | Step::Idle => break,
-                }
+            while let Step::Applied(n) = self.step(partition).await? {
+                applied += n as u64;
             }
             self.store
                 .release(
@@ -313,7 +311,7 @@ impl ProjectionRunner {
         }
         let partitions = state.partitions.max(1);
         let mut writes = Writes::new(&name, version, self.store.dialect(), replaying);
-        // (event, first statement index) of each event applied.
+        // (event, first statement index) of each event applied, and its first message.
         let mut applied: Vec<(&RecordedEvent, usize)> = Vec::new();
         let mut statements = Vec::new();
         let mut outbox = Vec::new();
@@ -350,8 +348,8 @@ impl ProjectionRunner {
                     from: state.checkpoint,
                     to,
                     events: count as u64,
-                    statements: statements.clone(),
-                    outbox: outbox.clone(),
+                    statements,
+                    outbox,
                 },
                 self.lease_until(),
             )
@@ -361,7 +359,7 @@ impl ProjectionRunner {
             BatchOutcome::Committed => {
                 self.failing.lock().await.remove(&partition);
                 metrics::counter!(METRIC_APPLIED, "projection" => name).increment(count as u64);
-                Ok(Step::Applied(count.max(1)))
+                Ok(Step::Applied(count))
             }
             BatchOutcome::LeaseLost => Ok(Step::Idle),
             BatchOutcome::StatementFailed { index, error } => {
@@ -370,17 +368,25 @@ impl ProjectionRunner {
                     .iter()
                     .rposition(|(_, first)| *first <= index)
                     .unwrap_or(0);
-                let (event, first) = applied[k];
+                let (event, _) = applied[k];
                 let before = applied[..k].to_vec();
-                statements.truncate(first);
-                // Messages of the events before the failing one only.
-                let keep: usize = 0;
-                let _ = keep;
+                // `apply` only describes writes: derive the earlier events' statements and
+                // messages again (cheaper than keeping a copy of every batch).
+                let mut again = Writes::new(&name, version, self.store.dialect(), replaying);
+                let (mut statements, mut outbox) = (Vec::new(), Vec::new());
+                for (e, _) in &before {
+                    p.apply(e, &mut again).map_err(|e| {
+                        ProjectionError::Failed(format!("apply is not deterministic: {e}"))
+                    })?;
+                    let (s, o) = again.take();
+                    statements.extend(s);
+                    outbox.extend(o);
+                }
                 self.fail(
                     &state,
                     &before,
                     statements,
-                    Vec::new(),
+                    outbox,
                     event,
                     format!("statement failed: {error}"),
                 )
@@ -461,7 +467,7 @@ impl ProjectionRunner {
             let delay = self.options.retry.delay_for_attempt(attempts);
             tracing::warn!(projection = %name, position = event.position.get(), attempts, %error, "event failed; retrying after {delay:?}");
             tokio::time::sleep(delay).await;
-            return Ok(Step::Applied(before.len().max(1)));
+            return Ok(Step::Applied(before.len()));
         }
         self.failing.lock().await.remove(&state.partition);
         let park = self.options.on_failure == OnFailure::Park && self.dead_letters.is_some();
@@ -476,7 +482,7 @@ impl ProjectionRunner {
             // Move past the parked event only.
             self.commit(state, from, event.position, 0, Vec::new(), Vec::new())
                 .await?;
-            return Ok(Step::Applied(1));
+            return Ok(Step::Applied(before.len()));
         }
         self.store
             .set_status(
