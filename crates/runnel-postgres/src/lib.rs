@@ -12,6 +12,7 @@ mod migrate;
 pub mod options;
 pub mod outbox;
 pub mod processors;
+pub mod projections;
 mod store;
 
 pub use batcher::BatchStatsSnapshot;
@@ -22,6 +23,7 @@ pub use idempotency::{InboxOutcome, InboxTransaction, PostgresDedupStore, Postgr
 pub use options::PostgresOptions;
 pub use outbox::PostgresOutbox;
 pub use processors::PostgresProcessorStore;
+pub use projections::PostgresProjectionStore;
 pub use store::PostgresStore;
 
 /// The driver, re-exported so applications use the same version for their own SQL.

@@ -42,10 +42,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "processors",
         include_str!("migrations/0009_processors.sql"),
     ),
+    (
+        10,
+        "projections",
+        include_str!("migrations/0010_projections.sql"),
+    ),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 9;
+pub const SCHEMA_VERSION: i32 = 10;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {

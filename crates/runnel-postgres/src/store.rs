@@ -65,8 +65,9 @@ impl Drop for Inner {
     }
 }
 
-/// FNV-1a of the schema name: the advisory-lock key that serializes this store's appends.
-fn lock_key(schema: &str, purpose: &str) -> i64 {
+/// FNV-1a of the schema name and `purpose`: an advisory-lock key of this store (its
+/// appends, its migrations, a projection's version changes).
+pub(crate) fn lock_key(schema: &str, purpose: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in format!("runnel/{schema}/{purpose}").bytes() {
         h ^= u64::from(b);

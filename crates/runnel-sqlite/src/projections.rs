@@ -339,9 +339,15 @@ impl ProjectionStore for SqliteProjectionStore {
         validate_identifier("projection name", name)?;
         let (name, owner) = (name.to_string(), owner.to_string());
         let now_micros = time_to_micros(now);
-        let until = time_to_micros(
-            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX),
-        );
+        let until = chrono::Duration::from_std(lease)
+            .ok()
+            .and_then(|lease| now.checked_add_signed(lease))
+            .ok_or_else(|| {
+                StoreError::InvalidArgument(format!(
+                    "projection lease {lease:?} from {now} overflows"
+                ))
+            })?;
+        let until = time_to_micros(until);
         self.store
             .submit(0, keep_all, move |conn, ctx| {
                 let changed = conn
@@ -498,6 +504,14 @@ impl ProjectionStore for SqliteProjectionStore {
                         "version {version} of projection {name} is retired; rebuild with a new version"
                     )));
                 }
+                let previous: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT tables FROM projection_versions WHERE name = ?1 AND role = 'current'",
+                    )
+                    .map_err(map_sqlite)?
+                    .query_row(params![name], |r| r.get(0))
+                    .optional()
+                    .map_err(map_sqlite)?;
                 conn.prepare_cached(
                     "UPDATE projection_versions SET role = 'retired' WHERE name = ?1 AND role = 'current'",
                 )
@@ -510,7 +524,18 @@ impl ProjectionStore for SqliteProjectionStore {
                 .map_err(map_sqlite)?
                 .execute(params![name, version, ctx.now_micros])
                 .map_err(map_sqlite)?;
-                replace_views(conn, &tables, version)
+                replace_views(conn, &tables, version)?;
+                // A table the new version does not own has no current version: its view
+                // goes, or the plain name would keep showing the retired version.
+                if let Some(previous) = previous {
+                    let previous: Vec<String> = serde_json::from_str(&previous)
+                        .map_err(|e| StoreError::Corrupt(format!("projection tables: {e}")))?;
+                    for t in previous.iter().filter(|t| !tables.contains(t)) {
+                        conn.execute_batch(&format!("DROP VIEW IF EXISTS {t}"))
+                            .map_err(map_sqlite)?;
+                    }
+                }
+                Ok(())
             })
             .await
     }

@@ -2,7 +2,8 @@
 //! conformance suite every storage backend runs ([`conformance`],
 //! [`event_store_conformance!`]), and the transport conformance suite every publisher /
 //! subscriber runs ([`transport`], [`transport_conformance!`]), and the dedup-store suite
-//! ([`dedup`], [`dedup_store_conformance!`]). The four suites share one per-check
+//! ([`dedup`], [`dedup_store_conformance!`]), and the projection-store suite
+//! ([`projections`], [`projection_store_conformance!`]). The suites share one per-check
 //! [`harness`]. [`append_hook`] decorates an event store's appends (e.g. counting
 //! conflicts with [`append_hook::ConflictCounter`]). [`fault::TcpProxy`] cuts and restores
 //! connections to a real server to simulate outages; [`interop`] runs the plain-client
@@ -20,6 +21,7 @@ pub mod interop;
 pub mod memory;
 pub mod outbox;
 pub mod processors;
+pub mod projections;
 pub mod saga;
 pub mod transport;
 
