@@ -1,5 +1,5 @@
 //! The projection proofs (issue: projections and read models) on the embedded SQLite
-//! store (PostgreSQL joins as its store lands): rebuilds without downtime, failing events
+//! store and on PostgreSQL: rebuilds without downtime, failing events
 //! paused or parked, the lease moving on a kill, read-your-writes, replaying handlers that
 //! cannot send, partitions. The kill -9 proof is `projection_kill.rs`.
 
@@ -58,3 +58,4 @@ macro_rules! proofs {
 }
 
 proofs!(sqlite, Some(projection_support::sqlite()));
+proofs!(postgres, projection_support::postgres().await);

@@ -237,7 +237,11 @@ impl ProjectionRunner {
     }
 
     fn lease_until(&self) -> chrono::DateTime<Utc> {
-        Utc::now() + chrono::Duration::from_std(self.options.lease).unwrap_or(chrono::Duration::MAX)
+        let now = Utc::now();
+        chrono::Duration::from_std(self.options.lease)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
     }
 
     /// Makes this version current once it is being built and every partition has caught

@@ -161,3 +161,99 @@ pub fn sqlite() -> Stores {
         guard: Box::new(store),
     }
 }
+
+/// Drops a test schema when the stores go.
+struct SchemaGuard {
+    url: String,
+    schema: String,
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                use runnel::postgres::sqlx::{self, Connection};
+                let Ok(mut conn) = sqlx::PgConnection::connect(&url).await else {
+                    return;
+                };
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                )))
+                .execute(&mut conn)
+                .await;
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// PostgreSQL stores in a fresh schema (dropped with them), or `None` when no server is
+/// configured (a failure under `RUNNEL_REQUIRE_SERVICES=1`).
+pub async fn postgres() -> Option<Stores> {
+    use runnel::postgres::sqlx::{self, Row};
+    let url = match std::env::var("RUNNEL_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "RUNNEL_TEST_POSTGRES_URL is not set but RUNNEL_REQUIRE_SERVICES=1"
+            );
+            eprintln!("SKIPPED: RUNNEL_TEST_POSTGRES_URL is not set");
+            return None;
+        }
+    };
+    let schema = format!("proj_{}", runnel::core::uuid::Uuid::now_v7().simple());
+    let store = runnel::postgres::PostgresStore::connect_with(
+        runnel::postgres::PostgresOptions::new(url.clone())
+            .schema(schema.clone())
+            .pool_size(8),
+    )
+    .await
+    .expect("connect to the test PostgreSQL");
+    let (q, o) = (store.clone(), store.clone());
+    let (qs, os) = (schema.clone(), schema.clone());
+    Some(Stores {
+        projections: Arc::new(runnel::postgres::PostgresProjectionStore::new(
+            store.clone(),
+        )),
+        events: Arc::new(store.clone()),
+        dead_letters: Arc::new(runnel::postgres::PostgresDeadLetters::new(store.clone())),
+        query: Arc::new(move |sql: String| {
+            let (store, schema) = (q.clone(), qs.clone());
+            Box::pin(async move {
+                let mut tx = store.pool().begin().await.expect("begin");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SET LOCAL search_path = {schema}"
+                )))
+                .execute(&mut *tx)
+                .await
+                .expect("search path");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .expect("query");
+                rows.iter()
+                    .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+                    .collect()
+            })
+        }),
+        outbox_rows: Arc::new(move || {
+            let (store, schema) = (o.clone(), os.clone());
+            Box::pin(async move {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {schema}.outbox_messages"
+                )))
+                .fetch_one(store.pool())
+                .await
+                .expect("count")
+                .get::<i64, _>(0)
+            })
+        }),
+        guard: Box::new((SchemaGuard { url, schema }, store)),
+    })
+}
