@@ -59,3 +59,46 @@ macro_rules! proofs {
 
 proofs!(sqlite, Some(projection_support::sqlite()));
 proofs!(postgres, projection_support::postgres().await);
+
+/// A projection registered on the application runs as a task: events appended through
+/// the store reach the read model, and a query can wait for its own write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_runs_its_projections() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use runnel::app::App;
+    use runnel::connect::SettingsInputs;
+    use runnel::core::{ExpectedRevision, NewEvent, StreamName};
+
+    let dir = tempfile::tempdir().unwrap();
+    let settings = SettingsInputs::default()
+        .db("--db", Some(dir.path().join("app.db")))
+        .resolve()
+        .unwrap();
+    let mut app = App::connect(&settings).await.unwrap();
+    app.projection(Arc::new(projection_support::Counting::new(1)));
+    assert!(app.task_names().contains(&"projection:stream_counts:v1"));
+    let running = app.start().await.unwrap();
+    let position = running
+        .stores()
+        .events
+        .append(
+            &StreamName::new("Acct-9").unwrap(),
+            ExpectedRevision::Any,
+            vec![NewEvent::json("Posted", &serde_json::json!({}))],
+        )
+        .await
+        .unwrap()
+        .position;
+    runnel::projection::wait_for_position(
+        &*running.stores().projections,
+        projection_support::NAME,
+        position,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let report = running.shutdown(Duration::from_secs(20)).await;
+    assert!(report.all_stopped_in_time(), "{report:?}");
+}

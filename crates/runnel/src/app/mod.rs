@@ -57,6 +57,7 @@ use crate::bus::BoxError;
 use crate::connect::{open_bus, open_stores, Bus, ConnectError, OpenMode, Settings, Stores};
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::outbox::{EventStoreRelay, EventStoreRelayOptions, Relay, RelayOptions};
+use crate::projection::{Projection, ProjectionRunner, RunnerOptions};
 use crate::saga::{reply_handler, SagaData, SagaDefinition, SagaOptions, SagaRuntime};
 use crate::{CommandBus, QueryBus};
 
@@ -327,6 +328,37 @@ impl App {
         });
         self.wants_outbox_relay = true;
         runtime
+    }
+
+    /// Registers a projection with default [`RunnerOptions`]; see [`App::projection_with`].
+    pub fn projection(&mut self, projection: Arc<dyn Projection>) -> &mut Self {
+        self.projection_with(projection, RunnerOptions::default())
+    }
+
+    /// Registers a projection's runner (task `projection:{name}:v{version}`): it registers
+    /// the version's tables, then applies `$all` to every partition this process can
+    /// lease, parking failed events in the application's dead letters when
+    /// `options.on_failure` says so. Several processes may register the same projection:
+    /// the leases let one apply each partition at a time.
+    pub fn projection_with(
+        &mut self,
+        projection: Arc<dyn Projection>,
+        options: RunnerOptions,
+    ) -> &mut Self {
+        let name = format!("projection:{}:v{}", projection.name(), projection.version());
+        let runner = Arc::new(
+            ProjectionRunner::new(
+                projection,
+                Arc::clone(&self.stores.projections),
+                Arc::clone(&self.stores.events),
+                options,
+            )
+            .with_dead_letters(Arc::clone(&self.stores.dead_letters)),
+        );
+        self.task(name, move |shutdown| {
+            let runner = Arc::clone(&runner);
+            async move { runner.run(shutdown).await.map_err(BoxError::from) }
+        })
     }
 
     /// The names of the registered tasks, in registration order.

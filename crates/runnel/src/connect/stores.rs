@@ -6,6 +6,7 @@ use runnel_core::dead_letter::DeadLetterStore;
 use runnel_core::idempotency::DedupStore;
 use runnel_core::outbox::{BlobStore, OutboxStore};
 use runnel_core::processor::ProcessorStore;
+use runnel_core::projection::ProjectionStore;
 use runnel_core::{CheckpointStore, EventStore, SnapshotStore};
 
 use super::error::ConnectError;
@@ -70,6 +71,8 @@ pub struct Stores {
     pub dedup: Arc<dyn DedupStore>,
     /// The state of sagas and process managers (instances, timers, history).
     pub processors: Arc<dyn ProcessorStore>,
+    /// Projections' versions, checkpoints and leases, and their read-model tables.
+    pub projections: Arc<dyn ProjectionStore>,
     backend: StoreBackend,
     url: StoreUrl,
     // Opened on first use: on PostgreSQL the outbox keeps a LISTEN connection, which a
@@ -228,6 +231,7 @@ fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
         blobs: Arc::new(SqliteBlobs::new(store.clone())),
         dedup: Arc::new(SqliteDedupStore::new(store.clone())),
         processors: Arc::new(runnel_sqlite::SqliteProcessorStore::new(store.clone())),
+        projections: Arc::new(runnel_sqlite::SqliteProjectionStore::new(store.clone())),
         backend: StoreBackend::Sqlite(store),
         url: url.clone(),
         outbox: Arc::default(),
@@ -271,6 +275,7 @@ async fn open_postgres(url: &StoreUrl) -> Result<Stores, ConnectError> {
         blobs: Arc::new(PostgresBlobs::new(store.clone())),
         dedup: Arc::new(PostgresDedupStore::new(&store)),
         processors: Arc::new(runnel_postgres::PostgresProcessorStore::new(store.clone())),
+        projections: Arc::new(runnel_postgres::PostgresProjectionStore::new(store.clone())),
         backend: StoreBackend::Postgres(store),
         url: url.clone(),
         outbox: Arc::default(),

@@ -612,7 +612,7 @@ pub enum WaitError {
         reached: u64,
         timeout: Duration,
     },
-    /// No such projection.
+    /// No such projection was registered within the timeout.
     #[error("no projection named {0}")]
     Unknown(String),
     /// The projection is paused or faulted: it will not get there on its own.
@@ -644,7 +644,12 @@ pub async fn wait_for_position(
             .filter(|s| s.role == VersionRole::Current)
             .collect();
         if states.is_empty() {
-            return Err(WaitError::Unknown(name.to_string()));
+            // Not registered (yet: a service registers its projections as it starts).
+            if Instant::now() >= deadline {
+                return Err(WaitError::Unknown(name.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
         }
         let reached = states
             .iter()
