@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+#[path = "../pg_schema/mod.rs"]
+mod super_pg;
+
 pub mod scenarios;
 
 use std::sync::{Arc, Mutex};
@@ -162,59 +165,10 @@ pub fn sqlite() -> Stores {
     }
 }
 
-/// Drops a test schema when the stores go.
-struct SchemaGuard {
-    url: String,
-    schema: String,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async {
-                use runnel::postgres::sqlx::{self, Connection};
-                let Ok(mut conn) = sqlx::PgConnection::connect(&url).await else {
-                    return;
-                };
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                )))
-                .execute(&mut conn)
-                .await;
-            });
-        });
-        let _ = done.join();
-    }
-}
-
-/// PostgreSQL stores in a fresh schema (dropped with them), or `None` when no server is
-/// configured (a failure under `RUNNEL_REQUIRE_SERVICES=1`).
 pub async fn postgres() -> Option<Stores> {
     use runnel::postgres::sqlx::{self, Row};
-    let url = match std::env::var("RUNNEL_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "RUNNEL_TEST_POSTGRES_URL is not set but RUNNEL_REQUIRE_SERVICES=1"
-            );
-            eprintln!("SKIPPED: RUNNEL_TEST_POSTGRES_URL is not set");
-            return None;
-        }
-    };
-    let schema = format!("proj_{}", runnel::core::uuid::Uuid::now_v7().simple());
-    let store = runnel::postgres::PostgresStore::connect_with(
-        runnel::postgres::PostgresOptions::new(url.clone())
-            .schema(schema.clone())
-            .pool_size(8),
-    )
-    .await
-    .expect("connect to the test PostgreSQL");
+    let (store, guard) = super_pg::fresh_store("proj", 8).await?;
+    let schema = guard.schema.clone();
     let (q, o) = (store.clone(), store.clone());
     let (qs, os) = (schema.clone(), schema.clone());
     Some(Stores {
@@ -254,6 +208,6 @@ pub async fn postgres() -> Option<Stores> {
                 .get::<i64, _>(0)
             })
         }),
-        guard: Box::new((SchemaGuard { url, schema }, store)),
+        guard: Box::new((guard, store)),
     })
 }

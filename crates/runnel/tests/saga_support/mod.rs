@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+#[path = "../pg_schema/mod.rs"]
+mod super_pg;
+
 pub mod scenarios;
 
 use std::collections::BTreeMap;
@@ -261,65 +264,14 @@ pub fn sqlite() -> Stores {
     }
 }
 
-/// Drops a test schema when the stores go (from a thread of its own: drop runs inside the
-/// test's runtime).
-struct SchemaGuard {
-    url: String,
-    schema: String,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async {
-                use runnel::postgres::sqlx::{self, Connection};
-                let Ok(mut conn) = sqlx::PgConnection::connect(&url).await else {
-                    return;
-                };
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                )))
-                .execute(&mut conn)
-                .await;
-            });
-        });
-        let _ = done.join();
-    }
-}
-
-/// PostgreSQL stores in a fresh schema (dropped with them), or `None` when no server is
-/// configured (a failure under `RUNNEL_REQUIRE_SERVICES=1`).
 pub async fn postgres() -> Option<Stores> {
-    let url = match std::env::var("RUNNEL_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "RUNNEL_TEST_POSTGRES_URL is not set but RUNNEL_REQUIRE_SERVICES=1"
-            );
-            eprintln!("SKIPPED: RUNNEL_TEST_POSTGRES_URL is not set");
-            return None;
-        }
-    };
-    let schema = format!("saga_{}", runnel::core::uuid::Uuid::now_v7().simple());
-    let store = runnel::postgres::PostgresStore::connect_with(
-        runnel::postgres::PostgresOptions::new(url.clone())
-            .schema(schema.clone())
-            .pool_size(16),
-    )
-    .await
-    .expect("connect to the test PostgreSQL");
+    let (store, guard) = super_pg::fresh_store("saga", 16).await?;
     let outbox = runnel::postgres::PostgresOutbox::new(store.clone())
         .await
         .expect("the outbox");
     Some(Stores {
         processors: Arc::new(runnel::postgres::PostgresProcessorStore::new(store.clone())),
         outbox: Arc::new(outbox),
-        guard: Box::new((SchemaGuard { url, schema }, store)),
+        guard: Box::new((guard, store)),
     })
 }
