@@ -332,6 +332,10 @@ struct Inner<D> {
     crashed: AtomicBool,
     commits: AtomicU64,
     steps_run: AtomicU64,
+    /// The earliest due time of timers this process scheduled since `run` last looked, so
+    /// it claims them on time without polling the store for every piece of work.
+    wake_at: std::sync::Mutex<Option<DateTime<Utc>>>,
+    wake: tokio::sync::Notify,
 }
 
 fn default_owner() -> String {
@@ -478,6 +482,8 @@ impl<D: SagaData> SagaRuntime<D> {
                 crashed: AtomicBool::new(false),
                 commits: AtomicU64::new(0),
                 steps_run: AtomicU64::new(0),
+                wake_at: std::sync::Mutex::new(None),
+                wake: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -518,9 +524,36 @@ impl<D: SagaData> SagaRuntime<D> {
     async fn commit(&self, t: Transition) -> Result<CommitOutcome, SagaError> {
         let n = self.inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
         self.check_crash(CrashPoint::BeforeCommit(n))?;
+        let earliest = t
+            .schedule
+            .iter()
+            .filter(|s| s.leased_to.is_none())
+            .map(|s| s.due)
+            .min();
         let outcome = self.inner.store.commit(t).await?;
         self.check_crash(CrashPoint::AfterCommit(n))?;
+        if let (Some(due), CommitOutcome::Committed { .. }) = (earliest, &outcome) {
+            {
+                let mut wake = self.inner.wake_at.lock().unwrap_or_else(|e| e.into_inner());
+                *wake = Some(wake.map_or(due, |w| w.min(due)));
+            }
+            self.inner.wake.notify_one();
+        }
         Ok(outcome)
+    }
+
+    /// When `run` should look for due timers because this process scheduled one.
+    fn take_wake(&self) -> Option<tokio::time::Instant> {
+        let due = self
+            .inner
+            .wake_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let wait = (due - self.inner.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        Some(tokio::time::Instant::now() + wait)
     }
 
     /// Loads and decodes an instance (upcasting data of older definition versions).
@@ -920,13 +953,34 @@ impl<D: SagaData> SagaRuntime<D> {
     where
         F: Fn(&D, &Progress) -> (Input, Option<D>),
     {
+        self.apply_from(id, cause, None, make_input).await
+    }
+
+    /// [`apply`](Self::apply), deciding first on `loaded` (the instance as the caller just
+    /// read it) instead of reading it again; a conflict reloads.
+    async fn apply_from<F>(
+        &self,
+        id: &str,
+        cause: Cause,
+        mut loaded: Option<InstanceRecord>,
+        make_input: F,
+    ) -> Result<Applied, SagaError>
+    where
+        F: Fn(&D, &Progress) -> (Input, Option<D>),
+    {
         let def = &self.inner.def;
         for _ in 0..CONFLICT_RETRIES_MAX {
-            let Some(record) = self.inner.store.load(&self.inner.kind, id).await? else {
-                return Err(SagaError::UnknownInstance {
-                    kind: self.inner.kind.clone(),
-                    id: id.to_string(),
-                });
+            let record = match loaded.take() {
+                Some(record) => record,
+                None => match self.inner.store.load(&self.inner.kind, id).await? {
+                    Some(record) => record,
+                    None => {
+                        return Err(SagaError::UnknownInstance {
+                            kind: self.inner.kind.clone(),
+                            id: id.to_string(),
+                        })
+                    }
+                },
             };
             let (progress, correlation_id) = self.decode_progress(&record)?;
             let data = self.decode_data(&record)?;
@@ -1375,7 +1429,7 @@ impl<D: SagaData> SagaRuntime<D> {
             }
         };
         let new_data = std::sync::Mutex::new(new_data);
-        self.apply(id, cause, move |_, _| {
+        self.apply_from(id, cause, Some(record), move |_, _| {
             (
                 input.clone(),
                 new_data.lock().expect("not poisoned").clone(),
@@ -1497,6 +1551,10 @@ impl<D: SagaData> SagaRuntime<D> {
         let mut rx = self.inner.work_rx.lock().await;
         let poll = self.inner.options.poll_interval;
         let mut next_purge = Instant::now();
+        // When to look for due timers next: at once, then at the earliest due time (or
+        // the poll interval), or sooner when this process schedules an earlier timer. Local
+        // steps this process commits come through the queue without a look at the store.
+        let mut next_claim = tokio::time::Instant::now();
         loop {
             while let Some(joined) = tasks.try_join_next() {
                 log_outcome(&self.inner.def.name, joined);
@@ -1510,52 +1568,63 @@ impl<D: SagaData> SagaRuntime<D> {
             if shutdown.is_requested() {
                 break;
             }
-            // Claim what is due, as far as we have room.
-            let free = self.inner.permits.available_permits();
-            let mut claimed = 0;
-            if free > 0 {
-                match self
-                    .inner
-                    .store
-                    .claim_due_timers(
-                        &self.inner.kind,
-                        &self.inner.versions,
-                        &self.inner.owner,
-                        self.inner.clock.now(),
-                        self.inner.options.lease,
-                        free.min(256),
-                    )
-                    .await
-                {
-                    Ok(due) => {
-                        claimed = due.len();
-                        for t in &due {
-                            if let Some(work) = self.decode_work(t) {
-                                self.spawn(&mut tasks, work).await;
+            if let Some(at) = self.take_wake() {
+                next_claim = next_claim.min(at);
+            }
+            if tokio::time::Instant::now() >= next_claim {
+                let free = self.inner.permits.available_permits();
+                let limit = free.min(256);
+                let mut claimed = 0;
+                if free > 0 {
+                    match self
+                        .inner
+                        .store
+                        .claim_due_timers(
+                            &self.inner.kind,
+                            &self.inner.versions,
+                            &self.inner.owner,
+                            self.inner.clock.now(),
+                            self.inner.options.lease,
+                            limit,
+                        )
+                        .await
+                    {
+                        Ok(due) => {
+                            claimed = due.len();
+                            for t in &due {
+                                if let Some(work) = self.decode_work(t) {
+                                    self.spawn(&mut tasks, work).await;
+                                }
                             }
                         }
-                    }
-                    Err(e) => {
-                        tracing::warn!(saga = %self.inner.def.name, error = %e, "cannot claim due timers")
+                        Err(e) => {
+                            tracing::warn!(saga = %self.inner.def.name, error = %e, "cannot claim due timers")
+                        }
                     }
                 }
+                next_claim = if free == 0 {
+                    // Saturated: look again shortly, once some work has finished.
+                    tokio::time::Instant::now() + Duration::from_millis(20).min(poll)
+                } else if claimed > 0 && claimed == limit {
+                    tokio::time::Instant::now() // more may be due
+                } else {
+                    let wait = match self.inner.store.next_due(&self.inner.kind).await {
+                        Ok(Some(next)) => (next - self.inner.clock.now())
+                            .to_std()
+                            .unwrap_or(Duration::ZERO)
+                            .min(poll),
+                        _ => poll,
+                    };
+                    tokio::time::Instant::now() + wait.max(Duration::from_millis(5))
+                };
             }
-            if claimed > 0 && claimed == free.min(256) {
-                continue; // more may be due
-            }
-            let wait = match self.inner.store.next_due(&self.inner.kind).await {
-                Ok(Some(next)) => (next - self.inner.clock.now())
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-                    .min(poll),
-                _ => poll,
-            };
             tokio::select! {
                 work = rx.recv() => match work {
                     Some(work) => self.spawn(&mut tasks, work).await,
                     None => break,
                 },
-                _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+                _ = tokio::time::sleep_until(next_claim) => {}
+                _ = self.inner.wake.notified() => {}
                 _ = shutdown.requested() => break,
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     log_outcome(&self.inner.def.name, joined);
