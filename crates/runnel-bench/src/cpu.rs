@@ -12,6 +12,38 @@ pub fn process_cpu() -> Option<Duration> {
     parse_stat(&stat)
 }
 
+/// User plus system CPU time of every process named `postgres` on this machine so far
+/// (a local server's postmaster, backends and background workers), where /proc tells.
+/// Backends that exit between two readings take their time with them: read it while the
+/// connections that do the work are open.
+pub fn local_postgres_cpu() -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut seen = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue; // gone meanwhile
+        };
+        if comm(&stat) == Some("postgres") {
+            if let Some(cpu) = parse_stat(&stat) {
+                total += cpu;
+                seen = true;
+            }
+        }
+    }
+    seen.then_some(total)
+}
+
+/// The command name in a /proc/PID/stat line.
+fn comm(stat: &str) -> Option<&str> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    stat.get(open + 1..close)
+}
+
 fn parse_stat(stat: &str) -> Option<Duration> {
     // The command name (field 2) is in parentheses and may hold spaces: count fields from
     // the last ')'. utime and stime are fields 14 and 15, so 11 and 12 after it.
@@ -33,6 +65,7 @@ mod tests {
         let stat = "4242 (runnel bench) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 9 0";
         assert_eq!(parse_stat(stat), Some(Duration::from_millis(3000)));
         assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(comm(stat), Some("runnel bench"));
         assert!(process_cpu().is_some());
     }
 }

@@ -160,15 +160,21 @@ where
 {
     let own_peak = rss::reset_peak();
     let cpu_before = cpu::process_cpu();
+    let server_before = cpu::local_postgres_cpu();
     let (elapsed, latencies) = counted(label, "instances", stretch).await?;
     let cpu = match (cpu_before, cpu::process_cpu()) {
         (Some(a), Some(b)) => b.saturating_sub(a),
         _ => Duration::ZERO,
     };
+    let server_cpu = match (server_before, cpu::local_postgres_cpu()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     Ok(SideRun {
         instances: latencies.count(),
         elapsed,
         cpu,
+        server_cpu,
         latencies,
         peak_rss_bytes: if own_peak {
             rss::peak_rss_bytes()
@@ -553,10 +559,18 @@ async fn throughput_bench(
         cpu(group),
     ));
     if let Some((runnel_pg, raw_pg)) = &pg {
+        let server = |side: &Side| {
+            side.run
+                .server_cpu_per_instance()
+                .map_or("unknown (not a local server)".into(), ms)
+        };
         out.push_str(&format!(
-            "CPU time of this process per instance, PostgreSQL (the server's not counted): Runnel {}, baseline {}\n",
+            "CPU time per instance, PostgreSQL: this process Runnel {}, baseline {}; the local \
+             `postgres` processes Runnel {}, baseline {}\n",
             cpu(runnel_pg),
             cpu(raw_pg),
+            server(runnel_pg),
+            server(raw_pg),
         ));
     }
     out.push_str(&calls_line("SQLite", runnel));

@@ -211,6 +211,9 @@ pub struct SideRun {
     pub elapsed: Duration,
     /// CPU time of the whole process while it ran (every thread; not a database server's).
     pub cpu: Duration,
+    /// CPU time of the local PostgreSQL server's processes while it ran (`None` when there
+    /// are none to read).
+    pub server_cpu: Option<Duration>,
     pub latencies: Latencies,
     pub peak_rss_bytes: Option<u64>,
 }
@@ -221,6 +224,7 @@ impl SideRun {
             instances: 0,
             elapsed: Duration::ZERO,
             cpu: Duration::ZERO,
+            server_cpu: None,
             latencies: Latencies::new()?,
             peak_rss_bytes: None,
         })
@@ -236,11 +240,21 @@ impl SideRun {
         self.cpu / u32::try_from(self.instances.max(1)).unwrap_or(u32::MAX)
     }
 
+    /// The local PostgreSQL server's CPU time per completed instance.
+    pub fn server_cpu_per_instance(&self) -> Option<Duration> {
+        let n = u32::try_from(self.instances.max(1)).unwrap_or(u32::MAX);
+        self.server_cpu.map(|cpu| cpu / n)
+    }
+
     /// This run and a later round of the same side, as one.
     pub fn add(&mut self, round: SideRun) -> anyhow::Result<()> {
         self.instances += round.instances;
         self.elapsed += round.elapsed;
         self.cpu += round.cpu;
+        self.server_cpu = match (self.server_cpu, round.server_cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
         self.latencies.add(&round.latencies)?;
         self.peak_rss_bytes = match (self.peak_rss_bytes, round.peak_rss_bytes) {
             (Some(a), Some(b)) => Some(a.max(b)),
