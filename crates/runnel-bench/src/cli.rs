@@ -80,7 +80,7 @@ Runnel: a SagaRuntime with retention off and max_concurrency = --clients, driven
 --clients clients starts an instance and waits until the commit that makes it Completed
 has returned, then starts the next (C instances in flight). Throughput is completed
 instances per second; latency is from start() to that commit (p50, p99). Below the table:
-commits (fsyncs) and CPU time per instance, and the store calls Runnel made per instance.
+write transactions and CPU time per instance, and the store calls Runnel made per instance.
 
 Baseline: hand-written SQL on the same database writing the same rows into tables shaped
 like Runnel's (same columns and indexes), one transaction per transition, C clients:

@@ -214,7 +214,7 @@ fn bench_saga_quick_prints_runnel_beside_both_sqlite_baselines() {
         "| SQLite | vs hand-written SQL, 1 transaction per transition",
         "| SQLite | vs the same SQL with group commit",
         "≥ 0.7×",
-        "commits (= fsyncs) per instance",
+        "write transactions per instance",
         "Runnel's store calls per instance: commits 4.00",
         "Runnel's `run` loop",
     ] {

@@ -128,7 +128,8 @@ impl Settings {
 /// One side's totals over the rounds, and what it cost in commits and store calls.
 struct Side {
     run: SideRun,
-    /// Database transactions (on SQLite: writer commits, each one fsync).
+    /// Database transactions (on SQLite: writer commits; each that changed a page is one
+    /// fsync).
     transactions: u64,
     /// Runnel's store calls (Runnel's side only).
     calls: Calls,
@@ -546,7 +547,7 @@ async fn throughput_bench(
     }
     out.push('\n');
     out.push_str(&format!(
-        "SQLite commits (= fsyncs) per instance: Runnel {:.2}, 1-transaction-per-transition baseline {:.2}, group-commit baseline {:.2}\n",
+        "SQLite write transactions per instance (each that changed a page is one fsync; Runnel's include its timer claims, most of which change nothing): Runnel {:.2}, 1-transaction-per-transition baseline {:.2}, group-commit baseline {:.2}\n",
         runnel.per_instance(runnel.transactions),
         per_tx.per_instance(per_tx.transactions),
         group.per_instance(group.transactions),
