@@ -1,4 +1,4 @@
-//! The command line: the three benchmarks, their flags, and the help text with examples.
+//! The command line: the four benchmarks, their flags, and the help text with examples.
 
 use std::path::PathBuf;
 
@@ -15,11 +15,12 @@ Examples:
   cargo run --release -p runnel-bench -- store
   runnel-bench bus --seconds 6
   runnel-bench outbox --store postgres://postgres@127.0.0.1/postgres
+  runnel-bench saga --store postgres://postgres@127.0.0.1/postgres
   runnel-bench store --quick
 ";
 
-/// Runnel's benchmarks: the event store, the embedded bus and consumer router, and the
-/// outbox relay, each beside its raw baseline.
+/// Runnel's benchmarks: the event store, the embedded bus and consumer router, the outbox
+/// relay and sagas, each beside its raw baseline.
 #[derive(Debug, Parser)]
 #[command(
     name = "runnel-bench",
@@ -60,6 +61,78 @@ pub enum Command {
     /// the bus publisher's raw rate
     #[command(after_help = BENCH_OUTBOX_AFTER_HELP)]
     Outbox(BenchOutboxArgs),
+    /// Saga instances per second (three local no-op steps) and start-to-completion latency
+    /// beside hand-written SQL writing the same rows; with --memory, RSS as finished
+    /// instances pile up
+    #[command(after_help = BENCH_SAGA_AFTER_HELP)]
+    Saga(BenchSagaArgs),
+}
+
+const BENCH_SAGA_AFTER_HELP: &str = "\
+The scenario: the order saga, three local steps that do nothing (reserve-stock,
+charge-payment, ship-order), each with a compensation that does nothing. Each instance is
+four commits of the processor store: the start (instance row, run timer, history), then
+one per step outcome (instance row at the next version, the old run timer deleted and the
+next one written, history; the last also writes the SagaCompleted outbox row).
+
+Runnel: a SagaRuntime with retention off and max_concurrency = --clients, driven by one
+`run` task (--runtimes R: R runtimes sharing the store, as R processes would). Each of the
+--clients clients starts an instance and waits until the commit that makes it Completed
+has returned, then starts the next (C instances in flight). Throughput is completed
+instances per second; latency is from start() to that commit (p50, p99). Below the table:
+write transactions and CPU time per instance, and the store calls Runnel made per instance.
+
+Baseline: hand-written SQL on the same database writing the same rows into tables shaped
+like Runnel's (same columns and indexes), one transaction per transition, C clients:
+  - SQLite: one writer thread (SQLite's single-writer model) committing each transition
+    on its own (an fsync each); a second baseline commits everything queued in one
+    transaction (group commit, as Runnel's writer does), shown for reading
+  - PostgreSQL (with --store postgres://...): one connection per client, in a fresh
+    schema; Runnel's pool has C connections, in a fresh schema; both dropped at the end
+Target: Runnel >= 0.7x the one-transaction-per-transition baseline. Sides alternate in 3
+rounds, each round after a short untimed warm-up. Peak RSS is measured per side.
+
+--memory instead: the runtime completes 10,000 instances, stops, and RSS is read; then
+100,000, ..., up to --memory-instances finished instances (they stay in the store); the
+last RSS must not exceed the first. On SQLite, then PostgreSQL with --store.
+
+Examples:
+  cargo run --release -p runnel-bench -- saga
+  runnel-bench saga --store postgres://postgres@127.0.0.1:5432/postgres
+  runnel-bench saga --instances 30000 --clients 32
+  runnel-bench saga --memory                       # 1,000,000 instances on SQLite
+  runnel-bench saga --memory --memory-instances 100000 --store postgres://127.0.0.1/postgres
+  runnel-bench saga --quick";
+
+#[derive(Debug, Args)]
+pub struct BenchSagaArgs {
+    /// Directory for the temporary database files (same disk as what you want measured)
+    /// [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Timed instances each side completes, over all rounds
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub instances: u64,
+    /// Concurrent clients, each starting its next instance when its last one completed
+    #[arg(long, value_name = "C", default_value_t = 64)]
+    pub clients: usize,
+    /// Saga runtimes sharing the store on Runnel's side (as processes would), each with
+    /// its own `run` task; client i starts its instances on runtime i mod R
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    pub runtimes: usize,
+    /// Runnel's side only, no baselines (to profile it, e.g. under `perf record`)
+    #[arg(long)]
+    pub runnel_only: bool,
+    /// Measure memory instead of throughput: RSS after 10,000 finished instances and after
+    /// --memory-instances
+    #[arg(long)]
+    pub memory: bool,
+    /// Finished instances at the end of the --memory run
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub memory_instances: u64,
+    /// Tiny counts: checks that every scenario runs, measures nothing
+    #[arg(long)]
+    pub quick: bool,
 }
 
 const BENCH_OUTBOX_AFTER_HELP: &str = "\

@@ -5,6 +5,7 @@
 //! cargo run --release -p runnel-bench -- store          # the event store on SQLite
 //! cargo run --release -p runnel-bench -- bus            # the embedded bus and the router
 //! cargo run --release -p runnel-bench -- outbox         # the outbox relay
+//! cargo run --release -p runnel-bench -- saga           # sagas (--memory: RSS over 1M)
 //! runnel-bench bus --store postgres://postgres@127.0.0.1/postgres   # + PostgreSQL
 //! ```
 //!
@@ -13,6 +14,7 @@
 
 mod bus;
 mod cli;
+mod cpu;
 mod disk;
 mod exit;
 mod machine;
@@ -21,6 +23,7 @@ mod output;
 mod progress;
 mod report;
 mod rss;
+mod saga;
 mod scenario;
 mod store;
 
@@ -89,6 +92,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => None,
             };
             outbox::bench(args, postgres).await
+        }
+        Command::Saga(args) => {
+            // As for the outbox: SQLite always, on fresh files under --dir; PostgreSQL with
+            // a postgres:// --store.
+            let postgres = match store {
+                Some(StoreUrl::Postgres(url)) => Some(url),
+                Some(_) => {
+                    eprintln!(
+                        "note: bench saga measures fresh SQLite files under --dir; --store is ignored"
+                    );
+                    None
+                }
+                None => None,
+            };
+            saga::bench(args, postgres).await
         }
     }
 }

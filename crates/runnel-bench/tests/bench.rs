@@ -49,6 +49,7 @@ fn every_command_has_help_with_an_example() {
         &["store", "--help"],
         &["bus", "--help"],
         &["outbox", "--help"],
+        &["saga", "--help"],
     ] {
         let out = bench(dir.path()).args(command).output().unwrap();
         assert!(out.status.success(), "{command:?}");
@@ -196,5 +197,80 @@ fn bench_outbox_quick_prints_every_scenario() {
     assert!(text.contains("| SQLite | drain"), "{text}");
     assert!(text.contains("| SQLite | 8 producers"), "{text}");
     assert!(text.contains("peak RSS"), "{text}");
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_saga_quick_prints_runnel_beside_both_sqlite_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["saga", "--quick", "--clients", "8", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    for needle in [
+        "| store | scenario | Runnel instances/s | baseline instances/s | ratio | target |",
+        "| SQLite | vs hand-written SQL, 1 transaction per transition",
+        "| SQLite | vs the same SQL with group commit",
+        "≥ 0.7×",
+        "write transactions per instance",
+        "Runnel's store calls per instance: commits 4.00",
+        "Runnel's `run` loop",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(!text.contains("NaN"), "{text}");
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_saga_memory_quick_reports_rss_at_each_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["saga", "--memory", "--quick", "--clients", "8", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains("| SQLite | 200 |"), "{text}");
+    assert!(text.contains("| SQLite | 1,000 |"), "{text}");
+    assert!(
+        text.contains("SQLite: RSS after 1,000 finished instances"),
+        "{text}"
+    );
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_saga_quick_on_postgres_adds_its_row_and_drops_its_schemas() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args([
+            "saga",
+            "--quick",
+            "--clients",
+            "8",
+            "--store",
+            &url,
+            "--dir",
+        ])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        text.contains(
+            "| PostgreSQL | vs hand-written SQL, 1 transaction per transition, 8 connections"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("PostgreSQL, Runnel's store calls per instance"),
+        "{text}"
+    );
     assert_no_leftovers(dir.path());
 }

@@ -23,7 +23,7 @@ use runnel_sqlite::{SqliteDeadLetters, SqliteStore};
 use crate::cli::BenchBusArgs;
 use crate::disk;
 use crate::exit::BadInput;
-use crate::machine::{filesystem_of, read_first};
+use crate::machine::{filesystem_of, load_average, machine_lines};
 use crate::output::print_line;
 use crate::progress::group_digits;
 use crate::report::{self, rate, Row};
@@ -385,13 +385,6 @@ fn rows(t: &Totals) -> Vec<Row> {
     rows
 }
 
-/// The 1-, 5- and 15-minute load averages.
-fn load_average() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
-    (fields.len() == 3).then(|| fields.join(" "))
-}
-
 /// The command as run, for the header.
 fn command_line(args: &BenchBusArgs) -> String {
     let mut command = String::from("runnel-bench bus");
@@ -407,22 +400,6 @@ fn command_line(args: &BenchBusArgs) -> String {
         command.push_str(" (smoke test: numbers are not meaningful)");
     }
     command
-}
-
-/// The machine and its load average before and after the run.
-fn machine_lines(load_before: Option<String>, load_after: Option<String>) -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = read_first("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| std::env::consts::OS.into());
-    let unknown = || "unknown".to_string();
-    format!(
-        "Machine: {cores} cores, {cpu}, Linux {kernel}\n\
-         Load average (1, 5, 15 min): {} at the start, {} at the end\n",
-        load_before.unwrap_or_else(unknown),
-        load_after.unwrap_or_else(unknown)
-    )
 }
 
 /// What was measured where: machine, load, disk, versions, settings.
