@@ -237,8 +237,8 @@ impl ProcessorStore for Observed {
             .await
     }
 
-    async fn delete_timer(&self, id: u64) -> Result<(), StoreError> {
-        self.other.time(self.inner.delete_timer(id)).await
+    async fn delete_timer(&self, id: u64, owner: &str) -> Result<(), StoreError> {
+        self.other.time(self.inner.delete_timer(id, owner)).await
     }
 
     async fn next_due(&self, kind: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
