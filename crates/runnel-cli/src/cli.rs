@@ -35,6 +35,7 @@ Examples:
   runnel consume orders --group billing --follow
   runnel dlq list --topic orders
   runnel sagas list --status compensation-failed
+  runnel projections status
 ";
 
 /// Runnel: an event store, aggregates and messaging toolkit. This binary inspects and
@@ -101,6 +102,113 @@ pub enum Command {
     /// Saga and process-manager instances: list, show, retry, skip-step, compensate, purge
     #[command(subcommand)]
     Sagas(SagasCommand),
+    /// Projections (read models): list, status, rebuild, pause, resume, retry, skip, drop-old
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// One line per projection: its current generation, status, checkpoint and lag
+    #[command(after_help = PROJECTIONS_LIST_AFTER_HELP)]
+    List,
+    /// Every generation of one projection (or all): status, checkpoint, lag in events and
+    /// seconds, events/s, lease holders, last error
+    #[command(after_help = PROJECTIONS_STATUS_AFTER_HELP)]
+    Status(ProjectionsStatusArgs),
+    /// Rebuild a projection without downtime: a new generation of its tables fills from
+    /// the start of $all beside the current one and replaces it once caught up
+    #[command(after_help = PROJECTIONS_REBUILD_AFTER_HELP)]
+    Rebuild(ProjectionsRebuildArgs),
+    /// Pause a projection: the services running it stop applying events to it
+    #[command(after_help = PROJECTIONS_ACTION_AFTER_HELP)]
+    Pause(ProjectionNameArg),
+    /// Resume a paused projection
+    #[command(after_help = PROJECTIONS_ACTION_AFTER_HELP)]
+    Resume(ProjectionNameArg),
+    /// Apply the event a faulted projection stopped on again
+    #[command(after_help = PROJECTIONS_ACTION_AFTER_HELP)]
+    Retry(ProjectionNameArg),
+    /// Move a faulted projection past the event it stopped on, and resume it (the event
+    /// is printed and logged)
+    #[command(after_help = PROJECTIONS_ACTION_AFTER_HELP)]
+    Skip(ProjectionNameArg),
+    /// Drop the tables of a projection's retired generations
+    #[command(after_help = PROJECTIONS_ACTION_AFTER_HELP)]
+    DropOld(ProjectionNameArg),
+}
+
+const PROJECTIONS_LIST_AFTER_HELP: &str = "\
+Statuses: running; paused (by an operator); faulted (stopped on an event it could not
+apply: `retry` applies it again, `skip` moves past it). A projection whose rebuild is under
+way shows `rebuilding` and how far the new generation has got.
+
+Examples:
+  runnel projections list
+  runnel --json projections list";
+
+const PROJECTIONS_STATUS_AFTER_HELP: &str = "\
+Lag is the number of $all positions not applied yet and the age of the oldest of them; both
+are 0 when the projection has caught up. Events/s is measured over --sample (default 1s):
+0 disables the measurement.
+
+Examples:
+  runnel projections status
+  runnel projections status order_summaries
+  runnel --json projections status order_summaries --sample 0";
+
+const PROJECTIONS_REBUILD_AFTER_HELP: &str = "\
+The services running the projection do the work (the CLI never runs a projection's code):
+they fill the new generation and switch queries to it in one transaction once it has caught
+up; queries keep reading the current generation meanwhile. This command starts the rebuild
+and shows its progress (positions done of the head of $all, rate, ETA) until the switch.
+
+Interrupting it (Ctrl-C) pauses the rebuild where it is; running the command again resumes
+it from there. --detach starts (or resumes) it and returns at once. The old generation's
+tables stay until `runnel projections drop-old NAME`.
+
+Examples:
+  runnel projections rebuild order_summaries
+  runnel projections rebuild order_summaries --detach";
+
+const PROJECTIONS_ACTION_AFTER_HELP: &str = "\
+An unknown name exits with code 4; a projection not in a state the command applies to
+(resume of a running one, skip of one not faulted, drop-old with nothing retired) exits with
+code 5. Either way nothing changes.
+
+Examples:
+  runnel projections pause order_summaries
+  runnel projections resume order_summaries
+  runnel projections retry order_summaries
+  runnel projections skip order_summaries
+  runnel projections drop-old order_summaries";
+
+#[derive(Debug, Args)]
+pub struct ProjectionNameArg {
+    /// The projection's name
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionsStatusArgs {
+    /// Only this projection
+    pub name: Option<String>,
+    /// How long to watch the counters to measure events/s (`500ms`, `2s`; `0`: do not)
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub sample: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionsRebuildArgs {
+    /// The projection's name
+    pub name: String,
+    /// Start (or resume) the rebuild and return without watching it
+    #[arg(long)]
+    pub detach: bool,
+    /// Give up watching (and pause the rebuild) if no service has moved it for this long
+    /// (`30s`, `5m`)
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub stall_timeout: String,
 }
 
 #[derive(Debug, Subcommand)]

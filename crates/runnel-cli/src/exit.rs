@@ -19,8 +19,14 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 /// An optimistic-concurrency conflict: the stream was not at the expected revision.
 /// Nothing was written.
 pub const EXIT_CONFLICT: u8 = 3;
-/// What the command names does not exist (a dead-letter id, a saga instance).
+/// What the command names does not exist (a dead-letter id, a saga instance, a
+/// projection).
 pub const EXIT_NOT_FOUND: u8 = 4;
+/// The command was interrupted (Ctrl-C) and says where it left off.
+pub const EXIT_INTERRUPTED: u8 = 130;
+/// What the command names is not in a state the command applies to (resume of a running
+/// projection, skip of one not faulted). Nothing was changed.
+pub const EXIT_WRONG_STATE: u8 = 5;
 
 /// The exit code table for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -30,7 +36,9 @@ Exit codes:
   2  bad input (invalid arguments, stream name, JSON, limits, store URL; the binary that
      bench or demo runs is not built); nothing written
   3  conflict: the stream is not at the --expected revision; nothing written
-  4  not found: no dead letter or saga instance with that id";
+  4  not found: no dead letter, saga instance or projection of that name
+  5  wrong state: the projection is not in a state the command applies to; nothing changed
+  130 interrupted (Ctrl-C); the command printed where it left off";
 
 /// Input the CLI refuses before (or instead of) touching the store. Exit code 2.
 #[derive(Debug)]
@@ -56,6 +64,18 @@ impl std::fmt::Display for NotFound {
 
 impl std::error::Error for NotFound {}
 
+/// Ctrl-C ended the command after it saved where it was. Exit code 130.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Writing to stdout failed because the reader went away (`runnel … | head`): not an
 /// error worth a message.
 #[derive(Debug)]
@@ -77,6 +97,19 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<NotFound>() {
             return EXIT_NOT_FOUND;
+        }
+        if cause.is::<Interrupted>() {
+            return EXIT_INTERRUPTED;
+        }
+        if let Some(e) = cause.downcast_ref::<runnel::projection::admin::AdminError>() {
+            match e {
+                runnel::projection::admin::AdminError::Unknown(_) => return EXIT_NOT_FOUND,
+                runnel::projection::admin::AdminError::WrongState { .. } => {
+                    return EXIT_WRONG_STATE
+                }
+                // The store error next in the chain decides.
+                _ => {}
+            }
         }
         if cause.downcast_ref::<BrokenPipe>().is_some() {
             return EXIT_OK;

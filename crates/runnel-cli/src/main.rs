@@ -135,6 +135,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (stores, _) = open_configured(cli.store, cli.db, None, OpenMode::MustExist).await?;
             commands::sagas::run(&*stores.processors, printer, request).await
         }
+        Command::Projections(command) => {
+            // As for streams append: the input is checked before anything opens.
+            let request = commands::projections::prepare(command)?;
+            let (stores, _) = open_configured(cli.store, cli.db, None, OpenMode::MustExist).await?;
+            commands::projections::run(&*stores.projections, &*stores.events, printer, request)
+                .await
+        }
         Command::Dlq(command) => {
             // Draining may be the first thing a store receives; the rest read what is there.
             let mode = match command {

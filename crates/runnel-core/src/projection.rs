@@ -178,8 +178,12 @@ impl VersionRole {
 pub struct ProjectionState {
     /// The projection's name.
     pub name: String,
-    /// The version.
+    /// The version's generation: the number in its tables' names (`orders_v3`). It is the
+    /// code version, unless a rebuild of the same code made a newer generation
+    /// ([`ProjectionStore::rebuild`]).
     pub version: u32,
+    /// The projection's version in code ([`VersionSpec::version`]) this generation runs.
+    pub code_version: u32,
     /// The partition (0 when unpartitioned).
     pub partition: u32,
     /// How many partitions the version has.
@@ -207,7 +211,8 @@ pub struct ProjectionState {
 pub struct VersionSpec {
     /// The projection's name.
     pub name: String,
-    /// The version (from 1).
+    /// The version in code (from 1). Its first generation is numbered the same, unless
+    /// rebuilds of an older version already used that number (then the next free one).
     pub version: u32,
     /// The tables it owns (names without the version suffix).
     pub tables: Vec<String>,
@@ -241,6 +246,17 @@ pub struct Batch {
     pub outbox: Vec<crate::outbox::OutboxMessage>,
 }
 
+/// What [`ProjectionStore::rebuild`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildStarted {
+    /// The building generation.
+    pub version: u32,
+    /// The code version it runs.
+    pub code_version: u32,
+    /// `false`: it was building already (a rebuild resumed), nothing was created.
+    pub created: bool,
+}
+
 /// What [`ProjectionStore::commit_batch`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchOutcome {
@@ -259,11 +275,23 @@ pub trait ProjectionStore: Send + Sync + 'static {
     /// The dialect read-model statements are written in.
     fn dialect(&self) -> Dialect;
 
-    /// Registers a version: creates its tables (`{table}_v{version}`) if missing and its
-    /// state rows (one per partition). The first version registered becomes current (its
-    /// views created); a later one is building until [`switch`](Self::switch)ed.
-    /// Registering an existing version again changes nothing. Returns the version's role.
+    /// Registers a code version: if no live (current or building) generation runs
+    /// `spec.version`, creates one — generation `max(spec.version, newest generation + 1)` —
+    /// with its tables (`{table}_v{generation}`) and state rows (one per partition), and
+    /// stores the schema for later rebuilds. The first generation of a projection becomes
+    /// current (its views created); a later one is building until
+    /// [`switch`](Self::switch)ed, and replaces a building generation of older code.
+    /// Registering a code version that has a live generation changes nothing; one older
+    /// than the newest registered is refused. Returns the role of the newest live
+    /// generation of `spec.version`.
     async fn register(&self, spec: &VersionSpec) -> Result<VersionRole, StoreError>;
+
+    /// Starts a rebuild of `name`'s current code version without downtime: a new building
+    /// generation with the current one's tables, schema and partitions, which the runners
+    /// of that code version fill from the start of `$all` and switch to once caught up.
+    /// If a generation is building already, returns it (a rebuild resumes). Unknown
+    /// projections are an [`StoreError::InvalidArgument`] and change nothing.
+    async fn rebuild(&self, name: &str) -> Result<RebuildStarted, StoreError>;
 
     /// Every state row (of `name`, or all), by name, version, partition.
     async fn states(&self, name: Option<&str>) -> Result<Vec<ProjectionState>, StoreError>;

@@ -47,10 +47,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "projections",
         include_str!("migrations/0010_projections.sql"),
     ),
+    (
+        11,
+        "projection_generations",
+        include_str!("migrations/0011_projection_generations.sql"),
+    ),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {

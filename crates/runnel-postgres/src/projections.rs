@@ -15,8 +15,8 @@ use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::outbox::validate_enqueue;
 use runnel_core::projection::{
     cut_error, resolve_tables, validate_identifier, validate_spec, versioned_table, Batch,
-    BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, SqlValue,
-    VersionRole, VersionSpec, BATCH_STATEMENTS_MAX,
+    BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, RebuildStarted,
+    SqlValue, VersionRole, VersionSpec, BATCH_STATEMENTS_MAX,
 };
 use runnel_core::{Clock, Position, StoreError, SystemClock};
 use sqlx::encode::IsNull;
@@ -114,7 +114,7 @@ impl std::fmt::Debug for PostgresProjectionStore {
 
 const STATE_COLUMNS: &str = "s.name, s.version, s.partition, v.partitions, v.role, s.checkpoint, \
      s.status, s.last_error, s.failed_position, s.events_applied, s.leased_by, s.leased_until, \
-     s.updated_at";
+     s.updated_at, v.code_version";
 
 fn state_from_row(row: &PgRow) -> Result<ProjectionState, StoreError> {
     let bad = |e: sqlx::Error| StoreError::Corrupt(format!("unreadable projection row: {e}"));
@@ -148,6 +148,7 @@ fn state_from_row(row: &PgRow) -> Result<ProjectionState, StoreError> {
         events_applied: row.try_get::<i64, _>(9).map_err(bad)? as u64,
         lease: owner.zip(until),
         updated_at: row.try_get(12).map_err(bad)?,
+        code_version: number(row.try_get(13).map_err(bad)?, "code version")?,
     })
 }
 
@@ -170,6 +171,11 @@ fn stored_error(text: &str) -> String {
 /// A u32 (version, partition) as the bigint it is bound as.
 fn big(v: u32) -> i64 {
     i64::from(v)
+}
+
+fn small(v: i64, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(v)
+        .map_err(|_| StoreError::Corrupt(format!("projection {what} {v} is out of range")))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -356,6 +362,98 @@ impl PostgresProjectionStore {
     }
 
     /// The tables and role of a version.
+    /// Creates the next generation of `spec` in the caller's transaction (dropping a
+    /// building one: it never served) with its tables and state rows; returns its number.
+    async fn create_generation(
+        &self,
+        tx: &mut PgConnection,
+        spec: &VersionSpec,
+        role: VersionRole,
+    ) -> Result<u32, StoreError> {
+        let names = &*self.names;
+        let now = self.clock.now();
+        let stale: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT version FROM {} WHERE name = $1 AND role = 'building'",
+            names.versions
+        )))
+        .bind(&spec.name)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        let newest: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT max(version) FROM {} WHERE name = $1",
+            names.versions
+        )))
+        .bind(&spec.name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        for version in stale {
+            self.drop_in(tx, &spec.name, small(version, "version")?)
+                .await?;
+        }
+        let version = match newest {
+            Some(n) => small(n, "version")?
+                .checked_add(1)
+                .ok_or_else(|| {
+                    StoreError::InvalidArgument(format!(
+                        "projection {} has no generation numbers left",
+                        spec.name
+                    ))
+                })?
+                .max(spec.version),
+            None => spec.version,
+        };
+        self.use_schema(tx).await?;
+        for sql in &spec.schema {
+            let sql = resolve_tables(sql, &spec.tables, version)?;
+            sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match user_sql_error(e) {
+                    Ok(text) => StoreError::InvalidArgument(format!(
+                        "projection {} schema statement failed: {text}: {sql}",
+                        spec.name
+                    )),
+                    Err(e) => e,
+                })?;
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name, version, role, tables, partitions, created_at, switched_at, \
+               code_version, schema) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            names.versions
+        )))
+        .bind(&spec.name)
+        .bind(big(version))
+        .bind(role.as_str())
+        .bind(&spec.tables)
+        .bind(spec.partitions as i32)
+        .bind(now)
+        .bind((role == VersionRole::Current).then_some(now))
+        .bind(big(spec.version))
+        .bind(&spec.schema)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (name, version, partition, updated_at) \
+             SELECT $1, $2, p, $3 FROM generate_series(0, $4 - 1) AS p",
+            names.state
+        )))
+        .bind(&spec.name)
+        .bind(big(version))
+        .bind(now)
+        .bind(spec.partitions as i32)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if role == VersionRole::Current {
+            self.replace_views(tx, &spec.tables, version).await?;
+        }
+        Ok(version)
+    }
+
     async fn version_in(
         &self,
         conn: &mut PgConnection,
@@ -469,96 +567,110 @@ impl ProjectionStore for PostgresProjectionStore {
 
     async fn register(&self, spec: &VersionSpec) -> Result<VersionRole, StoreError> {
         validate_spec(spec)?;
-        let now = self.clock.now();
         let names = &*self.names;
         let mut tx = self.store.pool().begin().await.map_err(map_sqlx)?;
         self.lock(&mut tx, &spec.name).await?;
-        if let Some((_, role)) = self.version_in(&mut tx, &spec.name, spec.version).await? {
+        let live: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT role FROM {} WHERE name = $1 AND code_version = $2 AND role <> 'retired' \
+             ORDER BY version DESC LIMIT 1",
+            names.versions
+        )))
+        .bind(&spec.name)
+        .bind(big(spec.version))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if let Some(role) = live {
             tx.commit().await.map_err(map_sqlx)?;
-            return Ok(role);
+            return VersionRole::parse(&role)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown version role {role:?}")));
         }
         let (newest, has_current): (Option<i64>, Option<bool>) =
             sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT max(version), bool_or(role = 'current') FROM {} WHERE name = $1",
+                "SELECT max(code_version), bool_or(role = 'current') FROM {} WHERE name = $1",
                 names.versions
             )))
             .bind(&spec.name)
             .fetch_one(&mut *tx)
             .await
             .map_err(map_sqlx)?;
-        if let Some(newest) = newest.filter(|v| *v > big(spec.version)) {
+        if let Some(newest) = newest.filter(|v| *v >= big(spec.version)) {
             return Err(StoreError::InvalidArgument(format!(
                 "projection {} has version {newest} already; version {} is older",
                 spec.name, spec.version
             )));
-        }
-        // A building version replaced by a newer one is dropped (it never served).
-        let stale: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT version FROM {} WHERE name = $1 AND role = 'building'",
-            names.versions
-        )))
-        .bind(&spec.name)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-        for version in stale {
-            let version = u32::try_from(version).map_err(|_| {
-                StoreError::Corrupt(format!("projection version {version} is out of range"))
-            })?;
-            self.drop_in(&mut tx, &spec.name, version).await?;
-        }
-        self.use_schema(&mut tx).await?;
-        for sql in &spec.schema {
-            let sql = resolve_tables(sql, &spec.tables, spec.version)?;
-            sqlx::raw_sql(AssertSqlSafe(sql.clone()))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| match user_sql_error(e) {
-                    Ok(text) => StoreError::InvalidArgument(format!(
-                        "projection {} schema statement failed: {text}: {sql}",
-                        spec.name
-                    )),
-                    Err(e) => e,
-                })?;
         }
         let role = if has_current == Some(true) {
             VersionRole::Building
         } else {
             VersionRole::Current
         };
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name, version, role, tables, partitions, created_at, switched_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            names.versions
-        )))
-        .bind(&spec.name)
-        .bind(big(spec.version))
-        .bind(role.as_str())
-        .bind(&spec.tables)
-        .bind(spec.partitions as i32)
-        .bind(now)
-        .bind((role == VersionRole::Current).then_some(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (name, version, partition, updated_at) \
-             SELECT $1, $2, p, $3 FROM generate_series(0, $4 - 1) AS p",
-            names.state
-        )))
-        .bind(&spec.name)
-        .bind(big(spec.version))
-        .bind(now)
-        .bind(spec.partitions as i32)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-        if role == VersionRole::Current {
-            self.replace_views(&mut tx, &spec.tables, spec.version)
-                .await?;
-        }
+        self.create_generation(&mut tx, spec, role).await?;
         tx.commit().await.map_err(map_sqlx)?;
         Ok(role)
+    }
+
+    async fn rebuild(&self, name: &str) -> Result<RebuildStarted, StoreError> {
+        validate_identifier("projection name", name)?;
+        let names = &*self.names;
+        let mut tx = self.store.pool().begin().await.map_err(map_sqlx)?;
+        self.lock(&mut tx, name).await?;
+        let building: Option<(i64, Option<i64>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT version, code_version FROM {} WHERE name = $1 AND role = 'building'",
+            names.versions
+        )))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if let Some((version, code_version)) = building {
+            tx.commit().await.map_err(map_sqlx)?;
+            return Ok(RebuildStarted {
+                version: small(version, "version")?,
+                code_version: small(code_version.unwrap_or(version), "code version")?,
+                created: false,
+            });
+        }
+        type Current = (Option<i64>, i64, Vec<String>, Option<Vec<String>>, i32);
+        let current: Option<Current> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT code_version, version, tables, schema, partitions FROM {} \
+             WHERE name = $1 AND role = 'current'",
+            names.versions
+        )))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        let Some((code_version, version, tables, schema, partitions)) = current else {
+            return Err(StoreError::InvalidArgument(format!(
+                "no projection named {name} is registered"
+            )));
+        };
+        let Some(schema) = schema else {
+            return Err(StoreError::InvalidArgument(format!(
+                "projection {name} was registered before schemas were kept: start its service \
+                 once (it registers again), then rebuild"
+            )));
+        };
+        let code_version = small(code_version.unwrap_or(version), "code version")?;
+        let spec = VersionSpec {
+            name: name.to_string(),
+            version: code_version,
+            tables,
+            schema,
+            partitions: u32::try_from(partitions).map_err(|_| {
+                StoreError::Corrupt(format!("projection partitions {partitions} out of range"))
+            })?,
+        };
+        let version = self
+            .create_generation(&mut tx, &spec, VersionRole::Building)
+            .await?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(RebuildStarted {
+            version,
+            code_version,
+            created: true,
+        })
     }
 
     async fn states(&self, name: Option<&str>) -> Result<Vec<ProjectionState>, StoreError> {

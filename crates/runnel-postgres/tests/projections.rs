@@ -14,8 +14,8 @@ use common::SchemaGuard;
 use runnel_core::async_trait;
 use runnel_core::outbox::OutboxStore;
 use runnel_core::projection::{
-    Batch, BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, SqlValue,
-    Statement, VersionRole, VersionSpec,
+    Batch, BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore,
+    RebuildStarted, SqlValue, Statement, VersionRole, VersionSpec,
 };
 use runnel_core::{Message, Position, StoreError, TopicName};
 use runnel_postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -113,6 +113,9 @@ impl ProjectionStore for SchemaProjections {
     }
     async fn register(&self, spec: &VersionSpec) -> Result<VersionRole, StoreError> {
         self.projections.register(spec).await
+    }
+    async fn rebuild(&self, name: &str) -> Result<RebuildStarted, StoreError> {
+        self.projections.rebuild(name).await
     }
     async fn states(&self, name: Option<&str>) -> Result<Vec<ProjectionState>, StoreError> {
         self.projections.states(name).await

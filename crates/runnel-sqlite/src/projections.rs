@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use runnel_core::async_trait;
 use runnel_core::projection::{
     cut_error, resolve_tables, validate_identifier, validate_spec, versioned_table, Batch,
-    BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, SqlValue,
-    VersionRole, VersionSpec, BATCH_STATEMENTS_MAX,
+    BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, RebuildStarted,
+    SqlValue, VersionRole, VersionSpec, BATCH_STATEMENTS_MAX,
 };
 use runnel_core::{Position, StoreError};
 
@@ -36,7 +36,7 @@ impl std::fmt::Debug for SqliteProjectionStore {
 
 const STATE_COLUMNS: &str = "s.name, s.version, s.partition, v.partitions, v.role, s.checkpoint, \
      s.status, s.last_error, s.failed_position, s.events_applied, s.leased_by, s.leased_until, \
-     s.updated_at";
+     s.updated_at, v.code_version";
 
 fn state_from_row(row: &rusqlite::Row<'_>) -> Result<ProjectionState, StoreError> {
     let bad = |e: rusqlite::Error| StoreError::Corrupt(format!("unreadable projection row: {e}"));
@@ -48,6 +48,7 @@ fn state_from_row(row: &rusqlite::Row<'_>) -> Result<ProjectionState, StoreError
     Ok(ProjectionState {
         name: row.get(0).map_err(bad)?,
         version: row.get(1).map_err(bad)?,
+        code_version: row.get(13).map_err(bad)?,
         partition: row.get(2).map_err(bad)?,
         partitions: row.get(3).map_err(bad)?,
         role: VersionRole::parse(&role)
@@ -197,6 +198,140 @@ fn commit_in(
     Ok(BatchOutcome::Committed)
 }
 
+/// The role of the newest live (not retired) generation of `name` running `code_version`.
+fn newest_live(
+    conn: &Connection,
+    name: &str,
+    code_version: u32,
+) -> Result<Option<VersionRole>, StoreError> {
+    let role: Option<String> = conn
+        .prepare_cached(
+            "SELECT role FROM projection_versions WHERE name = ?1 AND code_version = ?2 \
+               AND role <> 'retired' ORDER BY version DESC LIMIT 1",
+        )
+        .map_err(map_sqlite)?
+        .query_row(params![name, code_version], |r| r.get(0))
+        .optional()
+        .map_err(map_sqlite)?;
+    role.map(|role| {
+        VersionRole::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown version role {role:?}")))
+    })
+    .transpose()
+}
+
+fn register_in(conn: &Connection, now: i64, spec: &VersionSpec) -> Result<VersionRole, StoreError> {
+    if let Some(role) = newest_live(conn, &spec.name, spec.version)? {
+        return Ok(role);
+    }
+    let newest_code: Option<u32> = conn
+        .prepare_cached("SELECT MAX(code_version) FROM projection_versions WHERE name = ?1")
+        .map_err(map_sqlite)?
+        .query_row(params![spec.name], |r| r.get(0))
+        .map_err(map_sqlite)?;
+    if let Some(max) = newest_code {
+        if max >= spec.version {
+            return Err(StoreError::InvalidArgument(format!(
+                "projection {} has version {max} already; version {} is older",
+                spec.name, spec.version
+            )));
+        }
+    }
+    let has_current: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM projection_versions WHERE name = ?1 AND role = 'current')",
+        )
+        .map_err(map_sqlite)?
+        .query_row(params![spec.name], |r| r.get(0))
+        .map_err(map_sqlite)?;
+    let role = if has_current {
+        VersionRole::Building
+    } else {
+        VersionRole::Current
+    };
+    create_generation(conn, now, spec, role)?;
+    Ok(role)
+}
+
+/// Creates the next generation of `spec` (dropping a building one: it never served) with
+/// its tables and state rows; returns its number.
+fn create_generation(
+    conn: &Connection,
+    now: i64,
+    spec: &VersionSpec,
+    role: VersionRole,
+) -> Result<u32, StoreError> {
+    let stale: Vec<u32> = conn
+        .prepare_cached(
+            "SELECT version FROM projection_versions WHERE name = ?1 AND role = 'building'",
+        )
+        .map_err(map_sqlite)?
+        .query_map(params![spec.name], |r| r.get(0))
+        .map_err(map_sqlite)?
+        .collect::<Result<_, _>>()
+        .map_err(map_sqlite)?;
+    let newest: Option<u32> = conn
+        .prepare_cached("SELECT MAX(version) FROM projection_versions WHERE name = ?1")
+        .map_err(map_sqlite)?
+        .query_row(params![spec.name], |r| r.get(0))
+        .map_err(map_sqlite)?;
+    for v in stale {
+        drop_in(conn, &spec.name, v)?;
+    }
+    let version = match newest {
+        Some(n) => n
+            .checked_add(1)
+            .ok_or_else(|| {
+                StoreError::InvalidArgument(format!(
+                    "projection {} has no generation numbers left",
+                    spec.name
+                ))
+            })?
+            .max(spec.version),
+        None => spec.version,
+    };
+    for sql in &spec.schema {
+        let sql = resolve_tables(sql, &spec.tables, version)?;
+        conn.execute_batch(&sql).map_err(|e| {
+            StoreError::InvalidArgument(format!(
+                "projection {} schema statement failed: {e}: {sql}",
+                spec.name
+            ))
+        })?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO projection_versions (name, version, role, tables, partitions, created_at, switched_at, code_version, schema) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .map_err(map_sqlite)?
+    .execute(params![
+        spec.name,
+        version,
+        role.as_str(),
+        serde_json::to_string(&spec.tables).expect("strings serialise"),
+        spec.partitions,
+        now,
+        (role == VersionRole::Current).then_some(now),
+        spec.version,
+        serde_json::to_string(&spec.schema).expect("strings serialise"),
+    ])
+    .map_err(map_sqlite)?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO projection_state (name, version, partition, updated_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(map_sqlite)?;
+    for p in 0..spec.partitions {
+        insert
+            .execute(params![spec.name, version, p, now])
+            .map_err(map_sqlite)?;
+    }
+    if role == VersionRole::Current {
+        replace_views(conn, &spec.tables, version)?;
+    }
+    Ok(version)
+}
+
 impl SqliteProjectionStore {
     /// Projection state on `store`'s file.
     pub fn new(store: SqliteStore) -> Self {
@@ -223,85 +358,70 @@ impl ProjectionStore for SqliteProjectionStore {
         let spec = spec.clone();
         self.store
             .submit(0, keep_all, move |conn, ctx| {
-                if let Some((_, role)) = tables_of(conn, &spec.name, spec.version)? {
-                    return Ok(role);
-                }
-                let has_current: bool = conn
+                register_in(conn, ctx.now_micros, &spec)
+            })
+            .await
+    }
+
+    async fn rebuild(&self, name: &str) -> Result<RebuildStarted, StoreError> {
+        validate_identifier("projection name", name)?;
+        let name = name.to_string();
+        self.store
+            .submit(0, keep_all, move |conn, ctx| {
+                let building: Option<(u32, u32)> = conn
                     .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM projection_versions WHERE name = ?1 AND role = 'current')",
+                        "SELECT version, code_version FROM projection_versions \
+                         WHERE name = ?1 AND role = 'building'",
                     )
                     .map_err(map_sqlite)?
-                    .query_row(params![spec.name], |r| r.get(0))
+                    .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
                     .map_err(map_sqlite)?;
-                let newer: Option<u32> = conn
-                    .prepare_cached("SELECT MAX(version) FROM projection_versions WHERE name = ?1")
-                    .map_err(map_sqlite)?
-                    .query_row(params![spec.name], |r| r.get(0))
-                    .map_err(map_sqlite)?;
-                if let Some(max) = newer {
-                    if max > spec.version {
-                        return Err(StoreError::InvalidArgument(format!(
-                            "projection {} has version {max} already; version {} is older",
-                            spec.name, spec.version
-                        )));
-                    }
+                if let Some((version, code_version)) = building {
+                    return Ok(RebuildStarted {
+                        version,
+                        code_version,
+                        created: false,
+                    });
                 }
-                // A building version replaced by a newer one is dropped (it never served).
-                let stale: Vec<u32> = conn
+                let current: Option<(u32, String, Option<String>, u32)> = conn
                     .prepare_cached(
-                        "SELECT version FROM projection_versions WHERE name = ?1 AND role = 'building'",
+                        "SELECT code_version, tables, schema, partitions FROM projection_versions \
+                         WHERE name = ?1 AND role = 'current'",
                     )
                     .map_err(map_sqlite)?
-                    .query_map(params![spec.name], |r| r.get(0))
-                    .map_err(map_sqlite)?
-                    .collect::<Result<_, _>>()
+                    .query_row(params![name], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .optional()
                     .map_err(map_sqlite)?;
-                for v in stale {
-                    drop_in(conn, &spec.name, v)?;
-                }
-                for sql in &spec.schema {
-                    let sql = resolve_tables(sql, &spec.tables, spec.version)?;
-                    conn.execute_batch(&sql).map_err(|e| {
-                        StoreError::InvalidArgument(format!(
-                            "projection {} schema statement failed: {e}: {sql}",
-                            spec.name
-                        ))
-                    })?;
-                }
-                let role = if has_current {
-                    VersionRole::Building
-                } else {
-                    VersionRole::Current
+                let Some((code_version, tables, schema, partitions)) = current else {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "no projection named {name} is registered"
+                    )));
                 };
-                conn.prepare_cached(
-                    "INSERT INTO projection_versions (name, version, role, tables, partitions, created_at, switched_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(map_sqlite)?
-                .execute(params![
-                    spec.name,
-                    spec.version,
-                    role.as_str(),
-                    serde_json::to_string(&spec.tables).expect("strings serialise"),
-                    spec.partitions,
-                    ctx.now_micros,
-                    (role == VersionRole::Current).then_some(ctx.now_micros),
-                ])
-                .map_err(map_sqlite)?;
-                let mut insert = conn
-                    .prepare_cached(
-                        "INSERT INTO projection_state (name, version, partition, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    .map_err(map_sqlite)?;
-                for p in 0..spec.partitions {
-                    insert
-                        .execute(params![spec.name, spec.version, p, ctx.now_micros])
-                        .map_err(map_sqlite)?;
-                }
-                if role == VersionRole::Current {
-                    replace_views(conn, &spec.tables, spec.version)?;
-                }
-                Ok(role)
+                let Some(schema) = schema else {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "projection {name} was registered before schemas were kept: start its \
+                         service once (it registers again), then rebuild"
+                    )));
+                };
+                let spec = VersionSpec {
+                    name: name.clone(),
+                    version: code_version,
+                    tables: serde_json::from_str(&tables)
+                        .map_err(|e| StoreError::Corrupt(format!("projection tables: {e}")))?,
+                    schema: serde_json::from_str(&schema)
+                        .map_err(|e| StoreError::Corrupt(format!("projection schema: {e}")))?,
+                    partitions,
+                };
+                let version =
+                    create_generation(conn, ctx.now_micros, &spec, VersionRole::Building)?;
+                Ok(RebuildStarted {
+                    version,
+                    code_version,
+                    created: true,
+                })
             })
             .await
     }

@@ -29,8 +29,8 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use runnel_core::outbox::OutboxMessage;
 use runnel_core::projection::{
-    Batch, BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, SqlValue,
-    Statement, VersionRole, VersionSpec, PARTITIONS_MAX,
+    Batch, BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore,
+    RebuildStarted, SqlValue, Statement, VersionRole, VersionSpec, PARTITIONS_MAX,
 };
 use runnel_core::{Message, Position, StoreError, TopicName};
 
@@ -187,6 +187,10 @@ macro_rules! __projection_store_checks {
             a_new_version_builds_in_its_own_tables_while_the_view_shows_the_current_one,
             a_version_older_than_the_newest_is_refused,
             a_newer_version_drops_a_stale_building_one,
+            a_rebuild_builds_a_new_generation_of_the_current_code_beside_it,
+            a_rebuild_requested_twice_resumes_the_one_building,
+            new_code_after_a_rebuild_takes_the_next_generation,
+            a_rebuild_of_an_unknown_projection_is_refused,
             a_failing_schema_statement_registers_nothing,
             one_owner_holds_a_lease_until_it_lapses_or_is_released,
             a_batch_commits_its_statements_with_the_checkpoint,
@@ -500,6 +504,137 @@ pub async fn a_newer_version_drops_a_stale_building_one<S: ProjectionStore + ?Si
     );
     assert!(db.pairs("SELECT id, n FROM items_v3").await.is_empty());
     assert!(db.pairs("SELECT id, n FROM items_v1").await.is_empty());
+}
+
+/// A rebuild of the current code makes a new generation — its own tables from the stored
+/// schema, its own state from the start, building — while the view keeps showing the
+/// current generation; the switch makes the rebuilt one current, and registering the same
+/// code again afterwards changes nothing.
+pub async fn a_rebuild_builds_a_new_generation_of_the_current_code_beside_it<
+    S: ProjectionStore + ?Sized,
+>(
+    t: StoreUnderTest<S>,
+) {
+    let (store, db) = (t.store, t.read_model);
+    registered_and_claimed(&*store).await;
+    commit(&*store, batch(0, 5, vec![insert("old", 1)])).await;
+    let started = store.rebuild(NAME).await.must("rebuild");
+    assert_eq!(
+        started,
+        RebuildStarted {
+            version: 2,
+            code_version: 1,
+            created: true
+        }
+    );
+    let g2 = state(&*store, 2, 0).await;
+    assert_eq!(
+        (g2.role, g2.code_version, g2.checkpoint, g2.status),
+        (
+            VersionRole::Building,
+            1,
+            Position::START,
+            ProjectionStatus::Running
+        )
+    );
+    assert_eq!(state(&*store, 1, 0).await.code_version, 1);
+    assert!(db.pairs("SELECT id, n FROM items_v2").await.is_empty());
+    assert_eq!(db.pairs(ITEMS_VIEW).await, vec![pair("old", 1)]);
+
+    claim(&*store, 2, 0, OWNER).await.expect("free");
+    let mut b = batch(0, 5, vec![insert("rebuilt", 7)]);
+    b.version = 2;
+    assert_eq!(commit(&*store, b).await, BatchOutcome::Committed);
+    assert_eq!(db.pairs(ITEMS_VIEW).await, vec![pair("old", 1)]);
+    store
+        .switch(NAME, 2)
+        .await
+        .must("switch to the rebuilt generation");
+    assert_eq!(db.pairs(ITEMS_VIEW).await, vec![pair("rebuilt", 7)]);
+    assert_eq!(state(&*store, 1, 0).await.role, VersionRole::Retired);
+
+    assert_eq!(register(&*store, &spec(1)).await, VersionRole::Current);
+    let versions: Vec<(u32, u32, VersionRole)> = states(&*store)
+        .await
+        .iter()
+        .map(|s| (s.version, s.code_version, s.role))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![(1, 1, VersionRole::Retired), (2, 1, VersionRole::Current)],
+        "registering the rebuilt code again creates nothing"
+    );
+}
+
+/// A rebuild requested while one is building returns that one and creates nothing: an
+/// interrupted rebuild resumes from its own checkpoint.
+pub async fn a_rebuild_requested_twice_resumes_the_one_building<S: ProjectionStore + ?Sized>(
+    t: StoreUnderTest<S>,
+) {
+    let store = t.store;
+    registered_and_claimed(&*store).await;
+    let first = store.rebuild(NAME).await.must("rebuild");
+    claim(&*store, first.version, 0, OWNER).await.expect("free");
+    let mut b = batch(0, 3, vec![insert("a", 1)]);
+    b.version = first.version;
+    assert_eq!(commit(&*store, b).await, BatchOutcome::Committed);
+    let again = store.rebuild(NAME).await.must("rebuild again");
+    assert_eq!(
+        again,
+        RebuildStarted {
+            version: first.version,
+            code_version: 1,
+            created: false
+        }
+    );
+    assert_eq!(
+        state(&*store, first.version, 0).await.checkpoint,
+        Position(3)
+    );
+    assert_eq!(states(&*store).await.len(), 2);
+}
+
+/// New code registered after a rebuild takes the next free generation number (never one
+/// a rebuild used), and drops a rebuild of the older code still building.
+pub async fn new_code_after_a_rebuild_takes_the_next_generation<S: ProjectionStore + ?Sized>(
+    t: StoreUnderTest<S>,
+) {
+    let (store, db) = (t.store, t.read_model);
+    registered_and_claimed(&*store).await;
+    assert_eq!(store.rebuild(NAME).await.must("rebuild").version, 2);
+    assert_eq!(register(&*store, &spec(2)).await, VersionRole::Building);
+    let versions: Vec<(u32, u32, VersionRole)> = states(&*store)
+        .await
+        .iter()
+        .map(|s| (s.version, s.code_version, s.role))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![(1, 1, VersionRole::Current), (3, 2, VersionRole::Building)]
+    );
+    assert!(
+        db.rows("SELECT id, n FROM items_v2").await.is_err(),
+        "the older code's rebuild is dropped"
+    );
+    assert!(db.pairs("SELECT id, n FROM items_v3").await.is_empty());
+    assert_eq!(
+        register(&*store, &spec(1)).await,
+        VersionRole::Current,
+        "processes still on the older code keep running its current generation"
+    );
+    assert_eq!(states(&*store).await.len(), 2);
+}
+
+/// A rebuild of a projection nobody registered is refused and creates nothing.
+pub async fn a_rebuild_of_an_unknown_projection_is_refused<S: ProjectionStore + ?Sized>(
+    t: StoreUnderTest<S>,
+) {
+    let store = t.store;
+    let e = expect_err("rebuild an unknown projection", store.rebuild(NAME).await);
+    assert!(matches!(e, StoreError::InvalidArgument(_)), "{e:?}");
+    let e = expect_err("rebuild a bad name", store.rebuild("Bad Name").await);
+    assert!(matches!(e, StoreError::InvalidArgument(_)), "{e:?}");
+    assert!(states(&*store).await.is_empty());
 }
 
 /// A schema statement that fails refuses the registration, and nothing of it stays: no

@@ -4,10 +4,12 @@
 //! lease ([`ProjectionStore::commit_batch`]), so an event takes effect once even across a
 //! `kill -9`, and one process at a time applies each projection (or partition).
 //!
-//! * **Versions and rebuilds.** Each version writes its own tables (`{orders}` becomes
-//!   `orders_v2`); the plain names are views on the current version. A new version builds
-//!   beside the current one, which keeps serving; once caught up it becomes current in one
-//!   transaction. Retired versions' tables stay until dropped.
+//! * **Versions and rebuilds.** Each generation writes its own tables (`{orders}` becomes
+//!   `orders_v2`); the plain names are views on the current one. A new version in code, or
+//!   a rebuild of the same code ([`admin::rebuild`], `runnel projections rebuild`), is a
+//!   new generation that builds beside the current one, which keeps serving; once caught up
+//!   it becomes current in one transaction. Retired generations' tables stay until dropped
+//!   ([`admin::drop_old`]).
 //! * **Errors.** A failing event is retried with backoff, then — per projection — pauses
 //!   the projection (`faulted`, with the event and the error) or is parked as a dead letter
 //!   naming the projection, and the projection goes on. Never skipped silently.
@@ -62,6 +64,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 mod runner;
 
 pub use runner::{

@@ -104,8 +104,8 @@ pub struct ProjectionRunner {
     dead_letters: Option<Arc<dyn DeadLetterStore>>,
     options: RunnerOptions,
     owner: String,
-    /// Attempts of the event each partition is failing on: (position, attempts).
-    failing: Mutex<HashMap<u32, (Position, u32)>>,
+    /// Attempts of the event each (generation, partition) is failing on: (position, attempts).
+    failing: Mutex<HashMap<(u32, u32), (Position, u32)>>,
 }
 
 fn store_err(e: StoreError) -> ProjectionError {
@@ -160,55 +160,84 @@ impl ProjectionRunner {
             .await
     }
 
-    /// Applies everything there is now, then returns how many events it applied (tests,
-    /// one-off rebuilds). Holds the leases while it works and gives them up at the end.
+    /// The live generations (current and building, not retired) running this code
+    /// version, each with its partition count, oldest first.
+    async fn generations(&self) -> Result<Vec<(u32, VersionRole, u32)>, StoreError> {
+        let p = &self.projection;
+        let mut out: Vec<(u32, VersionRole, u32)> = Vec::new();
+        for s in self.store.states(Some(p.name())).await? {
+            if s.code_version != p.version() || s.role == VersionRole::Retired {
+                continue;
+            }
+            if out.last().map(|g| g.0) != Some(s.version) {
+                out.push((s.version, s.role, s.partitions.max(1)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies everything there is now, to every live generation of this code version
+    /// (a rebuild included, which becomes current once caught up), then returns how many
+    /// events it applied (tests, one-off rebuilds). Holds the leases while it works and
+    /// gives them up at the end.
     pub async fn catch_up(&self) -> Result<u64, ProjectionError> {
         self.register().await.map_err(store_err)?;
         let mut applied = 0u64;
-        for partition in 0..self.projection.partitions().max(1) {
-            while let Step::Applied(n) = self.step(partition).await? {
-                applied += n as u64;
+        for (generation, _, partitions) in self.generations().await.map_err(store_err)? {
+            for partition in 0..partitions {
+                while let Step::Applied(n) = self.step(generation, partition).await? {
+                    applied += n as u64;
+                }
+                self.store
+                    .release(self.projection.name(), generation, partition, &self.owner)
+                    .await
+                    .map_err(store_err)?;
             }
-            self.store
-                .release(
-                    self.projection.name(),
-                    self.projection.version(),
-                    partition,
-                    &self.owner,
-                )
-                .await
-                .map_err(store_err)?;
         }
         self.maybe_switch().await.map_err(store_err)?;
         Ok(applied)
     }
 
-    /// Runs until `shutdown`: every partition this process can lease, catch-up then live.
+    /// Runs until `shutdown`: every partition of every live generation this process can
+    /// lease, catch-up then live. A rebuild requested meanwhile (a new generation of this
+    /// code version, `runnel projections rebuild`) is picked up on the next round.
     pub async fn run(&self, shutdown: Shutdown) -> Result<(), ProjectionError> {
         self.register().await.map_err(store_err)?;
-        let partitions = self.projection.partitions().max(1);
+        let name = self.projection.name().to_string();
+        let mut held: Vec<(u32, u32)> = Vec::new();
         while !shutdown.is_requested() {
+            let generations = match self.generations().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(projection = %name, error = %e, "cannot read the projection's generations; retrying");
+                    Vec::new()
+                }
+            };
             let mut busy = false;
-            let mut lowest = Position(u64::MAX);
-            for partition in 0..partitions {
-                match self.step(partition).await {
-                    Ok(Step::Applied(_)) => busy = true,
-                    Ok(Step::CaughtUp) | Ok(Step::Idle) => {}
-                    Err(e) => {
-                        tracing::warn!(projection = %self.projection.name(), partition, error = %e, "projection step failed; retrying")
+            for (generation, _, partitions) in &generations {
+                for partition in 0..*partitions {
+                    if !held.contains(&(*generation, partition)) {
+                        held.push((*generation, partition));
+                    }
+                    match self.step(*generation, partition).await {
+                        Ok(Step::Applied(_)) => busy = true,
+                        Ok(Step::CaughtUp) | Ok(Step::Idle) => {}
+                        Err(e) => {
+                            tracing::warn!(projection = %name, generation, partition, error = %e, "projection step failed; retrying")
+                        }
                     }
                 }
             }
-            if let Ok(states) = self.store.states(Some(self.projection.name())).await {
-                for s in states
-                    .iter()
-                    .filter(|s| s.version == self.projection.version())
-                {
+            let mut lowest = Position(u64::MAX);
+            if let Ok(states) = self.store.states(Some(&name)).await {
+                for s in states.iter().filter(|s| {
+                    s.code_version == self.projection.version() && s.role != VersionRole::Retired
+                }) {
                     lowest = lowest.min(s.checkpoint);
                 }
             }
             if let Err(e) = self.maybe_switch().await {
-                tracing::warn!(projection = %self.projection.name(), error = %e, "cannot switch to the rebuilt version");
+                tracing::warn!(projection = %name, error = %e, "cannot switch to the rebuilt generation");
             }
             if !busy {
                 let after = if lowest.get() == u64::MAX {
@@ -222,15 +251,10 @@ impl ProjectionRunner {
                 }
             }
         }
-        for partition in 0..partitions {
+        for (generation, partition) in held {
             let _ = self
                 .store
-                .release(
-                    self.projection.name(),
-                    self.projection.version(),
-                    partition,
-                    &self.owner,
-                )
+                .release(&name, generation, partition, &self.owner)
                 .await;
         }
         Ok(())
@@ -244,8 +268,8 @@ impl ProjectionRunner {
             .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
     }
 
-    /// Makes this version current once it is being built and every partition has caught
-    /// up with the head.
+    /// Makes a building generation of this code version current once every partition of
+    /// it has caught up with the head.
     async fn maybe_switch(&self) -> Result<bool, StoreError> {
         let p = &self.projection;
         let states: Vec<ProjectionState> = self
@@ -253,27 +277,27 @@ impl ProjectionRunner {
             .states(Some(p.name()))
             .await?
             .into_iter()
-            .filter(|s| s.version == p.version())
+            .filter(|s| s.code_version == p.version() && s.role == VersionRole::Building)
             .collect();
-        if states.is_empty() || states[0].role != VersionRole::Building {
+        let Some(generation) = states.first().map(|s| s.version) else {
             return Ok(false);
-        }
+        };
         let head = self.events.head_position().await?;
         if states
             .iter()
             .all(|s| s.checkpoint >= head && s.status == ProjectionStatus::Running)
         {
-            self.store.switch(p.name(), p.version()).await?;
-            tracing::info!(projection = %p.name(), version = p.version(), "rebuilt version is current");
+            self.store.switch(p.name(), generation).await?;
+            tracing::info!(projection = %p.name(), version = p.version(), generation, "rebuilt generation is current");
             return Ok(true);
         }
         Ok(false)
     }
 
-    /// One batch of one partition.
-    async fn step(&self, partition: u32) -> Result<Step, ProjectionError> {
+    /// One batch of one partition of one generation.
+    async fn step(&self, version: u32, partition: u32) -> Result<Step, ProjectionError> {
         let p = &self.projection;
-        let (name, version) = (p.name().to_string(), p.version());
+        let name = p.name().to_string();
         let Some(state) = self
             .store
             .claim(
@@ -290,7 +314,7 @@ impl ProjectionRunner {
             return Ok(Step::Idle);
         };
         if state.status != ProjectionStatus::Running || state.role == VersionRole::Retired {
-            self.failing.lock().await.remove(&partition);
+            self.failing.lock().await.remove(&(version, partition));
             return Ok(Step::Idle);
         }
         let replaying = state.role == VersionRole::Building;
@@ -361,7 +385,7 @@ impl ProjectionRunner {
             .map_err(store_err)?
         {
             BatchOutcome::Committed => {
-                self.failing.lock().await.remove(&partition);
+                self.failing.lock().await.remove(&(version, partition));
                 metrics::counter!(METRIC_APPLIED, "projection" => name).increment(count as u64);
                 Ok(Step::Applied(count))
             }
@@ -459,7 +483,7 @@ impl ProjectionRunner {
         let attempts = {
             let mut failing = self.failing.lock().await;
             let entry = failing
-                .entry(state.partition)
+                .entry((state.version, state.partition))
                 .or_insert((event.position, 0));
             if entry.0 != event.position {
                 *entry = (event.position, 0);
@@ -473,7 +497,10 @@ impl ProjectionRunner {
             tokio::time::sleep(delay).await;
             return Ok(Step::Applied(before.len()));
         }
-        self.failing.lock().await.remove(&state.partition);
+        self.failing
+            .lock()
+            .await
+            .remove(&(state.version, state.partition));
         let park = self.options.on_failure == OnFailure::Park && self.dead_letters.is_some();
         if park {
             let dead_letters = self.dead_letters.as_ref().expect("checked");
