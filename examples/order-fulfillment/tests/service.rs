@@ -1,7 +1,8 @@
 //! The reference service as a newcomer runs it: `order-fulfillment run` on the embedded
-//! default places orders through the command bus, the event store relay publishes their
-//! events, and the read-model consumer (with an inbox) shows each one shipped; the process
-//! stops cleanly on SIGTERM. The same binary runs on PostgreSQL by configuration alone.
+//! default registers customers and products and places orders through the command bus,
+//! and the read model's projections show each order shipped, with its customer's and
+//! product's names; the process stops cleanly on SIGTERM. The same binary runs on
+//! PostgreSQL by configuration alone.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -81,9 +82,12 @@ fn simulated_orders_reach_the_read_model(store_args: &[&str]) {
     let (ok, stdout, stderr) = run_to_end(service(&show, dir.path()));
     assert!(ok, "{stderr}");
     let row: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(row["status"], "placed");
+    assert_eq!(row["status"], "pending");
     assert_eq!(row["total_cents"], 2500);
     assert_eq!(row["item_count"], 2);
+    // The simulation registered c-1 and p-1 (and read them back) before o-1 was placed.
+    assert_eq!(row["customer_name"], "Grace Hopper");
+    assert_eq!(row["lines"][0]["product_name"], "Teapot");
     stop_with_sigterm(server, lines);
 }
 
