@@ -27,10 +27,12 @@ use order_fulfillment::{
 };
 use runnel::app::{App, RunningApp, SHUTDOWN_DEADLINE_DEFAULT};
 use runnel::connect::{ConnectError, Settings, SettingsInputs};
+use runnel::DispatchError;
 use tracing_subscriber::EnvFilter;
 
 /// Exit code for input refused before anything ran (a demo flag out of range, an unusable
-/// store URL), as the `runnel` CLI uses it; every other failure is 1.
+/// store URL, an unknown command or query name, a payload that does not fit it), as the
+/// `runnel` CLI uses it; every other failure is 1.
 const EXIT_BAD_INPUT: u8 = 2;
 
 /// The order service: the Order, Customer and Product aggregates behind the command bus,
@@ -166,6 +168,16 @@ fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     let bad_input = e.chain().any(|cause| {
         cause.is::<demo::BadInput>()
+            // `send` / `query`: a payload that is not JSON, or not the named type's.
+            || cause.is::<serde_json::Error>()
+            || cause.downcast_ref::<DispatchError>().is_some_and(|e| {
+                matches!(
+                    e,
+                    DispatchError::InvalidPayload { .. }
+                        | DispatchError::NoHandler { .. }
+                        | DispatchError::InvalidName
+                )
+            })
             || cause
                 .downcast_ref::<ConnectError>()
                 .is_some_and(ConnectError::is_bad_input)

@@ -175,3 +175,62 @@ fn sigterm_stops_the_service_gracefully() {
     let (child, lines) = spawn_until_running(service(&["run"], dir.path()));
     stop_with_sigterm(child, lines);
 }
+
+/// Commands and queries by name from the command line, each in its own process: a
+/// customer and a product registered with `send`, an order placed, a service run that
+/// applies them, and `query GetOrderSummary` showing the order with both names. A name or
+/// payload the buses do not know is bad input (exit 2) and runs nothing.
+#[test]
+fn the_cli_sends_commands_and_queries_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &[
+            "send",
+            "RegisterCustomer",
+            r#"{"customer_id":"c-9","name":"Ada Lovelace"}"#,
+        ][..],
+        &[
+            "send",
+            "AddProduct",
+            r#"{"sku":"p-9","name":"Teacup","unit_price_cents":700}"#,
+        ],
+        &["place", "o-9", "--customer", "c-9", "--item", "p-9:1:700"],
+    ] {
+        let (ok, _, stderr) = run_to_end(service(args, dir.path()));
+        assert!(ok, "{args:?}: {stderr}");
+    }
+    // The simulation reads its own writes, which come after ours: once it is done, the
+    // read model has o-9 too.
+    let (ok, _, stderr) = run_to_end(service(
+        &["run", "--simulate", "1", "--exit-after-simulation"],
+        dir.path(),
+    ));
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = run_to_end(service(
+        &["query", "GetOrderSummary", r#"{"order_id":"o-9"}"#],
+        dir.path(),
+    ));
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["customer_name"], "Ada Lovelace");
+    assert_eq!(summary["lines"][0]["product_name"], "Teacup");
+
+    for args in [
+        &["query", "GetOrderSumary", r#"{"order_id":"o-9"}"#][..],
+        &["query", "GetOrderSummary", r#"{"order":"o-9"}"#],
+        &["send", "RenameCustomer", "not json"],
+    ] {
+        let child = service(args, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = wait_with_deadline(child, "the refused command");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
