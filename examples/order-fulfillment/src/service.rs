@@ -4,7 +4,12 @@
 //! query bus; the event store as the outbox (every order event published to topic
 //! `Order`, keyed by the order's stream); and fulfillment.
 //!
-//! This one function is the whole wiring; `main.rs` only chooses the backends.
+//! The read model's projections read the event store, not the bus: they live in the
+//! store's database, so each commits its checkpoint with its rows (exactly once, no
+//! inbox needed) and can be rebuilt from history; the bus carries the order events to
+//! the services that live elsewhere (fulfillment).
+//!
+//! These functions are the whole wiring; `main.rs` only chooses the backends.
 
 use std::sync::Arc;
 
