@@ -1,4 +1,4 @@
-//! The reference application's `Order` aggregate, its bus commands and queries.
+//! The reference application's aggregates, their bus commands, and its queries.
 //!
 //! * [`Order`] is the aggregate: place, confirm, cancel, ship and deliver, with the rules
 //!   that keep an order consistent.
@@ -7,6 +7,10 @@
 //!   [`runnel::QueryBus`].
 //! * [`register`] wires them all to a [`runnel::Repository<Order>`]; [`order_repository`]
 //!   builds one with this crate's upcasters and snapshot policy.
+//! * [`Customer`] and [`Product`] (with [`RegisterCustomer`], [`RenameCustomer`],
+//!   [`AddProduct`], [`RenameProduct`]; [`register_catalog`]) give orders' ids their names.
+//! * The [`read_model`] keeps order summaries enriched with those names, queried with
+//!   [`GetOrderSummary`] and [`FindOrdersByCustomerName`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -22,17 +26,24 @@
 //! ```
 
 pub mod commands;
+pub mod customer;
 pub mod fulfillment;
 pub mod order;
+pub mod product;
 pub mod queries;
 pub mod read_model;
 pub mod service;
 mod wiring;
 
 pub use commands::{CancelOrder, ConfirmOrder, DeliverOrder, PlaceOrder, ShipOrder};
+pub use customer::{Customer, CustomerEvent, RegisterCustomer, RenameCustomer};
 pub use order::{
     register_upcasters, Order, OrderCommand, OrderError, OrderEvent, OrderLine, OrderStatus,
     ORDER_LINES_MAX, ORDER_PLACED_SCHEMA_VERSION,
 };
-pub use queries::{GetOrder, OrderSummary};
-pub use wiring::{order_repository, register, upcasters, SNAPSHOT_EVERY_EVENTS};
+pub use product::{AddProduct, Product, ProductEvent, RenameProduct};
+pub use queries::{
+    register_read_model_queries, FindOrdersByCustomerName, GetOrder, GetOrderSummary, OrderSummary,
+};
+pub use read_model::{EnrichedLine, EnrichedOrderSummary, ReadModel, ReadModelError};
+pub use wiring::{order_repository, register, register_catalog, upcasters, SNAPSHOT_EVERY_EVENTS};

@@ -5,6 +5,8 @@
 //! cargo run -p order-fulfillment -- run --simulate 20  # …placing and shipping 20 orders
 //! cargo run -p order-fulfillment -- place o-1 --customer c-1 --item p-1:2:1250
 //! cargo run -p order-fulfillment -- show o-1
+//! cargo run -p order-fulfillment -- send RegisterCustomer '{"customer_id":"c-1","name":"Ada"}'
+//! cargo run -p order-fulfillment -- query FindOrdersByCustomerName '{"customer_name":"Ada"}'
 //! cargo run --release -p order-fulfillment -- demo   # many concurrent clients, a summary
 //! RUNNEL_STORE=postgres://postgres@127.0.0.1/postgres RUNNEL_BUS=nats://127.0.0.1:4222 \
 //!   cargo run -p order-fulfillment                     # the same binary, scaled out
@@ -17,19 +19,25 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use order_fulfillment::service::{self, OrderService};
-use order_fulfillment::{Order, OrderCommand, OrderLine};
+use order_fulfillment::customer::{CustomerCommand, CustomerError};
+use order_fulfillment::product::{ProductCommand, ProductError};
+use order_fulfillment::service;
+use order_fulfillment::{
+    Customer, GetOrderSummary, Order, OrderCommand, OrderLine, OrderStatus, Product,
+};
 use runnel::app::{App, RunningApp, SHUTDOWN_DEADLINE_DEFAULT};
 use runnel::connect::{ConnectError, Settings, SettingsInputs};
+use runnel::DispatchError;
 use tracing_subscriber::EnvFilter;
 
 /// Exit code for input refused before anything ran (a demo flag out of range, an unusable
-/// store URL), as the `runnel` CLI uses it; every other failure is 1.
+/// store URL, an unknown command or query name, a payload that does not fit it), as the
+/// `runnel` CLI uses it; every other failure is 1.
 const EXIT_BAD_INPUT: u8 = 2;
 
-/// The order service: the Order aggregate behind the command bus, the event store as the
-/// outbox, and a consumer keeping the order_summaries read model (exactly once, with an
-/// inbox), dead-lettering what it cannot apply.
+/// The order service: the Order, Customer and Product aggregates behind the command bus,
+/// order summaries enriched with customer and product names (projections, exactly once)
+/// behind the query bus, the event store as the outbox, and the fulfillment saga.
 ///
 /// The store and the bus come from --store/--db and --bus, else $RUNNEL_STORE/$RUNNEL_DB and
 /// $RUNNEL_BUS, else runnel.toml, else sqlite:runnel.db and the embedded bus. `demo` reads no
@@ -56,7 +64,8 @@ enum Command {
     Run(RunArgs),
     /// Place one order through the command bus.
     Place(PlaceArgs),
-    /// Print an order as the read model has it (JSON), or say it is not there yet.
+    /// Print an order as the read model has it (JSON, with the customer's and products'
+    /// names), or say it is not there yet.
     Show {
         /// The order id.
         order_id: String,
@@ -64,6 +73,22 @@ enum Command {
         /// process is updating it).
         #[arg(long, default_value_t = 0)]
         wait: u64,
+    },
+    /// Send a command by name with a JSON payload (e.g. RegisterCustomer, RenameCustomer,
+    /// AddProduct, RenameProduct, PlaceOrder); prints its outcome as JSON.
+    Send {
+        /// The command's registered name.
+        name: String,
+        /// Its JSON payload.
+        json: String,
+    },
+    /// Run a query by name with a JSON payload (e.g. GetOrderSummary,
+    /// FindOrdersByCustomerName, GetOrder); prints the answer as JSON.
+    Query {
+        /// The query's registered name.
+        name: String,
+        /// Its JSON payload.
+        json: String,
     },
     /// Run the demo: many concurrent clients place, confirm, ship and cancel orders on a
     /// fresh embedded store, racing each other on purpose; prints a summary.
@@ -143,6 +168,16 @@ fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     let bad_input = e.chain().any(|cause| {
         cause.is::<demo::BadInput>()
+            // `send` / `query`: a payload that is not JSON, or not the named type's.
+            || cause.is::<serde_json::Error>()
+            || cause.downcast_ref::<DispatchError>().is_some_and(|e| {
+                matches!(
+                    e,
+                    DispatchError::InvalidPayload { .. }
+                        | DispatchError::NoHandler { .. }
+                        | DispatchError::InvalidName
+                )
+            })
             || cause
                 .downcast_ref::<ConnectError>()
                 .is_some_and(ConnectError::is_bad_input)
@@ -164,11 +199,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Demo(args) => demo::run(demo::store_url(store, db)?, args).await,
         Command::Run(args) => {
-            let (app, service) = connect(store, db, bus).await?;
-            serve(app, service, args).await
+            let app = connect(store, db, bus).await?;
+            serve(app, args).await
         }
         Command::Place(args) => {
-            let (app, _service) = connect(store, db, bus).await?;
+            let app = connect(store, db, bus).await?;
             let outcome = app
                 .commands()
                 .execute::<Order>(
@@ -189,11 +224,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Send { name, json } => {
+            let app = connect(store, db, bus).await?;
+            let payload: serde_json::Value = serde_json::from_str(&json)?;
+            let outcome = app
+                .commands()
+                .dispatch_json(&name, payload, Default::default())
+                .await?;
+            println!("{outcome}");
+            Ok(())
+        }
+        Command::Query { name, json } => {
+            let app = connect(store, db, bus).await?;
+            let payload: serde_json::Value = serde_json::from_str(&json)?;
+            let answer = app
+                .queries()
+                .dispatch_json(&name, payload, Default::default())
+                .await?;
+            println!("{answer}");
+            Ok(())
+        }
         Command::Show { order_id, wait } => {
-            let (_app, service) = connect(store, db, bus).await?;
+            let app = connect(store, db, bus).await?;
             let deadline = Instant::now() + Duration::from_secs(wait);
             loop {
-                if let Some(row) = service.read_model.get(&order_id).await? {
+                let query = GetOrderSummary {
+                    order_id: order_id.clone(),
+                    min_position: None,
+                };
+                if let Some(row) = app.queries().dispatch(query).await? {
                     println!("{}", serde_json::to_string(&row)?);
                     return Ok(());
                 }
@@ -214,7 +273,7 @@ async fn connect(
     store: Option<String>,
     db: Option<PathBuf>,
     bus: Option<String>,
-) -> anyhow::Result<(App, OrderService)> {
+) -> anyhow::Result<App> {
     let cwd = std::env::current_dir()?;
     let settings: Settings = SettingsInputs::gather(&cwd)?
         .store("--store", store)
@@ -222,13 +281,13 @@ async fn connect(
         .bus("--bus", bus)
         .resolve()?;
     let mut app = App::connect(&settings).await?;
-    let service = service::wire(&mut app)
+    service::wire(&mut app)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    Ok((app, service))
+    Ok(app)
 }
 
-async fn serve(app: App, service: OrderService, args: RunArgs) -> anyhow::Result<()> {
+async fn serve(app: App, args: RunArgs) -> anyhow::Result<()> {
     eprintln!(
         "order service: store {}, bus {}, tasks: {}",
         app.stores().url(),
@@ -237,7 +296,7 @@ async fn serve(app: App, service: OrderService, args: RunArgs) -> anyhow::Result
     );
     let running = app.start().await?;
     if args.simulate > 0 {
-        let simulated = simulate(&running, &service, args.simulate);
+        let simulated = simulate(&running, args.simulate);
         tokio::select! {
             result = simulated => {
                 result?;
@@ -275,24 +334,72 @@ async fn stop(running: RunningApp) -> anyhow::Result<()> {
 /// How often `show --wait` and the simulation look at the read model.
 const READ_MODEL_POLL: Duration = Duration::from_millis(20);
 
-/// Longest a simulated order may take to show up shipped in the read model.
-const SIMULATED_ORDER_DEADLINE: Duration = Duration::from_secs(60);
+/// The simulation's customers and products: (id, name).
+const SIMULATED_CUSTOMERS: [(&str, &str); 7] = [
+    ("c-0", "Ada Lovelace"),
+    ("c-1", "Grace Hopper"),
+    ("c-2", "Alan Turing"),
+    ("c-3", "Edsger Dijkstra"),
+    ("c-4", "Barbara Liskov"),
+    ("c-5", "Donald Knuth"),
+    ("c-6", "Margaret Hamilton"),
+];
+const SIMULATED_PRODUCTS: [(&str, &str); 5] = [
+    ("p-0", "Espresso cup"),
+    ("p-1", "Teapot"),
+    ("p-2", "Milk jug"),
+    ("p-3", "Sugar bowl"),
+    ("p-4", "Saucer"),
+];
 
-/// Places, confirms and ships `count` orders, then waits (with a deadline) until the read
-/// model shows every one shipped.
-async fn simulate(running: &RunningApp, service: &OrderService, count: u32) -> anyhow::Result<()> {
+/// Registers the simulation's customers and products (if missing), places, confirms
+/// and ships `count` orders, then reads them back through the query bus at the last
+/// command's position: each must be shipped, with its customer's and product's names.
+async fn simulate(running: &RunningApp, count: u32) -> anyhow::Result<()> {
     let run = uuid::Uuid::now_v7().simple().to_string();
     let started = Instant::now();
     let commands = running.commands();
+    // A store that already knows one of them (under another name, after a rename) keeps it.
+    for (id, name) in SIMULATED_CUSTOMERS {
+        let registered = commands
+            .execute::<Customer>(id, CustomerCommand::Register { name: name.into() })
+            .await;
+        match registered {
+            Err(e) if matches!(e.rejected(), Some(CustomerError::AlreadyRegistered { .. })) => {}
+            other => {
+                other?;
+            }
+        }
+    }
+    for (sku, name) in SIMULATED_PRODUCTS {
+        let added = commands
+            .execute::<Product>(
+                sku,
+                ProductCommand::Add {
+                    name: name.into(),
+                    unit_price_cents: 1250,
+                },
+            )
+            .await;
+        match added {
+            Err(e) if matches!(e.rejected(), Some(ProductError::AlreadyAdded { .. })) => {}
+            other => {
+                other?;
+            }
+        }
+    }
     let mut ids = Vec::with_capacity(count as usize);
+    let mut last_position = None;
     for i in 0..count {
         let id = format!("sim-{}-{i}", &run[run.len() - 8..]);
+        let (customer, _) = SIMULATED_CUSTOMERS[i as usize % SIMULATED_CUSTOMERS.len()];
+        let (product, _) = SIMULATED_PRODUCTS[i as usize % SIMULATED_PRODUCTS.len()];
         commands
             .execute::<Order>(
                 id.clone(),
                 OrderCommand::Place {
-                    customer_id: format!("c-{}", i % 7),
-                    items: vec![OrderLine::new(format!("p-{}", i % 5), 1 + i % 3, 1250)],
+                    customer_id: customer.into(),
+                    items: vec![OrderLine::new(product, 1 + i % 3, 1250)],
                     shipping_address: "1 Main St".into(),
                     billing_address: None,
                 },
@@ -301,7 +408,7 @@ async fn simulate(running: &RunningApp, service: &OrderService, count: u32) -> a
         commands
             .execute::<Order>(id.clone(), OrderCommand::Confirm)
             .await?;
-        commands
+        let shipped = commands
             .execute::<Order>(
                 id.clone(),
                 OrderCommand::Ship {
@@ -309,29 +416,25 @@ async fn simulate(running: &RunningApp, service: &OrderService, count: u32) -> a
                 },
             )
             .await?;
+        last_position = shipped.position.or(last_position);
         ids.push(id);
     }
-    let deadline = Instant::now() + SIMULATED_ORDER_DEADLINE;
-    let mut pending: Vec<String> = ids;
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for id in pending {
-            match service.read_model.get(&id).await? {
-                Some(row) if row.status == "shipped" => {}
-                _ => still.push(id),
-            }
-        }
-        pending = still;
-        if pending.is_empty() {
-            break;
-        }
+    for id in ids {
+        let summary = running
+            .queries()
+            .dispatch(GetOrderSummary {
+                order_id: id.clone(),
+                min_position: last_position,
+            })
+            .await?;
         anyhow::ensure!(
-            Instant::now() < deadline,
-            "{} simulated orders are not shipped in the read model after {:?}",
-            pending.len(),
-            SIMULATED_ORDER_DEADLINE
+            summary
+                .as_ref()
+                .is_some_and(|s| s.status == OrderStatus::Shipped
+                    && s.customer_name.is_some()
+                    && s.lines.iter().all(|l| l.product_name.is_some())),
+            "simulated order {id} is not shipped with names in the read model: {summary:?}"
         );
-        tokio::time::sleep(READ_MODEL_POLL).await;
     }
     eprintln!(
         "simulated {count} orders: placed, confirmed, shipped, and all shipped in the read model after {:.2} s",

@@ -1,110 +1,119 @@
-//! The order service, wired on the application runtime: the `Order` aggregate behind the
-//! command bus, the event store as the outbox (every order event published to topic
-//! `Order`, keyed by the order's stream), and a consumer that keeps the
-//! [`order_summaries`](crate::read_model) read model with an inbox, dead-lettering what it
-//! cannot apply.
+//! The order service, wired on the application runtime: the `Order`, `Customer` and
+//! `Product` aggregates behind the command bus; the [read model](crate::read_model) (three
+//! projections from `$all`: customers, products and enriched order summaries) behind the
+//! query bus; the event store as the outbox (every order event published to topic
+//! `Order`, keyed by the order's stream); and fulfillment.
 //!
-//! This one function is the whole wiring; `main.rs` only chooses the backends.
+//! The read model's projections read the event store, not the bus: they live in the
+//! store's database, so each commits its checkpoint with its rows (exactly once, no
+//! inbox needed) and can be rebuilt from history; the bus carries the order events to
+//! the services that live elsewhere (fulfillment).
+//!
+//! These functions are the whole wiring; `main.rs` only chooses the backends.
 
 use std::sync::Arc;
 
 use runnel::app::App;
-use runnel::connect::StoreBackend;
-use runnel::consumer::{HandlerContext, HandlerError};
+use runnel::consumer::HandlerError;
+use runnel::core::codec;
 use runnel::core::outbox::TopicRouting;
-use runnel::core::{codec, GroupName, TopicName};
 use runnel::outbox::EventStoreRelayOptions;
-use runnel::postgres::PostgresInbox;
-use runnel::sqlite::SqliteInbox;
-use runnel::{RetryPolicy, Upcasters};
+use runnel::projection::{OnFailure, RunnerOptions};
+use runnel::saga::SagaRuntime;
+use runnel::{DispatchError, Upcasters};
 
+use crate::customer::Customer;
 use crate::fulfillment::{Fulfillment, FulfillmentConfig};
 use crate::order::{Order, OrderEvent};
-use crate::read_model::{OrderReadModel, RowChange};
-use crate::{order_repository, register, upcasters};
-use runnel::saga::SagaRuntime;
+use crate::product::Product;
+use crate::read_model::{self, ReadModel};
+use crate::{order_repository, register, register_catalog, register_read_model_queries, upcasters};
 
 /// The topic every order event is published to (the aggregate type: one topic per
 /// category keeps one order's events in order).
 pub const ORDER_TOPIC: &str = "Order";
-/// The consumer group that keeps the read model.
-pub const SUMMARY_GROUP: &str = "order-summaries";
 /// The event store relay's checkpoint.
 pub const RELAY_CHECKPOINT: &str = "order-service-relay";
+
+type WireError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The wired service: what callers use once the application runs.
 #[derive(Clone)]
 pub struct OrderService {
-    pub read_model: OrderReadModel,
+    /// The enriched order summaries (also on the query bus).
+    pub read_model: ReadModel,
     /// The fulfillment saga's runtime.
     pub fulfillment: SagaRuntime<Fulfillment>,
 }
 
 /// Wires the order service into `app` with default fulfillment (no injected failures):
 /// see [`wire_with`].
-pub async fn wire(app: &mut App) -> Result<OrderService, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn wire(app: &mut App) -> Result<OrderService, WireError> {
     wire_with(app, FulfillmentConfig::default()).await
 }
 
-/// Wires the order service into `app`: commands and queries, the event store as outbox,
-/// the read-model consumer, and fulfillment (the saga and the services it talks to).
+/// Wires the order service into `app`: commands ([`wire_commands`]), the read model and
+/// its queries ([`wire_read_model`]), the event store as outbox, and fulfillment (the
+/// saga and the services it talks to).
 pub async fn wire_with(
     app: &mut App,
     fulfillment: FulfillmentConfig,
-) -> Result<OrderService, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<OrderService, WireError> {
     let upcasters = Arc::new(upcasters()?);
-    let upcasters_for_saga = Arc::clone(&upcasters);
-    let stores = app.stores().clone();
-    let repository = order_repository(
-        Arc::clone(&stores.events),
-        Some(Arc::clone(&stores.snapshots)),
-        Arc::clone(&upcasters),
-    );
-    // The per-command bus types (`PlaceOrder`, …, and the `GetOrder` query) for dispatch
-    // by name, and the aggregate's own command enum for typed callers.
-    register(app.commands(), app.queries(), repository.clone())?;
-    app.commands().register_aggregate::<Order>(repository)?;
-
-    let read_model = OrderReadModel::open(&stores).await?;
-    let topic = TopicName::new(ORDER_TOPIC)?;
+    wire_commands(app, &upcasters)?;
+    let read_model = wire_read_model(app, &upcasters).await?;
     app.event_store_relay(EventStoreRelayOptions {
         checkpoint: RELAY_CHECKPOINT.to_string(),
         routing: TopicRouting::Category,
         filter: runnel::core::EventFilter::categories([<Order as runnel::Aggregate>::TYPE]),
         ..EventStoreRelayOptions::default()
     });
-
-    let model = read_model.clone();
-    let backend = stores.backend().clone();
-    app.consumer(topic, GroupName::new(SUMMARY_GROUP)?, move |consumer| {
-        let model = model.clone();
-        let upcasters = Arc::clone(&upcasters);
-        let consumer = consumer
-            // The read model must see every order event, even those published before its
-            // group first subscribed.
-            .subscribe_options(crate::fulfillment::from_earliest())
-            .retry(RetryPolicy {
-                max_attempts: 5,
-                ..RetryPolicy::default()
-            })
-            .handler(move |ctx: HandlerContext| {
-                let model = model.clone();
-                let upcasters = Arc::clone(&upcasters);
-                async move { apply(&model, &upcasters, ctx).await }
-            });
-        match &backend {
-            StoreBackend::Sqlite(store) => {
-                consumer.inbox(Arc::new(SqliteInbox::new(store.clone())))
-            }
-            StoreBackend::Postgres(store) => consumer.inbox(Arc::new(PostgresInbox::new(store))),
-            _ => consumer,
-        }
-    });
-    let fulfillment = crate::fulfillment::wire(app, Arc::clone(&upcasters_for_saga), fulfillment)?;
+    let fulfillment = crate::fulfillment::wire(app, Arc::clone(&upcasters), fulfillment)?;
     Ok(OrderService {
         read_model,
         fulfillment,
     })
+}
+
+/// Registers the commands: the per-command bus types (`PlaceOrder`, …, `RegisterCustomer`,
+/// `AddProduct`, …) for dispatch by name, the aggregates' own command enums for typed
+/// callers, and the `GetOrder` query (which loads the aggregate).
+pub fn wire_commands(app: &App, upcasters: &Arc<Upcasters>) -> Result<(), DispatchError> {
+    let stores = app.stores();
+    let orders = order_repository(
+        Arc::clone(&stores.events),
+        Some(Arc::clone(&stores.snapshots)),
+        Arc::clone(upcasters),
+    );
+    register(app.commands(), app.queries(), orders.clone())?;
+    app.commands().register_aggregate::<Order>(orders)?;
+    register_catalog(
+        app.commands(),
+        app.repository::<Customer>(),
+        app.repository::<Product>(),
+    )
+}
+
+/// Registers the read model: its three projections as tasks of `app` (a failing event is
+/// parked as a dead letter naming its projection, which goes on), and `GetOrderSummary`
+/// and `FindOrdersByCustomerName` on the query bus.
+pub async fn wire_read_model(
+    app: &mut App,
+    upcasters: &Arc<Upcasters>,
+) -> Result<ReadModel, WireError> {
+    let projections = read_model::projections(upcasters);
+    let model = ReadModel::open(app.stores(), &projections).await?;
+    for projection in projections {
+        app.projection_with(
+            projection,
+            RunnerOptions {
+                on_failure: OnFailure::Park,
+                ..RunnerOptions::default()
+            },
+        );
+    }
+    register_read_model_queries(app.queries(), model.clone())?;
+    Ok(model)
 }
 
 /// The order id and the decoded (upcast) order event of a message on the `Order` topic.
@@ -131,17 +140,4 @@ pub fn decode_order_event(
     let event: OrderEvent = codec::decode_value(&message.event_type, version, payload)
         .map_err(HandlerError::permanent)?;
     Ok((order_id, event))
-}
-
-/// Applies one order event to the read model, in the inbox's scope.
-async fn apply(
-    model: &OrderReadModel,
-    upcasters: &Upcasters,
-    ctx: HandlerContext,
-) -> Result<(), HandlerError> {
-    let (order_id, event) = decode_order_event(upcasters, ctx.message())?;
-    let event_id = ctx.message().id.clone();
-    model
-        .apply_in(&ctx, order_id, event_id, RowChange::of(&event))
-        .await
 }

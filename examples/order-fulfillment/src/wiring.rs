@@ -9,7 +9,9 @@ use runnel::{
 };
 
 use crate::commands::{CancelOrder, ConfirmOrder, DeliverOrder, PlaceOrder, ShipOrder};
+use crate::customer::{Customer, RegisterCustomer, RenameCustomer};
 use crate::order::{register_upcasters, Order};
+use crate::product::{AddProduct, Product, RenameProduct};
 use crate::queries::GetOrderHandler;
 
 /// How often [`order_repository`] snapshots an order, in events. Orders are short-lived,
@@ -55,4 +57,20 @@ pub fn register(
     register_aggregate_command::<ShipOrder>(commands, repository.clone())?;
     register_aggregate_command::<DeliverOrder>(commands, repository.clone())?;
     queries.register(GetOrderHandler::new(repository))
+}
+
+/// Registers the catalog commands (`RegisterCustomer`, `RenameCustomer`, `AddProduct`,
+/// `RenameProduct`) on `commands`, with the `Customer` and `Product` aggregates' own
+/// command enums for typed callers.
+pub fn register_catalog(
+    commands: &CommandBus,
+    customers: Repository<Customer>,
+    products: Repository<Product>,
+) -> Result<(), DispatchError> {
+    register_aggregate_command::<RegisterCustomer>(commands, customers.clone())?;
+    register_aggregate_command::<RenameCustomer>(commands, customers.clone())?;
+    commands.register_aggregate::<Customer>(customers)?;
+    register_aggregate_command::<AddProduct>(commands, products.clone())?;
+    register_aggregate_command::<RenameProduct>(commands, products.clone())?;
+    commands.register_aggregate::<Product>(products)
 }

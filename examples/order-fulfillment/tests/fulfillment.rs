@@ -58,9 +58,9 @@ async fn settled(
     let deadline = Instant::now() + DEADLINE;
     loop {
         let instance = service.fulfillment.load(id).await.unwrap();
-        let row = service.read_model.get(id).await.unwrap();
+        let row = service.read_model.order_summary(id).await.unwrap();
         if let (Some(instance), Some(row)) = (&instance, &row) {
-            if instance.record.status == status && row.status == order_status {
+            if instance.record.status == status && row.status.as_str() == order_status {
                 return instance.clone();
             }
         }
@@ -269,7 +269,7 @@ async fn a_crashing_service_parks_the_saga_for_an_operator() {
         &service,
         "crash-1",
         InstanceStatus::NeedsAttention,
-        "placed",
+        "pending",
     )
     .await;
     assert!(

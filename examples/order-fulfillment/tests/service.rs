@@ -1,7 +1,8 @@
 //! The reference service as a newcomer runs it: `order-fulfillment run` on the embedded
-//! default places orders through the command bus, the event store relay publishes their
-//! events, and the read-model consumer (with an inbox) shows each one shipped; the process
-//! stops cleanly on SIGTERM. The same binary runs on PostgreSQL by configuration alone.
+//! default registers customers and products and places orders through the command bus,
+//! and the read model's projections show each order shipped, with its customer's and
+//! product's names; the process stops cleanly on SIGTERM. The same binary runs on
+//! PostgreSQL by configuration alone.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -81,9 +82,12 @@ fn simulated_orders_reach_the_read_model(store_args: &[&str]) {
     let (ok, stdout, stderr) = run_to_end(service(&show, dir.path()));
     assert!(ok, "{stderr}");
     let row: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(row["status"], "placed");
+    assert_eq!(row["status"], "pending");
     assert_eq!(row["total_cents"], 2500);
     assert_eq!(row["item_count"], 2);
+    // The simulation registered c-1 and p-1 (and read them back) before o-1 was placed.
+    assert_eq!(row["customer_name"], "Grace Hopper");
+    assert_eq!(row["lines"][0]["product_name"], "Teapot");
     stop_with_sigterm(server, lines);
 }
 
@@ -170,4 +174,63 @@ fn sigterm_stops_the_service_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let (child, lines) = spawn_until_running(service(&["run"], dir.path()));
     stop_with_sigterm(child, lines);
+}
+
+/// Commands and queries by name from the command line, each in its own process: a
+/// customer and a product registered with `send`, an order placed, a service run that
+/// applies them, and `query GetOrderSummary` showing the order with both names. A name or
+/// payload the buses do not know is bad input (exit 2) and runs nothing.
+#[test]
+fn the_cli_sends_commands_and_queries_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &[
+            "send",
+            "RegisterCustomer",
+            r#"{"customer_id":"c-9","name":"Ada Lovelace"}"#,
+        ][..],
+        &[
+            "send",
+            "AddProduct",
+            r#"{"sku":"p-9","name":"Teacup","unit_price_cents":700}"#,
+        ],
+        &["place", "o-9", "--customer", "c-9", "--item", "p-9:1:700"],
+    ] {
+        let (ok, _, stderr) = run_to_end(service(args, dir.path()));
+        assert!(ok, "{args:?}: {stderr}");
+    }
+    // The simulation reads its own writes, which come after ours: once it is done, the
+    // read model has o-9 too.
+    let (ok, _, stderr) = run_to_end(service(
+        &["run", "--simulate", "1", "--exit-after-simulation"],
+        dir.path(),
+    ));
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = run_to_end(service(
+        &["query", "GetOrderSummary", r#"{"order_id":"o-9"}"#],
+        dir.path(),
+    ));
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["customer_name"], "Ada Lovelace");
+    assert_eq!(summary["lines"][0]["product_name"], "Teacup");
+
+    for args in [
+        &["query", "GetOrderSumary", r#"{"order_id":"o-9"}"#][..],
+        &["query", "GetOrderSummary", r#"{"order":"o-9"}"#],
+        &["send", "RenameCustomer", "not json"],
+    ] {
+        let child = service(args, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = wait_with_deadline(child, "the refused command");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
