@@ -62,6 +62,16 @@ pub enum StoreError {
         existing_stream: String,
     },
 
+    /// An inline projection (updated in the append's own transaction) could not apply one
+    /// of the appended events: the append is refused and nothing of it was written.
+    #[error("inline projection {projection} refused event {event_id} ({event_type}): {reason}")]
+    InlineProjectionFailed {
+        projection: String,
+        event_id: EventId,
+        event_type: String,
+        reason: String,
+    },
+
     /// A message handed to a store (a dead letter's message) is malformed. Nothing was
     /// stored.
     #[error("invalid message {id:?}: {reason}")]

@@ -353,6 +353,32 @@ pub trait ProjectionStore: Send + Sync + 'static {
     async fn drop_version(&self, name: &str, version: u32) -> Result<(), StoreError>;
 }
 
+/// A projection applied inside the transaction of the append that records its events, so
+/// its read model never lags the events (inline mode). Registered on a store (the SQLite
+/// store's `add_inline_projection`, the PostgreSQL store's); the framework adapts its
+/// `Projection`s to this.
+///
+/// For each append, in the append's transaction, the store looks at every live generation
+/// of the projection's code version (current, and building ones): one that is running and
+/// has applied everything before the append (its checkpoint is at or past the last event
+/// committed before the append's first) gets the statements of the appended events it [`wants`](Self::wants) and its
+/// checkpoint moved to the append's last position. One that is behind (being rebuilt,
+/// paused, faulted, or not registered yet) is left to its runner, which catches it up and
+/// hands over to inline application once level with the head. A statement or
+/// [`statements`](Self::statements) failing refuses the whole append
+/// ([`StoreError::InlineProjectionFailed`]). Inline projections are unpartitioned.
+pub trait InlineProjection: Send + Sync + 'static {
+    /// The projection's name.
+    fn name(&self) -> &str;
+    /// Its version in code (the generations it applies to run this version).
+    fn code_version(&self) -> u32;
+    /// Whether it reads events of this category and type.
+    fn wants(&self, category: &str, event_type: &str) -> bool;
+    /// The statements one event makes (`$n` parameters, `{table}` names), or why it cannot
+    /// be applied.
+    fn statements(&self, event: &crate::RecordedEvent) -> Result<Vec<Statement>, String>;
+}
+
 /// Checks a projection or table name: 1..=[`PROJECTION_NAME_LEN_MAX`] of `[a-z0-9_]`,
 /// starting with a letter (they become SQL identifiers).
 pub fn validate_identifier(what: &str, name: &str) -> Result<(), StoreError> {

@@ -18,7 +18,8 @@ use runnel_core::projection::{
     BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, RebuildStarted,
     SqlValue, VersionRole, VersionSpec, BATCH_STATEMENTS_MAX,
 };
-use runnel_core::{Clock, Position, StoreError, SystemClock};
+use runnel_core::projection::{InlineProjection, Statement};
+use runnel_core::{Clock, Position, RecordedEvent, StoreError, SystemClock};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
@@ -257,9 +258,20 @@ async fn run_statements(
     batch: &Batch,
     tables: &[String],
 ) -> Result<Option<(usize, String)>, StoreError> {
-    for (index, statement) in batch.statements.iter().enumerate() {
+    run_statement_list(conn, &batch.statements, batch.version, tables).await
+}
+
+/// Runs `statements` against generation `version`'s `tables`; the first that fails is
+/// returned with its error text (`Ok(Some)`), a connection failure is an `Err`.
+async fn run_statement_list(
+    conn: &mut PgConnection,
+    statements: &[Statement],
+    version: u32,
+    tables: &[String],
+) -> Result<Option<(usize, String)>, StoreError> {
+    for (index, statement) in statements.iter().enumerate() {
         let sql = keyed_sql(
-            &resolve_tables(&statement.sql, tables, batch.version)?,
+            &resolve_tables(&statement.sql, tables, version)?,
             &statement.params,
         );
         let types: Vec<PgTypeInfo> = statement.params.iter().map(type_of).collect();
@@ -973,5 +985,114 @@ mod tests {
         assert_eq!(ints, keyed_sql(sql, &["b".into(), SqlValue::Int(2)]));
         assert!(ints.ends_with(sql));
         assert_eq!(keyed_sql(sql, &[]), sql);
+    }
+}
+
+/// Applies the inline projections to the events an append just inserted (`events`, in
+/// position order), in the append's transaction `conn`: every live, running,
+/// unpartitioned generation of each projection's code version that has applied
+/// everything before them gets their statements and its checkpoint moved to the last one
+/// (see [`InlineProjection`]). The transaction's search path is restored afterwards.
+pub(crate) async fn apply_inline(
+    conn: &mut PgConnection,
+    schema: &str,
+    inline: &[Arc<dyn InlineProjection>],
+    events: &[RecordedEvent],
+) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(());
+    };
+    // The last event committed before these (positions may have gaps: a rolled-back
+    // append's numbers are not reused). The caller holds the append lock, so it is final.
+    let before: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT coalesce(max(position), 0) FROM {schema}.events WHERE position < $1"
+    )))
+    .bind(first.position.get() as i64)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    let mut saved_path: Option<String> = None;
+    for projection in inline {
+        let generations: Vec<(i64, Vec<String>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT s.version, v.tables FROM {schema}.projection_versions v \
+             JOIN {schema}.projection_state s ON s.name = v.name AND s.version = v.version \
+             WHERE v.name = $1 AND v.code_version = $2 AND v.role <> 'retired' \
+               AND v.partitions = 1 AND s.status = 'running' \
+               AND s.checkpoint >= $3 AND s.checkpoint < $4 \
+             FOR UPDATE OF s"
+        )))
+        .bind(projection.name())
+        .bind(big(projection.code_version()))
+        .bind(before)
+        .bind(first.position.get() as i64)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+        if generations.is_empty() {
+            continue;
+        }
+        let mut made: Vec<(&RecordedEvent, Vec<Statement>)> = Vec::new();
+        for event in events {
+            if !projection.wants(event.stream.category(), &event.event_type) {
+                continue;
+            }
+            let statements = projection
+                .statements(event)
+                .map_err(|reason| inline_failed(projection.name(), event, cut_error(&reason)))?;
+            made.push((event, statements));
+        }
+        if saved_path.is_none() && !made.is_empty() {
+            // The statements name the projection's tables unqualified: the store's schema
+            // goes first on the path, and the caller's path comes back afterwards.
+            let saved: String = sqlx::query_scalar("SELECT current_setting('search_path')")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+            sqlx::query(AssertSqlSafe(format!("SELECT {}", set_search_path(1))))
+                .bind(format!("\"{schema}\""))
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+            saved_path = Some(saved);
+        }
+        for (version, tables) in generations {
+            let version = small(version, "version")?;
+            for (event, statements) in &made {
+                if let Some((_, error)) =
+                    run_statement_list(conn, statements, version, &tables).await?
+                {
+                    return Err(inline_failed(projection.name(), event, cut_error(&error)));
+                }
+            }
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {schema}.projection_state SET checkpoint = $3, \
+                 events_applied = events_applied + $4, updated_at = now() \
+                 WHERE name = $1 AND version = $2 AND partition = 0"
+            )))
+            .bind(projection.name())
+            .bind(big(version))
+            .bind(last.position.get() as i64)
+            .bind(made.len() as i64)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+        }
+    }
+    if let Some(saved) = saved_path {
+        sqlx::query("SELECT set_config('search_path', $1, true)")
+            .bind(saved)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+    }
+    Ok(())
+}
+
+fn inline_failed(projection: &str, event: &RecordedEvent, reason: String) -> StoreError {
+    StoreError::InlineProjectionFailed {
+        projection: projection.to_string(),
+        event_id: event.id,
+        event_type: event.event_type.clone(),
+        reason,
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use runnel_core::projection::InlineProjection;
 use runnel_core::store::{validate_checkpoint_name, validate_limit};
 use runnel_core::{
     AppendResult, CheckpointStore, EventFilter, EventId, EventStore, ExpectedRevision, Metadata,
@@ -54,6 +55,9 @@ struct Inner {
     listening: OnceCell<()>,
     limits: StoreLimits,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Projections applied in each append's transaction (see
+    /// [`PostgresStore::add_inline_projection`]).
+    inline: std::sync::RwLock<Arc<[Arc<dyn InlineProjection>]>>,
 }
 
 impl Drop for Inner {
@@ -140,6 +144,7 @@ impl PostgresStore {
                 listening: OnceCell::new(),
                 limits: options.limits,
                 tasks: std::sync::Mutex::new(vec![batch_task]),
+                inline: std::sync::RwLock::new(Arc::from(Vec::new())),
             }),
         })
     }
@@ -198,6 +203,27 @@ impl PostgresStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         self.inner.limits.validate_append(&events)?;
+        let inline = self.inline_projections();
+        // With inline projections: the append lock first, so whether this append is a
+        // retry of a stored one (which projects nothing) is known for certain.
+        let ids: Vec<Uuid> = events.iter().map(|e| *e.id.as_uuid()).collect();
+        let retry = if inline.is_empty() {
+            false
+        } else {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(self.inner.lock_key)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE event_id = $1)",
+                self.table("events")
+            )))
+            .bind(ids[0])
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+        };
         let request = crate::batcher::BatchArrays::build(&mut [(stream.clone(), expected, events)]);
         let rows = request
             .query_one(
@@ -209,10 +235,47 @@ impl PostgresStore {
             .await
             .map_err(map_sqlx)?;
         let mut results = crate::batcher::results_from_rows(rows, &[(stream.clone(), expected)]);
-        results
+        let result = results
             .pop()
             .flatten()
-            .unwrap_or_else(|| Err(StoreError::Corrupt("append_one returned no row".into())))
+            .unwrap_or_else(|| Err(StoreError::Corrupt("append_one returned no row".into())))?;
+        if !inline.is_empty() && !retry {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {EVENT_COLUMNS} FROM {} s JOIN {} e ON e.stream_id = s.stream_id \
+                 WHERE e.event_id = ANY($1) ORDER BY e.position",
+                self.table("streams"),
+                self.table("events"),
+            )))
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+            let recorded = events_from_rows(rows)?;
+            crate::projections::apply_inline(tx, &self.inner.schema, &inline, &recorded).await?;
+        }
+        Ok(result)
+    }
+
+    /// Registers a projection applied inside every append's transaction from now on (see
+    /// [`InlineProjection`]): appends of events it wants fail, writing nothing, if it
+    /// cannot apply them. Registering a projection of the same name again replaces it.
+    ///
+    /// With inline projections registered, each append is its own transaction (appends
+    /// are no longer grouped into shared round trips): a projection's failure refuses only
+    /// its own append.
+    pub fn add_inline_projection(&self, projection: Arc<dyn InlineProjection>) {
+        let mut inline = self.inner.inline.write().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<Arc<dyn InlineProjection>> = inline
+            .iter()
+            .filter(|p| p.name() != projection.name())
+            .cloned()
+            .collect();
+        list.push(projection);
+        *inline = Arc::from(list);
+    }
+
+    fn inline_projections(&self) -> Arc<[Arc<dyn InlineProjection>]> {
+        Arc::clone(&self.inner.inline.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The advisory-lock key that serializes appends to this store.
@@ -335,7 +398,17 @@ impl EventStore for PostgresStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         self.inner.limits.validate_append(&events)?;
-        self.inner.appender.append(stream, expected, events).await
+        if self.inline_projections().is_empty() {
+            return self.inner.appender.append(stream, expected, events).await;
+        }
+        let mut tx = self.inner.pool.begin().await.map_err(map_sqlx)?;
+        let result = self.append_in(&mut tx, stream, expected, events).await?;
+        tx.commit().await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "the append's commit failed; the outcome is unknown (retrying is safe): {e}"
+            ))
+        })?;
+        Ok(result)
     }
 
     async fn read_stream(

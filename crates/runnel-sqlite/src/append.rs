@@ -18,6 +18,7 @@ pub(crate) fn append_in_tx(
     stream: &StreamName,
     expected: ExpectedRevision,
     events: &[NewEvent],
+    inline: &crate::store::InlineProjections,
 ) -> Result<AppendResult, StoreError> {
     debug_assert!(!events.is_empty());
     if let Some(found) = find_event(conn, &events[0].id)? {
@@ -103,6 +104,18 @@ pub(crate) fn append_in_tx(
     .map_err(map_sqlite)?;
 
     debug_assert!(position > 0);
+    if !inline.is_empty() {
+        let first_revision = revision + 1 - events.len() as u64;
+        crate::projections::apply_inline(
+            conn,
+            now_micros,
+            inline,
+            stream,
+            first_revision,
+            position,
+            events,
+        )?;
+    }
     Ok(AppendResult {
         next_expected_revision: revision,
         position: Position(position as u64),

@@ -2,18 +2,20 @@
 //! of migration 8; a batch of read-model statements and its checkpoint are one job of the
 //! writer's batch (under its own savepoint), so they commit together or not at all.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use runnel_core::async_trait;
+use runnel_core::projection::InlineProjection;
 use runnel_core::projection::{
     cut_error, resolve_tables, validate_identifier, validate_spec, versioned_table, Batch,
     BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, RebuildStarted,
     SqlValue, VersionRole, VersionSpec, BATCH_STATEMENTS_MAX,
 };
-use runnel_core::{Position, StoreError};
+use runnel_core::{NewEvent, Position, RecordedEvent, StoreError, StreamName};
 
 use crate::error_map::map_sqlite;
 use crate::rows::{micros_to_time, time_to_micros};
@@ -699,4 +701,110 @@ fn drop_in(conn: &Connection, name: &str, version: u32) -> Result<(), StoreError
             .map_err(map_sqlite)?;
     }
     Ok(())
+}
+
+/// Applies the inline projections to an append, inside its transaction: every live,
+/// running, unpartitioned generation of each projection's code version that has applied
+/// everything before the append gets its statements and its checkpoint moved to the
+/// append's last position (see [`InlineProjection`]).
+pub(crate) fn apply_inline(
+    conn: &Connection,
+    now: i64,
+    inline: &[Arc<dyn InlineProjection>],
+    stream: &StreamName,
+    first_revision: u64,
+    last_position: i64,
+    events: &[NewEvent],
+) -> Result<(), StoreError> {
+    let first_position = last_position - events.len() as i64 + 1;
+    let category = stream.category();
+    for projection in inline {
+        let generations: Vec<(u32, String)> = conn
+            .prepare_cached(
+                "SELECT s.version, v.tables FROM projection_versions v \
+                 JOIN projection_state s ON s.name = v.name AND s.version = v.version \
+                 WHERE v.name = ?1 AND v.code_version = ?2 AND v.role <> 'retired' \
+                   AND v.partitions = 1 AND s.status = 'running' AND s.checkpoint = ?3",
+            )
+            .map_err(map_sqlite)?
+            .query_map(
+                params![
+                    projection.name(),
+                    projection.code_version(),
+                    first_position - 1
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(map_sqlite)?
+            .collect::<Result<_, _>>()
+            .map_err(map_sqlite)?;
+        if generations.is_empty() {
+            continue;
+        }
+        // The statements of each wanted event, derived once for every generation.
+        let mut statements: Vec<(usize, Vec<runnel_core::projection::Statement>)> = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            if !projection.wants(category, &event.event_type) {
+                continue;
+            }
+            let recorded = RecordedEvent {
+                id: event.id,
+                stream: stream.clone(),
+                revision: first_revision + i as u64,
+                position: Position((first_position + i as i64) as u64),
+                recorded_at: micros_to_time(now)?,
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                content_type: event.content_type.clone(),
+                data: event.data.clone(),
+                metadata: event.metadata.clone(),
+            };
+            let made = projection
+                .statements(&recorded)
+                .map_err(|reason| inline_failed(projection.name(), event, cut_error(&reason)))?;
+            statements.push((i, made));
+        }
+        for (version, tables) in generations {
+            let tables: Vec<String> = serde_json::from_str(&tables)
+                .map_err(|e| StoreError::Corrupt(format!("projection tables: {e}")))?;
+            for (i, made) in &statements {
+                for statement in made {
+                    let sql = resolve_tables(&statement.sql, &tables, version).map_err(|e| {
+                        inline_failed(projection.name(), &events[*i], e.to_string())
+                    })?;
+                    let fail = |error: String| inline_failed(projection.name(), &events[*i], error);
+                    let mut stmt = conn
+                        .prepare_cached(&sql)
+                        .map_err(|e| fail(cut_error(&e.to_string())))?;
+                    bind(&mut stmt, &statement.params).map_err(|e| fail(cut_error(&e)))?;
+                    stmt.raw_execute()
+                        .map_err(|e| fail(cut_error(&e.to_string())))?;
+                }
+            }
+            conn.prepare_cached(
+                "UPDATE projection_state SET checkpoint = ?3, \
+                 events_applied = events_applied + ?4, updated_at = ?5 \
+                 WHERE name = ?1 AND version = ?2 AND partition = 0",
+            )
+            .map_err(map_sqlite)?
+            .execute(params![
+                projection.name(),
+                version,
+                last_position,
+                statements.len() as i64,
+                now
+            ])
+            .map_err(map_sqlite)?;
+        }
+    }
+    Ok(())
+}
+
+fn inline_failed(projection: &str, event: &NewEvent, reason: String) -> StoreError {
+    StoreError::InlineProjectionFailed {
+        projection: projection.to_string(),
+        event_id: event.id,
+        event_type: event.event_type.clone(),
+        reason,
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use runnel_core::projection::InlineProjection;
 use runnel_core::store::{validate_checkpoint_name, validate_limit};
 use runnel_core::{
     AppendResult, CheckpointStore, EventFilter, EventStore, ExpectedRevision, NewEvent, Position,
@@ -57,7 +58,13 @@ struct Inner {
     bus_signals: Arc<runnel_bus_engine::BusSignals>,
     /// Delete the file when the last handle goes (stores from `open_temporary`).
     remove_on_drop: bool,
+    /// Projections applied in each append's transaction (see
+    /// [`SqliteStore::add_inline_projection`]). Copied into each append job.
+    inline: std::sync::RwLock<InlineProjections>,
 }
+
+/// The inline projections of a store, shared with the append jobs.
+pub(crate) type InlineProjections = Arc<[Arc<dyn InlineProjection>]>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -78,6 +85,7 @@ pub struct UnitOfWork<'a> {
     conn: &'a Connection,
     ctx: &'a BatchContext,
     limits: &'a StoreLimits,
+    inline: &'a InlineProjections,
 }
 
 impl UnitOfWork<'_> {
@@ -95,7 +103,14 @@ impl UnitOfWork<'_> {
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
         self.limits.validate_append(events)?;
-        append_in_tx(self.conn, self.ctx.now_micros, stream, expected, events)
+        append_in_tx(
+            self.conn,
+            self.ctx.now_micros,
+            stream,
+            expected,
+            events,
+            self.inline,
+        )
     }
 
     /// The commit timestamp of the batch, in microseconds since the epoch.
@@ -216,8 +231,27 @@ impl SqliteStore {
                 stats,
                 bus_signals: Arc::default(),
                 remove_on_drop: false,
+                inline: std::sync::RwLock::new(Arc::from(Vec::new())),
             }),
         })
+    }
+
+    /// Registers a projection applied inside every append's transaction from now on (see
+    /// [`InlineProjection`]): appends of events it wants fail, writing nothing, if it
+    /// cannot apply them. Registering a projection of the same name again replaces it.
+    pub fn add_inline_projection(&self, projection: Arc<dyn InlineProjection>) {
+        let mut inline = self.inner.inline.write().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<Arc<dyn InlineProjection>> = inline
+            .iter()
+            .filter(|p| p.name() != projection.name())
+            .cloned()
+            .collect();
+        list.push(projection);
+        *inline = Arc::from(list);
+    }
+
+    pub(crate) fn inline_projections(&self) -> InlineProjections {
+        Arc::clone(&self.inner.inline.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The database file.
@@ -249,6 +283,7 @@ impl SqliteStore {
         F: FnOnce(&UnitOfWork<'_>) -> Result<T, E> + Send + 'static,
     {
         let limits = self.inner.limits.clone();
+        let inline = self.inline_projections();
         let outcome = self
             .submit(
                 0,
@@ -258,6 +293,7 @@ impl SqliteStore {
                         conn,
                         ctx,
                         limits: &limits,
+                        inline: &inline,
                     };
                     Ok(work(&uow))
                 },
@@ -356,8 +392,9 @@ impl EventStore for SqliteStore {
         self.inner.limits.validate_append(&events)?;
         let stream = stream.clone();
         let count = events.len();
+        let inline = self.inline_projections();
         self.submit(count, keep_all, move |conn, ctx| {
-            append_in_tx(conn, ctx.now_micros, &stream, expected, &events)
+            append_in_tx(conn, ctx.now_micros, &stream, expected, &events, &inline)
         })
         .await
     }

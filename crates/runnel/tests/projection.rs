@@ -49,6 +49,12 @@ macro_rules! proofs {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn inline_projection_commits_with_the_append() {
+                let Some(stores) = $stores else { return };
+                scenarios::inline_projection_commits_with_the_append(stores).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn partitions_apply_every_stream_in_order() {
                 let Some(stores) = $stores else { return };
                 scenarios::partitions_apply_every_stream_in_order(stores).await;

@@ -335,7 +335,9 @@ impl App {
         self.projection_with(projection, RunnerOptions::default())
     }
 
-    /// Registers a projection's runner (task `projection:{name}:v{version}`): it registers
+    /// Registers a projection's runner (task `projection:{name}:v{version}`), and for an
+    /// inline projection ([`Projection::inline`](crate::projection::Projection::inline))
+    /// installs it in the event store's appends (panics if it is partitioned). The runner registers
     /// the version's tables, then applies `$all` to every partition this process can
     /// lease, parking failed events in the application's dead letters when
     /// `options.on_failure` says so. Several processes may register the same projection:
@@ -346,6 +348,14 @@ impl App {
         options: RunnerOptions,
     ) -> &mut Self {
         let name = format!("projection:{}:v{}", projection.name(), projection.version());
+        if projection.inline() {
+            // A partitioned inline projection is a programming error, refused here like a
+            // task name registered twice.
+            if let Err(e) = crate::projection::install_inline(&self.stores, Arc::clone(&projection))
+            {
+                panic!("{e}");
+            }
+        }
         let runner = Arc::new(
             ProjectionRunner::new(
                 projection,

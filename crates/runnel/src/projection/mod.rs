@@ -73,8 +73,10 @@ pub use runner::{
     METRIC_LAG_SECONDS, METRIC_PARKED,
 };
 
+use std::sync::Arc;
+
 use runnel_core::outbox::OutboxMessage;
-use runnel_core::projection::{Dialect, SqlValue, Statement};
+use runnel_core::projection::{Dialect, InlineProjection, SqlValue, Statement};
 use runnel_core::{EventFilter, Message, RecordedEvent, TopicName};
 
 /// Why a projection could not apply an event.
@@ -87,6 +89,12 @@ pub enum ProjectionError {
     /// The handler refused the event.
     #[error("{0}")]
     Failed(String),
+    /// An inline projection tried to send a message.
+    #[error(
+        "projection {name} is inline (applied in the append's transaction): it cannot send \
+         messages; send from an asynchronous projection or a consumer"
+    )]
+    SendWhileInline { name: String },
     /// A replaying handler tried to send a message.
     #[error(
         "projection {name} is replaying (version {version} is being built): it cannot send \
@@ -129,6 +137,15 @@ pub trait Projection: Send + Sync + 'static {
     fn partitions(&self) -> u32 {
         1
     }
+    /// Inline: applied inside the transaction of the append that records its events, so
+    /// the read model never lags them (an event it cannot apply refuses the append). Its
+    /// runner still runs: it catches the projection up (after a rebuild, a pause, or when
+    /// added to a store with history) and hands over once level with the head. Inline
+    /// projections are unpartitioned and cannot send messages. Registered with
+    /// [`App::projection`](crate::app::App::projection) (or [`install_inline`]).
+    fn inline(&self) -> bool {
+        false
+    }
     /// Describes the writes `event` makes.
     fn apply(&self, event: &RecordedEvent, out: &mut Writes) -> Result<(), ProjectionError>;
 }
@@ -139,6 +156,7 @@ pub struct Writes {
     version: u32,
     dialect: Dialect,
     replaying: bool,
+    inline: bool,
     statements: Vec<Statement>,
     outbox: Vec<OutboxMessage>,
 }
@@ -150,6 +168,7 @@ impl Writes {
             version,
             dialect,
             replaying,
+            inline: false,
             statements: Vec::new(),
             outbox: Vec::new(),
         }
@@ -176,6 +195,11 @@ impl Writes {
     /// Sends `message` to `topic` through the outbox, committed with the batch. Refused
     /// while replaying: a rebuild must not send yesterday's notifications again.
     pub fn send(&mut self, topic: TopicName, message: Message) -> Result<(), ProjectionError> {
+        if self.inline {
+            return Err(ProjectionError::SendWhileInline {
+                name: self.name.clone(),
+            });
+        }
         if self.replaying {
             return Err(ProjectionError::SendWhileReplaying {
                 name: self.name.clone(),
@@ -192,4 +216,78 @@ impl Writes {
             std::mem::take(&mut self.outbox),
         )
     }
+}
+
+/// A [`Projection`] as the stores' [`InlineProjection`]: its statements for one event,
+/// computed with the store's dialect, with sending refused.
+struct Inline {
+    projection: Arc<dyn Projection>,
+    filter: EventFilter,
+    dialect: Dialect,
+}
+
+impl InlineProjection for Inline {
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+    fn code_version(&self) -> u32 {
+        self.projection.version()
+    }
+    fn wants(&self, category: &str, event_type: &str) -> bool {
+        (self.filter.categories.is_empty() || self.filter.categories.iter().any(|c| c == category))
+            && (self.filter.event_types.is_empty()
+                || self.filter.event_types.iter().any(|t| t == event_type))
+    }
+    fn statements(&self, event: &RecordedEvent) -> Result<Vec<Statement>, String> {
+        let p = &self.projection;
+        let mut writes = Writes::new(p.name(), p.version(), self.dialect, false);
+        writes.inline = true;
+        p.apply(event, &mut writes).map_err(|e| e.to_string())?;
+        Ok(writes.take().0)
+    }
+}
+
+/// `projection` as the stores' [`InlineProjection`] for a database of `dialect`: what
+/// [`install_inline`] registers; for wiring a store by hand
+/// (`SqliteStore::add_inline_projection`, `PostgresStore::add_inline_projection`).
+pub fn inline_projection(
+    projection: Arc<dyn Projection>,
+    dialect: Dialect,
+) -> Arc<dyn InlineProjection> {
+    Arc::new(Inline {
+        filter: projection.filter(),
+        dialect,
+        projection,
+    })
+}
+
+/// Makes `projection` inline on `stores`' event store: from now on every append applies it
+/// in its own transaction (see [`Projection::inline`]). Its runner must run as well (it
+/// registers the projection and catches it up): [`App::projection`](crate::app::App::projection)
+/// does both. Refused for partitioned projections.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unreachable_code, unused_variables)
+)]
+pub fn install_inline(
+    stores: &crate::connect::Stores,
+    projection: Arc<dyn Projection>,
+) -> Result<(), runnel_core::StoreError> {
+    if projection.partitions() > 1 {
+        return Err(runnel_core::StoreError::InvalidArgument(format!(
+            "projection {} is inline and has {} partitions: inline projections are unpartitioned",
+            projection.name(),
+            projection.partitions()
+        )));
+    }
+    let inline = inline_projection(projection, stores.projections.dialect());
+    match stores.backend() {
+        #[cfg(feature = "sqlite")]
+        crate::connect::StoreBackend::Sqlite(store) => store.add_inline_projection(inline),
+        #[cfg(feature = "postgres")]
+        crate::connect::StoreBackend::Postgres(store) => store.add_inline_projection(inline),
+        #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+        crate::connect::StoreBackend::NoBackend(never) => match *never {},
+    }
+    Ok(())
 }

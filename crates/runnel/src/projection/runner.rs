@@ -339,6 +339,8 @@ impl ProjectionRunner {
         }
         let partitions = state.partitions.max(1);
         let mut writes = Writes::new(&name, version, self.store.dialect(), replaying);
+        // An inline projection never sends, whoever applies its events.
+        writes.inline = p.inline();
         // (event, first statement index) of each event applied, and its first message.
         let mut applied: Vec<(&RecordedEvent, usize)> = Vec::new();
         let mut statements = Vec::new();
@@ -401,6 +403,7 @@ impl ProjectionRunner {
                 // `apply` only describes writes: derive the earlier events' statements and
                 // messages again (cheaper than keeping a copy of every batch).
                 let mut again = Writes::new(&name, version, self.store.dialect(), replaying);
+                again.inline = p.inline();
                 let (mut statements, mut outbox) = (Vec::new(), Vec::new());
                 for (e, _) in &before {
                     p.apply(e, &mut again).map_err(|e| {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use runnel::core::dead_letter::DeadLetterStore;
-use runnel::core::projection::{Dialect, ProjectionStore};
+use runnel::core::projection::{Dialect, InlineProjection, ProjectionStore};
 use runnel::core::{EventFilter, EventStore, RecordedEvent};
 use runnel::projection::{Projection, ProjectionError, Writes};
 
@@ -27,6 +27,8 @@ pub struct Stores {
     pub query: Query,
     /// Counts outbox rows.
     pub outbox_rows: Arc<dyn Fn() -> BoxFuture<'static, i64> + Send + Sync>,
+    /// Installs an inline projection in the event store's appends.
+    pub add_inline: Arc<dyn Fn(Arc<dyn InlineProjection>) + Send + Sync>,
     pub guard: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -41,6 +43,8 @@ pub struct Counting {
     pub sends: Arc<Mutex<Vec<Result<(), String>>>>,
     pub send_each: bool,
     pub partitions: u32,
+    /// Declared inline ([`Projection::inline`]).
+    pub inline: bool,
 }
 
 impl Counting {
@@ -51,6 +55,7 @@ impl Counting {
             sends: Arc::new(Mutex::new(Vec::new())),
             send_each: false,
             partitions: 1,
+            inline: false,
         }
     }
 }
@@ -78,6 +83,9 @@ impl Projection for Counting {
     }
     fn partitions(&self) -> u32 {
         self.partitions
+    }
+    fn inline(&self) -> bool {
+        self.inline
     }
     fn apply(&self, event: &RecordedEvent, out: &mut Writes) -> Result<(), ProjectionError> {
         if self.poison.lock().unwrap().contains(&event.event_type) {
@@ -124,7 +132,9 @@ pub fn sqlite() -> Stores {
     let store = runnel::sqlite::SqliteStore::open_temporary().expect("a temporary store");
     let q = store.clone();
     let o = store.clone();
+    let i = store.clone();
     Stores {
+        add_inline: Arc::new(move |p| i.add_inline_projection(p)),
         projections: Arc::new(runnel::sqlite::SqliteProjectionStore::new(store.clone())),
         events: Arc::new(store.clone()),
         dead_letters: Arc::new(runnel::sqlite::SqliteDeadLetters::new(store.clone())),
@@ -169,9 +179,10 @@ pub async fn postgres() -> Option<Stores> {
     use runnel::postgres::sqlx::{self, Row};
     let (store, guard) = super_pg::fresh_store("proj", 8).await?;
     let schema = guard.schema.clone();
-    let (q, o) = (store.clone(), store.clone());
+    let (q, o, i) = (store.clone(), store.clone(), store.clone());
     let (qs, os) = (schema.clone(), schema.clone());
     Some(Stores {
+        add_inline: Arc::new(move |p| i.add_inline_projection(p)),
         projections: Arc::new(runnel::postgres::PostgresProjectionStore::new(
             store.clone(),
         )),

@@ -407,3 +407,184 @@ pub async fn partitions_apply_every_stream_in_order(stores: Stores) {
     assert!(counts(&stores).await.iter().all(|(_, n)| *n == 10));
     let _ = Shutdown::never();
 }
+
+/// An inline projection commits with the append: its rows are there when the append
+/// returns, with no runner running; an event it cannot apply (the handler refuses it, or
+/// a statement fails) refuses the append, which writes nothing; a retried append applies
+/// nothing twice; an inline handler cannot send; while paused or rebuilding, the runner
+/// catches the generation up and inline application takes over once it is level.
+pub async fn inline_projection_commits_with_the_append(stores: Stores) {
+    let dialect = stores.projections.dialect();
+    // History from before the projection existed: its runner catches up on it.
+    append(&stores, "Acct-old", "Posted", 10).await;
+    let counting = Counting {
+        send_each: true,
+        inline: true,
+        ..Counting::new(1)
+    };
+    let poison = Arc::clone(&counting.poison);
+    let sends = Arc::clone(&counting.sends);
+    let counting = Arc::new(counting);
+    (stores.add_inline)(runnel::projection::inline_projection(
+        counting.clone(),
+        dialect,
+    ));
+    let make_runner = |projection: Arc<Counting>| {
+        ProjectionRunner::new(
+            projection,
+            Arc::clone(&stores.projections),
+            Arc::clone(&stores.events),
+            options("catch-up", OnFailure::Pause),
+        )
+    };
+    // Before its runner registered it, appends go through and project nothing.
+    append(&stores, "Acct-old", "Posted", 2).await;
+    assert_eq!(make_runner(counting.clone()).catch_up().await.unwrap(), 12);
+    assert_eq!(total(&stores).await, (12, 12));
+    assert!(
+        sends.lock().unwrap().iter().all(|s| s.is_err()),
+        "an inline projection's runner refuses sends too"
+    );
+    sends.lock().unwrap().clear();
+
+    // Applied in the append's own commit: visible as soon as it returns.
+    let p = append(&stores, "Acct-1", "Posted", 3).await;
+    assert_eq!(total(&stores).await, (15, 15));
+    let state = &stores.projections.states(Some(NAME)).await.unwrap()[0];
+    assert_eq!(state.checkpoint, p, "the checkpoint moved with the append");
+    assert_eq!(state.events_applied, 15);
+    let sent = sends.lock().unwrap().clone();
+    assert_eq!(sent.len(), 3);
+    assert!(
+        sent.iter()
+            .all(|s| s.as_ref().is_err_and(|e| e.contains("inline"))),
+        "{sent:?}"
+    );
+    assert_eq!(
+        (stores.outbox_rows)().await,
+        0,
+        "an inline handler sends nothing"
+    );
+
+    // Other categories move the checkpoint too (the next append still applies inline).
+    let other = stores
+        .events
+        .append(
+            &StreamName::new("Other-1").unwrap(),
+            ExpectedRevision::Any,
+            vec![NewEvent::json("Posted", &serde_json::json!({}))],
+        )
+        .await
+        .unwrap()
+        .position;
+    assert_eq!(
+        stores.projections.states(Some(NAME)).await.unwrap()[0].checkpoint,
+        other
+    );
+
+    // The handler refuses an event: the append is refused and writes nothing.
+    poison.lock().unwrap().push("Poison".into());
+    let head = stores.events.head_position().await.unwrap();
+    let refused = stores
+        .events
+        .append(
+            &StreamName::new("Acct-1").unwrap(),
+            ExpectedRevision::Any,
+            vec![
+                NewEvent::json("Posted", &serde_json::json!({})),
+                NewEvent::json("Poison", &serde_json::json!({})),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, runnel::core::StoreError::InlineProjectionFailed { projection, event_type, .. }
+            if projection == NAME && event_type == "Poison"),
+        "{refused:?}"
+    );
+    // A statement fails ("Doubled" breaks the `applied` key): refused as well.
+    let refused = stores
+        .events
+        .append(
+            &StreamName::new("Acct-1").unwrap(),
+            ExpectedRevision::Any,
+            vec![NewEvent::json("Doubled", &serde_json::json!({}))],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            runnel::core::StoreError::InlineProjectionFailed { .. }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(stores.events.head_position().await.unwrap(), head);
+    assert_eq!(total(&stores).await, (15, 15));
+    poison.lock().unwrap().clear();
+
+    // A retried append (same event ids) is accepted and applies nothing again.
+    let events = vec![
+        NewEvent::json("Posted", &serde_json::json!({"a": 1})),
+        NewEvent::json("Posted", &serde_json::json!({"a": 2})),
+    ];
+    let acct2 = StreamName::new("Acct-2").unwrap();
+    let first = stores
+        .events
+        .append(&acct2, ExpectedRevision::Any, events.clone())
+        .await
+        .unwrap();
+    let again = stores
+        .events
+        .append(&acct2, ExpectedRevision::Any, events)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(total(&stores).await, (17, 17));
+
+    // Paused: appends go through unprojected; resumed, the runner catches up and inline
+    // application takes over again.
+    stores
+        .projections
+        .set_status(NAME, 1, None, ProjectionStatus::Paused, None)
+        .await
+        .unwrap();
+    append(&stores, "Acct-3", "Posted", 4).await;
+    assert_eq!(total(&stores).await, (17, 17), "paused: not applied");
+    stores
+        .projections
+        .set_status(NAME, 1, None, ProjectionStatus::Running, None)
+        .await
+        .unwrap();
+    append(&stores, "Acct-3", "Posted", 1).await;
+    assert_eq!(total(&stores).await, (17, 17), "behind: left to the runner");
+    assert_eq!(make_runner(counting.clone()).catch_up().await.unwrap(), 5);
+    append(&stores, "Acct-3", "Posted", 1).await;
+    assert_eq!(total(&stores).await, (23, 23), "level again: inline");
+
+    // A rebuild: the new generation is filled by the runner, then applied inline.
+    let rebuild = stores.projections.rebuild(NAME).await.unwrap();
+    append(&stores, "Acct-4", "Posted", 2).await;
+    assert_eq!(
+        total(&stores).await,
+        (25, 25),
+        "the current generation stays inline"
+    );
+    make_runner(counting.clone()).catch_up().await.unwrap();
+    let states = stores.projections.states(Some(NAME)).await.unwrap();
+    let current = states
+        .iter()
+        .find(|s| s.role == VersionRole::Current)
+        .unwrap();
+    assert_eq!(
+        current.version, rebuild.version,
+        "the rebuilt generation is current"
+    );
+    assert_eq!(total(&stores).await, (25, 25));
+    append(&stores, "Acct-4", "Posted", 1).await;
+    assert_eq!(
+        total(&stores).await,
+        (26, 26),
+        "the rebuilt generation is inline"
+    );
+}
