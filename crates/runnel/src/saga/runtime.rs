@@ -5,7 +5,7 @@
 //! leased to this process: a process that dies leaves the lease to lapse and another one
 //! runs the step again under the same idempotency key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -336,7 +336,17 @@ struct Inner<D> {
     /// it claims them on time without polling the store for every piece of work.
     wake_at: std::sync::Mutex<Option<DateTime<Utc>>>,
     wake: tokio::sync::Notify,
+    /// Instances as this process's last commit left them, while this process has local
+    /// work queued for them: the step that work runs starts from here instead of reading
+    /// the instance again. At most [`COMMITTED_CACHE_MAX`] entries (past that, nothing is
+    /// added: the step reads the store); each is taken by the work it was kept for. The
+    /// commit's version check still guards: if anything else changed the instance
+    /// meanwhile, that commit conflicts and the instance is read again.
+    committed: std::sync::Mutex<HashMap<String, InstanceRecord>>,
 }
+
+/// Most instances kept in [`Inner::committed`].
+pub const COMMITTED_CACHE_MAX: usize = 10_000;
 
 fn default_owner() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
@@ -484,6 +494,7 @@ impl<D: SagaData> SagaRuntime<D> {
                 steps_run: AtomicU64::new(0),
                 wake_at: std::sync::Mutex::new(None),
                 wake: tokio::sync::Notify::new(),
+                committed: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -662,10 +673,12 @@ impl<D: SagaData> SagaRuntime<D> {
             inbox: request.inbox.clone(),
             history,
         };
+        let keep = self.record_of(&t, !plan.own_work.is_empty());
         match self.commit(t).await {
-            Ok(CommitOutcome::Committed { .. }) => {
+            Ok(CommitOutcome::Committed { version }) => {
                 metrics::counter!(METRIC_TRANSITIONS, "saga" => def.name.clone(), "status" => "running").increment(1);
                 tracing::debug!(saga = %def.name, instance = %request.id, "saga started");
+                self.remember(&request.id, keep, version);
                 self.enqueue(plan.own_work).await;
                 Ok(Started::New { id: request.id })
             }
@@ -682,6 +695,58 @@ impl<D: SagaData> SagaRuntime<D> {
                 Err(e)
             }
         }
+    }
+
+    /// What `t` will leave stored (its version set once committed), for the local work it
+    /// queues; `None` when it queues none.
+    fn record_of(&self, t: &Transition, queues_work: bool) -> Option<InstanceRecord> {
+        if !queues_work {
+            return None;
+        }
+        let now = self.inner.clock.now();
+        Some(InstanceRecord {
+            kind: t.kind.clone(),
+            id: t.id.clone(),
+            definition_version: t.definition_version,
+            correlation: t.correlation.clone(),
+            state: t.state.clone(),
+            status: t.status,
+            progress: t.progress.clone(),
+            data: t.data.clone(),
+            version: 0,
+            last_error: t.last_error.clone(),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        })
+    }
+
+    /// Keeps `record` as committed at `version` for the local work its transition queued
+    /// (see [`Inner::committed`]).
+    fn remember(&self, id: &str, record: Option<InstanceRecord>, version: u64) {
+        let mut cache = self
+            .inner
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(mut record) = record else {
+            cache.remove(id);
+            return;
+        };
+        if cache.len() >= COMMITTED_CACHE_MAX && !cache.contains_key(id) {
+            return;
+        }
+        record.version = version;
+        cache.insert(id.to_string(), record);
+    }
+
+    /// The instance as this process last committed it, if kept.
+    fn take_committed(&self, id: &str) -> Option<InstanceRecord> {
+        self.inner
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
     }
 
     fn release_reserved(&self, own: Vec<(Work, tokio::sync::mpsc::OwnedPermit<Work>)>) {
@@ -1047,13 +1112,15 @@ impl<D: SagaData> SagaRuntime<D> {
                 inbox: cause.inbox.clone(),
                 history,
             };
+            let keep = self.record_of(&t, !writes.own_work.is_empty());
             match self.commit(t).await? {
-                CommitOutcome::Committed { .. } => {
+                CommitOutcome::Committed { version } => {
                     metrics::counter!(METRIC_TRANSITIONS, "saga" => def.name.clone(), "status" => status.as_str())
                         .increment(1);
                     if status.is_finished() {
                         tracing::info!(saga = %def.name, instance = %id, %status, "saga finished");
                     }
+                    self.remember(id, keep, version);
                     self.enqueue(writes.own_work).await;
                     return Ok(Applied::Committed);
                 }
@@ -1341,13 +1408,31 @@ impl<D: SagaData> SagaRuntime<D> {
         cause: Cause,
     ) -> Result<(), SagaError> {
         let def = &self.inner.def;
-        let Some(record) = self.inner.store.load(&self.inner.kind, id).await? else {
-            return Err(SagaError::UnknownInstance {
-                kind: self.inner.kind.clone(),
-                id: id.to_string(),
-            });
+        // Work this process queued itself starts from the instance as its commit left it;
+        // if that does not match the work, the store's copy decides.
+        let mut cached = self.take_committed(id);
+        let (record, progress) = loop {
+            let record = match cached.take() {
+                Some(record) => record,
+                None => match self.inner.store.load(&self.inner.kind, id).await? {
+                    Some(record) => break (record, None),
+                    None => {
+                        return Err(SagaError::UnknownInstance {
+                            kind: self.inner.kind.clone(),
+                            id: id.to_string(),
+                        })
+                    }
+                },
+            };
+            let (progress, _) = self.decode_progress(&record)?;
+            if progress.token == token {
+                break (record, Some(progress));
+            }
         };
-        let (progress, _) = self.decode_progress(&record)?;
+        let progress = match progress {
+            Some(p) => p,
+            None => self.decode_progress(&record)?.0,
+        };
         let current = match progress.phase {
             Phase::Running { step: s, .. } if !compensating => s == step,
             Phase::Compensating { step: s, .. } if compensating => s == step,
