@@ -64,13 +64,11 @@ pub enum StoreError {
 
     /// An inline projection (updated in the append's own transaction) could not apply one
     /// of the appended events: the append is refused and nothing of it was written.
-    #[error("inline projection {projection} refused event {event_id} ({event_type}): {reason}")]
-    InlineProjectionFailed {
-        projection: String,
-        event_id: EventId,
-        event_type: String,
-        reason: String,
-    },
+    #[error(
+        "inline projection {} refused event {} ({}): {}",
+        .0.projection, .0.event_id, .0.event_type, .0.reason
+    )]
+    InlineProjectionFailed(Box<InlineFailure>),
 
     /// A message handed to a store (a dead letter's message) is malformed. Nothing was
     /// stored.
@@ -124,6 +122,20 @@ fn fmt_actual(actual: &Option<u64>) -> String {
         Some(n) => format!("revision {n}"),
         None => "no stream".to_string(),
     }
+}
+
+/// What [`StoreError::InlineProjectionFailed`] says (boxed: it is rare, and the error type
+/// stays small).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineFailure {
+    /// The projection.
+    pub projection: String,
+    /// The event it could not apply.
+    pub event_id: EventId,
+    /// Its type.
+    pub event_type: String,
+    /// Why.
+    pub reason: String,
 }
 
 impl StoreError {

@@ -27,7 +27,7 @@ pub mod subscription;
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use codec::DomainEvent;
 pub use config::ConfigError;
-pub use error::{CodecError, StoreError};
+pub use error::{CodecError, InlineFailure, StoreError};
 pub use event::{AppendResult, EventId, NewEvent, RecordedEvent, CONTENT_TYPE_JSON};
 pub use limits::StoreLimits;
 pub use message::{BusError, GroupName, Message, TopicName};

@@ -970,24 +970,6 @@ impl ProjectionStore for PostgresProjectionStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_are_cached_per_combination_of_parameter_kinds() {
-        let sql = "INSERT INTO t_v1 (id, n) VALUES ($1, $2)";
-        let ints = keyed_sql(sql, &["a".into(), SqlValue::Int(1)]);
-        let nulls = keyed_sql(sql, &["a".into(), SqlValue::Null]);
-        let reals = keyed_sql(sql, &["a".into(), SqlValue::Real(1.0)]);
-        assert_ne!(ints, nulls);
-        assert_ne!(ints, reals);
-        assert_eq!(ints, keyed_sql(sql, &["b".into(), SqlValue::Int(2)]));
-        assert!(ints.ends_with(sql));
-        assert_eq!(keyed_sql(sql, &[]), sql);
-    }
-}
-
 /// Applies the inline projections to the events an append just inserted (`events`, in
 /// position order), in the append's transaction `conn`: every live, running,
 /// unpartitioned generation of each projection's code version that has applied
@@ -1089,10 +1071,28 @@ pub(crate) async fn apply_inline(
 }
 
 fn inline_failed(projection: &str, event: &RecordedEvent, reason: String) -> StoreError {
-    StoreError::InlineProjectionFailed {
+    StoreError::InlineProjectionFailed(Box::new(runnel_core::InlineFailure {
         projection: projection.to_string(),
         event_id: event.id,
         event_type: event.event_type.clone(),
         reason,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_cached_per_combination_of_parameter_kinds() {
+        let sql = "INSERT INTO t_v1 (id, n) VALUES ($1, $2)";
+        let ints = keyed_sql(sql, &["a".into(), SqlValue::Int(1)]);
+        let nulls = keyed_sql(sql, &["a".into(), SqlValue::Null]);
+        let reals = keyed_sql(sql, &["a".into(), SqlValue::Real(1.0)]);
+        assert_ne!(ints, nulls);
+        assert_ne!(ints, reals);
+        assert_eq!(ints, keyed_sql(sql, &["b".into(), SqlValue::Int(2)]));
+        assert!(ints.ends_with(sql));
+        assert_eq!(keyed_sql(sql, &[]), sql);
     }
 }

@@ -801,10 +801,10 @@ pub(crate) fn apply_inline(
 }
 
 fn inline_failed(projection: &str, event: &NewEvent, reason: String) -> StoreError {
-    StoreError::InlineProjectionFailed {
+    StoreError::InlineProjectionFailed(Box::new(runnel_core::InlineFailure {
         projection: projection.to_string(),
         event_id: event.id,
         event_type: event.event_type.clone(),
         reason,
-    }
+    }))
 }

@@ -498,8 +498,8 @@ pub async fn inline_projection_commits_with_the_append(stores: Stores) {
         .await
         .unwrap_err();
     assert!(
-        matches!(&refused, runnel::core::StoreError::InlineProjectionFailed { projection, event_type, .. }
-            if projection == NAME && event_type == "Poison"),
+        matches!(&refused, runnel::core::StoreError::InlineProjectionFailed(f)
+            if f.projection == NAME && f.event_type == "Poison"),
         "{refused:?}"
     );
     // A statement fails ("Doubled" breaks the `applied` key): refused as well.
