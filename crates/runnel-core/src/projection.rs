@@ -374,8 +374,9 @@ pub trait ProjectionStore: Send + Sync + 'static {
     /// duplicate writes nothing: [`MessageOutcome::Duplicate`]), runs the statements on
     /// generation `commit.version`'s tables, adds the outbox messages, counts one event
     /// applied on the generation, and deletes the ids beyond the newest
-    /// `commit.inbox_keep`. A failing statement writes nothing. An unknown generation is
-    /// an [`StoreError::InvalidArgument`].
+    /// `commit.inbox_keep`. A failing statement, or a retired generation
+    /// ([`MessageOutcome::Retired`]), writes nothing. An unknown generation is an
+    /// [`StoreError::InvalidArgument`].
     async fn commit_message(&self, commit: MessageCommit) -> Result<MessageOutcome, StoreError>;
 }
 

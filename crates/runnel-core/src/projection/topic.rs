@@ -62,6 +62,9 @@ pub enum MessageOutcome {
     Duplicate,
     /// A statement failed (the handler's SQL): nothing was written, the id is not recorded.
     StatementFailed { index: usize, error: String },
+    /// The generation is retired (a newer version of the projection is current): nothing
+    /// was written. Hand the message back, for a process running the newer code.
+    Retired,
 }
 
 /// Checks a topic source: a valid projection name, and non-empty topic and group names.

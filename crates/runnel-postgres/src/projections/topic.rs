@@ -9,7 +9,7 @@ use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::outbox::validate_enqueue;
 use runnel_core::projection::{
     cut_error, validate_message_commit, validate_topic_source, Batch, MessageCommit,
-    MessageOutcome, TopicSource,
+    MessageOutcome, TopicSource, VersionRole,
 };
 use runnel_core::{Position, StoreError};
 use sqlx::{AssertSqlSafe, PgConnection};
@@ -161,12 +161,12 @@ impl PostgresProjectionStore {
             }
             return Ok(MessageOutcome::Duplicate);
         }
-        let tables: Option<Vec<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
+        let tables: Option<(Vec<String>, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE {state} s SET events_applied = s.events_applied + 1, updated_at = $3 \
              FROM {versions} v \
              WHERE s.name = $1 AND s.version = $2 AND s.partition = 0 \
                AND v.name = s.name AND v.version = s.version \
-             RETURNING v.tables",
+             RETURNING v.tables, v.role",
             state = names.state,
             versions = names.versions,
         )))
@@ -176,11 +176,20 @@ impl PostgresProjectionStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(map_sqlx)?;
-        let Some(tables) = tables else {
-            return Err(StoreError::InvalidArgument(format!(
-                "projection {} has no generation {}",
-                commit.name, commit.version
-            )));
+        let tables = match tables {
+            Some((_, role)) if role == VersionRole::Retired.as_str() => {
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!(error = %e, "rollback of a message for a retired generation failed");
+                }
+                return Ok(MessageOutcome::Retired);
+            }
+            Some((tables, _)) => tables,
+            None => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "projection {} has no generation {}",
+                    commit.name, commit.version
+                )))
+            }
         };
         insert_rows(
             &mut tx,

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use runnel_core::projection::{
     cut_error, resolve_tables, validate_message_commit, validate_topic_source, MessageCommit,
-    MessageOutcome, TopicSource,
+    MessageOutcome, TopicSource, VersionRole,
 };
 use runnel_core::StoreError;
 
@@ -104,6 +104,7 @@ fn commit_message_in(
         .execute(params![commit.name, commit.version, now])
         .map_err(map_sqlite)?;
     let tables = match tables_of(conn, &commit.name, commit.version)? {
+        Some((_, VersionRole::Retired)) => return Ok(MessageOutcome::Retired),
         Some((tables, _)) if counted == 1 => tables,
         _ => {
             return Err(StoreError::InvalidArgument(format!(
