@@ -44,10 +44,9 @@ impl App {
             let options = options.clone();
             async move {
                 let generation = register_topic_projection(&*projection, &*store).await?;
-                let builder =
-                    Consumer::builder(subscriber, projection.topic(), projection.group())
-                        .publisher(publisher)
-                        .dead_letters(dead_letters);
+                let builder = Consumer::builder(subscriber, projection.topic(), projection.group())
+                    .publisher(publisher)
+                    .dead_letters(dead_letters);
                 let builder = topic_consumer(builder, projection, store, generation, &options);
                 let mut handle = builder.start().await?;
                 tokio::select! {

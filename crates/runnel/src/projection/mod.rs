@@ -78,8 +78,7 @@ pub use runner::{
 };
 pub use topic::{
     register_topic_projection, topic_consumer, StatementFailed, TopicProjection,
-    TopicProjectionHandler, TopicProjectionInbox, TopicProjectionOptions,
-    METRIC_TOPIC_DUPLICATES,
+    TopicProjectionHandler, TopicProjectionInbox, TopicProjectionOptions, METRIC_TOPIC_DUPLICATES,
 };
 
 use runnel_core::outbox::OutboxMessage;

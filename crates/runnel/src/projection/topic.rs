@@ -34,10 +34,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use runnel_core::bus::{SubscribeOptions, StartPosition};
+use runnel_core::bus::{StartPosition, SubscribeOptions};
 use runnel_core::projection::{
-    Dialect, MessageCommit, MessageOutcome, ProjectionStore, TopicSource, VersionRole,
-    VersionSpec, TOPIC_INBOX_KEEP_DEFAULT,
+    Dialect, MessageCommit, MessageOutcome, ProjectionStore, TopicSource, VersionRole, VersionSpec,
+    TOPIC_INBOX_KEEP_DEFAULT,
 };
 use runnel_core::{GroupName, Message, StoreError, TopicName};
 
@@ -215,9 +215,7 @@ impl Handler for TopicProjectionHandler {
             Ok(()) => Ok(()),
             // Bytes that do not decode never will: straight to the dead letters.
             Err(e @ ProjectionError::Decode(_)) => Err(HandlerError::permanent(e)),
-            Err(e @ ProjectionError::SendWhileReplaying { .. }) => {
-                Err(HandlerError::permanent(e))
-            }
+            Err(e @ ProjectionError::SendWhileReplaying { .. }) => Err(HandlerError::permanent(e)),
             Err(e) => Err(HandlerError::retryable(e)),
         }
     }
