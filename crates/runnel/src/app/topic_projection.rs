@@ -21,8 +21,8 @@ impl App {
     /// source and registers its version's tables, then consumes
     /// [`topic`](TopicProjection::topic) in [`group`](TopicProjection::group) on the
     /// application's bus from the earliest message the topic holds, each message's writes
-    /// committed with its id in the projection's inbox. Failing messages are retried with
-    /// the consumer router's default policy, then stored in the application's dead letters.
+    /// committed with its id in the projection's inbox. Failing messages are retried
+    /// (`options.retry`), then stored in the application's dead letters.
     /// Several processes may register it: the group shares the messages among them.
     pub fn topic_projection_with(
         &mut self,

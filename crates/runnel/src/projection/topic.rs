@@ -43,7 +43,10 @@ use runnel_core::{GroupName, Message, StoreError, TopicName};
 
 use super::{ProjectionError, Writes};
 use crate::consumer::inbox::{Inbox, InboxBegin, InboxCommit, InboxError, InboxKey};
-use crate::consumer::{ConsumerBuilder, Handler, HandlerContext, HandlerError};
+use crate::consumer::{
+    default_retry_policy, ConsumerBuilder, Handler, HandlerContext, HandlerError,
+};
+use crate::retry::RetryPolicy;
 
 /// Metric: topic messages found in a projection's inbox already (redeliveries), by
 /// projection.
@@ -108,6 +111,9 @@ pub struct TopicProjectionOptions {
     /// The subscription (`start` is [`StartPosition::Earliest`]: a new projection sees
     /// what the topic still holds, not only what comes after it started).
     pub subscribe: SubscribeOptions,
+    /// Retries of a failing message before it is dead-lettered (the router's
+    /// [`default_retry_policy`]).
+    pub retry: RetryPolicy,
 }
 
 impl Default for TopicProjectionOptions {
@@ -118,6 +124,7 @@ impl Default for TopicProjectionOptions {
                 start: StartPosition::Earliest,
                 ..SubscribeOptions::default()
             },
+            retry: default_retry_policy(),
         }
     }
 }
@@ -174,8 +181,8 @@ pub async fn register_topic_projection(
 }
 
 /// Configures `builder` to run `projection`'s generation `generation`: its handler, its
-/// inbox (the projection store) and `options.subscribe`. The application's dead-letter
-/// store and retry policy (already on `builder`) handle failing messages.
+/// inbox (the projection store), `options.subscribe` and `options.retry`. The
+/// application's dead-letter store (already on `builder`) takes failing messages.
 pub fn topic_consumer(
     builder: ConsumerBuilder,
     projection: Arc<dyn TopicProjection>,
@@ -191,6 +198,7 @@ pub fn topic_consumer(
     };
     builder
         .subscribe_options(options.subscribe.clone())
+        .retry(options.retry)
         .inbox(Arc::new(inbox))
         .handler(TopicProjectionHandler { projection })
 }
