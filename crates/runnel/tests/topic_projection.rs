@@ -159,6 +159,16 @@ async fn started(settings: &Settings, options: TopicProjectionOptions) -> Runnin
     app.start().await.unwrap()
 }
 
+/// Dead letters of the projection's topic and group.
+async fn dead_letters(app: &RunningApp) -> u64 {
+    let filter = DeadLetterFilter {
+        topic: Some(TopicName::new(TOPIC).unwrap()),
+        group: Some(Shipments.group()),
+        ..DeadLetterFilter::default()
+    };
+    app.stores().dead_letters.count(&filter).await.unwrap()
+}
+
 async fn publish(app: &RunningApp, messages: Vec<Message>) {
     app.bus()
         .publisher
@@ -193,6 +203,11 @@ async fn duplicate_delivery_applies_once(settings: Settings) {
     );
     let s = state(&*store).await;
     assert_eq!((s.events_applied, s.checkpoint.get()), (2, 0));
+    assert_eq!(
+        dead_letters(&app).await,
+        0,
+        "the duplicate was acknowledged, not failed (its log row would have broken the key)"
+    );
 
     let status = admin::status(&*store, &*app.stores().events, Some(NAME))
         .await
@@ -328,6 +343,7 @@ async fn redelivery_after_the_commit_is_a_no_op(settings: Settings) {
         vec![("fedex".to_string(), 2)],
         "m-1 once, m-2 once"
     );
+    assert_eq!(dead_letters(&app).await, 0, "the redelivery was a no-op");
     let report = app.shutdown(DEADLINE).await;
     assert!(report.all_stopped_in_time(), "{report:?}");
 }
