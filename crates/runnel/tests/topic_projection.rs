@@ -1,5 +1,6 @@
 //! Projections fed from a bus topic, wired on the application (`App::topic_projection`),
-//! on SQLite with the embedded bus and on PostgreSQL with its embedded bus: each message
+//! on SQLite with the embedded bus, on PostgreSQL with its embedded bus, and on SQLite
+//! with NATS JetStream: each message
 //! takes effect once (a republished duplicate, a redelivery after a commit whose ack was
 //! lost), a failing statement rolls the whole message back and the message is
 //! dead-lettered after its retries while later messages go on, and a topic projection is
@@ -411,7 +412,35 @@ fn postgres_settings() -> Option<(Settings, DropSchema)> {
     Some((settings, DropSchema { url, schema }))
 }
 
-macro_rules! on_both_backends {
+/// Settings for SQLite with a NATS bus of its own (subject and stream prefixes, so runs
+/// and concurrent tests do not share topics or groups), or `None` (skipped; a failure
+/// under `RUNNEL_REQUIRE_SERVICES=1`).
+fn nats_settings(dir: &tempfile::TempDir) -> Option<Settings> {
+    let url = match std::env::var("RUNNEL_TEST_NATS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "RUNNEL_TEST_NATS_URL is not set but RUNNEL_REQUIRE_SERVICES=1"
+            );
+            eprintln!("SKIPPED: RUNNEL_TEST_NATS_URL is not set");
+            return None;
+        }
+    };
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let tag = &tag[tag.len() - 12..];
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let bus = format!("{url}{separator}subject_prefix=tproj{tag}&stream_prefix=TPROJ{tag}");
+    Some(
+        SettingsInputs::default()
+            .db("--db", Some(dir.path().join("app.db")))
+            .bus("--bus", Some(bus))
+            .resolve()
+            .unwrap(),
+    )
+}
+
+macro_rules! on_every_backend {
     ($($scenario:ident),+ $(,)?) => {
         mod sqlite {
             $(
@@ -431,10 +460,20 @@ macro_rules! on_both_backends {
                 }
             )+
         }
+        mod sqlite_over_nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let Some(settings) = super::nats_settings(&dir) else { return };
+                    super::$scenario(settings).await;
+                }
+            )+
+        }
     };
 }
 
-on_both_backends!(
+on_every_backend!(
     duplicate_delivery_applies_once,
     failing_statement_rolls_back_and_dead_letters,
     redelivery_after_the_commit_is_a_no_op,
