@@ -72,6 +72,28 @@ impl TopicProjection for Shipments {
     }
 }
 
+/// A projection of `$all` that wants the topic projection's name.
+struct SameNameFromAll;
+
+impl runnel::projection::Projection for SameNameFromAll {
+    fn name(&self) -> &str {
+        NAME
+    }
+    fn tables(&self) -> Vec<String> {
+        vec!["other".into()]
+    }
+    fn schema(&self, _: Dialect) -> Vec<String> {
+        vec!["CREATE TABLE {other} (id TEXT PRIMARY KEY)".into()]
+    }
+    fn apply(
+        &self,
+        _: &runnel::core::RecordedEvent,
+        _: &mut Writes,
+    ) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+}
+
 fn shipment(id: &str, order: &str, carrier: Option<&str>) -> Message {
     let mut m = Message::json(
         "ShipmentCreated",
@@ -217,6 +239,26 @@ async fn duplicate_delivery_applies_once(settings: Settings) {
     assert_eq!(status[0].topic.as_deref(), Some(TOPIC));
     assert_eq!((status[0].checkpoint, status[0].lag_events), (0, 0));
     assert_eq!(status[0].events_applied, 2);
+    let waited = runnel::projection::wait_for_position(
+        &*store,
+        NAME,
+        runnel::core::Position(1),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(waited, runnel::projection::WaitError::ReadsTopic { .. }),
+        "{waited:?}"
+    );
+    let runner = runnel::projection::ProjectionRunner::new(
+        Arc::new(SameNameFromAll),
+        Arc::clone(&store),
+        Arc::clone(&app.stores().events),
+        runnel::projection::RunnerOptions::default(),
+    );
+    let refused = runner.register().await.unwrap_err();
+    assert!(refused.to_string().contains("reads topic"), "{refused}");
     let report = app.shutdown(DEADLINE).await;
     assert!(report.all_stopped_in_time(), "{report:?}");
     assert_eq!(report.restarts(), 0, "{report:?}");

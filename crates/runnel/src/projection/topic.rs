@@ -6,9 +6,10 @@
 //!
 //! How it differs from a projection of `$all`:
 //! * **No position.** A topic has no global position to checkpoint, so the checkpoint stays
-//!   0 and lag is not measured against `$all` (`runnel projections status` says `n/a`; the
-//!   consumer's `runnel_consumer_lag_messages` gauge is the topic's lag where the bus can
-//!   tell). `events_applied` counts the messages applied.
+//!   0, lag is not measured against `$all` (`runnel projections status` says `n/a`; the
+//!   broker's own tools show a group's backlog), and
+//!   [`wait_for_position`](super::wait_for_position) refuses a topic projection.
+//!   `events_applied` counts the messages applied.
 //! * **Errors go through the router.** A failing message is retried with the consumer's
 //!   retry policy, then stored as a dead letter (topic and group of the projection) and
 //!   acknowledged — it is never skipped silently, and other keys go on meanwhile. A topic
