@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::position::Position;
 
-mod topic;
+pub mod topic;
 pub use topic::{
     rebuild_refused, validate_message_commit, validate_topic_source, MessageCommit, MessageOutcome,
     TopicSource, TOPIC_INBOX_KEEP_DEFAULT, TOPIC_INBOX_KEEP_MAX, TOPIC_MESSAGE_ID_LEN_MAX,

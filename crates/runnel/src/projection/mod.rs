@@ -69,7 +69,7 @@
 
 pub mod admin;
 mod runner;
-mod topic;
+pub mod topic;
 
 pub use runner::{
     lag, wait_for_position, Lag, OnFailure, ProjectionRunner, RunnerOptions, WaitError,
