@@ -3,8 +3,10 @@
 //! with NATS JetStream: each message
 //! takes effect once (a republished duplicate, a redelivery after a commit whose ack was
 //! lost), a failing statement rolls the whole message back and the message is
-//! dead-lettered after its retries while later messages go on, and a topic projection is
-//! shown without a position and refused a rebuild.
+//! dead-lettered after its retries while later messages go on, a topic projection is
+//! shown without a position and refused a rebuild, and a new version started beside a
+//! process running the old one takes over (SQLite and PostgreSQL). The kill -9 proof is
+//! `topic_projection_kill.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -391,6 +393,106 @@ async fn redelivery_after_the_commit_is_a_no_op(settings: Settings) {
     assert!(report.all_stopped_in_time(), "{report:?}");
 }
 
+/// Version 2 of [`Shipments`] (same tables and SQL, new generation).
+struct ShipmentsV2;
+
+impl TopicProjection for ShipmentsV2 {
+    fn name(&self) -> &str {
+        Shipments.name()
+    }
+    fn version(&self) -> u32 {
+        2
+    }
+    fn tables(&self) -> Vec<String> {
+        Shipments.tables()
+    }
+    fn schema(&self, dialect: Dialect) -> Vec<String> {
+        Shipments.schema(dialect)
+    }
+    fn topic(&self) -> TopicName {
+        Shipments.topic()
+    }
+    fn apply(&self, message: &Message, out: &mut Writes) -> Result<(), ProjectionError> {
+        Shipments.apply(message, out)
+    }
+}
+
+/// Waits until generation `version` has applied `n` messages.
+async fn wait_generation(store: &dyn ProjectionStore, version: u32, n: u64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let applied = store
+            .states(Some(NAME))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.version == version)
+            .map_or(0, |s| s.events_applied);
+        if applied >= n {
+            assert_eq!(applied, n, "generation {version} applied too many");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generation {version} applied {applied} of {n} messages within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A new version, started beside a process still running the old one (a rolling deploy),
+/// becomes current with new tables; messages the old process receives from then on are
+/// handed back to the bus (its generation is retired) and applied by the new one.
+async fn a_new_version_takes_over_and_the_old_process_hands_messages_back(settings: Settings) {
+    let old = started(&settings, TopicProjectionOptions::default()).await;
+    let store = Arc::clone(&old.stores().projections);
+    publish(&old, vec![shipment("m-1", "o-1", Some("ups"))]).await;
+    wait_generation(&*store, 1, 1).await;
+
+    let mut app = App::connect(&settings).await.unwrap();
+    app.topic_projection(Arc::new(ShipmentsV2));
+    let new = app.start().await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while state(&*store).await.version != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "version 2 did not become current"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    publish(
+        &old,
+        (2..=5)
+            .map(|i| shipment(&format!("m-{i}"), &format!("o-{i}"), Some("dhl")))
+            .collect(),
+    )
+    .await;
+    wait_generation(&*store, 2, 4).await;
+    wait_generation(&*store, 1, 1).await;
+    assert_eq!(
+        rows(
+            &old,
+            "SELECT order_id, n FROM {s}shipments ORDER BY order_id"
+        )
+        .await,
+        (2..=5).map(|i| (format!("o-{i}"), 1)).collect::<Vec<_>>(),
+        "the plain names show version 2, which applied what came after it started"
+    );
+    assert_eq!(dead_letters(&old).await, 0);
+    for app in [new, old] {
+        let report = app.shutdown(DEADLINE).await;
+        assert!(report.all_stopped_in_time(), "{report:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_takes_over_and_the_old_process_hands_messages_back_on_postgres() {
+    let Some((settings, _schema)) = postgres_settings() else {
+        return;
+    };
+    a_new_version_takes_over_and_the_old_process_hands_messages_back(settings).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Backends
 // ---------------------------------------------------------------------------------------
@@ -520,3 +622,9 @@ on_every_backend!(
     failing_statement_rolls_back_and_dead_letters,
     redelivery_after_the_commit_is_a_no_op,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_takes_over_and_the_old_process_hands_messages_back_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_new_version_takes_over_and_the_old_process_hands_messages_back(sqlite_settings(&dir)).await;
+}
