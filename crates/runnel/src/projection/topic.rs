@@ -232,7 +232,9 @@ impl Handler for TopicProjectionHandler {
 
 /// A topic projection's inbox: the scope is the message's [`Writes`]; committing runs
 /// [`ProjectionStore::commit_message`]. Whether a message is a duplicate is decided in
-/// the commit's transaction (no read before the handler: `apply` is cheap and pure).
+/// the commit's transaction (no read before the handler: `apply` is cheap and pure). The
+/// marks are the projection's own, whatever the [`InboxKey`]'s handler name: every
+/// process and group applying the projection shares them.
 pub struct TopicProjectionInbox {
     name: String,
     generation: u32,
