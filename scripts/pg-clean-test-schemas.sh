@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Drops the throwaway schemas that PostgreSQL-backed tests and benchmarks create
-# (t_<uuid>, cli_<uuid>, cli_dlq_<uuid>, e2e_<uuid>, qry_<uuid>, bench_<uuid>, ...), so a
+# (t_<uuid>, cli_<uuid>, cli_dlq_<uuid>, e2e_<uuid>, qry_<uuid>, tproj_<uuid>, bench_<uuid>, ...), so a
 # machine that runs CI again and again does not accumulate thousands of them. Only names
 # ending in a 32-hex-digit UUID are touched. Idempotent; a no-op when psql or the server is missing.
 #
@@ -15,7 +15,7 @@ fi
 
 # One DROP per statement (each its own transaction): dropping thousands of schemas in one
 # transaction runs out of lock slots.
-pattern='^(t|cli|cli_dlq|cli_sg|cli_pj|e2e|saga|ful|proj|qry|bench|bench_raw|bench_bus|bench_bus_raw|bench_saga|bench_saga_raw)_[0-9a-f]{32}$'
+pattern='^(t|cli|cli_dlq|cli_sg|cli_pj|e2e|saga|ful|proj|tproj|qry|bench|bench_raw|bench_bus|bench_bus_raw|bench_saga|bench_saga_raw)_[0-9a-f]{32}$'
 if ! schemas=$(psql -X -At "$url" -c "SELECT nspname FROM pg_namespace WHERE nspname ~ '$pattern'"); then
   echo "pg-clean-test-schemas: cannot reach the server; nothing dropped"
   exit 0

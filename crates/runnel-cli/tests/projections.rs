@@ -547,3 +547,95 @@ fn projections_commands_work_against_postgres() {
         .await
     });
 }
+
+/// Shipments by order, from a bus topic.
+struct Shipments;
+
+impl runnel::projection::TopicProjection for Shipments {
+    fn name(&self) -> &str {
+        "shipments"
+    }
+    fn tables(&self) -> Vec<String> {
+        vec!["shipments".into()]
+    }
+    fn schema(&self, _: Dialect) -> Vec<String> {
+        vec!["CREATE TABLE {shipments} (order_id TEXT PRIMARY KEY)".into()]
+    }
+    fn topic(&self) -> runnel::core::TopicName {
+        runnel::core::TopicName::new("shipping.ShipmentCreated").unwrap()
+    }
+    fn apply(
+        &self,
+        message: &runnel::core::Message,
+        out: &mut Writes,
+    ) -> Result<(), ProjectionError> {
+        out.execute(
+            "INSERT INTO {shipments} (order_id) VALUES ($1)",
+            vec![message.id.clone().into()],
+        );
+        Ok(())
+    }
+}
+
+#[test]
+fn projections_show_a_topic_projection_without_position_and_refuse_to_rebuild_it() {
+    let s = Scratch::new();
+    let svc = Service::new(&s);
+    let projections = svc.projections();
+    svc.rt.block_on(async {
+        let generation = runnel::projection::register_topic_projection(&Shipments, &*projections)
+            .await
+            .unwrap();
+        for id in ["m-1", "m-2"] {
+            let outcome = projections
+                .commit_message(runnel::core::projection::MessageCommit {
+                    name: "shipments".into(),
+                    version: generation,
+                    message_id: id.into(),
+                    statements: vec![runnel::core::projection::Statement {
+                        sql: "INSERT INTO {shipments} (order_id) VALUES ($1)".into(),
+                        params: vec![id.into()],
+                    }],
+                    outbox: vec![],
+                    inbox_keep: 10,
+                })
+                .await
+                .unwrap();
+            assert_eq!(outcome, runnel::core::projection::MessageOutcome::Committed);
+        }
+    });
+    let list = run_json(&s, &["projections", "list"]);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["topic"], "shipping.ShipmentCreated");
+    let status = run_json(&s, &["projections", "status", "shipments", "--sample", "0"]);
+    assert_eq!(status[0]["topic"], "shipping.ShipmentCreated");
+    assert_eq!(status[0]["events_applied"], 2);
+    assert_eq!(
+        (&status[0]["checkpoint"], &status[0]["lag_events"]),
+        (&0.into(), &0.into())
+    );
+    let out = s
+        .runnel()
+        .args(["projections", "status", "shipments", "--sample", "0"])
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains("topic shipping.ShipmentCreated")
+            && human.contains("lag n/a")
+            && human.contains("2 messages applied"),
+        "{human}"
+    );
+    for verb in ["rebuild", "pause", "skip", "retry"] {
+        let stderr = fails(&s, &["projections", verb, "shipments"], EXIT_WRONG_STATE);
+        assert!(
+            stderr.contains("shipping.ShipmentCreated"),
+            "{verb}: {stderr}"
+        );
+    }
+    let states = svc
+        .rt
+        .block_on(projections.states(Some("shipments")))
+        .unwrap();
+    assert_eq!(states.len(), 1, "no generation was created: {states:?}");
+}

@@ -19,6 +19,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::position::Position;
 
+pub mod topic;
+pub use topic::{
+    rebuild_refused, validate_message_commit, validate_topic_source, MessageCommit, MessageOutcome,
+    TopicSource, TOPIC_INBOX_KEEP_DEFAULT, TOPIC_INBOX_KEEP_MAX, TOPIC_MESSAGE_ID_LEN_MAX,
+    TOPIC_SOURCE_NAME_LEN_MAX,
+};
+
 /// Longest projection name or table name, in bytes (`[a-z0-9_]`, starting with a letter).
 pub const PROJECTION_NAME_LEN_MAX: usize = 48;
 /// Most tables one projection owns.
@@ -351,6 +358,26 @@ pub trait ProjectionStore: Send + Sync + 'static {
 
     /// Drops a retired version's tables and state.
     async fn drop_version(&self, name: &str, version: u32) -> Result<(), StoreError>;
+
+    // ---- projections fed from a bus topic (see `topic`) ----
+
+    /// Records that `source.name` reads a topic, not `$all` (before its first
+    /// [`register`](Self::register)): [`rebuild`](Self::rebuild) refuses it from then on.
+    /// Recording it again updates the topic and group. A name already registered as a
+    /// projection of `$all` is an [`StoreError::InvalidArgument`] and changes nothing.
+    async fn set_topic_source(&self, source: &TopicSource) -> Result<(), StoreError>;
+
+    /// The topic sources recorded (of `name`, or all), by name.
+    async fn topic_sources(&self, name: Option<&str>) -> Result<Vec<TopicSource>, StoreError>;
+
+    /// In one transaction: records `commit.message_id` in the projection's inbox (a
+    /// duplicate writes nothing: [`MessageOutcome::Duplicate`]), runs the statements on
+    /// generation `commit.version`'s tables, adds the outbox messages, counts one event
+    /// applied on the generation, and deletes the ids beyond the newest
+    /// `commit.inbox_keep`. A failing statement, or a retired generation
+    /// ([`MessageOutcome::Retired`]), writes nothing. An unknown generation is an
+    /// [`StoreError::InvalidArgument`].
+    async fn commit_message(&self, commit: MessageCommit) -> Result<MessageOutcome, StoreError>;
 }
 
 /// A projection applied inside the transaction of the append that records its events, so

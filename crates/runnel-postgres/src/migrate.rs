@@ -52,10 +52,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "projection_generations",
         include_str!("migrations/0011_projection_generations.sql"),
     ),
+    (
+        12,
+        "projection_topics",
+        include_str!("migrations/0012_projection_topics.sql"),
+    ),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 11;
+pub const SCHEMA_VERSION: i32 = 12;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {

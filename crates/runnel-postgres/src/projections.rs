@@ -15,8 +15,9 @@ use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::outbox::validate_enqueue;
 use runnel_core::projection::{
     cut_error, resolve_tables, validate_identifier, validate_spec, versioned_table, Batch,
-    BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, RebuildStarted,
-    SqlValue, VersionRole, VersionSpec, BATCH_STATEMENTS_MAX,
+    BatchOutcome, Dialect, MessageCommit, MessageOutcome, ProjectionState, ProjectionStatus,
+    ProjectionStore, RebuildStarted, SqlValue, TopicSource, VersionRole, VersionSpec,
+    BATCH_STATEMENTS_MAX,
 };
 use runnel_core::projection::{InlineProjection, Statement};
 use runnel_core::{Clock, Position, RecordedEvent, StoreError, SystemClock};
@@ -32,6 +33,8 @@ use sqlx::{
 use crate::error_map::map_sqlx;
 use crate::outbox::{insert_rows, outbox_names};
 use crate::store::{lock_key, PostgresStore};
+
+mod topic;
 
 /// Projection state and read models in a [`PostgresStore`]'s schema (its tables are
 /// created by the store's migrations). Cheap to clone; clones share the store's pool.
@@ -627,6 +630,9 @@ impl ProjectionStore for PostgresProjectionStore {
         let names = &*self.names;
         let mut tx = self.store.pool().begin().await.map_err(map_sqlx)?;
         self.lock(&mut tx, name).await?;
+        if let Some(source) = self.source_in(&mut tx, name).await? {
+            return Err(runnel_core::projection::rebuild_refused(&source));
+        }
         let building: Option<(i64, Option<i64>)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT version, code_version FROM {} WHERE name = $1 AND role = 'building'",
             names.versions
@@ -967,6 +973,18 @@ impl ProjectionStore for PostgresProjectionStore {
                 Ok(())
             }
         }
+    }
+
+    async fn set_topic_source(&self, source: &TopicSource) -> Result<(), StoreError> {
+        self.set_topic_source_impl(source).await
+    }
+
+    async fn topic_sources(&self, name: Option<&str>) -> Result<Vec<TopicSource>, StoreError> {
+        self.topic_sources_impl(name).await
+    }
+
+    async fn commit_message(&self, commit: MessageCommit) -> Result<MessageOutcome, StoreError> {
+        self.commit_message_impl(commit).await
     }
 }
 

@@ -14,8 +14,8 @@ use common::SchemaGuard;
 use runnel_core::async_trait;
 use runnel_core::outbox::OutboxStore;
 use runnel_core::projection::{
-    Batch, BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore,
-    RebuildStarted, SqlValue, Statement, VersionRole, VersionSpec,
+    Batch, BatchOutcome, Dialect, MessageCommit, MessageOutcome, ProjectionState, ProjectionStatus,
+    ProjectionStore, RebuildStarted, SqlValue, Statement, TopicSource, VersionRole, VersionSpec,
 };
 use runnel_core::{Message, Position, StoreError, TopicName};
 use runnel_postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -176,6 +176,15 @@ impl ProjectionStore for SchemaProjections {
     }
     async fn drop_version(&self, name: &str, version: u32) -> Result<(), StoreError> {
         self.projections.drop_version(name, version).await
+    }
+    async fn set_topic_source(&self, source: &TopicSource) -> Result<(), StoreError> {
+        self.projections.set_topic_source(source).await
+    }
+    async fn topic_sources(&self, name: Option<&str>) -> Result<Vec<TopicSource>, StoreError> {
+        self.projections.topic_sources(name).await
+    }
+    async fn commit_message(&self, commit: MessageCommit) -> Result<MessageOutcome, StoreError> {
+        self.projections.commit_message(commit).await
     }
 }
 

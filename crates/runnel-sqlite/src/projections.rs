@@ -12,14 +12,17 @@ use runnel_core::async_trait;
 use runnel_core::projection::InlineProjection;
 use runnel_core::projection::{
     cut_error, resolve_tables, validate_identifier, validate_spec, versioned_table, Batch,
-    BatchOutcome, Dialect, ProjectionState, ProjectionStatus, ProjectionStore, RebuildStarted,
-    SqlValue, VersionRole, VersionSpec, BATCH_STATEMENTS_MAX,
+    BatchOutcome, Dialect, MessageCommit, MessageOutcome, ProjectionState, ProjectionStatus,
+    ProjectionStore, RebuildStarted, SqlValue, TopicSource, VersionRole, VersionSpec,
+    BATCH_STATEMENTS_MAX,
 };
 use runnel_core::{NewEvent, Position, RecordedEvent, StoreError, StreamName};
 
 use crate::error_map::map_sqlite;
 use crate::rows::{micros_to_time, time_to_micros};
 use crate::store::{keep_all, SqliteStore};
+
+mod topic;
 
 /// Projection state in the store's file. Cheap to clone.
 #[derive(Clone)]
@@ -370,6 +373,9 @@ impl ProjectionStore for SqliteProjectionStore {
         let name = name.to_string();
         self.store
             .submit(0, keep_all, move |conn, ctx| {
+                if let Some(source) = topic::source_of(conn, &name)? {
+                    return Err(runnel_core::projection::rebuild_refused(&source));
+                }
                 let building: Option<(u32, u32)> = conn
                     .prepare_cached(
                         "SELECT version, code_version FROM projection_versions \
@@ -678,6 +684,18 @@ impl ProjectionStore for SqliteProjectionStore {
                 }
             })
             .await
+    }
+
+    async fn set_topic_source(&self, source: &TopicSource) -> Result<(), StoreError> {
+        self.set_topic_source_impl(source).await
+    }
+
+    async fn topic_sources(&self, name: Option<&str>) -> Result<Vec<TopicSource>, StoreError> {
+        self.topic_sources_impl(name).await
+    }
+
+    async fn commit_message(&self, commit: MessageCommit) -> Result<MessageOutcome, StoreError> {
+        self.commit_message_impl(commit).await
     }
 }
 

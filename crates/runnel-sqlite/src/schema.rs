@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// Every migration in order: (version, name, SQL). Each runs once, in one transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "projection_generations",
         include_str!("migrations/0009_projection_generations.sql"),
+    ),
+    (
+        10,
+        "projection_topics",
+        include_str!("migrations/0010_projection_topics.sql"),
     ),
 ];
 

@@ -37,6 +37,9 @@ use runnel_core::{Message, Position, StoreError, TopicName};
 use crate::conformance::CHECK_DEADLINE;
 use crate::harness::{expect_err, Must};
 
+mod topic;
+pub use topic::*;
+
 /// The projection most checks register.
 pub const NAME: &str = "conformance";
 /// The table most checks write (`{items}`: `id TEXT PRIMARY KEY, n BIGINT NOT NULL`).
@@ -209,6 +212,13 @@ macro_rules! __projection_store_checks {
             states_list_every_version_and_partition_in_order,
             partitions_are_claimed_and_committed_independently,
             bad_input_is_refused_and_changes_nothing,
+            a_topic_message_commits_once_and_its_duplicate_writes_nothing,
+            a_failing_topic_statement_writes_nothing_and_records_no_id,
+            the_topic_inbox_keeps_only_its_newest_ids,
+            a_topic_projection_is_never_rebuilt,
+            topic_sources_are_recorded_once_per_name,
+            a_message_for_a_retired_generation_writes_nothing,
+            racing_deliveries_of_one_message_commit_once,
         }
     };
 }

@@ -188,6 +188,8 @@ struct ListLine<'a> {
     lag_seconds: f64,
     rebuilding: Option<Rebuilding>,
     last_error: Option<&'a str>,
+    /// The topic a topic projection reads (no checkpoint, no lag against `$all`).
+    topic: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -233,18 +235,23 @@ async fn list(
                 status: b.status,
             }),
             last_error: current.and_then(|c| c.last_error.as_deref()),
+            topic: current.and_then(|c| c.topic.as_deref()),
         };
         printer.value(&line, || {
-            let mut text = format!(
-                "{name:<32} {:<10} {:<8} checkpoint {:>10}  lag {} events / {:.1}s",
-                line.version
-                    .map(|v| format!("gen {v}"))
-                    .unwrap_or_else(|| "-".into()),
-                line.status,
-                line.checkpoint,
-                line.lag_events,
-                line.lag_seconds
-            );
+            let generation = line
+                .version
+                .map(|v| format!("gen {v}"))
+                .unwrap_or_else(|| "-".into());
+            let mut text = match line.topic {
+                Some(topic) => format!(
+                    "{name:<32} {generation:<10} {:<8} topic {topic}  checkpoint n/a  lag n/a",
+                    line.status,
+                ),
+                None => format!(
+                    "{name:<32} {generation:<10} {:<8} checkpoint {:>10}  lag {} events / {:.1}s",
+                    line.status, line.checkpoint, line.lag_events, line.lag_seconds
+                ),
+            };
             if let Some(b) = &line.rebuilding {
                 text.push_str(&format!(
                     "  rebuilding: gen {} at {} ({})",
@@ -318,16 +325,23 @@ async fn status(
 }
 
 fn human_status(g: &GenerationStatus, rate: Option<f64>) -> String {
+    let position = match &g.topic {
+        Some(topic) => format!(
+            "topic {topic}  checkpoint n/a  lag n/a  {} messages applied",
+            g.events_applied
+        ),
+        None => format!(
+            "checkpoint {:>10}  lag {} events / {:.1}s",
+            g.checkpoint, g.lag_events, g.lag_seconds
+        ),
+    };
     let mut text = format!(
-        "{:<32} gen {:<4} (code v{}) {:<8} {:<8} checkpoint {:>10}  lag {} events / {:.1}s",
+        "{:<32} gen {:<4} (code v{}) {:<8} {:<8} {position}",
         g.name,
         g.version,
         g.code_version,
         g.role.as_str(),
         g.status.as_str(),
-        g.checkpoint,
-        g.lag_events,
-        g.lag_seconds
     );
     if let Some(rate) = rate {
         text.push_str(&format!("  {rate:.0} events/s"));

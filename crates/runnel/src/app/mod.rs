@@ -45,6 +45,7 @@
 mod restart;
 mod shutdown;
 mod supervisor;
+mod topic_projection;
 
 use std::future::Future;
 use std::sync::Arc;

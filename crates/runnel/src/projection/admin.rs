@@ -65,6 +65,9 @@ pub struct GenerationStatus {
     pub leased_by: Vec<String>,
     /// When a partition last changed.
     pub updated_at: DateTime<Utc>,
+    /// The topic a topic projection reads (`None`: it reads `$all`). A topic projection has
+    /// no checkpoint (0) and no lag against `$all` (0 here, `n/a` in the CLI).
+    pub topic: Option<String>,
 }
 
 /// Every generation of `name` (or of every projection), by name and generation, with lag
@@ -82,9 +85,16 @@ pub async fn status(
     }
     let head = events.head_position().await?;
     let now = Utc::now();
+    let topics: std::collections::HashMap<String, String> = store
+        .topic_sources(name)
+        .await?
+        .into_iter()
+        .map(|s| (s.name, s.topic))
+        .collect();
     let mut out: Vec<GenerationStatus> = Vec::new();
     for group in states.chunk_by(|a, b| a.name == b.name && a.version == b.version) {
         let first = &group[0];
+        let topic = topics.get(&first.name).cloned();
         let checkpoint = group.iter().map(|s| s.checkpoint).min().unwrap_or_default();
         let status = if group.iter().any(|s| s.status == ProjectionStatus::Faulted) {
             ProjectionStatus::Faulted
@@ -93,7 +103,7 @@ pub async fn status(
         } else {
             ProjectionStatus::Running
         };
-        let live = first.role != VersionRole::Retired;
+        let live = first.role != VersionRole::Retired && topic.is_none();
         let lag_events = if live {
             head.get().saturating_sub(checkpoint.get())
         } else {
@@ -136,6 +146,7 @@ pub async fn status(
             last_error: faulted.and_then(|s| s.last_error.clone()),
             leased_by,
             updated_at: group.iter().map(|s| s.updated_at).max().unwrap_or(now),
+            topic,
         });
     }
     Ok(out)
@@ -148,10 +159,26 @@ async fn live(store: &dyn ProjectionStore, name: &str) -> Result<Vec<ProjectionS
     if states.is_empty() {
         return Err(AdminError::Unknown(name.to_string()));
     }
+    if let Some(source) = store.topic_sources(Some(name)).await?.into_iter().next() {
+        return Err(topic_refusal(&source));
+    }
     Ok(states
         .into_iter()
         .filter(|s| s.role != VersionRole::Retired)
         .collect())
+}
+
+/// Why an action on positions (pause, resume, retry, skip, rebuild) does not apply to a
+/// projection that reads a topic.
+fn topic_refusal(source: &runnel_core::projection::TopicSource) -> AdminError {
+    AdminError::WrongState {
+        name: source.name.clone(),
+        state: format!("reading topic {} (group {})", source.topic, source.group),
+        hint: "a topic projection has no position to pause at, retry or skip, and a topic \
+               cannot be replayed to rebuild it: its failing messages are retried, then \
+               dead-lettered (`runnel dead-letters`); stop its service to stop it"
+            .into(),
+    }
 }
 
 fn describe(states: &[ProjectionState]) -> String {
@@ -334,6 +361,9 @@ pub async fn rebuild(
     runnel_core::projection::validate_identifier("projection name", name)?;
     if store.states(Some(name)).await?.is_empty() {
         return Err(AdminError::Unknown(name.to_string()));
+    }
+    if let Some(source) = store.topic_sources(Some(name)).await?.into_iter().next() {
+        return Err(topic_refusal(&source));
     }
     let started = store.rebuild(name).await?;
     if !started.created {

@@ -19,6 +19,9 @@
 //!   `runnel_projection_lag_seconds`, and [`lag`].
 //! * **Read your writes**: [`wait_for_position`] waits until a projection has applied
 //!   everything up to a command's position, or fails with a typed timeout.
+//! * **From a bus topic**: a [`TopicProjection`] reads a topic through the consumer router
+//!   instead of `$all`, exactly once through a per-projection inbox committed with its
+//!   rows (`App::topic_projection`; see [`TopicProjectionInbox`]).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -66,11 +69,16 @@
 
 pub mod admin;
 mod runner;
+pub mod topic;
 
 pub use runner::{
     lag, wait_for_position, Lag, OnFailure, ProjectionRunner, RunnerOptions, WaitError,
     BATCH_EVENTS_DEFAULT, BATCH_TIME_DEFAULT, METRIC_APPLIED, METRIC_LAG_EVENTS,
     METRIC_LAG_SECONDS, METRIC_PARKED,
+};
+pub use topic::{
+    register_topic_projection, topic_consumer, StatementFailed, TopicProjection,
+    TopicProjectionHandler, TopicProjectionInbox, TopicProjectionOptions, METRIC_TOPIC_DUPLICATES,
 };
 
 use std::sync::Arc;

@@ -146,9 +146,16 @@ impl ProjectionRunner {
         &self.projection
     }
 
-    /// Registers the projection's version (its tables and state rows); idempotent.
+    /// Registers the projection's version (its tables and state rows); idempotent. A name
+    /// that a topic projection uses is refused.
     pub async fn register(&self) -> Result<VersionRole, StoreError> {
         let p = &self.projection;
+        if let Some(source) = self.store.topic_sources(Some(p.name())).await?.first() {
+            return Err(StoreError::InvalidArgument(format!(
+                "projection {} reads topic {}; a projection of $all needs a name of its own",
+                source.name, source.topic
+            )));
+        }
         self.store
             .register(&VersionSpec {
                 name: p.name().to_string(),
@@ -645,6 +652,9 @@ pub enum WaitError {
     /// No such projection was registered within the timeout.
     #[error("no projection named {0}")]
     Unknown(String),
+    /// The projection reads a bus topic, which has no position of `$all` to wait for.
+    #[error("projection {name} reads topic {topic}: it has no position of $all to wait for")]
+    ReadsTopic { name: String, topic: String },
     /// The projection is paused or faulted: it will not get there on its own.
     #[error("projection {name} is {status}; it will not reach position {wanted} until resumed")]
     Stopped {
@@ -688,6 +698,12 @@ pub async fn wait_for_position(
             .unwrap_or(Position::START);
         if reached >= position {
             return Ok(());
+        }
+        if let Some(source) = store.topic_sources(Some(name)).await?.into_iter().next() {
+            return Err(WaitError::ReadsTopic {
+                name: source.name,
+                topic: source.topic,
+            });
         }
         if let Some(stopped) = states
             .iter()
