@@ -335,7 +335,7 @@ fn bench_projection_memory_quick_reports_rss_at_each_checkpoint() {
     assert!(text.contains("| SQLite | 1,000 | 500 |"), "{text}");
     assert!(text.contains("| SQLite | 3,000 | 500 |"), "{text}");
     assert!(
-        text.contains("SQLite: peak RSS rebuilding 3,000 events"),
+        text.contains("SQLite: the rebuild of 3,000 events raised RSS by"),
         "{text}"
     );
     assert_no_leftovers(dir.path());

@@ -48,10 +48,9 @@ impl SideRun {
         self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// Wall time per batch of `batch` events.
-    pub fn per_batch(&self, batch: usize) -> Duration {
-        self.elapsed
-            .mul_f64(batch as f64 / self.events.max(1) as f64)
+    /// Mean wall time of one of `rebuilds` rebuilds.
+    pub fn per_rebuild(&self, rebuilds: u32) -> Duration {
+        self.elapsed / rebuilds.max(1)
     }
 
     /// This run and another of the same side, as one.

@@ -32,6 +32,11 @@ pub struct Point {
     pub runnel: SideRun,
     /// The loop's rebuild of the same history (none with `--runnel-only`).
     pub baseline: Option<SideRun>,
+    /// RSS just before Runnel's rebuild (what the appends before it left).
+    pub rss_before: Option<u64>,
+    /// Anonymous RSS (heap, stacks) just before the rebuild and at its end.
+    pub anon_before: Option<u64>,
+    pub anon_after: Option<u64>,
     /// RSS after Runnel's rebuild, once settled.
     pub rss_after: Option<u64>,
     /// Bytes SQLite's allocator holds after the rebuild (on SQLite).
@@ -46,10 +51,21 @@ impl Point {
             "runnel_seconds": self.runnel.elapsed.as_secs_f64(),
             "runnel_events_per_second": self.runnel.per_second(),
             "baseline_events_per_second": self.baseline.as_ref().map(SideRun::per_second),
+            "rss_before_bytes": self.rss_before,
             "peak_rss_bytes": self.runnel.peak_rss_bytes,
+            "rebuild_growth_bytes": self.growth(),
+            "anon_rss_before_bytes": self.anon_before,
+            "anon_rss_after_bytes": self.anon_after,
             "rss_after_bytes": self.rss_after,
             "sqlite_heap_bytes": self.sqlite_heap,
         })
+    }
+}
+
+impl Point {
+    /// How far the rebuild raised the resident set above where it started.
+    pub fn growth(&self) -> Option<u64> {
+        Some(self.runnel.peak_rss_bytes?.saturating_sub(self.rss_before?))
     }
 }
 
@@ -90,6 +106,8 @@ pub async fn run(
         backend.warm_up().await?;
         let expected = Totals::expected(to, s.memory_streams);
         let name = format!("bench_memory_{}", i + 1);
+        tokio::time::sleep(SETTLE).await;
+        let (rss_before, anon_before) = (rss::rss_bytes(), rss::anon_rss_bytes());
         let runnel = backend
             .runnel_rebuild(
                 &name,
@@ -102,6 +120,7 @@ pub async fn run(
             )
             .await?;
         backend.check(&name, expected, "Runnel").await?;
+        let anon_after = rss::anon_rss_bytes();
         tokio::time::sleep(SETTLE).await;
         let rss_after = rss::rss_bytes();
         let sqlite_heap = backend
@@ -130,6 +149,9 @@ pub async fn run(
             rows: expected.rows as u64,
             runnel,
             baseline,
+            rss_before,
+            anon_before,
+            anon_after,
             rss_after,
             sqlite_heap,
         });
@@ -137,11 +159,11 @@ pub async fn run(
     Ok(points)
 }
 
-/// Whether the peak RSS of the last rebuild exceeds the first's by more than the noise
-/// allowance (`None` when RSS is not readable here).
+/// Whether the last rebuild raised the resident set further than the first did, beyond
+/// the noise allowance (`None` when RSS is not readable here).
 pub fn grew(points: &[Point]) -> Option<bool> {
-    let first = points.first()?.runnel.peak_rss_bytes?;
-    let last = points.last()?.runnel.peak_rss_bytes?;
+    let first = points.first()?.growth()?;
+    let last = points.last()?.growth()?;
     Some(exceeds(first, last))
 }
 
@@ -152,26 +174,34 @@ fn exceeds(first: u64, last: u64) -> bool {
     last > first + allowance
 }
 
-/// The verdict line: the last rebuild's peak RSS against the first's.
+/// The verdict line: how far the last rebuild raised the resident set against the first,
+/// and the peaks themselves.
 pub fn verdict(store: &str, points: &[Point]) -> String {
     let (Some(first), Some(last)) = (points.first(), points.last()) else {
         return format!("{store}: no checkpoint");
     };
-    let (Some(a), Some(b)) = (first.runnel.peak_rss_bytes, last.runnel.peak_rss_bytes) else {
+    let (Some(a), Some(b), Some(peak_a), Some(peak_b)) = (
+        first.growth(),
+        last.growth(),
+        first.runnel.peak_rss_bytes,
+        last.runnel.peak_rss_bytes,
+    ) else {
         return format!("{store}: the resident set is not readable here (no /proc/self/status)");
     };
-    let change = (b as f64 - a as f64) / a.max(1) as f64 * 100.0;
     let verdict = if exceeds(a, b) {
-        format!("grew ({change:+.1}%) ❌")
+        "grew with the history ❌"
     } else {
-        format!("flat ({change:+.1}%, within 10% or 4 MiB) ✅")
+        "flat (within 10% or 4 MiB) ✅"
     };
     format!(
-        "{store}: peak RSS rebuilding {} events {} vs {} rebuilding {}: {verdict}",
+        "{store}: the rebuild of {} events raised RSS by {} (peak {}), the rebuild of {} by {} \
+         (peak {}): {verdict}",
         group_digits(last.events as f64),
         rss::mib(b),
-        rss::mib(a),
+        rss::mib(peak_b),
         group_digits(first.events as f64),
+        rss::mib(a),
+        rss::mib(peak_a),
     )
 }
 

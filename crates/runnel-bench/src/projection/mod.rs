@@ -228,8 +228,13 @@ fn command_line(run: &Run<'_>) -> String {
     command
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{s:.1} s")
+    }
 }
 
 fn peak(run: &SideRun) -> String {
@@ -241,9 +246,10 @@ fn sides_text(s: &Settings) -> String {
     format!(
         "Runnel: a ProjectionRunner (`run`, as an application runs it; batch_events {b}) of a \
          projection whose `apply` decodes the event's JSON and describes one upsert \
-         (`INSERT … ON CONFLICT (stream) DO UPDATE`); each batch claims the lease, reads a \
-         page of `$all` (EventStore::read_all, category filter) and commits the upserts with \
-         the checkpoint in one transaction.\n\
+         (`INSERT … ON CONFLICT (stream) DO UPDATE`); each batch reads a page of `$all` \
+         (EventStore::read_all, category filter) and commits the upserts with the \
+         checkpoint in one transaction, which checks and renews the lease (claimed before \
+         the first batch).\n\
          Baseline: a hand-written loop on its own connection to the same database: SELECT a \
          page of {b} events (position, stream name, payload) straight from the store's \
          `events` and `streams` tables, decode the same JSON, run the same upsert per event \
@@ -328,7 +334,7 @@ async fn throughput_bench(run: &Run<'_>) -> anyhow::Result<()> {
     }
     out.push('\n');
     out.push_str(&command_line(run));
-    out.push_str("\n\n| store | scenario | Runnel events/s | baseline events/s | ratio | target | Runnel / baseline per batch | peak RSS Runnel / baseline |\n");
+    out.push_str("\n\n| store | scenario | Runnel events/s | baseline events/s | ratio | target | time per rebuild Runnel / baseline | peak RSS Runnel / baseline |\n");
     out.push_str("|---|---|---:|---:|---:|---|---:|---:|\n");
     for t in &results {
         out.push_str(&throughput_row(t, s));
@@ -360,7 +366,7 @@ fn throughput_row(t: &Throughput, s: &Settings) -> String {
             "| {} | {scenario} | {} | – | – | – | {} / – | {} / – |",
             t.store,
             rate(t.runnel.per_second(), "/s"),
-            ms(t.runnel.per_batch(s.batch)),
+            secs(t.runnel.per_rebuild(ROUNDS)),
             peak(&t.runnel),
         );
     };
@@ -377,8 +383,8 @@ fn throughput_row(t: &Throughput, s: &Settings) -> String {
         rate(t.runnel.per_second(), "/s"),
         rate(t.baseline.per_second(), "/s"),
         ratio(r),
-        ms(t.runnel.per_batch(s.batch)),
-        ms(t.baseline.per_batch(s.batch)),
+        secs(t.runnel.per_rebuild(ROUNDS)),
+        secs(t.baseline.per_rebuild(ROUNDS)),
         peak(&t.runnel),
         peak(&t.baseline),
     )
@@ -480,9 +486,10 @@ async fn memory_bench(run: &Run<'_>) -> anyhow::Result<()> {
     let mut out = String::new();
     out.push_str(&format!(
         "Projection memory: events are appended over {} streams up to each checkpoint, then a \
-         fresh projection rebuilds from the start of `$all` (batch_events {}); peak RSS is \
-         the peak during that rebuild, RSS is read after it, {} ms idle; the loop rebuilds \
-         the same history after it\n",
+         fresh projection rebuilds from the start of `$all` (batch_events {}); RSS is read \
+         before the rebuild (what this process kept from appending the history), its peak \
+         during the rebuild, and RSS after it, {} ms idle; the loop rebuilds the same \
+         history after it. The verdict compares how far each rebuild raised RSS\n",
         group_digits(s.memory_streams as f64),
         s.batch,
         memory::SETTLE.as_millis()
@@ -500,8 +507,8 @@ async fn memory_bench(run: &Run<'_>) -> anyhow::Result<()> {
     }
     out.push('\n');
     out.push_str(&command_line(run));
-    out.push_str("\n\n| store | events in `$all` | read-model rows | Runnel rebuild | Runnel events/s | loop events/s | ratio | peak RSS during the rebuild | RSS after | SQLite heap |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("\n\n| store | events in `$all` | read-model rows | Runnel rebuild | Runnel events/s | loop events/s | ratio | RSS before → peak during the rebuild | anonymous RSS before → after | RSS after | SQLite heap |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let opt = |b: Option<u64>| b.map_or("–".to_string(), rss::mib);
     for (store, points) in &results {
         for p in points {
@@ -513,12 +520,15 @@ async fn memory_bench(run: &Run<'_>) -> anyhow::Result<()> {
                 _ => ("–".into(), "–".into()),
             };
             out.push_str(&format!(
-                "| {store} | {} | {} | {:.1} s | {} | {baseline} | {r} | {} | {} | {} |\n",
+                "| {store} | {} | {} | {:.1} s | {} | {baseline} | {r} | {} → {} | {} → {} | {} | {} |\n",
                 group_digits(p.events as f64),
                 group_digits(p.rows as f64),
                 p.runnel.elapsed.as_secs_f64(),
                 rate(p.runnel.per_second(), "/s"),
+                opt(p.rss_before),
                 opt(p.runnel.peak_rss_bytes),
+                opt(p.anon_before),
+                opt(p.anon_after),
                 opt(p.rss_after),
                 opt(p.sqlite_heap),
             ));
