@@ -16,11 +16,12 @@ Examples:
   runnel-bench bus --seconds 6
   runnel-bench outbox --store postgres://postgres@127.0.0.1/postgres
   runnel-bench saga --store postgres://postgres@127.0.0.1/postgres
+  runnel-bench projection --store postgres://postgres@127.0.0.1/postgres
   runnel-bench store --quick
 ";
 
 /// Runnel's benchmarks: the event store, the embedded bus and consumer router, the outbox
-/// relay and sagas, each beside its raw baseline.
+/// relay, sagas and projections, each beside its raw baseline.
 #[derive(Debug, Parser)]
 #[command(
     name = "runnel-bench",
@@ -39,9 +40,9 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH", hide = true)]
     pub db: Option<PathBuf>,
 
-    /// Ignored: the tables are markdown. Accepted because `runnel --json bench …` forwards
-    /// it.
-    #[arg(long, global = true, hide = true)]
+    /// JSON instead of the markdown table (bench projection; the other benchmarks print
+    /// markdown either way). Also forwarded by `runnel --json bench …`.
+    #[arg(long, global = true)]
     pub json: bool,
 
     #[command(subcommand)]
@@ -66,6 +67,80 @@ pub enum Command {
     /// instances pile up
     #[command(after_help = BENCH_SAGA_AFTER_HELP)]
     Saga(BenchSagaArgs),
+    /// Events per second a projection upserting one row per event applies while it
+    /// rebuilds, beside a hand-written loop doing the same work; with --memory, RSS while
+    /// rebuilding 100k and 1M events
+    #[command(after_help = BENCH_PROJECTION_AFTER_HELP)]
+    Projection(BenchProjectionArgs),
+}
+
+const BENCH_PROJECTION_AFTER_HELP: &str = "\
+The scenario: --events events (type Posted, a small JSON payload with an amount) appended
+round robin over --streams streams of category Acct, then rebuilt from the start of $all
+into a read model of one row per stream (events, summed amount, last position), upserted
+by each event: INSERT ... ON CONFLICT (stream) DO UPDATE.
+
+Runnel: a ProjectionRunner running as an application runs it (`run`), batch_events =
+--batch; timed from the start of `run` until its checkpoint reaches the head. Each batch
+claims the lease, reads a page of $all (EventStore::read_all with a category filter),
+calls `apply` per event (decode the JSON, describe the upsert) and commits the upserts and
+the checkpoint in one transaction.
+
+Baseline: a hand-written loop doing the same work on its own connection to the same
+database, at the same durability: SELECT a page of --batch events (position, stream name,
+payload) straight from the store's events and streams tables, decode the same JSON, run the
+same upsert per event (one prepared statement), UPDATE its checkpoint row, COMMIT — one
+transaction per page.
+  - SQLite: rusqlite on the store's file (WAL, synchronous=FULL, as the store opens it)
+  - PostgreSQL (with --store postgres://...): one sqlx connection in the store's schema,
+    synchronous_commit=on; the schema is fresh and dropped at the end
+Target: Runnel >= 0.8x the loop. Each side rebuilds 3 times into fresh tables, the sides
+taking turns at going first; every table is checked against the expected rows and sums.
+Peak RSS is measured per side.
+
+--memory instead: appends over --memory-streams streams up to 100,000 events and rebuilds
+(Runnel, then the loop), then up to --memory-events and rebuilds again; the peak RSS of the
+last rebuild must not exceed the first's (the read model has the same rows at both, only
+the history grows). On SQLite, then PostgreSQL with --store.
+
+Examples:
+  cargo run --release -p runnel-bench -- projection
+  runnel-bench projection --store postgres://postgres@127.0.0.1:5432/postgres
+  runnel-bench projection --events 1000000 --streams 100000      # the 1M / 100k rebuild
+  runnel-bench projection --memory                               # RSS at 100k and 1M events
+  runnel-bench projection --memory --store postgres://127.0.0.1/postgres --json
+  runnel-bench projection --quick";
+
+#[derive(Debug, Args)]
+pub struct BenchProjectionArgs {
+    /// Directory for the temporary database file (same disk as what you want measured)
+    /// [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Events in $all, each rebuild applies them all
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub events: u64,
+    /// Streams the events are spread over (rows of the read model)
+    #[arg(long, value_name = "M", default_value_t = 10_000)]
+    pub streams: u64,
+    /// Events per transaction: Runnel's batch_events and the loop's page
+    #[arg(long, value_name = "B", default_value_t = runnel::projection::BATCH_EVENTS_DEFAULT)]
+    pub batch: usize,
+    /// Runnel's side only, no baseline (to profile it, e.g. under `perf record`)
+    #[arg(long)]
+    pub runnel_only: bool,
+    /// Measure memory instead: RSS rebuilding 100,000 events and rebuilding --memory-events
+    #[arg(long)]
+    pub memory: bool,
+    /// Events in $all at the end of the --memory run
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub memory_events: u64,
+    /// Streams of the --memory run (rows of its read model)
+    #[arg(long, value_name = "M", default_value_t = 100_000)]
+    pub memory_streams: u64,
+    /// Tiny counts: checks that every scenario runs, measures nothing
+    #[arg(long)]
+    pub quick: bool,
 }
 
 const BENCH_SAGA_AFTER_HELP: &str = "\

@@ -6,6 +6,7 @@
 //! cargo run --release -p runnel-bench -- bus            # the embedded bus and the router
 //! cargo run --release -p runnel-bench -- outbox         # the outbox relay
 //! cargo run --release -p runnel-bench -- saga           # sagas (--memory: RSS over 1M)
+//! cargo run --release -p runnel-bench -- projection     # projections (--memory: 1M rebuild)
 //! runnel-bench bus --store postgres://postgres@127.0.0.1/postgres   # + PostgreSQL
 //! ```
 //!
@@ -21,6 +22,7 @@ mod machine;
 mod outbox;
 mod output;
 mod progress;
+mod projection;
 mod report;
 mod rss;
 mod saga;
@@ -107,6 +109,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             saga::bench(args, postgres).await
+        }
+        Command::Projection(args) => {
+            // As for sagas: SQLite always, on a fresh file under --dir; PostgreSQL with a
+            // postgres:// --store.
+            let postgres = match store {
+                Some(StoreUrl::Postgres(url)) => Some(url),
+                Some(_) => {
+                    eprintln!(
+                        "note: bench projection measures a fresh SQLite file under --dir; --store is ignored"
+                    );
+                    None
+                }
+                None => None,
+            };
+            projection::bench(args, postgres, cli.json).await
         }
     }
 }

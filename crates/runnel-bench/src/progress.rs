@@ -1,5 +1,5 @@
-//! Spinners on stderr while a scenario runs. indicatif hides them when stderr is not a
-//! terminal, so scripted runs and tests see only the final output.
+//! Spinners and progress bars on stderr while a scenario runs. indicatif hides them when
+//! stderr is not a terminal, so scripted runs and tests see only the final output.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +41,50 @@ impl CountSpinner {
     }
 
     /// Removes the spinner.
+    pub fn finish(self) {
+        self.updater.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+/// A progress bar with a known total: `seeding  [=====>    ] 412,000/1,000,000 events
+/// 81,234/s ETA 7s`.
+pub struct CountBar {
+    bar: ProgressBar,
+    updater: tokio::task::JoinHandle<()>,
+}
+
+impl CountBar {
+    /// Starts a bar labelled `label` that shows `count` of `total` (in `unit`s).
+    pub fn start(
+        label: impl Into<String>,
+        unit: &'static str,
+        total: u64,
+        count: Arc<AtomicU64>,
+    ) -> Self {
+        let template = format!(
+            "{{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} {{per_sec}} ETA {{eta}}"
+        );
+        let bar = ProgressBar::new(total).with_style(
+            ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(label.into());
+        let updater = {
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TICK);
+                loop {
+                    tick.tick().await;
+                    bar.set_position(count.load(Ordering::Relaxed));
+                }
+            })
+        };
+        CountBar { bar, updater }
+    }
+
+    /// Removes the bar.
     pub fn finish(self) {
         self.updater.abort();
         self.bar.finish_and_clear();

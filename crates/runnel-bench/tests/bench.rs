@@ -50,6 +50,7 @@ fn every_command_has_help_with_an_example() {
         &["bus", "--help"],
         &["outbox", "--help"],
         &["saga", "--help"],
+        &["projection", "--help"],
     ] {
         let out = bench(dir.path()).args(command).output().unwrap();
         assert!(out.status.success(), "{command:?}");
@@ -270,6 +271,94 @@ fn bench_saga_quick_on_postgres_adds_its_row_and_drops_its_schemas() {
     );
     assert!(
         text.contains("PostgreSQL, Runnel's store calls per instance"),
+        "{text}"
+    );
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_projection_quick_prints_runnel_beside_the_hand_written_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["projection", "--quick", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    for needle in [
+        "| store | scenario | Runnel events/s | baseline events/s | ratio | target |",
+        "| SQLite | upsert 1 row per event, 500 events per transaction |",
+        "≥ 0.8×",
+        "Baseline: a hand-written loop",
+        "SQLite: write transactions Runnel",
+        "Load average",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(!text.contains("NaN"), "{text}");
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_projection_json_is_one_document_with_the_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["projection", "--quick", "--json", "--batch", "100", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.get_output().stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["bench"], "projection");
+    assert_eq!(doc["batch"], 100);
+    let sqlite = &doc["results"][0];
+    assert_eq!(sqlite["store"], "SQLite");
+    assert_eq!(
+        sqlite["runnel"]["events"], 6_000,
+        "3 rebuilds of 2,000 events"
+    );
+    assert_eq!(sqlite["baseline"]["events"], 6_000);
+    assert!(sqlite["ratio"].as_f64().unwrap() > 0.0, "{doc}");
+    assert_eq!(sqlite["target"], 0.8);
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_projection_memory_quick_reports_rss_at_each_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["projection", "--memory", "--quick", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains("| SQLite | 1,000 | 500 |"), "{text}");
+    assert!(text.contains("| SQLite | 3,000 | 500 |"), "{text}");
+    assert!(
+        text.contains("SQLite: the rebuild of 3,000 events raised RSS by"),
+        "{text}"
+    );
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_projection_quick_on_postgres_adds_its_row() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["projection", "--quick", "--store", &url, "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        text.contains("| PostgreSQL | upsert 1 row per event, 500 events per transaction |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("PostgreSQL: write transactions Runnel"),
         "{text}"
     );
     assert_no_leftovers(dir.path());

@@ -38,6 +38,8 @@ use raw_sqlite::{Batching, RawSqlite};
 use runtime::{verify_completed, Driver};
 use workload::{SideRun, STEPS, TRANSITIONS_PER_INSTANCE};
 
+pub(crate) use memory::sqlite_heap_bytes;
+
 /// Every side runs in this many rounds, the sides taking turns at going first, so a
 /// change in the disk's speed or a neighbour's load during the run hits them alike.
 const ROUNDS: u64 = 3;
@@ -407,7 +409,7 @@ fn disk_line(dir: &Path, fsync_before: f64, fsync_after: f64) -> String {
     )
 }
 
-async fn postgres_version(url: &str) -> anyhow::Result<(String, u64)> {
+pub(crate) async fn postgres_version(url: &str) -> anyhow::Result<(String, u64)> {
     let mut conn = PgConnection::connect(url)
         .await
         .context("connect to PostgreSQL")?;
@@ -432,12 +434,12 @@ fn postgres_options(url: &str, schema: &str, clients: usize) -> anyhow::Result<P
 
 /// A suffix that makes this run's schema names unique: the random tail of a UUIDv7 (the
 /// store refuses schema names over 40 characters).
-fn schema_suffix() -> String {
+pub(crate) fn schema_suffix() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
     id[id.len() - 12..].to_string()
 }
 
-async fn drop_schemas(url: &str, schemas: &[&str]) -> anyhow::Result<()> {
+pub(crate) async fn drop_schemas(url: &str, schemas: &[&str]) -> anyhow::Result<()> {
     let mut conn = PgConnection::connect(url).await?;
     for schema in schemas {
         sqlx::raw_sql(AssertSqlSafe(format!(

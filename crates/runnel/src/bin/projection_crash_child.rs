@@ -1,12 +1,14 @@
 //! The projection runner that `tests/projection_kill.rs` kills with SIGKILL mid-batch and
-//! restarts.
+//! restarts, on SQLite and on PostgreSQL.
 //!
-//! Usage: `runnel-projection-crash-child <db> <batch-events>`
+//! Usage: `runnel-projection-crash-child <store> <batch-events>`
 //!
-//! It runs the projection `stream_counts` (one row per stream counting its events, and one
-//! row per applied position in `applied`, whose primary key makes a second application of
-//! an event fail) over the SQLite file `<db>` until it has applied everything up to the
-//! head, then prints `done` and exits 0. The test checks the read model.
+//! `<store>` is a store URL (`sqlite:PATH`, or `postgres://…?schema=…` for the test's own
+//! schema) or a bare SQLite file path. It runs the projection `stream_counts` (one row per
+//! stream counting its events, and one row per applied position in `applied`, whose
+//! primary key makes a second application of an event fail) until it has applied
+//! everything up to the head, then prints `done` and exits 0. The test checks the read
+//! model.
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -14,12 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel::app::ShutdownTrigger;
-use runnel::core::projection::{Dialect, ProjectionStatus, ProjectionStore};
-use runnel::core::{EventFilter, EventStore, RecordedEvent};
+use runnel::connect::{open_stores, OpenMode, StoreUrl};
+use runnel::core::projection::{Dialect, ProjectionStatus};
+use runnel::core::{EventFilter, RecordedEvent};
 use runnel::projection::{Projection, ProjectionError, ProjectionRunner, RunnerOptions, Writes};
-use runnel::sqlite::{SqliteProjectionStore, SqliteStore};
 
-const USAGE: &str = "usage: runnel-projection-crash-child <db> <batch-events>";
+const USAGE: &str = "usage: runnel-projection-crash-child <store> <batch-events>";
 
 struct Counting;
 
@@ -75,16 +77,21 @@ fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, db, batch] = &args[..] else {
+    let [_, store, batch] = &args[..] else {
         return Err(USAGE.into());
     };
     let batch_events: usize = batch.parse().map_err(|_| USAGE)?;
-    let store = SqliteStore::open(db)?;
-    let projections = Arc::new(SqliteProjectionStore::new(store.clone()));
+    let url = if store.starts_with("sqlite:") || store.starts_with("postgres") {
+        StoreUrl::parse(store)?
+    } else {
+        StoreUrl::sqlite(store)
+    };
+    let stores = open_stores(&url, OpenMode::MustExist).await?;
+    let projections = Arc::clone(&stores.projections);
     let runner = Arc::new(ProjectionRunner::new(
         Arc::new(Counting),
-        projections.clone(),
-        Arc::new(store.clone()),
+        Arc::clone(&projections),
+        Arc::clone(&stores.events),
         RunnerOptions {
             batch_events,
             lease: Duration::from_secs(1),
@@ -97,7 +104,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
         let runner = Arc::clone(&runner);
         async move { runner.run(shutdown).await }
     });
-    let head = store.head_position().await?;
+    let head = stores.events.head_position().await?;
     loop {
         let states = projections.states(Some("stream_counts")).await?;
         if let Some(s) = states.first() {

@@ -106,6 +106,10 @@ pub struct ProjectionRunner {
     owner: String,
     /// Attempts of the event each (generation, partition) is failing on: (position, attempts).
     failing: Mutex<HashMap<(u32, u32), (Position, u32)>>,
+    /// Per (generation, partition), the state its last batch left and when that batch
+    /// committed, kept only while it is catching up; the next batch starts from it without
+    /// claiming the lease again (see [`ProjectionRunner::held_state`]).
+    held: Mutex<HashMap<(u32, u32), (ProjectionState, Instant)>>,
 }
 
 fn store_err(e: StoreError) -> ProjectionError {
@@ -132,6 +136,7 @@ impl ProjectionRunner {
             options,
             owner,
             failing: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -211,7 +216,7 @@ impl ProjectionRunner {
     pub async fn run(&self, shutdown: Shutdown) -> Result<(), ProjectionError> {
         self.register().await.map_err(store_err)?;
         let name = self.projection.name().to_string();
-        let mut held: Vec<(u32, u32)> = Vec::new();
+        let mut leased: Vec<(u32, u32)> = Vec::new();
         while !shutdown.is_requested() {
             let generations = match self.generations().await {
                 Ok(g) => g,
@@ -223,8 +228,8 @@ impl ProjectionRunner {
             let mut busy = false;
             for (generation, _, partitions) in &generations {
                 for partition in 0..*partitions {
-                    if !held.contains(&(*generation, partition)) {
-                        held.push((*generation, partition));
+                    if !leased.contains(&(*generation, partition)) {
+                        leased.push((*generation, partition));
                     }
                     match self.step(*generation, partition).await {
                         Ok(Step::Applied(_)) => busy = true,
@@ -258,7 +263,7 @@ impl ProjectionRunner {
                 }
             }
         }
-        for (generation, partition) in held {
+        for (generation, partition) in leased {
             let _ = self
                 .store
                 .release(&name, generation, partition, &self.owner)
@@ -301,24 +306,44 @@ impl ProjectionRunner {
         Ok(false)
     }
 
+    /// The state partition `partition` of generation `version`'s last batch left, if that batch ended behind the
+    /// head less than half a lease ago; taken, so only a batch that commits puts one back.
+    ///
+    /// While catching up, claiming before every batch would cost a write transaction (an
+    /// fsync on SQLite) per batch for nothing: the batch's commit checks the lease, the
+    /// checkpoint and the status, and renews the lease. What a claim would add is the
+    /// version's role, which cannot change meanwhile: a version becomes current only
+    /// once every partition's checkpoint has reached the head, and this one is behind the
+    /// head it saw and only this runner moves it. Caught up, or after anything but a
+    /// commit, the next batch claims again.
+    async fn held_state(&self, version: u32, partition: u32) -> Option<ProjectionState> {
+        let (state, committed_at) = self.held.lock().await.remove(&(version, partition))?;
+        (committed_at.elapsed() < self.options.lease / 2).then_some(state)
+    }
+
     /// One batch of one partition of one generation.
     async fn step(&self, version: u32, partition: u32) -> Result<Step, ProjectionError> {
         let p = &self.projection;
         let name = p.name().to_string();
-        let Some(state) = self
-            .store
-            .claim(
-                &name,
-                version,
-                partition,
-                &self.owner,
-                Utc::now(),
-                self.options.lease,
-            )
-            .await
-            .map_err(store_err)?
-        else {
-            return Ok(Step::Idle);
+        let held = self.held_state(version, partition).await;
+        let state = match held {
+            Some(state) => state,
+            None => match self
+                .store
+                .claim(
+                    &name,
+                    version,
+                    partition,
+                    &self.owner,
+                    Utc::now(),
+                    self.options.lease,
+                )
+                .await
+                .map_err(store_err)?
+            {
+                Some(state) => state,
+                None => return Ok(Step::Idle),
+            },
         };
         if state.status != ProjectionStatus::Running || state.role == VersionRole::Retired {
             self.failing.lock().await.remove(&(version, partition));
@@ -395,6 +420,15 @@ impl ProjectionRunner {
         {
             BatchOutcome::Committed => {
                 self.failing.lock().await.remove(&(version, partition));
+                if to < head {
+                    let mut next = state.clone();
+                    next.checkpoint = to;
+                    next.events_applied += count as u64;
+                    self.held
+                        .lock()
+                        .await
+                        .insert((version, partition), (next, Instant::now()));
+                }
                 metrics::counter!(METRIC_APPLIED, "projection" => name).increment(count as u64);
                 Ok(Step::Applied(count))
             }
