@@ -206,19 +206,7 @@ pub async fn pause(store: &dyn ProjectionStore, name: &str) -> Result<u64, Admin
             hint: "nothing is running to pause".into(),
         });
     }
-    let mut changed = 0;
-    for s in running {
-        changed += store
-            .set_status(
-                name,
-                s.version,
-                Some(s.partition),
-                ProjectionStatus::Paused,
-                None,
-            )
-            .await?;
-    }
-    Ok(changed)
+    set_each(store, name, running, ProjectionStatus::Paused).await
 }
 
 /// Resumes every paused partition of `name`'s live generations. Refused if none is paused
@@ -265,19 +253,7 @@ async fn set_from(
             hint: hint.to_string(),
         });
     }
-    let mut changed = 0;
-    for s in matching {
-        changed += store
-            .set_status(
-                name,
-                s.version,
-                Some(s.partition),
-                ProjectionStatus::Running,
-                None,
-            )
-            .await?;
-    }
-    Ok(changed)
+    set_each(store, name, matching, ProjectionStatus::Running).await
 }
 
 /// An event an operator skipped.
@@ -367,23 +343,11 @@ pub async fn rebuild(
     }
     let started = store.rebuild(name).await?;
     if !started.created {
-        let paused: Vec<ProjectionState> = store
-            .states(Some(name))
-            .await?
-            .into_iter()
-            .filter(|s| s.version == started.version && s.status == ProjectionStatus::Paused)
-            .collect();
-        for s in paused {
-            store
-                .set_status(
-                    name,
-                    s.version,
-                    Some(s.partition),
-                    ProjectionStatus::Running,
-                    None,
-                )
-                .await?;
-        }
+        let states = store.states(Some(name)).await?;
+        let paused = states
+            .iter()
+            .filter(|s| s.version == started.version && s.status == ProjectionStatus::Paused);
+        set_each(store, name, paused, ProjectionStatus::Running).await?;
     }
     Ok(started)
 }
@@ -450,20 +414,26 @@ pub async fn pause_rebuild(
     version: u32,
 ) -> Result<u64, AdminError> {
     let states = store.states(Some(name)).await?;
-    let mut changed = 0;
-    for s in states.iter().filter(|s| {
+    let building = states.iter().filter(|s| {
         s.version == version
             && s.role == VersionRole::Building
             && s.status == ProjectionStatus::Running
-    }) {
+    });
+    set_each(store, name, building, ProjectionStatus::Paused).await
+}
+
+/// Sets `status` (clearing any fault) on each of `states`' partitions; returns how many
+/// rows changed.
+async fn set_each<'a>(
+    store: &dyn ProjectionStore,
+    name: &str,
+    states: impl IntoIterator<Item = &'a ProjectionState>,
+    status: ProjectionStatus,
+) -> Result<u64, AdminError> {
+    let mut changed = 0;
+    for s in states {
         changed += store
-            .set_status(
-                name,
-                s.version,
-                Some(s.partition),
-                ProjectionStatus::Paused,
-                None,
-            )
+            .set_status(name, s.version, Some(s.partition), status, None)
             .await?;
     }
     Ok(changed)
