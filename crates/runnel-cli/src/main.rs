@@ -142,6 +142,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::projections::run(&*stores.projections, &*stores.events, printer, request)
                 .await
         }
+        Command::Serve(args) => {
+            // Flags and keys are checked before anything opens.
+            let prepared = commands::serve::prepare(&args)?;
+            let (stores, settings) =
+                open_configured(cli.store, cli.db, cli.bus, OpenMode::CreateIfMissing).await?;
+            let bus = open_bus(&settings.bus, &stores).await?;
+            commands::serve::serve(stores, bus, prepared).await
+        }
         Command::Dlq(command) => {
             // Draining may be the first thing a store receives; the rest read what is there.
             let mode = match command {
