@@ -12,6 +12,10 @@ pub const PAGE_LIMIT_DEFAULT: usize = 100;
 pub const PAGE_LIMIT_MAX: usize = 1000;
 /// Most live SSE subscriptions at once (each holds at most one page of events in memory).
 pub const SUBSCRIBERS_MAX_DEFAULT: usize = 1024;
+/// Events one SSE subscription reads from the store at a time, and so holds in memory at
+/// most (besides its socket's buffers). Small: with the store's 1 MiB payload limit a
+/// page is at most 64 MiB, and a subscriber of small events still catches up in few reads.
+pub const SUBSCRIPTION_PAGE_EVENTS_DEFAULT: usize = 64;
 /// Room in a request body for JSON syntax, ids and metadata beside the payload bytes the
 /// store counts against [`StoreLimits::max_append_bytes`].
 pub const BODY_OVERHEAD_BYTES: usize = 1024 * 1024;
@@ -27,6 +31,8 @@ pub struct HttpLimits {
     pub page_limit_max: usize,
     /// Most open SSE subscriptions (503 beyond).
     pub subscribers_max: usize,
+    /// Events an SSE subscription reads from the store at a time (its in-memory buffer).
+    pub subscription_page_events: usize,
 }
 
 impl HttpLimits {
@@ -38,6 +44,7 @@ impl HttpLimits {
             body_bytes_max: store.max_append_bytes.saturating_add(BODY_OVERHEAD_BYTES),
             page_limit_max: PAGE_LIMIT_MAX,
             subscribers_max: SUBSCRIBERS_MAX_DEFAULT,
+            subscription_page_events: SUBSCRIPTION_PAGE_EVENTS_DEFAULT,
         }
     }
 }

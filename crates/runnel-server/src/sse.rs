@@ -3,9 +3,9 @@
 //! Each subscription is the store's own catch-up-then-live subscription
 //! ([`EventStore::subscribe_all`](runnel_core::EventStore::subscribe_all)) driven by the
 //! client's connection: the server reads the next page from the store only when the
-//! connection has taken the previous events. So a client's buffer is bounded (one store
-//! page of [`SUBSCRIPTION_PAGE_EVENTS`](runnel_core::subscription::SUBSCRIPTION_PAGE_EVENTS)
-//! events plus the socket's send buffer), a stalled client costs the writers nothing (no
+//! connection has taken the previous events. So a client's buffer is bounded (one page of
+//! [`HttpLimits::subscription_page_events`](crate::HttpLimits) events plus the socket's
+//! send buffer), a stalled client costs the writers nothing (no
 //! writer ever waits for a subscriber, and no event is queued for it), and a client that
 //! falls behind simply keeps catching up by reads, in order, with no gap and no overflow
 //! event: there is nothing to overflow.
@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
 use futures_util::{Stream, StreamExt};
+use runnel_core::subscription::{subscribe_all_paged, subscribe_stream_paged};
 use runnel_core::{Position, RecordedEvent, StoreError};
 use serde::Deserialize;
 
@@ -130,11 +131,12 @@ pub async fn subscribe_all(
 ) -> Result<SseStream, Problem> {
     let filter = filter_of(q.category.as_deref(), q.event_type.as_deref())?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0);
-    let events = state
-        .inner
-        .events
-        .clone()
-        .subscribe_all(Position(after), filter);
+    let events = subscribe_all_paged(
+        state.inner.events.clone(),
+        Position(after),
+        filter,
+        state.inner.limits.subscription_page_events,
+    );
     sse(&state, events, |e| e.position.get())
 }
 
@@ -147,6 +149,11 @@ pub async fn subscribe_stream(
 ) -> Result<SseStream, Problem> {
     let stream = runnel_core::StreamName::new(&stream)?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0);
-    let events = state.inner.events.clone().subscribe_stream(stream, after);
+    let events = subscribe_stream_paged(
+        state.inner.events.clone(),
+        stream,
+        after,
+        state.inner.limits.subscription_page_events,
+    );
     sse(&state, events, |e| e.revision)
 }

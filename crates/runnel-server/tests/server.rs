@@ -500,6 +500,7 @@ async fn bad_input_is_a_problem_and_changes_nothing() {
         body_bytes_max: 4096,
         page_limit_max: 50,
         subscribers_max: 4,
+        subscription_page_events: 8,
     };
     let s = start(ApiKeys::none(), Some(limits)).await;
     let c = client();
