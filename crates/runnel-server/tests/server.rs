@@ -864,3 +864,147 @@ async fn shutdown_ends_live_subscriptions_cleanly() {
     );
     drop(stores);
 }
+
+/// The event store, counting the events `read_all` hands out (what subscriptions read).
+struct CountingStore {
+    inner: std::sync::Arc<dyn runnel_core::EventStore>,
+    read: std::sync::atomic::AtomicUsize,
+}
+
+#[runnel_core::async_trait]
+impl runnel_core::EventStore for CountingStore {
+    async fn append(
+        &self,
+        stream: &runnel_core::StreamName,
+        expected: runnel_core::ExpectedRevision,
+        events: Vec<runnel_core::NewEvent>,
+    ) -> Result<runnel_core::AppendResult, runnel_core::StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &runnel_core::StreamName,
+        options: runnel_core::store::ReadStream,
+    ) -> Result<Vec<runnel_core::RecordedEvent>, runnel_core::StoreError> {
+        self.inner.read_stream(stream, options).await
+    }
+    async fn read_all(
+        &self,
+        after: runnel_core::Position,
+        filter: &runnel_core::store::EventFilter,
+        limit: usize,
+    ) -> Result<Vec<runnel_core::RecordedEvent>, runnel_core::StoreError> {
+        let page = self.inner.read_all(after, filter, limit).await?;
+        self.read
+            .fetch_add(page.len(), std::sync::atomic::Ordering::SeqCst);
+        Ok(page)
+    }
+    async fn read_by_type(
+        &self,
+        event_type: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        after: runnel_core::Position,
+        limit: usize,
+    ) -> Result<Vec<runnel_core::RecordedEvent>, runnel_core::StoreError> {
+        self.inner
+            .read_by_type(event_type, since, after, limit)
+            .await
+    }
+    async fn stream_revision(
+        &self,
+        stream: &runnel_core::StreamName,
+    ) -> Result<Option<u64>, runnel_core::StoreError> {
+        self.inner.stream_revision(stream).await
+    }
+    async fn list_streams(
+        &self,
+        category: Option<&str>,
+        after: Option<&runnel_core::StreamName>,
+        limit: usize,
+    ) -> Result<Vec<runnel_core::store::StreamInfo>, runnel_core::StoreError> {
+        self.inner.list_streams(category, after, limit).await
+    }
+    async fn head_position(&self) -> Result<runnel_core::Position, runnel_core::StoreError> {
+        self.inner.head_position().await
+    }
+    async fn wait_for_events(
+        &self,
+        after: runnel_core::Position,
+        max_wait: Duration,
+    ) -> Result<(), runnel_core::StoreError> {
+        self.inner.wait_for_events(after, max_wait).await
+    }
+    fn limits(&self) -> &runnel_core::StoreLimits {
+        self.inner.limits()
+    }
+}
+
+/// The largest send buffer the kernel lets a socket grow to (the server's side of a
+/// stalled subscription can hold that much).
+fn send_buffer_max_bytes() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 * 1024 * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_holds_a_bounded_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = open_stores(
+        &StoreUrl::sqlite(dir.path().join("t.db")),
+        OpenMode::CreateIfMissing,
+    )
+    .await
+    .unwrap();
+    let counting = std::sync::Arc::new(CountingStore {
+        inner: stores.events.clone(),
+        read: Default::default(),
+    });
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::local()
+    };
+    let server = Server::bind(config, counting.clone(), shutdown)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let base = format!("http://{addr}");
+    let task = tokio::spawn(server.run());
+
+    // The subscriber's own receive buffer is pinned small, so what the server can push
+    // into the connection is its send buffer; the server's bound is that plus one page.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    tcp.write_all(b"GET /subscribe/all HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    let event_bytes = 32 * 1024;
+    let slack_bytes = 2 * 1024 * 1024; // the receive buffer, hyper's write buffer, framing
+    let bound = (send_buffer_max_bytes() + slack_bytes) / event_bytes
+        + runnel_server::limits::SUBSCRIPTION_PAGE_EVENTS_DEFAULT;
+    // Write at least twice the bound, so an unbounded backlog could not pass.
+    let rounds = (2 * bound).div_ceil(64).max(8);
+    let c = client();
+    writers(&c, &base, rounds, &"y".repeat(event_bytes)).await;
+    let total = 64 * rounds;
+    let read = counting.read.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("{total} events written; the stalled subscriber read {read} (bound {bound})");
+    assert!(
+        read <= bound,
+        "a stalled subscriber read {read} of {total} events, over its bound of {bound}"
+    );
+    trigger.fire();
+    drop(tcp);
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+}
