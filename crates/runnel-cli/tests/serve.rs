@@ -271,30 +271,39 @@ fn an_open_server_is_refused_on_a_public_address() {
 }
 
 #[test]
-fn keys_from_the_environment_guard_the_routes() {
+fn keys_from_the_environment_guard_the_routes_and_changes_are_audited() {
     let s = Scratch::new();
-    let secret = format!("{}", uuid::Uuid::now_v7().simple());
-    let hash = runnel_server::auth::hash_secret(&secret);
-    let keys = format!("reader:viewer:{hash}");
+    let reader = format!("{}", uuid::Uuid::now_v7().simple());
+    let writer = format!("{}", uuid::Uuid::now_v7().simple());
+    let keys = format!(
+        "reader:viewer:{},writer:operator:{}",
+        runnel_server::auth::hash_secret(&reader),
+        runnel_server::auth::hash_secret(&writer)
+    );
     let served = Served::start(
         &s,
         &["--db", s.db().to_str().unwrap()],
-        &[("RUNNEL_API_KEYS", &keys)],
+        &[
+            ("RUNNEL_API_KEYS", &keys),
+            ("RUST_LOG", "warn,runnel_server::audit=info"),
+        ],
     );
     runtime().block_on(async {
         let c = client();
         let all = format!("{}/all", served.base);
         assert_eq!(c.get(&all).send().await.unwrap().status(), 401);
-        let ok = c.get(&all).bearer_auth(&secret).send().await.unwrap();
+        let ok = c.get(&all).bearer_auth(&reader).send().await.unwrap();
         assert_eq!(ok.status(), 200);
-        let append = c
-            .post(format!("{}/streams/Order-1", served.base))
-            .bearer_auth(&secret)
-            .json(&json!([{ "type": "T", "data": {} }]))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(append.status(), 403, "a viewer cannot append");
+        let append = |key: String| {
+            c.post(format!("{}/streams/Order-1", served.base))
+                .bearer_auth(key)
+                .json(&json!([{ "type": "T", "data": {} }]))
+                .send()
+        };
+        let refused = append(reader.clone()).await.unwrap();
+        assert_eq!(refused.status(), 403, "a viewer cannot append");
+        let written = append(writer.clone()).await.unwrap();
+        assert_eq!(written.status(), 201, "an operator can");
         let health = c
             .get(format!("{}/healthz", served.base))
             .send()
@@ -304,6 +313,26 @@ fn keys_from_the_environment_guard_the_routes() {
     });
     let (status, stderr) = served.terminate();
     assert!(status.success(), "{status:?}: {stderr}");
+    let audit: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("runnel_server::audit"))
+        .collect();
+    assert!(
+        audit.iter().any(|l| l.contains("key=writer")
+            && l.contains("path=/streams/Order-1")
+            && l.contains("status=201")),
+        "the append is audited with the key's name: {stderr}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("key=reader") && l.contains("refused")),
+        "the refusal is audited: {stderr}"
+    );
+    assert!(
+        !stderr.contains(&writer) && !stderr.contains(&reader),
+        "a key leaked into the log"
+    );
 }
 
 #[test]

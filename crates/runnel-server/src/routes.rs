@@ -125,14 +125,15 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
         );
         return forbidden(&caller, required).into_response();
     }
-    let changes = req.method() != Method::GET;
+    // What was changed: the concrete path (the stream), not only the route.
+    let changed_path = (req.method() != Method::GET).then(|| req.uri().path().to_string());
     req.extensions_mut().insert(caller.clone());
     let response = next.run(req).await;
-    if changes {
+    if let Some(path) = changed_path {
         tracing::info!(
             target: "runnel_server::audit",
             key = %caller.name, role = %caller.role, method = %g.route.method,
-            route = g.route.path, status = response.status().as_u16(), "request"
+            route = g.route.path, path = %path, status = response.status().as_u16(), "request"
         );
     }
     response

@@ -1030,3 +1030,34 @@ async fn a_stalled_subscriber_holds_a_bounded_backlog() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_over_the_limit_are_refused_until_one_ends() {
+    let limits = HttpLimits {
+        subscribers_max: 1,
+        ..HttpLimits::for_store(&runnel_core::StoreLimits::default())
+    };
+    let s = start(ApiKeys::none(), Some(limits)).await;
+    let c = client();
+    let url = format!("{}/subscribe/all", s.base);
+    let first = SseReader::open(&c, &url, None).await;
+    let refused = c.get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    drop(first);
+    // The slot frees once the server sees the connection close.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let r = c.get(&url).send().await.unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < until, "the slot was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop().await;
+}
