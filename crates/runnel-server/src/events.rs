@@ -34,6 +34,9 @@ pub struct EventIn {
     pub id: Option<Uuid>,
     #[serde(default)]
     pub metadata: Option<Metadata>,
+    /// The version of the payload's schema (default 1), for upcasters on read.
+    #[serde(default)]
+    pub schema_version: Option<u32>,
 }
 
 /// The outcome of an append.
@@ -144,6 +147,9 @@ pub async fn append(
             }
             if let Some(metadata) = e.metadata {
                 event = event.with_metadata(metadata);
+            }
+            if let Some(version) = e.schema_version {
+                event = event.with_schema_version(version);
             }
             Ok(event)
         })

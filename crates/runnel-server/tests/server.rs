@@ -415,7 +415,7 @@ async fn retried_append_returns_the_original_result() {
     let s = start(ApiKeys::none(), None).await;
     let c = client();
     let id = uuid::Uuid::now_v7();
-    let batch = json!([{"type": "OrderPlaced", "data": {"n": 1}, "id": id, "metadata": {"correlation_id": "c-1"}}]);
+    let batch = json!([{"type": "OrderPlaced", "data": {"n": 1}, "id": id, "metadata": {"correlation_id": "c-1"}, "schema_version": 2}]);
     let first = append(&c, &s.base, "Order-7", "no-stream", batch.clone()).await;
     assert_eq!(first.0, StatusCode::CREATED);
     // Another event moves the stream on; the retry still answers what the first did.
@@ -441,6 +441,7 @@ async fn retried_append_returns_the_original_result() {
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["id"], id.to_string());
     assert_eq!(events[0]["metadata"]["correlation_id"], "c-1");
+    assert_eq!(events[0]["schema_version"], 2);
     s.stop().await;
 }
 
