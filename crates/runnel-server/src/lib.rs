@@ -8,9 +8,10 @@
 //! use runnel_server::{Server, ServerConfig};
 //!
 //! let (trigger, shutdown) = ShutdownTrigger::new();
-//! let server = Server::bind(ServerConfig::local(), events, shutdown).await?;
+//! let server = Server::bind(ServerConfig::local(), events).await?;
 //! println!("listening on http://{}", server.local_addr());
-//! let running = tokio::spawn(server.run());
+//! // Or, in an application: `app.task("http", server.into_task())`.
+//! let running = tokio::spawn(server.run(shutdown));
 //! // ... later:
 //! trigger.fire();
 //! running.await.expect("the server task")?;
@@ -32,5 +33,5 @@ pub use auth::{ApiKey, ApiKeys, Caller, KeysError, Role};
 pub use limits::HttpLimits;
 pub use problem::Problem;
 pub use routes::{router, Access, Route, ROUTES};
-pub use server::{Server, ServerConfig, ServerError, BIND_DEFAULT, HEARTBEAT_DEFAULT};
+pub use server::{Server, ServerConfig, ServerError, ServerTask, BIND_DEFAULT, HEARTBEAT_DEFAULT};
 pub use state::AppState;

@@ -1,10 +1,12 @@
 //! [`Server`]: binds, refuses an open server on a public address, serves until shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use runnel::app::Shutdown;
+use runnel::bus::BoxError;
 use runnel_core::EventStore;
 use tokio::net::TcpListener;
 
@@ -66,20 +68,27 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// A bound server, ready to [`run`](Server::run).
+/// A bound server, ready to [`run`](Server::run) (or to hand to an application with
+/// [`Server::into_task`]).
 pub struct Server {
     listener: TcpListener,
-    state: AppState,
     local_addr: SocketAddr,
+    events: Arc<dyn EventStore>,
+    keys: ApiKeys,
+    limits: HttpLimits,
+    heartbeat: Duration,
 }
 
+/// What [`Server::into_task`] returns: a task for
+/// [`App::task`](runnel::app::App::task).
+pub type ServerTask =
+    Box<dyn Fn(Shutdown) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync + 'static>;
+
 impl Server {
-    /// Checks the configuration and binds. `shutdown` ends the server and every live
-    /// subscription.
+    /// Checks the configuration and binds.
     pub async fn bind(
         config: ServerConfig,
         events: Arc<dyn EventStore>,
-        shutdown: Shutdown,
     ) -> Result<Server, ServerError> {
         if config.keys.is_empty() && !config.bind.ip().is_loopback() {
             return Err(ServerError::OpenPublicBind { bind: config.bind });
@@ -98,11 +107,13 @@ impl Server {
                     source,
                 })?;
         let local_addr = listener.local_addr()?;
-        let state = AppState::new(events, config.keys, limits, config.heartbeat, shutdown);
         Ok(Server {
             listener,
-            state,
             local_addr,
+            events,
+            keys: config.keys,
+            limits,
+            heartbeat: config.heartbeat,
         })
     }
 
@@ -111,14 +122,46 @@ impl Server {
         self.local_addr
     }
 
-    /// Serves until the shutdown signal fires, then stops accepting, ends every live
-    /// subscription and waits for in-flight requests to finish.
-    pub async fn run(self) -> Result<(), ServerError> {
-        let shutdown = self.state.inner.shutdown.clone();
-        let app = router(self.state);
-        axum::serve(self.listener, app)
+    /// Serves until `shutdown` fires, then stops accepting, ends every live subscription
+    /// and waits for in-flight requests to finish.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
+        let state = AppState::new(
+            self.events,
+            self.keys,
+            self.limits,
+            self.heartbeat,
+            shutdown.clone(),
+        );
+        axum::serve(self.listener, router(state))
             .with_graceful_shutdown(async move { shutdown.requested().await })
             .await?;
         Ok(())
+    }
+
+    /// This server as a task of an application ([`App::task`](runnel::app::App::task)):
+    /// the first start serves the socket bound here; a restart after a failure binds the
+    /// same address (the same port, also when it was chosen with port 0) again.
+    pub fn into_task(self) -> ServerTask {
+        let config = ServerConfig {
+            bind: self.local_addr,
+            keys: self.keys.clone(),
+            limits: Some(self.limits.clone()),
+            heartbeat: self.heartbeat,
+        };
+        let events = Arc::clone(&self.events);
+        let bound = Mutex::new(Some(self));
+        Box::new(move |shutdown| {
+            let first = bound.lock().ok().and_then(|mut b| b.take());
+            let config = config.clone();
+            let events = Arc::clone(&events);
+            Box::pin(async move {
+                let server = match first {
+                    Some(server) => server,
+                    None => Server::bind(config, events).await?,
+                };
+                server.run(shutdown).await?;
+                Ok(())
+            })
+        })
     }
 }

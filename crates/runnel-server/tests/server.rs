@@ -42,11 +42,9 @@ async fn start(keys: ApiKeys, limits: Option<HttpLimits>) -> TestServer {
         limits,
         heartbeat: Duration::from_millis(200),
     };
-    let server = Server::bind(config, stores.events.clone(), shutdown)
-        .await
-        .unwrap();
+    let server = Server::bind(config, stores.events.clone()).await.unwrap();
     let addr = server.local_addr();
-    let task = tokio::spawn(server.run());
+    let task = tokio::spawn(server.run(shutdown));
     TestServer {
         base: format!("http://{addr}"),
         addr,
@@ -329,25 +327,14 @@ async fn an_open_server_refuses_a_public_address() {
         bind: "0.0.0.0:0".parse().unwrap(),
         ..ServerConfig::local()
     };
-    let refused = Server::bind(
-        config.clone(),
-        stores.events.clone(),
-        runnel::app::Shutdown::never(),
-    )
-    .await;
+    let refused = Server::bind(config.clone(), stores.events.clone()).await;
     assert!(
         matches!(refused, Err(ServerError::OpenPublicBind { .. })),
         "an open server bound 0.0.0.0"
     );
     let (keys, _) = keys();
     let with_keys = ServerConfig { keys, ..config };
-    assert!(Server::bind(
-        with_keys,
-        stores.events.clone(),
-        runnel::app::Shutdown::never()
-    )
-    .await
-    .is_ok());
+    assert!(Server::bind(with_keys, stores.events.clone()).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -989,12 +976,10 @@ async fn a_stalled_subscriber_holds_a_bounded_backlog() {
         bind: "127.0.0.1:0".parse().unwrap(),
         ..ServerConfig::local()
     };
-    let server = Server::bind(config, counting.clone(), shutdown)
-        .await
-        .unwrap();
+    let server = Server::bind(config, counting.clone()).await.unwrap();
     let addr = server.local_addr();
     let base = format!("http://{addr}");
-    let task = tokio::spawn(server.run());
+    let task = tokio::spawn(server.run(shutdown));
 
     // The subscriber's own receive buffer is pinned small, so what the server can push
     // into the connection is its send buffer; the server's bound is that plus one page.
@@ -1061,4 +1046,45 @@ async fn subscriptions_over_the_limit_are_refused_until_one_ends() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_as_a_task_of_an_application() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = open_stores(
+        &StoreUrl::sqlite(dir.path().join("t.db")),
+        OpenMode::CreateIfMissing,
+    )
+    .await
+    .unwrap();
+    let bus = runnel::connect::open_bus(&runnel::connect::BusUrl::Embedded, &stores)
+        .await
+        .unwrap();
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::local()
+    };
+    let server = Server::bind(config, stores.events.clone()).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let mut app = runnel::app::App::with(stores, bus);
+    app.task("http", server.into_task());
+    let running = app.start().await.unwrap();
+    let c = client();
+    let (status, _) = append(
+        &c,
+        &base,
+        "Order-1",
+        "no-stream",
+        json!([{"type": "T", "data": {}}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut sub = SseReader::open(&c, &format!("{base}/subscribe/all"), None).await;
+    assert_eq!(sub.ids(1).await, [1]);
+    let report = running.shutdown(DEADLINE).await;
+    assert!(report.all_stopped_in_time(), "{report:?}");
+    assert!(
+        sub.next().await.is_none(),
+        "the subscription ended with the application"
+    );
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use runnel::app::ShutdownTrigger;
+use runnel::app::App;
 use runnel::connect::{Bus, Stores};
 use runnel_server::auth::{ENV_API_KEYS, ENV_API_KEYS_FILE};
 use runnel_server::{ApiKeys, Server, ServerConfig, ServerError};
@@ -57,14 +57,12 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     Ok(Prepared { config, grace })
 }
 
-/// Serves until SIGTERM or Ctrl-C, then drains for at most the grace period.
+/// Serves until SIGTERM or Ctrl-C, then drains for at most the grace period. The server
+/// is a task of an application runtime ([`App`]), as in any Runnel service: supervised,
+/// restarted after a failure, stopped on the signal.
 pub async fn serve(stores: Stores, bus: Bus, prepared: Prepared) -> anyhow::Result<()> {
-    // Listen for signals before binding: a SIGTERM sent as soon as the address is printed
-    // must stop the server gracefully, not kill it.
-    let signals = Signals::install()?;
-    let (trigger, shutdown) = ShutdownTrigger::new();
     let keys = prepared.config.keys.len();
-    let server = Server::bind(prepared.config, stores.events.clone(), shutdown)
+    let server = Server::bind(prepared.config, stores.events.clone())
         .await
         .map_err(|e| match e {
             ServerError::OpenPublicBind { .. } | ServerError::ZeroHeartbeat => {
@@ -73,79 +71,33 @@ pub async fn serve(stores: Stores, bus: Bus, prepared: Prepared) -> anyhow::Resu
             other => anyhow::Error::new(other),
         })?;
     let addr = server.local_addr();
-    tracing::info!(%addr, store = %stores.url(), bus = %bus.url(), keys, "serving");
+    let location = stores.location();
+    let bus_url = bus.url().to_string();
+    let mut app = App::with(stores, bus);
+    app.task("http", server.into_task());
+    // Signals are listened for from here on: the address is printed after, so a SIGTERM
+    // sent as soon as it is read stops the server gracefully instead of killing it.
+    let running = app.start().await?;
+    tracing::info!(%addr, store = %location, bus = %bus_url, keys, "serving");
     // The one line tests and scripts read the address from (the actual port for :0).
     println!(
-        "runnel serve: listening on http://{addr} (store {}, bus {}, {})",
-        stores.location(),
-        bus.url(),
+        "runnel serve: listening on http://{addr} (store {location}, bus {bus_url}, {})",
         if keys == 0 {
             "no API keys: open on loopback".to_string()
         } else {
             format!("{keys} API keys")
         }
     );
-    let mut running = tokio::spawn(server.run());
-    tokio::select! {
-        done = &mut running => return Ok(done??),
-        _ = signals.received() => {}
+    running.wait_for_signal().await;
+    let report = running.shutdown(prepared.grace).await;
+    if report.all_stopped_in_time() {
+        eprintln!("runnel serve: stopped");
+    } else {
+        tracing::warn!(
+            grace_ms = prepared.grace.as_millis() as u64,
+            "requests still running after the shutdown grace period; stopping anyway"
+        );
+        eprintln!("runnel serve: stopped (requests cut off after the grace period)");
     }
-    trigger.fire();
-    drain(running, prepared.grace).await
-}
-
-/// Waits for in-flight requests up to `grace`, then gives up on them.
-async fn drain(
-    running: tokio::task::JoinHandle<Result<(), ServerError>>,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    match tokio::time::timeout(grace, running).await {
-        Ok(done) => {
-            done??;
-            eprintln!("runnel serve: stopped");
-            Ok(())
-        }
-        Err(_) => {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "requests still running after the shutdown grace period; stopping anyway"
-            );
-            eprintln!("runnel serve: stopped (requests cut off after the grace period)");
-            Ok(())
-        }
-    }
-}
-
-/// SIGTERM and SIGINT, registered at once (so none is missed between registration and
-/// the first wait).
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> anyhow::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(Signals {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Signals {})
-    }
-
-    async fn received(mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.term.recv() => tracing::info!("SIGTERM received"),
-            _ = self.int.recv() => tracing::info!("Ctrl-C received"),
-        }
-        #[cfg(not(unix))]
-        runnel::app::wait_for_signal().await;
-    }
+    Ok(())
 }
