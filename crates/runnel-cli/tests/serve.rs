@@ -169,11 +169,83 @@ fn exactly_one_of_racing_appends_wins(base: &str, racers: usize) {
     });
 }
 
+/// A subscriber of `$all` open while 16 writers append gets every event once, in
+/// position order: what `GET /all` pages through afterwards.
+fn subscriber_sees_every_event_of_concurrent_writers(base: &str) {
+    runtime().block_on(async {
+        let c = client();
+        let before = all_positions(&c, base).await;
+        let mut sub = c.get(format!("{base}/subscribe/all")).send().await.unwrap();
+        assert_eq!(sub.status(), 200);
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let c = c.clone();
+                let url = format!("{base}/streams/Load-{w}");
+                tokio::spawn(async move {
+                    for i in 0..10 {
+                        let r = c
+                            .post(&url)
+                            .json(&json!([{ "type": "Loaded", "data": { "i": i } }]))
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), 201);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let expected = all_positions(&c, base).await;
+        assert_eq!(expected.len(), before.len() + 160);
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        while ids.len() < expected.len() {
+            let chunk = tokio::time::timeout(DEADLINE, sub.chunk())
+                .await
+                .expect("events before the deadline")
+                .unwrap()
+                .expect("the subscription stayed open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(i) = text.find("id: ") {
+                let rest = &text[i + 4..];
+                let Some(end) = rest.find('\n') else { break };
+                ids.push(rest[..end].trim().parse::<u64>().unwrap());
+                text = rest[end..].to_string();
+            }
+        }
+        assert_eq!(ids, expected, "every event once, in position order");
+    });
+}
+
+async fn all_positions(c: &reqwest::Client, base: &str) -> Vec<u64> {
+    let mut after = 0;
+    let mut out = Vec::new();
+    loop {
+        let page: Value = c
+            .get(format!("{base}/all?after={after}&limit=1000"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            return out;
+        }
+        out.extend(events.iter().map(|e| e["position"].as_u64().unwrap()));
+        after = page["next_after"].as_u64().unwrap();
+    }
+}
+
 #[test]
 fn concurrent_http_appends_exactly_one_wins() {
     let s = Scratch::new();
     let served = Served::start(&s, &["--db", s.db().to_str().unwrap()], &[]);
     exactly_one_of_racing_appends_wins(&served.base, 64);
+    subscriber_sees_every_event_of_concurrent_writers(&served.base);
     let (status, stderr) = served.terminate();
     assert!(status.success(), "{status:?}: {stderr}");
 }
@@ -206,6 +278,7 @@ fn concurrent_http_appends_exactly_one_wins_on_postgres() {
     let s = Scratch::new();
     let served = Served::start(&s, &[], &[("RUNNEL_STORE", &url)]);
     exactly_one_of_racing_appends_wins(&served.base, 64);
+    subscriber_sees_every_event_of_concurrent_writers(&served.base);
     let (status, stderr) = served.terminate();
     assert!(status.success(), "{status:?}: {stderr}");
 }
