@@ -341,6 +341,31 @@ fn an_open_server_is_refused_on_a_public_address() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("without API keys"), "{stderr}");
     assert!(!s.db().exists(), "nothing was opened");
+
+    // A keys file that cannot be read, or holds a bad entry, is refused the same way.
+    let missing = s.path().join("no-such-keys.toml");
+    let out = s
+        .runnel()
+        .args(["serve", "--api-keys", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-keys.toml"));
+    let bad = s.path().join("keys.toml");
+    std::fs::write(
+        &bad,
+        "[[key]]\nname = \"ci\"\nrole = \"root\"\nsha256 = \"00\"\n",
+    )
+    .unwrap();
+    let out = s
+        .runnel()
+        .args(["serve", "--api-keys", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("root"), "{stderr}");
+    assert!(!s.db().exists(), "nothing was opened");
 }
 
 #[test]
