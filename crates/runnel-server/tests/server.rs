@@ -879,6 +879,8 @@ async fn shutdown_ends_live_subscriptions_cleanly() {
 struct CountingStore {
     inner: std::sync::Arc<dyn runnel_core::EventStore>,
     read: std::sync::atomic::AtomicUsize,
+    /// While set, `read_all` fails as an unreachable store does.
+    fail_reads: std::sync::atomic::AtomicBool,
 }
 
 #[runnel_core::async_trait]
@@ -904,6 +906,11 @@ impl runnel_core::EventStore for CountingStore {
         filter: &runnel_core::store::EventFilter,
         limit: usize,
     ) -> Result<Vec<runnel_core::RecordedEvent>, runnel_core::StoreError> {
+        if self.fail_reads.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(runnel_core::StoreError::Unavailable(
+                "test: reads fail".into(),
+            ));
+        }
         let page = self.inner.read_all(after, filter, limit).await?;
         self.read
             .fetch_add(page.len(), std::sync::atomic::Ordering::SeqCst);
@@ -970,6 +977,7 @@ async fn a_stalled_subscriber_holds_a_bounded_backlog() {
     let counting = std::sync::Arc::new(CountingStore {
         inner: stores.events.clone(),
         read: Default::default(),
+        fail_reads: Default::default(),
     });
     let (trigger, shutdown) = ShutdownTrigger::new();
     let config = ServerConfig {
@@ -1087,4 +1095,75 @@ async fn serves_as_a_task_of_an_application() {
         sub.next().await.is_none(),
         "the subscription ended with the application"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_ends_a_subscription_with_an_error_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = open_stores(
+        &StoreUrl::sqlite(dir.path().join("t.db")),
+        OpenMode::CreateIfMissing,
+    )
+    .await
+    .unwrap();
+    let failing = std::sync::Arc::new(CountingStore {
+        inner: stores.events.clone(),
+        read: Default::default(),
+        fail_reads: Default::default(),
+    });
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::local()
+    };
+    let server = Server::bind(config, failing.clone()).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let task = tokio::spawn(server.run(shutdown));
+    let c = client();
+    append(
+        &c,
+        &base,
+        "Order-1",
+        "any",
+        json!([{"type": "T", "data": {}}]),
+    )
+    .await;
+    let mut sub = SseReader::open(&c, &format!("{base}/subscribe/all"), None).await;
+    assert_eq!(sub.ids(1).await, [1]);
+    failing
+        .fail_reads
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    append(
+        &c,
+        &base,
+        "Order-1",
+        "any",
+        json!([{"type": "T", "data": {}}]),
+    )
+    .await;
+    let error = sub.next().await.expect("an error event");
+    assert_eq!(error.event.as_deref(), Some("error"), "{error:?}");
+    assert_eq!(
+        error.id, None,
+        "an error carries no id: a client resumes from its last event"
+    );
+    let problem: Value = serde_json::from_str(&error.data).unwrap();
+    assert_eq!(problem["status"], 503, "{problem}");
+    assert!(
+        sub.next().await.is_none(),
+        "the subscription ended after the error"
+    );
+    // Once the store answers again, the client resumes after its last id with no gap.
+    failing
+        .fail_reads
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut again = SseReader::open(&c, &format!("{base}/subscribe/all"), Some("1")).await;
+    assert_eq!(again.ids(1).await, [2]);
+    trigger.fire();
+    drop(again);
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
