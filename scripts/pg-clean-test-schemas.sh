@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Drops the throwaway schemas that PostgreSQL-backed tests and benchmarks create
-# (t_<uuid>, cli_<uuid>, cli_dlq_<uuid>, e2e_<uuid>, qry_<uuid>, tproj_<uuid>, bench_<uuid>, ...), so a machine that
+# (t_<uuid>, cli_<uuid>, cli_dlq_<uuid>, e2e_<uuid>, qry_<uuid>, tproj_<uuid>, srv_<uuid>, bench_<uuid>, ...), so a machine that
 # runs CI again and again does not accumulate thousands of them. Only names ending in a
 # 32-hex-digit UUID are touched, or, for the saga and projection benchmarks' schemas (whose
 # prefixes leave room for 12 within the 40-character limit), in 12 hex digits. Idempotent;

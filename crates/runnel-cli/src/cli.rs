@@ -36,6 +36,7 @@ Examples:
   runnel dlq list --topic orders
   runnel sagas list --status compensation-failed
   runnel projections status
+  runnel serve --bind 127.0.0.1:7411
 ";
 
 /// Runnel: an event store, aggregates and messaging toolkit. This binary inspects and
@@ -105,6 +106,58 @@ pub enum Command {
     /// Projections (read models): list, status, rebuild, pause, resume, retry, skip, drop-old
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Serve the event store over HTTP: appends, reads, live SSE subscriptions, API keys
+    /// with roles (docs/server.md)
+    #[command(after_help = SERVE_AFTER_HELP)]
+    Serve(ServeArgs),
+}
+
+const SERVE_AFTER_HELP: &str = "\
+Serves the configured store (see `runnel --help` for how it is chosen; the embedded default
+is created if missing) until SIGTERM or Ctrl-C, then stops accepting, closes live
+subscriptions and lets in-flight requests finish (at most --shutdown-grace). The first line
+on stdout is `runnel serve: listening on http://ADDR ...` (the actual port with :0).
+
+Routes (each needs a key of at least the role shown, unless no key is configured):
+  GET  /healthz, /readyz                    public: alive; store reachable
+  POST /streams/{stream}                    operator: append a JSON array of events
+                                            (header Runnel-Expected-Revision: any,
+                                            no-stream, stream-exists or a revision)
+  GET  /streams/{stream}?from=&limit=&direction=forward|backward     viewer
+  GET  /streams?category=&after=&limit=     viewer
+  GET  /all?after=&limit=&category=&type=   viewer
+  GET  /subscribe/all, /subscribe/streams/{stream}   viewer: SSE, catch-up then live,
+                                            resumable with Last-Event-ID
+
+API keys (clients send `Authorization: Bearer KEY`): a TOML file of [[key]] entries with
+name, role (viewer, operator, admin) and sha256 (`printf %s \"$KEY\" | sha256sum`), from
+--api-keys or $RUNNEL_API_KEYS_FILE, and/or $RUNNEL_API_KEYS=name:role:sha256,...
+Without any key the server is open, and only a loopback --bind is accepted.
+
+Examples:
+  runnel serve
+  runnel --db app.db serve --bind 127.0.0.1:0
+  KEY=$(openssl rand -hex 32); echo \"$KEY\"
+  RUNNEL_API_KEYS=\"ci:operator:$(printf %s \"$KEY\" | sha256sum | cut -d' ' -f1)\" \\
+    runnel --store postgres://localhost/app serve --bind 0.0.0.0:7411
+  curl -X POST localhost:7411/streams/Order-1 -H 'Runnel-Expected-Revision: no-stream' \\
+    -H 'Content-Type: application/json' -d '[{\"type\":\"OrderPlaced\",\"data\":{\"total\":42}}]'
+  curl -N localhost:7411/subscribe/all";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; anything but loopback needs API keys
+    #[arg(long, default_value = runnel_server::BIND_DEFAULT, value_name = "ADDR")]
+    pub bind: String,
+    /// API keys file (TOML) [env: RUNNEL_API_KEYS_FILE]
+    #[arg(long, value_name = "PATH")]
+    pub api_keys: Option<PathBuf>,
+    /// Interval of SSE heartbeat comments
+    #[arg(long, default_value = "15s", value_name = "DURATION")]
+    pub heartbeat: String,
+    /// How long in-flight requests may finish after SIGTERM
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub shutdown_grace: String,
 }
 
 #[derive(Debug, Subcommand)]

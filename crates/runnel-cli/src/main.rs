@@ -65,8 +65,11 @@ fn init_tracing() {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(LOG_FILTER_DEFAULT));
     // A second initialisation can only fail in tests that call this twice; ignore it.
+    // Colours only on a terminal: logs piped to a file or a collector stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -141,6 +144,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (stores, _) = open_configured(cli.store, cli.db, None, OpenMode::MustExist).await?;
             commands::projections::run(&*stores.projections, &*stores.events, printer, request)
                 .await
+        }
+        Command::Serve(args) => {
+            // Flags and keys are checked before anything opens.
+            let prepared = commands::serve::prepare(&args)?;
+            let (stores, settings) =
+                open_configured(cli.store, cli.db, cli.bus, OpenMode::CreateIfMissing).await?;
+            let bus = open_bus(&settings.bus, &stores).await?;
+            commands::serve::serve(stores, bus, prepared).await
         }
         Command::Dlq(command) => {
             // Draining may be the first thing a store receives; the rest read what is there.

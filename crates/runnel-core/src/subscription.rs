@@ -26,6 +26,7 @@ pub const SUBSCRIPTION_WAIT_MAX: Duration = Duration::from_millis(500);
 
 struct AllState<S: ?Sized> {
     store: Arc<S>,
+    page_events: usize,
     filter: EventFilter,
     /// Everything matching up to and including `cursor` has been handed out.
     cursor: Position,
@@ -39,8 +40,21 @@ pub fn subscribe_all<S: EventStore + ?Sized>(
     after: Position,
     filter: EventFilter,
 ) -> EventStream {
+    subscribe_all_paged(store, after, filter, SUBSCRIPTION_PAGE_EVENTS)
+}
+
+/// [`subscribe_all`] reading at most `page_events` events per read (clamped to
+/// 1..=[`SUBSCRIPTION_PAGE_EVENTS`]): what the subscription holds in memory is at most one
+/// page, so a server with many subscribers of large events keeps each one's share small.
+pub fn subscribe_all_paged<S: EventStore + ?Sized>(
+    store: Arc<S>,
+    after: Position,
+    filter: EventFilter,
+    page_events: usize,
+) -> EventStream {
     let state = AllState {
         store,
+        page_events: page_events.clamp(1, SUBSCRIPTION_PAGE_EVENTS),
         filter,
         cursor: after,
         buffer: VecDeque::new(),
@@ -78,7 +92,7 @@ async fn fill_all<S: EventStore + ?Sized>(st: &mut AllState<S>) -> Result<(), St
     let head = st.store.head_position().await?;
     let page = st
         .store
-        .read_all(st.cursor, &st.filter, SUBSCRIPTION_PAGE_EVENTS)
+        .read_all(st.cursor, &st.filter, st.page_events)
         .await?;
     if page.is_empty() {
         if head > st.cursor {
@@ -95,6 +109,7 @@ async fn fill_all<S: EventStore + ?Sized>(st: &mut AllState<S>) -> Result<(), St
 
 struct StreamState<S: ?Sized> {
     store: Arc<S>,
+    page_events: usize,
     stream: StreamName,
     revision: u64,
     buffer: VecDeque<RecordedEvent>,
@@ -107,8 +122,20 @@ pub fn subscribe_stream<S: EventStore + ?Sized>(
     stream_name: StreamName,
     after_revision: u64,
 ) -> EventStream {
+    subscribe_stream_paged(store, stream_name, after_revision, SUBSCRIPTION_PAGE_EVENTS)
+}
+
+/// [`subscribe_stream`] reading at most `page_events` events per read (clamped to
+/// 1..=[`SUBSCRIPTION_PAGE_EVENTS`]).
+pub fn subscribe_stream_paged<S: EventStore + ?Sized>(
+    store: Arc<S>,
+    stream_name: StreamName,
+    after_revision: u64,
+    page_events: usize,
+) -> EventStream {
     let state = StreamState {
         store,
+        page_events: page_events.clamp(1, SUBSCRIPTION_PAGE_EVENTS),
         stream: stream_name,
         revision: after_revision,
         buffer: VecDeque::new(),
@@ -130,7 +157,7 @@ pub fn subscribe_stream<S: EventStore + ?Sized>(
                     .store
                     .read_stream(
                         &st.stream,
-                        ReadStream::forward(SUBSCRIPTION_PAGE_EVENTS).from(st.revision + 1),
+                        ReadStream::forward(st.page_events).from(st.revision + 1),
                     )
                     .await?;
                 if page.is_empty() {

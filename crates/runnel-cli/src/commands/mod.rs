@@ -8,4 +8,5 @@ pub mod outbox;
 pub mod projections;
 pub mod publish;
 pub mod sagas;
+pub mod serve;
 pub mod streams;

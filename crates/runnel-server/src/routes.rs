@@ -1,0 +1,217 @@
+//! Every route, with the permission it needs, in one table ([`ROUTES`]); the router is
+//! built from it, so a route cannot exist without declaring who may call it.
+//!
+//! Authorisation fails closed: a route's guard lets a request through only when the
+//! route is [`Access::Public`] or the caller's key has at least the route's role. With no
+//! key configured (an open server, loopback only) every caller is `anonymous` with the
+//! admin role. Every request that may change something (any method but GET) is logged at
+//! info on the `runnel_server::audit` target with the key's name, the route and the
+//! status.
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{self, MethodRouter};
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::auth::{forbidden, unauthorized, Caller, Role};
+use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
+use crate::state::AppState;
+use crate::{events, health, sse};
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a key (liveness and readiness probes only).
+    Public,
+    /// A key with at least this role.
+    Role(Role),
+}
+
+/// One route: method, path (axum syntax), who may call it, and its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    /// One line for documentation (and, later, the OpenAPI summary).
+    pub summary: &'static str,
+    handler: fn() -> MethodRouter<AppState>,
+}
+
+/// Every route of the server.
+pub static ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/healthz",
+        access: Access::Public,
+        summary: "The process is alive",
+        handler: || routing::get(health::healthz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/readyz",
+        access: Access::Public,
+        summary: "The store is reachable",
+        handler: || routing::get(health::readyz),
+    },
+    Route {
+        method: Method::POST,
+        path: "/streams/{stream}",
+        access: Access::Role(Role::Operator),
+        summary: "Append events to a stream (Runnel-Expected-Revision)",
+        handler: || routing::post(events::append),
+    },
+    Route {
+        method: Method::GET,
+        path: "/streams/{stream}",
+        access: Access::Role(Role::Viewer),
+        summary: "Read a stream forward or backward, one page",
+        handler: || routing::get(events::read_stream),
+    },
+    Route {
+        method: Method::GET,
+        path: "/streams",
+        access: Access::Role(Role::Viewer),
+        summary: "List streams, optionally of one category",
+        handler: || routing::get(events::list_streams),
+    },
+    Route {
+        method: Method::GET,
+        path: "/all",
+        access: Access::Role(Role::Viewer),
+        summary: "Read $all after a position, optionally filtered",
+        handler: || routing::get(events::read_all),
+    },
+    Route {
+        method: Method::GET,
+        path: "/subscribe/all",
+        access: Access::Role(Role::Viewer),
+        summary: "Subscribe to $all over SSE: catch-up then live",
+        handler: || routing::get(sse::subscribe_all),
+    },
+    Route {
+        method: Method::GET,
+        path: "/subscribe/streams/{stream}",
+        access: Access::Role(Role::Viewer),
+        summary: "Subscribe to one stream over SSE: catch-up then live",
+        handler: || routing::get(sse::subscribe_stream),
+    },
+];
+
+#[derive(Clone)]
+struct Guard {
+    state: AppState,
+    route: &'static Route,
+}
+
+async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
+    let required = match g.route.access {
+        Access::Public => return next.run(req).await,
+        Access::Role(role) => role,
+    };
+    let caller = match g.state.inner.keys.caller(req.headers()) {
+        Ok(Some(caller)) => caller,
+        Ok(None) if g.state.inner.keys.is_empty() => Caller::anonymous(),
+        Ok(None) => return challenge(unauthorized("no API key was sent")),
+        Err(problem) => return challenge(problem),
+    };
+    if caller.role < required {
+        tracing::info!(
+            target: "runnel_server::audit",
+            key = %caller.name, role = %caller.role, method = %g.route.method,
+            route = g.route.path, "refused: role too low"
+        );
+        return forbidden(&caller, required).into_response();
+    }
+    // What was changed: the concrete path (the stream), not only the route.
+    let changed_path = (req.method() != Method::GET).then(|| req.uri().path().to_string());
+    req.extensions_mut().insert(caller.clone());
+    let response = next.run(req).await;
+    if let Some(path) = changed_path {
+        tracing::info!(
+            target: "runnel_server::audit",
+            key = %caller.name, role = %caller.role, method = %g.route.method,
+            route = g.route.path, path = %path, status = response.status().as_u16(), "request"
+        );
+    }
+    response
+}
+
+fn challenge(problem: Problem) -> Response {
+    let mut response = problem.into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found(
+        "no-such-route",
+        "no route matches this path; see docs/server.md",
+    )
+}
+
+/// A bare 413 from the body limit (sent before any handler ran) becomes a problem too.
+async fn problem_bodies(req: Request, next: Next) -> Response {
+    let limit_hint = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map(|l| l.0)
+        .unwrap_or_default();
+    let response = next.run(req).await;
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_CONTENT_TYPE.as_bytes());
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE if !is_problem => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "The request body is over the limit",
+            format!("request bodies are limited to {limit_hint} bytes; split the append"),
+        )
+        .with("limit_bytes", limit_hint as u64)
+        .into_response(),
+        StatusCode::METHOD_NOT_ALLOWED if !is_problem => Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this path does not take this method; see docs/server.md",
+        )
+        .into_response(),
+        _ => response,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+/// The router: every route of [`ROUTES`] behind its guard, a problem for unknown paths,
+/// and the body limit.
+pub fn router(state: AppState) -> Router {
+    let body_bytes_max = state.inner.limits.body_bytes_max;
+    let mut router = Router::new();
+    for route in ROUTES {
+        let guarded = (route.handler)().route_layer(middleware::from_fn_with_state(
+            Guard {
+                state: state.clone(),
+                route,
+            },
+            guard,
+        ));
+        router = router.route(route.path, guarded);
+    }
+    // Layers run outside in: the problem rewrite sees what the body limit answers.
+    router
+        .fallback(not_found)
+        // axum's own default (2 MiB) would refuse appends the store accepts; the tower-http
+        // layer below is the one limit.
+        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(RequestBodyLimitLayer::new(body_bytes_max))
+        .layer(middleware::from_fn(problem_bodies))
+        .layer(axum::Extension(BodyLimit(body_bytes_max)))
+        .with_state(state)
+}

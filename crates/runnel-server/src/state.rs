@@ -1,0 +1,49 @@
+//! What every handler shares: the store, the keys, the limits, the shutdown signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runnel::app::Shutdown;
+use runnel_core::EventStore;
+use tokio::sync::Semaphore;
+
+use crate::auth::ApiKeys;
+use crate::limits::HttpLimits;
+
+/// The state behind the router (cheap to clone).
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub events: Arc<dyn EventStore>,
+    pub keys: ApiKeys,
+    pub limits: HttpLimits,
+    pub heartbeat: Duration,
+    pub shutdown: Shutdown,
+    /// One permit per open SSE subscription ([`HttpLimits::subscribers_max`]).
+    pub subscribers: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// State over `events`. `shutdown` ends every live subscription when it fires.
+    pub fn new(
+        events: Arc<dyn EventStore>,
+        keys: ApiKeys,
+        limits: HttpLimits,
+        heartbeat: Duration,
+        shutdown: Shutdown,
+    ) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                events,
+                keys,
+                subscribers: Arc::new(Semaphore::new(limits.subscribers_max)),
+                limits,
+                heartbeat,
+                shutdown,
+            }),
+        }
+    }
+}
