@@ -128,6 +128,8 @@ Routes (each needs a key of at least the role shown, unless no key is configured
   GET  /all?after=&limit=&category=&type=   viewer
   GET  /subscribe/all, /subscribe/streams/{stream}   viewer: SSE, catch-up then live,
                                             resumable with Last-Event-ID
+  GET  /metrics                              viewer: Prometheus text format (scrape
+                                            with a viewer key as bearer token)
 
 API keys (clients send `Authorization: Bearer KEY`): a TOML file of [[key]] entries with
 name, role (viewer, operator, admin) and sha256 (`printf %s \"$KEY\" | sha256sum`), from

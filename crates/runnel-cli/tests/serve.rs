@@ -408,6 +408,36 @@ fn keys_from_the_environment_guard_the_routes_and_changes_are_audited() {
             .await
             .unwrap();
         assert_eq!(health.status(), 200);
+        // Prometheus scrapes with a viewer key; the append is in the duration histogram
+        // by its route template.
+        assert_eq!(
+            c.get(format!("{}/metrics", served.base))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        let scraped = c
+            .get(format!("{}/metrics", served.base))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(scraped.status(), 200);
+        assert!(scraped.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        let text = scraped.text().await.unwrap();
+        assert!(
+            text.lines().any(
+                |l| l.starts_with("http_server_request_duration_seconds_count{")
+                    && l.contains(r#"http_route="/streams/{stream}""#)
+                    && l.contains(r#"http_response_status_code="201""#)
+            ),
+            "{text}"
+        );
     });
     let (status, stderr) = served.terminate();
     assert!(status.success(), "{status:?}: {stderr}");
@@ -445,6 +475,7 @@ fn serve_help_shows_routes_and_examples() {
         "Examples:",
         "RUNNEL_API_KEYS",
         "/subscribe/all",
+        "/metrics",
     ] {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }

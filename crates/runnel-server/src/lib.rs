@@ -23,6 +23,7 @@ pub mod events;
 mod extract;
 pub mod health;
 pub mod limits;
+pub mod metrics;
 pub mod problem;
 pub mod routes;
 mod server;

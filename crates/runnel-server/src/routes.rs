@@ -19,7 +19,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use crate::auth::{forbidden, unauthorized, Caller, Role};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::state::AppState;
-use crate::{events, health, sse};
+use crate::{events, health, metrics, sse};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +97,15 @@ pub static ROUTES: &[Route] = &[
         access: Access::Role(Role::Viewer),
         summary: "Subscribe to one stream over SSE: catch-up then live",
         handler: || routing::get(sse::subscribe_stream),
+    },
+    Route {
+        method: Method::GET,
+        path: "/metrics",
+        // Counts and durations only, never a body or an id: a viewer key is enough, so
+        // the key Prometheus scrapes with cannot change anything.
+        access: Access::Role(Role::Viewer),
+        summary: "Every metric of the process, Prometheus text format",
+        handler: || routing::get(metrics::render),
     },
 ];
 
@@ -190,7 +199,7 @@ async fn problem_bodies(req: Request, next: Next) -> Response {
 struct BodyLimit(usize);
 
 /// The router: every route of [`ROUTES`] behind its guard, a problem for unknown paths,
-/// and the body limit.
+/// the body limit, and the request duration histogram around all of it.
 pub fn router(state: AppState) -> Router {
     let body_bytes_max = state.inner.limits.body_bytes_max;
     let mut router = Router::new();
@@ -213,5 +222,8 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(body_bytes_max))
         .layer(middleware::from_fn(problem_bodies))
         .layer(axum::Extension(BodyLimit(body_bytes_max)))
+        // Outermost: the time includes refusals (401, 403, 413) and the route template
+        // is known here (axum has matched the route before any `Router::layer` runs).
+        .layer(middleware::from_fn(metrics::request_duration))
         .with_state(state)
 }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use metrics_exporter_prometheus::PrometheusHandle;
 use runnel::app::Shutdown;
 use runnel::bus::BoxError;
 use runnel_core::EventStore;
@@ -28,16 +29,20 @@ pub struct ServerConfig {
     /// `None`: [`HttpLimits::for_store`] of the store's limits.
     pub limits: Option<HttpLimits>,
     pub heartbeat: Duration,
+    /// The recorder `/metrics` renders from ([`install_recorder`](crate::metrics::install_recorder));
+    /// `None`: `/metrics` answers 404 `metrics-disabled`.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl ServerConfig {
-    /// Loopback on [`BIND_DEFAULT`], no keys, default limits and heartbeat.
+    /// Loopback on [`BIND_DEFAULT`], no keys, default limits and heartbeat, no metrics.
     pub fn local() -> ServerConfig {
         ServerConfig {
             bind: BIND_DEFAULT.parse().expect("a valid default address"),
             keys: ApiKeys::none(),
             limits: None,
             heartbeat: HEARTBEAT_DEFAULT,
+            metrics: None,
         }
     }
 }
@@ -77,6 +82,7 @@ pub struct Server {
     keys: ApiKeys,
     limits: HttpLimits,
     heartbeat: Duration,
+    metrics: Option<PrometheusHandle>,
 }
 
 /// What [`Server::into_task`] returns: a task for
@@ -114,6 +120,7 @@ impl Server {
             keys: config.keys,
             limits,
             heartbeat: config.heartbeat,
+            metrics: config.metrics,
         })
     }
 
@@ -131,7 +138,11 @@ impl Server {
             self.limits,
             self.heartbeat,
             shutdown.clone(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
+        if let Some(handle) = self.metrics {
+            tokio::spawn(crate::metrics::upkeep(handle, shutdown.clone()));
+        }
         axum::serve(self.listener, router(state))
             .with_graceful_shutdown(async move { shutdown.requested().await })
             .await?;
@@ -147,6 +158,7 @@ impl Server {
             keys: self.keys.clone(),
             limits: Some(self.limits.clone()),
             heartbeat: self.heartbeat,
+            metrics: self.metrics.clone(),
         };
         let events = Arc::clone(&self.events);
         let bound = Mutex::new(Some(self));

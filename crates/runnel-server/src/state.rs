@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use runnel::app::Shutdown;
 use runnel_core::EventStore;
 use tokio::sync::Semaphore;
@@ -24,10 +25,13 @@ pub(crate) struct Inner {
     pub shutdown: Shutdown,
     /// One permit per open SSE subscription ([`HttpLimits::subscribers_max`]).
     pub subscribers: Arc<Semaphore>,
+    /// What `/metrics` renders; `None`: metrics are off.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
     /// State over `events`. `shutdown` ends every live subscription when it fires.
+    /// Metrics are off until [`AppState::with_metrics`].
     pub fn new(
         events: Arc<dyn EventStore>,
         keys: ApiKeys,
@@ -43,7 +47,30 @@ impl AppState {
                 limits,
                 heartbeat,
                 shutdown,
+                metrics: None,
             }),
+        }
+    }
+
+    /// `/metrics` renders from `handle` (see [`crate::metrics::install_recorder`]).
+    pub fn with_metrics(self, handle: Option<PrometheusHandle>) -> AppState {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.metrics = handle;
+                inner
+            }
+            Err(shared) => Inner {
+                events: Arc::clone(&shared.events),
+                keys: shared.keys.clone(),
+                limits: shared.limits.clone(),
+                heartbeat: shared.heartbeat,
+                shutdown: shared.shutdown.clone(),
+                subscribers: Arc::clone(&shared.subscribers),
+                metrics: handle,
+            },
+        };
+        AppState {
+            inner: Arc::new(inner),
         }
     }
 }

@@ -41,6 +41,7 @@ async fn start(keys: ApiKeys, limits: Option<HttpLimits>) -> TestServer {
         keys,
         limits,
         heartbeat: Duration::from_millis(200),
+        metrics: Some(runnel_server::metrics::install_recorder().unwrap()),
     };
     let server = Server::bind(config, stores.events.clone()).await.unwrap();
     let addr = server.local_addr();
@@ -312,6 +313,100 @@ async fn every_route_declares_and_enforces_a_permission() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_request_duration_by_route_template() {
+    let (keys, secrets) = keys();
+    let s = start(keys, None).await;
+    let c = client();
+    let operator = &secrets[&Role::Operator];
+    // A stream name no other test uses: the recorder is shared by the whole test binary.
+    let stream = format!("Metered-{}", uuid::Uuid::now_v7().simple());
+    let r = c
+        .post(format!("{}/streams/{stream}", s.base))
+        .bearer_auth(operator)
+        .header("Runnel-Expected-Revision", "no-stream")
+        .json(&json!([{ "type": "OrderPlaced", "data": {} }]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c
+        .get(format!("{}/no/such/{stream}", s.base))
+        .bearer_auth(operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let r = c
+        .get(format!("{}/metrics", s.base))
+        .bearer_auth(&secrets[&Role::Viewer])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-type"],
+        runnel_server::metrics::PROMETHEUS_CONTENT_TYPE
+    );
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("# TYPE http_server_request_duration_seconds histogram"),
+        "{body}"
+    );
+    // The append, by its route template, with the explicit buckets.
+    let append_bucket = body
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_bucket{")
+                && l.contains(r#"http_route="/streams/{stream}""#)
+                && l.contains(r#"http_request_method="POST""#)
+                && l.contains(r#"http_response_status_code="201""#)
+                && l.contains(r#"le="0.005""#)
+        })
+        .unwrap_or_else(|| panic!("no bucket of the append:\n{body}"));
+    assert!(!append_bucket.ends_with(" 0"), "{append_bucket}");
+    assert!(
+        body.contains(r#"http_route="unmatched""#),
+        "an unknown path is labelled unmatched:\n{body}"
+    );
+    // Never a concrete path: the stream name appears in no label.
+    assert!(!body.contains(&stream), "a concrete path leaked:\n{body}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_off_without_a_recorder() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = open_stores(
+        &StoreUrl::sqlite(dir.path().join("t.db")),
+        OpenMode::CreateIfMissing,
+    )
+    .await
+    .unwrap();
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::local()
+    };
+    let server = Server::bind(config, stores.events.clone()).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let task = tokio::spawn(server.run(shutdown));
+    let r = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["type"].as_str().unwrap().ends_with("metrics-disabled"),
+        "{body}"
+    );
+    trigger.fire();
+    task.await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -46,6 +46,8 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         keys,
         limits: None,
         heartbeat,
+        // `/metrics` always: the process-wide recorder, rendered on the API's port.
+        metrics: Some(runnel_server::metrics::install_recorder()?),
     };
     // Refuse an open public bind before any store is opened.
     if config.keys.is_empty() && !bind.ip().is_loopback() {
