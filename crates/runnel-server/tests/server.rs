@@ -1060,9 +1060,16 @@ fn send_buffer_max_bytes() -> usize {
         .unwrap_or(4 * 1024 * 1024)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_subscriber_holds_a_bounded_backlog() {
-    let dir = tempfile::tempdir().unwrap();
+/// An open local server over a [`CountingStore`] on a fresh SQLite file in `dir`: the
+/// store, the address, the shutdown trigger and the server's task.
+async fn serve_counting(
+    dir: &tempfile::TempDir,
+) -> (
+    std::sync::Arc<CountingStore>,
+    std::net::SocketAddr,
+    ShutdownTrigger,
+    tokio::task::JoinHandle<Result<(), runnel_server::ServerError>>,
+) {
     let stores = open_stores(
         &StoreUrl::sqlite(dir.path().join("t.db")),
         OpenMode::CreateIfMissing,
@@ -1081,8 +1088,14 @@ async fn a_stalled_subscriber_holds_a_bounded_backlog() {
     };
     let server = Server::bind(config, counting.clone()).await.unwrap();
     let addr = server.local_addr();
+    (counting, addr, trigger, tokio::spawn(server.run(shutdown)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_holds_a_bounded_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (counting, addr, trigger, task) = serve_counting(&dir).await;
     let base = format!("http://{addr}");
-    let task = tokio::spawn(server.run(shutdown));
 
     // The subscriber's own receive buffer is pinned small, so what the server can push
     // into the connection is its send buffer; the server's bound is that plus one page.
@@ -1195,25 +1208,8 @@ async fn serves_as_a_task_of_an_application() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failure_ends_a_subscription_with_an_error_event() {
     let dir = tempfile::tempdir().unwrap();
-    let stores = open_stores(
-        &StoreUrl::sqlite(dir.path().join("t.db")),
-        OpenMode::CreateIfMissing,
-    )
-    .await
-    .unwrap();
-    let failing = std::sync::Arc::new(CountingStore {
-        inner: stores.events.clone(),
-        read: Default::default(),
-        fail_reads: Default::default(),
-    });
-    let (trigger, shutdown) = ShutdownTrigger::new();
-    let config = ServerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        ..ServerConfig::local()
-    };
-    let server = Server::bind(config, failing.clone()).await.unwrap();
-    let base = format!("http://{}", server.local_addr());
-    let task = tokio::spawn(server.run(shutdown));
+    let (failing, addr, trigger, task) = serve_counting(&dir).await;
+    let base = format!("http://{addr}");
     let c = client();
     append(
         &c,
