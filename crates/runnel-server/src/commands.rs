@@ -49,11 +49,13 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// What `POST /commands/{name}` answers with 202, and `GET /commands/{name}/{id}` while
 /// the command runs.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub command_id: String,
     /// The correlation id of the events and messages the command causes.
     pub correlation_id: String,
+    /// Always `running`.
+    #[schema(value_type = String)]
     pub status: &'static str,
 }
 
@@ -241,6 +243,20 @@ fn accepted(command_id: &str, name: &str) -> Response {
 }
 
 /// `POST /commands/{name}`.
+#[utoipa::path(post, path = "/commands/{name}",
+    params(
+        ("name" = String, Path, description = "The name the handler is registered under"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Sending the same key again runs nothing and answers with the first outcome (kept 24 hours)", min_length = 1, max_length = 255),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (at most 60) for the outcome; without it the answer is 202 at once"),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "The command, as its handler deserializes it"),
+    responses(
+        (status = 200, description = "The handler's output (with `Prefer: wait=N`, when it came in time)", body = crate::openapi::schemas::Completed,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the kept outcome of an earlier request with the same key"))),
+        (status = 202, description = "Accepted and running; the outcome will be at `Location`", body = Accepted,
+            headers(("Location" = String, description = "`/commands/{name}/{id}`"), ("Idempotent-Replayed" = String, description = "`true` when the key was sent before"))),
+    )
+)]
 pub async fn send(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -412,6 +428,16 @@ async fn kept_outcome(
 }
 
 /// `GET /commands/{name}/{id}`: the outcome of a command sent earlier (202 while it runs).
+#[utoipa::path(get, path = "/commands/{name}/{id}",
+    params(
+        ("name" = String, Path, description = "The name the handler is registered under"),
+        ("id" = String, Path, description = "The command id `POST /commands/{name}` answered with", min_length = 1, max_length = 64),
+    ),
+    responses(
+        (status = 200, description = "The handler's output (a refusal is its problem, with the kept status)", body = crate::openapi::schemas::Completed),
+        (status = 202, description = "Still running", body = Accepted),
+    )
+)]
 pub async fn outcome(
     State(state): State<AppState>,
     PathParams((name, command_id)): PathParams<(String, String)>,
@@ -426,6 +452,9 @@ pub async fn outcome(
 }
 
 /// `GET /commands`: the names of the registered commands.
+#[utoipa::path(get, path = "/commands", responses(
+    (status = 200, description = "The registered commands", body = crate::openapi::schemas::CommandNames),
+))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
     let app = state.app()?;
     Ok(Json(

@@ -10,6 +10,7 @@ use runnel_core::store::{EventFilter, ReadDirection, ReadStream};
 use runnel_core::{ExpectedRevision, Metadata, NewEvent, Position, RecordedEvent, StreamName};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -22,19 +23,21 @@ use crate::state::AppState;
 pub const EXPECTED_REVISION_HEADER: &str = "runnel-expected-revision";
 
 /// One event to append.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
     /// The event type, e.g. `OrderPlaced`.
     #[serde(rename = "type")]
     pub event_type: String,
-    /// The payload (any JSON value but null).
+    /// The payload (any JSON value but null; `{}` for none).
     #[serde(default)]
+    #[schema(required = true, value_type = serde_json::Value)]
     pub data: Option<serde_json::Value>,
     /// The event id (a UUID): the idempotency key of the append. A fresh UUIDv7 if absent.
     #[serde(default)]
     pub id: Option<Uuid>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::schemas::MetadataDoc>)]
     pub metadata: Option<Metadata>,
     /// The version of the payload's schema (default 1), for upcasters on read.
     #[serde(default)]
@@ -42,7 +45,7 @@ pub struct EventIn {
 }
 
 /// The outcome of an append.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AppendOut {
     /// The stream's revision after the append (send it as the next expected revision).
     pub revision: u64,
@@ -51,7 +54,7 @@ pub struct AppendOut {
 }
 
 /// An event as read.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventOut {
     pub id: Uuid,
     pub stream: String,
@@ -62,8 +65,10 @@ pub struct EventOut {
     pub recorded_at: DateTime<Utc>,
     pub schema_version: u32,
     pub content_type: String,
-    /// JSON payloads inline; anything else as `{"base64": "…"}`.
+    /// JSON payloads inline; anything else as `{"base64": "…"}`; `null` for a viewer.
+    #[schema(value_type = serde_json::Value)]
     pub data: Box<RawValue>,
+    #[schema(value_type = crate::openapi::schemas::MetadataDoc)]
     pub metadata: Metadata,
     /// `true` when `data` was left out (`null`) because the caller is a viewer, who never
     /// sees message bodies.
@@ -140,6 +145,16 @@ pub fn parse_expected(headers: &HeaderMap) -> Result<ExpectedRevision, Problem> 
 }
 
 /// `POST /streams/{stream}`: appends a JSON array of events.
+#[utoipa::path(post, path = "/streams/{stream}",
+    params(
+        ("stream" = String, Path, description = "A stream name, `{category}-{id}` (at most 200 bytes)", max_length = 200),
+        ("Runnel-Expected-Revision" = Option<String>, Header, description = "`any` (the default), `no-stream`, `stream-exists` or the stream's current revision; a mismatch is 409 `conflict` and writes nothing", pattern = "^(any|no-stream|stream-exists|[0-9]+)$"),
+    ),
+    request_body(content = Vec<EventIn>, content_type = "application/json", description = "The events to append, in order (at least one)"),
+    responses(
+        (status = 201, description = "Appended (or the same events were appended before: the original answer)", body = AppendOut),
+    )
+)]
 pub async fn append(
     State(state): State<AppState>,
     PathParams(stream): PathParams<String>,
@@ -199,21 +214,26 @@ fn page_limit(state: &AppState, limit: Option<usize>) -> Result<usize, Problem> 
 }
 
 /// Query of `GET /streams/{stream}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadStreamQuery {
     /// The first revision to return (inclusive); default: the start (forward) or the end
     /// (backward).
     pub from: Option<u64>,
+    /// Events in the page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `forward` (default) or `backward`.
+    #[param(value_type = Option<crate::openapi::schemas::ReadDirectionDoc>)]
     pub direction: Option<ReadDirection>,
 }
 
 /// One page of a stream.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StreamPage {
     pub stream: String,
+    #[schema(value_type = crate::openapi::schemas::ReadDirectionDoc)]
     pub direction: ReadDirection,
     pub events: Vec<EventOut>,
     /// The `from` of the next page; `null` when this page reached the end.
@@ -221,6 +241,12 @@ pub struct StreamPage {
 }
 
 /// `GET /streams/{stream}`: one page of a stream, forward or backward.
+#[utoipa::path(get, path = "/streams/{stream}",
+    params(("stream" = String, Path, description = "A stream name, `{category}-{id}` (at most 200 bytes)", max_length = 200), ReadStreamQuery),
+    responses(
+        (status = 200, description = "One page (a stream with no events is 404 `stream-not-found`); event data is `null` for a viewer", body = StreamPage),
+    )
+)]
 pub async fn read_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -259,11 +285,14 @@ pub async fn read_stream(
 }
 
 /// Query of `GET /all` (and the filter of `GET /subscribe/all`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadAllQuery {
     /// Events after this position (exclusive); default 0, the start.
     pub after: Option<u64>,
+    /// Events in the page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Only these categories (comma-separated).
     pub category: Option<String>,
@@ -296,7 +325,7 @@ pub(crate) fn filter_of(
 }
 
 /// One page of `$all`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AllPage {
     pub events: Vec<EventOut>,
     /// The `after` of the next page: everything matching up to it has been returned
@@ -305,6 +334,12 @@ pub struct AllPage {
 }
 
 /// `GET /all`: one page of `$all` after a position, optionally filtered.
+#[utoipa::path(get, path = "/all",
+    params(ReadAllQuery),
+    responses(
+        (status = 200, description = "One page of `$all`; event data is `null` for a viewer", body = AllPage),
+    )
+)]
 pub async fn read_all(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -332,17 +367,21 @@ pub async fn read_all(
 }
 
 /// Query of `GET /streams`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListStreamsQuery {
+    /// Only streams of this category.
     pub category: Option<String>,
-    /// Streams after this name (exclusive).
+    /// Streams after this name (exclusive): the previous page's `next_after`.
     pub after: Option<String>,
+    /// Streams in the page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
 /// One stream in a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StreamOut {
     pub stream: String,
     pub revision: u64,
@@ -352,7 +391,7 @@ pub struct StreamOut {
 }
 
 /// One page of streams.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StreamsPage {
     pub streams: Vec<StreamOut>,
     /// The `after` of the next page; `null` when this page reached the end.
@@ -360,6 +399,10 @@ pub struct StreamsPage {
 }
 
 /// `GET /streams`: streams in name order, optionally of one category.
+#[utoipa::path(get, path = "/streams",
+    params(ListStreamsQuery),
+    responses((status = 200, description = "One page of streams, in name order", body = StreamsPage))
+)]
 pub async fn list_streams(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListStreamsQuery>,

@@ -14,11 +14,18 @@ use crate::state::AppState;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`: 200 while the process serves requests.
+#[utoipa::path(get, path = "/healthz", responses(
+    (status = 200, description = "The process serves requests", body = crate::openapi::schemas::Liveness),
+))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "alive" }))
 }
 
 /// `GET /readyz`: 200 when the store answers within [`READY_TIMEOUT`], else 503.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "The store answered within 2 s", body = crate::openapi::schemas::Readiness),
+    (status = 503, description = "The store did not answer (`not-ready`)", content_type = "application/problem+json", body = crate::openapi::schemas::ProblemDoc),
+))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
     let unavailable = |detail: String| {
         Problem::new(

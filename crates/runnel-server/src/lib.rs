@@ -27,6 +27,7 @@ mod extract;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod operations;
 pub mod problem;
 pub mod queries;

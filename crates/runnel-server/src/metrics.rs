@@ -131,6 +131,9 @@ pub(crate) async fn upkeep(handle: PrometheusHandle, shutdown: Shutdown) {
 }
 
 /// `GET /metrics`: the Prometheus text exposition of every metric recorded so far.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Every metric of the process, Prometheus text exposition format 0.0.4 (404 `metrics-disabled` without a recorder)", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+))]
 pub async fn render(State(state): State<AppState>) -> Response {
     match &state.inner.metrics {
         Some(handle) => (

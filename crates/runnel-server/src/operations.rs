@@ -19,7 +19,7 @@ pub const RUNNING_MAX: usize = 4;
 pub const RETAINED_MAX: usize = 100;
 
 /// Where an operation is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationStatus {
     Running,
@@ -29,7 +29,7 @@ pub enum OperationStatus {
 }
 
 /// What an operation has done so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     /// Items selected when it started.
     pub total: u64,
@@ -40,10 +40,11 @@ pub struct Progress {
 }
 
 /// One operation as `GET /admin/operations/{id}` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct OperationView {
     pub id: Uuid,
     /// What it does, e.g. `dead-letters.retry`.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     pub status: OperationStatus,
     pub progress: Progress,

@@ -47,6 +47,18 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>
 }
 
 /// `POST /queries/{name}`.
+#[utoipa::path(post, path = "/queries/{name}",
+    params(
+        ("name" = String, Path, description = "The name the handler is registered under"),
+        ("Runnel-Min-Position" = Option<u64>, Header, description = "Read your writes: run once the read models have applied `$all` up to this position (503 `read-model-behind` past the wait, 409 `read-model-stopped` if one is paused or faulted)"),
+        ("Runnel-Projections" = Option<String>, Header, description = "The projections to wait for (comma-separated, at most 32); default: every current projection of `$all`"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: how long to wait for `Runnel-Min-Position`, in seconds (at most 60, default 5)"),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "The query, as its handler deserializes it"),
+    responses(
+        (status = 200, description = "The query's response", body = serde_json::Value),
+    )
+)]
 pub async fn run(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,

@@ -18,6 +18,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::admin::{consumers, dead_letters, outbox, processors};
 use crate::auth::{forbidden, unauthorized, Caller, Role};
+use crate::openapi::{self, doc, OperationDoc};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::state::AppState;
 use crate::{commands, events, health, metrics, queries, sse};
@@ -25,7 +26,7 @@ use crate::{commands, events, health, metrics, queries, sse};
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone, without a key (liveness and readiness probes only).
+    /// Anyone, without a key (the liveness and readiness probes, and the OpenAPI document).
     Public,
     /// A key with at least this role.
     Role(Role),
@@ -36,8 +37,12 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
-    /// One line for documentation (and, later, the OpenAPI summary).
+    /// One line for documentation and the OpenAPI summary.
     pub summary: &'static str,
+    /// The route's OpenAPI operation (`#[utoipa::path]` on its handler): parameters,
+    /// bodies, success responses. [`crate::openapi`] adds the summary, the security
+    /// requirement (from `access`) and the problem response every route has.
+    pub(crate) doc: OperationDoc,
     handler: fn() -> MethodRouter<AppState>,
 }
 
@@ -45,9 +50,19 @@ pub struct Route {
 pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
+        path: "/openapi.json",
+        // The document describes the API and holds no data.
+        access: Access::Public,
+        summary: "This API as an OpenAPI 3.1 document",
+        doc: doc::<openapi::__path_serve>(),
+        handler: || routing::get(openapi::serve),
+    },
+    Route {
+        method: Method::GET,
         path: "/healthz",
         access: Access::Public,
         summary: "The process is alive",
+        doc: doc::<health::__path_healthz>(),
         handler: || routing::get(health::healthz),
     },
     Route {
@@ -55,6 +70,7 @@ pub static ROUTES: &[Route] = &[
         path: "/readyz",
         access: Access::Public,
         summary: "The store is reachable",
+        doc: doc::<health::__path_readyz>(),
         handler: || routing::get(health::readyz),
     },
     Route {
@@ -62,6 +78,7 @@ pub static ROUTES: &[Route] = &[
         path: "/streams/{stream}",
         access: Access::Role(Role::Operator),
         summary: "Append events to a stream (Runnel-Expected-Revision)",
+        doc: doc::<events::__path_append>(),
         handler: || routing::post(events::append),
     },
     Route {
@@ -69,6 +86,7 @@ pub static ROUTES: &[Route] = &[
         path: "/streams/{stream}",
         access: Access::Role(Role::Viewer),
         summary: "Read a stream forward or backward, one page",
+        doc: doc::<events::__path_read_stream>(),
         handler: || routing::get(events::read_stream),
     },
     Route {
@@ -76,6 +94,7 @@ pub static ROUTES: &[Route] = &[
         path: "/streams",
         access: Access::Role(Role::Viewer),
         summary: "List streams, optionally of one category",
+        doc: doc::<events::__path_list_streams>(),
         handler: || routing::get(events::list_streams),
     },
     Route {
@@ -83,6 +102,7 @@ pub static ROUTES: &[Route] = &[
         path: "/all",
         access: Access::Role(Role::Viewer),
         summary: "Read $all after a position, optionally filtered",
+        doc: doc::<events::__path_read_all>(),
         handler: || routing::get(events::read_all),
     },
     Route {
@@ -90,6 +110,7 @@ pub static ROUTES: &[Route] = &[
         path: "/subscribe/all",
         access: Access::Role(Role::Viewer),
         summary: "Subscribe to $all over SSE: catch-up then live",
+        doc: doc::<sse::__path_subscribe_all>(),
         handler: || routing::get(sse::subscribe_all),
     },
     Route {
@@ -97,6 +118,7 @@ pub static ROUTES: &[Route] = &[
         path: "/subscribe/streams/{stream}",
         access: Access::Role(Role::Viewer),
         summary: "Subscribe to one stream over SSE: catch-up then live",
+        doc: doc::<sse::__path_subscribe_stream>(),
         handler: || routing::get(sse::subscribe_stream),
     },
     Route {
@@ -104,6 +126,7 @@ pub static ROUTES: &[Route] = &[
         path: "/commands",
         access: Access::Role(Role::Viewer),
         summary: "The names of the registered commands",
+        doc: doc::<commands::__path_list>(),
         handler: || routing::get(commands::list),
     },
     Route {
@@ -111,6 +134,7 @@ pub static ROUTES: &[Route] = &[
         path: "/commands/{name}",
         access: Access::Role(Role::Operator),
         summary: "Send a command by name (Idempotency-Key, Prefer: wait=N)",
+        doc: doc::<commands::__path_send>(),
         handler: || routing::post(commands::send),
     },
     Route {
@@ -118,6 +142,7 @@ pub static ROUTES: &[Route] = &[
         path: "/commands/{name}/{id}",
         access: Access::Role(Role::Operator),
         summary: "The outcome of a command sent earlier",
+        doc: doc::<commands::__path_outcome>(),
         handler: || routing::get(commands::outcome),
     },
     Route {
@@ -125,6 +150,7 @@ pub static ROUTES: &[Route] = &[
         path: "/queries/{name}",
         access: Access::Role(Role::Viewer),
         summary: "Run a query by name (Runnel-Min-Position: read your writes)",
+        doc: doc::<queries::__path_run>(),
         handler: || routing::post(queries::run),
     },
     Route {
@@ -132,6 +158,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/dead-letters/summary",
         access: Access::Role(Role::Viewer),
         summary: "Dead letters counted by topic, group and error type",
+        doc: doc::<dead_letters::__path_summary>(),
         handler: || routing::get(dead_letters::summary),
     },
     Route {
@@ -139,6 +166,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/dead-letters",
         access: Access::Role(Role::Viewer),
         summary: "Dead letters, one page after a cursor (no bodies)",
+        doc: doc::<dead_letters::__path_list>(),
         handler: || routing::get(dead_letters::list),
     },
     Route {
@@ -146,6 +174,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/dead-letters/{id}",
         access: Access::Role(Role::Viewer),
         summary: "One dead letter with its failures (its body for operators)",
+        doc: doc::<dead_letters::__path_show>(),
         handler: || routing::get(dead_letters::show),
     },
     Route {
@@ -153,6 +182,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/dead-letters/{id}/retry",
         access: Access::Role(Role::Operator),
         summary: "Publish one dead letter again",
+        doc: doc::<dead_letters::__path_retry_one>(),
         handler: || routing::post(dead_letters::retry_one),
     },
     Route {
@@ -160,6 +190,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/dead-letters/retry",
         access: Access::Role(Role::Operator),
         summary: "Retry every match of a filter as a background operation",
+        doc: doc::<dead_letters::__path_retry_many>(),
         handler: || routing::post(dead_letters::retry_many),
     },
     Route {
@@ -167,6 +198,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/dead-letters/purge",
         access: Access::Role(Role::Admin),
         summary: "Delete the matches of a filter dead-lettered before a time",
+        doc: doc::<dead_letters::__path_purge>(),
         handler: || routing::post(dead_letters::purge),
     },
     Route {
@@ -174,6 +206,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/operations",
         access: Access::Role(Role::Viewer),
         summary: "Background operations, newest first",
+        doc: doc::<dead_letters::__path_operations>(),
         handler: || routing::get(dead_letters::operations),
     },
     Route {
@@ -181,6 +214,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/operations/{id}",
         access: Access::Role(Role::Viewer),
         summary: "One background operation's progress",
+        doc: doc::<dead_letters::__path_operation>(),
         handler: || routing::get(dead_letters::operation),
     },
     Route {
@@ -188,6 +222,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/operations/{id}/cancel",
         access: Access::Role(Role::Operator),
         summary: "Cancel a running background operation",
+        doc: doc::<dead_letters::__path_cancel_operation>(),
         handler: || routing::post(dead_letters::cancel_operation),
     },
     Route {
@@ -195,6 +230,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/outbox",
         access: Access::Role(Role::Viewer),
         summary: "The outbox backlog: pending, parked, oldest age, per topic",
+        doc: doc::<outbox::__path_status>(),
         handler: || routing::get(outbox::status),
     },
     Route {
@@ -202,6 +238,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/outbox/retry-parked",
         access: Access::Role(Role::Operator),
         summary: "Make parked outbox rows claimable again",
+        doc: doc::<outbox::__path_retry_parked>(),
         handler: || routing::post(outbox::retry_parked),
     },
     Route {
@@ -209,6 +246,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/consumers",
         access: Access::Role(Role::Viewer),
         summary: "This process's consumer groups: lag in messages and seconds",
+        doc: doc::<consumers::__path_list>(),
         handler: || routing::get(consumers::list),
     },
     Route {
@@ -216,6 +254,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/sagas",
         access: Access::Role(Role::Viewer),
         summary: "Saga instances by kind and status, one page",
+        doc: doc::<processors::__path_sagas>(),
         handler: || routing::get(processors::sagas),
     },
     Route {
@@ -223,6 +262,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/sagas/{kind}/{id}",
         access: Access::Role(Role::Viewer),
         summary: "One saga instance with its history and timers",
+        doc: doc::<processors::__path_saga>(),
         handler: || routing::get(processors::saga),
     },
     Route {
@@ -230,6 +270,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/sagas/{kind}/{id}/{action}",
         access: Access::Role(Role::Operator),
         summary: "Retry, skip a step of, or compensate a saga instance",
+        doc: doc::<processors::__path_saga_action>(),
         handler: || routing::post(processors::saga_action),
     },
     Route {
@@ -237,6 +278,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/projections",
         access: Access::Role(Role::Viewer),
         summary: "Every projection generation with its lag",
+        doc: doc::<processors::__path_projections>(),
         handler: || routing::get(processors::projections),
     },
     Route {
@@ -244,6 +286,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/projections/{name}",
         access: Access::Role(Role::Viewer),
         summary: "One projection's generations and rebuild progress",
+        doc: doc::<processors::__path_projection>(),
         handler: || routing::get(processors::projection),
     },
     Route {
@@ -251,6 +294,7 @@ pub static ROUTES: &[Route] = &[
         path: "/admin/projections/{name}/{action}",
         access: Access::Role(Role::Operator),
         summary: "Pause, resume, retry, skip, rebuild or drop old generations",
+        doc: doc::<processors::__path_projection_action>(),
         handler: || routing::post(processors::projection_action),
     },
     Route {
@@ -260,6 +304,7 @@ pub static ROUTES: &[Route] = &[
         // the key Prometheus scrapes with cannot change anything.
         access: Access::Role(Role::Viewer),
         summary: "Every metric of the process, Prometheus text format",
+        doc: doc::<metrics::__path_render>(),
         handler: || routing::get(metrics::render),
     },
 ];

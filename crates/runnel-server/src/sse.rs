@@ -25,6 +25,7 @@ use futures_util::{Stream, StreamExt};
 use runnel_core::subscription::{subscribe_all_paged, subscribe_stream_paged};
 use runnel_core::{Position, RecordedEvent, StoreError};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::events::{filter_of, EventOut};
@@ -38,19 +39,23 @@ pub const SSE_EVENT: &str = "event";
 pub const SSE_ERROR: &str = "error";
 
 /// Query of `GET /subscribe/all`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SubscribeAllQuery {
     /// Start after this position (default 0: from the first event). `Last-Event-ID` wins.
     pub after: Option<u64>,
+    /// Only these categories (comma-separated).
     pub category: Option<String>,
+    /// Only these event types (comma-separated).
     #[serde(rename = "type")]
     pub event_type: Option<String>,
 }
 
 /// Query of `GET /subscribe/streams/{stream}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SubscribeStreamQuery {
     /// Start after this revision (default 0: from the first event). `Last-Event-ID` wins.
     pub after: Option<u64>,
@@ -127,6 +132,10 @@ fn sse(
 }
 
 /// `GET /subscribe/all`: `$all`, catch-up then live.
+#[utoipa::path(get, path = "/subscribe/all",
+    params(SubscribeAllQuery, ("Last-Event-ID" = Option<u64>, Header, description = "The last SSE `id` received: resume right after it (wins over `after`)")),
+    responses((status = 200, description = "Server-sent events, catch-up then live, until the client goes away or the server stops: `event: event` with the event (JSON) as data and its `$all` position as `id`; `:heartbeat` comments while idle; one `event: error` with a problem document if the store fails. Event data is `null` for a viewer.", content_type = "text/event-stream", body = String))
+)]
 pub async fn subscribe_all(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -145,6 +154,10 @@ pub async fn subscribe_all(
 }
 
 /// `GET /subscribe/streams/{stream}`: one stream, catch-up then live.
+#[utoipa::path(get, path = "/subscribe/streams/{stream}",
+    params(("stream" = String, Path, description = "A stream name, `{category}-{id}` (at most 200 bytes)", max_length = 200), SubscribeStreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "The last SSE `id` received: resume right after it (wins over `after`)")),
+    responses((status = 200, description = "Server-sent events, catch-up then live, until the client goes away or the server stops: `event: event` with the event (JSON) as data and its stream revision as `id`; `:heartbeat` comments while idle; one `event: error` with a problem document if the store fails. Event data is `null` for a viewer.", content_type = "text/event-stream", body = String))
+)]
 pub async fn subscribe_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -16,6 +16,9 @@ pub struct Consumers {
 }
 
 /// `GET /admin/consumers`.
+#[utoipa::path(get, path = "/admin/consumers",
+    responses((status = 200, description = "This process's consumer groups with their lag", body = crate::openapi::schemas::Consumers))
+)]
 pub async fn list() -> Json<Consumers> {
     Json(Consumers {
         consumers: lag_board(),

@@ -24,6 +24,7 @@ use runnel_core::dead_letter::{
 use runnel_core::{BusError, GroupName, Message, TopicName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::sees_bodies;
@@ -43,16 +44,24 @@ pub const RETRY_RATE_MAX: u32 = 100_000;
 pub const ERROR_TYPE_CHARS_MAX: usize = 80;
 
 /// The filter every dead-letter route takes (query string or JSON body).
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FilterIn {
+    /// Only dead letters of this topic.
     pub topic: Option<String>,
+    /// Only dead letters of this consumer group.
     pub group: Option<String>,
     /// Only those with a failure containing this text (case-insensitive).
     pub error: Option<String>,
+    /// Only those dead-lettered at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// Only those dead-lettered before this time.
     pub until: Option<DateTime<Utc>>,
+    /// Also those already replayed (default `false`).
     #[serde(default)]
+    #[param(required = false)]
+    #[schema(required = false)]
     pub include_replayed: bool,
 }
 
@@ -119,6 +128,10 @@ struct Group {
 }
 
 /// `GET /admin/dead-letters/summary`: counts by topic, group and error type.
+#[utoipa::path(get, path = "/admin/dead-letters/summary",
+    params(FilterIn),
+    responses((status = 200, description = "Pending dead letters counted by topic, group and error type", body = crate::openapi::schemas::DeadLetterCounts))
+)]
 pub async fn summary(
     State(state): State<AppState>,
     QueryParams(filter): QueryParams<FilterIn>,
@@ -177,6 +190,14 @@ pub struct ListIn {
 }
 
 /// `GET /admin/dead-letters`: one page, oldest first, with the cursor of the next.
+#[utoipa::path(get, path = "/admin/dead-letters",
+    params(
+        FilterIn,
+        ("after" = Option<u64>, Query, description = "The cursor: the previous page's `next`"),
+        ("limit" = Option<u64>, Query, description = "Dead letters in the page (default 100)", minimum = 1, maximum = 1000),
+    ),
+    responses((status = 200, description = "One page, oldest first, without bodies", body = crate::openapi::schemas::DeadLetterPage))
+)]
 pub async fn list(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<ListIn>,
@@ -278,6 +299,10 @@ fn dead_letter_view(d: &DeadLetter, bodies: bool) -> Value {
 }
 
 /// `GET /admin/dead-letters/{id}`.
+#[utoipa::path(get, path = "/admin/dead-letters/{id}",
+    params(("id" = u64, Path, description = "The dead letter's id")),
+    responses((status = 200, description = "The dead letter with its failures; its message's body for operators and admins", body = crate::openapi::schemas::DeadLetterView))
+)]
 pub async fn show(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -291,7 +316,7 @@ pub async fn show(
 }
 
 /// Where a retry sends messages.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TargetIn {
     /// The topic each came from: every group of it gets it again.
@@ -316,10 +341,12 @@ impl TargetIn {
 }
 
 /// Body of `POST /admin/dead-letters/{id}/retry`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryOneIn {
+    /// Default `original_topic`.
     #[serde(default)]
+    #[schema(required = false)]
     target: TargetIn,
 }
 
@@ -328,6 +355,11 @@ fn replayer(app: &crate::Application, publisher: std::sync::Arc<dyn Publisher>) 
 }
 
 /// `POST /admin/dead-letters/{id}/retry`: publishes one dead letter again, now.
+#[utoipa::path(post, path = "/admin/dead-letters/{id}/retry",
+    params(("id" = u64, Path, description = "The dead letter's id")),
+    request_body(content = Option<RetryOneIn>, content_type = "application/json", description = "Optional: where to send it"),
+    responses((status = 200, description = "What the retry did", body = crate::openapi::schemas::ReplayReport))
+)]
 pub async fn retry_one(
     State(state): State<AppState>,
     PathParams(id): PathParams<u64>,
@@ -347,14 +379,19 @@ pub async fn retry_one(
 }
 
 /// Body of `POST /admin/dead-letters/retry`.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryManyIn {
+    /// Which dead letters (default: every pending one).
     #[serde(default)]
+    #[schema(required = false)]
     pub filter: FilterIn,
+    /// Default `original_topic`.
     #[serde(default)]
+    #[schema(required = false)]
     pub target: TargetIn,
     /// At most this many messages per second (1..=[`RETRY_RATE_MAX`]); unlimited if absent.
+    #[schema(minimum = 1, maximum = 100000)]
     pub rate_per_second: Option<u32>,
 }
 
@@ -392,6 +429,10 @@ impl Publisher for Throttled {
 
 /// `POST /admin/dead-letters/retry`: retries every match of a filter as a background
 /// operation; answers 202 with the operation (follow it at `/admin/operations/{id}`).
+#[utoipa::path(post, path = "/admin/dead-letters/retry",
+    request_body(content = RetryManyIn, content_type = "application/json"),
+    responses((status = 202, description = "Started; follow it at `/admin/operations/{id}` (429 when 4 run already)", body = OperationView))
+)]
 pub async fn retry_many(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -489,10 +530,12 @@ pub async fn retry_many(
 }
 
 /// Body of `POST /admin/dead-letters/purge`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeIn {
+    /// Which dead letters (default: every pending one).
     #[serde(default)]
+    #[schema(required = false)]
     pub filter: FilterIn,
     /// Only those dead-lettered before this time (required: a purge is never implicit).
     pub older_than: DateTime<Utc>,
@@ -500,6 +543,10 @@ pub struct PurgeIn {
 
 /// `POST /admin/dead-letters/purge` (admin): deletes the matches dead-lettered before
 /// `older_than`; answers with how many.
+#[utoipa::path(post, path = "/admin/dead-letters/purge",
+    request_body(content = PurgeIn, content_type = "application/json"),
+    responses((status = 200, description = "How many were deleted", body = crate::openapi::schemas::Purged))
+)]
 pub async fn purge(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -518,6 +565,9 @@ pub async fn purge(
 }
 
 /// `GET /admin/operations`: the retained operations, newest first.
+#[utoipa::path(get, path = "/admin/operations",
+    responses((status = 200, description = "The newest 100 operations, newest first", body = Vec<OperationView>))
+)]
 pub async fn operations(State(state): State<AppState>) -> Json<Vec<OperationView>> {
     Json(state.inner.operations.list())
 }
@@ -530,6 +580,10 @@ fn unknown_operation(id: Uuid) -> Problem {
 }
 
 /// `GET /admin/operations/{id}`.
+#[utoipa::path(get, path = "/admin/operations/{id}",
+    params(("id" = Uuid, Path, description = "The operation's id")),
+    responses((status = 200, description = "The operation's progress", body = OperationView))
+)]
 pub async fn operation(
     State(state): State<AppState>,
     PathParams(id): PathParams<Uuid>,
@@ -544,6 +598,10 @@ pub async fn operation(
 
 /// `POST /admin/operations/{id}/cancel`: asks a running operation to stop after the
 /// message it is publishing; answers with the operation as it is now.
+#[utoipa::path(post, path = "/admin/operations/{id}/cancel",
+    params(("id" = Uuid, Path, description = "The operation's id")),
+    responses((status = 202, description = "Asked to stop; the operation as it is now", body = OperationView))
+)]
 pub async fn cancel_operation(
     State(state): State<AppState>,
     PathParams(id): PathParams<Uuid>,

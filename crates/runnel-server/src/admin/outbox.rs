@@ -26,6 +26,9 @@ async fn outbox(
 }
 
 /// `GET /admin/outbox`: pending and parked rows, the oldest pending one's age, per topic.
+#[utoipa::path(get, path = "/admin/outbox",
+    responses((status = 200, description = "The outbox backlog", body = crate::openapi::schemas::OutboxBacklog))
+)]
 pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
     let status = outbox(&state).await?.status().await?;
     let age = status.oldest_pending_age(Utc::now()).as_secs_f64();
@@ -35,7 +38,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, Proble
 }
 
 /// Body of `POST /admin/outbox/retry-parked`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryParkedIn {
     /// Only this topic's parked rows (all without it).
@@ -43,6 +46,10 @@ pub struct RetryParkedIn {
 }
 
 /// `POST /admin/outbox/retry-parked`: makes parked rows claimable again.
+#[utoipa::path(post, path = "/admin/outbox/retry-parked",
+    request_body(content = Option<RetryParkedIn>, content_type = "application/json", description = "Optional: only one topic's rows"),
+    responses((status = 200, description = "How many rows were made claimable again", body = crate::openapi::schemas::RetriedParked))
+)]
 pub async fn retry_parked(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

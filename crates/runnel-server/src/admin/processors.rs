@@ -73,17 +73,27 @@ fn instance_view(r: &InstanceRecord, bodies: bool) -> Value {
 }
 
 /// Query of `GET /admin/sagas`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SagaListIn {
+    /// Only instances of this kind.
     kind: Option<String>,
+    /// Only instances in this status (`running`, `compensating`, `completed`,
+    /// `compensated`, `compensation_failed`, `needs_attention`, …).
     status: Option<String>,
     /// The cursor: `kind/id` of the last instance of the previous page.
     after: Option<String>,
+    /// Instances in the page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// `GET /admin/sagas`: counts by kind and status, and one page of instances.
+#[utoipa::path(get, path = "/admin/sagas",
+    params(SagaListIn),
+    responses((status = 200, description = "Counts by kind and status, and one page of instances (their data for operators and admins)", body = crate::openapi::schemas::SagaPage))
+)]
 pub async fn sagas(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -141,6 +151,10 @@ pub async fn sagas(
 }
 
 /// `GET /admin/sagas/{kind}/{id}`: one instance with its timers and history.
+#[utoipa::path(get, path = "/admin/sagas/{kind}/{id}",
+    params(("kind" = String, Path, description = "The saga kind"), ("id" = String, Path, description = "The instance id")),
+    responses((status = 200, description = "The instance with its history (at most 1000 lines) and timers", body = crate::openapi::schemas::SagaDetail))
+)]
 pub async fn saga(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -175,6 +189,10 @@ pub async fn saga(
 
 /// `POST /admin/sagas/{kind}/{id}/{action}` (`retry`, `skip-step`, `compensate`): asks the
 /// service running the saga to apply the action; answers 202 with the instance as it was.
+#[utoipa::path(post, path = "/admin/sagas/{kind}/{id}/{action}",
+    params(("kind" = String, Path, description = "The saga kind"), ("id" = String, Path, description = "The instance id"), ("action" = String, Path, description = "`retry`, `skip-step` or `compensate` (404 `unknown-action` otherwise)")),
+    responses((status = 202, description = "Requested; the service running the saga applies it. The instance as it was.", body = crate::openapi::schemas::SagaInstance))
+)]
 pub async fn saga_action(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -234,6 +252,9 @@ fn projection_problem(e: AdminError) -> Problem {
 }
 
 /// `GET /admin/projections`: every generation of every projection, with lag.
+#[utoipa::path(get, path = "/admin/projections",
+    responses((status = 200, description = "Every generation of every projection, with lag", body = crate::openapi::schemas::ProjectionGenerations))
+)]
 pub async fn projections(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
     let app = state.app()?;
     let status = padmin::status(
@@ -247,6 +268,10 @@ pub async fn projections(State(state): State<AppState>) -> Result<Json<Value>, P
 }
 
 /// `GET /admin/projections/{name}`: its generations, and a running rebuild's progress.
+#[utoipa::path(get, path = "/admin/projections/{name}",
+    params(("name" = String, Path, description = "The projection")),
+    responses((status = 200, description = "The projection's generations and a running rebuild's progress", body = crate::openapi::schemas::ProjectionDetail))
+)]
 pub async fn projection(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
@@ -286,6 +311,13 @@ pub async fn projection(
 
 /// `POST /admin/projections/{name}/{action}` (`pause`, `resume`, `retry`, `skip`,
 /// `rebuild`, `drop-old`).
+#[utoipa::path(post, path = "/admin/projections/{name}/{action}",
+    params(("name" = String, Path, description = "The projection"), ("action" = String, Path, description = "`pause`, `resume`, `retry`, `skip`, `rebuild` or `drop-old` (404 `unknown-action` otherwise)")),
+    responses(
+        (status = 200, description = "Done (every action but `rebuild`)", body = crate::openapi::schemas::ProjectionActionDone),
+        (status = 202, description = "`rebuild`: the new generation is being built", body = crate::openapi::schemas::RebuildStarted),
+    )
+)]
 pub async fn projection_action(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
