@@ -147,7 +147,7 @@ pub fn parse_expected(headers: &HeaderMap) -> Result<ExpectedRevision, Problem> 
 /// `POST /streams/{stream}`: appends a JSON array of events.
 #[utoipa::path(post, path = "/streams/{stream}",
     params(
-        ("stream" = String, Path, description = "A stream name, `{category}-{id}` (at most 200 bytes)", max_length = 200),
+        ("stream" = String, Path, description = "A stream name, `{category}-{id}`: the category an ASCII letter then letters, digits and `_`; the id letters, digits and `-_.:@`; at most 200 bytes", max_length = 200, pattern = "^[A-Za-z][A-Za-z0-9_]*-[A-Za-z0-9._:@-]+$"),
         ("Runnel-Expected-Revision" = Option<String>, Header, description = "`any` (the default), `no-stream`, `stream-exists` or the stream's current revision; a mismatch is 409 `conflict` and writes nothing", pattern = "^(any|no-stream|stream-exists|[0-9]+)$"),
     ),
     request_body(content = Vec<EventIn>, content_type = "application/json", description = "The events to append, in order (at least one)"),
@@ -242,7 +242,7 @@ pub struct StreamPage {
 
 /// `GET /streams/{stream}`: one page of a stream, forward or backward.
 #[utoipa::path(get, path = "/streams/{stream}",
-    params(("stream" = String, Path, description = "A stream name, `{category}-{id}` (at most 200 bytes)", max_length = 200), ReadStreamQuery),
+    params(("stream" = String, Path, description = "A stream name, `{category}-{id}`: the category an ASCII letter then letters, digits and `_`; the id letters, digits and `-_.:@`; at most 200 bytes", max_length = 200, pattern = "^[A-Za-z][A-Za-z0-9_]*-[A-Za-z0-9._:@-]+$"), ReadStreamQuery),
     responses(
         (status = 200, description = "One page (a stream with no events is 404 `stream-not-found`); event data is `null` for a viewer", body = StreamPage),
     )

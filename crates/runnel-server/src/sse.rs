@@ -155,7 +155,7 @@ pub async fn subscribe_all(
 
 /// `GET /subscribe/streams/{stream}`: one stream, catch-up then live.
 #[utoipa::path(get, path = "/subscribe/streams/{stream}",
-    params(("stream" = String, Path, description = "A stream name, `{category}-{id}` (at most 200 bytes)", max_length = 200), SubscribeStreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "The last SSE `id` received: resume right after it (wins over `after`)")),
+    params(("stream" = String, Path, description = "A stream name, `{category}-{id}`: the category an ASCII letter then letters, digits and `_`; the id letters, digits and `-_.:@`; at most 200 bytes", max_length = 200, pattern = "^[A-Za-z][A-Za-z0-9_]*-[A-Za-z0-9._:@-]+$"), SubscribeStreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "The last SSE `id` received: resume right after it (wins over `after`)")),
     responses((status = 200, description = "Server-sent events, catch-up then live, until the client goes away or the server stops: `event: event` with the event (JSON) as data and its stream revision as `id`; `:heartbeat` comments while idle; one `event: error` with a problem document if the store fails. Event data is `null` for a viewer.", content_type = "text/event-stream", body = String))
 )]
 pub async fn subscribe_stream(

@@ -57,11 +57,10 @@ pub struct MetadataDoc {
 
 /// Which way a stream page reads.
 #[derive(ToSchema)]
-#[schema(as = ReadDirection)]
-#[allow(non_camel_case_types)]
+#[schema(as = ReadDirection, rename_all = "lowercase")]
 pub enum ReadDirectionDoc {
-    forward,
-    backward,
+    Forward,
+    Backward,
 }
 
 /// `GET /commands`.
