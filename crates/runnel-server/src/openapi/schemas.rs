@@ -3,8 +3,6 @@
 //! body it describes and is used only in the document. A field the body may leave out is
 //! an `Option`; a field that may hold anything JSON is a `serde_json::Value`.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
