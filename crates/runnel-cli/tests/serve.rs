@@ -501,8 +501,6 @@ fn schemathesis(
         .arg(script)
         .args(args)
         .current_dir(dir)
-        // Hypothesis keeps its example database in the scratch directory, not the clone.
-        .env("HYPOTHESIS_STORAGE_DIRECTORY", dir.join(".hypothesis"))
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -573,10 +571,16 @@ fn schemathesis_finds_no_contract_violations_in_the_live_server() {
             "25",
             "--request-timeout",
             "10",
+            // Reproducible: a fixed seed and no example database carried between runs.
             "--seed",
             "7411",
+            "--generation-database",
+            "none",
+            // One worker: with two, Python 3.11's parser sometimes fails inside
+            // schemathesis's own data generation ("AST constructor recursion depth
+            // mismatch"), an error of the tool, not of the server. One run takes ~10 s.
             "--workers",
-            "2",
+            "1",
         ],
         &log,
         SCHEMATHESIS_RUN_DEADLINE,

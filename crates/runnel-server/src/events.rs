@@ -26,8 +26,10 @@ pub const EXPECTED_REVISION_HEADER: &str = "runnel-expected-revision";
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
-    /// The event type, e.g. `OrderPlaced`.
+    /// The event type, e.g. `OrderPlaced`: ASCII letters, digits and `_.:-`, at most 128
+    /// bytes.
     #[serde(rename = "type")]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub event_type: String,
     /// The payload (any JSON value but null; `{}` for none).
     #[serde(default)]
