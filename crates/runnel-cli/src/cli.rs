@@ -486,8 +486,8 @@ pub struct PublishArgs {
     /// Ordering key: messages with the same key are consumed in order
     #[arg(long, value_name = "K")]
     pub key: Option<String>,
-    /// A header `name=value` (repeatable); correlationid, causationid and traceparent set
-    /// those attributes
+    /// A header `name=value` (repeatable); correlationid, causationid, traceparent and
+    /// tracestate set those attributes
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
     /// The message id; consumers use it to drop duplicates [default: a new UUIDv7]
@@ -736,7 +736,7 @@ pub struct AppendArgs {
     #[arg(long, value_name = "N|any|no-stream|exists", default_value = "any")]
     pub expected: String,
     /// Metadata JSON (inline, @FILE or -): correlation_id, causation_id, user_id,
-    /// traceparent, headers {…}
+    /// traceparent, tracestate, headers {…}
     #[arg(long, value_name = "JSON|@FILE|-")]
     pub metadata: Option<String>,
     /// The event id (a UUID); appending the same id again is a no-op [default: a new UUIDv7]

@@ -29,6 +29,7 @@ pub mod routes;
 mod server;
 pub mod sse;
 mod state;
+pub mod trace;
 
 pub use auth::{ApiKey, ApiKeys, Caller, KeysError, Role};
 pub use limits::HttpLimits;

@@ -225,5 +225,6 @@ pub fn router(state: AppState) -> Router {
         // Outermost: the time includes refusals (401, 403, 413) and the route template
         // is known here (axum has matched the route before any `Router::layer` runs).
         .layer(middleware::from_fn(metrics::request_duration))
+        .layer(middleware::from_fn(crate::trace::server_span))
         .with_state(state)
 }

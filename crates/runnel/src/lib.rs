@@ -13,6 +13,8 @@
 //! * [`outbox`]: the outbox [`Relay`](outbox::Relay) (per-key order, leases, backoff),
 //!   the event store as the outbox ([`EventStoreRelay`](outbox::EventStoreRelay)), the claim
 //!   check for large payloads, relay metrics.
+//! * [`trace`]: W3C trace context across every hop (HTTP, append, outbox, broker,
+//!   consumer, handler sends) on `tracing` spans bridged to OpenTelemetry.
 //! * [`retry`]: the [`RetryPolicy`] (exponential backoff with full jitter) shared by the
 //!   repository and the consumer router.
 //!
@@ -31,6 +33,7 @@ pub mod projection;
 pub mod query;
 pub mod retry;
 pub mod saga;
+pub mod trace;
 pub mod upcast;
 
 pub use aggregate::{

@@ -119,6 +119,8 @@ impl App {
 
     /// An application over stores and a bus opened by the caller.
     pub fn with(stores: Stores, bus: Bus) -> App {
+        // Outbox rows built anywhere in the application capture the current trace.
+        crate::trace::install();
         App {
             stores,
             bus,
