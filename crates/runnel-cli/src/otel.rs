@@ -91,7 +91,9 @@ where
         .with_http()
         .with_protocol(Protocol::HttpBinary)
         .build()
-        .map_err(|e| anyhow::anyhow!("cannot build the OTLP span exporter ({ENDPOINT_VAR}): {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot build the OTLP span exporter ({ENDPOINT_VAR}): {e}")
+        })?;
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(SERVICE_NAME_DEFAULT);

@@ -375,7 +375,10 @@ mod tests {
             };
             assert_eq!(get(TRACEPARENT_HEADER), m.traceparent);
             assert_eq!(get(TRACESTATE_HEADER), m.tracestate);
-            assert_eq!(get(&format!("{}traceparent", mapping.prefix)), m.traceparent);
+            assert_eq!(
+                get(&format!("{}traceparent", mapping.prefix)),
+                m.traceparent
+            );
             // A producer that sets only the W3C headers (OpenTelemetry instrumentation
             // without CloudEvents' extension) is read with its context.
             let foreign: Vec<(String, String)> = headers

@@ -318,7 +318,10 @@ impl Message {
                 return Err(invalid(format!("the key is over {HEADER_LEN_MAX} bytes")));
             }
         }
-        for (name, value) in [("traceparent", &self.traceparent), ("tracestate", &self.tracestate)] {
+        for (name, value) in [
+            ("traceparent", &self.traceparent),
+            ("tracestate", &self.tracestate),
+        ] {
             if value.as_ref().is_some_and(|v| v.len() > HEADER_LEN_MAX) {
                 return Err(invalid(format!("{name} is over {HEADER_LEN_MAX} bytes")));
             }

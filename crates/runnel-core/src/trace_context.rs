@@ -76,7 +76,9 @@ pub struct TraceParent<'a> {
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Parses a `traceparent` header; `None` if it is not valid W3C trace context.
@@ -137,7 +139,10 @@ mod tests {
             assert!(parse_traceparent(bad).is_none(), "{bad:?} accepted");
         }
         // A later version may append fields.
-        assert!(parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x").is_some());
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .is_some()
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ fn one<'a>(spans: &'a [SpanData], what: &str, pick: impl Fn(&SpanData) -> bool) 
         1,
         "exactly one {what} span expected, got {}: {:#?}",
         found.len(),
-        spans.iter().map(|s| (&s.name, s.span_kind.clone())).collect::<Vec<_>>()
+        spans
+            .iter()
+            .map(|s| (&s.name, s.span_kind.clone()))
+            .collect::<Vec<_>>()
     );
     found[0]
 }
@@ -106,31 +109,43 @@ async fn trace_spans_http_outbox_broker_and_handler(settings: Settings) {
         GroupName::new("billing").unwrap(),
         move |c| {
             let topic = forward_to.clone();
-            c.subscribe_options(from_the_start()).handler(move |ctx: HandlerContext| {
-                let topic = topic.clone();
-                async move {
-                    let order = ctx.message().payload_json().map_err(HandlerError::permanent)?;
-                    ctx.publish(
-                        &topic,
-                        vec![Message::json("InvoiceRequested", &json!({ "order": order }))],
-                    )
-                    .await?;
-                    Ok::<_, HandlerError>(())
-                }
-            })
+            c.subscribe_options(from_the_start())
+                .handler(move |ctx: HandlerContext| {
+                    let topic = topic.clone();
+                    async move {
+                        let order = ctx
+                            .message()
+                            .payload_json()
+                            .map_err(HandlerError::permanent)?;
+                        ctx.publish(
+                            &topic,
+                            vec![Message::json(
+                                "InvoiceRequested",
+                                &json!({ "order": order }),
+                            )],
+                        )
+                        .await?;
+                        Ok::<_, HandlerError>(())
+                    }
+                })
         },
     );
     let (seen_tx, mut seen_rx) = mpsc::channel::<Message>(16);
-    app.consumer(invoices.clone(), GroupName::new("invoicing").unwrap(), move |c| {
-        let seen = seen_tx.clone();
-        c.subscribe_options(from_the_start()).handler(move |ctx: HandlerContext| {
-            let seen = seen.clone();
-            async move {
-                let _ = seen.send(ctx.message().clone()).await;
-                Ok::<_, HandlerError>(())
-            }
-        })
-    });
+    app.consumer(
+        invoices.clone(),
+        GroupName::new("invoicing").unwrap(),
+        move |c| {
+            let seen = seen_tx.clone();
+            c.subscribe_options(from_the_start())
+                .handler(move |ctx: HandlerContext| {
+                    let seen = seen.clone();
+                    async move {
+                        let _ = seen.send(ctx.message().clone()).await;
+                        Ok::<_, HandlerError>(())
+                    }
+                })
+        },
+    );
     let server = Server::bind(
         ServerConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
@@ -183,7 +198,10 @@ async fn trace_spans_http_outbox_broker_and_handler(settings: Settings) {
 
     let http_span = one(&spans, "server", |s| s.span_kind == SpanKind::Server);
     assert_eq!(http_span.name, "POST /streams/{stream}");
-    assert_eq!(attribute(http_span, "http.route").as_deref(), Some("/streams/{stream}"));
+    assert_eq!(
+        attribute(http_span, "http.route").as_deref(),
+        Some("/streams/{stream}")
+    );
     assert_eq!(
         attribute(http_span, "http.response.status_code").as_deref(),
         Some("201")
@@ -194,7 +212,10 @@ async fn trace_spans_http_outbox_broker_and_handler(settings: Settings) {
         "the HTTP span is the child of the incoming traceparent"
     );
     assert!(http_span.parent_span_is_remote);
-    assert_eq!(http_span.span_context.trace_state().get("caller"), Some("1"));
+    assert_eq!(
+        http_span.span_context.trace_state().get("caller"),
+        Some("1")
+    );
 
     let append = one(&spans, "append", |s| s.name == "runnel.append");
     assert_eq!(append.parent_span_id, http_span.span_context.span_id());
@@ -207,22 +228,31 @@ async fn trace_spans_http_outbox_broker_and_handler(settings: Settings) {
         )
         .await
         .unwrap();
-    let stored_tp = stored[0].metadata.traceparent.clone().expect("a stored traceparent");
-    assert_eq!(parent_id_of(&stored_tp), (trace, append.span_context.span_id()));
+    let stored_tp = stored[0]
+        .metadata
+        .traceparent
+        .clone()
+        .expect("a stored traceparent");
+    assert_eq!(
+        parent_id_of(&stored_tp),
+        (trace, append.span_context.span_id())
+    );
 
     let publish = one(&spans, "publish", |s| s.name == "runnel.publish");
     assert_eq!(publish.span_kind, SpanKind::Producer);
     assert_eq!(publish.parent_span_id, append.span_context.span_id());
 
     let consume_order = one(&spans, "consume of the event", |s| {
-        s.name == "runnel.consume"
-            && attribute(s, "topic").as_deref() == Some("Order.OrderPlaced")
+        s.name == "runnel.consume" && attribute(s, "topic").as_deref() == Some("Order.OrderPlaced")
     });
     assert_eq!(consume_order.span_kind, SpanKind::Consumer);
     assert_eq!(consume_order.parent_span_id, publish.span_context.span_id());
 
     // The handler's own send carries the handler's span, and its consumer continues it.
-    let sent_tp = invoice.traceparent.clone().expect("the handler's send has a traceparent");
+    let sent_tp = invoice
+        .traceparent
+        .clone()
+        .expect("the handler's send has a traceparent");
     assert_eq!(
         parent_id_of(&sent_tp),
         (trace, consume_order.span_context.span_id())

@@ -49,7 +49,11 @@ fn runnel_core_parse(tp: &str) -> bool {
 fn extract_then_set_parent_continues_the_remote_trace_with_its_state() {
     with_otel(|| {
         let span = tracing::info_span!("child");
-        assert!(runnel::trace::set_parent(&span, Some(PARENT), Some("rojo=00f067aa0ba902b7")));
+        assert!(runnel::trace::set_parent(
+            &span,
+            Some(PARENT),
+            Some("rojo=00f067aa0ba902b7")
+        ));
         let cx = runnel::trace::inject(&span).unwrap();
         let (trace, parent) = ids(PARENT);
         let (child_trace, child_span) = ids(&cx.traceparent);
@@ -69,7 +73,11 @@ fn invalid_incoming_context_starts_a_new_trace_and_invalid_state_is_dropped_alon
         assert_ne!(ids(&cx.traceparent).0, ids(PARENT).0);
 
         let span = tracing::info_span!("child");
-        assert!(runnel::trace::set_parent(&span, Some(PARENT), Some("not a=valid=state")));
+        assert!(runnel::trace::set_parent(
+            &span,
+            Some(PARENT),
+            Some("not a=valid=state")
+        ));
         let cx = runnel::trace::inject(&span).unwrap();
         assert_eq!(ids(&cx.traceparent).0, ids(PARENT).0);
         assert_eq!(cx.tracestate, None);

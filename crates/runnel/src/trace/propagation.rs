@@ -9,9 +9,7 @@
 
 use std::str::FromStr;
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
 use runnel_core::trace_context::{parse_traceparent, TraceContext};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -85,7 +83,11 @@ pub fn extract(traceparent: &str, tracestate: Option<&str>) -> Option<Context> {
 /// Returns whether it did: `false` without a `traceparent`, with an invalid one, for a
 /// disabled span, without an OpenTelemetry layer, or once the span has started (set the
 /// parent right after creating the span, before entering it).
-pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) -> bool {
+pub fn set_parent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> bool {
     let Some(traceparent) = traceparent else {
         return false;
     };
