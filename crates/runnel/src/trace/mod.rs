@@ -3,8 +3,8 @@
 //! and the handler's own sends.
 //!
 //! Runnel records `tracing` spans at each hop and carries the W3C trace context
-//! (`traceparent`, `tracestate`) on [`Metadata`](runnel_core::Metadata) and
-//! [`Message`](runnel_core::Message):
+//! (`traceparent`, `tracestate`) on [`Metadata`] and
+//! [`Message`]:
 //!
 //! | hop | span | trace context |
 //! |---|---|---|
