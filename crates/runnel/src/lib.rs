@@ -21,6 +21,7 @@
 pub mod aggregate;
 pub mod app;
 pub mod bus;
+pub mod catalog;
 pub mod command;
 pub mod connect;
 pub mod consumer;
@@ -54,3 +55,6 @@ pub use runnel_postgres as postgres;
 pub use runnel_sqlite as sqlite;
 // Handlers implement async traits; re-exported so applications agree on the version.
 pub use async_trait::async_trait;
+// Catalog descriptions take `JsonSchema` types; re-exported so applications agree on the
+// version.
+pub use schemars;
