@@ -176,7 +176,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The service reports what it does; the demo's output is its progress bar and summary.
     let log_default = match cli.command {
-        Some(Command::Demo(_)) => "warn,lapin=off",
+        Some(Command::Demo(_) | Command::Schema(_)) => "warn,lapin=off",
         _ => "info,lapin=off",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_default));
