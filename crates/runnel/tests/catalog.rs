@@ -2,6 +2,9 @@
 //! on real `JsonSchema` derives of successive versions of one event enum, the snapshot
 //! file, and the catalog an application fills as its parts are registered.
 
+// Stored event types carry their aggregate's name (`OrderPlaced`, `OrderShipped`).
+#![allow(clippy::enum_variant_names)]
+
 use runnel::app::App;
 use runnel::catalog::{
     check, compare, CatalogError, CatalogRegistry, ChangeKind, IncompatibilityKind, PublisherKind,
