@@ -19,6 +19,7 @@
 //! ```
 
 pub mod auth;
+pub mod catalog;
 pub mod events;
 mod extract;
 pub mod health;
@@ -31,6 +32,7 @@ pub mod sse;
 mod state;
 
 pub use auth::{ApiKey, ApiKeys, Caller, KeysError, Role};
+pub use catalog::ServedCatalog;
 pub use limits::HttpLimits;
 pub use problem::Problem;
 pub use routes::{router, Access, Route, ROUTES};

@@ -19,7 +19,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use crate::auth::{forbidden, unauthorized, Caller, Role};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::state::AppState;
-use crate::{events, health, metrics, sse};
+use crate::{catalog, events, health, metrics, sse};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,21 @@ pub static ROUTES: &[Route] = &[
         access: Access::Role(Role::Viewer),
         summary: "Every metric of the process, Prometheus text format",
         handler: || routing::get(metrics::render),
+    },
+    Route {
+        method: Method::GET,
+        path: "/catalog",
+        // Schemas and names only, never a message body.
+        access: Access::Role(Role::Viewer),
+        summary: "The catalog: event types with schema versions and JSON Schemas, commands, queries, topics",
+        handler: || routing::get(catalog::catalog),
+    },
+    Route {
+        method: Method::GET,
+        path: "/asyncapi.json",
+        access: Access::Role(Role::Viewer),
+        summary: "The AsyncAPI 3.0 document of the catalog",
+        handler: || routing::get(catalog::asyncapi),
     },
 ];
 

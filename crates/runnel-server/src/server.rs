@@ -12,6 +12,7 @@ use runnel_core::EventStore;
 use tokio::net::TcpListener;
 
 use crate::auth::ApiKeys;
+use crate::catalog::ServedCatalog;
 use crate::limits::HttpLimits;
 use crate::routes::router;
 use crate::state::AppState;
@@ -83,6 +84,7 @@ pub struct Server {
     limits: HttpLimits,
     heartbeat: Duration,
     metrics: Option<PrometheusHandle>,
+    catalog: Option<ServedCatalog>,
 }
 
 /// What [`Server::into_task`] returns: a task for
@@ -121,7 +123,16 @@ impl Server {
             limits,
             heartbeat: config.heartbeat,
             metrics: config.metrics,
+            catalog: None,
         })
+    }
+
+    /// Serves `catalog` on `GET /catalog` and `GET /asyncapi.json` (viewer role), e.g.
+    /// `ServedCatalog::new(&app.catalog(), "Orders", "1.4.0")` once the application's
+    /// parts are registered.
+    pub fn with_catalog(mut self, catalog: ServedCatalog) -> Server {
+        self.catalog = Some(catalog);
+        self
     }
 
     /// The address it listens on (the actual port when bound to port 0).
@@ -139,7 +150,8 @@ impl Server {
             self.heartbeat,
             shutdown.clone(),
         )
-        .with_metrics(self.metrics.clone());
+        .with_metrics(self.metrics.clone())
+        .with_catalog(self.catalog);
         if let Some(handle) = self.metrics {
             tokio::spawn(crate::metrics::upkeep(handle, shutdown.clone()));
         }
@@ -161,15 +173,21 @@ impl Server {
             metrics: self.metrics.clone(),
         };
         let events = Arc::clone(&self.events);
+        let catalog = self.catalog.clone();
         let bound = Mutex::new(Some(self));
         Box::new(move |shutdown| {
             let first = bound.lock().ok().and_then(|mut b| b.take());
             let config = config.clone();
             let events = Arc::clone(&events);
+            let catalog = catalog.clone();
             Box::pin(async move {
                 let server = match first {
                     Some(server) => server,
-                    None => Server::bind(config, events).await?,
+                    None => {
+                        let mut server = Server::bind(config, events).await?;
+                        server.catalog = catalog;
+                        server
+                    }
                 };
                 server.run(shutdown).await?;
                 Ok(())

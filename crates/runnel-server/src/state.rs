@@ -9,6 +9,7 @@ use runnel_core::EventStore;
 use tokio::sync::Semaphore;
 
 use crate::auth::ApiKeys;
+use crate::catalog::ServedCatalog;
 use crate::limits::HttpLimits;
 
 /// The state behind the router (cheap to clone).
@@ -27,6 +28,8 @@ pub(crate) struct Inner {
     pub subscribers: Arc<Semaphore>,
     /// What `/metrics` renders; `None`: metrics are off.
     pub metrics: Option<PrometheusHandle>,
+    /// What `/catalog` and `/asyncapi.json` serve; `None`: no catalog.
+    pub catalog: Option<ServedCatalog>,
 }
 
 impl AppState {
@@ -48,6 +51,7 @@ impl AppState {
                 heartbeat,
                 shutdown,
                 metrics: None,
+                catalog: None,
             }),
         }
     }
@@ -67,6 +71,31 @@ impl AppState {
                 shutdown: shared.shutdown.clone(),
                 subscribers: Arc::clone(&shared.subscribers),
                 metrics: handle,
+                catalog: shared.catalog.clone(),
+            },
+        };
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// `/catalog` and `/asyncapi.json` serve `catalog` (else they answer 404
+    /// `catalog-disabled`).
+    pub fn with_catalog(self, catalog: Option<ServedCatalog>) -> AppState {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.catalog = catalog;
+                inner
+            }
+            Err(shared) => Inner {
+                events: Arc::clone(&shared.events),
+                keys: shared.keys.clone(),
+                limits: shared.limits.clone(),
+                heartbeat: shared.heartbeat,
+                shutdown: shared.shutdown.clone(),
+                subscribers: Arc::clone(&shared.subscribers),
+                metrics: shared.metrics.clone(),
+                catalog,
             },
         };
         AppState {
