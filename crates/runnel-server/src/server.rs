@@ -11,6 +11,7 @@ use runnel::bus::BoxError;
 use runnel_core::EventStore;
 use tokio::net::TcpListener;
 
+use crate::application::Application;
 use crate::auth::ApiKeys;
 use crate::catalog::ServedCatalog;
 use crate::limits::HttpLimits;
@@ -85,6 +86,7 @@ pub struct Server {
     heartbeat: Duration,
     metrics: Option<PrometheusHandle>,
     catalog: Option<ServedCatalog>,
+    app: Option<Application>,
 }
 
 /// What [`Server::into_task`] returns: a task for
@@ -93,10 +95,26 @@ pub type ServerTask =
     Box<dyn Fn(Shutdown) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync + 'static>;
 
 impl Server {
-    /// Checks the configuration and binds.
+    /// Checks the configuration and binds a server of the event store alone: commands,
+    /// queries and the admin API answer 404 `no-application` (see [`Server::bind_app`]).
     pub async fn bind(
         config: ServerConfig,
         events: Arc<dyn EventStore>,
+    ) -> Result<Server, ServerError> {
+        Server::bind_inner(config, events, None).await
+    }
+
+    /// Checks the configuration and binds a server of a whole application: its event
+    /// store, its commands and queries by name, and the admin API over its stores and bus.
+    pub async fn bind_app(config: ServerConfig, app: Application) -> Result<Server, ServerError> {
+        let events = Arc::clone(&app.stores.events);
+        Server::bind_inner(config, events, Some(app)).await
+    }
+
+    async fn bind_inner(
+        config: ServerConfig,
+        events: Arc<dyn EventStore>,
+        app: Option<Application>,
     ) -> Result<Server, ServerError> {
         if config.keys.is_empty() && !config.bind.ip().is_loopback() {
             return Err(ServerError::OpenPublicBind { bind: config.bind });
@@ -124,6 +142,7 @@ impl Server {
             heartbeat: config.heartbeat,
             metrics: config.metrics,
             catalog: None,
+            app,
         })
     }
 
@@ -151,9 +170,13 @@ impl Server {
             shutdown.clone(),
         )
         .with_metrics(self.metrics.clone())
-        .with_catalog(self.catalog);
+        .with_app(self.app.clone())
+        .with_catalog(self.catalog.clone());
         if let Some(handle) = self.metrics {
             tokio::spawn(crate::metrics::upkeep(handle, shutdown.clone()));
+            if let Some(app) = self.app.clone() {
+                tokio::spawn(crate::sampler::run(app, shutdown.clone()));
+            }
         }
         axum::serve(self.listener, router(state))
             .with_graceful_shutdown(async move { shutdown.requested().await })
@@ -174,17 +197,19 @@ impl Server {
         };
         let events = Arc::clone(&self.events);
         let catalog = self.catalog.clone();
+        let app = self.app.clone();
         let bound = Mutex::new(Some(self));
         Box::new(move |shutdown| {
             let first = bound.lock().ok().and_then(|mut b| b.take());
             let config = config.clone();
             let events = Arc::clone(&events);
+            let app = app.clone();
             let catalog = catalog.clone();
             Box::pin(async move {
                 let server = match first {
                     Some(server) => server,
                     None => {
-                        let mut server = Server::bind(config, events).await?;
+                        let mut server = Server::bind_inner(config, events, app).await?;
                         server.catalog = catalog;
                         server
                     }

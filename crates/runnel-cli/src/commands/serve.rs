@@ -7,7 +7,7 @@ use std::time::Duration;
 use runnel::app::App;
 use runnel::connect::{Bus, Stores};
 use runnel_server::auth::{ENV_API_KEYS, ENV_API_KEYS_FILE};
-use runnel_server::{ApiKeys, ServedCatalog, Server, ServerConfig, ServerError};
+use runnel_server::{ApiKeys, Application, ServedCatalog, Server, ServerConfig, ServerError};
 
 use crate::cli::ServeArgs;
 use crate::exit::BadInput;
@@ -64,7 +64,8 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
 /// restarted after a failure, stopped on the signal.
 pub async fn serve(stores: Stores, bus: Bus, prepared: Prepared) -> anyhow::Result<()> {
     let keys = prepared.config.keys.len();
-    let server = Server::bind(prepared.config, stores.events.clone())
+    let application = Application::bare(stores.clone(), bus.clone());
+    let server = Server::bind_app(prepared.config, application)
         .await
         .map_err(|e| match e {
             ServerError::OpenPublicBind { .. } | ServerError::ZeroHeartbeat => {

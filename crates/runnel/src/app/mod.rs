@@ -220,12 +220,17 @@ impl App {
         let subscriber = Arc::clone(&self.bus.subscriber);
         let publisher = Arc::clone(&self.bus.publisher);
         let dead_letters = Arc::clone(&self.stores.dead_letters);
+        let lag_probe = self.bus.lag_probe.clone();
         let grace = self.consumer_grace;
         let configure = Arc::new(configure);
         self.task(name, move |shutdown| {
-            let builder = Consumer::builder(Arc::clone(&subscriber), topic.clone(), group.clone())
-                .publisher(Arc::clone(&publisher))
-                .dead_letters(Arc::clone(&dead_letters));
+            let mut builder =
+                Consumer::builder(Arc::clone(&subscriber), topic.clone(), group.clone())
+                    .publisher(Arc::clone(&publisher))
+                    .dead_letters(Arc::clone(&dead_letters));
+            if let Some(probe) = &lag_probe {
+                builder = builder.lag_probe(Arc::clone(probe), None);
+            }
             let builder = configure(builder);
             async move {
                 let mut handle = builder.start().await?;
