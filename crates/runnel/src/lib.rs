@@ -13,6 +13,9 @@
 //! * [`outbox`]: the outbox [`Relay`](outbox::Relay) (per-key order, leases, backoff),
 //!   the event store as the outbox ([`EventStoreRelay`](outbox::EventStoreRelay)), the claim
 //!   check for large payloads, relay metrics.
+//! * [`catalog`]: what the application registered — event types with their schema
+//!   versions and JSON Schemas, commands, queries, topics with their receivers and
+//!   publishers — its AsyncAPI 3.0 document, and the event schema compatibility check.
 //! * [`retry`]: the [`RetryPolicy`] (exponential backoff with full jitter) shared by the
 //!   repository and the consumer router.
 //!

@@ -63,6 +63,11 @@ fn node_tools(test: &str) -> Option<PathBuf> {
         .arg(repo_root().join("scripts/node-tools.sh"))
         .arg("install");
     let out = run(install, "scripts/node-tools.sh install");
+    // Exit 3: node without npm.
+    if out.status.code() == Some(3) && !required {
+        eprintln!("SKIPPED {test}: npm is not installed (it installs the AsyncAPI parser)");
+        return None;
+    }
     assert!(
         out.status.success(),
         "{test}: installing the AsyncAPI parser failed: {}",
