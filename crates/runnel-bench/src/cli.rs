@@ -72,6 +72,10 @@ pub enum Command {
     /// rebuilding 100k and 1M events
     #[command(after_help = BENCH_PROJECTION_AFTER_HELP)]
     Projection(BenchProjectionArgs),
+    /// The HTTP API of `runnel serve`: appends over HTTP beside the in-process API, and
+    /// SSE fan-out to many subscribers beside in-process subscriptions
+    #[command(after_help = BENCH_HTTP_AFTER_HELP)]
+    Http(BenchHttpArgs),
 }
 
 const BENCH_PROJECTION_AFTER_HELP: &str = "\
@@ -331,4 +335,46 @@ mod tests {
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
     }
+}
+
+const BENCH_HTTP_AFTER_HELP: &str = "\
+Scenarios, on a fresh SQLite file under --dir (and, with --store postgres://…, in a fresh
+schema on that server, dropped afterwards), with the server in this process on 127.0.0.1:
+  - appends: --clients keep-alive HTTP clients append one event per request (N in all),
+    beside the same clients calling EventStore::append in process (half before, half
+    after the HTTP run); target: HTTP at least 0.6x in-process
+  - SSE fan-out: --subscribers clients on /subscribe/all plus one that never reads, while
+    --writers tasks append --events events in process; deliveries/s and p50/p99 from the
+    writer building an event to a subscriber parsing it, beside as many in-process
+    subscribe_all streams; peak RSS of each
+The table is markdown, ready for BENCHMARKS.md.
+
+Examples:
+  cargo run --release -p runnel-bench -- http
+  cargo run --release -p runnel-bench -- --store postgres://postgres@127.0.0.1/postgres http";
+
+/// `runnel-bench http`.
+#[derive(Debug, Args)]
+pub struct BenchHttpArgs {
+    /// Directory for the temporary database file [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Events appended over HTTP (and as many in process, in two halves)
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub appends: u64,
+    /// Concurrent appending clients
+    #[arg(long, value_name = "C", default_value_t = 64)]
+    pub clients: usize,
+    /// SSE subscribers reading every event
+    #[arg(long, value_name = "S", default_value_t = 100)]
+    pub subscribers: usize,
+    /// Writers appending while the subscribers read
+    #[arg(long, value_name = "W", default_value_t = 64)]
+    pub writers: usize,
+    /// Events the writers append in the fan-out
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    pub events: u64,
+    /// Tiny counts: checks that every scenario runs, measures nothing
+    #[arg(long)]
+    pub quick: bool,
 }

@@ -7,6 +7,7 @@
 //! cargo run --release -p runnel-bench -- outbox         # the outbox relay
 //! cargo run --release -p runnel-bench -- saga           # sagas (--memory: RSS over 1M)
 //! cargo run --release -p runnel-bench -- projection     # projections (--memory: 1M rebuild)
+//! cargo run --release -p runnel-bench -- http           # the HTTP API and SSE fan-out
 //! runnel-bench bus --store postgres://postgres@127.0.0.1/postgres   # + PostgreSQL
 //! ```
 //!
@@ -18,6 +19,7 @@ mod cli;
 mod cpu;
 mod disk;
 mod exit;
+mod http;
 mod machine;
 mod outbox;
 mod output;
@@ -124,6 +126,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             projection::bench(args, postgres, cli.json).await
+        }
+        Command::Http(args) => {
+            let postgres = match store {
+                Some(StoreUrl::Postgres(url)) => Some(url),
+                Some(_) => {
+                    eprintln!(
+                        "note: bench http measures a fresh SQLite file under --dir; --store is ignored"
+                    );
+                    None
+                }
+                None => None,
+            };
+            http::bench(args, postgres).await
         }
     }
 }

@@ -51,6 +51,7 @@ fn every_command_has_help_with_an_example() {
         &["outbox", "--help"],
         &["saga", "--help"],
         &["projection", "--help"],
+        &["http", "--help"],
     ] {
         let out = bench(dir.path()).args(command).output().unwrap();
         assert!(out.status.success(), "{command:?}");
@@ -362,4 +363,43 @@ fn bench_projection_quick_on_postgres_adds_its_row() {
         "{text}"
     );
     assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn bench_http_quick_prints_appends_and_fan_out_beside_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["http", "--quick", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "| scenario | Runnel | baseline | ratio | target |",
+        "SQLite: appends",
+        "events/s over HTTP",
+        "events/s in process",
+        "SQLite: SSE fan-out",
+        "(+1 stalled)",
+        "p99",
+        "Peak RSS, SQLite",
+        "≥ 0.6×",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    assert_no_leftovers(dir.path());
+    let out = bench(dir.path())
+        .args(["http", "--clients", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: --clients must be in 1..=1024"
+    );
 }

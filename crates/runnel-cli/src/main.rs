@@ -125,6 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::events::tail(&stores, printer, args).await
         }
         Command::Bench(_) | Command::Demo(_) => unreachable!("handed over in main"),
+        // Files only: no store or bus is opened.
+        Command::Schema(command) => commands::schema::run(command),
         Command::Outbox(command) => {
             let settings = settings(cli.store, cli.db, None)?;
             let stores = open_stores(&settings.store, OpenMode::MustExist).await?;

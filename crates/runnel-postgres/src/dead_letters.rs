@@ -72,9 +72,16 @@ impl PostgresDeadLetters {
         // PostgreSQL text cannot hold NUL; the JSON columns escape it, the search column
         // simply drops it (nobody searches for NUL).
         let search = error_search_text(&dead_letter.failures).replace('\0', "");
+        // Ids are handed out in commit order: the transaction-scoped lock (taken in the
+        // same statement, so it holds until the enclosing transaction commits, or until
+        // this statement does outside one) makes a second insert wait for the first to
+        // commit before it draws an id. Without it, an id drawn early could commit after a
+        // higher one, and a reader paging "after the last id seen" would miss it.
         let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {} (topic, group_name, message_id, envelope, payload, failures, \
-             error_search, dead_lettered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+            "WITH ordered AS (SELECT pg_advisory_xact_lock(hashtext($8)) AS locked) \
+             INSERT INTO {} (topic, group_name, message_id, envelope, payload, failures, \
+             error_search, dead_lettered_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, now() FROM ordered \
              RETURNING id",
             self.table
         )))
@@ -85,6 +92,7 @@ impl PostgresDeadLetters {
         .bind(payload)
         .bind(failures_json)
         .bind(search)
+        .bind(format!("runnel dead-letter ids {}", self.table))
         .fetch_one(&mut *tx)
         .await
         .map_err(store_err)?;

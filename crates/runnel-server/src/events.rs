@@ -3,7 +3,8 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
+
 use chrono::{DateTime, Utc};
 use runnel_core::store::{EventFilter, ReadDirection, ReadStream};
 use runnel_core::{ExpectedRevision, Metadata, NewEvent, Position, RecordedEvent, StreamName};
@@ -12,6 +13,7 @@ use serde_json::value::RawValue;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::limits::PAGE_LIMIT_DEFAULT;
 use crate::problem::Problem;
@@ -64,6 +66,22 @@ pub struct EventOut {
     /// JSON payloads inline; anything else as `{"base64": "…"}`.
     pub data: Box<RawValue>,
     pub metadata: Metadata,
+    /// `true` when `data` was left out (`null`) because the caller is a viewer, who never
+    /// sees message bodies.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
+}
+
+impl EventOut {
+    /// The event as `caller` may see it: without its data for a viewer.
+    pub fn for_caller(e: RecordedEvent, caller: &Caller) -> EventOut {
+        let mut out = EventOut::from(e);
+        if !crate::admin::sees_bodies(caller) {
+            out.data = RawValue::from_string("null".into()).expect("valid JSON");
+            out.redacted = true;
+        }
+        out
+    }
 }
 
 impl From<RecordedEvent> for EventOut {
@@ -94,6 +112,7 @@ impl From<RecordedEvent> for EventOut {
             content_type: e.content_type,
             data,
             metadata: e.metadata,
+            redacted: false,
         }
     }
 }
@@ -216,6 +235,7 @@ pub struct StreamPage {
 /// `GET /streams/{stream}`: one page of a stream, forward or backward.
 pub async fn read_stream(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathParams(stream): PathParams<String>,
     QueryParams(q): QueryParams<ReadStreamQuery>,
 ) -> Result<Json<StreamPage>, Problem> {
@@ -242,7 +262,10 @@ pub async fn read_stream(
     Ok(Json(StreamPage {
         stream: stream.to_string(),
         direction,
-        events: events.into_iter().map(EventOut::from).collect(),
+        events: events
+            .into_iter()
+            .map(|e| EventOut::for_caller(e, &caller))
+            .collect(),
         next,
     }))
 }
@@ -296,6 +319,7 @@ pub struct AllPage {
 /// `GET /all`: one page of `$all` after a position, optionally filtered.
 pub async fn read_all(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     QueryParams(q): QueryParams<ReadAllQuery>,
 ) -> Result<Json<AllPage>, Problem> {
     let limit = page_limit(&state, q.limit)?;
@@ -311,7 +335,10 @@ pub async fn read_all(
         last
     };
     Ok(Json(AllPage {
-        events: events.into_iter().map(EventOut::from).collect(),
+        events: events
+            .into_iter()
+            .map(|e| EventOut::for_caller(e, &caller))
+            .collect(),
         next_after: next_after.get(),
     }))
 }

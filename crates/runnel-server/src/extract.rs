@@ -68,3 +68,32 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
 fn path_problem(rejection: PathRejection) -> Problem {
     Problem::bad_request(rejection.body_text())
 }
+
+/// A JSON body that may be left out: an empty body is `T::default()`.
+pub struct JsonOrEmpty<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrEmpty<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                let status = r.status();
+                Problem::new(status, kind_for(status), title_for(status), r.body_text())
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonOrEmpty(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonOrEmpty)
+            .map_err(|e| {
+                Problem::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-body",
+                    title_for(axum::http::StatusCode::UNPROCESSABLE_ENTITY),
+                    e.to_string(),
+                )
+            })
+    }
+}

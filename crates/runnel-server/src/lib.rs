@@ -18,20 +18,29 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
+mod application;
 pub mod auth;
+pub mod catalog;
+pub mod commands;
 pub mod events;
 mod extract;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod operations;
 pub mod problem;
+pub mod queries;
 pub mod routes;
+pub mod sampler;
 mod server;
 pub mod sse;
 mod state;
 pub mod trace;
 
+pub use application::Application;
 pub use auth::{ApiKey, ApiKeys, Caller, KeysError, Role};
+pub use catalog::ServedCatalog;
 pub use limits::HttpLimits;
 pub use problem::Problem;
 pub use routes::{router, Access, Route, ROUTES};

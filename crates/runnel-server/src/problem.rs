@@ -19,6 +19,8 @@ pub struct Problem {
     pub detail: String,
     /// Extra members (for a conflict: the stream's actual revision).
     pub extensions: Map<String, Value>,
+    /// Seconds for a `Retry-After` header (a temporary refusal).
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -34,7 +36,14 @@ impl Problem {
             title: title.into(),
             detail: detail.into(),
             extensions: Map::new(),
+            retry_after: None,
         }
+    }
+
+    /// Sends `Retry-After: seconds` with it.
+    pub fn retry_after(mut self, seconds: u64) -> Problem {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// 400: the request is malformed (a header, a query parameter, a name).
@@ -83,6 +92,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
         );
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }

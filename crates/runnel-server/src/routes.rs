@@ -16,10 +16,11 @@ use axum::routing::{self, MethodRouter};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::admin::{consumers, dead_letters, outbox, processors};
 use crate::auth::{forbidden, unauthorized, Caller, Role};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::state::AppState;
-use crate::{events, health, metrics, sse};
+use crate::{catalog, commands, events, health, metrics, queries, sse};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,12 +101,181 @@ pub static ROUTES: &[Route] = &[
     },
     Route {
         method: Method::GET,
+        path: "/commands",
+        access: Access::Role(Role::Viewer),
+        summary: "The names of the registered commands",
+        handler: || routing::get(commands::list),
+    },
+    Route {
+        method: Method::POST,
+        path: "/commands/{name}",
+        access: Access::Role(Role::Operator),
+        summary: "Send a command by name (Idempotency-Key, Prefer: wait=N)",
+        handler: || routing::post(commands::send),
+    },
+    Route {
+        method: Method::GET,
+        path: "/commands/{name}/{id}",
+        access: Access::Role(Role::Operator),
+        summary: "The outcome of a command sent earlier",
+        handler: || routing::get(commands::outcome),
+    },
+    Route {
+        method: Method::POST,
+        path: "/queries/{name}",
+        access: Access::Role(Role::Viewer),
+        summary: "Run a query by name (Runnel-Min-Position: read your writes)",
+        handler: || routing::post(queries::run),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/dead-letters/summary",
+        access: Access::Role(Role::Viewer),
+        summary: "Dead letters counted by topic, group and error type",
+        handler: || routing::get(dead_letters::summary),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/dead-letters",
+        access: Access::Role(Role::Viewer),
+        summary: "Dead letters, one page after a cursor (no bodies)",
+        handler: || routing::get(dead_letters::list),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/dead-letters/{id}",
+        access: Access::Role(Role::Viewer),
+        summary: "One dead letter with its failures (its body for operators)",
+        handler: || routing::get(dead_letters::show),
+    },
+    Route {
+        method: Method::POST,
+        path: "/admin/dead-letters/{id}/retry",
+        access: Access::Role(Role::Operator),
+        summary: "Publish one dead letter again",
+        handler: || routing::post(dead_letters::retry_one),
+    },
+    Route {
+        method: Method::POST,
+        path: "/admin/dead-letters/retry",
+        access: Access::Role(Role::Operator),
+        summary: "Retry every match of a filter as a background operation",
+        handler: || routing::post(dead_letters::retry_many),
+    },
+    Route {
+        method: Method::POST,
+        path: "/admin/dead-letters/purge",
+        access: Access::Role(Role::Admin),
+        summary: "Delete the matches of a filter dead-lettered before a time",
+        handler: || routing::post(dead_letters::purge),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/operations",
+        access: Access::Role(Role::Viewer),
+        summary: "Background operations, newest first",
+        handler: || routing::get(dead_letters::operations),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/operations/{id}",
+        access: Access::Role(Role::Viewer),
+        summary: "One background operation's progress",
+        handler: || routing::get(dead_letters::operation),
+    },
+    Route {
+        method: Method::POST,
+        path: "/admin/operations/{id}/cancel",
+        access: Access::Role(Role::Operator),
+        summary: "Cancel a running background operation",
+        handler: || routing::post(dead_letters::cancel_operation),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/outbox",
+        access: Access::Role(Role::Viewer),
+        summary: "The outbox backlog: pending, parked, oldest age, per topic",
+        handler: || routing::get(outbox::status),
+    },
+    Route {
+        method: Method::POST,
+        path: "/admin/outbox/retry-parked",
+        access: Access::Role(Role::Operator),
+        summary: "Make parked outbox rows claimable again",
+        handler: || routing::post(outbox::retry_parked),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/consumers",
+        access: Access::Role(Role::Viewer),
+        summary: "This process's consumer groups: lag in messages and seconds",
+        handler: || routing::get(consumers::list),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/sagas",
+        access: Access::Role(Role::Viewer),
+        summary: "Saga instances by kind and status, one page",
+        handler: || routing::get(processors::sagas),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/sagas/{kind}/{id}",
+        access: Access::Role(Role::Viewer),
+        summary: "One saga instance with its history and timers",
+        handler: || routing::get(processors::saga),
+    },
+    Route {
+        method: Method::POST,
+        path: "/admin/sagas/{kind}/{id}/{action}",
+        access: Access::Role(Role::Operator),
+        summary: "Retry, skip a step of, or compensate a saga instance",
+        handler: || routing::post(processors::saga_action),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/projections",
+        access: Access::Role(Role::Viewer),
+        summary: "Every projection generation with its lag",
+        handler: || routing::get(processors::projections),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/projections/{name}",
+        access: Access::Role(Role::Viewer),
+        summary: "One projection's generations and rebuild progress",
+        handler: || routing::get(processors::projection),
+    },
+    Route {
+        method: Method::POST,
+        path: "/admin/projections/{name}/{action}",
+        access: Access::Role(Role::Operator),
+        summary: "Pause, resume, retry, skip, rebuild or drop old generations",
+        handler: || routing::post(processors::projection_action),
+    },
+    Route {
+        method: Method::GET,
         path: "/metrics",
         // Counts and durations only, never a body or an id: a viewer key is enough, so
         // the key Prometheus scrapes with cannot change anything.
         access: Access::Role(Role::Viewer),
         summary: "Every metric of the process, Prometheus text format",
         handler: || routing::get(metrics::render),
+    },
+    Route {
+        method: Method::GET,
+        path: "/catalog",
+        // Schemas and names only, never a message body.
+        access: Access::Role(Role::Viewer),
+        summary: "The catalog: event types with schema versions and JSON Schemas, commands, queries, topics",
+        handler: || routing::get(catalog::catalog),
+    },
+    Route {
+        method: Method::GET,
+        path: "/asyncapi.json",
+        access: Access::Role(Role::Viewer),
+        summary: "The AsyncAPI 3.0 document of the catalog",
+        handler: || routing::get(catalog::asyncapi),
     },
 ];
 

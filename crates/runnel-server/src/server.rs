@@ -11,7 +11,9 @@ use runnel::bus::BoxError;
 use runnel_core::EventStore;
 use tokio::net::TcpListener;
 
+use crate::application::Application;
 use crate::auth::ApiKeys;
+use crate::catalog::ServedCatalog;
 use crate::limits::HttpLimits;
 use crate::routes::router;
 use crate::state::AppState;
@@ -83,6 +85,8 @@ pub struct Server {
     limits: HttpLimits,
     heartbeat: Duration,
     metrics: Option<PrometheusHandle>,
+    catalog: Option<ServedCatalog>,
+    app: Option<Application>,
 }
 
 /// What [`Server::into_task`] returns: a task for
@@ -91,10 +95,26 @@ pub type ServerTask =
     Box<dyn Fn(Shutdown) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync + 'static>;
 
 impl Server {
-    /// Checks the configuration and binds.
+    /// Checks the configuration and binds a server of the event store alone: commands,
+    /// queries and the admin API answer 404 `no-application` (see [`Server::bind_app`]).
     pub async fn bind(
         config: ServerConfig,
         events: Arc<dyn EventStore>,
+    ) -> Result<Server, ServerError> {
+        Server::bind_inner(config, events, None).await
+    }
+
+    /// Checks the configuration and binds a server of a whole application: its event
+    /// store, its commands and queries by name, and the admin API over its stores and bus.
+    pub async fn bind_app(config: ServerConfig, app: Application) -> Result<Server, ServerError> {
+        let events = Arc::clone(&app.stores.events);
+        Server::bind_inner(config, events, Some(app)).await
+    }
+
+    async fn bind_inner(
+        config: ServerConfig,
+        events: Arc<dyn EventStore>,
+        app: Option<Application>,
     ) -> Result<Server, ServerError> {
         if config.keys.is_empty() && !config.bind.ip().is_loopback() {
             return Err(ServerError::OpenPublicBind { bind: config.bind });
@@ -121,7 +141,17 @@ impl Server {
             limits,
             heartbeat: config.heartbeat,
             metrics: config.metrics,
+            catalog: None,
+            app,
         })
+    }
+
+    /// Serves `catalog` on `GET /catalog` and `GET /asyncapi.json` (viewer role), e.g.
+    /// `ServedCatalog::new(&app.catalog(), "Orders", "1.4.0")` once the application's
+    /// parts are registered.
+    pub fn with_catalog(mut self, catalog: ServedCatalog) -> Server {
+        self.catalog = Some(catalog);
+        self
     }
 
     /// The address it listens on (the actual port when bound to port 0).
@@ -139,9 +169,14 @@ impl Server {
             self.heartbeat,
             shutdown.clone(),
         )
-        .with_metrics(self.metrics.clone());
+        .with_metrics(self.metrics.clone())
+        .with_app(self.app.clone())
+        .with_catalog(self.catalog.clone());
         if let Some(handle) = self.metrics {
             tokio::spawn(crate::metrics::upkeep(handle, shutdown.clone()));
+            if let Some(app) = self.app.clone() {
+                tokio::spawn(crate::sampler::run(app, shutdown.clone()));
+            }
         }
         axum::serve(self.listener, router(state))
             .with_graceful_shutdown(async move { shutdown.requested().await })
@@ -161,15 +196,23 @@ impl Server {
             metrics: self.metrics.clone(),
         };
         let events = Arc::clone(&self.events);
+        let catalog = self.catalog.clone();
+        let app = self.app.clone();
         let bound = Mutex::new(Some(self));
         Box::new(move |shutdown| {
             let first = bound.lock().ok().and_then(|mut b| b.take());
             let config = config.clone();
             let events = Arc::clone(&events);
+            let app = app.clone();
+            let catalog = catalog.clone();
             Box::pin(async move {
                 let server = match first {
                     Some(server) => server,
-                    None => Server::bind(config, events).await?,
+                    None => {
+                        let mut server = Server::bind_inner(config, events, app).await?;
+                        server.catalog = catalog;
+                        server
+                    }
                 };
                 server.run(shutdown).await?;
                 Ok(())

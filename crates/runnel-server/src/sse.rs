@@ -20,11 +20,13 @@ use std::convert::Infallible;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
+use axum::Extension;
 use futures_util::{Stream, StreamExt};
 use runnel_core::subscription::{subscribe_all_paged, subscribe_stream_paged};
 use runnel_core::{Position, RecordedEvent, StoreError};
 use serde::Deserialize;
 
+use crate::auth::Caller;
 use crate::events::{filter_of, EventOut};
 use crate::extract::{PathParams, QueryParams};
 use crate::problem::Problem;
@@ -73,6 +75,7 @@ fn sse(
     state: &AppState,
     events: runnel_core::store::EventStream,
     id_of: fn(&RecordedEvent) -> u64,
+    caller: Caller,
 ) -> Result<SseStream, Problem> {
     let permit = state
         .inner
@@ -98,7 +101,7 @@ fn sse(
             Ok::<_, Infallible>(match item {
                 Ok(event) => {
                     let id = id_of(&event);
-                    let body = serde_json::to_string(&EventOut::from(event))
+                    let body = serde_json::to_string(&EventOut::for_caller(event, &caller))
                         .unwrap_or_else(|_| "null".into());
                     Event::default()
                         .event(SSE_EVENT)
@@ -126,6 +129,7 @@ fn sse(
 /// `GET /subscribe/all`: `$all`, catch-up then live.
 pub async fn subscribe_all(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     QueryParams(q): QueryParams<SubscribeAllQuery>,
 ) -> Result<SseStream, Problem> {
@@ -137,12 +141,13 @@ pub async fn subscribe_all(
         filter,
         state.inner.limits.subscription_page_events,
     );
-    sse(&state, events, |e| e.position.get())
+    sse(&state, events, |e| e.position.get(), caller)
 }
 
 /// `GET /subscribe/streams/{stream}`: one stream, catch-up then live.
 pub async fn subscribe_stream(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathParams(stream): PathParams<String>,
     headers: HeaderMap,
     QueryParams(q): QueryParams<SubscribeStreamQuery>,
@@ -155,5 +160,5 @@ pub async fn subscribe_stream(
         after,
         state.inner.limits.subscription_page_events,
     );
-    sse(&state, events, |e| e.revision)
+    sse(&state, events, |e| e.revision, caller)
 }

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use runnel::app::ShutdownTrigger;
+use runnel::catalog::Catalog;
 use runnel::connect::{open_stores, OpenMode, StoreUrl, Stores};
 use runnel_server::auth::hash_secret;
 use runnel_server::{
-    Access, ApiKey, ApiKeys, HttpLimits, Role, Server, ServerConfig, ServerError, ROUTES,
+    Access, ApiKey, ApiKeys, Application, HttpLimits, Role, ServedCatalog, Server, ServerConfig,
+    ServerError, ROUTES,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,7 +45,13 @@ async fn start(keys: ApiKeys, limits: Option<HttpLimits>) -> TestServer {
         heartbeat: Duration::from_millis(200),
         metrics: Some(runnel_server::metrics::install_recorder().unwrap()),
     };
-    let server = Server::bind(config, stores.events.clone()).await.unwrap();
+    let bus = runnel::connect::open_bus(&runnel::connect::BusUrl::Embedded, &stores)
+        .await
+        .unwrap();
+    let server = Server::bind_app(config, Application::bare(stores.clone(), bus))
+        .await
+        .unwrap()
+        .with_catalog(ServedCatalog::new(&Catalog::default(), "test", "0.0.0"));
     let addr = server.local_addr();
     let task = tokio::spawn(server.run(shutdown));
     TestServer {
@@ -244,7 +252,16 @@ async fn every_route_declares_and_enforces_a_permission() {
     let s = start(keys, None).await;
     let c = client();
     let request = |method: &reqwest::Method, path: &str, key: Option<&str>| {
-        let url = format!("{}{}", s.base, path.replace("{stream}", "Order-1"));
+        let path = [
+            ("{stream}", "Order-1"),
+            ("{name}", "Unknown"),
+            ("{id}", "1"),
+            ("{kind}", "checkout"),
+            ("{action}", "retry"),
+        ]
+        .iter()
+        .fold(path.to_string(), |p, (from, to)| p.replace(from, to));
+        let url = format!("{}{}", s.base, path);
         let mut req = c.request(method.clone(), url);
         if let Some(k) = key {
             req = req.bearer_auth(k);
@@ -296,7 +313,15 @@ async fn every_route_declares_and_enforces_a_permission() {
                 let body: Value = r.json().await.unwrap();
                 assert_eq!(body["required_role"], required.as_str(), "{what}");
             } else {
-                assert!(r.status().is_success(), "{what} as {role}: {}", r.status());
+                // Let through: whatever the handler makes of the placeholder input (a
+                // 404 for a dead letter that does not exist, a 422 for a body of the wrong
+                // shape), never a refusal of the key.
+                assert!(
+                    ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&r.status()),
+                    "{what} as {role}: {}",
+                    r.status()
+                );
+                assert_ne!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{what}");
             }
         }
     }
@@ -364,7 +389,7 @@ async fn metrics_expose_request_duration_by_route_template() {
                 && l.contains(r#"http_route="/streams/{stream}""#)
                 && l.contains(r#"http_request_method="POST""#)
                 && l.contains(r#"http_response_status_code="201""#)
-                && l.contains(r#"le="0.005""#)
+                && l.contains(r#"le="+Inf""#)
         })
         .unwrap_or_else(|| panic!("no bucket of the append:\n{body}"));
     assert!(!append_bucket.ends_with(" 0"), "{append_bucket}");

@@ -81,8 +81,25 @@ fn simulated_orders_reach_the_read_model(store_args: &[&str]) {
     show.extend(["show", "o-1", "--wait", "60"]);
     let (ok, stdout, stderr) = run_to_end(service(&show, dir.path()));
     assert!(ok, "{stderr}");
-    let row: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(row["status"], "pending");
+    let mut row: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // The running service drives the order through the fulfillment saga (no failures
+    // are injected), which ends by confirming it: the first read may show it pending or
+    // already confirmed, never anything else, and it must end up confirmed.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let status = row["status"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            ["pending", "confirmed"].contains(&status.as_str()),
+            "unexpected status: {row}"
+        );
+        if status == "confirmed" {
+            break;
+        }
+        assert!(Instant::now() < until, "o-1 was never confirmed: {row}");
+        let (ok, stdout, stderr) = run_to_end(service(&show, dir.path()));
+        assert!(ok, "{stderr}");
+        row = serde_json::from_str(stdout.trim()).unwrap();
+    }
     assert_eq!(row["total_cents"], 2500);
     assert_eq!(row["item_count"], 2);
     // The simulation registered c-1 and p-1 (and read them back) before o-1 was placed.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use runnel::app::App;
 use runnel::connect::{Bus, Stores};
 use runnel_server::auth::{ENV_API_KEYS, ENV_API_KEYS_FILE};
-use runnel_server::{ApiKeys, Server, ServerConfig, ServerError};
+use runnel_server::{ApiKeys, Application, ServedCatalog, Server, ServerConfig, ServerError};
 
 use crate::cli::ServeArgs;
 use crate::exit::BadInput;
@@ -64,7 +64,8 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
 /// restarted after a failure, stopped on the signal.
 pub async fn serve(stores: Stores, bus: Bus, prepared: Prepared) -> anyhow::Result<()> {
     let keys = prepared.config.keys.len();
-    let server = Server::bind(prepared.config, stores.events.clone())
+    let application = Application::bare(stores.clone(), bus.clone());
+    let server = Server::bind_app(prepared.config, application)
         .await
         .map_err(|e| match e {
             ServerError::OpenPublicBind { .. } | ServerError::ZeroHeartbeat => {
@@ -76,6 +77,13 @@ pub async fn serve(stores: Stores, bus: Bus, prepared: Prepared) -> anyhow::Resu
     let location = stores.location();
     let bus_url = bus.url().to_string();
     let mut app = App::with(stores, bus);
+    // `GET /catalog` and `/asyncapi.json`: what this process registered (an application
+    // built on the runtime serves its own, with its described schemas).
+    let server = server.with_catalog(ServedCatalog::new(
+        &app.catalog(),
+        "runnel serve",
+        env!("CARGO_PKG_VERSION"),
+    ));
     app.task("http", server.into_task());
     // Signals are listened for from here on: the address is printed after, so a SIGTERM
     // sent as soon as it is read stops the server gracefully instead of killing it.

@@ -8,6 +8,7 @@ use runnel_core::bus::{DeadLetterDrain, Publisher, Subscriber};
 use super::error::ConnectError;
 use super::stores::{StoreBackend, Stores};
 use super::url::{BusUrl, Transport};
+use crate::consumer::LagProbe;
 
 /// A bus as the transport traits: the embedded durable bus of a store, or a broker's.
 /// Cloning is cheap; clones share the connection.
@@ -19,6 +20,10 @@ pub struct Bus {
     /// (`runnel dlq drain`). `None` on the embedded bus, whose consumers dead-letter
     /// straight into the store.
     pub dead_letter_drain: Option<Arc<dyn DeadLetterDrain>>,
+    /// How far each consumer group is behind, where the bus can tell (the embedded bus on
+    /// SQLite and PostgreSQL); the application's consumers report it as
+    /// `runnel_consumer_lag_messages` and on the [lag board](crate::consumer::lag_board).
+    pub lag_probe: Option<Arc<dyn LagProbe>>,
     url: BusUrl,
 }
 
@@ -37,6 +42,7 @@ impl Bus {
             publisher: bus.clone(),
             subscriber: bus,
             dead_letter_drain: None,
+            lag_probe: None,
             url,
         }
     }
@@ -60,10 +66,14 @@ impl Bus {
 /// # Ok(()) }
 /// ```
 pub async fn open_bus(url: &BusUrl, stores: &Stores) -> Result<Bus, ConnectError> {
-    match url {
-        BusUrl::Embedded => embedded(stores).await,
-        BusUrl::Broker(transport, raw) => broker(*transport, raw, url).await,
-    }
+    let mut bus = match url {
+        BusUrl::Embedded => embedded(stores).await?,
+        BusUrl::Broker(transport, raw) => broker(*transport, raw, url).await?,
+    };
+    bus.publisher = Arc::new(super::metered::MeteredPublisher {
+        inner: bus.publisher,
+    });
+    Ok(bus)
 }
 
 /// Opens the broker `url` names without any store; `None` for `embedded`, whose bus lives
@@ -103,16 +113,24 @@ async fn embedded(stores: &Stores) -> Result<Bus, ConnectError> {
     match stores.backend() {
         #[cfg(feature = "sqlite")]
         StoreBackend::Sqlite(store) => {
-            let bus = runnel_sqlite::bus::SqliteBus::new(store.clone(), Default::default())
-                .map_err(failed)?;
-            Ok(Bus::from_parts(Arc::new(bus), BusUrl::Embedded))
+            let bus = Arc::new(
+                runnel_sqlite::bus::SqliteBus::new(store.clone(), Default::default())
+                    .map_err(failed)?,
+            );
+            let mut parts = Bus::from_parts(Arc::clone(&bus), BusUrl::Embedded);
+            parts.lag_probe = Some(bus);
+            Ok(parts)
         }
         #[cfg(feature = "postgres")]
         StoreBackend::Postgres(store) => {
-            let bus = runnel_postgres::bus::PostgresBus::new(store.clone(), Default::default())
-                .await
-                .map_err(failed)?;
-            Ok(Bus::from_parts(Arc::new(bus), BusUrl::Embedded))
+            let bus = Arc::new(
+                runnel_postgres::bus::PostgresBus::new(store.clone(), Default::default())
+                    .await
+                    .map_err(failed)?,
+            );
+            let mut parts = Bus::from_parts(Arc::clone(&bus), BusUrl::Embedded);
+            parts.lag_probe = Some(bus);
+            Ok(parts)
         }
         #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
         StoreBackend::NoBackend(never) => match *never {},
@@ -165,6 +183,7 @@ where
         publisher: bus.clone(),
         subscriber: bus.clone(),
         dead_letter_drain: Some(bus),
+        lag_probe: None,
         url: url.clone(),
     }
 }

@@ -33,6 +33,7 @@
 
 mod bus;
 mod error;
+pub mod metered;
 mod settings;
 mod stores;
 mod url;

@@ -224,7 +224,9 @@ fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
     })?;
     tracing::debug!(path = %path.display(), "opened the SQLite store");
     Ok(Stores {
-        events: Arc::new(store.clone()),
+        events: Arc::new(super::metered::MeteredEventStore {
+            inner: Arc::new(store.clone()),
+        }),
         snapshots: Arc::new(store.clone()),
         checkpoints: Arc::new(store.clone()),
         dead_letters: Arc::new(SqliteDeadLetters::new(store.clone())),
@@ -268,7 +270,9 @@ async fn open_postgres(url: &StoreUrl) -> Result<Stores, ConnectError> {
     let store = PostgresStore::connect_with(options).await.map_err(failed)?;
     tracing::debug!(store = %url, schema = store.schema(), "opened the PostgreSQL store");
     Ok(Stores {
-        events: Arc::new(store.clone()),
+        events: Arc::new(super::metered::MeteredEventStore {
+            inner: Arc::new(store.clone()),
+        }),
         snapshots: Arc::new(store.clone()),
         checkpoints: Arc::new(store.clone()),
         dead_letters: Arc::new(PostgresDeadLetters::new(store.clone())),

@@ -28,6 +28,7 @@
 //! * a dead-letter replay addressed to another group is acknowledged without handling;
 //! * shutdown acks nothing unfinished.
 
+mod board;
 mod builder;
 mod context;
 mod error;
@@ -40,6 +41,7 @@ mod router;
 mod runtime;
 mod time;
 
+pub use board::{lag_board, ConsumerLag, BOARD_ENTRIES_MAX, METRIC_LAG_SECONDS};
 pub use builder::{
     default_retry_policy, ConsumerBuilder, HANDLER_TIMEOUT_DEFAULT, MAX_CONCURRENCY_DEFAULT,
     MAX_CONCURRENCY_MAX, RETRY_ATTEMPTS_MAX_DEFAULT, RETRY_BASE_DELAY_DEFAULT,

@@ -169,6 +169,7 @@ impl Consumer {
                 stop.clone(),
             ))
         });
+        super::board::started(self.topic.as_str(), self.group.as_str());
         tracing::info!(topic = %self.topic, group = %self.group, "consumer started");
         let driver = Driver {
             stream,
@@ -359,6 +360,11 @@ impl Driver {
                         tasks.spawn(skip_replay_for_other_group(delivery));
                         continue;
                     }
+                    super::board::received(
+                        delivery.topic.as_str(),
+                        delivery.group.as_str(),
+                        delivery.message.time,
+                    );
                     let ctx = HandlerContext::from_delivery(delivery, &self.config);
                     // `call` right after readiness, in delivery order: the key-order layer
                     // takes each delivery's place in its key's line here.
@@ -488,7 +494,10 @@ async fn lag_loop(
     loop {
         match probe.lag(&topic, &group).await {
             // Precision loss above 2^53 messages is irrelevant for a gauge.
-            Ok(Some(lag)) => gauge.set(lag as f64),
+            Ok(Some(lag)) => {
+                gauge.set(lag as f64);
+                super::board::probed(topic.as_str(), group.as_str(), lag);
+            }
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "the lag probe failed"),
         }

@@ -430,10 +430,25 @@ async fn set_each<'a>(
     states: impl IntoIterator<Item = &'a ProjectionState>,
     status: ProjectionStatus,
 ) -> Result<u64, AdminError> {
+    // Owned keys before the first await: the future stays `Send` for any caller (an axum
+    // handler), which a borrowing iterator held across awaits would not be.
+    let targets: Vec<(u32, u32)> = states
+        .into_iter()
+        .map(|s| (s.version, s.partition))
+        .collect();
+    set_targets(store, name, targets, status).await
+}
+
+async fn set_targets(
+    store: &dyn ProjectionStore,
+    name: &str,
+    targets: Vec<(u32, u32)>,
+    status: ProjectionStatus,
+) -> Result<u64, AdminError> {
     let mut changed = 0;
-    for s in states {
+    for (version, partition) in targets {
         changed += store
-            .set_status(name, s.version, Some(s.partition), status, None)
+            .set_status(name, version, Some(partition), status, None)
             .await?;
     }
     Ok(changed)

@@ -1,0 +1,429 @@
+//! `runnel-bench http`: the HTTP API of `runnel serve` beside the in-process API on the
+//! same store.
+//!
+//! - **appends**: C clients, each appending one event per request to its own streams, over
+//!   HTTP (keep-alive connections to a server in this process) beside C tasks calling
+//!   `EventStore::append` directly. Target: HTTP ≥ 0.6× in-process.
+//! - **SSE fan-out**: S subscribers on `GET /subscribe/all` (and one stalled subscriber
+//!   that never reads) while W writers append N events in process; delivered events/s over
+//!   all subscribers, p50/p99 append-to-delivery latency, peak RSS — beside the same
+//!   fan-out through S in-process `subscribe_all` streams.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use runnel::app::ShutdownTrigger;
+use runnel::connect::{open_stores, OpenMode, StoreUrl, Stores};
+use runnel_core::{EventFilter, EventStore, ExpectedRevision, NewEvent, StreamName};
+use runnel_server::{Server, ServerConfig};
+use tokio::io::AsyncWriteExt;
+
+use crate::cli::BenchHttpArgs;
+use crate::exit::BadInput;
+use crate::machine::{load_average, machine_lines};
+use crate::output::print_line;
+use crate::progress::{group_digits, CountSpinner};
+use crate::report::{markdown, rate, Row, Target};
+use crate::rss::{mib, peak_rss_bytes, reset_peak};
+
+/// The sizes one run uses.
+struct Sizes {
+    appends: u64,
+    clients: usize,
+    subscribers: usize,
+    writers: usize,
+    events: u64,
+}
+
+fn sizes(args: &BenchHttpArgs) -> Sizes {
+    if args.quick {
+        return Sizes {
+            appends: 200,
+            clients: 4,
+            subscribers: 3,
+            writers: 2,
+            events: 50,
+        };
+    }
+    Sizes {
+        appends: args.appends,
+        clients: args.clients,
+        subscribers: args.subscribers,
+        writers: args.writers,
+        events: args.events,
+    }
+}
+
+async fn stores_on(url: &StoreUrl) -> anyhow::Result<Stores> {
+    Ok(open_stores(url, OpenMode::CreateIfMissing).await?)
+}
+
+fn event(n: u64) -> NewEvent {
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    NewEvent::json("Measured", &serde_json::json!({ "n": n, "sent_us": sent }))
+}
+
+/// Serves `stores` on 127.0.0.1:0; returns the base URL and the trigger that stops it.
+async fn serve(stores: &Stores) -> anyhow::Result<(String, ShutdownTrigger)> {
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse()?,
+        ..ServerConfig::local()
+    };
+    let server = Server::bind(config, Arc::clone(&stores.events)).await?;
+    let base = format!("http://{}", server.local_addr());
+    tokio::spawn(server.run(shutdown));
+    Ok((base, trigger))
+}
+
+/// Appends `total` events from `clients` tasks, one event per call; returns events/s.
+async fn appends_in_process(events: Arc<dyn EventStore>, total: u64, clients: usize) -> f64 {
+    let next = Arc::new(AtomicU64::new(0));
+    let spinner = CountSpinner::start("in-process appends", "events", Arc::clone(&next));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (events, next) = (Arc::clone(&events), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let stream = StreamName::new(format!("Local-{c}x{}", n % 100)).expect("a name");
+                events
+                    .append(&stream, ExpectedRevision::Any, vec![event(n)])
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a client");
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    spinner.finish();
+    rate
+}
+
+/// The same over HTTP: one keep-alive client per task.
+async fn appends_over_http(base: &str, total: u64, clients: usize) -> f64 {
+    let next = Arc::new(AtomicU64::new(0));
+    let spinner = CountSpinner::start("HTTP appends", "events", Arc::clone(&next));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let next = Arc::clone(&next);
+        let base = base.to_string();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let sent = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                let r = client
+                    .post(format!("{base}/streams/Http-{c}x{}", n % 100))
+                    .header("Runnel-Expected-Revision", "any")
+                    .json(&serde_json::json!([{
+                        "type": "Measured", "data": { "n": n, "sent_us": sent }
+                    }]))
+                    .send()
+                    .await
+                    .expect("a response");
+                assert_eq!(r.status().as_u16(), 201, "append over HTTP");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a client");
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    spinner.finish();
+    rate
+}
+
+/// What one fan-out run measured.
+struct FanOut {
+    /// Deliveries (events × subscribers) per second, from the first append to the last
+    /// delivery.
+    delivered_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    peak_rss: Option<u64>,
+}
+
+fn sent_us(data: &serde_json::Value) -> Option<u64> {
+    data.get("sent_us").and_then(serde_json::Value::as_u64)
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Writers append `events` in process while `subscribers` read them; `open` starts one
+/// subscriber that counts deliveries and records latencies until it has seen `events`.
+async fn fan_out<F, Fut>(
+    events_store: Arc<dyn EventStore>,
+    s: &Sizes,
+    label: &str,
+    open: F,
+) -> FanOut
+where
+    F: Fn(Arc<AtomicU64>, Arc<std::sync::Mutex<Histogram<u64>>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    reset_peak();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+    ));
+    let mut readers = Vec::new();
+    for _ in 0..s.subscribers {
+        readers.push(tokio::spawn(open(
+            Arc::clone(&delivered),
+            Arc::clone(&latencies),
+        )));
+    }
+    // Every subscriber is open (it saw nothing yet: the store is past `after`).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let spinner = CountSpinner::start(label, "deliveries", Arc::clone(&delivered));
+    let start = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..s.writers {
+        let (store, next, total) = (Arc::clone(&events_store), Arc::clone(&next), s.events);
+        writers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let stream = StreamName::new(format!("Fan-{w}x{}", n % 50)).expect("a name");
+                store
+                    .append(&stream, ExpectedRevision::Any, vec![event(n)])
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("a writer");
+    }
+    for r in readers {
+        r.await.expect("a subscriber");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    spinner.finish();
+    let h = latencies.lock().expect("latencies");
+    FanOut {
+        delivered_per_sec: delivered.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_ms: h.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        peak_rss: peak_rss_bytes(),
+    }
+}
+
+/// A subscriber that connects, asks for `$all` and never reads: it must cost the server a
+/// bounded amount however much is written.
+async fn stalled(base: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!(
+                "GET /subscribe/all HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    Ok(stream)
+}
+
+async fn side(url: &StoreUrl, s: &Sizes, what: &str) -> anyhow::Result<(Vec<Row>, String)> {
+    let stores = stores_on(url).await?;
+    let (base, trigger) = serve(&stores).await?;
+    // Appends, in-process first then HTTP, then in-process again (the store grows: the
+    // mean of the two in-process runs brackets the HTTP one).
+    let local_a = appends_in_process(Arc::clone(&stores.events), s.appends / 2, s.clients).await;
+    let http = appends_over_http(&base, s.appends, s.clients).await;
+    let local_b = appends_in_process(Arc::clone(&stores.events), s.appends / 2, s.clients).await;
+    let local = (local_a + local_b) / 2.0;
+    let r = http / local;
+    let mut rows = vec![Row {
+        scenario: format!("{what}: appends, {} clients, 1 event per call", s.clients),
+        runnel: rate(http, "events/s over HTTP"),
+        baseline: rate(local, "events/s in process"),
+        ratio: Some(r),
+        target: Some(Target::at_least(r, 0.6)),
+    }];
+
+    // Fan-out over SSE, one stalled subscriber besides.
+    let head = stores.events.head_position().await?;
+    let _stalled = stalled(&base).await?;
+    let total = s.events;
+    let sse = {
+        let base = base.clone();
+        fan_out(
+            Arc::clone(&stores.events),
+            s,
+            "SSE fan-out",
+            move |delivered, latencies| {
+                let url = format!("{base}/subscribe/all?after={}", head.get());
+                async move {
+                    let r = reqwest::Client::new()
+                        .get(url)
+                        .send()
+                        .await
+                        .expect("a subscription");
+                    let mut body = r.bytes_stream();
+                    let mut buf = String::new();
+                    let mut seen = 0u64;
+                    while seen < total {
+                        let Some(chunk) = body.next().await else {
+                            break;
+                        };
+                        buf.push_str(&String::from_utf8_lossy(&chunk.expect("a chunk")));
+                        while let Some(end) = buf.find("\n\n") {
+                            let frame: String = buf.drain(..end + 2).collect();
+                            let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: "))
+                            else {
+                                continue;
+                            };
+                            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                                continue;
+                            };
+                            if let Some(sent) = sent_us(&v["data"]) {
+                                let _ = latencies
+                                    .lock()
+                                    .expect("latencies")
+                                    .record(now_us().saturating_sub(sent).max(1));
+                                seen += 1;
+                                delivered.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .await
+    };
+    let head = stores.events.head_position().await?;
+    let local = {
+        let store = Arc::clone(&stores.events);
+        fan_out(
+            Arc::clone(&stores.events),
+            s,
+            "in-process fan-out",
+            move |delivered, latencies| {
+                let mut events = Arc::clone(&store).subscribe_all(head, EventFilter::all());
+                async move {
+                    let mut seen = 0u64;
+                    while seen < total {
+                        let Some(e) = events.next().await else { break };
+                        let e = e.expect("an event");
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&e.data).unwrap_or_default();
+                        if let Some(sent) = sent_us(&v) {
+                            let _ = latencies
+                                .lock()
+                                .expect("latencies")
+                                .record(now_us().saturating_sub(sent).max(1));
+                            seen += 1;
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            },
+        )
+        .await
+    };
+    let r = sse.delivered_per_sec / local.delivered_per_sec;
+    rows.push(Row {
+        scenario: format!(
+            "{what}: SSE fan-out, {} subscribers (+1 stalled), {} writers, {} events",
+            s.subscribers,
+            s.writers,
+            group_digits(s.events as f64)
+        ),
+        runnel: format!(
+            "{} deliveries/s, p50 {:.1} ms, p99 {:.1} ms",
+            group_digits(sse.delivered_per_sec),
+            sse.p50_ms,
+            sse.p99_ms
+        ),
+        baseline: format!(
+            "{} deliveries/s, p50 {:.1} ms, p99 {:.1} ms (in-process subscribe_all)",
+            group_digits(local.delivered_per_sec),
+            local.p50_ms,
+            local.p99_ms
+        ),
+        ratio: Some(r),
+        target: None,
+    });
+    let rss = format!(
+        "Peak RSS, {what}: SSE fan-out {}, in-process fan-out {}\n",
+        sse.peak_rss.map_or_else(|| "unknown".into(), mib),
+        local.peak_rss.map_or_else(|| "unknown".into(), mib),
+    );
+    trigger.fire();
+    Ok((rows, rss))
+}
+
+/// Runs the benchmark: SQLite on a fresh file under `--dir`, and PostgreSQL in a fresh
+/// schema when `postgres` is given.
+pub async fn bench(args: BenchHttpArgs, postgres: Option<String>) -> anyhow::Result<()> {
+    for (flag, value, max) in [
+        ("--clients", args.clients as u64, 1024),
+        ("--subscribers", args.subscribers as u64, 1000),
+        ("--writers", args.writers as u64, 1024),
+        ("--appends", args.appends, 100_000_000),
+        ("--events", args.events, 100_000_000),
+    ] {
+        if value == 0 || value > max {
+            return Err(BadInput(format!("{flag} must be in 1..={max}")).into());
+        }
+    }
+    let s = sizes(&args);
+    let dir = tempfile::tempdir_in(args.dir.clone().unwrap_or_else(|| ".".into()))?;
+    let load_before = load_average();
+    let (mut rows, mut rss) =
+        side(&StoreUrl::sqlite(dir.path().join("http.db")), &s, "SQLite").await?;
+    if let Some(url) = postgres {
+        let schema = format!("bench_http_{}", uuid::Uuid::now_v7().simple());
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let pg = StoreUrl::parse(&format!("{url}{separator}schema={schema}"))?;
+        let result = side(&pg, &s, "PostgreSQL").await;
+        crate::saga::drop_schemas(&url, &[&schema]).await?;
+        let (more, more_rss) = result?;
+        rows.extend(more);
+        rss.push_str(&more_rss);
+    }
+    let load_after = load_average();
+    let mut out = format!(
+        "HTTP API (runnel serve, in this process, no API keys, no metrics) beside the \
+         in-process API on the same store: {} appends by {} clients; SSE fan-out of {} events \
+         appended in process by {} writers to {} subscribers of /subscribe/all plus one that \
+         never reads; latency = delivery time minus the time the writer built the event\n",
+        group_digits(s.appends as f64),
+        s.clients,
+        group_digits(s.events as f64),
+        s.writers,
+        s.subscribers,
+    );
+    out.push_str(&machine_lines(load_before, load_after));
+    out.push_str(&rss);
+    out.push('\n');
+    out.push_str(&markdown(&rows));
+    print_line(out.trim_end())
+}
