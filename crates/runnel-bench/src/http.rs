@@ -400,7 +400,7 @@ pub async fn bench(args: BenchHttpArgs, postgres: Option<String>) -> anyhow::Res
     let (mut rows, mut rss) =
         side(&StoreUrl::sqlite(dir.path().join("http.db")), &s, "SQLite").await?;
     if let Some(url) = postgres {
-        let schema = format!("bench_http_{}", uuid::Uuid::now_v7().simple());
+        let schema = format!("bench_http_{}", crate::saga::schema_suffix());
         let separator = if url.contains('?') { '&' } else { '?' };
         let pg = StoreUrl::parse(&format!("{url}{separator}schema={schema}"))?;
         let result = side(&pg, &s, "PostgreSQL").await;

@@ -110,6 +110,65 @@ pub enum Command {
     /// with roles (docs/server.md)
     #[command(after_help = SERVE_AFTER_HELP)]
     Serve(ServeArgs),
+    /// Event schema snapshots and the backward-compatibility check for CI, on catalog
+    /// files (docs/catalog.md)
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+/// `runnel schema …`: works on files an application wrote (its catalog, the body of
+/// `GET /catalog`, or a snapshot), since this binary holds none of the application's types.
+#[derive(Debug, Subcommand)]
+#[command(after_help = SCHEMA_AFTER_HELP)]
+pub enum SchemaCommand {
+    /// Write the event schema snapshot of a catalog file (to commit)
+    Snapshot(SchemaSnapshotArgs),
+    /// Check current event schemas against a committed snapshot; exit 6 and list each
+    /// backward-incompatible change (event type, JSON path) if there is one
+    Check(SchemaCheckArgs),
+    /// Print the AsyncAPI 3.0 document of a catalog file
+    Asyncapi(SchemaAsyncapiArgs),
+}
+
+const SCHEMA_AFTER_HELP: &str = "\
+Incompatible: an event type removed; a field removed or renamed; a field's type changed; a
+required field added (or an optional one made required); an enum value or variant removed;
+a schema version lowered, or raised without an upcaster chain from the snapshot's version.
+Compatible: a new event type, an optional field added, a version raised with upcasters
+covering it. An application dumps its catalog with `GET /catalog` or its own command (the
+reference app: `order-fulfillment schema catalog`).";
+
+#[derive(Debug, Args)]
+pub struct SchemaSnapshotArgs {
+    /// The catalog (JSON of `GET /catalog`) or an existing snapshot
+    #[arg(long, value_name = "FILE")]
+    pub catalog: PathBuf,
+    /// Where to write the snapshot
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaCheckArgs {
+    /// The current schemas: a catalog or a snapshot file
+    #[arg(long, value_name = "FILE")]
+    pub current: PathBuf,
+    /// The committed snapshot (the previous contract)
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaAsyncapiArgs {
+    /// The catalog (JSON of `GET /catalog`)
+    #[arg(long, value_name = "FILE")]
+    pub catalog: PathBuf,
+    /// The document's title
+    #[arg(long, default_value = "Runnel application")]
+    pub title: String,
+    /// The application's version in the document
+    #[arg(long = "app-version", default_value = "0.0.0")]
+    pub app_version: String,
 }
 
 const SERVE_AFTER_HELP: &str = "\
@@ -486,8 +545,8 @@ pub struct PublishArgs {
     /// Ordering key: messages with the same key are consumed in order
     #[arg(long, value_name = "K")]
     pub key: Option<String>,
-    /// A header `name=value` (repeatable); correlationid, causationid and traceparent set
-    /// those attributes
+    /// A header `name=value` (repeatable); correlationid, causationid, traceparent and
+    /// tracestate set those attributes
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
     /// The message id; consumers use it to drop duplicates [default: a new UUIDv7]
@@ -736,7 +795,7 @@ pub struct AppendArgs {
     #[arg(long, value_name = "N|any|no-stream|exists", default_value = "any")]
     pub expected: String,
     /// Metadata JSON (inline, @FILE or -): correlation_id, causation_id, user_id,
-    /// traceparent, headers {…}
+    /// traceparent, tracestate, headers {…}
     #[arg(long, value_name = "JSON|@FILE|-")]
     pub metadata: Option<String>,
     /// The event id (a UUID); appending the same id again is a no-op [default: a new UUIDv7]

@@ -27,6 +27,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// What the command names is not in a state the command applies to (resume of a running
 /// projection, skip of one not faulted). Nothing was changed.
 pub const EXIT_WRONG_STATE: u8 = 5;
+/// `runnel schema check` found a backward-incompatible change (each is listed).
+pub const EXIT_INCOMPATIBLE: u8 = 6;
 
 /// The exit code table for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -38,6 +40,7 @@ Exit codes:
   3  conflict: the stream is not at the --expected revision; nothing written
   4  not found: no dead letter, saga instance or projection of that name
   5  wrong state: the projection is not in a state the command applies to; nothing changed
+  6  incompatible: `schema check` found a backward-incompatible schema change
   130 interrupted (Ctrl-C); the command printed where it left off";
 
 /// Input the CLI refuses before (or instead of) touching the store. Exit code 2.
@@ -63,6 +66,18 @@ impl std::fmt::Display for NotFound {
 }
 
 impl std::error::Error for NotFound {}
+
+/// `schema check` found backward-incompatible changes (already listed). Exit code 6.
+#[derive(Debug)]
+pub struct Incompatible(pub usize);
+
+impl std::fmt::Display for Incompatible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} backward-incompatible schema change(s)", self.0)
+    }
+}
+
+impl std::error::Error for Incompatible {}
 
 /// Ctrl-C ended the command after it saved where it was. Exit code 130.
 #[derive(Debug)]
@@ -97,6 +112,16 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<NotFound>() {
             return EXIT_NOT_FOUND;
+        }
+        if cause.is::<Incompatible>() {
+            return EXIT_INCOMPATIBLE;
+        }
+        if let Some(e) = cause.downcast_ref::<runnel::catalog::SnapshotError>() {
+            return if e.is_bad_input() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_FAILURE
+            };
         }
         if cause.is::<Interrupted>() {
             return EXIT_INTERRUPTED;

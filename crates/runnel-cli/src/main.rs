@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod exit;
 mod json_arg;
+mod otel;
 mod output;
 mod progress;
 mod time_args;
@@ -47,7 +48,10 @@ fn main() -> ExitCode {
             Err(e) => exit::report(&e),
         };
     }
-    init_tracing();
+    let _otel = match init_tracing() {
+        Ok(guard) => guard,
+        Err(e) => return exit::report(&e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,17 +65,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr by `RUST_LOG`; spans over OTLP too when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// is set (see [`otel`]). The two have their own filters: quiet logs do not silence the
+/// trace. The guard flushes batched spans when dropped.
+fn init_tracing() -> anyhow::Result<Option<otel::OtelGuard>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(LOG_FILTER_DEFAULT));
-    // A second initialisation can only fail in tests that call this twice; ignore it.
     // Colours only on a terminal: logs piped to a file or a collector stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let (guard, spans) = if otel::configured() {
+        let (guard, layer) = otel::install()?;
+        (Some(guard), Some(layer.with_filter(otel::span_filter())))
+    } else {
+        (None, None)
+    };
+    // A second initialisation can only fail in tests that call this twice; ignore it.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
         .try_init();
+    Ok(guard)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -104,6 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::events::tail(&stores, printer, args).await
         }
         Command::Bench(_) | Command::Demo(_) => unreachable!("handed over in main"),
+        // Files only: no store or bus is opened.
+        Command::Schema(command) => commands::schema::run(command),
         Command::Outbox(command) => {
             let settings = settings(cli.store, cli.db, None)?;
             let stores = open_stores(&settings.store, OpenMode::MustExist).await?;

@@ -597,3 +597,49 @@ fn schemathesis_finds_no_contract_violations_in_the_live_server() {
     assert!(server_status.success(), "runnel serve: {stderr}");
     println!("{output}");
 }
+
+#[test]
+fn serve_answers_catalog_and_asyncapi_and_the_catalog_feeds_schema_check() {
+    let s = Scratch::new();
+    let served = Served::start(&s, &[], &[]);
+    let rt = runtime();
+    let c = client();
+    let (catalog, asyncapi) = rt.block_on(async {
+        let catalog = c
+            .get(format!("{}/catalog", served.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(catalog.status(), reqwest::StatusCode::OK);
+        let catalog = catalog.text().await.unwrap();
+        let asyncapi: Value = c
+            .get(format!("{}/asyncapi.json", served.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (catalog, asyncapi)
+    });
+    let (status, _) = served.terminate();
+    assert!(status.success());
+    let body: Value = serde_json::from_str(&catalog).unwrap();
+    assert_eq!(
+        body["events"],
+        json!([]),
+        "runnel serve describes no events"
+    );
+    assert_eq!(asyncapi["asyncapi"], "3.0.0");
+    assert_eq!(asyncapi["info"]["title"], "runnel serve");
+    // The body is a catalog file `runnel schema` reads.
+    let file = s.path().join("catalog.json");
+    std::fs::write(&file, &catalog).unwrap();
+    s.runnel_bare()
+        .args(["schema", "check", "--current"])
+        .arg(&file)
+        .arg("--snapshot")
+        .arg(&file)
+        .assert()
+        .success();
+}

@@ -3,8 +3,12 @@
 //!
 //! Attribute names in binary mode get the transport binding's prefix: `ce_` for Kafka,
 //! `ce-` for HTTP and NATS headers, `cloudEvents:` for AMQP. Extensions: `correlationid`,
-//! `causationid`, `traceparent` (distributed tracing) and `partitionkey` (partitioning,
-//! = the ordering key). Headers whose names are valid extension names travel as extensions;
+//! `causationid`, `traceparent` and `tracestate` (the distributed tracing extension) and
+//! `partitionkey` (partitioning, = the ordering key). In binary mode the trace context is
+//! also written as the plain W3C headers `traceparent` / `tracestate` (when
+//! [`BinaryMapping::w3c_trace_headers`] is set), the names OpenTelemetry's messaging
+//! instrumentations of Kafka, NATS and RabbitMQ read; on reading, the `ce` attribute wins
+//! and the plain header is the fallback. Headers whose names are valid extension names travel as extensions;
 //! other headers travel as plain headers. Plain `event-type` and `event-id` headers are
 //! always added so consumers that know nothing of CloudEvents can route.
 
@@ -29,22 +33,33 @@ pub struct BinaryMapping {
     pub prefix: &'static str,
     /// Header carrying `datacontenttype`.
     pub content_type_header: &'static str,
+    /// Whether the trace context is also written as plain `traceparent` / `tracestate`
+    /// headers (SQS leaves them out: every attribute counts against its limit of ten).
+    pub w3c_trace_headers: bool,
 }
+
+/// The plain W3C header carrying the trace parent.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// The plain W3C header carrying the trace state.
+pub const TRACESTATE_HEADER: &str = "tracestate";
 
 /// Kafka protocol binding.
 pub const KAFKA: BinaryMapping = BinaryMapping {
     prefix: "ce_",
     content_type_header: "content-type",
+    w3c_trace_headers: true,
 };
 /// HTTP binding (also used for NATS headers).
 pub const HTTP: BinaryMapping = BinaryMapping {
     prefix: "ce-",
     content_type_header: "content-type",
+    w3c_trace_headers: true,
 };
 /// AMQP binding (application properties).
 pub const AMQP: BinaryMapping = BinaryMapping {
     prefix: "cloudEvents:",
     content_type_header: "content-type",
+    w3c_trace_headers: true,
 };
 
 fn is_extension_name(name: &str) -> bool {
@@ -80,8 +95,17 @@ pub fn to_binary(message: &Message, mapping: BinaryMapping) -> Vec<(String, Stri
     opt("correlationid", &message.correlation_id);
     opt("causationid", &message.causation_id);
     opt("traceparent", &message.traceparent);
+    opt("tracestate", &message.tracestate);
     if let Some(t) = message.time {
         h.push((format!("{p}time"), t.to_rfc3339()));
+    }
+    if mapping.w3c_trace_headers {
+        if let Some(v) = &message.traceparent {
+            h.push((TRACEPARENT_HEADER.to_string(), v.clone()));
+        }
+        if let Some(v) = &message.tracestate {
+            h.push((TRACESTATE_HEADER.to_string(), v.clone()));
+        }
     }
     for (k, v) in &message.headers {
         if is_extension_name(k) {
@@ -109,6 +133,7 @@ where
     let mut attrs: BTreeMap<String, String> = BTreeMap::new();
     let mut plain: BTreeMap<String, String> = BTreeMap::new();
     let mut content_type = None;
+    let mut w3c: (Option<String>, Option<String>) = (None, None);
     for (k, v) in headers {
         let k = k.as_ref();
         let lower = k.to_ascii_lowercase();
@@ -116,6 +141,10 @@ where
             attrs.insert(name.to_string(), v.into());
         } else if lower == mapping.content_type_header {
             content_type = Some(v.into());
+        } else if lower == TRACEPARENT_HEADER {
+            w3c.0 = Some(v.into());
+        } else if lower == TRACESTATE_HEADER {
+            w3c.1 = Some(v.into());
         } else if lower != EVENT_TYPE_HEADER && lower != EVENT_ID_HEADER {
             plain.insert(k.to_string(), v.into());
         }
@@ -128,6 +157,17 @@ where
                 mapping.prefix
             ),
         });
+    }
+    // The plain W3C headers stand in for missing attributes (a producer instrumented by
+    // OpenTelemetry alone sets only them); the state goes with whichever parent is used.
+    if !attrs.contains_key("traceparent") {
+        if let Some(parent) = w3c.0 {
+            attrs.insert("traceparent".into(), parent);
+            attrs.remove("tracestate");
+            if let Some(state) = w3c.1 {
+                attrs.insert("tracestate".into(), state);
+            }
+        }
     }
     build(attrs, plain, content_type, payload)
 }
@@ -175,6 +215,7 @@ fn build(
     let correlation_id = attrs.remove("correlationid");
     let causation_id = attrs.remove("causationid");
     let traceparent = attrs.remove("traceparent");
+    let tracestate = attrs.remove("tracestate");
     let content_type = content_type
         .or_else(|| attrs.remove("datacontenttype"))
         .unwrap_or_else(|| crate::event::CONTENT_TYPE_JSON.to_string());
@@ -190,6 +231,7 @@ fn build(
         correlation_id,
         causation_id,
         traceparent,
+        tracestate,
         headers: all_headers,
         payload,
     })
@@ -217,6 +259,7 @@ pub fn to_structured(message: &Message) -> Vec<u8> {
     opt("correlationid", &message.correlation_id);
     opt("causationid", &message.causation_id);
     opt("traceparent", &message.traceparent);
+    opt("tracestate", &message.tracestate);
     if let Some(t) = message.time {
         doc.insert("time".into(), t.to_rfc3339().into());
     }
@@ -294,6 +337,7 @@ mod tests {
         m.correlation_id = Some("corr-1".into());
         m.causation_id = Some("cmd-1".into());
         m.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        m.tracestate = Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into());
         m.time = Some(
             DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z")
                 .unwrap()
@@ -319,6 +363,43 @@ mod tests {
     }
 
     #[test]
+    fn trace_context_travels_as_w3c_headers_too() {
+        let m = sample();
+        for mapping in [KAFKA, HTTP, AMQP] {
+            let headers = to_binary(&m, mapping);
+            let get = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(get(TRACEPARENT_HEADER), m.traceparent);
+            assert_eq!(get(TRACESTATE_HEADER), m.tracestate);
+            assert_eq!(
+                get(&format!("{}traceparent", mapping.prefix)),
+                m.traceparent
+            );
+            // A producer that sets only the W3C headers (OpenTelemetry instrumentation
+            // without CloudEvents' extension) is read with its context.
+            let foreign: Vec<(String, String)> = headers
+                .iter()
+                .filter(|(k, _)| !k.ends_with("traceparent") || k == TRACEPARENT_HEADER)
+                .filter(|(k, _)| !k.ends_with("tracestate") || k == TRACESTATE_HEADER)
+                .cloned()
+                .collect();
+            let back = from_binary(foreign, m.payload.clone(), mapping).unwrap();
+            assert_eq!(back.traceparent, m.traceparent);
+            assert_eq!(back.tracestate, m.tracestate);
+            assert!(!back.headers.contains_key(TRACEPARENT_HEADER));
+        }
+        let mut quiet = HTTP;
+        quiet.w3c_trace_headers = false;
+        assert!(!to_binary(&m, quiet)
+            .iter()
+            .any(|(k, _)| k == TRACEPARENT_HEADER || k == TRACESTATE_HEADER));
+    }
+
+    #[test]
     fn structured_round_trip() {
         let m = sample().with_header("x-app-header", "dropped-in-structured-mode");
         let doc = to_structured(&m);
@@ -330,6 +411,8 @@ mod tests {
         assert_eq!(back.payload_json().unwrap(), m.payload_json().unwrap());
         assert_eq!(back.headers.get("tenant").map(String::as_str), Some("acme"));
         assert_eq!(back.correlation_id, m.correlation_id);
+        assert_eq!(back.traceparent, m.traceparent);
+        assert_eq!(back.tracestate, m.tracestate);
     }
 
     #[test]

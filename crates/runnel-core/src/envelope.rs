@@ -523,15 +523,26 @@ fn decode_cloudevents(incoming: Incoming, binding: BinaryMapping) -> Result<Mess
             && body_has_specversion(&incoming.body));
     if looks_structured {
         let mut message = cloudevents::from_structured(&incoming.body)?;
-        // Plain transport headers travel beside the document; keep them.
+        // Plain transport headers travel beside the document; keep them. The W3C trace
+        // headers (SQS sends them beside a structured body) fill the trace context when
+        // the document has none, and are never kept as free headers.
+        let mut w3c: (Option<String>, Option<String>) = (None, None);
         for (k, v) in incoming.headers {
             let lower = k.to_ascii_lowercase();
-            if lower != binding.content_type_header
+            if lower == cloudevents::TRACEPARENT_HEADER {
+                w3c.0 = Some(v);
+            } else if lower == cloudevents::TRACESTATE_HEADER {
+                w3c.1 = Some(v);
+            } else if lower != binding.content_type_header
                 && lower != EVENT_TYPE_HEADER
                 && lower != EVENT_ID_HEADER
             {
                 message.headers.entry(k).or_insert(v);
             }
+        }
+        if message.traceparent.is_none() && w3c.0.is_some() {
+            message.traceparent = w3c.0;
+            message.tracestate = w3c.1;
         }
         return Ok(message);
     }
@@ -702,8 +713,19 @@ fn decode_mapped(
     };
 
     let mut headers = BTreeMap::new();
+    let mut traceparent = None;
+    let mut tracestate = None;
     for (k, v) in &incoming.headers {
         let lower = k.to_ascii_lowercase();
+        // The plain W3C trace headers are the trace context of every shape.
+        if lower == cloudevents::TRACEPARENT_HEADER {
+            traceparent = Some(v.clone());
+            continue;
+        }
+        if lower == cloudevents::TRACESTATE_HEADER {
+            tracestate = Some(v.clone());
+            continue;
+        }
         if lower == binding.content_type_header
             || lower == EVENT_TYPE_HEADER
             || lower == EVENT_ID_HEADER
@@ -735,7 +757,8 @@ fn decode_mapped(
         key,
         correlation_id,
         causation_id,
-        traceparent: None,
+        tracestate: traceparent.as_ref().and(tracestate),
+        traceparent,
         headers,
         payload,
     })
@@ -872,6 +895,18 @@ fn encode_mapped(mapping: &Mapping, message: &Message) -> Result<Outgoing, BusEr
             message.payload.clone()
         }
     };
+    // The trace context as the plain W3C headers (last, so a transport with a header
+    // budget, SQS, can drop them first: `tracestate`, then `traceparent`).
+    for (name, value) in [
+        (cloudevents::TRACEPARENT_HEADER, &message.traceparent),
+        (cloudevents::TRACESTATE_HEADER, &message.tracestate),
+    ] {
+        if let Some(value) = value {
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                headers.push((name.to_string(), value.clone()));
+            }
+        }
+    }
     Ok(Outgoing { headers, body })
 }
 

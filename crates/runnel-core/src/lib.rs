@@ -23,6 +23,7 @@ pub mod projection;
 pub mod store;
 pub mod stream_name;
 pub mod subscription;
+pub mod trace_context;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use codec::DomainEvent;

@@ -2,7 +2,7 @@
 //!
 //! A [`Message`] carries the CloudEvents 1.0 core attributes as typed fields (id, type,
 //! source, time, subject, content type) plus Runnel's extensions (correlation id, causation
-//! id, W3C traceparent), free headers, an ordering key and the payload. Each transport maps
+//! id, W3C `traceparent` and `tracestate`), free headers, an ordering key and the payload. Each transport maps
 //! it onto its broker with [`crate::cloudevents`].
 
 use std::collections::BTreeMap;
@@ -158,6 +158,9 @@ pub struct Message {
     /// Extension `traceparent` (W3C trace context).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Extension `tracestate` (W3C trace context, vendor-specific part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     /// Other headers (CloudEvents extensions and application headers).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -180,6 +183,7 @@ impl Message {
             correlation_id: None,
             causation_id: None,
             traceparent: None,
+            tracestate: None,
             headers: BTreeMap::new(),
             payload: serde_json::to_vec(data).expect("a serde_json::Value always serializes"),
         }
@@ -199,6 +203,7 @@ impl Message {
             correlation_id: event.metadata.correlation_id.clone(),
             causation_id: event.metadata.causation_id.clone(),
             traceparent: event.metadata.traceparent.clone(),
+            tracestate: event.metadata.tracestate.clone(),
             headers: event.metadata.headers.clone(),
             payload: event.data.clone(),
         }
@@ -229,11 +234,12 @@ impl Message {
         self
     }
 
-    /// Takes correlation id, causation id and traceparent from event metadata.
+    /// Takes correlation id, causation id and trace context from event metadata.
     pub fn with_metadata(mut self, metadata: &Metadata) -> Self {
         self.correlation_id = metadata.correlation_id.clone();
         self.causation_id = metadata.causation_id.clone();
         self.traceparent = metadata.traceparent.clone();
+        self.tracestate = metadata.tracestate.clone();
         for (k, v) in &metadata.headers {
             self.headers.insert(k.clone(), v.clone());
         }
@@ -248,6 +254,7 @@ impl Message {
             causation_id: self.causation_id.clone(),
             user_id: self.headers.get("userid").cloned(),
             traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
             headers: BTreeMap::new(),
         };
         Metadata::caused_by(&cause, self.id.clone())
@@ -309,6 +316,14 @@ impl Message {
         if let Some(key) = &self.key {
             if key.len() > HEADER_LEN_MAX {
                 return Err(invalid(format!("the key is over {HEADER_LEN_MAX} bytes")));
+            }
+        }
+        for (name, value) in [
+            ("traceparent", &self.traceparent),
+            ("tracestate", &self.tracestate),
+        ] {
+            if value.as_ref().is_some_and(|v| v.len() > HEADER_LEN_MAX) {
+                return Err(invalid(format!("{name} is over {HEADER_LEN_MAX} bytes")));
             }
         }
         Ok(())

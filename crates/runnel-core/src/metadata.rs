@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 ///   request; it is copied unchanged from cause to effect.
 /// * `causation_id` is the id of the message (command or event) that directly caused this
 ///   one.
-/// * `traceparent` is a W3C trace context header, so traces survive the store and the bus.
+/// * `traceparent` and `tracestate` are the W3C trace context headers, so traces survive
+///   the store and the bus (see [`crate::trace_context`]). Both are optional: metadata
+///   stored before `tracestate` existed still decodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -21,6 +23,8 @@ pub struct Metadata {
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     /// Free-form application headers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -42,6 +46,7 @@ impl Metadata {
             causation_id: Some(cause_id),
             user_id: cause.user_id.clone(),
             traceparent: cause.traceparent.clone(),
+            tracestate: cause.tracestate.clone(),
             headers: BTreeMap::new(),
         }
     }
@@ -61,6 +66,17 @@ impl Metadata {
     /// Sets the user id.
     pub fn with_user_id(mut self, id: impl Into<String>) -> Self {
         self.user_id = Some(id.into());
+        self
+    }
+
+    /// Sets the W3C trace context (`tracestate` is optional).
+    pub fn with_trace_context(
+        mut self,
+        traceparent: impl Into<String>,
+        tracestate: Option<String>,
+    ) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self.tracestate = tracestate;
         self
     }
 
@@ -87,6 +103,7 @@ impl Metadata {
             && self.causation_id.is_none()
             && self.user_id.is_none()
             && self.traceparent.is_none()
+            && self.tracestate.is_none()
             && self.headers.is_empty()
         {
             return 2; // "{}"
@@ -120,6 +137,27 @@ mod tests {
     fn caused_by_starts_a_correlation_when_none_exists() {
         let effect = Metadata::caused_by(&Metadata::default(), "cmd-1");
         assert_eq!(effect.correlation_id.as_deref(), Some("cmd-1"));
+    }
+
+    #[test]
+    fn caused_by_carries_the_trace_context() {
+        let cause = Metadata::default().with_trace_context(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            Some("vendor=1".into()),
+        );
+        let effect = Metadata::caused_by(&cause, "m-1");
+        assert_eq!(effect.traceparent, cause.traceparent);
+        assert_eq!(effect.tracestate.as_deref(), Some("vendor=1"));
+    }
+
+    #[test]
+    fn metadata_stored_before_tracestate_still_decodes() {
+        let old = r#"{"correlation_id":"c","traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#;
+        let m: Metadata = serde_json::from_str(old).unwrap();
+        assert_eq!(m.tracestate, None);
+        assert!(m.traceparent.is_some());
+        // And an absent tracestate is not written, so old readers see the same shape.
+        assert!(!serde_json::to_string(&m).unwrap().contains("tracestate"));
     }
 
     #[test]

@@ -83,14 +83,17 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
-    /// `message` for `topic`, as it is.
-    pub fn new(topic: TopicName, message: Message) -> Self {
+    /// `message` for `topic`. The outbox row captures the trace context of the span that
+    /// enqueues it (see [`crate::trace_context`]) unless the message carries its own.
+    pub fn new(topic: TopicName, mut message: Message) -> Self {
+        crate::trace_context::stamp_message(&mut message);
         OutboxMessage { topic, message }
     }
 
     /// A domain event's message for the aggregate `{aggregate_type}-{aggregate_id}`: the
     /// topic comes from `routing`, the ordering key and subject default to the aggregate's
-    /// stream name (so one aggregate's messages stay in order).
+    /// stream name (so one aggregate's messages stay in order). The trace context is
+    /// captured as in [`OutboxMessage::new`].
     ///
     /// ```
     /// use runnel_core::outbox::{OutboxMessage, TopicRouting};
@@ -114,6 +117,7 @@ impl OutboxMessage {
         if message.subject.is_none() {
             message.subject = Some(stream);
         }
+        crate::trace_context::stamp_message(&mut message);
         Ok(OutboxMessage { topic, message })
     }
 }

@@ -62,6 +62,7 @@ pub fn validate_for_nats(message: &Message) -> Result<(), BusError> {
         &message.correlation_id,
         &message.causation_id,
         &message.traceparent,
+        &message.tracestate,
     ];
     if fields.iter().any(|f| f.contains(['\r', '\n']))
         || optional

@@ -10,6 +10,7 @@ use runnel_core::store::{EventFilter, ReadDirection, ReadStream};
 use runnel_core::{ExpectedRevision, Metadata, NewEvent, Position, RecordedEvent, StreamName};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -165,7 +166,7 @@ pub async fn append(
 ) -> Result<(StatusCode, Json<AppendOut>), Problem> {
     let stream = stream_name(&stream)?;
     let expected = parse_expected(&headers)?;
-    let events = events
+    let mut events = events
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
@@ -190,7 +191,18 @@ pub async fn append(
             Ok(event)
         })
         .collect::<Result<Vec<_>, Problem>>()?;
-    let result = state.inner.events.append(&stream, expected, events).await?;
+    // The append span, a child of the request's; events without a trace context of their
+    // own carry its context (see `runnel::trace`).
+    let span = runnel::trace::append_span(stream.as_str());
+    for event in &mut events {
+        runnel::trace::stamp_metadata(&span, &mut event.metadata);
+    }
+    let result = state
+        .inner
+        .events
+        .append(&stream, expected, events)
+        .instrument(span)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(AppendOut {

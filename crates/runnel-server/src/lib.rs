@@ -21,6 +21,7 @@
 pub mod admin;
 mod application;
 pub mod auth;
+pub mod catalog;
 pub mod commands;
 pub mod events;
 mod extract;
@@ -36,9 +37,11 @@ pub mod sampler;
 mod server;
 pub mod sse;
 mod state;
+pub mod trace;
 
 pub use application::Application;
 pub use auth::{ApiKey, ApiKeys, Caller, KeysError, Role};
+pub use catalog::ServedCatalog;
 pub use limits::HttpLimits;
 pub use problem::Problem;
 pub use routes::{router, Access, Route, ROUTES};

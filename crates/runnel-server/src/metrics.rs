@@ -183,7 +183,7 @@ pub async fn request_duration(req: Request, next: Next) -> Response {
 
 /// A method outside the standard set is `_OTHER`, as OpenTelemetry says: a client
 /// cannot make up label values.
-fn method_label(method: &Method) -> &'static str {
+pub(crate) fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",

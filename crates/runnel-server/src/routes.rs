@@ -21,7 +21,7 @@ use crate::auth::{forbidden, unauthorized, Caller, Role};
 use crate::openapi::{self, doc, OperationDoc};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::state::AppState;
-use crate::{commands, events, health, metrics, queries, sse};
+use crate::{catalog, commands, events, health, metrics, queries, sse};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,6 +307,23 @@ pub static ROUTES: &[Route] = &[
         doc: doc::<metrics::__path_render>(),
         handler: || routing::get(metrics::render),
     },
+    Route {
+        method: Method::GET,
+        path: "/catalog",
+        // Schemas and names only, never a message body.
+        access: Access::Role(Role::Viewer),
+        summary: "The catalog: event types with schema versions and JSON Schemas, commands, queries, topics",
+        doc: doc::<catalog::__path_catalog>(),
+        handler: || routing::get(catalog::catalog),
+    },
+    Route {
+        method: Method::GET,
+        path: "/asyncapi.json",
+        access: Access::Role(Role::Viewer),
+        summary: "The AsyncAPI 3.0 document of the catalog",
+        doc: doc::<catalog::__path_asyncapi>(),
+        handler: || routing::get(catalog::asyncapi),
+    },
 ];
 
 #[derive(Clone)]
@@ -425,5 +442,6 @@ pub fn router(state: AppState) -> Router {
         // Outermost: the time includes refusals (401, 403, 413) and the route template
         // is known here (axum has matched the route before any `Router::layer` runs).
         .layer(middleware::from_fn(metrics::request_duration))
+        .layer(middleware::from_fn(crate::trace::server_span))
         .with_state(state)
 }

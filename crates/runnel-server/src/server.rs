@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::application::Application;
 use crate::auth::ApiKeys;
+use crate::catalog::ServedCatalog;
 use crate::limits::HttpLimits;
 use crate::routes::router;
 use crate::state::AppState;
@@ -84,6 +85,7 @@ pub struct Server {
     limits: HttpLimits,
     heartbeat: Duration,
     metrics: Option<PrometheusHandle>,
+    catalog: Option<ServedCatalog>,
     app: Option<Application>,
 }
 
@@ -139,8 +141,17 @@ impl Server {
             limits,
             heartbeat: config.heartbeat,
             metrics: config.metrics,
+            catalog: None,
             app,
         })
+    }
+
+    /// Serves `catalog` on `GET /catalog` and `GET /asyncapi.json` (viewer role), e.g.
+    /// `ServedCatalog::new(&app.catalog(), "Orders", "1.4.0")` once the application's
+    /// parts are registered.
+    pub fn with_catalog(mut self, catalog: ServedCatalog) -> Server {
+        self.catalog = Some(catalog);
+        self
     }
 
     /// The address it listens on (the actual port when bound to port 0).
@@ -159,7 +170,8 @@ impl Server {
             shutdown.clone(),
         )
         .with_metrics(self.metrics.clone())
-        .with_app(self.app.clone());
+        .with_app(self.app.clone())
+        .with_catalog(self.catalog.clone());
         if let Some(handle) = self.metrics {
             tokio::spawn(crate::metrics::upkeep(handle, shutdown.clone()));
             if let Some(app) = self.app.clone() {
@@ -184,6 +196,7 @@ impl Server {
             metrics: self.metrics.clone(),
         };
         let events = Arc::clone(&self.events);
+        let catalog = self.catalog.clone();
         let app = self.app.clone();
         let bound = Mutex::new(Some(self));
         Box::new(move |shutdown| {
@@ -191,10 +204,15 @@ impl Server {
             let config = config.clone();
             let events = Arc::clone(&events);
             let app = app.clone();
+            let catalog = catalog.clone();
             Box::pin(async move {
                 let server = match first {
                     Some(server) => server,
-                    None => Server::bind_inner(config, events, app).await?,
+                    None => {
+                        let mut server = Server::bind_inner(config, events, app).await?;
+                        server.catalog = catalog;
+                        server
+                    }
                 };
                 server.run(shutdown).await?;
                 Ok(())

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::application::Application;
 use crate::auth::ApiKeys;
+use crate::catalog::ServedCatalog;
 use crate::limits::HttpLimits;
 use crate::operations::Operations;
 
@@ -30,6 +31,8 @@ pub(crate) struct Inner {
     pub subscribers: Arc<Semaphore>,
     /// What `/metrics` renders; `None`: metrics are off.
     pub metrics: Option<PrometheusHandle>,
+    /// What `/catalog` and `/asyncapi.json` serve; `None`: no catalog.
+    pub catalog: Option<ServedCatalog>,
     /// The application behind commands, queries and the admin API; `None`: an event
     /// store only.
     pub app: Option<Application>,
@@ -56,6 +59,7 @@ impl AppState {
                 heartbeat,
                 shutdown,
                 metrics: None,
+                catalog: None,
                 app: None,
                 operations: Operations::default(),
             }),
@@ -66,6 +70,16 @@ impl AppState {
     pub fn with_metrics(self, handle: Option<PrometheusHandle>) -> AppState {
         let mut inner = Arc::unwrap_or_clone(self.inner);
         inner.metrics = handle;
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// `/catalog` and `/asyncapi.json` serve `catalog` (else they answer 404
+    /// `catalog-disabled`).
+    pub fn with_catalog(self, catalog: Option<ServedCatalog>) -> AppState {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.catalog = catalog;
         AppState {
             inner: Arc::new(inner),
         }

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use runnel::app::ShutdownTrigger;
+use runnel::catalog::Catalog;
 use runnel::connect::{open_stores, OpenMode, StoreUrl, Stores};
 use runnel_server::auth::hash_secret;
 use runnel_server::{
-    Access, ApiKey, ApiKeys, Application, HttpLimits, Role, Server, ServerConfig, ServerError,
-    ROUTES,
+    Access, ApiKey, ApiKeys, Application, HttpLimits, Role, ServedCatalog, Server, ServerConfig,
+    ServerError, ROUTES,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,7 +50,8 @@ async fn start(keys: ApiKeys, limits: Option<HttpLimits>) -> TestServer {
         .unwrap();
     let server = Server::bind_app(config, Application::bare(stores.clone(), bus))
         .await
-        .unwrap();
+        .unwrap()
+        .with_catalog(ServedCatalog::new(&Catalog::default(), "test", "0.0.0"));
     let addr = server.local_addr();
     let task = tokio::spawn(server.run(shutdown));
     TestServer {

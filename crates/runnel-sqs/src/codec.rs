@@ -21,6 +21,18 @@
 //! The plain `event-type` / `event-id` headers of the other transports are left out: they
 //! would cost two of the ten attributes and repeat `ce-type` / `ce-id`.
 //!
+//! **Trace context within the attribute budget.** In binary mode the W3C trace context
+//! travels as `ce-traceparent` / `ce-tracestate` (the CloudEvents distributed tracing
+//! extension) and counts against the ten like every attribute; the plain `traceparent` /
+//! `tracestate` duplicates the other transports send are left out. When a message needs
+//! more than ten attributes it goes structured (nothing is lost: the document carries
+//! everything), and then the trace context is also sent as the plain attributes
+//! `traceparent` and `tracestate` beside `content-type` (three of ten), so tracing tools
+//! that read message attributes see it without parsing the body. With a mapped envelope
+//! (`envelope=raw`, …) the mapping's own attributes come first; the trace attributes
+//! are added while the budget lasts and are dropped first when it does not, `tracestate`
+//! before `traceparent` — the only attributes ever dropped, never the message's own.
+//!
 //! Both modes are read, whoever wrote them; a structured body is recognised by its
 //! content-type attribute, or without one by a JSON body holding `specversion`.
 //!
@@ -33,7 +45,9 @@
 
 use std::collections::BTreeMap;
 
-use runnel_core::cloudevents::{self, BinaryMapping, EVENT_ID_HEADER, EVENT_TYPE_HEADER};
+use runnel_core::cloudevents::{
+    self, BinaryMapping, EVENT_ID_HEADER, EVENT_TYPE_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER,
+};
 use runnel_core::envelope::{BrokerFacts, Envelope, Incoming};
 use runnel_core::{BusError, Message};
 use serde_json::{Map, Value};
@@ -43,8 +57,12 @@ use crate::names::fifo_id;
 
 /// SNS's and SQS's limit of message attributes per message.
 pub const ATTRIBUTES_MAX: usize = 10;
-/// The attribute naming of binary mode (that of the CloudEvents HTTP binding).
-pub const MAPPING: BinaryMapping = cloudevents::HTTP;
+/// The attribute naming of binary mode (that of the CloudEvents HTTP binding, without the
+/// plain W3C trace duplicates: see the module docs on the attribute budget).
+pub const MAPPING: BinaryMapping = BinaryMapping {
+    w3c_trace_headers: false,
+    ..cloudevents::HTTP
+};
 /// The content type marking a structured-mode body.
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=UTF-8";
 /// The extension carrying non-extension-named headers in structured mode.
@@ -91,11 +109,12 @@ pub fn encode(message: &Message, envelope: &Envelope) -> Result<WireMessage, Bus
                 .ok_or_else(|| {
                     invalid("SQS carries a non-empty text body only; this one is not".into())
                 })?;
-            let attributes: Vec<(String, String)> = out
+            let mut attributes: Vec<(String, String)> = out
                 .headers
                 .into_iter()
                 .filter(|(_, v)| !v.is_empty())
                 .collect();
+            drop_trace_attributes_over_budget(&mut attributes);
             if attributes.len() > ATTRIBUTES_MAX {
                 return Err(invalid(format!(
                     "{} message attributes, over SNS/SQS's {ATTRIBUTES_MAX}; send fewer headers",
@@ -114,6 +133,17 @@ pub fn encode(message: &Message, envelope: &Envelope) -> Result<WireMessage, Bus
             check_size(message, &wire)?;
             Ok(wire)
         }
+    }
+}
+
+/// Drops the plain trace attributes while `attributes` is over [`ATTRIBUTES_MAX`]:
+/// `tracestate` first, then `traceparent` (see the module docs).
+fn drop_trace_attributes_over_budget(attributes: &mut Vec<(String, String)>) {
+    for name in [TRACESTATE_HEADER, TRACEPARENT_HEADER] {
+        if attributes.len() <= ATTRIBUTES_MAX {
+            return;
+        }
+        attributes.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
     }
 }
 
@@ -152,15 +182,26 @@ fn encode_cloudevents(message: &Message) -> Result<WireMessage, BusError> {
             group_id,
             deduplication_id,
         },
-        _ => WireMessage {
-            body: structured(message),
-            attributes: vec![(
+        _ => {
+            let mut attributes = vec![(
                 MAPPING.content_type_header.to_string(),
                 STRUCTURED_CONTENT_TYPE.to_string(),
-            )],
-            group_id,
-            deduplication_id,
-        },
+            )];
+            for (name, value) in [
+                (TRACEPARENT_HEADER, &message.traceparent),
+                (TRACESTATE_HEADER, &message.tracestate),
+            ] {
+                if let Some(v) = value.as_ref().filter(|v| !v.is_empty() && is_sqs_text(v)) {
+                    attributes.push((name.to_string(), v.clone()));
+                }
+            }
+            WireMessage {
+                body: structured(message),
+                attributes,
+                group_id,
+                deduplication_id,
+            }
+        }
     };
     check_size(message, &wire)?;
     Ok(wire)
@@ -316,7 +357,8 @@ mod tests {
     fn rich_empty_and_binary_messages_use_structured_mode_and_round_trip() {
         let m = full();
         let (wire, back) = round_trip(&m);
-        assert_eq!(wire.attributes.len(), 1);
+        // content-type, and the trace context as a plain attribute beside the document.
+        assert_eq!(wire.attributes.len(), 2, "{:?}", wire.attributes);
         assert_eq!(back, m);
 
         let mut bytes = Message::json("Blob", &serde_json::json!(null)).with_key("b");
@@ -333,6 +375,60 @@ mod tests {
         spaced.payload = b"{ \"a\" : 1 }".to_vec();
         spaced.headers.insert("h".into(), String::new());
         assert_eq!(round_trip(&spaced).1, spaced);
+    }
+
+    fn attribute<'a>(wire: &'a WireMessage, name: &str) -> Option<&'a str> {
+        wire.attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn trace_context_fits_the_sqs_attribute_budget() {
+        const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // Binary mode: the trace context is the ce- attributes, no plain duplicates.
+        let mut small = Message::json("Tested", &serde_json::json!({"n": 1}));
+        small.traceparent = Some(PARENT.into());
+        small.tracestate = Some("vendor=x".into());
+        let (wire, back) = round_trip(&small);
+        assert!(wire.attributes.len() <= ATTRIBUTES_MAX);
+        assert_eq!(attribute(&wire, "ce-traceparent"), Some(PARENT));
+        assert_eq!(attribute(&wire, "ce-tracestate"), Some("vendor=x"));
+        assert_eq!(attribute(&wire, "traceparent"), None);
+        assert_eq!(back, small);
+
+        // Over ten attributes: structured, with the plain trace attributes beside it.
+        let mut rich = full();
+        rich.tracestate = Some("vendor=x".into());
+        let (wire, back) = round_trip(&rich);
+        assert_eq!(wire.attributes.len(), 3);
+        assert_eq!(attribute(&wire, "traceparent"), rich.traceparent.as_deref());
+        assert_eq!(attribute(&wire, "tracestate"), Some("vendor=x"));
+        assert_eq!(
+            back, rich,
+            "the trace attributes are not read back as headers"
+        );
+
+        // A mapped envelope: the message's own attributes first; the trace attributes
+        // are dropped when the budget runs out, tracestate before traceparent.
+        // raw: event-type, event-id, event-source, event-time, content-type + 4 headers = 9.
+        let raw = Envelope::Mapped(runnel_core::envelope::Mapping::raw().into());
+        let mut nine = Message::json("T", &serde_json::json!({}));
+        for i in 0..4 {
+            nine.headers.insert(format!("h{i}"), "v".into());
+        }
+        nine.traceparent = Some(PARENT.into());
+        nine.tracestate = Some("vendor=x".into());
+        let wire = encode(&nine, &raw).expect("encode");
+        let names: Vec<&str> = wire.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(wire.attributes.len(), ATTRIBUTES_MAX, "{names:?}");
+        assert_eq!(attribute(&wire, "traceparent"), Some(PARENT));
+        assert_eq!(attribute(&wire, "tracestate"), None);
+        nine.headers.insert("h4".into(), "v".into());
+        let wire = encode(&nine, &raw).expect("encode");
+        assert_eq!(attribute(&wire, "traceparent"), None);
+        assert_eq!(wire.attributes.len(), ATTRIBUTES_MAX);
     }
 
     #[test]

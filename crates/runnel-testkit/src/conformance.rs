@@ -1928,8 +1928,8 @@ async fn assert_round_trip<S: EventStore>(store: &Arc<S>, s: &StreamName, sent: 
     }
 }
 
-/// Metadata (correlation, causation, user, traceparent, free headers including Unicode and
-/// empty values), schema version and id come back exactly as appended, on every read path.
+/// Metadata (correlation, causation, user, traceparent and tracestate, free headers
+/// including Unicode and empty values), schema version and id come back exactly as appended, on every read path.
 pub async fn metadata_round_trips<S: EventStore>(store: Arc<S>) {
     let s = stream("Order-1");
     let mut full = Metadata::default()
@@ -1940,6 +1940,7 @@ pub async fn metadata_round_trips<S: EventStore>(store: Arc<S>) {
         .with_header("r\u{e9}gion", "\u{e9}t\u{e9} \u{2713} \"quoted\"")
         .with_header("empty", "");
     full.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    full.tracestate = Some("rojo=00f067aa0ba902b7".into());
     let sent = vec![
         NewEvent::json(
             "OrderPlaced",

@@ -402,7 +402,7 @@ fn ids(messages: &[Message]) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 
 /// Every field of a message arrives exactly as published — CloudEvents attributes,
-/// extensions, free headers (extension-named and not), the key, JSON and binary payload
+/// extensions (the W3C `traceparent` and `tracestate` among them), free headers (extension-named and not), the key, JSON and binary payload
 /// bytes — with the topic, the group and attempt 1.
 pub async fn publish_then_consume_round_trips_every_field(t: TransportUnderTest) {
     let topic = fresh_topic("roundtrip");
@@ -425,7 +425,9 @@ pub async fn publish_then_consume_round_trips_every_field(t: TransportUnderTest)
     full.time = Some(time);
     full.correlation_id = Some("corr-1".into());
     full.causation_id = Some("cmd-1".into());
+    // The W3C trace context (parent and vendor state) round-trips on every transport.
     full.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    full.tracestate = Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into());
 
     let mut binary = Message::json("BlobStored", &json!(null)).with_key("Blob-1");
     binary.content_type = "application/octet-stream".into();

@@ -13,6 +13,11 @@
 //! * [`outbox`]: the outbox [`Relay`](outbox::Relay) (per-key order, leases, backoff),
 //!   the event store as the outbox ([`EventStoreRelay`](outbox::EventStoreRelay)), the claim
 //!   check for large payloads, relay metrics.
+//! * [`trace`]: W3C trace context across every hop (HTTP, append, outbox, broker,
+//!   consumer, handler sends) on `tracing` spans bridged to OpenTelemetry.
+//! * [`catalog`]: what the application registered — event types with their schema
+//!   versions and JSON Schemas, commands, queries, topics with their receivers and
+//!   publishers — its AsyncAPI 3.0 document, and the event schema compatibility check.
 //! * [`retry`]: the [`RetryPolicy`] (exponential backoff with full jitter) shared by the
 //!   repository and the consumer router.
 //!
@@ -21,6 +26,7 @@
 pub mod aggregate;
 pub mod app;
 pub mod bus;
+pub mod catalog;
 pub mod command;
 pub mod connect;
 pub mod consumer;
@@ -31,6 +37,7 @@ pub mod projection;
 pub mod query;
 pub mod retry;
 pub mod saga;
+pub mod trace;
 pub mod upcast;
 
 pub use aggregate::{
@@ -54,3 +61,6 @@ pub use runnel_postgres as postgres;
 pub use runnel_sqlite as sqlite;
 // Handlers implement async traits; re-exported so applications agree on the version.
 pub use async_trait::async_trait;
+// Catalog descriptions take `JsonSchema` types; re-exported so applications agree on the
+// version.
+pub use schemars;

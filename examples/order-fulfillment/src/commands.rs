@@ -14,7 +14,7 @@ use crate::order::{Order, OrderCommand, OrderEvent, OrderLine};
 /// JSON: `{"order_id": "o-1", "customer_id": "c-1", "items": [{"product_id": "p-1",
 /// "quantity": 2, "unit_price_cents": 1250}], "shipping_address": "1 Main St"}`
 /// (`billing_address` is optional and defaults to the shipping address).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
     pub order_id: String,
@@ -26,14 +26,14 @@ pub struct PlaceOrder {
 }
 
 /// Confirm a pending order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmOrder {
     pub order_id: String,
 }
 
 /// Cancel a pending or confirmed order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelOrder {
     pub order_id: String,
@@ -41,7 +41,7 @@ pub struct CancelOrder {
 }
 
 /// Ship a confirmed order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipOrder {
     pub order_id: String,
@@ -50,7 +50,7 @@ pub struct ShipOrder {
 }
 
 /// Record the delivery of a shipped order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverOrder {
     pub order_id: String,

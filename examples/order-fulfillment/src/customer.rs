@@ -34,7 +34,7 @@ pub enum CustomerCommand {
 }
 
 /// What a customer records. The id is the stream's.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CustomerEvent {
     CustomerRegistered { name: String },
     CustomerRenamed { name: String },
@@ -120,7 +120,7 @@ impl Aggregate for Customer {
 }
 
 /// Register a customer. JSON: `{"customer_id": "c-1", "name": "Ada Lovelace"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterCustomer {
     pub customer_id: String,
@@ -128,7 +128,7 @@ pub struct RegisterCustomer {
 }
 
 /// Rename a registered customer. JSON: `{"customer_id": "c-1", "name": "Ada King"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameCustomer {
     pub customer_id: String,

@@ -26,6 +26,7 @@ use order_fulfillment::{
     Customer, GetOrderSummary, Order, OrderCommand, OrderLine, OrderStatus, Product,
 };
 use runnel::app::{App, RunningApp, SHUTDOWN_DEADLINE_DEFAULT};
+use runnel::catalog::SnapshotError;
 use runnel::connect::{ConnectError, Settings, SettingsInputs};
 use runnel::DispatchError;
 use tracing_subscriber::EnvFilter;
@@ -34,6 +35,14 @@ use tracing_subscriber::EnvFilter;
 /// store URL, an unknown command or query name, a payload that does not fit it), as the
 /// `runnel` CLI uses it; every other failure is 1.
 const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code of `schema check` when it finds a backward-incompatible change, as the
+/// `runnel` CLI uses it.
+const EXIT_INCOMPATIBLE: u8 = 6;
+
+/// `schema check` found backward-incompatible changes (already printed).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} backward-incompatible schema change(s)")]
+struct Incompatible(usize);
 
 /// The order service: the Order, Customer and Product aggregates behind the command bus,
 /// order summaries enriched with customer and product names (projections, exactly once)
@@ -90,10 +99,36 @@ enum Command {
         /// Its JSON payload.
         json: String,
     },
+    /// The service's catalog and schema checks (for CI): print the catalog or its
+    /// AsyncAPI 3.0 document, write the event schema snapshot, or check the current event
+    /// schemas against a committed one.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
     /// Run the demo: many concurrent clients place, confirm, ship and cancel orders on a
     /// fresh embedded store, racing each other on purpose; prints a summary.
     #[command(after_help = demo::AFTER_HELP)]
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Print the catalog (the body of `GET /catalog`) as JSON.
+    Catalog,
+    /// Print the AsyncAPI 3.0 document of the service.
+    Asyncapi,
+    /// Write the event schema snapshot to commit.
+    Snapshot {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check the current event schemas against a committed snapshot: exit 6 and list each
+    /// backward-incompatible change (event type, JSON path) if there is one.
+    Check {
+        /// The committed snapshot.
+        #[arg(long)]
+        snapshot: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -141,7 +176,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The service reports what it does; the demo's output is its progress bar and summary.
     let log_default = match cli.command {
-        Some(Command::Demo(_)) => "warn,lapin=off",
+        Some(Command::Demo(_) | Command::Schema(_)) => "warn,lapin=off",
         _ => "info,lapin=off",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_default));
@@ -166,6 +201,9 @@ fn main() -> ExitCode {
 }
 
 fn exit_code(e: &anyhow::Error) -> ExitCode {
+    if e.chain().any(|cause| cause.is::<Incompatible>()) {
+        return ExitCode::from(EXIT_INCOMPATIBLE);
+    }
     let bad_input = e.chain().any(|cause| {
         cause.is::<demo::BadInput>()
             // `send` / `query`: a payload that is not JSON, or not the named type's.
@@ -178,6 +216,9 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
                         | DispatchError::InvalidName
                 )
             })
+            || cause
+                .downcast_ref::<SnapshotError>()
+                .is_some_and(SnapshotError::is_bad_input)
             || cause
                 .downcast_ref::<ConnectError>()
                 .is_some_and(ConnectError::is_bad_input)
@@ -198,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } = cli;
     match command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Demo(args) => demo::run(demo::store_url(store, db)?, args).await,
+        Command::Schema(command) => schema(command).await,
         Command::Run(args) => {
             let app = connect(store, db, bus).await?;
             serve(app, args).await
@@ -265,6 +307,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `schema …`: the catalog of a scratch wiring (the configured store and bus are not
+/// touched).
+async fn schema(command: SchemaCommand) -> anyhow::Result<()> {
+    let catalog = service::catalog().await.map_err(|e| anyhow::anyhow!(e))?;
+    match command {
+        SchemaCommand::Catalog => println!("{}", serde_json::to_string_pretty(&catalog)?),
+        SchemaCommand::Asyncapi => {
+            let doc = catalog.asyncapi("order-fulfillment", env!("CARGO_PKG_VERSION"));
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        SchemaCommand::Snapshot { out } => {
+            let snapshot = catalog.schema_snapshot();
+            snapshot.write(&out)?;
+            eprintln!(
+                "wrote the schemas of {} event types to {}",
+                snapshot.events.len(),
+                out.display()
+            );
+        }
+        SchemaCommand::Check { snapshot } => {
+            let report = runnel::catalog::check(&catalog, &snapshot)?;
+            println!("{report}");
+            if !report.is_compatible() {
+                return Err(Incompatible(report.problems.len()).into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The application on the store and bus from the flags, else the environment, else

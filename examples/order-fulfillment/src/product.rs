@@ -41,7 +41,7 @@ pub enum ProductCommand {
 }
 
 /// What a product records. The SKU is the stream's id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ProductEvent {
     ProductAdded { name: String, unit_price_cents: i64 },
     ProductRenamed { name: String },
@@ -149,7 +149,7 @@ impl Aggregate for Product {
 
 /// Add a product to the catalog. JSON:
 /// `{"sku": "p-1", "name": "Espresso cup", "unit_price_cents": 1250}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddProduct {
     pub sku: String,
@@ -158,7 +158,7 @@ pub struct AddProduct {
 }
 
 /// Rename a product. JSON: `{"sku": "p-1", "name": "Espresso cup, white"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameProduct {
     pub sku: String,

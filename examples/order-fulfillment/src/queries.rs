@@ -15,7 +15,7 @@ use crate::read_model::{EnrichedOrderSummary, ReadModel, ReadModelError};
 
 /// The current state of one order, read from its events (`null` if there is no such
 /// order). JSON: `{"order_id": "o-1"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetOrder {
     pub order_id: String,
@@ -94,11 +94,12 @@ impl QueryHandler<GetOrder> for GetOrderHandler {
 /// `{"order_id": "o-1"}`, or `{"order_id": "o-1", "min_position": 42}` to read your own
 /// write: the query first waits until the read model has applied `$all` up to position 42
 /// (the [`ExecuteOutcome::position`](runnel::ExecuteOutcome::position) of the command).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetOrderSummary {
     pub order_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<u64>")]
     pub min_position: Option<Position>,
 }
 
@@ -112,11 +113,12 @@ impl Query for GetOrderSummary {
 /// [`ORDERS_BY_NAME_MAX`](crate::read_model::ORDERS_BY_NAME_MAX). JSON:
 /// `{"customer_name": "Ada Lovelace"}`, optionally with `min_position` as in
 /// [`GetOrderSummary`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FindOrdersByCustomerName {
     pub customer_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<u64>")]
     pub min_position: Option<Position>,
 }
 

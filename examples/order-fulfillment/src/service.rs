@@ -14,6 +14,8 @@
 use std::sync::Arc;
 
 use runnel::app::App;
+use runnel::catalog::{Catalog, CatalogError};
+use runnel::connect::SettingsInputs;
 use runnel::consumer::HandlerError;
 use runnel::core::codec;
 use runnel::core::outbox::TopicRouting;
@@ -22,10 +24,13 @@ use runnel::projection::{OnFailure, RunnerOptions};
 use runnel::saga::SagaRuntime;
 use runnel::{DispatchError, Upcasters};
 
-use crate::customer::Customer;
+use crate::commands::{CancelOrder, ConfirmOrder, DeliverOrder, PlaceOrder, ShipOrder};
+use crate::customer::{Customer, RegisterCustomer, RenameCustomer};
 use crate::fulfillment::{Fulfillment, FulfillmentConfig};
 use crate::order::{Order, OrderEvent};
 use crate::product::Product;
+use crate::product::{AddProduct, RenameProduct};
+use crate::queries::{FindOrdersByCustomerName, GetOrder, GetOrderSummary};
 use crate::read_model::{self, ReadModel};
 use crate::{order_repository, register, register_catalog, register_read_model_queries, upcasters};
 
@@ -60,6 +65,7 @@ pub async fn wire_with(
     fulfillment: FulfillmentConfig,
 ) -> Result<OrderService, WireError> {
     let upcasters = Arc::new(upcasters()?);
+    describe(app, &upcasters)?;
     wire_commands(app, &upcasters)?;
     let read_model = wire_read_model(app, &upcasters).await?;
     app.event_store_relay(EventStoreRelayOptions {
@@ -73,6 +79,29 @@ pub async fn wire_with(
         read_model,
         fulfillment,
     })
+}
+
+/// Describes the service's schemas in the application's catalog (`GET /catalog`, the
+/// AsyncAPI document, `schema check`): the three aggregates' events, the upcasters, and
+/// the commands' and queries' payloads.
+pub fn describe(app: &mut App, upcasters: &Upcasters) -> Result<(), CatalogError> {
+    app.describe_aggregate::<Order>()?
+        .describe_aggregate::<Customer>()?
+        .describe_aggregate::<Product>()?
+        .describe_upcasters(upcasters)
+        .describe_command::<PlaceOrder>()?
+        .describe_command::<ConfirmOrder>()?
+        .describe_command::<CancelOrder>()?
+        .describe_command::<ShipOrder>()?
+        .describe_command::<DeliverOrder>()?
+        .describe_command::<RegisterCustomer>()?
+        .describe_command::<RenameCustomer>()?
+        .describe_command::<AddProduct>()?
+        .describe_command::<RenameProduct>()?
+        .describe_query::<GetOrder>()?
+        .describe_query::<GetOrderSummary>()?
+        .describe_query::<FindOrdersByCustomerName>()?;
+    Ok(())
 }
 
 /// Registers the commands: the per-command bus types (`PlaceOrder`, …, `RegisterCustomer`,
@@ -140,4 +169,27 @@ pub fn decode_order_event(
     let event: OrderEvent = codec::decode_value(&message.event_type, version, payload)
         .map_err(HandlerError::permanent)?;
     Ok((order_id, event))
+}
+
+/// The service's catalog, from a wiring on a scratch embedded store (a fresh SQLite file
+/// in the temporary directory, removed afterwards): what `schema` commands and the
+/// AsyncAPI test read, without touching the configured store or bus.
+pub async fn catalog() -> Result<Catalog, WireError> {
+    let dir = std::env::temp_dir().join(format!(
+        "order-fulfillment-catalog-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let result = async {
+        let settings = SettingsInputs::gather(&dir)?
+            .db("--db", Some(dir.join("catalog.db")))
+            .bus("--bus", Some("embedded".to_string()))
+            .resolve()?;
+        let mut app = App::connect(&settings).await?;
+        wire(&mut app).await?;
+        Ok::<_, WireError>(app.catalog())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

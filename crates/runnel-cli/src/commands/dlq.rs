@@ -163,6 +163,7 @@ fn human_details(d: &DeadLetter) -> Vec<String> {
         ("correlation id", m.correlation_id.clone()),
         ("causation id", m.causation_id.clone()),
         ("traceparent", m.traceparent.clone()),
+        ("tracestate", m.tracestate.clone()),
     ];
     for (name, value) in optional {
         if let Some(v) = value {

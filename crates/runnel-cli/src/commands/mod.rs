@@ -8,5 +8,6 @@ pub mod outbox;
 pub mod projections;
 pub mod publish;
 pub mod sagas;
+pub mod schema;
 pub mod serve;
 pub mod streams;

@@ -28,7 +28,8 @@ pub fn prepare(args: &PublishArgs) -> anyhow::Result<PreparedPublish> {
 }
 
 /// Builds the message from the flags: JSON payload, key, headers (the CloudEvents
-/// extensions `correlationid`, `causationid` and `traceparent` set those attributes).
+/// extensions `correlationid`, `causationid`, `traceparent` and `tracestate` set those
+/// attributes).
 pub fn build_message(args: &PublishArgs) -> Result<Message, BadInput> {
     let data = JsonArgs::default().parse("--data", &args.data)?;
     let mut message = Message::json(args.event_type.clone(), &data);
@@ -47,6 +48,7 @@ pub fn build_message(args: &PublishArgs) -> Result<Message, BadInput> {
             "correlationid" => message.correlation_id = Some(value),
             "causationid" => message.causation_id = Some(value),
             "traceparent" => message.traceparent = Some(value),
+            "tracestate" => message.tracestate = Some(value),
             name => {
                 message.headers.insert(name.to_string(), value);
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use runnel::app::App;
 use runnel::connect::{Bus, Stores};
 use runnel_server::auth::{ENV_API_KEYS, ENV_API_KEYS_FILE};
-use runnel_server::{ApiKeys, Application, Server, ServerConfig, ServerError};
+use runnel_server::{ApiKeys, Application, ServedCatalog, Server, ServerConfig, ServerError};
 
 use crate::cli::ServeArgs;
 use crate::exit::BadInput;
@@ -77,6 +77,13 @@ pub async fn serve(stores: Stores, bus: Bus, prepared: Prepared) -> anyhow::Resu
     let location = stores.location();
     let bus_url = bus.url().to_string();
     let mut app = App::with(stores, bus);
+    // `GET /catalog` and `/asyncapi.json`: what this process registered (an application
+    // built on the runtime serves its own, with its described schemas).
+    let server = server.with_catalog(ServedCatalog::new(
+        &app.catalog(),
+        "runnel serve",
+        env!("CARGO_PKG_VERSION"),
+    ));
     app.task("http", server.into_task());
     // Signals are listened for from here on: the address is printed after, so a SIGTERM
     // sent as soon as it is read stops the server gracefully instead of killing it.

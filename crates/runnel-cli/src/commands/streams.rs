@@ -16,11 +16,12 @@ const PAGE_ITEMS: usize = 1000;
 const _: () = assert!(PAGE_ITEMS <= READ_LIMIT_MAX);
 
 /// The metadata fields `--metadata` accepts.
-const METADATA_FIELDS: [&str; 5] = [
+const METADATA_FIELDS: [&str; 6] = [
     "correlation_id",
     "causation_id",
     "user_id",
     "traceparent",
+    "tracestate",
     "headers",
 ];
 

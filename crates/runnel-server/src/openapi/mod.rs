@@ -48,6 +48,7 @@ pub(crate) const fn doc<P: utoipa::Path>() -> OperationDoc {
 #[derive(utoipa::OpenApi)]
 #[openapi(components(schemas(
     schemas::ProblemDoc,
+    schemas::CatalogDoc,
     schemas::Liveness,
     schemas::Readiness,
     schemas::CommandNames,

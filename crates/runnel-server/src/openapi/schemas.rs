@@ -24,6 +24,18 @@ pub struct ProblemDoc {
     pub detail: String,
 }
 
+/// `GET /catalog`: what the application registered, for `runnel schema check` and
+/// documentation (each entry as `runnel::catalog` describes it).
+#[derive(ToSchema)]
+#[schema(as = Catalog)]
+pub struct CatalogDoc {
+    /// Event types with their schema versions and JSON Schemas.
+    pub events: Vec<Value>,
+    pub commands: Vec<Value>,
+    pub queries: Vec<Value>,
+    pub topics: Vec<Value>,
+}
+
 /// `GET /healthz`.
 #[derive(ToSchema)]
 pub struct Liveness {

@@ -18,6 +18,7 @@ use super::Aggregate;
 use crate::command::CommandEnvelope;
 use crate::retry::RetryPolicy;
 use crate::upcast::Upcasters;
+use tracing::Instrument;
 
 /// Events read per call while loading an aggregate. Loading holds only the state and one
 /// page in memory, whatever the stream's length.
@@ -399,13 +400,20 @@ impl<A: Aggregate> Repository<A> {
 
     /// Appends, retrying transient errors with the very same events (same ids), which the
     /// store treats as one idempotent append.
+    /// The append runs in a `runnel.append` span whose trace context each event's
+    /// metadata gets, unless the command's caller set one (see [`crate::trace`]).
     async fn append_retrying_transient(
         &self,
         stream: &StreamName,
         expected: ExpectedRevision,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
+        let span = crate::trace::append_span(stream.as_str());
+        for e in &mut events {
+            crate::trace::stamp_metadata(&span, &mut e.metadata);
+        }
         self.with_transient_retry(|| self.events.append(stream, expected, events.clone()))
+            .instrument(span)
             .await
     }
 

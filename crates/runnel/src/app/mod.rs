@@ -42,6 +42,7 @@
 //! asks every task to stop, waits up to the deadline, aborts what is left and says so in
 //! the [`AppReport`].
 
+mod catalog;
 mod restart;
 mod shutdown;
 mod supervisor;
@@ -55,6 +56,7 @@ use runnel_core::{GroupName, TopicName};
 
 use crate::aggregate::{Aggregate, Repository};
 use crate::bus::BoxError;
+use crate::catalog::{CatalogRegistry, PublisherKind, ReceiverKind};
 use crate::connect::{open_bus, open_stores, Bus, ConnectError, OpenMode, Settings, Stores};
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::outbox::{EventStoreRelay, EventStoreRelayOptions, Relay, RelayOptions};
@@ -100,6 +102,8 @@ pub struct App {
     /// A part that sends through the outbox is registered (a saga): start the outbox
     /// relay unless the application registered one.
     wants_outbox_relay: bool,
+    /// What the registered parts receive and publish, and the described schemas.
+    catalog: CatalogRegistry,
 }
 
 impl App {
@@ -119,6 +123,8 @@ impl App {
 
     /// An application over stores and a bus opened by the caller.
     pub fn with(stores: Stores, bus: Bus) -> App {
+        // Outbox rows built anywhere in the application capture the current trace.
+        crate::trace::install();
         App {
             stores,
             bus,
@@ -128,6 +134,7 @@ impl App {
             restart: RestartPolicy::default(),
             consumer_grace: CONSUMER_GRACE_DEFAULT,
             wants_outbox_relay: false,
+            catalog: CatalogRegistry::new(),
         }
     }
 
@@ -211,6 +218,7 @@ impl App {
         F: Fn(ConsumerBuilder) -> ConsumerBuilder + Send + Sync + 'static,
     {
         let name = format!("consumer:{topic}/{group}");
+        self.record(|c| c.receiver(&topic, &group, ReceiverKind::Consumer).map(drop));
         let subscriber = Arc::clone(&self.bus.subscriber);
         let publisher = Arc::clone(&self.bus.publisher);
         let dead_letters = Arc::clone(&self.stores.dead_letters);
@@ -244,6 +252,7 @@ impl App {
     /// on the application's bus from its checkpoint (task `event-store-relay:{checkpoint}`).
     pub fn event_store_relay(&mut self, options: EventStoreRelayOptions) -> &mut Self {
         let name = format!("event-store-relay:{}", options.checkpoint);
+        self.record(|c| c.relay(&name, &options.routing, &options.filter).map(drop));
         let events = Arc::clone(&self.stores.events);
         let checkpoints = Arc::clone(&self.stores.checkpoints);
         let publisher = Arc::clone(&self.bus.publisher);
@@ -315,6 +324,20 @@ impl App {
             options,
         );
         let name = runtime.definition().name().to_string();
+        let publisher = format!("saga:{name}");
+        let mut sends: Vec<TopicName> = runtime
+            .definition()
+            .command_topics()
+            .into_iter()
+            .cloned()
+            .collect();
+        sends.push(runtime.definition().events_topic().clone());
+        for topic in &sends {
+            self.record(|c| {
+                c.publisher(topic, &publisher, PublisherKind::Saga)
+                    .map(drop)
+            });
+        }
         let r = runtime.clone();
         self.task(format!("saga:{name}"), move |shutdown| {
             let r = r.clone();
@@ -401,6 +424,7 @@ impl App {
             bus: self.bus,
             commands: self.commands,
             queries: self.queries,
+            catalog: self.catalog,
             supervisor,
             signals,
         })
@@ -431,6 +455,7 @@ pub struct RunningApp {
     bus: Bus,
     commands: CommandBus,
     queries: QueryBus,
+    catalog: CatalogRegistry,
     supervisor: Supervisor,
     signals: SignalListener,
 }
@@ -454,6 +479,13 @@ impl RunningApp {
     /// The query bus.
     pub fn queries(&self) -> &QueryBus {
         &self.queries
+    }
+
+    /// The catalog: described event types, the commands and queries on the buses, and
+    /// the topics the registered parts receive from and publish to.
+    pub fn catalog(&self) -> crate::catalog::Catalog {
+        self.catalog
+            .build(&self.commands.names(), &self.queries.names())
     }
 
     /// The signal every task watches (fires when shutdown begins).

@@ -30,6 +30,15 @@ impl App {
         options: TopicProjectionOptions,
     ) -> &mut Self {
         let name = format!("projection:{}:v{}", projection.name(), projection.version());
+        let (topic, group) = (projection.topic(), projection.group());
+        self.record(|c| {
+            c.receiver(
+                &topic,
+                &group,
+                crate::catalog::ReceiverKind::TopicProjection,
+            )
+            .map(drop)
+        });
         let store = Arc::clone(&self.stores.projections);
         let subscriber = Arc::clone(&self.bus.subscriber);
         let publisher = Arc::clone(&self.bus.publisher);

@@ -35,8 +35,13 @@ impl EffectPublisher {
     }
 
     /// `message` with this handler's correlation, causation, trace context and user id,
-    /// where it has none of its own.
+    /// where it has none of its own. The trace context is the current span's (the
+    /// handler's, a child of the delivered message's context) when an OpenTelemetry layer
+    /// is installed, else the delivered message's own, carried on as it is.
     pub fn stamp(&self, mut message: Message) -> Message {
+        if message.traceparent.is_none() {
+            crate::trace::stamp_message(&tracing::Span::current(), &mut message);
+        }
         let meta = self.ctx.effect_metadata();
         if message.correlation_id.is_none() {
             message.correlation_id = meta.correlation_id;
@@ -46,6 +51,7 @@ impl EffectPublisher {
         }
         if message.traceparent.is_none() {
             message.traceparent = meta.traceparent;
+            message.tracestate = meta.tracestate;
         }
         if let Some(user) = meta.user_id {
             message.headers.entry("userid".to_string()).or_insert(user);

@@ -109,6 +109,7 @@ impl EventStoreRelay {
         options: EventStoreRelayOptions,
     ) -> Result<Self, RelayError> {
         runnel_core::store::validate_checkpoint_name(&options.checkpoint)?;
+        crate::trace::install();
         options.filter.validate()?;
         if options.batch_size == 0 || options.batch_size > runnel_core::store::READ_LIMIT_MAX {
             return Err(RelayError::InvalidOptions(format!(
@@ -157,6 +158,12 @@ impl EventStoreRelay {
                 }
             }
         }
+        // One producer span per event, a child of the append that stored it; the message
+        // carries the span's context. Held until the batch is through (or given up).
+        let _publish_spans: Vec<tracing::Span> = items
+            .iter_mut()
+            .map(|(_, topic, m)| crate::trace::publish_span(topic, m))
+            .collect();
         let mut attempt: u32 = 0;
         // Events confirmed so far stay confirmed; a retry publishes only the rest, in order.
         let mut remaining = items;

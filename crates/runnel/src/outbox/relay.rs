@@ -241,6 +241,7 @@ impl Relay {
         options: RelayOptions,
     ) -> Result<Self, RelayError> {
         options.validate()?;
+        crate::trace::install();
         let metrics = RelayMetrics::new(&options.name);
         Ok(Relay {
             store,
@@ -269,9 +270,16 @@ impl Relay {
         }
         let attempts: std::collections::HashMap<u64, u32> =
             rows.iter().map(|r| (r.seq, r.attempts)).collect();
+        // One producer span per row, a child of the context captured at enqueue; the
+        // message carries the span's context. Held until the round's publishes are done.
+        let mut publish_spans: Vec<tracing::Span> = Vec::with_capacity(rows.len());
         let items = rows
             .into_iter()
-            .map(|r: OutboxRecord| (r.seq, r.topic, r.message))
+            .map(|r: OutboxRecord| {
+                let mut message = r.message;
+                publish_spans.push(crate::trace::publish_span(&r.topic, &mut message));
+                (r.seq, r.topic, message)
+            })
             .collect();
         let lanes = plan(items);
         let outcomes = join_all(lanes.into_iter().map(|lane| {

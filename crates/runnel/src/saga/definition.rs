@@ -318,6 +318,23 @@ impl<D: SagaData> SagaDefinition<D> {
         &self.events_topic
     }
 
+    /// The topics its remote steps send commands to (forward and compensation), sorted,
+    /// each once.
+    pub fn command_topics(&self) -> Vec<&TopicName> {
+        let mut topics: Vec<&TopicName> = self
+            .steps
+            .iter()
+            .flat_map(|s| std::iter::once(&s.forward).chain(s.compensate.as_ref()))
+            .filter_map(|a| match a {
+                Action::Remote(call) => Some(&call.topic),
+                Action::Local(_) => None,
+            })
+            .collect();
+        topics.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        topics.dedup();
+        topics
+    }
+
     /// The step names, in order.
     pub fn step_names(&self) -> Vec<&str> {
         self.steps.iter().map(|s| s.name.as_str()).collect()

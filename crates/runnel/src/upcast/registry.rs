@@ -140,6 +140,22 @@ impl Upcasters {
         self.chains.get(event_type).map(Chain::end)
     }
 
+    /// The oldest version the chain of `event_type` upcasts from (`None`: no steps).
+    pub fn earliest_version(&self, event_type: &str) -> Option<u32> {
+        self.chains.get(event_type).map(|c| c.start)
+    }
+
+    /// Every event type with steps, as `(event_type, earliest, latest)` versions, sorted.
+    pub fn chains(&self) -> Vec<(&str, u32, u32)> {
+        let mut chains: Vec<(&str, u32, u32)> = self
+            .chains
+            .iter()
+            .map(|(t, c)| (t.as_str(), c.start, c.end()))
+            .collect();
+        chains.sort_unstable();
+        chains
+    }
+
     /// Runs every step that applies to a payload of `event_type` at `version`, returning
     /// the version reached and the migrated payload. A payload no step applies to comes
     /// back unchanged; whether the reached version is the one a Rust type reads is checked
@@ -197,14 +213,8 @@ fn is_json(content_type: &str) -> bool {
 
 impl fmt::Debug for Upcasters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut chains: Vec<(&str, u32, u32)> = self
-            .chains
-            .iter()
-            .map(|(t, c)| (t.as_str(), c.start, c.end()))
-            .collect();
-        chains.sort_unstable();
         f.debug_struct("Upcasters")
-            .field("chains", &chains)
+            .field("chains", &self.chains())
             .finish()
     }
 }

@@ -78,6 +78,11 @@ pub fn wire(
         config.saga.clone(),
     );
     services::wire(app, config.failures.clone())?;
+    // The services answer on the saga's reply topic (the catalog cannot see a handler's
+    // publishes, so they are described).
+    for service in services::SERVICE_GROUPS {
+        app.describe_publisher(saga.definition().reply_topic(), service)?;
+    }
 
     let starter = saga.clone();
     app.consumer(

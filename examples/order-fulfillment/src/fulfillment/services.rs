@@ -68,15 +68,18 @@ impl Answer {
 type Decide =
     Arc<dyn Fn(&str, &serde_json::Value, &Failures) -> Result<Answer, HandlerError> + Send + Sync>;
 
+/// The services' consumer groups (also their names as publishers of replies).
+pub const SERVICE_GROUPS: [&str; 3] = ["inventory", "payments", "shipping"];
+
 /// Registers the three services on `app`.
 pub fn wire(
     app: &mut App,
     failures: Failures,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let services: [(&str, &str, Decide); 3] = [
-        (INVENTORY_TOPIC, "inventory", Arc::new(inventory)),
-        (PAYMENTS_TOPIC, "payments", Arc::new(payments)),
-        (SHIPPING_TOPIC, "shipping", Arc::new(shipping)),
+        (INVENTORY_TOPIC, SERVICE_GROUPS[0], Arc::new(inventory)),
+        (PAYMENTS_TOPIC, SERVICE_GROUPS[1], Arc::new(payments)),
+        (SHIPPING_TOPIC, SERVICE_GROUPS[2], Arc::new(shipping)),
     ];
     for (topic, group, decide) in services {
         let dedup = Arc::clone(&app.stores().dedup);

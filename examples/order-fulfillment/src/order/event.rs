@@ -12,7 +12,7 @@ use super::line::OrderLine;
 pub const ORDER_PLACED_SCHEMA_VERSION: u32 = 3;
 
 /// The `Order` aggregate's events. The variant name is the stored event type.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OrderEvent {
     OrderPlaced {
         customer_id: String,

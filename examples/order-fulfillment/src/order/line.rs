@@ -9,7 +9,7 @@ pub const ORDER_LINES_MAX: usize = 100;
 ///
 /// The price is signed so that a negative price in a request reaches the aggregate and is
 /// refused with [`crate::OrderError::NegativePrice`] instead of failing to parse.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub product_id: String,

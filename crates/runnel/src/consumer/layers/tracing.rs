@@ -14,6 +14,11 @@ use crate::consumer::handler::{BoxFuture, Outcome};
 /// Wraps each delivery in an `INFO` span named `runnel.consume` with the fields `topic`,
 /// `group`, `message_id`, `event_type`, `key`, `delivery_attempt`, `attempt` (updated by the
 /// retry layer), `correlation_id`, `causation_id` and `outcome` (set at the end).
+///
+/// The span is the OpenTelemetry consumer span of the message (`otel.kind = consumer`):
+/// its parent is the trace context the message carries (`traceparent` / `tracestate`,
+/// see [`crate::trace`]), so the handler and everything it sends join the producer's
+/// trace. Without an OpenTelemetry layer that costs nothing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TracingLayer;
 
@@ -27,6 +32,7 @@ impl TracingLayer {
 impl<S> Layer<S> for TracingLayer {
     type Service = Tracing<S>;
     fn layer(&self, inner: S) -> Tracing<S> {
+        crate::trace::install();
         Tracing { inner }
     }
 }
@@ -66,7 +72,9 @@ where
             correlation_id = m.correlation_id.as_deref().unwrap_or(""),
             causation_id = m.causation_id.as_deref().unwrap_or(""),
             outcome = Empty,
+            otel.kind = "consumer",
         );
+        crate::trace::set_parent(&span, m.traceparent.as_deref(), m.tracestate.as_deref());
         // Readiness was checked by the caller on this very service (tower's contract).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
