@@ -47,6 +47,13 @@ pub trait Publisher: Send + Sync + 'static {
     /// every one of them; on error, some may have been accepted — republishing the same
     /// message ids is safe for idempotent consumers.
     async fn publish(&self, topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError>;
+
+    /// Checks that the broker answers (one round trip where the transport has one), for
+    /// readiness probes. The default, for buses that live in a store (whose own check
+    /// covers them) and wrappers without a connection of their own, is `Ok`.
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// Where a group created by its first subscription starts.

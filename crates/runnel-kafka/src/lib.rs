@@ -107,6 +107,21 @@ pub fn connect(url: &str) -> Result<Arc<KafkaBus>, BusError> {
 
 #[async_trait]
 impl Publisher for KafkaBus {
+    /// Fetches the cluster's broker list (metadata for no topic), within 5 seconds.
+    async fn ping(&self) -> Result<(), BusError> {
+        use rdkafka::producer::Producer as _;
+        let producer = self.producer.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, std::time::Duration::from_secs(5))
+                .map(|_| ())
+                .map_err(|e| BusError::Unavailable(format!("Kafka did not answer: {e}")))
+        })
+        .await
+        .map_err(|e| BusError::Unavailable(format!("the Kafka ping task failed: {e}")))?
+    }
+
     async fn publish(&self, topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError> {
         validate_publish(&messages, self.options.max_payload_bytes)?;
         if messages.is_empty() {

@@ -345,6 +345,15 @@ impl Inner {
 
 #[async_trait]
 impl Publisher for NatsBus {
+    /// A PING/PONG round trip to the server (`flush`).
+    async fn ping(&self) -> Result<(), BusError> {
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| BusError::Unavailable(format!("NATS did not answer a ping: {e}")))
+    }
+
     /// Publishes the batch. Messages of one ordering key are sent one after another, each
     /// after the previous one's publish acknowledgement (so a message lost in an outage is
     /// retried before the key's next one is sent: per-key order holds on the stream);

@@ -111,6 +111,11 @@ impl RabbitBus {
 
 #[async_trait]
 impl Publisher for RabbitBus {
+    /// The publishing connection is open (or opens now, one attempt).
+    async fn ping(&self) -> Result<(), BusError> {
+        self.link.connection().await.map(|_| ())
+    }
+
     async fn publish(&self, topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError> {
         self.publish.publish(&self.link, topic, messages).await
     }

@@ -1,4 +1,4 @@
-//! `/healthz` (the process is alive) and `/readyz` (the store answers).
+//! `/healthz` (the process is alive) and `/readyz` (the store and the bus answer).
 
 use std::time::Duration;
 
@@ -35,14 +35,41 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Proble
             detail,
         )
     };
-    match tokio::time::timeout(READY_TIMEOUT, state.inner.events.head_position()).await {
-        Ok(Ok(head)) => Ok(Json(
-            json!({ "status": "ready", "head_position": head.get() }),
-        )),
-        Ok(Err(e)) => Err(unavailable(e.to_string())),
-        Err(_) => Err(unavailable(format!(
-            "the store did not answer within {}s",
-            READY_TIMEOUT.as_secs()
-        ))),
+    let head = match tokio::time::timeout(READY_TIMEOUT, state.inner.events.head_position()).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(e)) => return Err(unavailable(e.to_string())),
+        Err(_) => {
+            return Err(unavailable(format!(
+                "the store did not answer within {}s",
+                READY_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    // The bus too, when the server serves an application (a broker's round trip; the
+    // embedded bus lives in the store checked above).
+    if let Some(app) = &state.inner.app {
+        let bus = app.bus.url().to_string();
+        match tokio::time::timeout(READY_TIMEOUT, app.bus.publisher.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not-ready",
+                    "The bus is not reachable",
+                    format!("{bus}: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not-ready",
+                    "The bus is not reachable",
+                    format!("{bus} did not answer within {}s", READY_TIMEOUT.as_secs()),
+                ))
+            }
+        }
     }
+    Ok(Json(
+        json!({ "status": "ready", "head_position": head.get() }),
+    ))
 }

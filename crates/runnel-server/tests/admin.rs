@@ -1035,3 +1035,89 @@ async fn outbox_consumers_sagas_and_projections_are_reported() {
     let report = running.shutdown(DEADLINE).await;
     assert!(report.all_stopped_in_time(), "{report:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Readiness
+
+/// A broker that does not answer.
+struct Unreachable;
+
+#[runnel::async_trait]
+impl runnel_core::bus::Publisher for Unreachable {
+    async fn publish(&self, _: &TopicName, _: Vec<Message>) -> Result<(), runnel_core::BusError> {
+        Err(runnel_core::BusError::Unavailable("no broker".into()))
+    }
+    async fn ping(&self) -> Result<(), runnel_core::BusError> {
+        Err(runnel_core::BusError::Unavailable(
+            "connection refused".into(),
+        ))
+    }
+}
+
+#[runnel::async_trait]
+impl runnel_core::bus::Subscriber for Unreachable {
+    async fn subscribe(
+        &self,
+        _: &TopicName,
+        _: &GroupName,
+        _: runnel_core::bus::SubscribeOptions,
+    ) -> Result<runnel_core::bus::DeliveryStream, runnel_core::BusError> {
+        Err(runnel_core::BusError::Unavailable("no broker".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_checks_the_store_and_the_bus() {
+    // The embedded bus lives in the store: ready when the store answers.
+    let s = start_sqlite().await;
+    let r = client()
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+
+    // A broker that does not answer: not ready, and the problem says which.
+    let (stores, dir) = sqlite_stores().await;
+    let bus = runnel::connect::Bus::from_parts(
+        Arc::new(Unreachable),
+        BusUrl::parse("nats://127.0.0.1:1").unwrap(),
+    );
+    let s = serve(Application::bare(stores, bus), Some(dir)).await;
+    let r = client()
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["title"], "The bus is not reachable");
+    assert!(
+        p["detail"].as_str().unwrap().contains("connection refused"),
+        "{p}"
+    );
+    s.stop().await;
+
+    // A real NATS server answers its ping.
+    let Ok(url) = std::env::var("RUNNEL_TEST_NATS_URL") else {
+        assert!(
+            std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "RUNNEL_TEST_NATS_URL is not set but RUNNEL_REQUIRE_SERVICES=1"
+        );
+        eprintln!("SKIPPED the NATS part: RUNNEL_TEST_NATS_URL is not set");
+        return;
+    };
+    let (stores, dir) = sqlite_stores().await;
+    let bus = open_bus(&BusUrl::parse(&url).unwrap(), &stores)
+        .await
+        .unwrap();
+    let s = serve(Application::bare(stores, bus), Some(dir)).await;
+    let r = client()
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}

@@ -466,6 +466,18 @@ fn poisoned<T>(_: T) -> BusError {
 
 #[async_trait]
 impl Publisher for SqsBus {
+    /// One `ListQueues` call (at most one result) to the SQS endpoint.
+    async fn ping(&self) -> Result<(), BusError> {
+        self.clients
+            .sqs
+            .list_queues()
+            .max_results(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Unavailable(format!("SQS did not answer: {e}")))
+    }
+
     async fn publish(&self, topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError> {
         validate_publish(&messages, self.options.max_payload_bytes)?;
         // Encode everything first: a message that cannot go on the wire fails the whole

@@ -403,8 +403,10 @@ fn ids(messages: &[Message]) -> Vec<String> {
 
 /// Every field of a message arrives exactly as published — CloudEvents attributes,
 /// extensions (the W3C `traceparent` and `tracestate` among them), free headers (extension-named and not), the key, JSON and binary payload
-/// bytes — with the topic, the group and attempt 1.
+/// bytes — with the topic, the group and attempt 1. (The bus first answers a ping.)
 pub async fn publish_then_consume_round_trips_every_field(t: TransportUnderTest) {
+    // A live connection answers the readiness ping (`/readyz` of `runnel serve`).
+    t.publisher().ping().await.expect("the bus answers a ping");
     let topic = fresh_topic("roundtrip");
     let group = fresh_group("roundtrip");
     let mut s = subscribe(&t, 0, &topic, &group, SubscribeOptions::default()).await;

@@ -142,4 +142,8 @@ impl Publisher for MeteredPublisher {
         .increment(count);
         result
     }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.inner.ping().await
+    }
 }

@@ -94,6 +94,10 @@ impl Publisher for ClaimCheckPublisher {
         }
         self.inner.publish(topic, out).await
     }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.inner.ping().await
+    }
 }
 
 /// A subscriber that resolves claim checks: deliveries come out with their payload back
