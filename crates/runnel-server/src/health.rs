@@ -23,8 +23,8 @@ pub async fn healthz() -> Json<Value> {
 
 /// `GET /readyz`: 200 when the store answers within [`READY_TIMEOUT`], else 503.
 #[utoipa::path(get, path = "/readyz", responses(
-    (status = 200, description = "The store answered within 2 s", body = crate::openapi::schemas::Readiness),
-    (status = 503, description = "The store did not answer (`not-ready`)", content_type = "application/problem+json", body = crate::openapi::schemas::ProblemDoc),
+    (status = 200, description = "The store (and the bus, serving an application) answered within 2 s", body = crate::openapi::schemas::Readiness),
+    (status = 503, description = "The store or the bus did not answer (`not-ready`)", content_type = "application/problem+json", body = crate::openapi::schemas::ProblemDoc),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
     let unavailable = |detail: String| {
