@@ -35,7 +35,7 @@ pub struct EventIn {
     /// The payload (any JSON value but null; `{}` for none).
     #[serde(default)]
     #[schema(required = true, value_type = serde_json::Value)]
-    pub data: Option<serde_json::Value>,
+    pub data: Option<Box<RawValue>>,
     /// The event id (a UUID): the idempotency key of the append. A fresh UUIDv7 if absent.
     #[serde(default)]
     pub id: Option<Uuid>,
@@ -178,7 +178,13 @@ pub async fn append(
                     format!("event {i} has no `data` (send {{}} for an empty payload)"),
                 )
             })?;
-            let mut event = NewEvent::json(e.event_type, &data);
+            // The payload's bytes as sent (already checked to be JSON by the parser): no
+            // detour through a `serde_json::Value` and back.
+            let mut event = NewEvent::bytes(
+                e.event_type,
+                runnel_core::CONTENT_TYPE_JSON,
+                data.get().as_bytes().to_vec(),
+            );
             if let Some(id) = e.id {
                 event = event.with_id(id);
             }
