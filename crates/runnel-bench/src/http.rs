@@ -186,7 +186,7 @@ async fn fan_out<F, Fut>(
     open: F,
 ) -> FanOut
 where
-    F: Fn(Arc<AtomicU64>, Arc<std::sync::Mutex<Histogram<u64>>>) -> Fut,
+    F: Fn(Arc<AtomicU64>, Arc<AtomicU64>, Arc<std::sync::Mutex<Histogram<u64>>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     reset_peak();
@@ -194,15 +194,25 @@ where
     let latencies = Arc::new(std::sync::Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
     ));
+    let opened = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for _ in 0..s.subscribers {
         readers.push(tokio::spawn(open(
+            Arc::clone(&opened),
             Arc::clone(&delivered),
             Arc::clone(&latencies),
         )));
     }
-    // Every subscriber is open (it saw nothing yet: the store is past `after`).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The writers start once every subscriber is open (each counts itself when its
+    // subscription answered), so no subscriber's first events are catch-up reads.
+    let until = Instant::now() + Duration::from_secs(60);
+    while opened.load(Ordering::Relaxed) < s.subscribers as u64 {
+        assert!(
+            Instant::now() < until,
+            "the subscribers did not open within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let spinner = CountSpinner::start(label, "deliveries", Arc::clone(&delivered));
     let start = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -284,7 +294,7 @@ async fn side(url: &StoreUrl, s: &Sizes, what: &str) -> anyhow::Result<(Vec<Row>
             Arc::clone(&stores.events),
             s,
             "SSE fan-out",
-            move |delivered, latencies| {
+            move |opened, delivered, latencies| {
                 let url = format!("{base}/subscribe/all?after={}", head.get());
                 async move {
                     let r = reqwest::Client::new()
@@ -292,6 +302,7 @@ async fn side(url: &StoreUrl, s: &Sizes, what: &str) -> anyhow::Result<(Vec<Row>
                         .send()
                         .await
                         .expect("a subscription");
+                    opened.fetch_add(1, Ordering::Relaxed);
                     let mut body = r.bytes_stream();
                     let mut buf = String::new();
                     let mut seen = 0u64;
@@ -331,9 +342,10 @@ async fn side(url: &StoreUrl, s: &Sizes, what: &str) -> anyhow::Result<(Vec<Row>
             Arc::clone(&stores.events),
             s,
             "in-process fan-out",
-            move |delivered, latencies| {
+            move |opened, delivered, latencies| {
                 let mut events = Arc::clone(&store).subscribe_all(head, EventFilter::all());
                 async move {
+                    opened.fetch_add(1, Ordering::Relaxed);
                     let mut seen = 0u64;
                     while seen < total {
                         let Some(e) = events.next().await else { break };
