@@ -781,6 +781,20 @@ async fn dead_letters_are_summarised_shown_retried_and_purged() {
     s.stop().await;
 }
 
+/// Polls operation `id` until it is no longer running (or `until` passes: `what` fails).
+async fn finished_operation(s: &TestServer, id: &str, until: Instant, what: &str) -> Value {
+    loop {
+        let (_, view) = s
+            .get(&format!("/admin/operations/{id}"), Role::Viewer)
+            .await;
+        if view["status"] != "running" {
+            return view;
+        }
+        assert!(Instant::now() < until, "{what}: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_replay_reports_progress_and_can_be_cancelled() {
     let s = start_sqlite().await;
@@ -838,16 +852,7 @@ async fn bulk_replay_reports_progress_and_can_be_cancelled() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let view = loop {
-        let (_, view) = s
-            .get(&format!("/admin/operations/{id}"), Role::Viewer)
-            .await;
-        if view["status"] != "running" {
-            break view;
-        }
-        assert!(Instant::now() < until, "the cancel was never honoured");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let view = finished_operation(&s, &id, until, "the cancel was never honoured").await;
     assert_eq!(view["status"], "cancelled", "{view}");
     assert_eq!(view["started_by"], "operator-key");
     let replayed = view["progress"]["succeeded"].as_u64().unwrap();
@@ -866,16 +871,7 @@ async fn bulk_replay_reports_progress_and_can_be_cancelled() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{op}");
     let id = op["id"].as_str().unwrap().to_string();
-    let view = loop {
-        let (_, view) = s
-            .get(&format!("/admin/operations/{id}"), Role::Viewer)
-            .await;
-        if view["status"] != "running" {
-            break view;
-        }
-        assert!(Instant::now() < until, "the retry never finished");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let view = finished_operation(&s, &id, until, "the retry never finished").await;
     assert_eq!(view["status"], "succeeded", "{view}");
     assert_eq!(view["progress"]["succeeded"], TOTAL - replayed);
     assert_eq!(store.count(&filter).await.unwrap(), 0);
