@@ -540,3 +540,103 @@ mod tests {
         assert_eq!(partition_of("x", 1), 0);
     }
 }
+
+/// One keyed state row of a stream job (`runnel::stream`): a key, its bytes, and when the
+/// job next needs it (a window's close, in event-time milliseconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateRow {
+    /// The row's key.
+    pub key: String,
+    /// Its state.
+    pub value: Vec<u8>,
+    /// When it is due (`None`: never by time).
+    pub due: Option<i64>,
+}
+
+/// Most rows one state read returns.
+pub const STATE_ROWS_MAX: usize = 10_000;
+
+/// The schema of a keyed state table `{table}` (key, bytes, due time, indexed by due) for
+/// `dialect`, written with the projection's `{table}` placeholder.
+pub fn state_table_schema(dialect: Dialect, table: &str) -> Vec<String> {
+    // Keys compare bytewise on both (SQLite's default; PostgreSQL's "C" collation), so
+    // the due-order paging and prefix scans agree with Rust's string order.
+    let (key, blob) = match dialect {
+        Dialect::Sqlite => ("TEXT", "BLOB"),
+        Dialect::Postgres => ("TEXT COLLATE \"C\"", "BYTEA"),
+    };
+    vec![
+        format!("CREATE TABLE {{{table}}} (k {key} PRIMARY KEY, v {blob} NOT NULL, due BIGINT)"),
+        format!("CREATE INDEX {{{table}}}_due ON {{{table}}} (due, k) WHERE due IS NOT NULL"),
+    ]
+}
+
+/// Reads keyed state tables (made with [`state_table_schema`]) of a projection's
+/// generation; writes go through [`ProjectionStore::commit_batch`] with the checkpoint.
+/// Implemented by the SQLite and PostgreSQL projection stores.
+#[async_trait]
+pub trait StateRows: Send + Sync + 'static {
+    /// The rows of `keys` (at most [`STATE_ROWS_MAX`]) that exist, in no order.
+    async fn get_rows(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+        keys: &[String],
+    ) -> Result<Vec<StateRow>, StoreError>;
+
+    /// Rows due at or before `before`, by (due, key), after `after` (exclusive), at most
+    /// `limit` (≤ [`STATE_ROWS_MAX`]).
+    async fn due_rows(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+        before: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<StateRow>, StoreError>;
+
+    /// Rows whose key starts with `prefix`, by key, at most `limit` (≤ [`STATE_ROWS_MAX`]).
+    async fn prefix_rows(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<StateRow>, StoreError>;
+
+    /// How many rows the table holds and their bytes (keys and values).
+    async fn table_size(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+    ) -> Result<(u64, u64), StoreError>;
+}
+
+/// Checks a state read's arguments.
+pub fn validate_state_read(name: &str, table: &str, limit: usize) -> Result<(), StoreError> {
+    validate_identifier("projection name", name)?;
+    validate_identifier("table name", table)?;
+    if limit > STATE_ROWS_MAX {
+        return Err(StoreError::InvalidArgument(format!(
+            "a state read asks for {limit} rows; at most {STATE_ROWS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+/// The first key after every key starting with `prefix` (for a range scan), or `None`
+/// when there is none.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(c) = chars.pop() {
+        if let Some(next) = char::from_u32(c as u32 + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}

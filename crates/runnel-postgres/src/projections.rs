@@ -1114,3 +1114,104 @@ mod tests {
         assert_eq!(keyed_sql(sql, &[]), sql);
     }
 }
+
+fn state_row(row: &PgRow) -> Result<runnel_core::projection::StateRow, StoreError> {
+    Ok(runnel_core::projection::StateRow {
+        key: row.try_get(0).map_err(map_sqlx)?,
+        value: row.try_get(1).map_err(map_sqlx)?,
+        due: row.try_get(2).map_err(map_sqlx)?,
+    })
+}
+
+#[async_trait]
+impl runnel_core::projection::StateRows for PostgresProjectionStore {
+    async fn get_rows(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+        keys: &[String],
+    ) -> Result<Vec<runnel_core::projection::StateRow>, StoreError> {
+        runnel_core::projection::validate_state_read(name, table, keys.len())?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = self.names.qualified(&versioned_table(table, version));
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT k, v, due FROM {table} WHERE k = ANY($1)"
+        )))
+        .bind(keys)
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(state_row).collect()
+    }
+
+    async fn due_rows(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+        before: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<runnel_core::projection::StateRow>, StoreError> {
+        runnel_core::projection::validate_state_read(name, table, limit)?;
+        let table = self.names.qualified(&versioned_table(table, version));
+        let (after_due, after_key) = after.unwrap_or((i64::MIN, String::new()));
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT k, v, due FROM {table} WHERE due IS NOT NULL AND due <= $1 \
+               AND (due, k) > ($2, $3) ORDER BY due, k LIMIT $4"
+        )))
+        .bind(before)
+        .bind(after_due)
+        .bind(after_key)
+        .bind(limit as i64)
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(state_row).collect()
+    }
+
+    async fn prefix_rows(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<runnel_core::projection::StateRow>, StoreError> {
+        runnel_core::projection::validate_state_read(name, table, limit)?;
+        let table = self.names.qualified(&versioned_table(table, version));
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT k, v, due FROM {table} WHERE k >= $1 AND ($2::text IS NULL OR k < $2) \
+             ORDER BY k LIMIT $3"
+        )))
+        .bind(prefix)
+        .bind(runnel_core::projection::prefix_end(prefix))
+        .bind(limit as i64)
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(state_row).collect()
+    }
+
+    async fn table_size(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        runnel_core::projection::validate_state_read(name, table, 0)?;
+        let table = self.names.qualified(&versioned_table(table, version));
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT count(*)::bigint, coalesce(sum(octet_length(k) + octet_length(v)), 0)::bigint FROM {table}"
+        )))
+        .fetch_one(self.store.pool())
+        .await
+        .map_err(map_sqlx)?;
+        let rows: i64 = row.try_get(0).map_err(map_sqlx)?;
+        let bytes: i64 = row.try_get(1).map_err(map_sqlx)?;
+        Ok((rows as u64, bytes as u64))
+    }
+}

@@ -826,3 +826,128 @@ fn inline_failed(projection: &str, event: &NewEvent, reason: String) -> StoreErr
         reason,
     }))
 }
+
+fn state_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<runnel_core::projection::StateRow> {
+    Ok(runnel_core::projection::StateRow {
+        key: row.get(0)?,
+        value: row.get(1)?,
+        due: row.get(2)?,
+    })
+}
+
+#[async_trait]
+impl runnel_core::projection::StateRows for SqliteProjectionStore {
+    async fn get_rows(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+        keys: &[String],
+    ) -> Result<Vec<runnel_core::projection::StateRow>, StoreError> {
+        runnel_core::projection::validate_state_read(name, table, keys.len())?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = runnel_core::projection::versioned_table(table, version);
+        let keys = keys.to_vec();
+        self.store
+            .read_with(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!("SELECT k, v, due FROM \"{table}\" WHERE k = ?1"))
+                    .map_err(map_sqlite)?;
+                let mut out = Vec::new();
+                for k in &keys {
+                    if let Some(row) = stmt
+                        .query_row([k], state_row)
+                        .optional()
+                        .map_err(map_sqlite)?
+                    {
+                        out.push(row);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn due_rows(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+        before: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<runnel_core::projection::StateRow>, StoreError> {
+        runnel_core::projection::validate_state_read(name, table, limit)?;
+        let table = runnel_core::projection::versioned_table(table, version);
+        let (after_due, after_key) = after.unwrap_or((i64::MIN, String::new()));
+        self.store
+            .read_with(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT k, v, due FROM \"{table}\" WHERE due IS NOT NULL AND due <= ?1 \
+                           AND (due > ?2 OR (due = ?2 AND k > ?3)) ORDER BY due, k LIMIT ?4"
+                    ))
+                    .map_err(map_sqlite)?;
+                let rows = stmt
+                    .query_map(
+                        params![before, after_due, after_key, limit as i64],
+                        state_row,
+                    )
+                    .map_err(map_sqlite)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(map_sqlite)
+            })
+            .await
+    }
+
+    async fn prefix_rows(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<runnel_core::projection::StateRow>, StoreError> {
+        runnel_core::projection::validate_state_read(name, table, limit)?;
+        let table = runnel_core::projection::versioned_table(table, version);
+        let from = prefix.to_string();
+        let to = runnel_core::projection::prefix_end(prefix);
+        self.store
+            .read_with(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT k, v, due FROM \"{table}\" WHERE k >= ?1 AND (?2 IS NULL OR k < ?2) \
+                         ORDER BY k LIMIT ?3"
+                    ))
+                    .map_err(map_sqlite)?;
+                let rows = stmt
+                    .query_map(params![from, to, limit as i64], state_row)
+                    .map_err(map_sqlite)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(map_sqlite)
+            })
+            .await
+    }
+
+    async fn table_size(
+        &self,
+        name: &str,
+        version: u32,
+        table: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        runnel_core::projection::validate_state_read(name, table, 0)?;
+        let table = runnel_core::projection::versioned_table(table, version);
+        self.store
+            .read_with(move |conn| {
+                conn.query_row(
+                    &format!(
+                        "SELECT count(*), coalesce(sum(length(k) + length(v)), 0) FROM \"{table}\""
+                    ),
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                )
+                .map_err(map_sqlite)
+            })
+            .await
+    }
+}

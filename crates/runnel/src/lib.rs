@@ -13,6 +13,8 @@
 //! * [`outbox`]: the outbox [`Relay`](outbox::Relay) (per-key order, leases, backoff),
 //!   the event store as the outbox ([`EventStoreRelay`](outbox::EventStoreRelay)), the claim
 //!   check for large payloads, relay metrics.
+//! * [`stream`]: stream processing — event-time windows (tumbling, hopping, sliding,
+//!   session), watermarks with grace and a late output, joins, exactly-once state.
 //! * [`trace`]: W3C trace context across every hop (HTTP, append, outbox, broker,
 //!   consumer, handler sends) on `tracing` spans bridged to OpenTelemetry.
 //! * [`catalog`]: what the application registered — event types with their schema
@@ -37,6 +39,7 @@ pub mod projection;
 pub mod query;
 pub mod retry;
 pub mod saga;
+pub mod stream;
 pub mod trace;
 pub mod upcast;
 

@@ -73,6 +73,8 @@ pub struct Stores {
     pub processors: Arc<dyn ProcessorStore>,
     /// Projections' versions, checkpoints and leases, and their read-model tables.
     pub projections: Arc<dyn ProjectionStore>,
+    /// Reads of keyed state tables (stream jobs' state), beside `projections`.
+    pub state_rows: Arc<dyn runnel_core::projection::StateRows>,
     backend: StoreBackend,
     url: StoreUrl,
     // Opened on first use: on PostgreSQL the outbox keeps a LISTEN connection, which a
@@ -234,6 +236,7 @@ fn open_sqlite(url: &StoreUrl, mode: OpenMode) -> Result<Stores, ConnectError> {
         dedup: Arc::new(SqliteDedupStore::new(store.clone())),
         processors: Arc::new(runnel_sqlite::SqliteProcessorStore::new(store.clone())),
         projections: Arc::new(runnel_sqlite::SqliteProjectionStore::new(store.clone())),
+        state_rows: Arc::new(runnel_sqlite::SqliteProjectionStore::new(store.clone())),
         backend: StoreBackend::Sqlite(store),
         url: url.clone(),
         outbox: Arc::default(),
@@ -280,6 +283,7 @@ async fn open_postgres(url: &StoreUrl) -> Result<Stores, ConnectError> {
         dedup: Arc::new(PostgresDedupStore::new(&store)),
         processors: Arc::new(runnel_postgres::PostgresProcessorStore::new(store.clone())),
         projections: Arc::new(runnel_postgres::PostgresProjectionStore::new(store.clone())),
+        state_rows: Arc::new(runnel_postgres::PostgresProjectionStore::new(store.clone())),
         backend: StoreBackend::Postgres(store),
         url: url.clone(),
         outbox: Arc::default(),
