@@ -1097,24 +1097,6 @@ fn inline_failed(projection: &str, event: &RecordedEvent, reason: String) -> Sto
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_are_cached_per_combination_of_parameter_kinds() {
-        let sql = "INSERT INTO t_v1 (id, n) VALUES ($1, $2)";
-        let ints = keyed_sql(sql, &["a".into(), SqlValue::Int(1)]);
-        let nulls = keyed_sql(sql, &["a".into(), SqlValue::Null]);
-        let reals = keyed_sql(sql, &["a".into(), SqlValue::Real(1.0)]);
-        assert_ne!(ints, nulls);
-        assert_ne!(ints, reals);
-        assert_eq!(ints, keyed_sql(sql, &["b".into(), SqlValue::Int(2)]));
-        assert!(ints.ends_with(sql));
-        assert_eq!(keyed_sql(sql, &[]), sql);
-    }
-}
-
 fn state_row(row: &PgRow) -> Result<runnel_core::projection::StateRow, StoreError> {
     Ok(runnel_core::projection::StateRow {
         key: row.try_get(0).map_err(map_sqlx)?,
@@ -1213,5 +1195,23 @@ impl runnel_core::projection::StateRows for PostgresProjectionStore {
         let rows: i64 = row.try_get(0).map_err(map_sqlx)?;
         let bytes: i64 = row.try_get(1).map_err(map_sqlx)?;
         Ok((rows as u64, bytes as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_cached_per_combination_of_parameter_kinds() {
+        let sql = "INSERT INTO t_v1 (id, n) VALUES ($1, $2)";
+        let ints = keyed_sql(sql, &["a".into(), SqlValue::Int(1)]);
+        let nulls = keyed_sql(sql, &["a".into(), SqlValue::Null]);
+        let reals = keyed_sql(sql, &["a".into(), SqlValue::Real(1.0)]);
+        assert_ne!(ints, nulls);
+        assert_ne!(ints, reals);
+        assert_eq!(ints, keyed_sql(sql, &["b".into(), SqlValue::Int(2)]));
+        assert!(ints.ends_with(sql));
+        assert_eq!(keyed_sql(sql, &[]), sql);
     }
 }
