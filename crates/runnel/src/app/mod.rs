@@ -1,7 +1,7 @@
 //! The application runtime: one place that connects the stores and the bus from
 //! configuration, holds the command and query buses, registers the long-running parts
-//! (consumers, the outbox relay or the event store as outbox, and any task of the
-//! application's own), starts and supervises them, and shuts them down gracefully.
+//! (consumers, the outbox relay or the event store as outbox, projections, stream jobs,
+//! sagas, and any task of the application's own), starts and supervises them, and shuts them down gracefully.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -397,6 +397,86 @@ impl App {
         self.task(name, move |shutdown| {
             let runner = Arc::clone(&runner);
             async move { runner.run(shutdown).await.map_err(BoxError::from) }
+        })
+    }
+
+    /// Registers a stream job with default [`RunOptions`](crate::stream::RunOptions); see
+    /// [`App::stream_job_with`].
+    pub fn stream_job(&mut self, job: crate::stream::Job) -> &mut Self {
+        self.stream_job_with(job, crate::stream::RunOptions::default())
+    }
+
+    /// Registers a stream job (task `stream-job:{name}:v{version}`) on the application's
+    /// stores: at each (re)start it registers the job's tables, then processes `$all`
+    /// under the job's lease until shutdown, when it commits nothing half done and gives
+    /// the lease up. Several processes may register the same job: the lease lets one run
+    /// it at a time, and another takes over within [`RunOptions::lease`] of a killed
+    /// holder's last batch. A job that publishes to a topic ([`Sink::Topic`], or
+    /// [`LateOutput::Topic`]) sends through the outbox, so the outbox relay is started
+    /// unless the application registers one, and the topic is recorded in the catalog.
+    ///
+    /// Where the job stands (position, watermark, lag, late records) is read from the
+    /// store, as for projections: [`crate::stream::job_status`].
+    ///
+    /// [`RunOptions::lease`]: crate::stream::RunOptions::lease
+    /// [`Sink::Topic`]: crate::stream::Sink::Topic
+    /// [`LateOutput::Topic`]: crate::stream::LateOutput::Topic
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use runnel::app::App;
+    /// use runnel::connect::{open_bus, open_stores, BusUrl, OpenMode, StoreUrl};
+    /// use runnel::core::EventFilter;
+    /// use runnel::stream::{Agg, JobBuilder, Sink};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let stores = open_stores(&StoreUrl::sqlite(dir.path().join("app.db")), OpenMode::default()).await?;
+    /// let bus = open_bus(&BusUrl::parse("embedded")?, &stores).await?;
+    /// let mut app = App::with(stores, bus);
+    /// let mut visits = JobBuilder::new("visits");
+    /// visits
+    ///     .events(EventFilter::categories(["Page"]))
+    ///     .key_by(|e| e.stream.id().to_string())
+    ///     .aggregate(Agg::count())
+    ///     .to(Sink::table());
+    /// app.stream_job(visits.build()?);
+    /// assert_eq!(app.task_names(), ["stream-job:visits:v1"]);
+    /// let running = app.start().await?;
+    /// assert!(running.shutdown(Duration::from_secs(10)).await.all_stopped_in_time());
+    /// # Ok(()) }
+    /// ```
+    pub fn stream_job_with(
+        &mut self,
+        job: crate::stream::Job,
+        options: crate::stream::RunOptions,
+    ) -> &mut Self {
+        let name = format!("stream-job:{}:v{}", job.name(), job.version());
+        let publisher = format!("stream-job:{}", job.name());
+        let mut topics: Vec<TopicName> = job
+            .ops
+            .iter()
+            .filter_map(|op| match &op.sink {
+                crate::stream::Sink::Topic(topic) => Some(topic.clone()),
+                _ => None,
+            })
+            .collect();
+        if let crate::stream::LateOutput::Topic(topic) = &job.late {
+            topics.push(topic.clone());
+        }
+        for topic in &topics {
+            self.record(|c| {
+                c.publisher(topic, &publisher, PublisherKind::StreamJob)
+                    .map(drop)
+            });
+        }
+        if !topics.is_empty() {
+            self.wants_outbox_relay = true;
+        }
+        let job = Arc::new(crate::stream::StreamJob::on(&self.stores, job, options));
+        self.task(name, move |shutdown| {
+            let job = Arc::clone(&job);
+            async move { job.run(shutdown).await.map_err(BoxError::from) }
         })
     }
 

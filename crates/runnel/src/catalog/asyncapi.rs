@@ -82,6 +82,7 @@ pub fn document(catalog: &Catalog, title: &str, version: &str) -> Value {
             let what = match publisher.kind {
                 PublisherKind::EventStoreRelay => "event store relay",
                 PublisherKind::Saga => "saga",
+                PublisherKind::StreamJob => "stream job",
                 PublisherKind::Application => "publisher",
             };
             operation(

@@ -158,6 +158,8 @@ pub enum PublisherKind {
     EventStoreRelay,
     /// A saga's commands and lifecycle events (through the outbox).
     Saga,
+    /// A stream job's results or late records (through the outbox).
+    StreamJob,
     /// A part of the application's own, described with
     /// [`App::describe_publisher`](crate::app::App::describe_publisher).
     Application,
