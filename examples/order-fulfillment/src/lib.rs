@@ -11,6 +11,9 @@
 //!   [`AddProduct`], [`RenameProduct`]; [`register_catalog`]) give orders' ids their names.
 //! * The [`read_model`] keeps order summaries enriched with those names, queried with
 //!   [`GetOrderSummary`] and [`FindOrdersByCustomerName`].
+//! * The [`analytics`] stream jobs compute revenue per product per minute and find orders
+//!   not paid within 15 minutes, queried with [`GetRevenuePerProduct`] and
+//!   [`ListUnpaidOrders`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -25,6 +28,7 @@
 //! }
 //! ```
 
+pub mod analytics;
 pub mod commands;
 pub mod customer;
 pub mod fulfillment;
@@ -35,6 +39,9 @@ pub mod read_model;
 pub mod service;
 mod wiring;
 
+pub use analytics::{
+    Analytics, GetRevenuePerProduct, ListUnpaidOrders, PaymentCheck, ProductRevenue,
+};
 pub use commands::{CancelOrder, ConfirmOrder, DeliverOrder, PlaceOrder, ShipOrder};
 pub use customer::{Customer, CustomerEvent, RegisterCustomer, RenameCustomer};
 pub use order::{

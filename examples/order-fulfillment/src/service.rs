@@ -2,7 +2,9 @@
 //! `Product` aggregates behind the command bus; the [read model](crate::read_model) (three
 //! projections from `$all`: customers, products and enriched order summaries) behind the
 //! query bus; the event store as the outbox (every order event published to topic
-//! `Order`, keyed by the order's stream); and fulfillment.
+//! `Order`, keyed by the order's stream); fulfillment; and the [analytics](crate::analytics)
+//! stream jobs (revenue per product per minute, orders not paid in time) behind two more
+//! queries.
 //!
 //! The read model's projections read the event store, not the bus: they live in the
 //! store's database, so each commits its checkpoint with its rows (exactly once, no
@@ -24,9 +26,10 @@ use runnel::projection::{OnFailure, RunnerOptions};
 use runnel::saga::SagaRuntime;
 use runnel::{DispatchError, Upcasters};
 
+use crate::analytics::{self, Analytics, GetRevenuePerProduct, ListUnpaidOrders};
 use crate::commands::{CancelOrder, ConfirmOrder, DeliverOrder, PlaceOrder, ShipOrder};
 use crate::customer::{Customer, RegisterCustomer, RenameCustomer};
-use crate::fulfillment::{Fulfillment, FulfillmentConfig};
+use crate::fulfillment::{Fulfillment, FulfillmentConfig, PaymentEvent};
 use crate::order::{Order, OrderEvent};
 use crate::product::Product;
 use crate::product::{AddProduct, RenameProduct};
@@ -49,6 +52,8 @@ pub struct OrderService {
     pub read_model: ReadModel,
     /// The fulfillment saga's runtime.
     pub fulfillment: SagaRuntime<Fulfillment>,
+    /// The analytics jobs' results (also on the query bus).
+    pub analytics: Analytics,
 }
 
 /// Wires the order service into `app` with default fulfillment (no injected failures):
@@ -58,8 +63,8 @@ pub async fn wire(app: &mut App) -> Result<OrderService, WireError> {
 }
 
 /// Wires the order service into `app`: commands ([`wire_commands`]), the read model and
-/// its queries ([`wire_read_model`]), the event store as outbox, and fulfillment (the
-/// saga and the services it talks to).
+/// its queries ([`wire_read_model`]), the event store as outbox, fulfillment (the saga
+/// and the services it talks to), and the analytics stream jobs with their queries.
 pub async fn wire_with(
     app: &mut App,
     fulfillment: FulfillmentConfig,
@@ -75,19 +80,22 @@ pub async fn wire_with(
         ..EventStoreRelayOptions::default()
     });
     let fulfillment = crate::fulfillment::wire(app, Arc::clone(&upcasters), fulfillment)?;
+    let analytics = analytics::wire(app, &upcasters).await?;
     Ok(OrderService {
         read_model,
         fulfillment,
+        analytics,
     })
 }
 
 /// Describes the service's schemas in the application's catalog (`GET /catalog`, the
-/// AsyncAPI document, `schema check`): the three aggregates' events, the upcasters, and
-/// the commands' and queries' payloads.
+/// AsyncAPI document, `schema check`): the three aggregates' events, the payment ledger's
+/// events, the upcasters, and the commands' and queries' payloads.
 pub fn describe(app: &mut App, upcasters: &Upcasters) -> Result<(), CatalogError> {
     app.describe_aggregate::<Order>()?
         .describe_aggregate::<Customer>()?
         .describe_aggregate::<Product>()?
+        .describe_events::<PaymentEvent>()?
         .describe_upcasters(upcasters)
         .describe_command::<PlaceOrder>()?
         .describe_command::<ConfirmOrder>()?
@@ -100,7 +108,9 @@ pub fn describe(app: &mut App, upcasters: &Upcasters) -> Result<(), CatalogError
         .describe_command::<RenameProduct>()?
         .describe_query::<GetOrder>()?
         .describe_query::<GetOrderSummary>()?
-        .describe_query::<FindOrdersByCustomerName>()?;
+        .describe_query::<FindOrdersByCustomerName>()?
+        .describe_query::<GetRevenuePerProduct>()?
+        .describe_query::<ListUnpaidOrders>()?;
     Ok(())
 }
 

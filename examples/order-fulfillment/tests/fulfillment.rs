@@ -1,17 +1,19 @@
 //! The fulfillment saga end to end: orders placed on the command bus, the saga started
 //! from `OrderPlaced` on the bus, the inventory, payment and shipping services answering
-//! over the bus, the order confirmed (or, after compensation, cancelled) — on the embedded
+//! over the bus, the order confirmed (or, after compensation, cancelled), the payment
+//! service's charges and refunds in its ledger — on the embedded
 //! default, over NATS, on PostgreSQL and on PostgreSQL over NATS. A crashing service
 //! parks the instance for an operator.
 
 use std::time::{Duration, Instant};
 
-use order_fulfillment::fulfillment::{Failures, FulfillmentConfig};
+use order_fulfillment::fulfillment::{Failures, FulfillmentConfig, PAYMENT_CATEGORY};
 use order_fulfillment::service::{self, OrderService};
 use order_fulfillment::{Order, OrderCommand, OrderLine};
 use runnel::app::{App, RunningApp};
 use runnel::connect::{Settings, SettingsInputs};
 use runnel::core::processor::InstanceStatus;
+use runnel::core::{ReadStream, StreamName};
 use runnel::saga::SagaOptions;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -158,6 +160,30 @@ async fn orders_are_fulfilled_or_compensated(settings: Settings) {
         ],
         "refund, then release"
     );
+
+    // The payment service's ledger: a charge for each order it charged, a refund for the
+    // one it refunded, nothing for a declined card or an order never charged.
+    let ledger = |name: &str| {
+        let stores = running.stores().clone();
+        let stream = format!("{PAYMENT_CATEGORY}-{}", id(name));
+        async move {
+            stores
+                .events
+                .read_stream(&StreamName::new(stream).unwrap(), ReadStream::forward(100))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event_type)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ledger("ok").await, ["PaymentCharged"]);
+    assert_eq!(
+        ledger("nowhere").await,
+        ["PaymentCharged", "PaymentRefunded"]
+    );
+    assert!(ledger("declined").await.is_empty());
+    assert!(ledger("sold-out").await.is_empty());
     let report = running.shutdown(DEADLINE).await;
     assert!(report.all_stopped_in_time(), "{report:?}");
 }

@@ -18,11 +18,15 @@
 //! (`runnel sagas list --status needs-attention`).
 //!
 //! The services are idempotent by the commands' `runnel-idempotency-key` header, through
-//! the application's dedup store: a command sent again gets the first answer again.
+//! the application's dedup store: a command sent again gets the first answer again. The
+//! payment service also keeps its [ledger](payment_ledger) in the event store (each
+//! charge and refund, once per command), which the [analytics](crate::analytics) read.
 
+pub mod payment_ledger;
 mod saga;
 mod services;
 
+pub use payment_ledger::{PaymentEvent, PAYMENT_CATEGORY};
 pub use saga::{fulfillment_saga, Fulfillment, FULFILLMENT_SAGA};
 pub use services::{Failures, INVENTORY_TOPIC, PAYMENTS_TOPIC, SHIPPING_TOPIC};
 

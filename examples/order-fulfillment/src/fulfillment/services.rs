@@ -9,9 +9,11 @@ use std::time::Duration;
 use runnel::app::App;
 use runnel::consumer::{HandlerContext, HandlerError};
 use runnel::core::idempotency::{DedupClaim, DedupStore};
-use runnel::core::{GroupName, TopicName};
+use runnel::core::{EventStore, GroupName, TopicName};
 use runnel::saga::{reply_to, IDEMPOTENCY_KEY_HEADER};
 use serde::{Deserialize, Serialize};
+
+use super::payment_ledger::{self, PaymentEvent};
 
 /// The inventory service's command topic.
 pub const INVENTORY_TOPIC: &str = "inventory.commands";
@@ -68,20 +70,35 @@ impl Answer {
 type Decide =
     Arc<dyn Fn(&str, &serde_json::Value, &Failures) -> Result<Answer, HandlerError> + Send + Sync>;
 
+/// Where a service records what it did (the payment service's ledger), if anywhere.
+type Ledger = Option<Arc<dyn EventStore>>;
+
 /// The services' consumer groups (also their names as publishers of replies).
 pub const SERVICE_GROUPS: [&str; 3] = ["inventory", "payments", "shipping"];
 
-/// Registers the three services on `app`.
+/// Registers the three services on `app`. The payment service records its charges and
+/// refunds in the [ledger](super::payment_ledger).
 pub fn wire(
     app: &mut App,
     failures: Failures,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let services: [(&str, &str, Decide); 3] = [
-        (INVENTORY_TOPIC, SERVICE_GROUPS[0], Arc::new(inventory)),
-        (PAYMENTS_TOPIC, SERVICE_GROUPS[1], Arc::new(payments)),
-        (SHIPPING_TOPIC, SERVICE_GROUPS[2], Arc::new(shipping)),
+    let ledger = Some(Arc::clone(&app.stores().events));
+    let services: [(&str, &str, Decide, Ledger); 3] = [
+        (
+            INVENTORY_TOPIC,
+            SERVICE_GROUPS[0],
+            Arc::new(inventory),
+            None,
+        ),
+        (
+            PAYMENTS_TOPIC,
+            SERVICE_GROUPS[1],
+            Arc::new(payments),
+            ledger,
+        ),
+        (SHIPPING_TOPIC, SERVICE_GROUPS[2], Arc::new(shipping), None),
     ];
-    for (topic, group, decide) in services {
+    for (topic, group, decide, ledger) in services {
         let dedup = Arc::clone(&app.stores().dedup);
         let failures = failures.clone();
         app.consumer(
@@ -91,12 +108,16 @@ pub fn wire(
                 let dedup = Arc::clone(&dedup);
                 let failures = failures.clone();
                 let decide = Arc::clone(&decide);
+                let ledger = ledger.clone();
                 consumer.subscribe_options(super::from_earliest()).handler(
                     move |ctx: HandlerContext| {
                         let dedup = Arc::clone(&dedup);
                         let failures = failures.clone();
                         let decide = Arc::clone(&decide);
-                        async move { answer(&*dedup, &failures, &*decide, ctx).await }
+                        let ledger = ledger.clone();
+                        async move {
+                            answer(&*dedup, &failures, &*decide, ledger.as_deref(), ctx).await
+                        }
                     },
                 )
             },
@@ -105,13 +126,15 @@ pub fn wire(
     Ok(())
 }
 
-/// Answers one command: the remembered answer for its key, or a new one.
+/// Answers one command: the remembered answer for its key, or a new one (recorded in
+/// `ledger`, if the service keeps one, before it is remembered).
 async fn answer(
     dedup: &dyn DedupStore,
     failures: &Failures,
     decide: &(dyn Fn(&str, &serde_json::Value, &Failures) -> Result<Answer, HandlerError>
           + Send
           + Sync),
+    ledger: Option<&dyn EventStore>,
     ctx: HandlerContext,
 ) -> Result<(), HandlerError> {
     let command = ctx.message();
@@ -143,6 +166,14 @@ async fn answer(
                     return Err(e);
                 }
             };
+            if let (Some(events), Some(entry)) =
+                (ledger, PaymentEvent::of_answer(&answer.event_type, &body))
+            {
+                if let Err(e) = payment_ledger::record(events, &key, &entry).await {
+                    let _ = dedup.release(&key, &token).await;
+                    return Err(e);
+                }
+            }
             let bytes = serde_json::to_vec(&answer).map_err(HandlerError::permanent)?;
             dedup
                 .complete(&key, &token, bytes, ANSWER_TTL)
