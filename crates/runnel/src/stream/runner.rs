@@ -482,12 +482,20 @@ impl StreamJob {
         } else {
             *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-        // Records, their state rows, then the records in order.
+        // Records, their state rows, then the records in order. An event the job cannot
+        // read faults the job on it — after the events before it commit, so that skipping
+        // it (`runnel projections skip`) skips that event and nothing else.
         let mut recs = Vec::new();
-        for e in events {
+        let mut head_seen = head_seen;
+        let mut n = n;
+        for (i, e) in events.into_iter().enumerate() {
             let e = Arc::new(e);
             match engine.extract(&e) {
                 Ok(r) => recs.extend(r),
+                Err(_) if i > 0 => {
+                    n = i;
+                    break;
+                }
                 Err(err) => {
                     tracing::error!(job = %self.job.name, position = %e.position, error = %err,
                         "stream job cannot read an event; the job is faulted until it is skipped or retried");
@@ -505,6 +513,7 @@ impl StreamJob {
                     return Ok(Step::Idle);
                 }
             }
+            head_seen = Some(e.position);
         }
         let table = state_table(&self.job.name);
         let missing = engine.missing(&recs);
