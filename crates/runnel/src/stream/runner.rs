@@ -171,7 +171,7 @@ fn schema(job: &str, dialect: Dialect) -> Vec<String> {
 
 /// A stream id from a key: letters, digits and `-_.:@` stay; anything else becomes `_`,
 /// and then a hash of the key keeps two keys apart.
-fn stream_id(key: &str) -> String {
+pub(crate) fn stream_id(key: &str) -> String {
     if key.is_empty() {
         return "all".into();
     }
