@@ -35,8 +35,8 @@ pub const TIME_HEADER: &str = "runnel-message-time";
 /// let ingest = TopicIngest::new(stores.events.clone(), "Clicks")?;
 /// let message = Message::json("Clicked", &serde_json::json!({"page": "home"})).with_key("home");
 /// let ctx = HandlerContext::detached(message, TopicName::new("clicks")?, GroupName::new("ingest")?);
-/// ingest.handle(ctx.clone()).await?;
-/// ingest.handle(ctx).await?; // a redelivery: recognised, not appended again
+/// ingest.handle(ctx.clone()).await.unwrap();
+/// ingest.handle(ctx).await.unwrap(); // a redelivery: recognised, not appended again
 /// let events = stores.events.read_all(Position::START, &EventFilter::categories(["Clicks"]), 10).await?;
 /// assert_eq!(events.len(), 1);
 /// assert_eq!(events[0].stream.as_str(), "Clicks-home");
