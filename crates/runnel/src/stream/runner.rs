@@ -594,8 +594,18 @@ impl StreamJob {
                 metrics::gauge!(METRIC_STATE_ROWS, "job" => job.clone())
                     .set(engine.cached_rows() as f64);
                 if wm != Millis::MIN {
-                    metrics::gauge!(METRIC_WATERMARK, "job" => job).set(wm as f64 / 1000.0);
+                    metrics::gauge!(METRIC_WATERMARK, "job" => job.clone()).set(wm as f64 / 1000.0);
                 }
+                // A full batch may have more behind it; a short one read up to the head.
+                let lag = if n >= self.options.batch_events.max(1) {
+                    self.events
+                        .head_position()
+                        .await
+                        .map_or(0, |head| head.get().saturating_sub(to.get()))
+                } else {
+                    0
+                };
+                metrics::gauge!(METRIC_LAG_EVENTS, "job" => job).set(lag as f64);
                 if emits {
                     h.pending_emits = true;
                     self.drain(h).await?;
