@@ -2,7 +2,8 @@
 //! on the event store.
 //!
 //! A [`JobBuilder`] describes a job as typed streams: a source (events of `$all` filtered
-//! by category or type) → `map`, `filter`, `flat_map`, `key_by` → an aggregation (count,
+//! by category or type, or a bus topic's messages, which a [`TopicIngest`] consumer
+//! appends to the store once each) → `map`, `filter`, `flat_map`, `key_by` → an aggregation (count,
 //! sum, min, max or a fold), without a window or over a tumbling, hopping, sliding or
 //! session window on **event time** → a [`Sink`] (append to an event stream, publish to a
 //! topic through the outbox, or upsert the job's results table). Joins pair two keyed
@@ -76,6 +77,7 @@ mod agg;
 mod driver;
 mod dsl;
 mod engine;
+mod ingest;
 mod join;
 mod ops;
 mod runner;
@@ -88,6 +90,7 @@ pub use dsl::{
     Stream, TableStream, WindowedStream, JOB_NAME_LEN_MAX,
 };
 pub use engine::{Job, JobStatus, LateRecord, Output, ResultKind};
+pub use ingest::{message_time, TopicIngest, TIME_HEADER};
 pub use runner::{
     job_status, processor_names, reset, RunOptions, StreamJob, JOB_PREFIX, METRIC_LAG_EVENTS,
     METRIC_LATE, METRIC_OUTPUTS, METRIC_RECORDS, METRIC_STATE_ROWS, METRIC_WATERMARK,

@@ -171,7 +171,7 @@ fn schema(job: &str, dialect: Dialect) -> Vec<String> {
 
 /// A stream id from a key: letters, digits and `-_.:@` stay; anything else becomes `_`,
 /// and then a hash of the key keeps two keys apart.
-fn stream_id(key: &str) -> String {
+pub(crate) fn stream_id(key: &str) -> String {
     if key.is_empty() {
         return "all".into();
     }
@@ -482,12 +482,20 @@ impl StreamJob {
         } else {
             *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-        // Records, their state rows, then the records in order.
+        // Records, their state rows, then the records in order. An event the job cannot
+        // read faults the job on it — after the events before it commit, so that skipping
+        // it (`runnel projections skip`) skips that event and nothing else.
         let mut recs = Vec::new();
-        for e in events {
+        let mut head_seen = head_seen;
+        let mut n = n;
+        for (i, e) in events.into_iter().enumerate() {
             let e = Arc::new(e);
             match engine.extract(&e) {
                 Ok(r) => recs.extend(r),
+                Err(_) if i > 0 => {
+                    n = i;
+                    break;
+                }
                 Err(err) => {
                     tracing::error!(job = %self.job.name, position = %e.position, error = %err,
                         "stream job cannot read an event; the job is faulted until it is skipped or retried");
@@ -505,6 +513,7 @@ impl StreamJob {
                     return Ok(Step::Idle);
                 }
             }
+            head_seen = Some(e.position);
         }
         let table = state_table(&self.job.name);
         let missing = engine.missing(&recs);
@@ -585,8 +594,18 @@ impl StreamJob {
                 metrics::gauge!(METRIC_STATE_ROWS, "job" => job.clone())
                     .set(engine.cached_rows() as f64);
                 if wm != Millis::MIN {
-                    metrics::gauge!(METRIC_WATERMARK, "job" => job).set(wm as f64 / 1000.0);
+                    metrics::gauge!(METRIC_WATERMARK, "job" => job.clone()).set(wm as f64 / 1000.0);
                 }
+                // A full batch may have more behind it; a short one read up to the head.
+                let lag = if n >= self.options.batch_events.max(1) {
+                    self.events
+                        .head_position()
+                        .await
+                        .map_or(0, |head| head.get().saturating_sub(to.get()))
+                } else {
+                    0
+                };
+                metrics::gauge!(METRIC_LAG_EVENTS, "job" => job).set(lag as f64);
                 if emits {
                     h.pending_emits = true;
                     self.drain(h).await?;
