@@ -1,8 +1,8 @@
 //! Gauges of what the stores hold, sampled every [`SAMPLE_INTERVAL`] by a server that has
 //! an application and metrics: the dead letters waiting and the oldest one's age, the
-//! outbox backlog, saga instances by status, and each stream job's lag. (Consumers,
-//! projections, stream jobs and the outbox relay record their other gauges as they run;
-//! these are the ones nothing else records in a process that only serves.)
+//! outbox backlog, and saga instances by status. (Consumers, projections and the outbox
+//! relay record their own gauges as they run; these are the ones nothing else records in
+//! a process that only serves.)
 
 use std::time::Duration;
 
@@ -65,36 +65,6 @@ pub async fn sample(app: &Application) {
         }
         Err(e) => tracing::debug!(error = %e, "sampling saga instances failed"),
     }
-    if let Err(e) = sample_stream_jobs(app).await {
-        tracing::debug!(error = %e, "sampling stream jobs failed");
-    }
-}
-
-/// Each stream job's lag ([`runnel::stream::METRIC_LAG_EVENTS`]): the positions of `$all`
-/// its running generation has not processed, from its checkpoint and the head alone (no
-/// read of its state).
-async fn sample_stream_jobs(app: &Application) -> Result<(), runnel_core::StoreError> {
-    use runnel_core::projection::VersionRole;
-    let states = app.stores.projections.states(None).await?;
-    let mut newest: std::collections::BTreeMap<&str, &runnel_core::projection::ProjectionState> =
-        std::collections::BTreeMap::new();
-    for s in states.iter().filter(|s| s.role != VersionRole::Retired) {
-        if let Some(job) = s.name.strip_prefix(runnel::stream::JOB_PREFIX) {
-            let slot = newest.entry(job).or_insert(s);
-            if s.version > slot.version {
-                *slot = s;
-            }
-        }
-    }
-    if newest.is_empty() {
-        return Ok(());
-    }
-    let head = app.stores.events.head_position().await?.get();
-    for (job, s) in newest {
-        metrics::gauge!(runnel::stream::METRIC_LAG_EVENTS, "job" => job.to_string())
-            .set(head.saturating_sub(s.checkpoint.get()) as f64);
-    }
-    Ok(())
 }
 
 /// Samples every [`SAMPLE_INTERVAL`] until `shutdown`.
