@@ -439,6 +439,39 @@ async fn one_process_at_a_time_runs_a_job(stores: Stores) {
     );
 }
 
+async fn late_records_can_go_to_the_dead_letters(stores: Stores) {
+    let mut job = JobBuilder::new("late_dlq");
+    job.late_output(runnel::stream::LateOutput::DeadLetters);
+    job.events(EventFilter::event_types(["Reading"]))
+        .event_time(time_of)
+        .try_map(read)
+        .key_by(|r: &Reading| r.key.clone())
+        .window(WindowSpec::tumbling(Duration::from_secs(10)))
+        .aggregate(Agg::count())
+        .to(Sink::table());
+    let clock = Arc::new(VirtualClock::at(base()));
+    let job = StreamJob::on(&stores, job.build().unwrap(), options(clock));
+    put(&stores, "Reading", "a", 1_000, 1).await;
+    put(&stores, "Reading", "a", 30_000, 1).await;
+    put(&stores, "Reading", "a", 2_000, 7).await; // late
+    job.catch_up().await.unwrap();
+    job.catch_up().await.unwrap();
+    let filter = runnel::core::dead_letter::DeadLetterFilter {
+        topic: Some(runnel::core::TopicName::new(runnel::stream::LATE_TOPIC).unwrap()),
+        ..Default::default()
+    };
+    let dead = stores.dead_letters.list(&filter, None, 100).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].group.as_str(), "late_dlq");
+    let record: serde_json::Value = serde_json::from_slice(&dead[0].message.payload).unwrap();
+    assert_eq!(record["value"]["v"], 7);
+    assert!(
+        dead[0].failures[0].error.contains("late"),
+        "{:?}",
+        dead[0].failures
+    );
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -486,4 +519,5 @@ on_both!(
     closed_window_state_is_deleted,
     a_bad_event_faults_the_job_until_it_is_skipped,
     one_process_at_a_time_runs_a_job,
+    late_records_can_go_to_the_dead_letters,
 );

@@ -19,7 +19,8 @@
 //!   never holds every window open.
 //! * **Grace and lateness.** A window closes once the watermark passes its end plus its
 //!   grace. A record for a closed window is *late*: it is counted
-//!   ([`METRIC_LATE`]) and written to the job's late output ([`LateOutput`]) — never
+//!   ([`METRIC_LATE`]) and written to the job's late output ([`LateOutput`]: a stream, a
+//!   topic or the dead letters) — never
 //!   dropped silently — and, with [`WindowSpec::corrections`], a closed window whose
 //!   result was emitted gets a retraction and the amended result.
 //! * **Emit strategies.** [`Emit::OnUpdate`] emits a window's running result on every
@@ -92,8 +93,9 @@ pub use dsl::{
 pub use engine::{Job, JobStatus, LateRecord, Output, ResultKind};
 pub use ingest::{message_time, TopicIngest, TIME_HEADER};
 pub use runner::{
-    job_status, processor_names, reset, RunOptions, StreamJob, JOB_PREFIX, METRIC_LAG_EVENTS,
-    METRIC_LATE, METRIC_OUTPUTS, METRIC_RECORDS, METRIC_STATE_ROWS, METRIC_WATERMARK,
+    job_status, processor_names, reset, RunOptions, StreamJob, JOB_PREFIX, LATE_TOPIC,
+    METRIC_LAG_EVENTS, METRIC_LATE, METRIC_OUTPUTS, METRIC_RECORDS, METRIC_STATE_ROWS,
+    METRIC_WATERMARK,
 };
 pub use window::{Emit, WindowBounds, WindowSpec};
 
@@ -198,4 +200,8 @@ pub enum LateOutput {
     Stream,
     /// Published to a topic through the outbox.
     Topic(TopicName),
+    /// Stored as dead letters (topic [`LATE_TOPIC`], group = the job's name), where
+    /// `runnel dlq` lists them. At least once: a crash right after storing one stores it
+    /// again on restart.
+    DeadLetters,
 }
