@@ -140,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             http::bench(args, postgres).await
         }
+        Command::HttpLoad(args) => http::load(&args.url, args.appends, args.clients).await,
     }
 }
 
