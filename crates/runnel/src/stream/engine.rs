@@ -647,6 +647,29 @@ impl Engine {
         changes
     }
 
+    /// The batch's outputs and late records, without the state rows (the test driver has
+    /// no store to write them to); the rows are clean afterwards, as after
+    /// [`take_changes`](Self::take_changes). Without a store a key with no row has no
+    /// state at all, so its slot goes too: memory follows the live keys.
+    pub fn take_emitted(&mut self) -> (Vec<Output>, Vec<LateRecord>) {
+        for k in self.dirty.drain() {
+            if self.slots.get(&k).is_some_and(|s| s.row.is_none()) {
+                let gone = self.slots.remove(&k);
+                debug_assert!(
+                    gone.is_some_and(|s| s.due.is_none()),
+                    "an empty row is never due"
+                );
+            }
+        }
+        let outputs = std::mem::take(&mut self.outputs);
+        let late = std::mem::take(&mut self.late);
+        self.meta.outputs += outputs.len() as u64;
+        self.meta.late += late.len() as u64;
+        let wm = self.watermark();
+        self.meta.watermark = (wm != Millis::MIN).then_some(wm);
+        (outputs, late)
+    }
+
     /// Drops the least recently used clean rows beyond the cache's capacity.
     pub fn evict(&mut self) {
         let Some(cap) = self.capacity else { return };
