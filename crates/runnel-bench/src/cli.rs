@@ -87,9 +87,10 @@ pub enum Command {
 const BENCH_NEXMARK_AFTER_HELP: &str = "\
 The events: a deterministic Nexmark-style generator, 92% bids, 6% auctions, 2% persons
 (46:3:1 per 50 events), 10,000 events per second of event time, each event up to 500 ms
-older than the newest before it (the sources' out-of-orderness), hot auctions (1 in 2
-bids), hot bidders and hot sellers (3 in 4) as in the Nexmark generator. JSON payloads,
-event time in the payload.
+older than the newest before it, hot auctions (1 in 2 bids), hot bidders and hot sellers
+(3 in 4) as in the Nexmark generator. JSON payloads, event time in the payload, on streams
+of the categories Bid, Auction and Person, which the jobs read (the sources allow 1 s of
+out-of-orderness: no event is late).
 
 The queries, as Runnel stream jobs:
   q1  currency conversion: every bid with its price * 0.908 (stateless)
@@ -106,7 +107,8 @@ Tiers:
           generator's time is not counted: CPU is the job thread's CPU time around the
           job's calls
   store   --store-events events appended to a temporary SQLite store first (not timed),
-          then a StreamJob catches up (batch_events = --batch): source position, state
+          in groups of 1000, one append per type; then a StreamJob catches up
+          (batch_events = --batch): source position, state
           rows and results (the job's results table; q5's first job appends its results
           as events for the second) commit per batch. CPU is the process's CPU time
           while the jobs catch up.

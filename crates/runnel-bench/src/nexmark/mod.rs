@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use runnel::core::{RecordedEvent, StreamName};
+use runnel::core::RecordedEvent;
 use runnel::stream::{Output, TestDriver};
 
 use crate::cli::{BenchNexmarkArgs, NexmarkQuery, NexmarkTier};
@@ -174,8 +174,7 @@ fn table(rows: &[(NexmarkQuery, &str, Measured, Option<Measured>)]) -> String {
 
 /// Events `from..to` of the generator as recorded events.
 fn chunk(from: u64, to: u64) -> Vec<RecordedEvent> {
-    let stream = StreamName::new("Nexmark-1").expect("a valid stream name");
-    generator::recorded(from, to, &stream)
+    generator::recorded(from, to)
 }
 
 /// Times `f` on this thread: (CPU, wall).

@@ -16,7 +16,7 @@ use runnel::stream::{
     WindowBounds, WindowSpec,
 };
 
-use super::generator::{event_time_ms, Auction, Bid, Person, DISORDER_MS_MAX};
+use super::generator::{event_time_ms, Auction, Bid, Person, OUT_OF_ORDERNESS_MS};
 use crate::cli::NexmarkQuery;
 
 /// q1's conversion rate: dollars to euros.
@@ -26,8 +26,10 @@ pub const Q5_WINDOW: Duration = Duration::from_secs(10);
 pub const Q5_ADVANCE: Duration = Duration::from_secs(2);
 /// q7's and q8's tumbling windows.
 pub const TUMBLE: Duration = Duration::from_secs(10);
-/// The type of the events q5's first job appends for its second (store tier).
+/// The type of the events q5's first job appends for its second (store tier), and their
+/// stream.
 pub const Q5_COUNT_TYPE: &str = "AuctionBidCount";
+pub const Q5_COUNT_STREAM: &str = "NexmarkQ5-counts";
 
 /// Where the jobs' results go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,12 +120,13 @@ fn decode<T: DeserializeOwned>(e: &SourceEvent) -> Result<T, StreamError> {
     Ok(serde_json::from_slice(&e.data)?)
 }
 
-/// The events of type `event_type`, on their payload's time, out of order by at most the
-/// generator's disorder.
-fn source(job: &mut JobBuilder, event_type: &str) -> Stream<SourceEvent> {
-    job.events(EventFilter::event_types([event_type]))
+/// The events of category `category` (`Bid`, `Auction`, `Person`: the generator's types),
+/// on their payload's time. By category, not by type: the store reads a category in
+/// position order on its `(category, position)` index.
+fn source(job: &mut JobBuilder, category: &str) -> Stream<SourceEvent> {
+    job.events(EventFilter::categories([category]))
         .event_time(payload_time)
-        .out_of_orderness(Duration::from_millis(DISORDER_MS_MAX as u64))
+        .out_of_orderness(Duration::from_millis(OUT_OF_ORDERNESS_MS as u64))
 }
 
 fn window_start(t: i64, size: Duration) -> i64 {
@@ -154,7 +157,7 @@ fn q5_counts(target: Target) -> Result<Job, StreamError> {
     let sink = match target {
         Target::Memory => Sink::Discard,
         Target::Store => Sink::stream_named(
-            StreamName::new("NexmarkQ5-counts").map_err(|e| StreamError::Failed(e.to_string()))?,
+            StreamName::new(Q5_COUNT_STREAM).map_err(|e| StreamError::Failed(e.to_string()))?,
             Q5_COUNT_TYPE,
         ),
     };
@@ -173,7 +176,7 @@ fn q5_counts(target: Target) -> Result<Job, StreamError> {
 /// one tumbling window of the advance (2 s); the counts arrive in order.
 fn q5_hottest(target: Target) -> Result<Job, StreamError> {
     let mut job = JobBuilder::new("nexmark_q5_hottest");
-    job.events(EventFilter::event_types([Q5_COUNT_TYPE]))
+    job.events(EventFilter::categories(["NexmarkQ5"]))
         .event_time(|e| {
             serde_json::from_slice::<AuctionCount>(&e.data)
                 .ok()
@@ -257,7 +260,7 @@ fn q8(target: Target) -> Result<Job, StreamError> {
 /// q5's first job's results as the events its second job reads: the payload a
 /// [`Sink::stream`] writes.
 pub fn counts_as_events(job: &str, outputs: &[Output], first_position: u64) -> Vec<RecordedEvent> {
-    let stream = StreamName::new("NexmarkQ5-counts").expect("a valid stream name");
+    let stream = StreamName::new(Q5_COUNT_STREAM).expect("a valid stream name");
     outputs
         .iter()
         .enumerate()

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use runnel::core::RecordedEvent;
 
-use super::generator::{Bid, DISORDER_MS_MAX};
+use super::generator::{Bid, OUT_OF_ORDERNESS_MS};
 use super::queries::{EuroBid, EUROS_PER_DOLLAR, Q5_ADVANCE, Q5_WINDOW};
 
 /// q1 by hand: the euro bids of a batch, counted and dropped (as the engine tier drops
@@ -20,7 +20,7 @@ pub struct RawQ1 {
 impl RawQ1 {
     pub fn batch(&mut self, events: &[RecordedEvent]) -> anyhow::Result<()> {
         for e in events {
-            if e.event_type != "Bid" {
+            if e.stream.category() != "Bid" {
                 continue;
             }
             let b: Bid = serde_json::from_slice(&e.data)?;
@@ -49,14 +49,14 @@ pub struct RawQ5 {
 
 impl RawQ5 {
     fn watermark(&self) -> i64 {
-        self.newest.map_or(i64::MIN, |t| t - DISORDER_MS_MAX)
+        self.newest.map_or(i64::MIN, |t| t - OUT_OF_ORDERNESS_MS)
     }
 
     pub fn batch(&mut self, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let size = Q5_WINDOW.as_millis() as i64;
         let advance = Q5_ADVANCE.as_millis() as i64;
         for e in events {
-            if e.event_type != "Bid" {
+            if e.stream.category() != "Bid" {
                 continue;
             }
             let b: Bid = serde_json::from_slice(&e.data)?;

@@ -35,17 +35,31 @@ pub async fn run(
             let mut from = 0;
             while from < events {
                 let to = (from + APPEND_CHUNK).min(events);
-                let batch: Vec<NewEvent> = (from..to)
-                    .map(|n| {
-                        let e = generator::event(n);
-                        NewEvent::bytes(e.event_type(), "application/json", e.to_json())
-                    })
-                    .collect();
-                let stream = StreamName::new(format!("Nexmark-{}", from / APPEND_CHUNK))?;
-                stores
-                    .events
-                    .append(&stream, ExpectedRevision::Any, batch)
-                    .await?;
+                // One append per type, to the type's category (`Bid-7`): the group's events
+                // reorder by type, within the jobs' out-of-orderness.
+                let mut by_type: [(&str, Vec<NewEvent>); 3] = [
+                    ("Person", Vec::new()),
+                    ("Auction", Vec::new()),
+                    ("Bid", Vec::new()),
+                ];
+                for n in from..to {
+                    let e = generator::event(n);
+                    let ty = e.event_type();
+                    let event = NewEvent::bytes(ty, "application/json", e.to_json());
+                    if let Some((_, group)) = by_type.iter_mut().find(|(t, _)| *t == ty) {
+                        group.push(event);
+                    }
+                }
+                for (ty, group) in by_type {
+                    if group.is_empty() {
+                        continue;
+                    }
+                    let stream = StreamName::new(format!("{ty}-{}", from / APPEND_CHUNK))?;
+                    stores
+                        .events
+                        .append(&stream, ExpectedRevision::Any, group)
+                        .await?;
+                }
                 from = to;
                 count.store(from, Ordering::Relaxed);
             }
