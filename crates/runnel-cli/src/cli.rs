@@ -36,6 +36,7 @@ Examples:
   runnel dlq list --topic orders
   runnel sagas list --status compensation-failed
   runnel projections status
+  runnel processors list
   runnel serve --bind 127.0.0.1:7411
 ";
 
@@ -106,6 +107,9 @@ pub enum Command {
     /// Projections (read models): list, status, rebuild, pause, resume, retry, skip, drop-old
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Stream jobs (windows, joins, watermarks; docs/stream.md): list, status, reset
+    #[command(subcommand)]
+    Processors(ProcessorsCommand),
     /// Serve the event store over HTTP: appends, reads, live SSE subscriptions, API keys
     /// with roles (docs/server.md)
     #[command(after_help = SERVE_AFTER_HELP)]
@@ -255,7 +259,9 @@ pub enum ProjectionsCommand {
 const PROJECTIONS_LIST_AFTER_HELP: &str = "\
 Statuses: running; paused (by an operator); faulted (stopped on an event it could not
 apply: `retry` applies it again, `skip` moves past it). A projection whose rebuild is under
-way shows `rebuilding` and how far the new generation has got.
+way shows `rebuilding` and how far the new generation has got. A stream job runs as the
+projection `stream_job_NAME` and is listed here too, marked with its job's name (JSON:
+`stream_job`); `runnel processors` shows its watermark, late records and state.
 
 Examples:
   runnel projections list
@@ -323,6 +329,66 @@ pub struct ProjectionsRebuildArgs {
     /// (`30s`, `5m`)
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     pub stall_timeout: String,
+}
+
+/// `runnel processors …`: stream jobs (`runnel::stream`), each running as the projection
+/// `stream_job_{job}`.
+#[derive(Debug, Subcommand)]
+pub enum ProcessorsCommand {
+    /// One line per stream job: status, position and lag, watermark, late records, state rows
+    #[command(after_help = PROCESSORS_LIST_AFTER_HELP)]
+    List,
+    /// Everything one stream job reports: generation, status, position of the head of
+    /// $all, watermark and each source's latest event time, records, outputs, late
+    /// records, state size in rows and bytes, lease holder, last error
+    #[command(after_help = PROCESSORS_STATUS_AFTER_HELP)]
+    Status(ProcessorNameArg),
+    /// Start a stream job over: a new generation with empty state processes $all from the
+    /// start beside the current one and replaces it once caught up (its results are
+    /// emitted again)
+    #[command(after_help = PROCESSORS_RESET_AFTER_HELP)]
+    Reset(ProcessorNameArg),
+}
+
+const PROCESSORS_LIST_AFTER_HELP: &str = "\
+Statuses: running; paused; faulted (stopped on an error, shown at the end of the line).
+Lag is the number of $all positions the job has not processed yet. The watermark (RFC
+3339, UTC) is the event time up to which the job considers its input complete: windows
+ending before it, plus their grace, are closed; `-` until every source has seen an event.
+Late counts the records that arrived for closed windows and went to the late output.
+Stream jobs also appear in `runnel projections list` as `stream_job_NAME`.
+
+Examples:
+  runnel processors list
+  runnel --json processors list";
+
+const PROCESSORS_STATUS_AFTER_HELP: &str = "\
+Times are RFC 3339 in UTC (with --json also as milliseconds since the epoch: watermark_ms,
+source_times_ms). Counters (records, outputs, late) count since the generation started.
+State is the job's state table: open windows, join buffers, tables, results waiting to be
+appended. An unknown name exits with code 4.
+
+Examples:
+  runnel processors status revenue_per_minute
+  runnel --json processors status revenue_per_minute";
+
+const PROCESSORS_RESET_AFTER_HELP: &str = "\
+The services running the job do the work (the CLI never runs a job's code): they process
+$all from the start into the new generation at once and switch queries to it once it has
+caught up (the old generation's results table stays readable until then, no longer
+advancing). Every result is emitted again (to its
+stream, topic or results table), so consumers of a stream or topic sink see them twice
+unless they drop duplicates. Running it while a reset is under way reports that reset.
+An unknown name exits with code 4 and changes nothing.
+
+Examples:
+  runnel processors reset revenue_per_minute
+  runnel --json processors reset revenue_per_minute";
+
+#[derive(Debug, Args)]
+pub struct ProcessorNameArg {
+    /// The stream job's name (as in `runnel processors list`)
+    pub name: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -20,7 +20,7 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 /// Nothing was written.
 pub const EXIT_CONFLICT: u8 = 3;
 /// What the command names does not exist (a dead-letter id, a saga instance, a
-/// projection).
+/// projection, a stream job).
 pub const EXIT_NOT_FOUND: u8 = 4;
 /// The command was interrupted (Ctrl-C) and says where it left off.
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -38,7 +38,7 @@ Exit codes:
   2  bad input (invalid arguments, stream name, JSON, limits, store URL; the binary that
      bench or demo runs is not built); nothing written
   3  conflict: the stream is not at the --expected revision; nothing written
-  4  not found: no dead letter, saga instance or projection of that name
+  4  not found: no dead letter, saga instance, projection or stream job of that name
   5  wrong state: the projection is not in a state the command applies to; nothing changed
   6  incompatible: `schema check` found a backward-incompatible schema change
   130 interrupted (Ctrl-C); the command printed where it left off";

@@ -168,6 +168,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::projections::run(&*stores.projections, &*stores.events, printer, request)
                 .await
         }
+        Command::Processors(command) => {
+            // As for streams append: the input is checked before anything opens.
+            let request = commands::processors::prepare(command)?;
+            let (stores, _) = open_configured(cli.store, cli.db, None, OpenMode::MustExist).await?;
+            commands::processors::run(&stores, printer, request).await
+        }
         Command::Serve(args) => {
             // Flags and keys are checked before anything opens.
             let prepared = commands::serve::prepare(&args)?;

@@ -82,6 +82,12 @@ pub const METRIC_NAMES: &[&str] = &[
     runnel::saga::METRIC_PARKED,
     runnel::saga::METRIC_IGNORED,
     runnel::saga::METRIC_STEP_SECONDS,
+    runnel::stream::METRIC_RECORDS,
+    runnel::stream::METRIC_OUTPUTS,
+    runnel::stream::METRIC_LATE,
+    runnel::stream::METRIC_WATERMARK,
+    runnel::stream::METRIC_LAG_EVENTS,
+    runnel::stream::METRIC_STATE_ROWS,
 ];
 
 /// Why the recorder could not be installed.

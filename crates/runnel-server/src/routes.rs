@@ -16,7 +16,7 @@ use axum::routing::{self, MethodRouter};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::admin::{consumers, dead_letters, outbox, processors};
+use crate::admin::{consumers, dead_letters, outbox, processors, stream_jobs};
 use crate::auth::{forbidden, unauthorized, Caller, Role};
 use crate::openapi::{self, doc, OperationDoc};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
@@ -296,6 +296,30 @@ pub static ROUTES: &[Route] = &[
         summary: "Pause, resume, retry, skip, rebuild or drop old generations",
         doc: doc::<processors::__path_projection_action>(),
         handler: || routing::post(processors::projection_action),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/processors",
+        access: Access::Role(Role::Viewer),
+        summary: "Every stream job: position, lag, watermark, late records, state size",
+        doc: doc::<stream_jobs::__path_list>(),
+        handler: || routing::get(stream_jobs::list),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/processors/{name}",
+        access: Access::Role(Role::Viewer),
+        summary: "One stream job's status",
+        doc: doc::<stream_jobs::__path_status>(),
+        handler: || routing::get(stream_jobs::status),
+    },
+    Route {
+        method: Method::POST,
+        path: "/admin/processors/{name}/reset",
+        access: Access::Role(Role::Operator),
+        summary: "Start a stream job over from the beginning of $all (results emitted again)",
+        doc: doc::<stream_jobs::__path_reset>(),
+        handler: || routing::post(stream_jobs::reset),
     },
     Route {
         method: Method::GET,

@@ -1033,6 +1033,139 @@ async fn outbox_consumers_sagas_and_projections_are_reported() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Stream jobs
+
+/// Cents per product per minute of the events' own time (`at`, ms), into its results table.
+fn revenue_job() -> runnel::stream::Job {
+    use runnel::stream::{Agg, Emit, JobBuilder, Sink, SourceEvent, WindowSpec};
+    fn field(e: &SourceEvent, name: &str) -> Value {
+        serde_json::from_slice::<Value>(&e.data).unwrap_or_default()[name].clone()
+    }
+    let mut job = JobBuilder::new("revenue");
+    job.events(runnel_core::EventFilter::event_types(["OrderPaid"]))
+        .event_time(|e| {
+            let at = serde_json::from_slice::<Value>(&e.data).unwrap_or_default()["at"]
+                .as_i64()
+                .unwrap_or_default();
+            chrono::DateTime::from_timestamp_millis(at).unwrap_or_default()
+        })
+        .key_by(|e| field(e, "product").as_str().unwrap_or_default().to_string())
+        .window(WindowSpec::tumbling(Duration::from_secs(60)).grace(Duration::ZERO))
+        .aggregate(Agg::sum(|e: &SourceEvent| {
+            field(e, "cents").as_i64().unwrap_or_default()
+        }))
+        .emit(Emit::OnClose)
+        .to(Sink::table());
+    job.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_jobs_are_listed_shown_and_reset_by_operators() {
+    let (stores, dir) = sqlite_stores().await;
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    // Minute 0 (300 + 200) closes when minute 2 moves the watermark past it.
+    for (i, (cents, seconds)) in [(300, 0), (200, 30), (700, 130)].into_iter().enumerate() {
+        let at = (t0 + chrono::Duration::seconds(seconds)).timestamp_millis();
+        stores
+            .events
+            .append(
+                &runnel_core::StreamName::new(format!("Order-{i}")).unwrap(),
+                runnel_core::ExpectedRevision::Any,
+                vec![runnel_core::NewEvent::json(
+                    "OrderPaid",
+                    &json!({"product": "tea", "cents": cents, "at": at}),
+                )],
+            )
+            .await
+            .unwrap();
+    }
+    let options = || runnel::stream::RunOptions {
+        // A clock that stands still: the watermark comes from the events alone.
+        clock: Arc::new(runnel_core::clock::VirtualClock::at(t0)),
+        ..runnel::stream::RunOptions::default()
+    };
+    let job = runnel::stream::StreamJob::on(&stores, revenue_job(), options());
+    assert_eq!(job.catch_up().await.unwrap(), 3);
+    let bus = open_bus(&BusUrl::Embedded, &stores).await.unwrap();
+    let s = serve(Application::bare(stores.clone(), bus), Some(dir)).await;
+
+    let (status, list) = s.get("/admin/processors", Role::Viewer).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let jobs = list["processors"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{list}");
+    let one = &jobs[0];
+    assert_eq!(one["name"], "revenue");
+    assert_eq!(one["version"], 1);
+    assert_eq!(one["status"], "running");
+    assert_eq!(one["position"], 3);
+    assert_eq!(one["lag_events"], 0);
+    assert_eq!(one["watermark"], "2026-01-01T00:02:10.000Z");
+    assert_eq!(one["source_times"], json!(["2026-01-01T00:02:10.000Z"]));
+    assert_eq!(
+        (
+            one["records"].clone(),
+            one["outputs"].clone(),
+            one["late"].clone()
+        ),
+        (json!(3), json!(1), json!(0))
+    );
+    assert_eq!(one["state_rows"], 1, "minute 2's window is open");
+
+    let (status, detail) = s.get("/admin/processors/revenue", Role::Viewer).await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    assert_eq!(&detail, one);
+    let (status, p) = s.get("/admin/processors/nope", Role::Viewer).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+    assert_eq!(p["type"], "urn:runnel:problem:unknown-processor");
+
+    // Reset: operators and admins only; an unknown job changes nothing.
+    let (status, _) = s
+        .post("/admin/processors/revenue/reset", Role::Viewer, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, p) = s
+        .post("/admin/processors/nope/reset", Role::Operator, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+    assert!(stores
+        .projections
+        .states(Some("stream_job_nope"))
+        .await
+        .unwrap()
+        .is_empty());
+    let (_, unchanged) = s.get("/admin/processors/revenue", Role::Viewer).await;
+    assert_eq!(&unchanged, one);
+    let (status, reset) = s
+        .post("/admin/processors/revenue/reset", Role::Operator, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reset}");
+    assert_eq!(
+        reset,
+        json!({"name": "revenue", "version": 2, "previous_version": 1, "created": true,
+               "progress": "/admin/processors/revenue"})
+    );
+    let (_, fresh) = s.get("/admin/processors/revenue", Role::Viewer).await;
+    assert_eq!(
+        (fresh["version"].clone(), fresh["position"].clone()),
+        (json!(2), json!(0))
+    );
+    assert_eq!(fresh["lag_events"], 3);
+    assert_eq!(fresh["watermark"], Value::Null);
+
+    // The service fills the new generation from the start and emits minute 0 again.
+    let job = runnel::stream::StreamJob::on(&stores, revenue_job(), options());
+    assert_eq!(job.catch_up().await.unwrap(), 3);
+    let (_, rebuilt) = s.get("/admin/processors/revenue", Role::Viewer).await;
+    assert_eq!(rebuilt["version"], 2);
+    assert_eq!(rebuilt["lag_events"], 0);
+    assert_eq!(rebuilt["outputs"], 1);
+    assert_eq!(rebuilt["watermark"], one["watermark"]);
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
 // Readiness
 
 /// A broker that does not answer.

@@ -302,6 +302,176 @@ async fn closed_window_state_is_deleted(stores: Stores) {
     assert_eq!(names, vec!["state_bound".to_string()]);
 }
 
+async fn a_bad_event_faults_the_job_until_it_is_skipped(stores: Stores) {
+    let build = || {
+        let mut job = JobBuilder::new("strict");
+        job.events(EventFilter::event_types(["Reading"]))
+            .try_map(read)
+            .key_by(|r: &Reading| r.key.clone())
+            .aggregate(Agg::sum(|r: &Reading| r.v))
+            .to(Sink::stream("Strict", "Summed"));
+        job.build().unwrap()
+    };
+    let clock = Arc::new(VirtualClock::at(base()));
+    let job = StreamJob::on(&stores, build(), options(Arc::clone(&clock)));
+    put(&stores, "Reading", "a", 0, 1).await;
+    put(&stores, "Reading", "a", 0, 2).await;
+    stores
+        .events
+        .append(
+            &StreamName::new("Input-bad").unwrap(),
+            ExpectedRevision::Any,
+            vec![NewEvent::json(
+                "Reading",
+                &serde_json::json!({"not": "a reading"}),
+            )],
+        )
+        .await
+        .unwrap();
+    put(&stores, "Reading", "a", 0, 4).await;
+    job.catch_up().await.unwrap();
+    let s = job_status(&stores, "strict").await.unwrap().unwrap();
+    assert_eq!(s.status, "faulted", "{s:?}");
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("cannot read"),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.records, 2,
+        "the events before the bad one committed: {s:?}"
+    );
+    let sums: Vec<i64> = outputs(&stores, "Strict")
+        .await
+        .iter()
+        .map(|(_, d)| d["value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sums, vec![1, 3]);
+    // Faulted: nothing moves until an operator acts.
+    job.catch_up().await.unwrap();
+    assert_eq!(
+        job_status(&stores, "strict")
+            .await
+            .unwrap()
+            .unwrap()
+            .records,
+        2
+    );
+    // Skipping the bad event skips it and nothing else.
+    assert!(stores
+        .projections
+        .skip_failed(job.projection_name(), s.version, 0)
+        .await
+        .unwrap());
+    job.catch_up().await.unwrap();
+    let s = job_status(&stores, "strict").await.unwrap().unwrap();
+    assert_eq!((s.status.as_str(), s.records), ("running", 3), "{s:?}");
+    let sums: Vec<i64> = outputs(&stores, "Strict")
+        .await
+        .iter()
+        .map(|(_, d)| d["value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sums, vec![1, 3, 7]);
+}
+
+async fn one_process_at_a_time_runs_a_job(stores: Stores) {
+    let build = || {
+        let mut job = JobBuilder::new("single");
+        job.events(EventFilter::event_types(["Reading"]))
+            .try_map(read)
+            .key_by(|r: &Reading| r.key.clone())
+            .aggregate(Agg::count())
+            .to(Sink::stream("Single", "Counted"));
+        job.build().unwrap()
+    };
+    let opts = |owner: &str| RunOptions {
+        lease: Duration::from_secs(1),
+        poll: Duration::from_millis(10),
+        owner: Some(owner.into()),
+        ..RunOptions::default()
+    };
+    let a = Arc::new(StreamJob::on(&stores, build(), opts("a")));
+    let b = StreamJob::on(&stores, build(), opts("b"));
+    for i in 0..20 {
+        put(&stores, "Reading", "k", i, 1).await;
+    }
+    let (_stop, shutdown) = runnel::app::ShutdownTrigger::new();
+    let running = tokio::spawn({
+        let a = Arc::clone(&a);
+        async move { a.run(shutdown).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while job_status(&stores, "single")
+        .await
+        .unwrap()
+        .map_or(0, |s| s.records)
+        < 20
+    {
+        assert!(std::time::Instant::now() < deadline, "a never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // `a` holds the lease: `b` applies nothing.
+    assert_eq!(b.catch_up().await.unwrap(), 0);
+    // `a` dies without giving the lease up (its task is cut off, like a kill).
+    running.abort();
+    let _ = running.await;
+    put(&stores, "Reading", "k", 100, 1).await;
+    // Once the lease runs out, `b` takes over from `a`'s last commit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if b.catch_up().await.unwrap() > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "b never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts: Vec<i64> = outputs(&stores, "Single")
+        .await
+        .iter()
+        .map(|(_, d)| d["value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        counts,
+        (1..=21).collect::<Vec<_>>(),
+        "each event counted once, in order"
+    );
+}
+
+async fn late_records_can_go_to_the_dead_letters(stores: Stores) {
+    let mut job = JobBuilder::new("late_dlq");
+    job.late_output(runnel::stream::LateOutput::DeadLetters);
+    job.events(EventFilter::event_types(["Reading"]))
+        .event_time(time_of)
+        .try_map(read)
+        .key_by(|r: &Reading| r.key.clone())
+        .window(WindowSpec::tumbling(Duration::from_secs(10)))
+        .aggregate(Agg::count())
+        .to(Sink::table());
+    let clock = Arc::new(VirtualClock::at(base()));
+    let job = StreamJob::on(&stores, job.build().unwrap(), options(clock));
+    put(&stores, "Reading", "a", 1_000, 1).await;
+    put(&stores, "Reading", "a", 30_000, 1).await;
+    put(&stores, "Reading", "a", 2_000, 7).await; // late
+    job.catch_up().await.unwrap();
+    job.catch_up().await.unwrap();
+    let filter = runnel::core::dead_letter::DeadLetterFilter {
+        topic: Some(runnel::core::TopicName::new(runnel::stream::LATE_TOPIC).unwrap()),
+        ..Default::default()
+    };
+    let dead = stores.dead_letters.list(&filter, None, 100).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].group.as_str(), "late_dlq");
+    let record: serde_json::Value = serde_json::from_slice(&dead[0].message.payload).unwrap();
+    assert_eq!(record["value"]["v"], 7);
+    assert!(
+        dead[0].failures[0].error.contains("late"),
+        "{:?}",
+        dead[0].failures
+    );
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -347,4 +517,7 @@ on_both!(
     left_join_emits_unmatched_only_after_window_closes,
     stream_table_join_uses_table_as_of_event_time,
     closed_window_state_is_deleted,
+    a_bad_event_faults_the_job_until_it_is_skipped,
+    one_process_at_a_time_runs_a_job,
+    late_records_can_go_to_the_dead_letters,
 );

@@ -5,6 +5,7 @@ pub mod dlq;
 pub mod events;
 pub mod forward;
 pub mod outbox;
+pub mod processors;
 pub mod projections;
 pub mod publish;
 pub mod sagas;

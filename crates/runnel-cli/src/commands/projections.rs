@@ -16,6 +16,7 @@ use runnel_core::EventStore;
 use serde::Serialize;
 
 use crate::cli::{ProjectionsCommand, ProjectionsRebuildArgs, ProjectionsStatusArgs};
+use crate::commands::processors::{stream_job_note, stream_job_of};
 use crate::exit::{BadInput, Interrupted};
 use crate::output::{human_time, truncate, Printer};
 use crate::time_args::parse_duration;
@@ -190,6 +191,8 @@ struct ListLine<'a> {
     last_error: Option<&'a str>,
     /// The topic a topic projection reads (no checkpoint, no lag against `$all`).
     topic: Option<&'a str>,
+    /// The stream job this projection runs (`stream_job_{job}`; `runnel processors`).
+    stream_job: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -236,6 +239,7 @@ async fn list(
             }),
             last_error: current.and_then(|c| c.last_error.as_deref()),
             topic: current.and_then(|c| c.topic.as_deref()),
+            stream_job: stream_job_of(name),
         };
         printer.value(&line, || {
             let generation = line
@@ -263,6 +267,9 @@ async fn list(
             if let Some(e) = line.last_error {
                 text.push_str(&format!("  error: {}", truncate(e, HUMAN_ERROR_CHARS_MAX)));
             }
+            if let Some(job) = line.stream_job {
+                text.push_str(&stream_job_note(job));
+            }
             text
         })?;
     }
@@ -275,6 +282,8 @@ struct StatusLine<'a> {
     generation: &'a GenerationStatus,
     /// Measured over the sample; `None` when not measured.
     events_per_second: Option<f64>,
+    /// The stream job this projection runs (`runnel processors`).
+    stream_job: Option<&'a str>,
 }
 
 async fn status(
@@ -317,6 +326,7 @@ async fn status(
             &StatusLine {
                 generation: g,
                 events_per_second: rate,
+                stream_job: stream_job_of(&g.name),
             },
             || human_status(g, rate),
         )?;
@@ -358,6 +368,9 @@ fn human_status(g: &GenerationStatus, rate: Option<f64>) -> String {
     }
     if let Some(e) = &g.last_error {
         text.push_str(&format!("  error: {}", truncate(e, HUMAN_ERROR_CHARS_MAX)));
+    }
+    if let Some(job) = stream_job_of(&g.name) {
+        text.push_str(&stream_job_note(job));
     }
     text
 }

@@ -1,12 +1,13 @@
 //! The admin API under `/admin`: dead letters (counts, paging, one with its history,
 //! retry one or many as a background operation, purge), background operations, the
-//! outbox, consumers' lag, sagas and projections. Every route's role is in
+//! outbox, consumers' lag, sagas, projections and stream jobs. Every route's role is in
 //! [`ROUTES`](crate::routes::ROUTES); a viewer never sees a message body.
 
 pub mod consumers;
 pub mod dead_letters;
 pub mod outbox;
 pub mod processors;
+pub mod stream_jobs;
 
 use crate::auth::{Caller, Role};
 

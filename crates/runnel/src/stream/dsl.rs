@@ -102,6 +102,13 @@ impl JobBuilder {
         }
     }
 
+    /// A source of messages a [`TopicIngest`](super::TopicIngest) appended to streams of
+    /// `category`: their event time is the message's time.
+    pub fn topic_events(&mut self, category: &str) -> Stream<SourceEvent> {
+        self.events(EventFilter::categories([category]))
+            .event_time(super::ingest::message_time)
+    }
+
     /// The job, checked: a name, at least one output, valid windows.
     pub fn build(self) -> Result<Job, StreamError> {
         let mut b = lock(&self.b);

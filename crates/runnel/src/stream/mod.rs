@@ -2,7 +2,8 @@
 //! on the event store.
 //!
 //! A [`JobBuilder`] describes a job as typed streams: a source (events of `$all` filtered
-//! by category or type) → `map`, `filter`, `flat_map`, `key_by` → an aggregation (count,
+//! by category or type, or a bus topic's messages, which a [`TopicIngest`] consumer
+//! appends to the store once each) → `map`, `filter`, `flat_map`, `key_by` → an aggregation (count,
 //! sum, min, max or a fold), without a window or over a tumbling, hopping, sliding or
 //! session window on **event time** → a [`Sink`] (append to an event stream, publish to a
 //! topic through the outbox, or upsert the job's results table). Joins pair two keyed
@@ -18,7 +19,8 @@
 //!   never holds every window open.
 //! * **Grace and lateness.** A window closes once the watermark passes its end plus its
 //!   grace. A record for a closed window is *late*: it is counted
-//!   ([`METRIC_LATE`]) and written to the job's late output ([`LateOutput`]) — never
+//!   ([`METRIC_LATE`]) and written to the job's late output ([`LateOutput`]: a stream, a
+//!   topic or the dead letters) — never
 //!   dropped silently — and, with [`WindowSpec::corrections`], a closed window whose
 //!   result was emitted gets a retraction and the amended result.
 //! * **Emit strategies.** [`Emit::OnUpdate`] emits a window's running result on every
@@ -76,6 +78,7 @@ mod agg;
 mod driver;
 mod dsl;
 mod engine;
+mod ingest;
 mod join;
 mod ops;
 mod runner;
@@ -88,9 +91,11 @@ pub use dsl::{
     Stream, TableStream, WindowedStream, JOB_NAME_LEN_MAX,
 };
 pub use engine::{Job, JobStatus, LateRecord, Output, ResultKind};
+pub use ingest::{message_time, TopicIngest, TIME_HEADER};
 pub use runner::{
-    job_status, processor_names, reset, RunOptions, StreamJob, JOB_PREFIX, METRIC_LAG_EVENTS,
-    METRIC_LATE, METRIC_OUTPUTS, METRIC_RECORDS, METRIC_STATE_ROWS, METRIC_WATERMARK,
+    job_status, processor_names, reset, RunOptions, StreamJob, JOB_PREFIX, LATE_TOPIC,
+    METRIC_LAG_EVENTS, METRIC_LATE, METRIC_OUTPUTS, METRIC_RECORDS, METRIC_STATE_ROWS,
+    METRIC_WATERMARK,
 };
 pub use window::{Emit, WindowBounds, WindowSpec};
 
@@ -195,4 +200,8 @@ pub enum LateOutput {
     Stream,
     /// Published to a topic through the outbox.
     Topic(TopicName),
+    /// Stored as dead letters (topic [`LATE_TOPIC`], group = the job's name), where
+    /// `runnel dlq` lists them. At least once: a crash right after storing one stores it
+    /// again on restart.
+    DeadLetters,
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
 use runnel_core::clock::{Clock, SystemClock};
+use runnel_core::dead_letter::{DeadLetterStore, FailureRecord, NewDeadLetter};
 use runnel_core::outbox::OutboxMessage;
 use runnel_core::projection::{
     state_table_schema, Batch, BatchOutcome, Dialect, ProjectionState, ProjectionStatus,
@@ -38,6 +39,9 @@ pub const METRIC_LAG_EVENTS: &str = "runnel_stream_lag_events";
 /// Metric: state rows in the job's cache, by job.
 pub const METRIC_STATE_ROWS: &str = "runnel_stream_cached_rows";
 
+/// The topic late records are dead-lettered under ([`LateOutput::DeadLetters`]); the group
+/// is the job's name.
+pub const LATE_TOPIC: &str = "stream-late";
 /// Key prefix of the events and late records waiting to be appended after their commit.
 const EMIT_PREFIX: &str = "~emit/";
 /// Rows read per due-row page.
@@ -140,6 +144,7 @@ pub struct StreamJob {
     projections: Arc<dyn ProjectionStore>,
     state: Arc<dyn StateRows>,
     events: Arc<dyn EventStore>,
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
     options: RunOptions,
     owner: String,
     inner: Mutex<(Engine, Option<Held>)>,
@@ -171,7 +176,7 @@ fn schema(job: &str, dialect: Dialect) -> Vec<String> {
 
 /// A stream id from a key: letters, digits and `-_.:@` stay; anything else becomes `_`,
 /// and then a hash of the key keeps two keys apart.
-fn stream_id(key: &str) -> String {
+pub(crate) fn stream_id(key: &str) -> String {
     if key.is_empty() {
         return "all".into();
     }
@@ -202,6 +207,10 @@ fn stream_id(key: &str) -> String {
 /// until appended.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PendingEmit {
+    /// A late record for the dead letters (topic [`LATE_TOPIC`], group = the job), not an
+    /// event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    dead_letter: bool,
     stream: String,
     event_type: String,
     id: uuid::Uuid,
@@ -209,7 +218,7 @@ struct PendingEmit {
 }
 
 impl StreamJob {
-    /// `job` on `stores` (its projection store, state reader and events).
+    /// `job` on `stores` (its projection store, state reader, events and dead letters).
     pub fn on(stores: &crate::connect::Stores, job: Job, options: RunOptions) -> Self {
         Self::new(
             job,
@@ -218,6 +227,13 @@ impl StreamJob {
             Arc::clone(&stores.events),
             options,
         )
+        .with_dead_letters(Arc::clone(&stores.dead_letters))
+    }
+
+    /// Where late records go with [`LateOutput::DeadLetters`].
+    pub fn with_dead_letters(mut self, store: Arc<dyn DeadLetterStore>) -> Self {
+        self.dead_letters = Some(store);
+        self
     }
 
     /// `job` on explicit stores.
@@ -240,6 +256,7 @@ impl StreamJob {
             projections,
             state,
             events,
+            dead_letters: None,
             options,
             owner,
             inner: Mutex::new((engine, None)),
@@ -482,12 +499,20 @@ impl StreamJob {
         } else {
             *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-        // Records, their state rows, then the records in order.
+        // Records, their state rows, then the records in order. An event the job cannot
+        // read faults the job on it — after the events before it commit, so that skipping
+        // it (`runnel projections skip`) skips that event and nothing else.
         let mut recs = Vec::new();
-        for e in events {
+        let mut head_seen = head_seen;
+        let mut n = n;
+        for (i, e) in events.into_iter().enumerate() {
             let e = Arc::new(e);
             match engine.extract(&e) {
                 Ok(r) => recs.extend(r),
+                Err(_) if i > 0 => {
+                    n = i;
+                    break;
+                }
                 Err(err) => {
                     tracing::error!(job = %self.job.name, position = %e.position, error = %err,
                         "stream job cannot read an event; the job is faulted until it is skipped or retried");
@@ -505,6 +530,7 @@ impl StreamJob {
                     return Ok(Step::Idle);
                 }
             }
+            head_seen = Some(e.position);
         }
         let table = state_table(&self.job.name);
         let missing = engine.missing(&recs);
@@ -585,8 +611,18 @@ impl StreamJob {
                 metrics::gauge!(METRIC_STATE_ROWS, "job" => job.clone())
                     .set(engine.cached_rows() as f64);
                 if wm != Millis::MIN {
-                    metrics::gauge!(METRIC_WATERMARK, "job" => job).set(wm as f64 / 1000.0);
+                    metrics::gauge!(METRIC_WATERMARK, "job" => job.clone()).set(wm as f64 / 1000.0);
                 }
+                // A full batch may have more behind it; a short one read up to the head.
+                let lag = if n >= self.options.batch_events.max(1) {
+                    self.events
+                        .head_position()
+                        .await
+                        .map_or(0, |head| head.get().saturating_sub(to.get()))
+                } else {
+                    0
+                };
+                metrics::gauge!(METRIC_LAG_EVENTS, "job" => job).set(lag as f64);
                 if emits {
                     h.pending_emits = true;
                     self.drain(h).await?;
@@ -730,6 +766,24 @@ impl StreamJob {
                     ));
                     emits = true;
                 }
+                LateOutput::DeadLetters => {
+                    let mut row = self.emit_row(
+                        &state,
+                        l.seq,
+                        String::new(),
+                        "LateRecord".into(),
+                        version,
+                        data,
+                    );
+                    if let Some(SqlValue::Blob(b)) = row.params.get_mut(1) {
+                        let mut p: PendingEmit =
+                            serde_json::from_slice(b).expect("just serialized");
+                        p.dead_letter = true;
+                        *b = serde_json::to_vec(&p).expect("serializes");
+                    }
+                    st.push(row);
+                    emits = true;
+                }
                 LateOutput::Topic(topic) => {
                     let mut m = Message::json("LateRecord", &data)
                         .with_id(self.output_id(version, l.seq).to_string());
@@ -760,6 +814,7 @@ impl StreamJob {
         data: serde_json::Value,
     ) -> Statement {
         let pending = PendingEmit {
+            dead_letter: false,
             stream,
             event_type,
             id: self.output_id(version, seq),
@@ -772,6 +827,36 @@ impl StreamJob {
                 SqlValue::Blob(serde_json::to_vec(&pending).expect("serializes")),
             ],
         }
+    }
+
+    /// A late record into the dead letters. A crash between this and the deletion of its
+    /// row stores it again on restart (at least once, unlike the other late outputs).
+    async fn dead_letter(&self, p: &PendingEmit) -> Result<(), StreamError> {
+        let Some(store) = &self.dead_letters else {
+            return Err(StreamError::Definition(format!(
+                "job {}: its late output is the dead letters, but it runs without a dead-letter \
+                 store (StreamJob::with_dead_letters, or StreamJob::on)",
+                self.job.name
+            )));
+        };
+        let message = Message::json("LateRecord", &p.data).with_id(p.id.to_string());
+        let dead = NewDeadLetter {
+            topic: runnel_core::TopicName::new(LATE_TOPIC).expect("a valid topic"),
+            group: runnel_core::GroupName::new(self.job.name.clone())
+                .map_err(|e| StreamError::Definition(e.to_string()))?,
+            message,
+            failures: vec![FailureRecord {
+                attempt: 1,
+                at: Utc::now(),
+                error: format!(
+                    "late: event time {} was at or behind the watermark {} less the grace",
+                    p.data["time"], p.data["watermark"]
+                ),
+                permanent: true,
+            }],
+        };
+        store.put(dead).await?;
+        Ok(())
     }
 
     /// Appends the events waiting in the state table (ids fixed when they were committed,
@@ -796,8 +881,16 @@ impl StreamJob {
             // Consecutive rows of one stream append together.
             let mut i = 0;
             while i < pending.len() {
+                if pending[i].dead_letter {
+                    self.dead_letter(&pending[i]).await?;
+                    i += 1;
+                    continue;
+                }
                 let mut j = i + 1;
-                while j < pending.len() && pending[j].stream == pending[i].stream {
+                while j < pending.len()
+                    && !pending[j].dead_letter
+                    && pending[j].stream == pending[i].stream
+                {
                     j += 1;
                 }
                 let stream = StreamName::new(pending[i].stream.clone())?;
