@@ -82,6 +82,9 @@ pub enum Command {
     /// loop (q1, q5) and Flink 1.13's published figures
     #[command(after_help = BENCH_NEXMARK_AFTER_HELP)]
     Nexmark(BenchNexmarkArgs),
+    /// The append load generator of `http` (started by it; not a benchmark of its own)
+    #[command(hide = true)]
+    HttpLoad(HttpLoadArgs),
 }
 
 const BENCH_NEXMARK_AFTER_HELP: &str = "\
@@ -470,4 +473,22 @@ pub struct BenchHttpArgs {
     /// Tiny counts: checks that every scenario runs, measures nothing
     #[arg(long)]
     pub quick: bool,
+    /// Run the append clients in this process, on the server's cores (by default, with 2
+    /// or more cores and `taskset`, they run in a process of their own on the last core)
+    #[arg(long)]
+    pub same_process: bool,
+}
+
+/// The append load generator `runnel-bench http` starts on a core of its own.
+#[derive(Debug, clap::Args)]
+pub struct HttpLoadArgs {
+    /// The server's base URL (`http://127.0.0.1:PORT`)
+    #[arg(long)]
+    pub url: String,
+    /// Events to append, one per request
+    #[arg(long)]
+    pub appends: u64,
+    /// Concurrent keep-alive clients
+    #[arg(long)]
+    pub clients: usize,
 }

@@ -31,6 +31,7 @@ use crate::rss::{mib, peak_rss_bytes, reset_peak};
 
 /// The sizes one run uses.
 struct Sizes {
+    same_process: bool,
     appends: u64,
     clients: usize,
     subscribers: usize,
@@ -41,6 +42,7 @@ struct Sizes {
 fn sizes(args: &BenchHttpArgs) -> Sizes {
     if args.quick {
         return Sizes {
+            same_process: args.same_process,
             appends: 200,
             clients: 4,
             subscribers: 3,
@@ -49,6 +51,7 @@ fn sizes(args: &BenchHttpArgs) -> Sizes {
         };
     }
     Sizes {
+        same_process: args.same_process,
         appends: args.appends,
         clients: args.clients,
         subscribers: args.subscribers,
@@ -115,6 +118,17 @@ async fn appends_in_process(events: Arc<dyn EventStore>, total: u64, clients: us
 async fn appends_over_http(base: &str, total: u64, clients: usize) -> f64 {
     let next = Arc::new(AtomicU64::new(0));
     let spinner = CountSpinner::start("HTTP appends", "events", Arc::clone(&next));
+    let rate = http_clients(base, total, clients, next).await;
+    spinner.finish();
+    rate
+}
+
+/// [`appends_over_http`] without a spinner (the load generator process).
+async fn appends_over_http_quiet(base: &str, total: u64, clients: usize) -> f64 {
+    http_clients(base, total, clients, Arc::new(AtomicU64::new(0))).await
+}
+
+async fn http_clients(base: &str, total: u64, clients: usize, next: Arc<AtomicU64>) -> f64 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -166,9 +180,7 @@ async fn appends_over_http(base: &str, total: u64, clients: usize) -> f64 {
     for t in tasks {
         t.await.expect("a client");
     }
-    let rate = total as f64 / start.elapsed().as_secs_f64();
-    spinner.finish();
-    rate
+    total as f64 / start.elapsed().as_secs_f64()
 }
 
 /// What one fan-out run measured.
@@ -285,13 +297,43 @@ async fn side(url: &StoreUrl, s: &Sizes, what: &str) -> anyhow::Result<(Vec<Row>
     let (base, trigger) = serve(&stores).await?;
     // Appends, in-process first then HTTP, then in-process again (the store grows: the
     // mean of the two in-process runs brackets the HTTP one).
+    //
+    // With a core to spare, the load generator runs in a process of its own on the last
+    // core and this process (the server, and the in-process side) on the others, so the
+    // clients' work is not taken from the server: both sides get the same cores.
+    let pinned = Pinning::start(s.same_process);
+    let c0 = stores.commit_stats();
     let local_a = appends_in_process(Arc::clone(&stores.events), s.appends / 2, s.clients).await;
-    let http = appends_over_http(&base, s.appends, s.clients).await;
+    let c1 = stores.commit_stats();
+    let http = match &pinned {
+        Some(p) => p.load(&base, s.appends, s.clients).await?,
+        None => appends_over_http(&base, s.appends, s.clients).await,
+    };
+    let c2 = stores.commit_stats();
     let local_b = appends_in_process(Arc::clone(&stores.events), s.appends / 2, s.clients).await;
+    let c3 = stores.commit_stats();
+    drop(pinned);
+    let per_commit = |c: runnel::connect::CommitStats| c.events as f64 / c.commits.max(1) as f64;
+    let local_commits = runnel::connect::CommitStats {
+        commits: c1.since(c0).commits + c3.since(c2).commits,
+        events: c1.since(c0).events + c3.since(c2).events,
+    };
     let local = (local_a + local_b) / 2.0;
     let r = http / local;
+    let how = match pinned_label(s.same_process) {
+        Some(cores) => format!("; server on {cores}, load generator on its own core"),
+        None => String::new(),
+    };
+    eprintln!(
+        "{what}: events per commit {:.1} over HTTP, {:.1} in process",
+        per_commit(c2.since(c1)),
+        per_commit(local_commits)
+    );
     let mut rows = vec![Row {
-        scenario: format!("{what}: appends, {} clients, 1 event per call", s.clients),
+        scenario: format!(
+            "{what}: appends, {} clients, 1 event per call{how}",
+            s.clients
+        ),
         runnel: rate(http, "events/s over HTTP"),
         baseline: rate(local, "events/s in process"),
         ratio: Some(r),
@@ -458,4 +500,113 @@ pub async fn bench(args: BenchHttpArgs, postgres: Option<String>) -> anyhow::Res
     out.push('\n');
     out.push_str(&markdown(&rows));
     print_line(out.trim_end())
+}
+
+/// The load generator in a process of its own: this process on every core but the last,
+/// the generator (`runnel-bench http-load`) on the last. `None` when there is a single
+/// core, `taskset` is missing, or `--same-process` asked for the single-process run.
+struct Pinning {
+    last: usize,
+    all: String,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn pinned_label(same_process: bool) -> Option<String> {
+    if same_process || cores() < 2 || which("taskset").is_none() {
+        return None;
+    }
+    let n = cores();
+    Some(if n == 2 {
+        "core 0".to_string()
+    } else {
+        format!("cores 0-{}", n - 2)
+    })
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+fn taskset(args: &[String]) -> bool {
+    std::process::Command::new("taskset")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Pinning {
+    fn start(same_process: bool) -> Option<Pinning> {
+        pinned_label(same_process)?;
+        let n = cores();
+        let last = n - 1;
+        let rest = if last == 1 {
+            "0".to_string()
+        } else {
+            format!("0-{}", last - 1)
+        };
+        // Every thread of this process (`-a`); threads started later inherit it.
+        let pid = std::process::id().to_string();
+        if !taskset(&["-a".into(), "-p".into(), "-c".into(), rest, pid]) {
+            eprintln!("note: taskset could not pin the server; measuring in one process");
+            return None;
+        }
+        Some(Pinning {
+            last,
+            all: format!("0-{last}"),
+        })
+    }
+
+    /// Runs the load generator on the last core; its appends per second.
+    async fn load(&self, base: &str, total: u64, clients: usize) -> anyhow::Result<f64> {
+        let exe = std::env::current_exe()?;
+        let out = tokio::process::Command::new("taskset")
+            .arg("-c")
+            .arg(self.last.to_string())
+            .arg(exe)
+            .args([
+                "http-load",
+                "--url",
+                base,
+                "--appends",
+                &total.to_string(),
+                "--clients",
+                &clients.to_string(),
+            ])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "the load generator failed: {}",
+            out.status
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(text.trim())?;
+        v["events_per_sec"]
+            .as_f64()
+            .ok_or_else(|| anyhow::anyhow!("the load generator printed {text}"))
+    }
+}
+
+impl Drop for Pinning {
+    fn drop(&mut self) {
+        let pid = std::process::id().to_string();
+        taskset(&["-a".into(), "-p".into(), "-c".into(), self.all.clone(), pid]);
+    }
+}
+
+/// `runnel-bench http-load`: the append clients alone, against a server elsewhere; prints
+/// `{"events_per_sec": …}`.
+pub async fn load(url: &str, appends: u64, clients: usize) -> anyhow::Result<()> {
+    let rate = appends_over_http_quiet(url, appends, clients).await;
+    println!("{}", serde_json::json!({ "events_per_sec": rate }));
+    Ok(())
 }

@@ -150,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             nexmark::bench(args).await
         }
+        Command::HttpLoad(args) => http::load(&args.url, args.appends, args.clients).await,
     }
 }
 
