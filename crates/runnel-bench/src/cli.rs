@@ -17,6 +17,7 @@ Examples:
   runnel-bench outbox --store postgres://postgres@127.0.0.1/postgres
   runnel-bench saga --store postgres://postgres@127.0.0.1/postgres
   runnel-bench projection --store postgres://postgres@127.0.0.1/postgres
+  runnel-bench nexmark --events 1000000
   runnel-bench store --quick
 ";
 
@@ -76,9 +77,101 @@ pub enum Command {
     /// SSE fan-out to many subscribers beside in-process subscriptions
     #[command(after_help = BENCH_HTTP_AFTER_HELP)]
     Http(BenchHttpArgs),
+    /// Stream jobs (`runnel::stream`) on the Nexmark queries q1, q5, q7, q8: events per
+    /// second per core in memory and end to end from the event store, beside a plain Rust
+    /// loop (q1, q5) and Flink 1.13's published figures
+    #[command(after_help = BENCH_NEXMARK_AFTER_HELP)]
+    Nexmark(BenchNexmarkArgs),
     /// The append load generator of `http` (started by it; not a benchmark of its own)
     #[command(hide = true)]
     HttpLoad(HttpLoadArgs),
+}
+
+const BENCH_NEXMARK_AFTER_HELP: &str = "\
+The events: a deterministic Nexmark-style generator, 92% bids, 6% auctions, 2% persons
+(46:3:1 per 50 events), 10,000 events per second of event time, each event up to 500 ms
+older than the newest before it, hot auctions (1 in 2 bids), hot bidders and hot sellers
+(3 in 4) as in the Nexmark generator. JSON payloads, event time in the payload, on streams
+of the categories Bid, Auction and Person, which the jobs read (the sources allow 1 s of
+out-of-orderness: no event is late).
+
+The queries, as Runnel stream jobs:
+  q1  currency conversion: every bid with its price * 0.908 (stateless)
+  q5  hot items: bids per auction over hopping windows of 10 s every 2 s, then per window
+      the auction(s) with the most bids (a second job over the first one's results)
+  q7  highest bid: per tumbling 10 s window the highest price and the bids at it (one
+      window aggregation, not Flink's join of bids with the window's maximum)
+  q8  new users: persons joined with the auctions they opened in the same tumbling 10 s
+      window (both keyed by person id and window start, a windowed inner join)
+
+Tiers:
+  engine  --events events fed in memory into the job (TestDriver::send_events, one batch
+          per --batch events, outputs discarded like Flink's blackhole sink); the
+          generator's time is not counted: CPU is the job thread's CPU time around the
+          job's calls
+  store   --store-events events appended to a temporary SQLite store first (not timed),
+          in groups of 1000, one append per type; then a StreamJob catches up
+          (batch_events = --batch): source position, state
+          rows and results (the job's results table; q5's first job appends its results
+          as events for the second) commit per batch. CPU is the process's CPU time
+          while the jobs catch up.
+
+Events per second per core = events / CPU seconds; the wall-clock rate is beside it. The
+raw baseline, for q1 and q5 on the engine tier: a hand-written loop over the same events
+(decode the JSON, convert / count per auction and window in hash maps, pick the maxima as
+the watermark passes) in the same run. Flink 1.13's published per-core figures (RocksDB,
+exactly-once checkpoints) are printed for reading, not as targets.
+
+Examples:
+  cargo run --release -p runnel-bench -- nexmark
+  runnel-bench nexmark --events 1000000 --store-events 100000
+  runnel-bench nexmark --tier engine --query q5
+  runnel-bench nexmark --quick";
+
+/// Which tier of `bench nexmark` to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NexmarkTier {
+    /// Events fed in memory straight into the job.
+    Engine,
+    /// Events read from a SQLite event store, state and results committed per batch.
+    Store,
+    /// Both.
+    Both,
+}
+
+/// A Nexmark query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum NexmarkQuery {
+    Q1,
+    Q5,
+    Q7,
+    Q8,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchNexmarkArgs {
+    /// Directory for the temporary database file of the store tier [default: the current
+    /// directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Events of the engine tier
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pub events: u64,
+    /// Events of the store tier
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub store_events: u64,
+    /// Events per batch (the engine tier's send_events, the store tier's batch_events)
+    #[arg(long, value_name = "B", default_value_t = 1000)]
+    pub batch: usize,
+    /// Which tier
+    #[arg(long, value_enum, default_value_t = NexmarkTier::Both)]
+    pub tier: NexmarkTier,
+    /// Only these queries (repeat the flag) [default: q1, q5, q7, q8]
+    #[arg(long = "query", value_enum, value_name = "Q")]
+    pub queries: Vec<NexmarkQuery>,
+    /// Tiny counts: checks that every query runs, measures nothing
+    #[arg(long)]
+    pub quick: bool,
 }
 
 const BENCH_PROJECTION_AFTER_HELP: &str = "\

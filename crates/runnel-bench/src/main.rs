@@ -8,6 +8,7 @@
 //! cargo run --release -p runnel-bench -- saga           # sagas (--memory: RSS over 1M)
 //! cargo run --release -p runnel-bench -- projection     # projections (--memory: 1M rebuild)
 //! cargo run --release -p runnel-bench -- http           # the HTTP API and SSE fan-out
+//! cargo run --release -p runnel-bench -- nexmark        # stream jobs on Nexmark q1 q5 q7 q8
 //! runnel-bench bus --store postgres://postgres@127.0.0.1/postgres   # + PostgreSQL
 //! ```
 //!
@@ -21,6 +22,7 @@ mod disk;
 mod exit;
 mod http;
 mod machine;
+mod nexmark;
 mod outbox;
 mod output;
 mod progress;
@@ -139,6 +141,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             http::bench(args, postgres).await
+        }
+        Command::Nexmark(args) => {
+            if store.is_some() {
+                eprintln!(
+                    "note: bench nexmark measures a fresh SQLite file under --dir; --store is ignored"
+                );
+            }
+            nexmark::bench(args).await
         }
         Command::HttpLoad(args) => http::load(&args.url, args.appends, args.clients).await,
     }

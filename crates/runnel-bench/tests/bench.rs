@@ -52,6 +52,7 @@ fn every_command_has_help_with_an_example() {
         &["saga", "--help"],
         &["projection", "--help"],
         &["http", "--help"],
+        &["nexmark", "--help"],
     ] {
         let out = bench(dir.path()).args(command).output().unwrap();
         assert!(out.status.success(), "{command:?}");
@@ -402,4 +403,31 @@ fn bench_http_quick_prints_appends_and_fan_out_beside_in_process() {
         String::from_utf8_lossy(&out.stderr).trim_end(),
         "error: --clients must be in 1..=1024"
     );
+}
+
+#[test]
+fn bench_nexmark_quick_prints_every_query_in_both_tiers_beside_flink() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["nexmark", "--quick", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    for needle in [
+        "| query | tier | events | Runnel events/s per core | Runnel events/s wall | peak RSS | raw loop per core | Runnel / raw | Flink 1.13 per core | Runnel / Flink |",
+        "| q1 currency conversion | engine | 20,000 |",
+        "| q5 hot items | engine | 20,000 |",
+        "| q7 highest bid | engine | 20,000 |",
+        "| q8 new users | engine | 20,000 |",
+        "| q1 currency conversion | store | 20,000 |",
+        "| q8 new users | store | 20,000 |",
+        "| 157,900 |",
+        "| 22,100 |",
+        "Load average",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(!text.contains("NaN"), "{text}");
+    assert_no_leftovers(dir.path());
 }

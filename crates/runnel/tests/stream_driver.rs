@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
-use runnel::core::EventFilter;
+use runnel::core::{EventFilter, EventId, Metadata, Position, RecordedEvent, StreamName};
 use runnel::stream::{
     Agg, Emit, JobBuilder, JoinKind, JoinSpec, Output, ResultKind, Sink, StreamError, TestDriver,
     WindowSpec,
@@ -513,4 +513,105 @@ proptest! {
         prop_assert_eq!(d.take_late().len(), expected_late);
         prop_assert!(d.state_keys().is_empty(), "closed windows leave no state");
     }
+}
+
+fn reading_event(n: u64, key: &str, t: i64, v: i64) -> RecordedEvent {
+    RecordedEvent {
+        id: EventId::new(),
+        stream: StreamName::new("Sensor-1").unwrap(),
+        revision: n,
+        position: Position(n),
+        recorded_at: epoch(),
+        event_type: "Reading".into(),
+        schema_version: 1,
+        content_type: "application/json".into(),
+        data: serde_json::to_vec(&serde_json::json!({"key": key, "t": t, "v": v})).unwrap(),
+        metadata: Metadata::default(),
+    }
+}
+
+fn hopping_sum_job(name: &str, grace: i64, ooo: i64) -> runnel::stream::Job {
+    let (job, keyed) = readings(name, Duration::from_millis(ooo as u64));
+    keyed
+        .window(WindowSpec::hopping(secs(10), secs(5)).grace(Duration::from_millis(grace as u64)))
+        .aggregate(Agg::sum(|r: &Reading| r.v))
+        .to(Sink::Discard);
+    job.build().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn a_batch_of_events_gives_the_results_of_one_event_at_a_time(
+        records in prop::collection::vec(("[abc]", 0i64..120_000, 1i64..100), 1..200),
+        batch in 1usize..50,
+        grace in 0i64..5_000,
+        ooo in 0i64..10_000,
+    ) {
+        let mut one = TestDriver::new(hopping_sum_job("one", grace, ooo));
+        let mut many = TestDriver::new(hopping_sum_job("many", grace, ooo));
+        let events: Vec<RecordedEvent> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (k, t, v))| reading_event(i as u64 + 1, k, *t, *v))
+            .collect();
+        for e in &events {
+            one.send_event(e.clone()).unwrap();
+        }
+        let mut fed = 0;
+        for chunk in events.chunks(batch) {
+            fed += many.send_events(chunk.to_vec()).unwrap();
+        }
+        prop_assert_eq!(fed, events.len());
+        prop_assert_eq!(many.watermark(), one.watermark());
+        prop_assert_eq!(many.state_keys(), one.state_keys());
+        for d in [&mut one, &mut many] {
+            d.advance_clock(Duration::from_secs(3600 * 24 * 365 * 2));
+        }
+        let sorted = |out: &[Output]| {
+            let mut f = finals(out);
+            f.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            f
+        };
+        prop_assert_eq!(sorted(&many.take_outputs()), sorted(&one.take_outputs()));
+        let late = |d: &mut TestDriver| {
+            let mut l: Vec<(String, i64)> =
+                d.take_late().into_iter().map(|l| (l.key, l.time)).collect();
+            l.sort();
+            l
+        };
+        prop_assert_eq!(late(&mut many), late(&mut one));
+        prop_assert!(many.state_keys().is_empty(), "closed windows leave no state");
+    }
+}
+
+#[test]
+fn send_events_stops_at_an_event_the_job_cannot_read() {
+    // Event time is `recorded_at` here, so only the job's own decoding meets the bad data.
+    let mut job = JobBuilder::new("bad");
+    job.events(EventFilter::event_types(["Reading"]))
+        .try_map(|e| Ok(serde_json::from_slice::<Reading>(&e.data)?))
+        .key_by(|r: &Reading| r.key.clone())
+        .window(WindowSpec::tumbling(secs(10)))
+        .aggregate(Agg::count())
+        .to(Sink::Discard);
+    let mut d = TestDriver::new(job.build().unwrap());
+    let mut bad = reading_event(2, "a", 0, 1);
+    bad.data = b"not json".to_vec();
+    let err = d
+        .send_events(vec![
+            reading_event(1, "a", 0, 1),
+            bad,
+            reading_event(3, "b", 0, 1),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, StreamError::Decode(_)), "{err}");
+    // The event before the bad one was applied, the one after it was not.
+    assert_eq!(d.state_keys(), vec![(0, "a".to_string())]);
+    d.advance_clock(Duration::from_secs(3600));
+    let counts: Vec<(String, serde_json::Value)> = finals(&d.take_outputs())
+        .into_iter()
+        .map(|f| (f.0, f.3))
+        .collect();
+    assert_eq!(counts, vec![("a".to_string(), serde_json::json!(1))]);
 }

@@ -323,6 +323,34 @@ struct Slot {
     row: Option<Row>,
     due: Option<Millis>,
     used: u64,
+    /// Changed since the last commit (its key is in `Engine::dirty` once).
+    dirty: bool,
+}
+
+/// The slot of `key` in operator `op`, created empty if missing, marked used. A lookup by
+/// `&str`: no allocation for a key already cached (the common case, once per record).
+fn slot_mut<'a>(
+    slots: &'a mut [HashMap<String, Slot>],
+    tick: &mut u64,
+    op: usize,
+    key: &str,
+) -> &'a mut Slot {
+    *tick += 1;
+    let map = &mut slots[op];
+    if !map.contains_key(key) {
+        map.insert(
+            key.to_string(),
+            Slot {
+                row: None,
+                due: None,
+                used: *tick,
+                dirty: false,
+            },
+        );
+    }
+    let slot = map.get_mut(key).expect("the slot was just made");
+    slot.used = *tick;
+    slot
 }
 
 /// One batch's effects, for the runner to commit.
@@ -360,9 +388,11 @@ pub(crate) fn split_row_key(k: &str) -> Option<(usize, String)> {
 pub(crate) struct Engine {
     pub job: Arc<Job>,
     pub meta: Meta,
-    slots: HashMap<(usize, String), Slot>,
+    /// Per operator, the cached rows by key.
+    slots: Vec<HashMap<String, Slot>>,
     dues: BTreeSet<(Millis, usize, String)>,
-    dirty: HashSet<(usize, String)>,
+    /// The slots changed since the last commit, each once (their `dirty` flag is set).
+    dirty: Vec<(usize, String)>,
     capacity: Option<usize>,
     tick: u64,
     outputs: Vec<Output>,
@@ -375,12 +405,13 @@ impl Engine {
             max_time: vec![None; job.sources.len()],
             ..Meta::default()
         };
+        let slots = (0..job.ops.len()).map(|_| HashMap::new()).collect();
         Engine {
             job,
             meta,
-            slots: HashMap::new(),
+            slots,
             dues: BTreeSet::new(),
-            dirty: HashSet::new(),
+            dirty: Vec::new(),
             capacity,
             tick: 0,
             outputs: Vec::new(),
@@ -391,7 +422,9 @@ impl Engine {
     /// Forgets everything cached (a commit failed, or the lease changed hands) and starts
     /// from `meta` as stored.
     pub fn reset(&mut self, meta: Option<&[u8]>) -> Result<(), StreamError> {
-        self.slots.clear();
+        for map in &mut self.slots {
+            map.clear();
+        }
         self.dues.clear();
         self.dirty.clear();
         self.outputs.clear();
@@ -459,8 +492,7 @@ impl Engine {
             if !self.job.ops[op].op.stateful() {
                 continue;
             }
-            let k = (op, r.key.clone());
-            if !self.slots.contains_key(&k) && seen.insert(k) {
+            if !self.slots[op].contains_key(&r.key) && seen.insert((op, r.key.clone())) {
                 out.push(row_key(op, &r.key));
             }
         }
@@ -475,7 +507,7 @@ impl Engine {
         let Some(entry) = self.job.ops.get(op) else {
             return Ok(());
         };
-        if self.slots.contains_key(&(op, key.clone())) {
+        if self.slots[op].contains_key(&key) {
             return Ok(());
         }
         let row = match bytes {
@@ -487,12 +519,13 @@ impl Engine {
             self.dues.insert((d, op, key.clone()));
         }
         self.tick += 1;
-        self.slots.insert(
-            (op, key),
+        self.slots[op].insert(
+            key,
             Slot {
                 row,
                 due,
                 used: self.tick,
+                dirty: false,
             },
         );
         Ok(())
@@ -500,19 +533,8 @@ impl Engine {
 
     /// Whether a row is cached (the store's copy of a cached row is older).
     pub fn is_cached(&self, db_key: &str) -> bool {
-        split_row_key(db_key).is_some_and(|k| self.slots.contains_key(&k))
-    }
-
-    fn slot_mut(&mut self, op: usize, key: &str) -> &mut Slot {
-        self.tick += 1;
-        let tick = self.tick;
-        let slot = self.slots.entry((op, key.to_string())).or_insert(Slot {
-            row: None,
-            due: None,
-            used: tick,
-        });
-        slot.used = tick;
-        slot
+        split_row_key(db_key)
+            .is_some_and(|(op, key)| self.slots.get(op).is_some_and(|m| m.contains_key(&key)))
     }
 
     /// Applies one record (its row must be cached, or known absent).
@@ -535,7 +557,7 @@ impl Engine {
                 late: &mut late,
             };
             if entry.op.stateful() {
-                let slot = self.slot_mut(feed.op, &rec.key);
+                let slot = slot_mut(&mut self.slots, &mut self.tick, feed.op, &rec.key);
                 let mut row = slot.row.take();
                 let r = entry
                     .op
@@ -544,6 +566,8 @@ impl Engine {
                 let new_due = row.as_ref().and_then(|r| entry.op.due(r));
                 slot.row = row;
                 slot.due = new_due;
+                let newly_dirty = !slot.dirty;
+                slot.dirty = true;
                 if old_due != new_due {
                     if let Some(d) = old_due {
                         self.dues.remove(&(d, feed.op, rec.key.clone()));
@@ -552,7 +576,9 @@ impl Engine {
                         self.dues.insert((d, feed.op, rec.key.clone()));
                     }
                 }
-                self.dirty.insert((feed.op, rec.key.clone()));
+                if newly_dirty {
+                    self.dirty.push((feed.op, rec.key));
+                }
                 r
             } else {
                 let mut row = None;
@@ -597,7 +623,7 @@ impl Engine {
                     outputs: &mut outputs,
                     late: &mut late,
                 };
-                let slot = self.slot_mut(op, &key);
+                let slot = slot_mut(&mut self.slots, &mut self.tick, op, &key);
                 let mut row = slot.row.take();
                 entry.op.on_watermark(&mut cx, &key, &mut row);
                 // An operator leaves nothing due at or before the watermark it was given;
@@ -608,26 +634,35 @@ impl Engine {
                     .map(|d| d.max(wm.saturating_add(1)));
                 slot.row = row;
                 slot.due = new_due;
+                let newly_dirty = !slot.dirty;
+                slot.dirty = true;
                 if let Some(nd) = new_due {
                     self.dues.insert((nd, op, key.clone()));
+                }
+                if newly_dirty {
+                    self.dirty.push((op, key));
                 }
             }
             self.outputs = outputs;
             self.late = late;
             self.meta.seq = seq;
-            self.dirty.insert((op, key));
         }
     }
 
     /// The batch's changes; the rows are clean afterwards (on a failed commit, `reset`).
     pub fn take_changes(&mut self) -> Changes {
         let mut changes = Changes::default();
-        let mut dirty: Vec<(usize, String)> = self.dirty.drain().collect();
+        let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort();
+        debug_assert!(
+            dirty.windows(2).all(|w| w[0] != w[1]),
+            "a dirty slot is listed once"
+        );
         for (op, key) in dirty {
-            let Some(slot) = self.slots.get(&(op, key.clone())) else {
+            let Some(slot) = self.slots[op].get_mut(&key) else {
                 continue;
             };
+            slot.dirty = false;
             match &slot.row {
                 Some(row) => changes.puts.push((
                     row_key(op, &key),
@@ -647,25 +682,55 @@ impl Engine {
         changes
     }
 
+    /// The batch's outputs and late records, without the state rows (the test driver has
+    /// no store to write them to); the rows are clean afterwards, as after
+    /// [`take_changes`](Self::take_changes). Without a store a key with no row has no
+    /// state at all, so its slot goes too: memory follows the live keys.
+    pub fn take_emitted(&mut self) -> (Vec<Output>, Vec<LateRecord>) {
+        for (op, key) in std::mem::take(&mut self.dirty) {
+            let map = &mut self.slots[op];
+            match map.get_mut(&key) {
+                Some(slot) if slot.row.is_none() => {
+                    debug_assert!(slot.due.is_none(), "an empty row is never due");
+                    map.remove(&key);
+                }
+                Some(slot) => slot.dirty = false,
+                None => {}
+            }
+        }
+        let outputs = std::mem::take(&mut self.outputs);
+        let late = std::mem::take(&mut self.late);
+        self.meta.outputs += outputs.len() as u64;
+        self.meta.late += late.len() as u64;
+        let wm = self.watermark();
+        self.meta.watermark = (wm != Millis::MIN).then_some(wm);
+        (outputs, late)
+    }
+
     /// Drops the least recently used clean rows beyond the cache's capacity.
     pub fn evict(&mut self) {
         let Some(cap) = self.capacity else { return };
-        if self.slots.len() <= cap {
+        let cached = self.cached_rows();
+        if cached <= cap {
             return;
         }
         let mut ages: Vec<(u64, (usize, String))> = self
             .slots
             .iter()
-            .filter(|(k, _)| !self.dirty.contains(*k))
-            .map(|(k, s)| (s.used, k.clone()))
+            .enumerate()
+            .flat_map(|(op, map)| {
+                map.iter()
+                    .filter(|(_, s)| !s.dirty)
+                    .map(move |(k, s)| (s.used, (op, k.clone())))
+            })
             .collect();
-        let excess = self.slots.len() - cap;
+        let excess = cached - cap;
         if excess < ages.len() {
             ages.select_nth_unstable_by_key(excess, |a| a.0);
             ages.truncate(excess);
         }
         for (_, k) in ages {
-            if let Some(slot) = self.slots.remove(&k) {
+            if let Some(slot) = self.slots[k.0].remove(&k.1) {
                 if let Some(d) = slot.due {
                     self.dues.remove(&(d, k.0, k.1));
                 }
@@ -675,7 +740,7 @@ impl Engine {
 
     /// Rows cached.
     pub fn cached_rows(&self) -> usize {
-        self.slots.len()
+        self.slots.iter().map(HashMap::len).sum()
     }
 
     /// Rows with state (cached ones only: the test driver's whole state).
@@ -683,8 +748,12 @@ impl Engine {
         let mut v: Vec<_> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.row.is_some())
-            .map(|(k, _)| k.clone())
+            .enumerate()
+            .flat_map(|(op, map)| {
+                map.iter()
+                    .filter(|(_, s)| s.row.is_some())
+                    .map(move |(k, _)| (op, k.clone()))
+            })
             .collect();
         v.sort();
         v
