@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// Every migration in order: (version, name, SQL). Each runs once, in one transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "projection_topics",
         include_str!("migrations/0010_projection_topics.sql"),
+    ),
+    (
+        11,
+        "events_by_type",
+        include_str!("migrations/0011_events_by_type.sql"),
     ),
 ];
 

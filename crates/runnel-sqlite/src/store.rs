@@ -450,6 +450,15 @@ impl EventStore for SqliteStore {
             ] {
                 if !values.is_empty() {
                     let marks = vec!["?"; values.len()].join(", ");
+                    // One value: its (value, position) index reads the page in position
+                    // order. Several: that index would gather every later match and sort
+                    // it for each page (quadratic over a catch-up); `+` keeps SQLite on the
+                    // position order instead, which stops at the page's last row.
+                    let column = if values.len() > 1 {
+                        format!("+{column}")
+                    } else {
+                        column.to_string()
+                    };
                     sql.push_str(&format!(" AND {column} IN ({marks})"));
                     args.extend(values.iter().map(|v| v.clone().into()));
                 }
