@@ -8,7 +8,9 @@
 //! conflicts with [`append_hook::ConflictCounter`]). [`fault::TcpProxy`] cuts and restores
 //! connections to a real server to simulate outages; [`interop`] runs the plain-client
 //! scripts of the interoperability tests. [`aggregate::AggregateTest`] tests an aggregate's
-//! decisions in given / when / then form.
+//! decisions in given / when / then form. [`faultkit::FaultKit`] runs a user's consumer
+//! handler under duplicated, reordered and delayed deliveries and crashes between effect
+//! and ack, for the user's own invariant checks.
 
 pub mod aggregate;
 pub mod append_hook;
@@ -16,6 +18,7 @@ pub mod conformance;
 pub mod dead_letters;
 pub mod dedup;
 pub mod fault;
+pub mod faultkit;
 pub mod harness;
 pub mod interop;
 pub mod memory;
