@@ -30,3 +30,8 @@ pub mod transport;
 
 pub use conformance::run_event_store_suite;
 pub use memory::InMemoryStore;
+
+/// `docs/testing.md`, compiled and run as a doc test so its example keeps working.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/testing.md")]
+pub struct TestingGuide;
