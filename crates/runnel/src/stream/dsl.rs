@@ -359,6 +359,22 @@ impl<T: Send + 'static> KeyedStream<T> {
         R: Serialize + DeserializeOwned + Send + Sync + 'static,
         O: Serialize + Send + 'static,
     {
+        self.join_filter_map(other, spec, move |k, l, r| Some(combine(k, l, r)))
+    }
+
+    /// As [`join`](Self::join), where `combine` may return `None` to emit nothing: a left
+    /// join that reports only the records that found no partner, for example.
+    pub fn join_filter_map<R, O>(
+        self,
+        other: KeyedStream<R>,
+        spec: JoinSpec,
+        combine: impl Fn(&str, Option<&T>, Option<&R>) -> Option<O> + Send + Sync + 'static,
+    ) -> JoinedStream
+    where
+        T: Serialize + DeserializeOwned + Sync,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
+        O: Serialize + Send + 'static,
+    {
         if !Arc::ptr_eq(&self.inner.b, &other.inner.b) {
             self.error("a join's two sides must come from the same JobBuilder".into());
         }
@@ -393,6 +409,23 @@ impl<T: Send + 'static> KeyedStream<T> {
         grace: Duration,
         kind: JoinKind,
         combine: impl Fn(&str, Option<&T>, Option<&V>) -> O + Send + Sync + 'static,
+    ) -> JoinedStream
+    where
+        T: Serialize + DeserializeOwned + Sync,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+        O: Serialize + Send + 'static,
+    {
+        self.join_table_filter_map(table, grace, kind, move |k, l, v| Some(combine(k, l, v)))
+    }
+
+    /// As [`join_table`](Self::join_table), where `combine` may return `None` to emit
+    /// nothing for a record.
+    pub fn join_table_filter_map<V, O>(
+        self,
+        table: TableStream<V>,
+        grace: Duration,
+        kind: JoinKind,
+        combine: impl Fn(&str, Option<&T>, Option<&V>) -> Option<O> + Send + Sync + 'static,
     ) -> JoinedStream
     where
         T: Serialize + DeserializeOwned + Sync,

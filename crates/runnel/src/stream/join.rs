@@ -16,7 +16,9 @@ use super::engine::{Cx, Operator, ResultKind, Row, Value};
 use super::ops::take;
 use super::{JoinKind, Millis, StreamError};
 
-pub(crate) type Combine<L, R, O> = Arc<dyn Fn(&str, Option<&L>, Option<&R>) -> O + Send + Sync>;
+/// Pairs records into a result; `None` emits nothing for that pair (or lone record).
+pub(crate) type Combine<L, R, O> =
+    Arc<dyn Fn(&str, Option<&L>, Option<&R>) -> Option<O> + Send + Sync>;
 
 fn to_json<S: Serialize>(v: &S) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
@@ -86,8 +88,9 @@ where
                 let mut m = false;
                 for b in r.r.iter_mut() {
                     if (b.t - time).abs() <= self.within {
-                        let o = (self.combine)(key, Some(&v), Some(&b.v));
-                        cx.emit(key, None, time.max(b.t), ResultKind::Record, to_json(&o));
+                        if let Some(o) = (self.combine)(key, Some(&v), Some(&b.v)) {
+                            cx.emit(key, None, time.max(b.t), ResultKind::Record, to_json(&o));
+                        }
                         b.m = true;
                         m = true;
                     }
@@ -102,8 +105,9 @@ where
                 let mut m = false;
                 for b in r.l.iter_mut() {
                     if (b.t - time).abs() <= self.within {
-                        let o = (self.combine)(key, Some(&b.v), Some(&v));
-                        cx.emit(key, None, time.max(b.t), ResultKind::Record, to_json(&o));
+                        if let Some(o) = (self.combine)(key, Some(&b.v), Some(&v)) {
+                            cx.emit(key, None, time.max(b.t), ResultKind::Record, to_json(&o));
+                        }
                         b.m = true;
                         m = true;
                     }
@@ -140,12 +144,14 @@ where
         gone.sort();
         for (t, side, i) in &gone {
             if *side == 0 && left_alone && !r.l[*i].m {
-                let o = (self.combine)(key, Some(&r.l[*i].v), None);
-                cx.emit(key, None, *t, ResultKind::Record, to_json(&o));
+                if let Some(o) = (self.combine)(key, Some(&r.l[*i].v), None) {
+                    cx.emit(key, None, *t, ResultKind::Record, to_json(&o));
+                }
             }
             if *side == 1 && right_alone && !r.r[*i].m {
-                let o = (self.combine)(key, None, Some(&r.r[*i].v));
-                cx.emit(key, None, *t, ResultKind::Record, to_json(&o));
+                if let Some(o) = (self.combine)(key, None, Some(&r.r[*i].v)) {
+                    cx.emit(key, None, *t, ResultKind::Record, to_json(&o));
+                }
             }
         }
         r.l.retain(|b| self.expires(b.t) > wm);
@@ -263,8 +269,9 @@ where
             if found.is_none() && self.kind == JoinKind::Inner {
                 continue;
             }
-            let o = (self.combine)(key, Some(&l), found);
-            cx.emit(key, None, t, ResultKind::Record, to_json(&o));
+            if let Some(o) = (self.combine)(key, Some(&l), found) {
+                cx.emit(key, None, t, ResultKind::Record, to_json(&o));
+            }
         }
         // Versions no record still to come can see: all but the newest at or before the
         // horizon.
