@@ -46,6 +46,26 @@ struct Building {
 
 type Shared = Arc<Mutex<Building>>;
 
+/// Adds an operator and the feeds into it.
+fn register(
+    b: &mut Building,
+    op: Box<dyn Operator>,
+    sink: Sink,
+    label: String,
+    feeds: Vec<(usize, u8, ExtractFn)>,
+) {
+    let index = b.ops.len();
+    for (source, side, extract) in feeds {
+        b.feeds.push(Feed {
+            source,
+            op: index,
+            side,
+            extract,
+        });
+    }
+    b.ops.push(OpEntry { op, sink, label });
+}
+
 fn lock(b: &Shared) -> std::sync::MutexGuard<'_, Building> {
     b.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -270,17 +290,7 @@ impl<T: Send + 'static> KeyedStream<T> {
         label: String,
         feeds: Vec<(usize, u8, ExtractFn)>,
     ) {
-        let mut b = lock(&self.inner.b);
-        let index = b.ops.len();
-        for (source, side, extract) in feeds {
-            b.feeds.push(Feed {
-                source,
-                op: index,
-                side,
-                extract,
-            });
-        }
-        b.ops.push(OpEntry { op, sink, label });
+        register(&mut lock(&self.inner.b), op, sink, label, feeds);
     }
 
     fn error(&self, e: String) {
@@ -513,20 +523,8 @@ impl AggregatedStream {
         let mut b = lock(&self.b);
         match make(self.emit) {
             Ok(op) => {
-                let index = b.ops.len();
-                for (source, side, extract) in std::mem::take(&mut self.feeds) {
-                    b.feeds.push(Feed {
-                        source,
-                        op: index,
-                        side,
-                        extract,
-                    });
-                }
-                b.ops.push(OpEntry {
-                    op,
-                    sink,
-                    label: self.label.clone(),
-                });
+                let feeds = std::mem::take(&mut self.feeds);
+                register(&mut b, op, sink, self.label.clone(), feeds);
             }
             Err(e) => b.errors.push(e.to_string()),
         }
@@ -545,21 +543,8 @@ impl JoinedStream {
     /// Sends the joined records to `sink`.
     pub fn to(mut self, sink: Sink) {
         let op = self.op.take().expect("made once");
-        let mut b = lock(&self.b);
-        let index = b.ops.len();
-        for (source, side, extract) in std::mem::take(&mut self.feeds) {
-            b.feeds.push(Feed {
-                source,
-                op: index,
-                side,
-                extract,
-            });
-        }
-        b.ops.push(OpEntry {
-            op,
-            sink,
-            label: self.label.clone(),
-        });
+        let feeds = std::mem::take(&mut self.feeds);
+        register(&mut lock(&self.b), op, sink, self.label.clone(), feeds);
     }
 }
 

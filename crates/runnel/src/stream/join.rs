@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::engine::{Cx, Operator, ResultKind, Row, Value};
-use super::ops::take;
+use super::ops::{row_mut, row_or, take};
 use super::{JoinKind, Millis, StreamError};
 
 /// Pairs records into a result; `None` emits nothing for that pair (or lone record).
@@ -71,15 +71,10 @@ where
         value: Value,
     ) -> Result<(), StreamError> {
         let late = time.saturating_add(self.grace) <= cx.wm;
-        let r = row.get_or_insert_with(|| {
-            Box::new(JoinRow::<L, R> {
-                l: Vec::new(),
-                r: Vec::new(),
-            })
+        let r = row_or(row, || JoinRow::<L, R> {
+            l: Vec::new(),
+            r: Vec::new(),
         });
-        let r = r
-            .downcast_mut::<JoinRow<L, R>>()
-            .expect("an operator's rows have the operator's row type");
         if side == 0 {
             let v: L = take(value);
             if late {
@@ -122,10 +117,9 @@ where
     }
 
     fn on_watermark(&self, cx: &mut Cx<'_>, key: &str, row: &mut Option<Row>) {
-        let Some(rb) = row.as_mut() else { return };
-        let r = rb
-            .downcast_mut::<JoinRow<L, R>>()
-            .expect("an operator's rows have the operator's row type");
+        let Some(r) = row_mut::<JoinRow<L, R>>(row) else {
+            return;
+        };
         let wm = cx.wm;
         let left_alone = matches!(self.kind, JoinKind::Left | JoinKind::Outer);
         let right_alone = matches!(self.kind, JoinKind::Outer);
@@ -220,15 +214,10 @@ where
         value: Value,
     ) -> Result<(), StreamError> {
         let late = time.saturating_add(self.grace) <= cx.wm;
-        let r = row.get_or_insert_with(|| {
-            Box::new(TableRow::<L, V> {
-                versions: Vec::new(),
-                pending: Vec::new(),
-            })
+        let r = row_or(row, || TableRow::<L, V> {
+            versions: Vec::new(),
+            pending: Vec::new(),
         });
-        let r = r
-            .downcast_mut::<TableRow<L, V>>()
-            .expect("an operator's rows have the operator's row type");
         if side == 0 {
             let v: L = take(value);
             if late {
@@ -256,10 +245,9 @@ where
     }
 
     fn on_watermark(&self, cx: &mut Cx<'_>, key: &str, row: &mut Option<Row>) {
-        let Some(rb) = row.as_mut() else { return };
-        let r = rb
-            .downcast_mut::<TableRow<L, V>>()
-            .expect("an operator's rows have the operator's row type");
+        let Some(r) = row_mut::<TableRow<L, V>>(row) else {
+            return;
+        };
         let horizon = cx.wm.saturating_sub(self.grace);
         let ready = r.pending.partition_point(|(t, _)| *t <= horizon);
         let released: Vec<(Millis, L)> = r.pending.drain(..ready).collect();
