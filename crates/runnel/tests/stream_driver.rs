@@ -261,22 +261,21 @@ struct Pair {
     payment: Option<i64>,
 }
 
+/// Readings of event type `ty`, keyed by their key, their time from their `t`.
+fn typed(job: &mut JobBuilder, ty: &str) -> runnel::stream::KeyedStream<Reading> {
+    job.events(EventFilter::event_types([ty]))
+        .event_time(|e| {
+            let r: Reading = serde_json::from_slice(&e.data).unwrap();
+            epoch() + chrono::Duration::milliseconds(r.t)
+        })
+        .try_map(|e| Ok(serde_json::from_slice::<Reading>(&e.data)?))
+        .key_by(|r: &Reading| r.key.clone())
+}
+
 fn order_payment_job(kind: JoinKind) -> runnel::stream::Job {
     let mut job = JobBuilder::new("orders_payments");
-    let t = |e: &runnel::core::RecordedEvent| {
-        let r: Reading = serde_json::from_slice(&e.data).unwrap();
-        epoch() + chrono::Duration::milliseconds(r.t)
-    };
-    let orders = job
-        .events(EventFilter::event_types(["OrderPlaced"]))
-        .event_time(t)
-        .try_map(|e| Ok(serde_json::from_slice::<Reading>(&e.data)?))
-        .key_by(|r: &Reading| r.key.clone());
-    let payments = job
-        .events(EventFilter::event_types(["PaymentMade"]))
-        .event_time(t)
-        .try_map(|e| Ok(serde_json::from_slice::<Reading>(&e.data)?))
-        .key_by(|r: &Reading| r.key.clone());
+    let orders = typed(&mut job, "OrderPlaced");
+    let payments = typed(&mut job, "PaymentMade");
     let spec = match kind {
         JoinKind::Inner => JoinSpec::inner(secs(900)),
         JoinKind::Left => JoinSpec::left(secs(900)),
@@ -344,6 +343,26 @@ fn left_join_emits_the_unmatched_order_only_after_the_bound_and_grace() {
 }
 
 #[test]
+fn a_filtering_left_join_reports_only_the_orders_that_were_never_paid() {
+    let mut job = JobBuilder::new("never_paid");
+    let orders = typed(&mut job, "OrderPlaced");
+    let payments = typed(&mut job, "PaymentMade");
+    orders
+        .join_filter_map(payments, JoinSpec::left(secs(900)), |k, _, p| {
+            p.is_none().then(|| k.to_string())
+        })
+        .to(Sink::Discard);
+    let mut d = TestDriver::new(job.build().unwrap());
+    event(&mut d, "OrderPlaced", "paid", 0, 1);
+    event(&mut d, "OrderPlaced", "unpaid", 0, 1);
+    event(&mut d, "PaymentMade", "paid", 1_000, 1);
+    assert!(d.outputs().is_empty(), "the pair is filtered out");
+    d.advance_clock(Duration::from_secs(3600 * 24 * 365 * 2));
+    let out: Vec<serde_json::Value> = d.take_outputs().into_iter().map(|o| o.value).collect();
+    assert_eq!(out, vec![serde_json::json!("unpaid")]);
+}
+
+#[test]
 fn outer_join_emits_unmatched_payments_too_and_inner_join_never_half_results() {
     for kind in [JoinKind::Inner, JoinKind::Outer] {
         let mut d = TestDriver::new(order_payment_job(kind));
@@ -367,20 +386,8 @@ fn outer_join_emits_unmatched_payments_too_and_inner_join_never_half_results() {
 #[test]
 fn stream_table_join_reads_the_table_as_of_each_records_time() {
     let mut job = JobBuilder::new("priced");
-    let t = |e: &runnel::core::RecordedEvent| {
-        let r: Reading = serde_json::from_slice(&e.data).unwrap();
-        epoch() + chrono::Duration::milliseconds(r.t)
-    };
-    let prices = job
-        .events(EventFilter::event_types(["PriceSet"]))
-        .event_time(t)
-        .try_map(|e| Ok(serde_json::from_slice::<Reading>(&e.data)?))
-        .key_by(|r: &Reading| r.key.clone())
-        .into_table();
-    job.events(EventFilter::event_types(["Sold"]))
-        .event_time(t)
-        .try_map(|e| Ok(serde_json::from_slice::<Reading>(&e.data)?))
-        .key_by(|r: &Reading| r.key.clone())
+    let prices = typed(&mut job, "PriceSet").into_table();
+    typed(&mut job, "Sold")
         .join_table(prices, secs(5), JoinKind::Left, |_, s, p| {
             (s.map(|s| s.t), p.map(|p| p.v))
         })

@@ -46,6 +46,26 @@ struct Building {
 
 type Shared = Arc<Mutex<Building>>;
 
+/// Adds an operator and the feeds into it.
+fn register(
+    b: &mut Building,
+    op: Box<dyn Operator>,
+    sink: Sink,
+    label: String,
+    feeds: Vec<(usize, u8, ExtractFn)>,
+) {
+    let index = b.ops.len();
+    for (source, side, extract) in feeds {
+        b.feeds.push(Feed {
+            source,
+            op: index,
+            side,
+            extract,
+        });
+    }
+    b.ops.push(OpEntry { op, sink, label });
+}
+
 fn lock(b: &Shared) -> std::sync::MutexGuard<'_, Building> {
     b.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -270,17 +290,7 @@ impl<T: Send + 'static> KeyedStream<T> {
         label: String,
         feeds: Vec<(usize, u8, ExtractFn)>,
     ) {
-        let mut b = lock(&self.inner.b);
-        let index = b.ops.len();
-        for (source, side, extract) in feeds {
-            b.feeds.push(Feed {
-                source,
-                op: index,
-                side,
-                extract,
-            });
-        }
-        b.ops.push(OpEntry { op, sink, label });
+        register(&mut lock(&self.inner.b), op, sink, label, feeds);
     }
 
     fn error(&self, e: String) {
@@ -359,6 +369,22 @@ impl<T: Send + 'static> KeyedStream<T> {
         R: Serialize + DeserializeOwned + Send + Sync + 'static,
         O: Serialize + Send + 'static,
     {
+        self.join_filter_map(other, spec, move |k, l, r| Some(combine(k, l, r)))
+    }
+
+    /// As [`join`](Self::join), where `combine` may return `None` to emit nothing: a left
+    /// join that reports only the records that found no partner, for example.
+    pub fn join_filter_map<R, O>(
+        self,
+        other: KeyedStream<R>,
+        spec: JoinSpec,
+        combine: impl Fn(&str, Option<&T>, Option<&R>) -> Option<O> + Send + Sync + 'static,
+    ) -> JoinedStream
+    where
+        T: Serialize + DeserializeOwned + Sync,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
+        O: Serialize + Send + 'static,
+    {
         if !Arc::ptr_eq(&self.inner.b, &other.inner.b) {
             self.error("a join's two sides must come from the same JobBuilder".into());
         }
@@ -393,6 +419,23 @@ impl<T: Send + 'static> KeyedStream<T> {
         grace: Duration,
         kind: JoinKind,
         combine: impl Fn(&str, Option<&T>, Option<&V>) -> O + Send + Sync + 'static,
+    ) -> JoinedStream
+    where
+        T: Serialize + DeserializeOwned + Sync,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+        O: Serialize + Send + 'static,
+    {
+        self.join_table_filter_map(table, grace, kind, move |k, l, v| Some(combine(k, l, v)))
+    }
+
+    /// As [`join_table`](Self::join_table), where `combine` may return `None` to emit
+    /// nothing for a record.
+    pub fn join_table_filter_map<V, O>(
+        self,
+        table: TableStream<V>,
+        grace: Duration,
+        kind: JoinKind,
+        combine: impl Fn(&str, Option<&T>, Option<&V>) -> Option<O> + Send + Sync + 'static,
     ) -> JoinedStream
     where
         T: Serialize + DeserializeOwned + Sync,
@@ -480,20 +523,8 @@ impl AggregatedStream {
         let mut b = lock(&self.b);
         match make(self.emit) {
             Ok(op) => {
-                let index = b.ops.len();
-                for (source, side, extract) in std::mem::take(&mut self.feeds) {
-                    b.feeds.push(Feed {
-                        source,
-                        op: index,
-                        side,
-                        extract,
-                    });
-                }
-                b.ops.push(OpEntry {
-                    op,
-                    sink,
-                    label: self.label.clone(),
-                });
+                let feeds = std::mem::take(&mut self.feeds);
+                register(&mut b, op, sink, self.label.clone(), feeds);
             }
             Err(e) => b.errors.push(e.to_string()),
         }
@@ -512,21 +543,8 @@ impl JoinedStream {
     /// Sends the joined records to `sink`.
     pub fn to(mut self, sink: Sink) {
         let op = self.op.take().expect("made once");
-        let mut b = lock(&self.b);
-        let index = b.ops.len();
-        for (source, side, extract) in std::mem::take(&mut self.feeds) {
-            b.feeds.push(Feed {
-                source,
-                op: index,
-                side,
-                extract,
-            });
-        }
-        b.ops.push(OpEntry {
-            op,
-            sink,
-            label: self.label.clone(),
-        });
+        let feeds = std::mem::take(&mut self.feeds);
+        register(&mut lock(&self.b), op, sink, self.label.clone(), feeds);
     }
 }
 

@@ -13,10 +13,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::engine::{Cx, Operator, ResultKind, Row, Value};
-use super::ops::take;
+use super::ops::{row_mut, row_or, take};
 use super::{JoinKind, Millis, StreamError};
 
-pub(crate) type Combine<L, R, O> = Arc<dyn Fn(&str, Option<&L>, Option<&R>) -> O + Send + Sync>;
+/// Pairs records into a result; `None` emits nothing for that pair (or lone record).
+pub(crate) type Combine<L, R, O> =
+    Arc<dyn Fn(&str, Option<&L>, Option<&R>) -> Option<O> + Send + Sync>;
 
 fn to_json<S: Serialize>(v: &S) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
@@ -69,15 +71,10 @@ where
         value: Value,
     ) -> Result<(), StreamError> {
         let late = time.saturating_add(self.grace) <= cx.wm;
-        let r = row.get_or_insert_with(|| {
-            Box::new(JoinRow::<L, R> {
-                l: Vec::new(),
-                r: Vec::new(),
-            })
+        let r = row_or(row, || JoinRow::<L, R> {
+            l: Vec::new(),
+            r: Vec::new(),
         });
-        let r = r
-            .downcast_mut::<JoinRow<L, R>>()
-            .expect("an operator's rows have the operator's row type");
         if side == 0 {
             let v: L = take(value);
             if late {
@@ -86,8 +83,9 @@ where
                 let mut m = false;
                 for b in r.r.iter_mut() {
                     if (b.t - time).abs() <= self.within {
-                        let o = (self.combine)(key, Some(&v), Some(&b.v));
-                        cx.emit(key, None, time.max(b.t), ResultKind::Record, to_json(&o));
+                        if let Some(o) = (self.combine)(key, Some(&v), Some(&b.v)) {
+                            cx.emit(key, None, time.max(b.t), ResultKind::Record, to_json(&o));
+                        }
                         b.m = true;
                         m = true;
                     }
@@ -102,8 +100,9 @@ where
                 let mut m = false;
                 for b in r.l.iter_mut() {
                     if (b.t - time).abs() <= self.within {
-                        let o = (self.combine)(key, Some(&b.v), Some(&v));
-                        cx.emit(key, None, time.max(b.t), ResultKind::Record, to_json(&o));
+                        if let Some(o) = (self.combine)(key, Some(&b.v), Some(&v)) {
+                            cx.emit(key, None, time.max(b.t), ResultKind::Record, to_json(&o));
+                        }
                         b.m = true;
                         m = true;
                     }
@@ -118,10 +117,9 @@ where
     }
 
     fn on_watermark(&self, cx: &mut Cx<'_>, key: &str, row: &mut Option<Row>) {
-        let Some(rb) = row.as_mut() else { return };
-        let r = rb
-            .downcast_mut::<JoinRow<L, R>>()
-            .expect("an operator's rows have the operator's row type");
+        let Some(r) = row_mut::<JoinRow<L, R>>(row) else {
+            return;
+        };
         let wm = cx.wm;
         let left_alone = matches!(self.kind, JoinKind::Left | JoinKind::Outer);
         let right_alone = matches!(self.kind, JoinKind::Outer);
@@ -140,12 +138,14 @@ where
         gone.sort();
         for (t, side, i) in &gone {
             if *side == 0 && left_alone && !r.l[*i].m {
-                let o = (self.combine)(key, Some(&r.l[*i].v), None);
-                cx.emit(key, None, *t, ResultKind::Record, to_json(&o));
+                if let Some(o) = (self.combine)(key, Some(&r.l[*i].v), None) {
+                    cx.emit(key, None, *t, ResultKind::Record, to_json(&o));
+                }
             }
             if *side == 1 && right_alone && !r.r[*i].m {
-                let o = (self.combine)(key, None, Some(&r.r[*i].v));
-                cx.emit(key, None, *t, ResultKind::Record, to_json(&o));
+                if let Some(o) = (self.combine)(key, None, Some(&r.r[*i].v)) {
+                    cx.emit(key, None, *t, ResultKind::Record, to_json(&o));
+                }
             }
         }
         r.l.retain(|b| self.expires(b.t) > wm);
@@ -214,15 +214,10 @@ where
         value: Value,
     ) -> Result<(), StreamError> {
         let late = time.saturating_add(self.grace) <= cx.wm;
-        let r = row.get_or_insert_with(|| {
-            Box::new(TableRow::<L, V> {
-                versions: Vec::new(),
-                pending: Vec::new(),
-            })
+        let r = row_or(row, || TableRow::<L, V> {
+            versions: Vec::new(),
+            pending: Vec::new(),
         });
-        let r = r
-            .downcast_mut::<TableRow<L, V>>()
-            .expect("an operator's rows have the operator's row type");
         if side == 0 {
             let v: L = take(value);
             if late {
@@ -250,10 +245,9 @@ where
     }
 
     fn on_watermark(&self, cx: &mut Cx<'_>, key: &str, row: &mut Option<Row>) {
-        let Some(rb) = row.as_mut() else { return };
-        let r = rb
-            .downcast_mut::<TableRow<L, V>>()
-            .expect("an operator's rows have the operator's row type");
+        let Some(r) = row_mut::<TableRow<L, V>>(row) else {
+            return;
+        };
         let horizon = cx.wm.saturating_sub(self.grace);
         let ready = r.pending.partition_point(|(t, _)| *t <= horizon);
         let released: Vec<(Millis, L)> = r.pending.drain(..ready).collect();
@@ -263,8 +257,9 @@ where
             if found.is_none() && self.kind == JoinKind::Inner {
                 continue;
             }
-            let o = (self.combine)(key, Some(&l), found);
-            cx.emit(key, None, t, ResultKind::Record, to_json(&o));
+            if let Some(o) = (self.combine)(key, Some(&l), found) {
+                cx.emit(key, None, t, ResultKind::Record, to_json(&o));
+            }
         }
         // Versions no record still to come can see: all but the newest at or before the
         // horizon.

@@ -17,6 +17,21 @@ pub(crate) fn take<T: 'static>(value: Value) -> T {
         .expect("a stream's records have the stream's type")
 }
 
+/// The key's state in this operator, made with `init` when it has none.
+pub(crate) fn row_or<R: Send + 'static>(row: &mut Option<Row>, init: impl FnOnce() -> R) -> &mut R {
+    row.get_or_insert_with(|| Box::new(init()))
+        .downcast_mut::<R>()
+        .expect("an operator's rows have the operator's row type")
+}
+
+/// The key's state in this operator, when it has some.
+pub(crate) fn row_mut<R: 'static>(row: &mut Option<Row>) -> Option<&mut R> {
+    row.as_mut().map(|r| {
+        r.downcast_mut::<R>()
+            .expect("an operator's rows have the operator's row type")
+    })
+}
+
 fn row_ref<R: 'static>(row: &Row) -> &R {
     row.downcast_ref::<R>()
         .expect("an operator's rows have the operator's row type")
@@ -87,10 +102,7 @@ where
         value: Value,
     ) -> Result<(), StreamError> {
         let v: T = take(value);
-        let acc = row.get_or_insert_with(|| Box::new(self.agg.init()));
-        let acc = acc
-            .downcast_mut::<G::Acc>()
-            .expect("an operator's rows have the operator's row type");
+        let acc = row_or(row, || self.agg.init());
         self.agg.add(acc, &v);
         cx.emit(key, None, time, ResultKind::Update, to_json(acc));
         Ok(())
@@ -159,10 +171,7 @@ where
         value: Value,
     ) -> Result<(), StreamError> {
         let v: T = take(value);
-        let r = row.get_or_insert_with(|| Box::new(WinRow::<G::Acc> { w: Vec::new() }));
-        let r = r
-            .downcast_mut::<WinRow<G::Acc>>()
-            .expect("an operator's rows have the operator's row type");
+        let r = row_or(row, || WinRow::<G::Acc> { w: Vec::new() });
         let grace = self.spec.grace;
         let mut late = false;
         for b in self.spec.windows_of(time) {
@@ -214,10 +223,9 @@ where
     }
 
     fn on_watermark(&self, cx: &mut Cx<'_>, key: &str, row: &mut Option<Row>) {
-        let Some(r) = row.as_mut() else { return };
-        let r = r
-            .downcast_mut::<WinRow<G::Acc>>()
-            .expect("an operator's rows have the operator's row type");
+        let Some(r) = row_mut::<WinRow<G::Acc>>(row) else {
+            return;
+        };
         let wm = cx.wm;
         let grace = self.spec.grace;
         let keep_closed = self.spec.retain.is_some();
@@ -303,10 +311,7 @@ where
             cx.late(key, time, to_json(&v));
             return Ok(());
         }
-        let r = row.get_or_insert_with(|| Box::new(SessionRow::<G::Acc> { s: Vec::new() }));
-        let r = r
-            .downcast_mut::<SessionRow<G::Acc>>()
-            .expect("an operator's rows have the operator's row type");
+        let r = row_or(row, || SessionRow::<G::Acc> { s: Vec::new() });
         let (mut s, mut e) = (time, time.saturating_add(self.gap));
         let mut acc = self.agg.init();
         self.agg.add(&mut acc, &v);
@@ -363,10 +368,9 @@ where
     }
 
     fn on_watermark(&self, cx: &mut Cx<'_>, key: &str, row: &mut Option<Row>) {
-        let Some(r) = row.as_mut() else { return };
-        let r = r
-            .downcast_mut::<SessionRow<G::Acc>>()
-            .expect("an operator's rows have the operator's row type");
+        let Some(r) = row_mut::<SessionRow<G::Acc>>(row) else {
+            return;
+        };
         let wm = cx.wm;
         let grace = self.grace;
         r.s.retain(|w| {
@@ -469,15 +473,10 @@ where
             cx.late(key, time, to_json(&v));
             return Ok(());
         }
-        let r = row.get_or_insert_with(|| {
-            Box::new(SlideRow::<T> {
-                ev: Vec::new(),
-                ends: Vec::new(),
-            })
+        let r = row_or(row, || SlideRow::<T> {
+            ev: Vec::new(),
+            ends: Vec::new(),
         });
-        let r = r
-            .downcast_mut::<SlideRow<T>>()
-            .expect("an operator's rows have the operator's row type");
         let i = r.ev.partition_point(|(t, _)| *t <= time);
         r.ev.insert(i, (time, v));
         if let Err(i) = r.ends.binary_search(&time) {
@@ -504,10 +503,9 @@ where
     }
 
     fn on_watermark(&self, cx: &mut Cx<'_>, key: &str, row: &mut Option<Row>) {
-        let Some(rb) = row.as_mut() else { return };
-        let r = rb
-            .downcast_mut::<SlideRow<T>>()
-            .expect("an operator's rows have the operator's row type");
+        let Some(r) = row_mut::<SlideRow<T>>(row) else {
+            return;
+        };
         let wm = cx.wm;
         while let Some(&e) = r.ends.first() {
             if e.saturating_add(self.grace) > wm {
