@@ -134,7 +134,7 @@ async fn a_dedup_layer_makes_the_counting_handler_pass() {
 
 #[tokio::test]
 async fn keyed_order_is_never_broken_within_a_key() {
-    let mut cross_key_reorders = 0;
+    let (mut cross_key_reorders, mut delayed) = (0, 0);
     for seed in 0..40 {
         let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
         let handler = {
@@ -169,7 +169,9 @@ async fn keyed_order_is_never_broken_within_a_key() {
             assert!(*i >= prev, "{key}: {i} after {prev}; {report}");
         }
         cross_key_reorders += report.reorders;
+        delayed += report.delayed;
     }
+    assert!(delayed > 0, "deliveries must have been delayed");
     assert!(
         cross_key_reorders > 0,
         "different keys must still be reordered"
