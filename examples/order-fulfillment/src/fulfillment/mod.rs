@@ -28,7 +28,9 @@ mod services;
 
 pub use payment_ledger::{PaymentEvent, PAYMENT_CATEGORY};
 pub use saga::{fulfillment_saga, Fulfillment, FULFILLMENT_SAGA};
-pub use services::{Failures, INVENTORY_TOPIC, PAYMENTS_TOPIC, SHIPPING_TOPIC};
+pub use services::{
+    service_handler, Failures, INVENTORY_TOPIC, PAYMENTS_TOPIC, SERVICE_GROUPS, SHIPPING_TOPIC,
+};
 
 use std::sync::Arc;
 use std::time::Duration;

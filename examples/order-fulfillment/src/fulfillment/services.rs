@@ -76,50 +76,53 @@ type Ledger = Option<Arc<dyn EventStore>>;
 /// The services' consumer groups (also their names as publishers of replies).
 pub const SERVICE_GROUPS: [&str; 3] = ["inventory", "payments", "shipping"];
 
+/// One service's command handler, as [`wire`] registers it: `group` is one of
+/// [`SERVICE_GROUPS`]; it answers through `dedup` and, for payments, records in `events`
+/// (the ledger). `None` for an unknown group. Tests run it on its own, for example under
+/// `runnel_testkit::faultkit`.
+pub fn service_handler(
+    group: &str,
+    dedup: Arc<dyn DedupStore>,
+    events: Arc<dyn EventStore>,
+    failures: Failures,
+) -> Option<impl runnel::consumer::Handler + Clone> {
+    let (decide, ledger): (Decide, Ledger) = match group {
+        "inventory" => (Arc::new(inventory), None),
+        "payments" => (Arc::new(payments), Some(events)),
+        "shipping" => (Arc::new(shipping), None),
+        _ => return None,
+    };
+    Some(move |ctx: HandlerContext| {
+        let dedup = Arc::clone(&dedup);
+        let failures = failures.clone();
+        let decide = Arc::clone(&decide);
+        let ledger = ledger.clone();
+        async move { answer(&*dedup, &failures, &*decide, ledger.as_deref(), ctx).await }
+    })
+}
+
 /// Registers the three services on `app`. The payment service records its charges and
 /// refunds in the [ledger](super::payment_ledger).
 pub fn wire(
     app: &mut App,
     failures: Failures,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let ledger = Some(Arc::clone(&app.stores().events));
-    let services: [(&str, &str, Decide, Ledger); 3] = [
-        (
-            INVENTORY_TOPIC,
-            SERVICE_GROUPS[0],
-            Arc::new(inventory),
-            None,
-        ),
-        (
-            PAYMENTS_TOPIC,
-            SERVICE_GROUPS[1],
-            Arc::new(payments),
-            ledger,
-        ),
-        (SHIPPING_TOPIC, SERVICE_GROUPS[2], Arc::new(shipping), None),
-    ];
-    for (topic, group, decide, ledger) in services {
-        let dedup = Arc::clone(&app.stores().dedup);
-        let failures = failures.clone();
+    let topics = [INVENTORY_TOPIC, PAYMENTS_TOPIC, SHIPPING_TOPIC];
+    for (topic, group) in topics.into_iter().zip(SERVICE_GROUPS) {
+        let handler = service_handler(
+            group,
+            Arc::clone(&app.stores().dedup),
+            Arc::clone(&app.stores().events),
+            failures.clone(),
+        )
+        .expect("a known service");
         app.consumer(
             TopicName::new(topic)?,
             GroupName::new(group)?,
             move |consumer| {
-                let dedup = Arc::clone(&dedup);
-                let failures = failures.clone();
-                let decide = Arc::clone(&decide);
-                let ledger = ledger.clone();
-                consumer.subscribe_options(super::from_earliest()).handler(
-                    move |ctx: HandlerContext| {
-                        let dedup = Arc::clone(&dedup);
-                        let failures = failures.clone();
-                        let decide = Arc::clone(&decide);
-                        let ledger = ledger.clone();
-                        async move {
-                            answer(&*dedup, &failures, &*decide, ledger.as_deref(), ctx).await
-                        }
-                    },
-                )
+                consumer
+                    .subscribe_options(super::from_earliest())
+                    .handler(handler.clone())
             },
         );
     }
