@@ -324,7 +324,7 @@
     for (let i = 0; i <= 4; i++) {
       const v = (max * i) / 4;
       chart.append(svg('line', { class: i === 0 ? 'axis' : 'grid', x1: left, x2: W - right, y1: y(v), y2: y(v) }));
-      chart.append(svg('text', { x: left - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmtNum(v)));
+      chart.append(svg('text', { x: left - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmtAxis(v)));
     }
     for (let m = 10; m >= 0; m -= 2) {
       const t = now - m * 60000;
@@ -341,6 +341,9 @@
     return el('div', { class: 'card', 'data-chart': title },
       el('h3', {}, title),
       shown.length ? [chart, legend] : el('p', { class: 'muted' }, 'Sampling every 2 s…'));
+  }
+  function fmtAxis(v) {
+    return Number(v).toLocaleString('en-US', { maximumFractionDigits: v < 10 ? 2 : 0 });
   }
   function niceMax(v) {
     if (v <= 0) return 1;
