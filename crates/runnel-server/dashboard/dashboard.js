@@ -72,6 +72,8 @@
 
   function flash(text, bad) {
     const box = $('#flash');
+    // A page that keeps failing the same way says so once, not every refresh.
+    for (const m of box.children) if (m.textContent === text) return;
     const msg = el('div', { class: bad ? 'msg bad' : 'msg', 'data-flash': bad ? 'error' : 'info' }, text);
     box.append(msg);
     setTimeout(() => msg.remove(), FLASH_MS);

@@ -186,3 +186,37 @@ async fn whoami_returns_the_key_name_and_role() {
     assert_eq!(body["role"], "admin");
     s.stop().await;
 }
+
+/// The dead-letter list the dashboard pages takes `include_replayed` in its query string
+/// like the summary does (the list's query flattens the filter, which once refused it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_list_and_summary_take_include_replayed_in_the_query() {
+    let s = start(ApiKeys::none()).await;
+    let c = client();
+    for path in [
+        "/admin/dead-letters?include_replayed=true&limit=5",
+        "/admin/dead-letters?include_replayed=false",
+        "/admin/dead-letters/summary?include_replayed=true",
+    ] {
+        let r = c.get(format!("{}{path}", s.base)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+    let r = c
+        .get(format!(
+            "{}/admin/dead-letters?include_replayed=maybe",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("include_replayed"),
+        "{body}"
+    );
+    s.stop().await;
+}

@@ -179,7 +179,8 @@ try {
 
   await step('overview charts have samples', async () => {
     await go('');
-    await page.locator('[data-chart="Throughput"] polyline').first().waitFor();
+    // A flat line has no height, so Playwright calls it hidden: attached is what counts.
+    await page.locator('[data-chart="Throughput"] polyline').first().waitFor({ state: 'attached' });
     await shot('overview');
   });
 
@@ -279,7 +280,8 @@ try {
   rmSync(profile, { recursive: true, force: true });
 }
 
-/** The customer and product the orders name, if the service wants them registered. */
+/** The customer and product the orders name (the read model shows their names). */
 async function setUpCatalog() {
-  // Filled in against the service's commands (see tests/dashboard_browser.rs).
+  await must('POST', '/commands/RegisterCustomer', { customer_id: 'c-browser', name: 'Grace Hopper' }, [200, 201, 202]);
+  await must('POST', '/commands/AddProduct', { sku: 'p-browser', name: 'Browser mug', unit_price_cents: 1250 }, [200, 201, 202]);
 }
