@@ -15,6 +15,15 @@
   const SAMPLES_MAX = CHART_WINDOW_MS / SAMPLE_INTERVAL_MS;
   /** Most series one chart draws (the largest by latest value). */
   const CHART_SERIES_MAX = 6;
+  /** Narrowest a chart is drawn, in CSS pixels. */
+  const CHART_WIDTH_MIN = 280;
+  /** The page's and a card's padding and border around a chart, in CSS pixels
+   *  (dashboard.css: main 2 × 16, card 2 × 15); the SVG scales away what is left over. */
+  const CHART_INSET = 62;
+  /** The gap between two cards side by side (dashboard.css `.grid2`). */
+  const GRID_GAP = 12;
+  /** The widest viewport with the phone layout (the media query in dashboard.css). */
+  const NARROW_MAX = 760;
   /** Most series the sampler keeps (consumer groups and projections). */
   const SERIES_MAX = 64;
   /** How often a page re-reads what it shows. */
@@ -303,9 +312,16 @@
     }
   }
 
+  /** The chart's drawing width in CSS pixels, so its text is drawn at 1:1 and neither
+   *  blown up on a wide screen nor shrunk on a phone. `half`: one of two side by side. */
+  function chartWidth(half) {
+    const twoColumns = half && window.innerWidth > NARROW_MAX;
+    const across = twoColumns ? (main().clientWidth - GRID_GAP) / 2 : main().clientWidth;
+    return Math.round(Math.max(CHART_WIDTH_MIN, across - CHART_INSET));
+  }
   /** An SVG line chart of `series` over the chart window, drawn by hand. */
-  function lineChart(title, series, unit) {
-    const W = 600;
+  function lineChart(title, series, unit, half) {
+    const W = chartWidth(half);
     const H = 170;
     const left = 48;
     const right = 8;
@@ -386,10 +402,10 @@
           stat('sagas needing attention', fmtNum((sagaCounts.compensation_failed || 0) + (sagaCounts.needs_attention || 0)), '#/sagas'),
         ),
         el('div', { class: 'grid2' },
-          lineChart('Throughput', state.sampler.of('throughput'), 'events/s'),
-          lineChart('Consumer lag', state.sampler.of('consumers'), 'messages'),
-          lineChart('Projection lag', state.sampler.of('projections'), 'events'),
-          lineChart('Outbox backlog', state.sampler.of('outbox'), 'rows'),
+          lineChart('Throughput', state.sampler.of('throughput'), 'events/s', true),
+          lineChart('Consumer lag', state.sampler.of('consumers'), 'messages', true),
+          lineChart('Projection lag', state.sampler.of('projections'), 'events', true),
+          lineChart('Outbox backlog', state.sampler.of('outbox'), 'rows', true),
         ),
       );
     });
@@ -638,21 +654,28 @@
     const status = query.get('status') || '';
     const kind = query.get('kind') || '';
     const after = query.get('after') || '';
-    const body = el('div');
-    root.append(header('Sagas'), body);
+    const counts = el('div');
+    const list = el('div');
+    // The select stays put across refreshes (rebuilding it would close it under the
+    // user's pointer); its options change only when the statuses present do.
+    const select = el('select', { name: 'status', onchange: () => { location.hash = `#/sagas${qs({ kind, status: select.value })}`; } });
+    let options = null;
+    root.append(header('Sagas'), el('h2', {}, 'By kind and status'), counts, el('h2', {}, 'Instances'),
+      el('div', { class: 'toolbar' }, el('label', {}, 'Status', select),
+        kind ? el('span', {}, `kind ${kind} `, el('a', { href: `#/sagas${qs({ status })}` }, '(any kind)')) : null),
+      list);
     await every(REFRESH_INTERVAL_MS, async () => {
       const page = await api(`/admin/sagas${qs({ status, kind, after, limit: PAGE_LIMIT })}`);
-      const statuses = [...new Set(page.counts.map((c) => c.status))].sort();
-      const select = el('select', { name: 'status', onchange: () => { location.hash = `#/sagas${qs({ kind, status: select.value })}`; } },
-        el('option', { value: '' }, 'every status'),
-        statuses.map((s) => el('option', { value: s, selected: s === status }, s)));
-      body.replaceChildren(
-        el('h2', {}, 'By kind and status'),
+      const statuses = [...new Set(page.counts.map((c) => c.status).concat(status ? [status] : []))].sort();
+      if (options !== statuses.join()) {
+        options = statuses.join();
+        select.replaceChildren(el('option', { value: '' }, 'every status'),
+          statuses.map((s) => el('option', { value: s, selected: s === status }, s)));
+      }
+      counts.replaceChildren(
         table(['Kind', 'Status', ['Instances', 'num']], page.counts.map((c) => el('tr', { class: 'clickable', onclick: () => { location.hash = `#/sagas${qs({ kind: c.kind, status: c.status })}`; } },
-          el('td', {}, c.kind), el('td', {}, badge(c.status)), el('td', { class: 'num' }, fmtNum(c.count)))), 'No saga instances.'),
-        el('h2', {}, 'Instances'),
-        el('div', { class: 'toolbar' }, el('label', {}, 'Status', select),
-          kind ? el('span', {}, `kind ${kind} `, el('a', { href: `#/sagas${qs({ status })}` }, '(any kind)')) : null),
+          el('td', {}, c.kind), el('td', {}, badge(c.status)), el('td', { class: 'num' }, fmtNum(c.count)))), 'No saga instances.'));
+      list.replaceChildren(
         table(['Kind', 'Id', 'Status', 'State', 'Updated', 'Last error'],
           page.items.map((s) => el('tr', { class: 'clickable', 'data-saga': s.id, 'data-saga-status': s.status, onclick: () => { location.hash = sagaHref(s); } },
             el('td', {}, s.kind), el('td', { class: 'wrap mono' }, el('a', { href: sagaHref(s) }, s.id)),
