@@ -350,6 +350,11 @@ Scenarios (each on a fresh database file in one temporary directory, full durabi
   - 1 writer, 100 events per append, beside raw rusqlite 100 rows per transaction
   - reading $all (pages of 1000) and one 10,000-event stream, beside raw SELECTs
   - loading an aggregate of 10,000 events with and without a snapshot
+With --store postgres://...: the append scenarios beside raw INSERTs through sqlx, and the
+command scenarios: Repository::execute (load, handle, append; no snapshots, retries off)
+with and without the aggregate-state cache, 1 writer, 64 writers on their own aggregates
+and 16 writers on one (conflicts expected), aggregates of up to 100 events, beside one raw
+INSERT ... SELECT per command on as many connections (--commands-only: just these).
 Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
 
 Examples:
@@ -379,6 +384,10 @@ pub struct BenchStoreArgs {
     /// Keep the database files instead of deleting them
     #[arg(long)]
     pub keep: bool,
+    /// With --store postgres://…: run only the command scenarios (`Repository::execute`
+    /// beside raw `INSERT … SELECT`), not the append and read ones
+    #[arg(long)]
+    pub commands_only: bool,
 }
 
 const BENCH_BUS_AFTER_HELP: &str = "\

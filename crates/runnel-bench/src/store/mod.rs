@@ -2,6 +2,7 @@
 //! baseline measured in the same run, on the same disk, as a ratio.
 
 mod aggregate;
+mod pg_execute;
 mod postgres;
 mod raw;
 mod reads;
@@ -97,6 +98,7 @@ pub async fn store(
             settings.write_duration,
             settings.events_max,
             settings.writers,
+            args.commands_only,
         )
         .await?;
         let peak = match rss::peak_rss_bytes() {

@@ -229,6 +229,163 @@ async fn read_all(store: &PostgresStore, read: Arc<AtomicU64>) -> anyhow::Result
     })
 }
 
+/// Writers of the command scenario where each works on its own aggregate.
+const EXEC_MANY_WRITERS: usize = 64;
+/// Writers of the command scenario where all work on one aggregate.
+const EXEC_HOT_WRITERS: usize = 16;
+/// Aggregates the state cache holds in the cached command scenarios.
+const EXEC_STATE_CACHE_ENTRIES: usize = 1024;
+
+/// The command rows: `Repository::execute` without and with the aggregate-state cache
+/// beside one raw `INSERT … SELECT` per command, for 1 writer, many writers on their own
+/// aggregates and many on one, the three sides in a rotating order every round.
+async fn execute_rows(
+    options: &runnel_postgres::PostgresOptions,
+    raw_url: &str,
+    raw_schema: &str,
+    write_duration: std::time::Duration,
+) -> anyhow::Result<Vec<crate::report::Row>> {
+    use super::pg_execute::{raw_execute, repository, runnel_execute, ExecRun, ExecShape};
+    use crate::report::{rate, Row, Target};
+    use crate::scenario::counted;
+
+    let shapes = [
+        (
+            ExecShape {
+                writers: 1,
+                hot: false,
+            },
+            0.8,
+        ),
+        (
+            ExecShape {
+                writers: EXEC_MANY_WRITERS,
+                hot: false,
+            },
+            0.8,
+        ),
+        (
+            ExecShape {
+                writers: EXEC_HOT_WRITERS,
+                hot: true,
+            },
+            0.7,
+        ),
+    ];
+    // (uncached, cached, raw) per shape.
+    let mut totals = [(ExecRun::default(), ExecRun::default(), ExecRun::default()); 3];
+    let slice = write_duration / PG_ROUNDS;
+    for round in 0..PG_ROUNDS {
+        for (i, (shape, _)) in shapes.iter().enumerate() {
+            let label = format!(
+                "execute, {} writer(s){}, round {}",
+                shape.writers,
+                if shape.hot { " on one aggregate" } else { "" },
+                round + 1
+            );
+            for k in 0..3 {
+                let side = (k + round as usize) % 3;
+                let tag = format!("r{round}s{i}x{side}");
+                match side {
+                    0 | 1 => {
+                        let cache = (side == 1).then_some(EXEC_STATE_CACHE_ENTRIES);
+                        let store = warm_store(options, shape.writers).await?;
+                        let repo = repository(&store, cache);
+                        let label = if side == 1 {
+                            format!("{label}, state cache")
+                        } else {
+                            label.clone()
+                        };
+                        let r = counted(&label, "commands", |c| {
+                            runnel_execute(&repo, *shape, slice, tag, c)
+                        })
+                        .await?;
+                        store.pool().close().await;
+                        if side == 0 {
+                            totals[i].0 = totals[i].0.plus(r);
+                        } else {
+                            totals[i].1 = totals[i].1.plus(r);
+                        }
+                    }
+                    _ => {
+                        let mut conns = raw_connections(raw_url, shape.writers).await?;
+                        let r = counted(
+                            &format!("raw INSERT … SELECT, {label}"),
+                            "commands",
+                            |c| raw_execute(&mut conns, raw_schema, *shape, slice, tag, c),
+                        )
+                        .await?;
+                        drop(conns);
+                        totals[i].2 = totals[i].2.plus(r);
+                    }
+                }
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, (shape, target)) in shapes.iter().enumerate() {
+        let (plain, cached, raw) = totals[i];
+        let who = if shape.hot {
+            format!("{} writers on one aggregate", shape.writers)
+        } else if shape.writers == 1 {
+            "1 writer".to_string()
+        } else {
+            format!("{} writers, each on its own aggregate", shape.writers)
+        };
+        for (name, run) in [("", plain), (", state cache", cached)] {
+            let ratio = run.per_second() / raw.per_second().max(1e-9);
+            rows.push(Row {
+                scenario: format!(
+                    "`Repository::execute`{name}, {who}, 1 event/command ({} conflicts vs raw {}) vs raw INSERT … SELECT, {} conn",
+                    run.conflicts, raw.conflicts, shape.writers
+                ),
+                runnel: rate(run.per_second(), "commands/s"),
+                baseline: rate(raw.per_second(), "commands/s"),
+                ratio: Some(ratio),
+                target: Some(Target::at_least(ratio, *target)),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// A store whose pool holds `connections` open connections (at least the 2 a store needs)
+/// and whose appender is connected, before anything is timed (as the raw side's
+/// connections are).
+async fn warm_store(
+    options: &runnel_postgres::PostgresOptions,
+    connections: usize,
+) -> anyhow::Result<PostgresStore> {
+    let connections = connections.max(2);
+    let store = PostgresStore::connect_with(
+        options
+            .clone()
+            .pool_size(u32::try_from(connections).unwrap_or(u32::MAX)),
+    )
+    .await?;
+    let mut held = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        held.push(store.pool().acquire().await?);
+    }
+    drop(held);
+    let warm = StreamName::new(format!(
+        "BenchWarm-{}",
+        runnel_core::uuid::Uuid::now_v7().simple()
+    ))?;
+    store
+        .append(
+            &warm,
+            ExpectedRevision::NoStream,
+            vec![NewEvent::bytes(
+                EVENT_TYPE,
+                CONTENT_TYPE_JSON,
+                PAYLOAD.to_vec(),
+            )],
+        )
+        .await?;
+    Ok(store)
+}
+
 /// Write scenarios alternate Runnel and raw this many times, in short slices and with the
 /// order flipped every round: the VM's fsync latency drifts by up to 10x within seconds,
 /// and long blocks (or always running one side first) turned that drift into a bias.
@@ -242,20 +399,75 @@ pub async fn run(
     write_duration: std::time::Duration,
     events_max: u64,
     writers: usize,
+    commands_only: bool,
 ) -> anyhow::Result<String> {
-    use super::ROUND_STREAM_STRIDE;
-    use crate::report::{markdown, rate, Row, Target};
-    use crate::scenario::counted;
+    use crate::report::markdown;
 
     let suffix = runnel_core::uuid::Uuid::now_v7().simple().to_string();
     let runnel_schema = format!("bench_{suffix}");
     let raw_schema = format!("bench_raw_{suffix}");
     let options = runnel_postgres::PostgresOptions::from_url(url)?;
     let base_url = options.url.clone();
-    let store = PostgresStore::connect_with(options.schema(&runnel_schema)).await?;
+    let store = PostgresStore::connect_with(options.clone().schema(&runnel_schema)).await?;
     create_raw_table(&base_url, &raw_schema).await?;
-    let mut raw_conns = raw_connections(&base_url, writers.max(1)).await?;
+    let mut rows = Vec::new();
+    if !commands_only {
+        let mut raw_conns = raw_connections(&base_url, writers.max(1)).await?;
+        rows.extend(
+            append_rows(
+                &store,
+                &mut raw_conns,
+                &raw_schema,
+                write_duration,
+                events_max,
+                writers,
+            )
+            .await?,
+        );
+    }
+    // The command scenarios open their own connections (PostgreSQL's default
+    // max_connections, 100, does not hold both sides' 64 at once).
+    drop(store);
+    rows.extend(
+        execute_rows(
+            &options.schema(&runnel_schema),
+            &base_url,
+            &raw_schema,
+            write_duration,
+        )
+        .await?,
+    );
 
+    // Leave nothing behind.
+    let mut conn = PgConnection::connect(&base_url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {runnel_schema} CASCADE; DROP SCHEMA IF EXISTS {raw_schema} CASCADE"
+    )))
+    .execute(&mut conn)
+    .await?;
+
+    Ok(format!(
+        "PostgreSQL {shown_url}, synchronous_commit=on, {PG_ROUNDS} rounds of {:.2} s per scenario and side, Runnel and raw alternating which goes first\n\n{}",
+        (write_duration / PG_ROUNDS).as_secs_f64(),
+        markdown(&rows)
+    ))
+}
+
+/// The append rows: 1 writer × 1 event, `writers` × 1 event, 1 writer × 100 events, each
+/// beside raw INSERTs, then reading `$all`.
+async fn append_rows(
+    store: &PostgresStore,
+    raw_conns: &mut Vec<PgConnection>,
+    raw_schema: &str,
+    write_duration: std::time::Duration,
+    events_max: u64,
+    writers: usize,
+) -> anyhow::Result<Vec<crate::report::Row>> {
+    use super::ROUND_STREAM_STRIDE;
+    use crate::report::{rate, Row, Target};
+    use crate::scenario::counted;
+
+    let mut rows = Vec::new();
     let mut totals = [(WriteRun::default(), WriteRun::default()); 3];
     let shapes = [(1usize, 1usize), (writers, 1), (1, 100)];
     for round in 0..PG_ROUNDS {
@@ -279,12 +491,12 @@ pub async fn run(
             for side in 0..2 {
                 if (side == 0) == runnel_first {
                     r = counted(&label, "events", |c| {
-                        runnel_writes_from(&store, shape, budget, c, stride)
+                        runnel_writes_from(store, shape, budget, c, stride)
                     })
                     .await?;
                 } else {
                     raw = counted(&format!("raw INSERT, {label}"), "events", |c| {
-                        raw_writes_from(&mut raw_conns, &raw_schema, shape, budget, c, stride)
+                        raw_writes_from(raw_conns, raw_schema, shape, budget, c, stride)
                     })
                     .await?;
                 }
@@ -293,9 +505,8 @@ pub async fn run(
             totals[i].1 = totals[i].1.plus(raw);
         }
     }
-    let read = counted("read $all", "events", |c| read_all(&store, c)).await?;
+    let read = counted("read $all", "events", |c| read_all(store, c)).await?;
 
-    let mut rows = Vec::new();
     let labels = [
         ("1 writer, 1 event/append", 0.8),
         ("", 2.0),
@@ -329,18 +540,5 @@ pub async fn run(
         target: None,
     });
 
-    drop(raw_conns);
-    // Leave nothing behind.
-    let mut conn = PgConnection::connect(&base_url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {runnel_schema} CASCADE; DROP SCHEMA IF EXISTS {raw_schema} CASCADE"
-    )))
-    .execute(&mut conn)
-    .await?;
-
-    Ok(format!(
-        "PostgreSQL {shown_url}, synchronous_commit=on, {PG_ROUNDS} rounds of {:.2} s per scenario and side, Runnel and raw alternating which goes first\n\n{}",
-        (write_duration / PG_ROUNDS).as_secs_f64(),
-        markdown(&rows)
-    ))
+    Ok(rows)
 }

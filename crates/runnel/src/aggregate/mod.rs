@@ -5,6 +5,7 @@ mod error;
 mod outcome;
 mod repository;
 mod snapshot_policy;
+mod state_cache;
 
 pub use error::RepositoryError;
 pub use outcome::{ExecuteOutcome, Loaded};

@@ -14,6 +14,7 @@ use runnel_core::{
 use super::error::RepositoryError;
 use super::outcome::{ExecuteOutcome, Loaded};
 use super::snapshot_policy::SnapshotPolicy;
+use super::state_cache::StateCache;
 use super::Aggregate;
 use crate::command::CommandEnvelope;
 use crate::retry::RetryPolicy;
@@ -41,6 +42,15 @@ pub const LOAD_PAGE_EVENTS: usize = 1000;
 /// * **Snapshots**: after an append that crosses a multiple of the [`SnapshotPolicy`]'s
 ///   interval. A failed snapshot is logged, never an error: the events are stored.
 ///
+/// * **State cache** (optional, [`Repository::with_state_cache`]): the latest state of
+///   recently used aggregates. A command first runs on the cached state with no read at
+///   all and is appended with the cached revision as the exact expectation; if anything
+///   was appended since (by this process or any other), the store refuses that append, the
+///   command is run again on a fresh load (which reads only the events after the cached
+///   revision), and that stale try is not counted against the [`RetryPolicy`]. A domain
+///   error or an empty result from the cached state is never returned as is: the command
+///   is run again on a fresh load first.
+///
 /// Backoff waits use tokio's timer, so tests can run them on paused (virtual) time.
 ///
 /// Cloning is cheap (everything is behind `Arc`).
@@ -51,6 +61,7 @@ pub struct Repository<A> {
     snapshot_policy: SnapshotPolicy,
     retry: RetryPolicy,
     clock: Arc<dyn Clock>,
+    cache: Option<Arc<StateCache<A>>>,
     // `fn() -> A`: the repository neither owns nor shares an `A`, so it is Send + Sync
     // whatever `A` is.
     _aggregate: PhantomData<fn() -> A>,
@@ -65,6 +76,7 @@ impl<A> Clone for Repository<A> {
             snapshot_policy: self.snapshot_policy,
             retry: self.retry,
             clock: Arc::clone(&self.clock),
+            cache: self.cache.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -78,6 +90,7 @@ impl<A: Aggregate> fmt::Debug for Repository<A> {
             .field("snapshot_policy", &self.snapshot_policy)
             .field("retry", &self.retry)
             .field("upcasters", &self.upcasters)
+            .field("state_cache", &self.cache.as_ref().map(|c| c.len()))
             .finish()
     }
 }
@@ -93,6 +106,7 @@ impl<A: Aggregate> Repository<A> {
             snapshot_policy: SnapshotPolicy::Never,
             retry: RetryPolicy::default(),
             clock: Arc::new(SystemClock),
+            cache: None,
             _aggregate: PhantomData,
         }
     }
@@ -135,6 +149,18 @@ impl<A: Aggregate> Repository<A> {
         self
     }
 
+    /// Keeps the latest state of up to `capacity` aggregates (the oldest entry goes first)
+    /// so that commands skip the replay: see the type's documentation. Clones of this
+    /// repository share the cache; it is in this process's memory only, and stays correct
+    /// when other processes append (every use is checked against the store).
+    pub fn with_state_cache(mut self, capacity: usize) -> Self
+    where
+        A: Clone,
+    {
+        self.cache = Some(Arc::new(StateCache::new(capacity, A::clone)));
+        self
+    }
+
     /// The event store.
     pub fn event_store(&self) -> &Arc<dyn EventStore> {
         &self.events
@@ -170,7 +196,7 @@ impl<A: Aggregate> Repository<A> {
     /// `A::default()` with revision `None`.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, RepositoryError<A::Error>> {
         let stream = Self::stream_name(id)?;
-        self.load_stream(&stream).await
+        self.load_current(&stream).await
     }
 
     /// Runs `envelope`'s command on the aggregate with id `id` and stores the events it
@@ -187,15 +213,33 @@ impl<A: Aggregate> Repository<A> {
         let metadata = envelope.event_metadata();
         let attempts_max = self.retry.attempts();
         let mut attempt: u32 = 0;
+        // The first try runs on the cached state, if there is one, without reading.
+        let mut from_cache = self.cache.as_ref().and_then(|c| c.get(&stream));
         loop {
-            attempt += 1;
+            // A try on cached state is a guess the store checks; when the guess was stale
+            // it is not counted against the retry policy (the uncached path would not have
+            // made it).
+            let unverified = from_cache.is_some();
+            let tried = attempt + 1;
             let Loaded {
                 mut state,
                 revision,
-            } = self.load_stream(&stream).await?;
-            let events = state
-                .handle(envelope.command.clone())
-                .map_err(RepositoryError::Domain)?;
+            } = match from_cache.take() {
+                Some((revision, state)) => Loaded {
+                    state,
+                    revision: Some(revision),
+                },
+                None => {
+                    attempt += 1;
+                    self.load_current(&stream).await?
+                }
+            };
+            let events = match state.handle(envelope.command.clone()) {
+                // Only an answer from a fresh load is final.
+                Err(_) if unverified => continue,
+                Ok(events) if events.is_empty() && unverified => continue,
+                result => result.map_err(RepositoryError::Domain)?,
+            };
             if events.is_empty() {
                 tracing::debug!(
                     stream = %stream,
@@ -207,7 +251,7 @@ impl<A: Aggregate> Repository<A> {
                     revision,
                     position: None,
                     events,
-                    attempts: attempt,
+                    attempts: tried,
                 });
             }
             let new_events = events
@@ -235,15 +279,28 @@ impl<A: Aggregate> Repository<A> {
                         self.save_snapshot(&stream, appended.next_expected_revision, &state)
                             .await;
                     }
+                    if let Some(cache) = &self.cache {
+                        cache.put(&stream, appended.next_expected_revision, state);
+                    }
                     return Ok(ExecuteOutcome {
                         stream,
                         revision: Some(appended.next_expected_revision),
                         position: Some(appended.position),
                         events,
-                        attempts: attempt,
+                        attempts: tried,
                     });
                 }
                 Err(conflict @ StoreError::Conflict { .. }) => {
+                    self.forget_if_ahead(&stream, revision, &conflict);
+                    if unverified {
+                        tracing::debug!(
+                            stream = %stream,
+                            command_id = %envelope.command_id,
+                            error = %conflict,
+                            "the cached state was stale; loading and handling the command again"
+                        );
+                        continue;
+                    }
                     if attempt >= attempts_max {
                         return Err(RepositoryError::ConflictRetriesExhausted {
                             attempts: attempt,
@@ -261,6 +318,37 @@ impl<A: Aggregate> Repository<A> {
                 }
                 Err(e) => return Err(RepositoryError::Store(e)),
             }
+        }
+    }
+
+    /// The current state of `stream`: from the cached state plus the events after it when
+    /// the cache holds the stream, else from the snapshot and events. Updates the cache.
+    async fn load_current(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Loaded<A>, RepositoryError<A::Error>> {
+        let Some(cache) = &self.cache else {
+            return self.load_stream(stream).await;
+        };
+        let loaded = match cache.get(stream) {
+            Some((revision, state)) => self.fold(stream, state, Some(revision)).await?,
+            None => self.load_stream(stream).await?,
+        };
+        if let Some(revision) = loaded.revision {
+            cache.put(stream, revision, (cache.clone_of())(&loaded.state));
+        }
+        Ok(loaded)
+    }
+
+    /// Drops the cached state of `stream` if a conflict shows the stream is behind the
+    /// revision the command ran at (a store restored from an older backup, say): folding
+    /// on from it could never catch up.
+    fn forget_if_ahead(&self, stream: &StreamName, revision: Option<u64>, conflict: &StoreError) {
+        let (Some(cache), StoreError::Conflict { actual, .. }) = (&self.cache, conflict) else {
+            return;
+        };
+        if actual.unwrap_or(0) < revision.unwrap_or(0) {
+            cache.remove(stream);
         }
     }
 
