@@ -1,0 +1,278 @@
+//! The repository's aggregate-state cache: a command on a cached aggregate reads nothing,
+//! and the cache stays correct when another writer (another repository, another process)
+//! appends behind it: on the in-memory store and on PostgreSQL.
+
+mod pg_schema;
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use runnel::core::{
+    async_trait, AppendResult, DomainEvent, EventFilter, EventStore, ExpectedRevision, NewEvent,
+    Position, ReadStream, RecordedEvent, StoreError, StoreLimits, StreamInfo, StreamName,
+};
+use runnel::{Aggregate, CommandEnvelope, Repository, RetryPolicy};
+use runnel_testkit::InMemoryStore;
+use serde::{Deserialize, Serialize};
+use support::{counter_upcasters, Counter, CounterCommand};
+
+/// Aggregates the tests' caches hold.
+const CACHE_ENTRIES: usize = 16;
+
+/// The in-memory store, counting `read_stream` calls (the loads' reads).
+#[derive(Clone, Default)]
+struct CountingReads {
+    inner: InMemoryStore,
+    reads: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl EventStore for CountingReads {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        options: ReadStream,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_stream(stream, options).await
+    }
+    async fn read_all(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_all(after, filter, limit).await
+    }
+    async fn read_by_type(
+        &self,
+        event_type: &str,
+        since: runnel::core::chrono::DateTime<runnel::core::chrono::Utc>,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner
+            .read_by_type(event_type, since, after, limit)
+            .await
+    }
+    async fn stream_revision(&self, stream: &StreamName) -> Result<Option<u64>, StoreError> {
+        self.inner.stream_revision(stream).await
+    }
+    async fn list_streams(
+        &self,
+        category: Option<&str>,
+        after: Option<&StreamName>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, StoreError> {
+        self.inner.list_streams(category, after, limit).await
+    }
+    async fn head_position(&self) -> Result<Position, StoreError> {
+        self.inner.head_position().await
+    }
+    async fn wait_for_events(
+        &self,
+        after: Position,
+        max_wait: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.wait_for_events(after, max_wait).await
+    }
+    fn limits(&self) -> &StoreLimits {
+        self.inner.limits()
+    }
+}
+
+fn counters(store: Arc<dyn EventStore>, cache: bool) -> Repository<Counter> {
+    let repo = Repository::<Counter>::new(store)
+        .with_upcasters(Arc::new(counter_upcasters()))
+        .with_retry_policy(RetryPolicy::no_retry());
+    if cache {
+        repo.with_state_cache(CACHE_ENTRIES)
+    } else {
+        repo
+    }
+}
+
+fn add(n: u64) -> CommandEnvelope<CounterCommand> {
+    CommandEnvelope::new(CounterCommand::Add(n))
+}
+
+#[tokio::test]
+async fn a_command_on_a_cached_aggregate_reads_nothing() {
+    let store = CountingReads::default();
+    let cached = counters(Arc::new(store.clone()), true);
+    cached.execute("a", add(1)).await.unwrap();
+    let reads = store.reads.load(Ordering::SeqCst);
+    for n in 2..=4 {
+        let outcome = cached.execute("a", add(n)).await.unwrap();
+        assert_eq!(outcome.attempts, 1);
+    }
+    assert_eq!(
+        store.reads.load(Ordering::SeqCst),
+        reads,
+        "commands on the cached aggregate must not read its events"
+    );
+    assert_eq!(cached.load("a").await.unwrap().state.value, 10);
+
+    // Without the cache every command replays the stream.
+    let plain = counters(Arc::new(store.clone()), false);
+    let before = store.reads.load(Ordering::SeqCst);
+    plain.execute("a", add(1)).await.unwrap();
+    assert_eq!(store.reads.load(Ordering::SeqCst), before + 1);
+}
+
+/// A door that refuses to open twice: whether `Open` is refused depends on the state, so a
+/// stale cached state would give the wrong answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Door {
+    open: bool,
+}
+
+#[derive(Clone, Debug)]
+enum DoorCommand {
+    Open,
+    Close,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum DoorEvent {
+    Opened,
+    Closed,
+}
+
+impl DomainEvent for DoorEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            DoorEvent::Opened => "Opened",
+            DoorEvent::Closed => "Closed",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("the door is already {0}")]
+struct AlreadyThere(&'static str);
+
+impl Aggregate for Door {
+    const TYPE: &'static str = "Door";
+    type Command = DoorCommand;
+    type Event = DoorEvent;
+    type Error = AlreadyThere;
+
+    fn handle(&self, command: DoorCommand) -> Result<Vec<DoorEvent>, AlreadyThere> {
+        match (command, self.open) {
+            (DoorCommand::Open, true) => Err(AlreadyThere("open")),
+            (DoorCommand::Open, false) => Ok(vec![DoorEvent::Opened]),
+            (DoorCommand::Close, false) => Err(AlreadyThere("closed")),
+            (DoorCommand::Close, true) => Ok(vec![DoorEvent::Closed]),
+        }
+    }
+
+    fn apply(&mut self, event: &DoorEvent) {
+        self.open = matches!(event, DoorEvent::Opened);
+    }
+}
+
+fn doors(store: Arc<dyn EventStore>, cache: bool) -> Repository<Door> {
+    let repo = Repository::<Door>::new(store).with_retry_policy(RetryPolicy::no_retry());
+    if cache {
+        repo.with_state_cache(CACHE_ENTRIES)
+    } else {
+        repo
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_from_a_stale_cached_state_is_checked_against_the_store() {
+    let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new());
+    let cached = doors(Arc::clone(&store), true);
+    let elsewhere = doors(store, false);
+    cached
+        .execute("d", CommandEnvelope::new(DoorCommand::Open))
+        .await
+        .unwrap();
+    // Another writer closes the door behind the cache's back.
+    elsewhere
+        .execute("d", CommandEnvelope::new(DoorCommand::Close))
+        .await
+        .unwrap();
+    // The cached state says "open" and would refuse; the store says closed.
+    let outcome = cached
+        .execute("d", CommandEnvelope::new(DoorCommand::Open))
+        .await
+        .expect("the door is closed in the store, so it opens");
+    assert_eq!(outcome.revision, Some(3));
+    assert!(cached.load("d").await.unwrap().state.open);
+    // And a refusal that the store confirms is returned.
+    let err = cached
+        .execute("d", CommandEnvelope::new(DoorCommand::Open))
+        .await
+        .unwrap_err();
+    assert_eq!(err.domain(), Some(&AlreadyThere("open")));
+}
+
+#[tokio::test]
+async fn another_process_appending_behind_the_cache_on_postgres_is_folded_in() {
+    let Some((store, guard)) = pg_schema::fresh_store("t", 4).await else {
+        return;
+    };
+    // A second store on the same schema: another process's connections and appender.
+    let other = runnel::postgres::PostgresStore::connect_with(
+        runnel::postgres::PostgresOptions::new(
+            std::env::var("RUNNEL_TEST_POSTGRES_URL").expect("set when a store was made"),
+        )
+        .schema(guard.schema.clone())
+        .pool_size(2),
+    )
+    .await
+    .unwrap();
+    let cached = counters(Arc::new(store), true);
+    let elsewhere = counters(Arc::new(other), false);
+    cached.execute("a", add(1)).await.unwrap();
+    elsewhere.execute("a", add(10)).await.unwrap();
+    elsewhere.execute("a", add(100)).await.unwrap();
+    // Retries are off: the stale cached try is refused by the store and does not count.
+    let outcome = cached.execute("a", add(1000)).await.unwrap();
+    assert_eq!(outcome.revision, Some(4));
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(cached.load("a").await.unwrap().state.value, 1111);
+    assert_eq!(elsewhere.load("a").await.unwrap().state.value, 1111);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_writers_on_one_cached_aggregate_lose_nothing_on_postgres() {
+    const WRITERS: u64 = 8;
+    const COMMANDS: u64 = 10;
+    let Some((store, _guard)) = pg_schema::fresh_store("t", 8).await else {
+        return;
+    };
+    let cached = counters(Arc::new(store), true).with_retry_policy(RetryPolicy::immediate(1000));
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let repo = cached.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..COMMANDS {
+                repo.execute("hot", add(1)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let loaded = cached.load("hot").await.unwrap();
+    assert_eq!(loaded.state.value, WRITERS * COMMANDS);
+    assert_eq!(loaded.revision, Some(WRITERS * COMMANDS));
+    let fresh = counters(cached.event_store().clone(), false);
+    assert_eq!(
+        fresh.load("hot").await.unwrap().state.value,
+        WRITERS * COMMANDS
+    );
+}
