@@ -49,7 +49,9 @@ pub const LOAD_PAGE_EVENTS: usize = 1000;
 ///   command is run again on a fresh load (which reads only the events after the cached
 ///   revision), and that stale try is not counted against the [`RetryPolicy`]. A domain
 ///   error or an empty result from the cached state is never returned as is: the command
-///   is run again on a fresh load first.
+///   is run again on a fresh load first. Commands on one aggregate in this process take
+///   turns (each runs on the state the one before left) rather than racing each other
+///   into conflicts; other processes are still caught by the expected revision.
 ///
 /// Backoff waits use tokio's timer, so tests can run them on paused (virtual) time.
 ///
@@ -213,6 +215,12 @@ impl<A: Aggregate> Repository<A> {
         let metadata = envelope.event_metadata();
         let attempts_max = self.retry.attempts();
         let mut attempt: u32 = 0;
+        // With the cache, commands on one aggregate in this process take turns instead of
+        // conflicting with each other.
+        let _turn = match &self.cache {
+            Some(cache) => Some(cache.turn(&stream).await),
+            None => None,
+        };
         // The first try runs on the cached state, if there is one, without reading.
         let mut from_cache = self.cache.as_ref().and_then(|c| c.get(&stream));
         loop {

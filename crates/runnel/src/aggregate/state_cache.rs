@@ -7,7 +7,7 @@
 //! another repository) appended since. Entries only move forward.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use runnel_core::StreamName;
 
@@ -17,6 +17,34 @@ pub(crate) struct StateCache<A> {
     /// the cache is turned on.
     clone: fn(&A) -> A,
     entries: Mutex<Entries<A>>,
+    /// One lock per aggregate with a command running in this process: commands on one
+    /// aggregate take turns, each on the state the one before left, instead of racing
+    /// each other into conflicts. Holds only aggregates in use (an entry goes with its
+    /// last user), so it is bounded by the commands running at once.
+    turns: Mutex<HashMap<StreamName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A command's turn on one aggregate (see [`StateCache::turn`]); ending it lets the next
+/// command on that aggregate run.
+pub(crate) struct Turn<'a, A> {
+    cache: &'a StateCache<A>,
+    stream: StreamName,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<A> Drop for Turn<'_, A> {
+    fn drop(&mut self) {
+        // The guard's lock goes first, so the count below sees only the map's copy when
+        // nobody else holds or waits for this aggregate.
+        self.guard.take();
+        let mut turns = self.cache.turns.lock().unwrap_or_else(|p| p.into_inner());
+        if turns
+            .get(&self.stream)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            turns.remove(&self.stream);
+        }
+    }
 }
 
 struct Entries<A> {
@@ -34,7 +62,26 @@ impl<A> StateCache<A> {
                 map: HashMap::new(),
                 order: VecDeque::new(),
             }),
+            turns: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits until no other command of this process runs on `stream`, and holds that
+    /// until the returned turn ends.
+    pub(crate) async fn turn(&self, stream: &StreamName) -> Turn<'_, A> {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(turns.entry(stream.clone()).or_default())
+        };
+        // The turn exists before the wait, so a caller dropped while waiting still cleans
+        // up its entry.
+        let mut turn = Turn {
+            cache: self,
+            stream: stream.clone(),
+            guard: None,
+        };
+        turn.guard = Some(lock.lock_owned().await);
+        turn
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries<A>> {
@@ -88,6 +135,12 @@ impl<A> StateCache<A> {
     pub(crate) fn len(&self) -> usize {
         self.entries().map.len()
     }
+
+    /// Aggregates with a command running or waiting now.
+    #[cfg(test)]
+    fn turns_held(&self) -> usize {
+        self.turns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +160,26 @@ mod tests {
         assert_eq!(cache.len(), 2);
         assert!(cache.get(&name(1)).is_none(), "the oldest entry goes first");
         assert_eq!(cache.get(&name(3)), Some((1, 30)));
+    }
+
+    #[tokio::test]
+    async fn turns_on_one_aggregate_take_turns_and_leave_nothing_behind() {
+        let cache = StateCache::<u32>::new(2, u32::clone);
+        let (one, two) = (name(1), name(2));
+        let first = cache.turn(&one).await;
+        let other = cache.turn(&two).await;
+        let waiting = cache.turn(&one);
+        tokio::pin!(waiting);
+        assert!(
+            futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none(),
+            "a second command on the same aggregate waits"
+        );
+        drop(first);
+        let second = waiting.await;
+        assert_eq!(cache.turns_held(), 2);
+        drop(second);
+        drop(other);
+        assert_eq!(cache.turns_held(), 0);
     }
 
     #[test]
