@@ -119,6 +119,42 @@ fn bench_store_quick_prints_the_table() {
 }
 
 #[test]
+fn bench_store_commands_on_postgres_print_execute_beside_raw() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path())
+        .args(["store", "--quick", "--commands-only", "--store", &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "`Repository::execute`, 1 writer, 1 event/command",
+        "`Repository::execute`, state cache, 1 writer",
+        "64 writers, each on its own aggregate",
+        "16 writers on one aggregate",
+        "vs raw INSERT … SELECT, 64 conn",
+        "Peak RSS",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    let ratios = stdout
+        .lines()
+        .filter(|l| l.starts_with("| `Repository::execute`") && l.contains("× |"))
+        .count();
+    assert_eq!(ratios, 6, "{stdout}");
+    // Only the append rows are left out.
+    assert!(!stdout.contains("event/append"), "{stdout}");
+    assert!(!stdout.contains(" NaN"), "{stdout}");
+}
+
+#[test]
 fn bench_bus_quick_prints_every_scenario_beside_its_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let out = bench(dir.path())
