@@ -72,6 +72,9 @@ use runnel_core::bus::Publisher;
 use runnel_core::message::{BusError, GroupName, Message, TopicName};
 use tower::{Service, ServiceExt};
 
+pub mod projection;
+pub mod saga;
+
 /// Most messages one run takes.
 pub const MESSAGES_MAX: usize = 10_000;
 /// The largest `redeliveries_max` a plan may set.
@@ -114,8 +117,13 @@ pub struct FaultPlan {
     /// How far a delayed delivery is held back, in deliveries.
     pub delay_max_deliveries: usize,
     /// Chance that, after the handler succeeded (its effects done and published), the ack
-    /// is lost and the message is redelivered.
+    /// is lost and the message is redelivered. For a saga or a projection runner
+    /// ([`saga`], [`projection`]): the chance of a crash just after a commit.
     pub crash_after_effect: f64,
+    /// For a saga or a projection runner only ([`saga`], [`projection`]): the chance of a
+    /// crash just before a commit — the step's side effect or the batch's writes done,
+    /// nothing of them committed. Consumer handler runs ignore it.
+    pub crash_before_commit: f64,
     /// Which reorderings are allowed.
     pub order: OrderGuarantee,
     /// Most extra deliveries of one message (duplicates, redeliveries after a crash,
@@ -133,6 +141,7 @@ impl Default for FaultPlan {
             delay: 0.0,
             delay_max_deliveries: 0,
             crash_after_effect: 0.0,
+            crash_before_commit: 0.0,
             order: OrderGuarantee::KeyedOrderKept,
             redeliveries_max: 3,
         }
@@ -141,7 +150,8 @@ impl Default for FaultPlan {
 
 impl FaultPlan {
     /// A plan with every fault on at moderate rates: 20% duplicates, a window of 4, 10% of
-    /// deliveries delayed by up to 8, 10% crashes after the effect.
+    /// deliveries delayed by up to 8, 10% crashes after the effect, 10% crashes before a
+    /// commit.
     pub fn chaotic(seed: u64) -> Self {
         FaultPlan {
             seed,
@@ -150,6 +160,7 @@ impl FaultPlan {
             delay: 0.1,
             delay_max_deliveries: 8,
             crash_after_effect: 0.1,
+            crash_before_commit: 0.1,
             ..FaultPlan::default()
         }
     }
@@ -160,6 +171,7 @@ impl FaultPlan {
             ("duplicate", self.duplicate),
             ("delay", self.delay),
             ("crash_after_effect", self.crash_after_effect),
+            ("crash_before_commit", self.crash_before_commit),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(FaultKitError::ProbabilityOutOfRange { name, value });
@@ -191,6 +203,12 @@ pub enum FaultKitError {
     /// The handler published more effects than the kit captures; publish fewer per test.
     #[error("the handler published more than {limit} effect messages in one run")]
     TooManyEffects { limit: usize },
+    /// The store under test failed (not a simulated crash); the run stopped.
+    #[error("the store failed: {0}")]
+    Store(String),
+    /// A saga run was given more instances than it takes; split them over several runs.
+    #[error("{count} saga instances given, but a fault run takes at most {limit}")]
+    TooManyInstances { count: usize, limit: usize },
 }
 
 /// Why a message was delivered.
@@ -568,6 +586,20 @@ impl Schedule {
         self.plan.order == OrderGuarantee::KeyedOrderKept
     }
 
+    /// Adds a message published after the run started (a saga's reply), at the back of
+    /// the queue; returns its index.
+    fn push(&mut self, key: Option<String>) -> usize {
+        let index = self.keys.len();
+        self.keys.push(key);
+        self.extra.push(0);
+        self.delayed.push(false);
+        self.queue.push_back(Pending {
+            index,
+            kind: DeliveryKind::First,
+        });
+        index
+    }
+
     /// Whether the entry at `pos` may go now: under keyed order, only if no entry before
     /// it has its key.
     fn allowed(&self, pos: usize) -> bool {
@@ -704,6 +736,16 @@ impl Schedule {
         }
         let at = self.rng.below(limit);
         self.queue.insert(at, Pending { index, kind });
+    }
+
+    /// Puts message `index` first again: a delivery the process crashed on was never
+    /// acknowledged, so the bus hands it to the restarted process first. Crashes are
+    /// bounded by the caller, so this does not draw on the message's budget.
+    fn redeliver_first(&mut self, index: usize) {
+        self.queue.push_front(Pending {
+            index,
+            kind: DeliveryKind::Retry,
+        });
     }
 
     fn stats(&self) -> Stats {
