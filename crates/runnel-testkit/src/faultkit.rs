@@ -9,6 +9,11 @@
 //! The schedule is a pure function of the [`FaultPlan`] (its `seed` included) and the
 //! messages, so a failing run is repeated by putting the printed seed back in the plan.
 //!
+//! The same plan runs a user's saga ([`saga`]: [`FaultKit::run_saga`]) and projections
+//! ([`projection`]: [`FaultKit::run_topic_projection`], [`FaultKit::run_projection`]) on a
+//! real store, with crashes of the saga runtime or the projection runner around their
+//! commits (`crash_before_commit`, `crash_after_effect`).
+//!
 //! # Per-key order
 //!
 //! [`OrderGuarantee::KeyedOrderKept`] gives the router's guarantee: for each
@@ -896,6 +901,56 @@ mod tests {
                 Some(Followup::GaveUp)
             ]
         );
+    }
+
+    #[test]
+    fn messages_pushed_during_a_run_keep_their_key_order_and_budget() {
+        let plan = FaultPlan {
+            duplicate: 1.0,
+            reorder_window: 8,
+            redeliveries_max: 1,
+            ..FaultPlan::chaotic(5)
+        };
+        let mut s = Schedule::new(&plan, Vec::new());
+        let mut out = Vec::new();
+        for round in 0..10 {
+            for k in ["a", "b"] {
+                let index = s.push(Some(k.to_string()));
+                assert_eq!(index, round * 2 + usize::from(k == "b"));
+            }
+            // Deliver some, leave the rest to mix with the next round's.
+            for _ in 0..2 {
+                if let Some(d) = s.next() {
+                    s.settle(&d, Settle::Acked);
+                    out.push(d);
+                }
+            }
+        }
+        while let Some(d) = s.next() {
+            s.settle(&d, Settle::Acked);
+            out.push(d);
+        }
+        assert_eq!(s.stats().same_key_reorders, 0);
+        for i in 0..20 {
+            let n = out.iter().filter(|d| d.index == i).count();
+            assert!((1..=2).contains(&n), "message {i} delivered {n} times");
+        }
+    }
+
+    #[test]
+    fn a_delivery_a_process_crashed_on_comes_first_without_drawing_on_its_budget() {
+        let plan = FaultPlan {
+            redeliveries_max: 0,
+            ..FaultPlan::default()
+        };
+        let mut s = Schedule::new(&plan, keys(&[Some("k"), Some("k")]));
+        let first = s.next().expect("a delivery");
+        s.redeliver_first(first.index);
+        let again = s.next().expect("the redelivery");
+        assert_eq!((again.index, again.kind), (0, DeliveryKind::Retry));
+        // Its budget (0) is untouched: a retryable failure now gives up, as it would have.
+        assert_eq!(s.settle(&again, Settle::Retry), Some(Followup::GaveUp));
+        assert_eq!(s.next().map(|d| d.index), Some(1));
     }
 
     #[test]
