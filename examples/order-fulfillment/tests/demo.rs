@@ -390,3 +390,65 @@ fn demo_runs_distributed_on_postgres_and_nats() {
     assert_eq!(v["confirmed"], 56, "{v}");
     assert!(v["bus"].as_str().unwrap().starts_with("nats://"), "{v}");
 }
+
+/// The demo over `bus` on a fresh PostgreSQL schema: 60 orders, each settled as its fate
+/// says (the counts are the fixed mix's for orders 0..60).
+fn demo_distributed_over(bus: &str) {
+    let Some(url) = postgres_store_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = order_fulfillment(dir.path())
+        .args([
+            "--store",
+            &url,
+            "--bus",
+            bus,
+            "demo",
+            "--json",
+            "--orders",
+            "60",
+            "--clients",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], 60, "{v}");
+    assert_eq!(v["confirmed"], 56, "{v}");
+    assert_eq!(v["compensated"], 3, "{v}");
+    assert_eq!(v["dead_lettered"], 1, "{v}");
+}
+
+fn broker(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{var} is not set but RUNNEL_REQUIRE_SERVICES=1"
+            );
+            eprintln!("SKIPPED: {var} is not set");
+            None
+        }
+    }
+}
+
+#[test]
+fn demo_runs_distributed_on_postgres_and_rabbitmq() {
+    if let Some(url) = broker("RUNNEL_TEST_AMQP_URL") {
+        demo_distributed_over(&url);
+    }
+}
+
+#[test]
+fn demo_runs_distributed_on_postgres_and_kafka() {
+    if let Some(brokers) = broker("RUNNEL_TEST_KAFKA_BROKERS") {
+        demo_distributed_over(&format!("kafka://{brokers}"));
+    }
+}

@@ -26,6 +26,11 @@ struct Flow {
 
 /// The whole flow in one process on a fresh embedded store, served on a free port.
 async fn start(keys: ApiKeys) -> Flow {
+    start_with(keys, Duration::from_secs(30)).await
+}
+
+/// [`start`], with the saga waiting `reply_deadline` for each service's answer.
+async fn start_with(keys: ApiKeys, reply_deadline: Duration) -> Flow {
     let dir = tempfile::tempdir().unwrap();
     let settings = SettingsInputs::default()
         .db("--db", Some(dir.path().join("app.db")))
@@ -33,7 +38,7 @@ async fn start(keys: ApiKeys) -> Flow {
         .unwrap();
     let mut app = App::connect(&settings).await.unwrap();
     let config = FulfillmentConfig {
-        reply_deadline: Duration::from_secs(30),
+        reply_deadline,
         saga: SagaOptions {
             poll_interval: Duration::from_millis(50),
             ..SagaOptions::default()
@@ -499,5 +504,52 @@ async fn order_routes_declare_their_roles() {
         .await
         .unwrap();
     assert_eq!(get.status(), 200);
+    flow.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_service_times_out_and_is_asked_again_with_the_same_key() {
+    let flow = start_with(ApiKeys::none(), Duration::from_millis(300)).await;
+    let set = flow.put_faults(json!({"slow": {"payments": 900}})).await;
+    assert_eq!(set.status(), 200);
+    let accepted = flow.place(&order("p-1", 2500, "1 Main St")).await;
+    let id = accepted["order_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + DEADLINE;
+    let saga = loop {
+        let response = flow
+            .get(&format!("/admin/sagas/saga:order-fulfillment/{id}"))
+            .await;
+        if response.status() == 404 {
+            // The saga starts when the relay has published OrderPlaced.
+            assert!(Instant::now() < deadline, "the saga never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let saga: Value = response.json().await.unwrap();
+        let status = saga["status"].as_str().unwrap_or_default().to_string();
+        if status == "completed" || status == "needs-attention" {
+            break saga;
+        }
+        assert!(Instant::now() < deadline, "the saga never settled: {saga}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The payment service answered after the deadline: the step's outcome was unknown, so
+    // the charge was sent again with the same idempotency key (never compensated blindly),
+    // and the service charged once.
+    assert_eq!(saga["status"], "completed", "{saga}");
+    let history = saga["history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|h| h["step"] == "charge-payment" && h["what"] == "deadline-fired"),
+        "the reply deadline fired: {saga}"
+    );
+    assert!(
+        !history.iter().any(|h| h["what"] == "compensated"),
+        "{saga}"
+    );
+    assert_eq!(flow.ledger(&id).await, ["PaymentCharged"], "charged once");
+    flow.order_until(&id, "confirmed", |s| s["status"] == "confirmed")
+        .await;
     flow.stop().await;
 }

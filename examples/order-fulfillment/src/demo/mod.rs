@@ -72,8 +72,10 @@ Examples:
   order-fulfillment demo --orders 5000 --clients 64
   order-fulfillment demo --serve                      # then open http://127.0.0.1:7411/dashboard
   order-fulfillment --store postgres://postgres@127.0.0.1/postgres?schema=demo --bus nats://127.0.0.1:4222 demo
-  order-fulfillment --bus nats://127.0.0.1:4222 run --parts inventory,payments,shipping &
-  order-fulfillment --bus nats://127.0.0.1:4222 --store postgres://… demo --parts orders
+  # the services in a process of their own, with the demo's failures:
+  order-fulfillment --store postgres://… --bus nats://127.0.0.1:4222 run --parts inventory,payments,shipping \\
+      --out-of-stock p-sold-out --decline-above 50000 --poison-address POISON &
+  order-fulfillment --store postgres://… --bus nats://127.0.0.1:4222 demo --parts orders
   order-fulfillment demo --race --orders 10000
   runnel demo --json                                  # the same, through the runnel CLI";
 
