@@ -352,7 +352,7 @@ Scenarios (each on a fresh database file in one temporary directory, full durabi
   - loading an aggregate of 10,000 events with and without a snapshot
 With --store postgres://...: the append scenarios beside raw INSERTs through sqlx, and the
 command scenarios: Repository::execute (load, handle, append; no snapshots, retries off)
-with and without the aggregate-state cache, 1 writer, 64 writers on their own aggregates
+with and without the aggregate-state cache, 1 writer, --writers on their own aggregates
 and 16 writers on one (conflicts expected), aggregates of up to 100 events, beside one raw
 INSERT ... SELECT per command on as many connections (--commands-only: just these).
 Peak RSS is printed at the end. The table is markdown, ready for BENCHMARKS.md.
@@ -375,7 +375,8 @@ pub struct BenchStoreArgs {
     /// Stop each write scenario after this many events (whichever comes first with --seconds)
     #[arg(long, value_name = "N")]
     pub events: Option<u64>,
-    /// Concurrent writers in the group-commit scenario
+    /// Concurrent writers in the group-commit scenario (and, on PostgreSQL, in the command
+    /// scenario where each writer has its own aggregate)
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub writers: u64,
     /// Tiny durations and counts: checks that every scenario runs, measures nothing

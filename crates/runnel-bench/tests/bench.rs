@@ -125,7 +125,16 @@ fn bench_store_commands_on_postgres_print_execute_beside_raw() {
     };
     let dir = tempfile::tempdir().unwrap();
     let out = bench(dir.path())
-        .args(["store", "--quick", "--commands-only", "--store", &url])
+        // Few connections: the test server's 100 are shared with other tests.
+        .args([
+            "store",
+            "--quick",
+            "--commands-only",
+            "--writers",
+            "8",
+            "--store",
+            &url,
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -137,9 +146,9 @@ fn bench_store_commands_on_postgres_print_execute_beside_raw() {
     for needle in [
         "`Repository::execute`, 1 writer, 1 event/command",
         "`Repository::execute`, state cache, 1 writer",
-        "64 writers, each on its own aggregate",
+        "8 writers, each on its own aggregate",
         "16 writers on one aggregate",
-        "vs raw INSERT … SELECT, 64 conn",
+        "vs raw INSERT … SELECT, 8 conn",
         "Peak RSS",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");

@@ -229,21 +229,20 @@ async fn read_all(store: &PostgresStore, read: Arc<AtomicU64>) -> anyhow::Result
     })
 }
 
-/// Writers of the command scenario where each works on its own aggregate.
-const EXEC_MANY_WRITERS: usize = 64;
 /// Writers of the command scenario where all work on one aggregate.
 const EXEC_HOT_WRITERS: usize = 16;
 /// Aggregates the state cache holds in the cached command scenarios.
 const EXEC_STATE_CACHE_ENTRIES: usize = 1024;
 
 /// The command rows: `Repository::execute` without and with the aggregate-state cache
-/// beside one raw `INSERT … SELECT` per command, for 1 writer, many writers on their own
-/// aggregates and many on one, the three sides in a rotating order every round.
+/// beside one raw `INSERT … SELECT` per command, for 1 writer, `writers` writers on their
+/// own aggregates and [`EXEC_HOT_WRITERS`] on one, the three sides in a rotating order every round.
 async fn execute_rows(
     options: &runnel_postgres::PostgresOptions,
     raw_url: &str,
     raw_schema: &str,
     write_duration: std::time::Duration,
+    writers: usize,
 ) -> anyhow::Result<Vec<crate::report::Row>> {
     use super::pg_execute::{raw_execute, repository, runnel_execute, ExecRun, ExecShape};
     use crate::report::{rate, Row, Target};
@@ -259,7 +258,7 @@ async fn execute_rows(
         ),
         (
             ExecShape {
-                writers: EXEC_MANY_WRITERS,
+                writers,
                 hot: false,
             },
             0.8,
@@ -434,6 +433,7 @@ pub async fn run(
             &base_url,
             &raw_schema,
             write_duration,
+            writers,
         )
         .await?,
     );
