@@ -18,7 +18,7 @@ fi
 
 # One DROP per statement (each its own transaction): dropping thousands of schemas in one
 # transaction runs out of lock slots.
-pattern='^((t|cli|cli_dlq|cli_sg|cli_pj|cli_sp|e2e|saga|ful|proj|tproj|qry|srv|srvadm|strm|strmk|bench|bench_raw|bench_bus|bench_bus_raw|bench_saga|bench_saga_raw)_[0-9a-f]{32}|(bench_saga|bench_saga_raw|bench_saga_mem|bench_proj|bench_proj_mem|bench_http|scaleout)_[0-9a-f]{12})$'
+pattern='^((t|cli|cli_dlq|cli_sg|cli_pj|cli_sp|e2e|saga|ful|demo|procs|proj|tproj|qry|srv|srvadm|strm|strmk|bench|bench_raw|bench_bus|bench_bus_raw|bench_saga|bench_saga_raw)_[0-9a-f]{32}|(bench_saga|bench_saga_raw|bench_saga_mem|bench_proj|bench_proj_mem|bench_http|scaleout)_[0-9a-f]{12})$'
 if ! schemas=$(psql -X -At "$url" -c "SELECT nspname FROM pg_namespace WHERE nspname ~ '$pattern'"); then
   echo "pg-clean-test-schemas: cannot reach the server; nothing dropped"
   exit 0

@@ -81,8 +81,9 @@ pub enum Command {
     /// Read the global event log ($all)
     #[command(subcommand)]
     Events(EventsCommand),
-    /// Run the order-fulfillment demo: many concurrent clients on a fresh embedded store;
-    /// runs the order-fulfillment binary's demo (`runnel demo --help` shows its flags)
+    /// Run the order-fulfillment demo: the whole order flow (HTTP clients, the saga, its
+    /// services, injected failures) on a fresh embedded store; runs the order-fulfillment
+    /// binary's demo (`runnel demo --help` shows its flags)
     #[command(disable_help_flag = true, disable_version_flag = true)]
     Demo(ForwardArgs),
     /// Benchmarks, each printed beside its raw baseline: runs the runnel-bench binary

@@ -44,6 +44,6 @@ pub use auth::{ApiKey, ApiKeys, Caller, KeysError, Role};
 pub use catalog::ServedCatalog;
 pub use limits::HttpLimits;
 pub use problem::Problem;
-pub use routes::{router, Access, Route, ROUTES};
+pub use routes::{router, router_with, Access, AppRoute, AppRouteError, AppRoutes, Route, ROUTES};
 pub use server::{Server, ServerConfig, ServerError, ServerTask, BIND_DEFAULT, HEARTBEAT_DEFAULT};
 pub use state::AppState;

@@ -350,14 +350,102 @@ pub static ROUTES: &[Route] = &[
     },
 ];
 
+/// A route an application adds to the server ([`AppRoutes`]), e.g. `POST /orders`: the
+/// same guard (key, role, audit log), limits, metrics and tracing as the server's own.
+#[derive(Clone)]
+pub struct AppRoute {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    /// One line for documentation.
+    pub summary: &'static str,
+    handler: MethodRouter,
+}
+
+/// Routes of an application served beside the server's own
+/// ([`Server::with_routes`](crate::Server::with_routes)). Each declares who may call it,
+/// like every route of [`ROUTES`]; a path the server already serves is refused.
+///
+/// ```
+/// use axum::http::Method;
+/// use axum::routing::get;
+/// use runnel_server::{Access, AppRoutes, Role};
+///
+/// let routes = AppRoutes::new()
+///     .route(Method::GET, "/hello", Access::Role(Role::Viewer), "Says hello", get(|| async { "hello" }))
+///     .expect("a new path");
+/// assert_eq!(routes.iter().count(), 1);
+/// ```
+#[derive(Clone, Default)]
+pub struct AppRoutes {
+    routes: Vec<AppRoute>,
+}
+
+/// An application route that cannot be added.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppRouteError {
+    /// The server (or an earlier application route) already serves this method and path.
+    #[error("{method} {path} is already a route of the server; choose another path")]
+    Taken { method: Method, path: &'static str },
+    /// The path does not start with `/`.
+    #[error("route path {path:?} must start with '/'")]
+    BadPath { path: &'static str },
+}
+
+impl AppRoutes {
+    /// No routes.
+    pub fn new() -> AppRoutes {
+        AppRoutes::default()
+    }
+
+    /// Adds `handler` (its own state already applied) for `method` on `path` (axum
+    /// syntax), callable by `access`.
+    pub fn route(
+        mut self,
+        method: Method,
+        path: &'static str,
+        access: Access,
+        summary: &'static str,
+        handler: MethodRouter,
+    ) -> Result<AppRoutes, AppRouteError> {
+        if !path.starts_with('/') {
+            return Err(AppRouteError::BadPath { path });
+        }
+        let taken = ROUTES
+            .iter()
+            .map(|r| (&r.method, r.path))
+            .chain(self.routes.iter().map(|r| (&r.method, r.path)))
+            .any(|(m, p)| *m == method && p == path);
+        if taken {
+            return Err(AppRouteError::Taken { method, path });
+        }
+        self.routes.push(AppRoute {
+            method,
+            path,
+            access,
+            summary,
+            handler,
+        });
+        Ok(self)
+    }
+
+    /// The routes, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = &AppRoute> {
+        self.routes.iter()
+    }
+}
+
 #[derive(Clone)]
 struct Guard {
     state: AppState,
-    route: &'static Route,
+    method: Method,
+    path: &'static str,
+    access: Access,
 }
 
 async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
-    let required = match g.route.access {
+    let required = match g.access {
         Access::Public => return next.run(req).await,
         Access::Role(role) => role,
     };
@@ -370,8 +458,8 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
     if caller.role < required {
         tracing::info!(
             target: "runnel_server::audit",
-            key = %caller.name, role = %caller.role, method = %g.route.method,
-            route = g.route.path, "refused: role too low"
+            key = %caller.name, role = %caller.role, method = %g.method,
+            route = g.path, "refused: role too low"
         );
         return forbidden(&caller, required).into_response();
     }
@@ -382,8 +470,8 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
     if let Some(path) = changed_path {
         tracing::info!(
             target: "runnel_server::audit",
-            key = %caller.name, role = %caller.role, method = %g.route.method,
-            route = g.route.path, path = %path, status = response.status().as_u16(), "request"
+            key = %caller.name, role = %caller.role, method = %g.method,
+            route = g.path, path = %path, status = response.status().as_u16(), "request"
         );
     }
     response
@@ -442,16 +530,36 @@ struct BodyLimit(usize);
 /// The router: every route of [`ROUTES`] behind its guard, a problem for unknown paths,
 /// the body limit, and the request duration histogram around all of it.
 pub fn router(state: AppState) -> Router {
+    router_with(state, &AppRoutes::new())
+}
+
+/// [`router`] with an application's own routes beside the server's, behind the same
+/// guard and layers.
+pub fn router_with(state: AppState, app_routes: &AppRoutes) -> Router {
     let body_bytes_max = state.inner.limits.body_bytes_max;
+    let guard_of = |method: &Method, path: &'static str, access: Access| Guard {
+        state: state.clone(),
+        method: method.clone(),
+        path,
+        access,
+    };
     let mut router = Router::new();
     for route in ROUTES {
         let guarded = (route.handler)().route_layer(middleware::from_fn_with_state(
-            Guard {
-                state: state.clone(),
-                route,
-            },
+            guard_of(&route.method, route.path, route.access),
             guard,
         ));
+        router = router.route(route.path, guarded);
+    }
+    let mut router: Router = router.with_state(state.clone());
+    for route in app_routes.iter() {
+        let guarded = route
+            .handler
+            .clone()
+            .route_layer(middleware::from_fn_with_state(
+                guard_of(&route.method, route.path, route.access),
+                guard,
+            ));
         router = router.route(route.path, guarded);
     }
     // Layers run outside in: the problem rewrite sees what the body limit answers.
@@ -467,5 +575,4 @@ pub fn router(state: AppState) -> Router {
         // is known here (axum has matched the route before any `Router::layer` runs).
         .layer(middleware::from_fn(metrics::request_duration))
         .layer(middleware::from_fn(crate::trace::server_span))
-        .with_state(state)
 }

@@ -15,7 +15,7 @@ use crate::application::Application;
 use crate::auth::ApiKeys;
 use crate::catalog::ServedCatalog;
 use crate::limits::HttpLimits;
-use crate::routes::router;
+use crate::routes::{router_with, AppRoutes};
 use crate::state::AppState;
 
 /// Default address: loopback only.
@@ -87,6 +87,7 @@ pub struct Server {
     metrics: Option<PrometheusHandle>,
     catalog: Option<ServedCatalog>,
     app: Option<Application>,
+    app_routes: AppRoutes,
 }
 
 /// What [`Server::into_task`] returns: a task for
@@ -143,6 +144,7 @@ impl Server {
             metrics: config.metrics,
             catalog: None,
             app,
+            app_routes: AppRoutes::new(),
         })
     }
 
@@ -151,6 +153,13 @@ impl Server {
     /// parts are registered.
     pub fn with_catalog(mut self, catalog: ServedCatalog) -> Server {
         self.catalog = Some(catalog);
+        self
+    }
+
+    /// Serves an application's own routes (e.g. `POST /orders`) beside the server's,
+    /// each behind the same key and role guard.
+    pub fn with_routes(mut self, routes: AppRoutes) -> Server {
+        self.app_routes = routes;
         self
     }
 
@@ -178,7 +187,7 @@ impl Server {
                 tokio::spawn(crate::sampler::run(app, shutdown.clone()));
             }
         }
-        axum::serve(self.listener, router(state))
+        axum::serve(self.listener, router_with(state, &self.app_routes))
             .with_graceful_shutdown(async move { shutdown.requested().await })
             .await?;
         Ok(())
@@ -198,6 +207,7 @@ impl Server {
         let events = Arc::clone(&self.events);
         let catalog = self.catalog.clone();
         let app = self.app.clone();
+        let app_routes = self.app_routes.clone();
         let bound = Mutex::new(Some(self));
         Box::new(move |shutdown| {
             let first = bound.lock().ok().and_then(|mut b| b.take());
@@ -205,12 +215,14 @@ impl Server {
             let events = Arc::clone(&events);
             let app = app.clone();
             let catalog = catalog.clone();
+            let app_routes = app_routes.clone();
             Box::pin(async move {
                 let server = match first {
                     Some(server) => server,
                     None => {
                         let mut server = Server::bind_inner(config, events, app).await?;
                         server.catalog = catalog;
+                        server.app_routes = app_routes;
                         server
                     }
                 };

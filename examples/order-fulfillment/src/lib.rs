@@ -32,6 +32,7 @@ pub mod analytics;
 pub mod commands;
 pub mod customer;
 pub mod fulfillment;
+pub mod http;
 pub mod order;
 pub mod product;
 pub mod queries;

@@ -7,12 +7,14 @@
 //! cargo run -p order-fulfillment -- show o-1
 //! cargo run -p order-fulfillment -- send RegisterCustomer '{"customer_id":"c-1","name":"Ada"}'
 //! cargo run -p order-fulfillment -- query FindOrdersByCustomerName '{"customer_name":"Ada"}'
-//! cargo run --release -p order-fulfillment -- demo   # many concurrent clients, a summary
+//! cargo run --release -p order-fulfillment -- demo   # the whole order flow, a summary
+//! cargo run -p order-fulfillment -- run --http 127.0.0.1:7411   # POST /orders, the dashboard
 //! RUNNEL_STORE=postgres://postgres@127.0.0.1/postgres RUNNEL_BUS=nats://127.0.0.1:4222 \
 //!   cargo run -p order-fulfillment                     # the same binary, scaled out
 //! ```
 
 mod demo;
+mod faults_args;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,8 +106,10 @@ enum Command {
     /// schemas against a committed one.
     #[command(subcommand)]
     Schema(SchemaCommand),
-    /// Run the demo: many concurrent clients place, confirm, ship and cancel orders on a
-    /// fresh embedded store, racing each other on purpose; prints a summary.
+    /// Run the demo: the whole order flow on a fresh embedded store (HTTP clients place
+    /// orders; the saga reserves, charges, ships and confirms them; injected failures are
+    /// compensated or dead-lettered); prints a summary. --race: the aggregate-contention
+    /// demo.
     #[command(after_help = demo::AFTER_HELP)]
     Demo(demo::DemoArgs),
 }
@@ -141,6 +145,27 @@ struct RunArgs {
     /// a signal).
     #[arg(long, requires = "simulate")]
     exit_after_simulation: bool,
+    /// Serve HTTP on this address (e.g. 127.0.0.1:7411, or port 0 for any): every route of
+    /// `runnel serve`, the dashboard, POST /orders, GET /orders/{id}, GET/PUT /faults.
+    /// Prints `order-fulfillment: listening on http://ADDR` once bound.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    /// API keys for --http, as `runnel serve --api-keys` takes them (also
+    /// $RUNNEL_API_KEYS_FILE and $RUNNEL_API_KEYS). Without keys only a loopback address
+    /// may be served.
+    #[arg(long, value_name = "FILE")]
+    api_keys: Option<PathBuf>,
+    /// The parts of the flow this process runs (comma separated): orders (commands, read
+    /// model, relay, saga, analytics, /orders), inventory, payments, shipping.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "orders,inventory,payments,shipping"
+    )]
+    parts: Vec<String>,
+    #[command(flatten)]
+    faults: faults_args::FaultArgs,
 }
 
 #[derive(clap::Args)]
@@ -176,7 +201,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The service reports what it does; the demo's output is its progress bar and summary.
     let log_default = match cli.command {
-        Some(Command::Demo(_) | Command::Schema(_)) => "warn,lapin=off",
+        // The demo injects poison messages on purpose: their dead-lettering is in the
+        // summary, not in warnings over the progress bar.
+        Some(Command::Demo(_)) => "warn,lapin=off,runnel::consumer::layers=error",
+        Some(Command::Schema(_)) => "warn,lapin=off",
         _ => "info,lapin=off",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_default));
@@ -238,12 +266,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         command,
     } = cli;
     match command.unwrap_or(Command::Run(RunArgs::default())) {
-        Command::Demo(args) => demo::run(demo::store_url(store, db)?, args).await,
+        Command::Demo(args) => demo::run(demo::store_url(store, db)?, bus, args).await,
         Command::Schema(command) => schema(command).await,
-        Command::Run(args) => {
-            let app = connect(store, db, bus).await?;
-            serve(app, args).await
-        }
+        Command::Run(args) => serve(store, db, bus, args).await,
         Command::Place(args) => {
             let app = connect(store, db, bus).await?;
             let outcome = app
@@ -346,20 +371,60 @@ async fn connect(
     db: Option<PathBuf>,
     bus: Option<String>,
 ) -> anyhow::Result<App> {
-    let cwd = std::env::current_dir()?;
-    let settings: Settings = SettingsInputs::gather(&cwd)?
-        .store("--store", store)
-        .db("--db", db)
-        .bus("--bus", bus)
-        .resolve()?;
-    let mut app = App::connect(&settings).await?;
+    let mut app = connect_bare(store, db, bus).await?;
     service::wire(&mut app)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     Ok(app)
 }
 
-async fn serve(app: App, args: RunArgs) -> anyhow::Result<()> {
+/// The application on the configured store and bus, nothing wired yet.
+async fn connect_bare(
+    store: Option<String>,
+    db: Option<PathBuf>,
+    bus: Option<String>,
+) -> anyhow::Result<App> {
+    let cwd = std::env::current_dir()?;
+    let settings: Settings = SettingsInputs::gather(&cwd)?
+        .store("--store", store)
+        .db("--db", db)
+        .bus("--bus", bus)
+        .resolve()?;
+    Ok(App::connect(&settings).await?)
+}
+
+async fn serve(
+    store: Option<String>,
+    db: Option<PathBuf>,
+    bus: Option<String>,
+    args: RunArgs,
+) -> anyhow::Result<()> {
+    // Flags are checked before anything is opened: refused input changes nothing.
+    let parts = service::Parts::parse(args.parts.iter().map(String::as_str))
+        .map_err(|e| demo::BadInput(e.to_string()))?;
+    let fulfillment = args.faults.config()?;
+    let keys = match args.http {
+        Some(bind) => Some(faults_args::api_keys(args.api_keys.clone(), bind)?),
+        None => None,
+    };
+    let faults = fulfillment.faults.clone();
+    let mut app = connect_bare(store, db, bus).await?;
+    let service = service::wire_parts(&mut app, &parts, fulfillment)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut listening = None;
+    if let (Some(bind), Some(keys)) = (args.http, keys) {
+        let state = service
+            .as_ref()
+            .map(|s| order_fulfillment::http::OrdersHttp {
+                commands: app.commands().clone(),
+                read_model: s.read_model.clone(),
+                faults: faults.clone(),
+            });
+        let server = order_fulfillment::http::bind(&app, state, bind, keys).await?;
+        listening = Some(server.local_addr());
+        app.task("http", server.into_task());
+    }
     eprintln!(
         "order service: store {}, bus {}, tasks: {}",
         app.stores().url(),
@@ -367,6 +432,10 @@ async fn serve(app: App, args: RunArgs) -> anyhow::Result<()> {
         app.task_names().join(", ")
     );
     let running = app.start().await?;
+    if let Some(addr) = listening {
+        // The one line tests and scripts read the address from (the actual port for :0).
+        eprintln!("order-fulfillment: listening on http://{addr}");
+    }
     if args.simulate > 0 {
         let simulated = simulate(&running, args.simulate);
         tokio::select! {

@@ -56,6 +56,74 @@ pub struct OrderService {
     pub analytics: Analytics,
 }
 
+/// Which parts of the order flow a process runs. Processes that share one store and one
+/// broker split the work: consumer groups share messages, leases give each projection,
+/// relay and saga timer one runner at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parts {
+    /// The order service: commands, the read model, the event store relay, the
+    /// fulfillment saga, the analytics jobs (and, over HTTP, `/orders`).
+    pub orders: bool,
+    /// The services it runs, of [`SERVICE_GROUPS`](crate::fulfillment::SERVICE_GROUPS).
+    pub services: Vec<&'static str>,
+}
+
+/// A `--parts` list that names something else.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown part {0:?}: the parts are orders, inventory, payments and shipping")]
+pub struct UnknownPart(String);
+
+impl Parts {
+    /// Everything: one process runs the whole flow (the embedded default).
+    pub fn all() -> Parts {
+        Parts {
+            orders: true,
+            services: crate::fulfillment::SERVICE_GROUPS.to_vec(),
+        }
+    }
+
+    /// Parts from their names (`orders`, `inventory`, `payments`, `shipping`).
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Parts, UnknownPart> {
+        let mut parts = Parts {
+            orders: false,
+            services: Vec::new(),
+        };
+        for name in names {
+            let name = name.trim();
+            if name == "orders" {
+                parts.orders = true;
+            } else if let Some(service) = crate::fulfillment::SERVICE_GROUPS
+                .into_iter()
+                .find(|s| *s == name)
+            {
+                if !parts.services.contains(&service) {
+                    parts.services.push(service);
+                }
+            } else {
+                return Err(UnknownPart(name.to_string()));
+            }
+        }
+        Ok(parts)
+    }
+}
+
+/// Wires `parts` of the order flow into `app`: with `orders`, the whole order service
+/// ([`wire_with`]) and the services `parts` names; without, only those services. The
+/// order service is returned when this process runs it.
+pub async fn wire_parts(
+    app: &mut App,
+    parts: &Parts,
+    mut fulfillment: FulfillmentConfig,
+) -> Result<Option<OrderService>, WireError> {
+    fulfillment.services = parts.services.clone();
+    if parts.orders {
+        return Ok(Some(wire_with(app, fulfillment).await?));
+    }
+    describe(app, &upcasters()?)?;
+    crate::fulfillment::wire_services(app, &fulfillment)?;
+    Ok(None)
+}
+
 /// Wires the order service into `app` with default fulfillment (no injected failures):
 /// see [`wire_with`].
 pub async fn wire(app: &mut App) -> Result<OrderService, WireError> {

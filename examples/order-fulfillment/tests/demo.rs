@@ -1,6 +1,8 @@
-//! `order-fulfillment demo` end to end: the real binary drives many concurrent clients,
-//! prints a summary that adds up, and leaves the orders in the store it names, or in its
-//! own recreated runnel-demo.db, never in the store runnel.toml configures.
+//! `order-fulfillment demo` end to end: the real binary runs the whole order flow (HTTP
+//! clients, the saga, the services, injected failures) or, with `--race`, drives many
+//! concurrent clients against the aggregate; prints a summary that adds up, and leaves the
+//! orders in the store it names, or in its own recreated runnel-demo.db, never in the
+//! store runnel.toml configures.
 
 use std::path::Path;
 use std::time::Duration;
@@ -74,15 +76,124 @@ fn demo_has_help_with_an_example() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("Examples"), "{help}");
-    assert!(help.contains("--orders"), "{help}");
+    for flag in ["--orders", "--serve", "--race", "--no-failures", "--parts"] {
+        assert!(help.contains(flag), "{flag} in {help}");
+    }
 }
 
 #[test]
-fn demo_with_small_numbers_prints_a_summary() {
+fn demo_runs_the_whole_order_flow_and_prints_a_summary() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("test.db");
     let out = order_fulfillment(dir.path())
-        .args(["demo", "--orders", "50", "--clients", "4", "--db"])
+        .args(["demo", "--orders", "100", "--clients", "8", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "100 orders by 8 HTTP clients",
+        "placed         100",
+        "confirmed      94",
+        "compensated    5 (3 card declined, 2 out of stock",
+        "dead-lettered  1",
+        "POST→confirmed p50",
+        "per commit",
+        "verified       100 orders",
+        "sagas list",
+        "dead-letters list",
+        "dashboard",
+    ] {
+        assert!(
+            summary.contains(needle),
+            "missing {needle:?} in:\n{summary}"
+        );
+    }
+    assert_eq!(order_streams(&db), 100);
+}
+
+#[test]
+fn demo_flow_summary_as_json_adds_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = order_fulfillment(dir.path())
+        .args([
+            "--db",
+            "test.db",
+            "demo",
+            "--json",
+            "--orders",
+            "200",
+            "--clients",
+            "16",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON summary: {stdout}");
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    let n = |key: &str| {
+        v[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} missing in {v}"))
+    };
+    assert_eq!(n("placed"), 200);
+    assert_eq!(n("confirmed") + n("compensated") + n("dead_lettered"), 200);
+    assert_eq!(n("compensated"), 10, "{v}");
+    assert_eq!(v["compensated_by_reason"]["out of stock"], 4, "{v}");
+    assert_eq!(v["compensated_by_reason"]["card declined"], 6, "{v}");
+    assert_eq!(n("dead_lettered"), 2, "{v}");
+    assert_eq!(n("verified"), 200);
+    assert!(v["events_per_commit"].as_f64().unwrap() >= 1.0, "{v}");
+    let p50 = v["confirm_latency_p50_ms"].as_f64().unwrap();
+    assert!(
+        p50 > 0.0 && v["confirm_latency_p99_ms"].as_f64().unwrap() >= p50,
+        "{v}"
+    );
+}
+
+#[test]
+fn demo_without_failures_confirms_every_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = order_fulfillment(dir.path())
+        .args([
+            "demo",
+            "--json",
+            "--orders",
+            "60",
+            "--clients",
+            "4",
+            "--no-failures",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["confirmed"], 60, "{v}");
+    assert_eq!(v["compensated"], 0, "{v}");
+    assert_eq!(v["dead_lettered"], 0, "{v}");
+}
+
+#[test]
+fn race_demo_with_small_numbers_prints_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("test.db");
+    let out = order_fulfillment(dir.path())
+        .args(["demo", "--race", "--orders", "50", "--clients", "4", "--db"])
         .arg(&db)
         .output()
         .unwrap();
@@ -112,13 +223,14 @@ fn demo_with_small_numbers_prints_a_summary() {
 }
 
 #[test]
-fn demo_summary_as_json_adds_up() {
+fn race_demo_summary_as_json_adds_up() {
     let dir = tempfile::tempdir().unwrap();
     let out = order_fulfillment(dir.path())
         .args([
             "--db",
             "test.db",
             "demo",
+            "--race",
             "--json",
             "--orders",
             "60",
@@ -192,6 +304,10 @@ fn demo_refuses_out_of_range_flags_and_two_stores_with_exit_2() {
         &["demo", "--orders", "0"][..],
         &["demo", "--clients", "5000"],
         &["--store", "sqlite:a.db", "--db", "b.db", "demo"],
+        &["demo", "--parts", "inventory,payments"],
+        &["demo", "--parts", "orders,warehouse"],
+        &["demo", "--http", "0.0.0.0:0"],
+        &["demo", "--race", "--orders", "2000000"],
     ] {
         let out = order_fulfillment(dir.path()).args(args).output().unwrap();
         assert_eq!(
@@ -222,13 +338,117 @@ fn demo_works_against_postgres_from_runnel_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        summary.contains("40 orders by 4 concurrent clients"),
-        "{summary}"
-    );
+    assert!(summary.contains("40 orders by 4 HTTP clients"), "{summary}");
     assert!(summary.contains("verified"), "{summary}");
     assert!(
         !dir.path().join("runnel-demo.db").exists(),
         "the demo used PostgreSQL"
     );
+}
+
+/// The same demo, distributed by configuration alone: PostgreSQL and NATS.
+#[test]
+fn demo_runs_distributed_on_postgres_and_nats() {
+    let Some(url) = postgres_store_url() else {
+        return;
+    };
+    let Ok(nats) = std::env::var("RUNNEL_TEST_NATS_URL") else {
+        assert!(
+            std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "RUNNEL_TEST_NATS_URL is not set but RUNNEL_REQUIRE_SERVICES=1"
+        );
+        eprintln!("SKIPPED: RUNNEL_TEST_NATS_URL is not set");
+        return;
+    };
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let tag = &tag[tag.len() - 12..];
+    let sep = if nats.contains('?') { '&' } else { '?' };
+    let bus = format!("{nats}{sep}subject_prefix=demo{tag}&stream_prefix=DEMO{tag}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = order_fulfillment(dir.path())
+        .args([
+            "--store",
+            &url,
+            "--bus",
+            &bus,
+            "demo",
+            "--json",
+            "--orders",
+            "60",
+            "--clients",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], 60, "{v}");
+    assert_eq!(v["confirmed"], 56, "{v}");
+    assert!(v["bus"].as_str().unwrap().starts_with("nats://"), "{v}");
+}
+
+/// The demo over `bus` on a fresh PostgreSQL schema: 60 orders, each settled as its fate
+/// says (the counts are the fixed mix's for orders 0..60).
+fn demo_distributed_over(bus: &str) {
+    let Some(url) = postgres_store_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = order_fulfillment(dir.path())
+        .args([
+            "--store",
+            &url,
+            "--bus",
+            bus,
+            "demo",
+            "--json",
+            "--orders",
+            "60",
+            "--clients",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], 60, "{v}");
+    assert_eq!(v["confirmed"], 56, "{v}");
+    assert_eq!(v["compensated"], 3, "{v}");
+    assert_eq!(v["dead_lettered"], 1, "{v}");
+}
+
+fn broker(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{var} is not set but RUNNEL_REQUIRE_SERVICES=1"
+            );
+            eprintln!("SKIPPED: {var} is not set");
+            None
+        }
+    }
+}
+
+#[test]
+fn demo_runs_distributed_on_postgres_and_rabbitmq() {
+    if let Some(url) = broker("RUNNEL_TEST_AMQP_URL") {
+        demo_distributed_over(&url);
+    }
+}
+
+#[test]
+fn demo_runs_distributed_on_postgres_and_kafka() {
+    if let Some(brokers) = broker("RUNNEL_TEST_KAFKA_BROKERS") {
+        demo_distributed_over(&format!("kafka://{brokers}"));
+    }
 }

@@ -24,6 +24,7 @@ fn failures() -> Failures {
         decline_above_cents: Some(100_000),
         crash_shipping_for: Some("Crash Lane".into()),
         unshippable: Some("Atlantis".into()),
+        ..Failures::default()
     }
 }
 
@@ -95,7 +96,8 @@ async fn orders_are_fulfilled_or_compensated(settings: Settings) {
     let (running, service) = start(
         settings,
         FulfillmentConfig {
-            failures: failures(),
+            faults: failures().into(),
+            services: order_fulfillment::fulfillment::SERVICE_GROUPS.to_vec(),
             ..FulfillmentConfig::default()
         },
     )
@@ -281,7 +283,8 @@ async fn a_crashing_service_parks_the_saga_for_an_operator() {
     let (running, service) = start(
         embedded(dir.path()),
         FulfillmentConfig {
-            failures: failures(),
+            faults: failures().into(),
+            services: order_fulfillment::fulfillment::SERVICE_GROUPS.to_vec(),
             reply_deadline: Duration::from_millis(500),
             saga: SagaOptions {
                 poll_interval: Duration::from_millis(50),

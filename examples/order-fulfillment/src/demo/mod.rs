@@ -1,11 +1,15 @@
-//! `order-fulfillment demo`: the Order aggregate driven by many concurrent clients through
-//! the command bus, with a progress bar and a summary (`runnel demo` runs this).
+//! `order-fulfillment demo` (`runnel demo` runs this): the whole order flow — the service
+//! running, HTTP clients placing orders, the fulfillment saga and its services, injected
+//! failures — with a progress bar and a summary ([`flow`]). `--race` runs the older demo
+//! instead: the Order aggregate driven by many concurrent clients through the command bus,
+//! racing each other on purpose.
 //!
 //! The demo opens a store itself instead of starting the service: `--store` / `--db`, else
 //! `$RUNNEL_STORE` / `$RUNNEL_DB`, else a recreated `runnel-demo.db` in the current
 //! directory. runnel.toml is not read, so the demo never writes demo orders into a
 //! project's configured store by accident.
 
+mod flow;
 mod progress;
 mod workload;
 
@@ -41,11 +45,23 @@ const VERIFY_PAGE_EVENTS: usize = 1000;
 
 /// The help after the demo's flags.
 pub const AFTER_HELP: &str = "\
-Clients place orders, then confirm, ship or cancel them. Some clients deliberately act on
-the same orders at the same time: their optimistic-concurrency conflicts are retried by the
-repository, and commands the Order aggregate refuses (shipping a cancelled order, ...) are
-counted. A summary follows: orders, events, commands, conflicts retried, rejections,
-throughput, p50/p99 command latency and the writer's events per commit.
+The demo runs the order service on the embedded default (or the --store / --bus given):
+commands, the read model, the outbox relay, the fulfillment saga with its inventory,
+payment and shipping services, and the HTTP API. Clients place orders with POST /orders;
+each order is reserved, charged, shipped and confirmed. Per 100 orders, 2 ask for a product
+out of stock and 3 are paid with a declined card (compensated: completed steps undone in
+reverse, the order cancelled), and 1 ships to an address whose shipment command is a poison
+message (dead-lettered; the order waits for a replay). The demo waits until every order is
+settled, checks each against its fate (aggregate, read model, payment ledger) and prints
+orders placed / confirmed / compensated / dead-lettered, p50 and p99 time from POST to
+confirmed, events per commit, and where to look.
+
+--serve keeps the service, the API and the dashboard up afterwards (http://127.0.0.1:7411/dashboard):
+replay the dead letters from the dashboard or `runnel dead-letters replay`.
+
+--race runs the older demo: clients place, confirm, ship and cancel orders through the
+command bus, some deliberately on the same orders at once; it counts optimistic-concurrency
+conflicts retried and commands refused by the aggregate.
 
 The demo uses --store / --db, else $RUNNEL_STORE / $RUNNEL_DB, adding orders to that
 store; otherwise it recreates runnel-demo.db in the current directory. runnel.toml is
@@ -53,29 +69,56 @@ ignored, so the demo never writes into a project's configured store by accident.
 
 Examples:
   cargo run --release -p order-fulfillment -- demo
-  order-fulfillment demo --orders 10000 --clients 64
-  order-fulfillment demo --db /tmp/demo.db --orders 50 --clients 4
-  RUNNEL_STORE=postgres://postgres@127.0.0.1/postgres?schema=demo order-fulfillment demo
-  runnel demo --json                    # the same, through the runnel CLI";
+  order-fulfillment demo --orders 5000 --clients 64
+  order-fulfillment demo --serve                      # then open http://127.0.0.1:7411/dashboard
+  order-fulfillment --store postgres://postgres@127.0.0.1/postgres?schema=demo --bus nats://127.0.0.1:4222 demo
+  # the services in a process of their own, with the demo's failures:
+  order-fulfillment --store postgres://… --bus nats://127.0.0.1:4222 run --parts inventory,payments,shipping \\
+      --out-of-stock p-sold-out --decline-above 50000 --poison-address POISON &
+  order-fulfillment --store postgres://… --bus nats://127.0.0.1:4222 demo --parts orders
+  order-fulfillment demo --race --orders 10000
+  runnel demo --json                                  # the same, through the runnel CLI";
 
-/// The demo's flags (the store comes from the global --store / --db).
+/// The demo's flags (the store and bus come from the global --store / --db / --bus).
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Orders to place
-    #[arg(long, value_name = "N", default_value_t = 5000)]
-    pub orders: u64,
+    /// Orders to place [default: 1000; with --race 5000]
+    #[arg(long, value_name = "N")]
+    pub orders: Option<u64>,
     /// Concurrent clients
     #[arg(long, value_name = "C", default_value_t = 32)]
     pub clients: u64,
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Keep the service, the API and the dashboard up after the summary (until Ctrl-C)
+    #[arg(long)]
+    pub serve: bool,
+    /// Where to serve HTTP [default: 127.0.0.1:7411 with --serve, else any free port]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Inject no failures: every order is confirmed
+    #[arg(long)]
+    pub no_failures: bool,
+    /// The parts of the flow this process runs (comma separated; must include orders):
+    /// run the services as separate processes with `run --parts …`
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "orders,inventory,payments,shipping"
+    )]
+    pub parts: Vec<String>,
+    /// Run the aggregate-contention demo instead (clients racing on the same orders
+    /// through the command bus)
+    #[arg(long, conflicts_with_all = ["serve", "http", "no_failures"])]
+    pub race: bool,
 }
 
 /// A flag the demo refuses before it touches a store (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct BadInput(String);
+pub struct BadInput(pub String);
 
 /// The store the demo adds orders to: `--store` or `--db`, else `$RUNNEL_STORE` or
 /// `$RUNNEL_DB`; `None` for the demo's own recreated file. runnel.toml is not read.
@@ -93,8 +136,17 @@ pub fn store_url(store: Option<String>, db: Option<PathBuf>) -> anyhow::Result<O
     })
 }
 
-/// Runs the demo on `url` (or a recreated [`DEMO_DB_DEFAULT`]) and prints the summary.
-pub async fn run(url: Option<StoreUrl>, args: DemoArgs) -> anyhow::Result<()> {
+/// Runs the demo on `url` (or a recreated [`DEMO_DB_DEFAULT`]) and `bus` (else
+/// `$RUNNEL_BUS`, else the embedded bus) and prints the summary.
+pub async fn run(url: Option<StoreUrl>, bus: Option<String>, args: DemoArgs) -> anyhow::Result<()> {
+    if !args.race {
+        return run_flow(url, bus, args).await;
+    }
+    let args = RaceArgs {
+        orders: args.orders.unwrap_or(RACE_ORDERS_DEFAULT),
+        clients: args.clients,
+        json: args.json,
+    };
     if args.orders == 0 || args.orders > ORDERS_MAX {
         return Err(BadInput(format!("--orders must be 1..={ORDERS_MAX}")).into());
     }
@@ -128,6 +180,61 @@ pub async fn run(url: Option<StoreUrl>, args: DemoArgs) -> anyhow::Result<()> {
         summary.human(&stores.location())
     };
     print_line(&text)
+}
+
+/// Orders the flow demo places by default.
+const FLOW_ORDERS_DEFAULT: u64 = 1000;
+/// Orders the race demo places by default.
+const RACE_ORDERS_DEFAULT: u64 = 5000;
+
+/// The race demo's flags.
+struct RaceArgs {
+    orders: u64,
+    clients: u64,
+    json: bool,
+}
+
+async fn run_flow(
+    url: Option<StoreUrl>,
+    bus: Option<String>,
+    args: DemoArgs,
+) -> anyhow::Result<()> {
+    let parts = order_fulfillment::service::Parts::parse(args.parts.iter().map(String::as_str))
+        .map_err(|e| BadInput(e.to_string()))?;
+    let options = flow::FlowOptions {
+        orders: args.orders.unwrap_or(FLOW_ORDERS_DEFAULT),
+        clients: args.clients,
+        failures: !args.no_failures,
+        serve: args.serve,
+        http: args.http,
+        parts,
+        json: args.json,
+    };
+    if options.orders == 0 || options.orders > flow::FLOW_ORDERS_MAX {
+        return Err(BadInput(format!("--orders must be 1..={}", flow::FLOW_ORDERS_MAX)).into());
+    }
+    if options.clients == 0 || options.clients > flow::FLOW_CLIENTS_MAX {
+        return Err(BadInput(format!("--clients must be 1..={}", flow::FLOW_CLIENTS_MAX)).into());
+    }
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let path = PathBuf::from(DEMO_DB_DEFAULT);
+            remove_sqlite_files(&path)?;
+            StoreUrl::sqlite(path)
+        }
+    };
+    let env_bus = std::env::var(runnel::connect::ENV_BUS)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let settings = runnel::connect::SettingsInputs {
+        env_bus,
+        ..Default::default()
+    }
+    .store("--store", Some(url.as_secret_str().to_string()))
+    .bus("--bus", bus)
+    .resolve()?;
+    flow::run(settings, url.to_string(), options).await
 }
 
 /// Writes `line` to stdout; a reader that went away (`… | head`) is not an error.
@@ -255,7 +362,7 @@ impl Work {
     }
 }
 
-async fn drive(stores: &Stores, args: &DemoArgs) -> anyhow::Result<Summary> {
+async fn drive(stores: &Stores, args: &RaceArgs) -> anyhow::Result<Summary> {
     // Counts the conflicts the repository meets (and retries), whatever becomes of the
     // command.
     let counter = Arc::new(HookedAppends::new(

@@ -29,7 +29,8 @@ mod services;
 pub use payment_ledger::{PaymentEvent, PAYMENT_CATEGORY};
 pub use saga::{fulfillment_saga, Fulfillment, FULFILLMENT_SAGA};
 pub use services::{
-    service_handler, Failures, INVENTORY_TOPIC, PAYMENTS_TOPIC, SERVICE_GROUPS, SHIPPING_TOPIC,
+    service_handler, Failures, Faults, FaultsError, FAULT_DELAY_MS_MAX, INVENTORY_TOPIC,
+    PAYMENTS_TOPIC, SERVICE_GROUPS, SHIPPING_TOPIC,
 };
 
 use std::sync::Arc;
@@ -50,11 +51,18 @@ pub const STARTER_GROUP: &str = "fulfillment";
 /// compensated.
 pub const CANCELLER_GROUP: &str = "order-cancellations";
 
+/// The topic the services answer the fulfillment saga on (`sagas.order-fulfillment.replies`).
+pub fn reply_topic() -> TopicName {
+    TopicName::new(format!("sagas.{FULFILLMENT_SAGA}.replies")).expect("a valid topic name")
+}
+
 /// How fulfillment runs.
 #[derive(Clone, Debug)]
 pub struct FulfillmentConfig {
-    /// Failures to inject into the services.
-    pub failures: Failures,
+    /// Failures the services inject (a switch: change it while they run).
+    pub faults: Faults,
+    /// The services this process runs (of [`SERVICE_GROUPS`]; all by default).
+    pub services: Vec<&'static str>,
     /// How long a service may take to reply before the step's outcome counts as unknown.
     pub reply_deadline: Duration,
     /// The saga runtime's options.
@@ -64,7 +72,8 @@ pub struct FulfillmentConfig {
 impl Default for FulfillmentConfig {
     fn default() -> Self {
         FulfillmentConfig {
-            failures: Failures::default(),
+            faults: Faults::default(),
+            services: SERVICE_GROUPS.to_vec(),
             reply_deadline: Duration::from_secs(30),
             saga: SagaOptions::default(),
         }
@@ -83,7 +92,13 @@ pub fn wire(
         fulfillment_saga(app.commands().clone(), config.reply_deadline)?,
         config.saga.clone(),
     );
-    services::wire(app, config.failures.clone())?;
+    services::wire(app, &config.faults, &config.services)?;
+    debug_assert_eq!(saga.definition().reply_topic(), &reply_topic());
+    app.topic_projection(Arc::new(
+        crate::read_model::FulfillmentProgressProjection::new(
+            saga.definition().reply_topic().clone(),
+        ),
+    ));
     // The services answer on the saga's reply topic (the catalog cannot see a handler's
     // publishes, so they are described).
     for service in services::SERVICE_GROUPS {
@@ -124,6 +139,19 @@ pub fn wire(
         },
     );
     Ok(saga)
+}
+
+/// Wires only the services `config.services` names (a process of a distributed
+/// deployment that runs services and no saga).
+pub fn wire_services(
+    app: &mut App,
+    config: &FulfillmentConfig,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    services::wire(app, &config.faults, &config.services)?;
+    for service in &config.services {
+        app.describe_publisher(&reply_topic(), service)?;
+    }
+    Ok(())
 }
 
 /// Subscription options for fulfillment's consumers: a group created after messages were

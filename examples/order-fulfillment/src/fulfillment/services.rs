@@ -2,8 +2,8 @@
 //! answer the saga's commands with replies, idempotent by the commands' idempotency key
 //! (through the application's dedup store), with failures injectable by configuration.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use runnel::app::App;
@@ -29,8 +29,13 @@ const LOCK_TTL: Duration = Duration::from_secs(5);
 /// How long a service remembers its answer to a command.
 const ANSWER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Failures the services inject.
-#[derive(Clone, Debug, Default)]
+/// Longest wait a service may be told to take per command (`slow`, `service_delay_ms`).
+pub const FAULT_DELAY_MS_MAX: u64 = 600_000;
+
+/// Failures the services inject. As JSON (`GET` / `PUT /faults`) every field is optional
+/// and unknown fields are refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Failures {
     /// Products the inventory has none of.
     pub out_of_stock: BTreeSet<String>,
@@ -41,6 +46,88 @@ pub struct Failures {
     pub crash_shipping_for: Option<String>,
     /// Shipping addresses containing this text are refused (no carrier serves them).
     pub unshippable: Option<String>,
+    /// A poison message: the shipping service refuses `CreateShipment` for addresses
+    /// containing this text as a permanent error, so the command is dead-lettered at once
+    /// (no retries). Clear the fault (the fix is deployed) and replay the dead letter:
+    /// the shipment is created and the order confirmed.
+    pub poison_address: Option<String>,
+    /// A slow service: `inventory`, `payments` or `shipping` waits this many milliseconds
+    /// before answering (past the saga's reply deadline, the step times out).
+    pub slow: BTreeMap<String, u64>,
+    /// Every service waits this many milliseconds per command (handler-bound work).
+    pub service_delay_ms: u64,
+}
+
+/// A fault configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FaultsError {
+    /// `slow` names a service that does not exist.
+    #[error("slow names {0:?}; the services are inventory, payments and shipping")]
+    UnknownService(String),
+    /// A delay is over [`FAULT_DELAY_MS_MAX`].
+    #[error("a delay of {0} ms is over the limit of {FAULT_DELAY_MS_MAX} ms")]
+    DelayTooLong(u64),
+}
+
+impl Failures {
+    /// Checks the service names and delays.
+    pub fn validate(&self) -> Result<(), FaultsError> {
+        for (service, ms) in &self.slow {
+            if !SERVICE_GROUPS.contains(&service.as_str()) {
+                return Err(FaultsError::UnknownService(service.clone()));
+            }
+            if *ms > FAULT_DELAY_MS_MAX {
+                return Err(FaultsError::DelayTooLong(*ms));
+            }
+        }
+        if self.service_delay_ms > FAULT_DELAY_MS_MAX {
+            return Err(FaultsError::DelayTooLong(self.service_delay_ms));
+        }
+        Ok(())
+    }
+
+    /// How long `service` waits before answering a command.
+    pub fn delay_for(&self, service: &str) -> Duration {
+        let slow = self.slow.get(service).copied().unwrap_or(0);
+        Duration::from_millis(self.service_delay_ms.saturating_add(slow))
+    }
+}
+
+/// The failures the running services inject, shared with whoever may change them while
+/// they run (`PUT /faults`). Cloning shares the same switch.
+#[derive(Clone, Debug, Default)]
+pub struct Faults(Arc<RwLock<Failures>>);
+
+impl Faults {
+    /// A switch set to `failures`.
+    pub fn new(failures: Failures) -> Faults {
+        Faults(Arc::new(RwLock::new(failures)))
+    }
+
+    /// The failures in force now.
+    pub fn get(&self) -> Failures {
+        match self.0.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the failures (checked first); commands handled from now on see them.
+    pub fn set(&self, failures: Failures) -> Result<(), FaultsError> {
+        failures.validate()?;
+        match self.0.write() {
+            Ok(mut guard) => *guard = failures,
+            Err(poisoned) => *poisoned.into_inner() = failures,
+        }
+        Ok(())
+    }
+}
+
+impl From<Failures> for Faults {
+    fn from(failures: Failures) -> Faults {
+        Faults::new(failures)
+    }
 }
 
 /// A service's answer to a command, as remembered for the command's key.
@@ -86,8 +173,10 @@ pub fn service_handler(
     group: &str,
     dedup: Arc<dyn DedupStore>,
     events: Arc<dyn EventStore>,
-    failures: Failures,
+    faults: impl Into<Faults>,
 ) -> Option<impl runnel::consumer::Handler + Clone> {
+    let faults = faults.into();
+    let service: &'static str = SERVICE_GROUPS.into_iter().find(|g| *g == group)?;
     let (decide, ledger): (Decide, Ledger) = match group {
         "inventory" => (Arc::new(inventory), None),
         "payments" => (Arc::new(payments), Some(events)),
@@ -96,10 +185,18 @@ pub fn service_handler(
     };
     Some(move |ctx: HandlerContext| {
         let dedup = Arc::clone(&dedup);
-        let failures = failures.clone();
+        let failures = faults.get();
         let decide = Arc::clone(&decide);
         let ledger = ledger.clone();
-        async move { answer(&*dedup, &failures, &*decide, ledger.as_deref(), ctx).await }
+        async move {
+            // The service's work (or its slowness): before the answer is decided, so a
+            // slow answer is also a late reply.
+            let delay = failures.delay_for(service);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer(&*dedup, &failures, &*decide, ledger.as_deref(), ctx).await
+        }
     })
 }
 
@@ -107,15 +204,19 @@ pub fn service_handler(
 /// refunds in the [ledger](super::payment_ledger).
 pub fn wire(
     app: &mut App,
-    failures: Failures,
+    faults: &Faults,
+    only: &[&str],
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let topics = [INVENTORY_TOPIC, PAYMENTS_TOPIC, SHIPPING_TOPIC];
     for (topic, group) in topics.into_iter().zip(SERVICE_GROUPS) {
+        if !only.contains(&group) {
+            continue;
+        }
         let handler = service_handler(
             group,
             Arc::clone(&app.stores().dedup),
             Arc::clone(&app.stores().events),
-            failures.clone(),
+            faults.clone(),
         )
         .expect("a known service");
         app.consumer(
@@ -188,8 +289,15 @@ async fn answer(
             answer
         }
     };
-    let (topic, reply) = reply_to(command, &answer.event_type, &answer.data, answer.ok)
-        .map_err(HandlerError::permanent)?;
+    // Every answer names its order (the fulfillment progress projection keys on it).
+    let mut data = answer.data;
+    if let (Some(fields), Ok(body)) = (data.as_object_mut(), ctx.json::<serde_json::Value>()) {
+        if let Some(order_id) = body.get("order_id") {
+            fields.insert("order_id".into(), order_id.clone());
+        }
+    }
+    let (topic, reply) =
+        reply_to(command, &answer.event_type, &data, answer.ok).map_err(HandlerError::permanent)?;
     ctx.publish(&topic, vec![reply]).await
 }
 
@@ -268,6 +376,13 @@ fn shipping(
             if let Some(crash) = &failures.crash_shipping_for {
                 if address.contains(crash.as_str()) {
                     panic!("the shipping service crashed on {address:?}");
+                }
+            }
+            if let Some(poison) = &failures.poison_address {
+                if address.contains(poison.as_str()) {
+                    return Err(HandlerError::permanent(format!(
+                        "poison message: the shipping service cannot handle the address {address:?}"
+                    )));
                 }
             }
             Ok(match &failures.unshippable {

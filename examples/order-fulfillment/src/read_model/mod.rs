@@ -8,6 +8,7 @@
 //! | `customers` | `customers (customer_id, name)` | `Customer-{id}`: `CustomerRegistered`, `CustomerRenamed` |
 //! | `products` | `products (sku, name, unit_price_cents)` | `Product-{sku}`: `ProductAdded`, `ProductRenamed` |
 //! | `enriched_orders` | `enriched_orders`, `enriched_order_lines` (ids, status, totals, lines) | `Order-{id}`: every order event |
+//! | `fulfillment_progress` | `fulfillment_progress` (reservation, payment, shipment, failure, compensations) | the services' replies on the fulfillment saga's reply topic (a topic projection) |
 //!
 //! Each applies its events exactly once (its rows commit with its checkpoint) on SQLite
 //! and PostgreSQL alike.
@@ -42,11 +43,13 @@
 //! or fails with [`ReadModelError::NotCaughtUp`] after [`ReadModel::wait_timeout`].
 
 mod customers;
+mod fulfillment;
 mod orders;
 mod products;
 mod reader;
 
 pub use customers::{CustomersProjection, CUSTOMERS};
+pub use fulfillment::{FulfillmentProgress, FulfillmentProgressProjection, FULFILLMENT_PROGRESS};
 pub use orders::{OrderSummariesProjection, ENRICHED_ORDERS, ENRICHED_ORDER_LINES};
 pub use products::{ProductsProjection, PRODUCTS};
 pub use reader::{EnrichedLine, EnrichedOrderSummary};
@@ -116,6 +119,13 @@ impl ReadModel {
         stores: &Stores,
         projections: &[Arc<dyn Projection>],
     ) -> Result<ReadModel, StoreError> {
+        // The fulfillment progress a summary joins (its consumer runs where fulfillment
+        // does; its table must exist wherever summaries are read).
+        runnel::projection::register_topic_projection(
+            &FulfillmentProgressProjection::new(crate::fulfillment::reply_topic()),
+            &*stores.projections,
+        )
+        .await?;
         for projection in projections {
             ProjectionRunner::new(
                 Arc::clone(projection),

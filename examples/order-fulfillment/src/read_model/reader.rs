@@ -7,6 +7,7 @@ use runnel::connect::{StoreBackend, Stores};
 use runnel::postgres::sqlx::{self, AssertSqlSafe};
 use serde::{Deserialize, Serialize};
 
+use super::fulfillment::FulfillmentProgress;
 use super::ReadModelError;
 use crate::order::OrderStatus;
 
@@ -26,6 +27,9 @@ pub struct EnrichedOrderSummary {
     pub lines: Vec<EnrichedLine>,
     /// The position in `$all` of the last event applied to this order.
     pub last_position: u64,
+    /// How far fulfillment got, as the services answered (empty until the first answer).
+    #[serde(default)]
+    pub fulfillment: FulfillmentProgress,
 }
 
 /// One line of an [`EnrichedOrderSummary`].
@@ -60,12 +64,15 @@ struct Row {
     product_name: Option<String>,
     quantity: Option<i64>,
     unit_price_cents: Option<i64>,
+    progress: [Option<String>; 6],
 }
 
 /// `{schema}` is the PostgreSQL schema (quoted, with its dot) or nothing on SQLite.
 const COLUMNS: &str = "SELECT o.order_id, o.customer_id, c.name, o.status, o.total_cents, \
-     o.item_count, o.last_position, l.sku, pr.name, l.quantity, l.unit_price_cents \
+     o.item_count, o.last_position, l.sku, pr.name, l.quantity, l.unit_price_cents, \
+     f.stage, f.reservation_id, f.payment_id, f.tracking_number, f.failure, f.compensations \
      FROM {schema}enriched_orders o \
+     LEFT JOIN {schema}fulfillment_progress f ON f.order_id = o.order_id \
      LEFT JOIN {schema}customers c ON c.customer_id = o.customer_id \
      LEFT JOIN {schema}enriched_order_lines l ON l.order_id = o.order_id \
      LEFT JOIN {schema}products pr ON pr.sku = l.sku";
@@ -116,6 +123,14 @@ pub(super) async fn read(
                                 product_name: r.get(8)?,
                                 quantity: r.get(9)?,
                                 unit_price_cents: r.get(10)?,
+                                progress: [
+                                    r.get(11)?,
+                                    r.get(12)?,
+                                    r.get(13)?,
+                                    r.get(14)?,
+                                    r.get(15)?,
+                                    r.get(16)?,
+                                ],
                             })
                         })
                         .map_err(backend)?;
@@ -145,6 +160,14 @@ pub(super) async fn read(
                         product_name: r.try_get(8)?,
                         quantity: r.try_get(9)?,
                         unit_price_cents: r.try_get(10)?,
+                        progress: [
+                            r.try_get(11)?,
+                            r.try_get(12)?,
+                            r.try_get(13)?,
+                            r.try_get(14)?,
+                            r.try_get(15)?,
+                            r.try_get(16)?,
+                        ],
                     })
                 })
                 .collect::<Result<Vec<Row>, sqlx::Error>>()
@@ -173,6 +196,7 @@ fn group(rows: Vec<Row>) -> Result<Vec<EnrichedOrderSummary>, ReadModelError> {
                     row.order_id, row.last_position
                 ))
             })?;
+            let [stage, reservation, payment, tracking, failure, compensations] = row.progress;
             out.push(EnrichedOrderSummary {
                 order_id: row.order_id.clone(),
                 customer_id: row.customer_id,
@@ -182,6 +206,14 @@ fn group(rows: Vec<Row>) -> Result<Vec<EnrichedOrderSummary>, ReadModelError> {
                 item_count: row.item_count,
                 lines: Vec::new(),
                 last_position,
+                fulfillment: FulfillmentProgress::from_columns(
+                    stage,
+                    reservation,
+                    payment,
+                    tracking,
+                    failure,
+                    compensations,
+                ),
             });
         }
         if let (Some(sku), Some(quantity), Some(unit_price_cents)) =
