@@ -155,7 +155,11 @@ impl ServiceProcess {
             .args(["--service-delay", SERVICE_DELAY])
             .args(["--decline-above", &DECLINE_ABOVE_CENTS.to_string()])
             .args(["--unshippable", UNSHIPPABLE])
-            .env("RUST_LOG", "warn,lapin=off")
+            // SCALE_OUT_RUST_LOG: more of the children's logs, for a failure's reasons.
+            .env(
+                "RUST_LOG",
+                std::env::var("SCALE_OUT_RUST_LOG").unwrap_or_else(|_| "warn,lapin=off".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -166,9 +170,16 @@ impl ServiceProcess {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let lines = Arc::clone(&log);
+        // SCALE_OUT_LOG_DIR: every line of each child's stderr, in `<dir>/<pid>.log`.
+        let mut copy = std::env::var_os("SCALE_OUT_LOG_DIR")
+            .and_then(|dir| std::fs::File::create(Path::new(&dir).join(format!("{pid}.log"))).ok());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(file) = copy.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
                 if let Some(at) = line.find("listening on http://") {
                     let url = line[at + "listening on ".len()..].trim().to_string();
                     let _ = tx.send(url);
