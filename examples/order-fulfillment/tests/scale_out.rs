@@ -108,15 +108,3 @@ async fn killed_process_work_is_taken_over_within_10s() {
     };
     killed_process_work_is_taken_over(&pg, &harness::nats_bus(&nats)).await;
 }
-
-/// The same over Kafka (a short group session: `session_timeout=3s`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killed_process_work_is_taken_over_within_10s_on_kafka() {
-    let (Some(pg), Some(brokers)) = (
-        service_url("RUNNEL_TEST_POSTGRES_URL"),
-        service_url("RUNNEL_TEST_KAFKA_BROKERS"),
-    ) else {
-        return;
-    };
-    killed_process_work_is_taken_over(&pg, &harness::kafka_bus(&brokers)).await;
-}
