@@ -184,6 +184,8 @@ on stdout is `runnel serve: listening on http://ADDR ...` (the actual port with 
 
 Routes (each needs a key of at least the role shown, unless no key is configured):
   GET  /healthz, /readyz                    public: alive; store reachable
+  GET  /dashboard                           public: the web dashboard (open it in a
+                                            browser; it asks for a key once)
   POST /streams/{stream}                    operator: append a JSON array of events
                                             (header Runnel-Expected-Revision: any,
                                             no-stream, stream-exists or a revision)

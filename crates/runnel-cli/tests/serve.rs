@@ -476,6 +476,7 @@ fn serve_help_shows_routes_and_examples() {
         "RUNNEL_API_KEYS",
         "/subscribe/all",
         "/metrics",
+        "/dashboard",
     ] {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }

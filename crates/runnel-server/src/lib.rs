@@ -23,6 +23,7 @@ mod application;
 pub mod auth;
 pub mod catalog;
 pub mod commands;
+pub mod dashboard;
 pub mod events;
 mod extract;
 pub mod health;

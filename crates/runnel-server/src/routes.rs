@@ -16,17 +16,18 @@ use axum::routing::{self, MethodRouter};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::admin::{consumers, dead_letters, outbox, processors, stream_jobs};
+use crate::admin::{consumers, dead_letters, outbox, processors, stream_jobs, whoami};
 use crate::auth::{forbidden, unauthorized, Caller, Role};
 use crate::openapi::{self, doc, OperationDoc};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::state::AppState;
-use crate::{catalog, commands, events, health, metrics, queries, sse};
+use crate::{catalog, commands, dashboard, events, health, metrics, queries, sse};
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone, without a key (the liveness and readiness probes, and the OpenAPI document).
+    /// Anyone, without a key (the liveness and readiness probes, the OpenAPI document and
+    /// the dashboard's files, none of which holds data).
     Public,
     /// A key with at least this role.
     Role(Role),
@@ -72,6 +73,32 @@ pub static ROUTES: &[Route] = &[
         summary: "The store is reachable",
         doc: doc::<health::__path_readyz>(),
         handler: || routing::get(health::readyz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/dashboard",
+        // The page and its files hold no data: the browser reads the API with the key
+        // the user enters, and each of those requests is checked like any other.
+        access: Access::Public,
+        summary: "The web dashboard (a page that reads this API with your key)",
+        doc: doc::<dashboard::__path_index>(),
+        handler: || routing::get(dashboard::index),
+    },
+    Route {
+        method: Method::GET,
+        path: "/dashboard/",
+        access: Access::Public,
+        summary: "The web dashboard (the same page as /dashboard)",
+        doc: doc::<dashboard::__path_index_slash>(),
+        handler: || routing::get(dashboard::index_slash),
+    },
+    Route {
+        method: Method::GET,
+        path: "/dashboard/{asset}",
+        access: Access::Public,
+        summary: "One embedded file of the web dashboard",
+        doc: doc::<dashboard::__path_asset>(),
+        handler: || routing::get(dashboard::asset),
     },
     Route {
         method: Method::POST,
@@ -152,6 +179,14 @@ pub static ROUTES: &[Route] = &[
         summary: "Run a query by name (Runnel-Min-Position: read your writes)",
         doc: doc::<queries::__path_run>(),
         handler: || routing::post(queries::run),
+    },
+    Route {
+        method: Method::GET,
+        path: "/admin/whoami",
+        access: Access::Role(Role::Viewer),
+        summary: "The caller's key name and role",
+        doc: doc::<whoami::__path_whoami>(),
+        handler: || routing::get(whoami::whoami),
     },
     Route {
         method: Method::GET,

@@ -258,6 +258,7 @@ async fn every_route_declares_and_enforces_a_permission() {
             ("{id}", "1"),
             ("{kind}", "checkout"),
             ("{action}", "retry"),
+            ("{asset}", "dashboard.js"),
         ]
         .iter()
         .fold(path.to_string(), |p, (from, to)| p.replace(from, to));
@@ -327,8 +328,16 @@ async fn every_route_declares_and_enforces_a_permission() {
     }
     assert_eq!(
         public,
-        ["/openapi.json", "/healthz", "/readyz"],
-        "only the OpenAPI document (it holds no data) and the probes are public"
+        [
+            "/openapi.json",
+            "/healthz",
+            "/readyz",
+            "/dashboard",
+            "/dashboard/",
+            "/dashboard/{asset}"
+        ],
+        "only the OpenAPI document and the dashboard's files (they hold no data) and the \
+         probes are public"
     );
     // A path no route declares: 404, never served.
     let r = c

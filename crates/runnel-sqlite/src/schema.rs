@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// Every migration in order: (version, name, SQL). Each runs once, in one transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "events_by_type",
         include_str!("migrations/0011_events_by_type.sql"),
+    ),
+    (
+        12,
+        "drop_events_by_type_time",
+        include_str!("migrations/0012_drop_events_by_type_time.sql"),
     ),
 ];
 

@@ -481,23 +481,19 @@ impl EventStore for SqliteStore {
         validate_limit(limit)?;
         let event_type = event_type.to_string();
         self.read(move |conn| {
-            // recorded_at never decreases with position (the writer keeps it monotonic), so
-            // walking the (event_type, recorded_at) index is walking position order.
+            let since = time_to_micros(since);
+            let after = after.get().min(i64::MAX as u64) as i64;
+            // recorded_at never decreases with position (the writer keeps it monotonic):
+            // start at the first position recorded at or after `since`, then walk the
+            // (event_type, position) index in position order.
+            let from = first_position_since(conn, since, after)?;
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM events e JOIN streams s ON s.stream_id = e.stream_id \
-                 WHERE e.event_type = ?1 AND e.recorded_at >= ?2 AND e.position > ?3 \
-                 ORDER BY e.recorded_at, e.position LIMIT ?4"
+                 WHERE e.event_type = ?1 AND e.position > ?2 AND e.recorded_at >= ?3 \
+                 ORDER BY e.position LIMIT ?4"
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(map_sqlite)?;
-            collect_events(
-                &mut stmt,
-                params![
-                    event_type,
-                    time_to_micros(since),
-                    after.get().min(i64::MAX as u64) as i64,
-                    limit as i64
-                ],
-            )
+            collect_events(&mut stmt, params![event_type, from, since, limit as i64])
         })
         .await
     }
@@ -698,4 +694,104 @@ pub fn save_checkpoint_in_tx(
     ])
     .map_err(map_sqlite)?;
     Ok(())
+}
+
+/// A position `p >= after` such that every event in `(after, p]` was recorded before
+/// `since` (micros) and the first event after `p`, if any, at or after it: a binary search
+/// over positions, each probe one rowid seek, since `recorded_at` never decreases with
+/// position. `after` itself when the next event is recorded at or after `since` (or there
+/// is none).
+fn first_position_since(conn: &Connection, since: i64, after: i64) -> Result<i64, StoreError> {
+    let mut probe = conn
+        .prepare_cached(
+            "SELECT position, recorded_at FROM events WHERE position > ?1 ORDER BY position LIMIT 1",
+        )
+        .map_err(map_sqlite)?;
+    // The first event after position `p`, if any.
+    let mut next_after = |p: i64| -> Result<Option<(i64, i64)>, StoreError> {
+        probe
+            .query_row([p], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(map_sqlite)
+    };
+    let Some((_, first_at)) = next_after(after)? else {
+        return Ok(after);
+    };
+    if first_at >= since {
+        return Ok(after);
+    }
+    let head: i64 = conn
+        .prepare_cached("SELECT max(position) FROM events")
+        .map_err(map_sqlite)?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))
+        .map_err(map_sqlite)?
+        .unwrap_or(after);
+    // Invariant: the first event after `lo` is recorded before `since`; the first event
+    // after `hi` (if any) is recorded at or after it.
+    let (mut lo, mut hi) = (after, head);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match next_after(mid)? {
+            Some((_, at)) if at < since => lo = mid,
+            _ => hi = mid,
+        }
+    }
+    debug_assert!(lo >= after && lo < hi);
+    // Every event up to `hi` was recorded before `since`.
+    Ok(hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary search agrees with a linear scan for every `since` and `after`, over
+    /// positions with gaps and times with repeats.
+    #[test]
+    fn first_position_since_matches_a_linear_scan() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events (position INTEGER PRIMARY KEY, recorded_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        // Positions 1, 3, 4, 7, 8, …: gaps; times repeat in runs of three.
+        let rows: Vec<(i64, i64)> = (0..60i64)
+            .map(|i| {
+                (
+                    1 + i + i / 2 + if i % 5 == 0 { 2 } else { 0 },
+                    100 + (i / 3) * 10,
+                )
+            })
+            .scan(0i64, |last, (p, t)| {
+                let p = p.max(*last + 1);
+                *last = p;
+                Some((p, t))
+            })
+            .collect();
+        for (p, t) in &rows {
+            conn.execute("INSERT INTO events VALUES (?1, ?2)", [p, t])
+                .unwrap();
+        }
+        let head = rows.last().unwrap().0;
+        for since in 90..=(100 + 20 * 10 + 10) {
+            for after in [0, 1, 2, 5, 17, head / 2, head - 1, head, head + 3] {
+                let from = first_position_since(&conn, since, after).unwrap();
+                assert!(from >= after, "since {since} after {after}: {from}");
+                // Nothing in (after, from] is at or after `since`.
+                assert!(
+                    rows.iter()
+                        .filter(|(p, _)| *p > after && *p <= from)
+                        .all(|(_, t)| *t < since),
+                    "since {since} after {after}: skipped past a match at {from}"
+                );
+                // The first event after `from` (if any) is at or after `since`.
+                if let Some((_, t)) = rows.iter().find(|(p, _)| *p > from) {
+                    assert!(
+                        *t >= since,
+                        "since {since} after {after}: {from} stops short"
+                    );
+                }
+            }
+        }
+    }
 }

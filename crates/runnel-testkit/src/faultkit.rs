@@ -9,6 +9,11 @@
 //! The schedule is a pure function of the [`FaultPlan`] (its `seed` included) and the
 //! messages, so a failing run is repeated by putting the printed seed back in the plan.
 //!
+//! The same plan runs a user's saga ([`saga`]: [`FaultKit::run_saga`]) and projections
+//! ([`projection`]: [`FaultKit::run_topic_projection`], [`FaultKit::run_projection`]) on a
+//! real store, with crashes of the saga runtime or the projection runner around their
+//! commits (`crash_before_commit`, `crash_after_effect`).
+//!
 //! # Per-key order
 //!
 //! [`OrderGuarantee::KeyedOrderKept`] gives the router's guarantee: for each
@@ -72,6 +77,9 @@ use runnel_core::bus::Publisher;
 use runnel_core::message::{BusError, GroupName, Message, TopicName};
 use tower::{Service, ServiceExt};
 
+pub mod projection;
+pub mod saga;
+
 /// Most messages one run takes.
 pub const MESSAGES_MAX: usize = 10_000;
 /// The largest `redeliveries_max` a plan may set.
@@ -114,8 +122,13 @@ pub struct FaultPlan {
     /// How far a delayed delivery is held back, in deliveries.
     pub delay_max_deliveries: usize,
     /// Chance that, after the handler succeeded (its effects done and published), the ack
-    /// is lost and the message is redelivered.
+    /// is lost and the message is redelivered. For a saga or a projection runner
+    /// ([`saga`], [`projection`]): the chance of a crash just after a commit.
     pub crash_after_effect: f64,
+    /// For a saga or a projection runner only ([`saga`], [`projection`]): the chance of a
+    /// crash just before a commit — the step's side effect or the batch's writes done,
+    /// nothing of them committed. Consumer handler runs ignore it.
+    pub crash_before_commit: f64,
     /// Which reorderings are allowed.
     pub order: OrderGuarantee,
     /// Most extra deliveries of one message (duplicates, redeliveries after a crash,
@@ -133,6 +146,7 @@ impl Default for FaultPlan {
             delay: 0.0,
             delay_max_deliveries: 0,
             crash_after_effect: 0.0,
+            crash_before_commit: 0.0,
             order: OrderGuarantee::KeyedOrderKept,
             redeliveries_max: 3,
         }
@@ -141,7 +155,8 @@ impl Default for FaultPlan {
 
 impl FaultPlan {
     /// A plan with every fault on at moderate rates: 20% duplicates, a window of 4, 10% of
-    /// deliveries delayed by up to 8, 10% crashes after the effect.
+    /// deliveries delayed by up to 8, 10% crashes after the effect, 10% crashes before a
+    /// commit.
     pub fn chaotic(seed: u64) -> Self {
         FaultPlan {
             seed,
@@ -150,6 +165,7 @@ impl FaultPlan {
             delay: 0.1,
             delay_max_deliveries: 8,
             crash_after_effect: 0.1,
+            crash_before_commit: 0.1,
             ..FaultPlan::default()
         }
     }
@@ -160,6 +176,7 @@ impl FaultPlan {
             ("duplicate", self.duplicate),
             ("delay", self.delay),
             ("crash_after_effect", self.crash_after_effect),
+            ("crash_before_commit", self.crash_before_commit),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(FaultKitError::ProbabilityOutOfRange { name, value });
@@ -191,6 +208,12 @@ pub enum FaultKitError {
     /// The handler published more effects than the kit captures; publish fewer per test.
     #[error("the handler published more than {limit} effect messages in one run")]
     TooManyEffects { limit: usize },
+    /// The store under test failed (not a simulated crash); the run stopped.
+    #[error("the store failed: {0}")]
+    Store(String),
+    /// A saga run was given more instances than it takes; split them over several runs.
+    #[error("{count} saga instances given, but a fault run takes at most {limit}")]
+    TooManyInstances { count: usize, limit: usize },
 }
 
 /// Why a message was delivered.
@@ -568,6 +591,20 @@ impl Schedule {
         self.plan.order == OrderGuarantee::KeyedOrderKept
     }
 
+    /// Adds a message published after the run started (a saga's reply), at the back of
+    /// the queue; returns its index.
+    fn push(&mut self, key: Option<String>) -> usize {
+        let index = self.keys.len();
+        self.keys.push(key);
+        self.extra.push(0);
+        self.delayed.push(false);
+        self.queue.push_back(Pending {
+            index,
+            kind: DeliveryKind::First,
+        });
+        index
+    }
+
     /// Whether the entry at `pos` may go now: under keyed order, only if no entry before
     /// it has its key.
     fn allowed(&self, pos: usize) -> bool {
@@ -704,6 +741,16 @@ impl Schedule {
         }
         let at = self.rng.below(limit);
         self.queue.insert(at, Pending { index, kind });
+    }
+
+    /// Puts message `index` first again: a delivery the process crashed on was never
+    /// acknowledged, so the bus hands it to the restarted process first. Crashes are
+    /// bounded by the caller, so this does not draw on the message's budget.
+    fn redeliver_first(&mut self, index: usize) {
+        self.queue.push_front(Pending {
+            index,
+            kind: DeliveryKind::Retry,
+        });
     }
 
     fn stats(&self) -> Stats {
@@ -854,6 +901,56 @@ mod tests {
                 Some(Followup::GaveUp)
             ]
         );
+    }
+
+    #[test]
+    fn messages_pushed_during_a_run_keep_their_key_order_and_budget() {
+        let plan = FaultPlan {
+            duplicate: 1.0,
+            reorder_window: 8,
+            redeliveries_max: 1,
+            ..FaultPlan::chaotic(5)
+        };
+        let mut s = Schedule::new(&plan, Vec::new());
+        let mut out = Vec::new();
+        for round in 0..10 {
+            for k in ["a", "b"] {
+                let index = s.push(Some(k.to_string()));
+                assert_eq!(index, round * 2 + usize::from(k == "b"));
+            }
+            // Deliver some, leave the rest to mix with the next round's.
+            for _ in 0..2 {
+                if let Some(d) = s.next() {
+                    s.settle(&d, Settle::Acked);
+                    out.push(d);
+                }
+            }
+        }
+        while let Some(d) = s.next() {
+            s.settle(&d, Settle::Acked);
+            out.push(d);
+        }
+        assert_eq!(s.stats().same_key_reorders, 0);
+        for i in 0..20 {
+            let n = out.iter().filter(|d| d.index == i).count();
+            assert!((1..=2).contains(&n), "message {i} delivered {n} times");
+        }
+    }
+
+    #[test]
+    fn a_delivery_a_process_crashed_on_comes_first_without_drawing_on_its_budget() {
+        let plan = FaultPlan {
+            redeliveries_max: 0,
+            ..FaultPlan::default()
+        };
+        let mut s = Schedule::new(&plan, keys(&[Some("k"), Some("k")]));
+        let first = s.next().expect("a delivery");
+        s.redeliver_first(first.index);
+        let again = s.next().expect("the redelivery");
+        assert_eq!((again.index, again.kind), (0, DeliveryKind::Retry));
+        // Its budget (0) is untouched: a retryable failure now gives up, as it would have.
+        assert_eq!(s.settle(&again, Settle::Retry), Some(Followup::GaveUp));
+        assert_eq!(s.next().map(|d| d.index), Some(1));
     }
 
     #[test]

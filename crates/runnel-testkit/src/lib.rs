@@ -10,7 +10,10 @@
 //! scripts of the interoperability tests. [`aggregate::AggregateTest`] tests an aggregate's
 //! decisions in given / when / then form. [`faultkit::FaultKit`] runs a user's consumer
 //! handler under duplicated, reordered and delayed deliveries and crashes between effect
-//! and ack, for the user's own invariant checks.
+//! and ack, for the user's own invariant checks — and a user's saga
+//! ([`faultkit::saga`]: faulty reply delivery, runtime crashes around commits) and
+//! projections ([`faultkit::projection`]: topic projections under delivery faults,
+//! projections of `$all` with the runner killed around its commits).
 
 pub mod aggregate;
 pub mod append_hook;

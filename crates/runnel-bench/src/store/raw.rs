@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (stream_id, revision)
 );
 CREATE INDEX IF NOT EXISTS events_by_category ON events (category, position);
-CREATE INDEX IF NOT EXISTS events_by_type_time ON events (event_type, recorded_at);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (event_type, position);
 ";
 
 /// The shape of a raw write run.

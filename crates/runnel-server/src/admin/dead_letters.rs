@@ -59,10 +59,32 @@ pub struct FilterIn {
     /// Only those dead-lettered before this time.
     pub until: Option<DateTime<Utc>>,
     /// Also those already replayed (default `false`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bool_or_text")]
     #[param(required = false)]
     #[schema(required = false)]
     pub include_replayed: bool,
+}
+
+/// `true` or `false`, as a JSON boolean or as text. `GET /admin/dead-letters` flattens
+/// [`FilterIn`] into its query, and a flattened struct receives every query value as a
+/// string, so a plain `bool` would refuse `include_replayed=true` there.
+fn bool_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrText {
+        Bool(bool),
+        Text(String),
+    }
+    match BoolOrText::deserialize(d)? {
+        BoolOrText::Bool(b) => Ok(b),
+        BoolOrText::Text(t) => match t.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(serde::de::Error::custom(format!(
+                "include_replayed: expected true or false, not {other:?}"
+            ))),
+        },
+    }
 }
 
 impl FilterIn {

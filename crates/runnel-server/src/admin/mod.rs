@@ -1,6 +1,6 @@
 //! The admin API under `/admin`: dead letters (counts, paging, one with its history,
 //! retry one or many as a background operation, purge), background operations, the
-//! outbox, consumers' lag, sagas, projections and stream jobs. Every route's role is in
+//! outbox, consumers' lag, sagas, projections and stream jobs; and who the caller is. Every route's role is in
 //! [`ROUTES`](crate::routes::ROUTES); a viewer never sees a message body.
 
 pub mod consumers;
@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod outbox;
 pub mod processors;
 pub mod stream_jobs;
+pub mod whoami;
 
 use crate::auth::{Caller, Role};
 

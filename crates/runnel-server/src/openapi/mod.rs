@@ -84,6 +84,7 @@ pub(crate) const fn doc<P: utoipa::Path>() -> OperationDoc {
     crate::admin::dead_letters::PurgeIn,
     crate::admin::outbox::RetryParkedIn,
     crate::operations::OperationView,
+    crate::admin::whoami::Whoami,
 )))]
 struct Components;
 
@@ -114,6 +115,10 @@ fn operation_id(route: &Route) -> String {
                 '_'
             }
         }));
+    }
+    // `/dashboard/` beside `/dashboard`: the trailing slash is part of the id.
+    if route.path.len() > 1 && route.path.ends_with('/') {
+        id.push_str("_index");
     }
     id
 }

@@ -1616,8 +1616,19 @@ impl<D: SagaData> SagaRuntime<D> {
                 return Ok(done);
             }
             done += batch.len();
-            let results =
-                futures_util::future::join_all(batch.into_iter().map(|w| self.process(w))).await;
+            // At most `max_concurrency` pieces at once, as `run` does; with 1 they run in
+            // claim order, so a test's commits (and crash points) come in the same order
+            // every time.
+            let limit = self.inner.options.max_concurrency.max(1);
+            let mut results = Vec::with_capacity(batch.len());
+            let mut pending = batch.into_iter().peekable();
+            while pending.peek().is_some() {
+                let chunk: Vec<Work> = pending.by_ref().take(limit).collect();
+                results.extend(
+                    futures_util::future::join_all(chunk.into_iter().map(|w| self.process(w)))
+                        .await,
+                );
+            }
             for r in results {
                 match r {
                     Ok(()) => {}

@@ -201,6 +201,14 @@ impl Upcasters {
 
     /// Upcasts a stored event and decodes it as `E`.
     pub fn decode<E: DomainEvent>(&self, event: &RecordedEvent) -> Result<E, CodecError> {
+        // No step applies (the common case): decode from the stored bytes, without
+        // parsing them into a `serde_json::Value` first.
+        let applies = self.chains.get(&event.event_type).is_some_and(|chain| {
+            event.schema_version >= chain.start && event.schema_version < chain.end()
+        });
+        if !applies {
+            return codec::decode(event);
+        }
         let (version, payload) = self.upcast_recorded(event)?;
         codec::decode_value(&event.event_type, version, payload)
     }

@@ -19,7 +19,7 @@ pub const FULFILLMENT_PROGRESS: &str = "fulfillment_progress";
 /// How far an order's fulfillment got, as the services answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FulfillmentProgress {
-    /// The last answer applied: `inventory-reserved`, `out-of-stock`, `payment-charged`,
+    /// The furthest answer applied: `inventory-reserved`, `out-of-stock`, `payment-charged`,
     /// `payment-declined`, `shipment-created`, `shipment-rejected`, `inventory-released`,
     /// `payment-refunded` or `shipment-cancelled`; `None` before the first.
     pub stage: Option<String>,
@@ -93,6 +93,32 @@ fn change(event_type: &str) -> Option<(&'static str, Option<(&'static str, &'sta
     })
 }
 
+/// Where a stage comes in a fulfillment: forward steps, then a definite failure, then the
+/// compensations in the reverse order they run. A service answers a command it is asked
+/// twice (a duplicated or re-sent command) twice, each a reply of its own that the inbox
+/// does not recognise, so a late second `PaymentCharged` can arrive after
+/// `ShipmentCreated`: the stage only moves forward, and a compensation is listed once.
+fn rank(stage: &str) -> i64 {
+    match stage {
+        "inventory-reserved" => 1,
+        "payment-charged" => 2,
+        "shipment-created" => 3,
+        "out-of-stock" | "payment-declined" | "shipment-rejected" => 4,
+        "shipment-cancelled" => 5,
+        "payment-refunded" => 6,
+        "inventory-released" => 7,
+        _ => 0,
+    }
+}
+
+/// [`rank`] of the row's current stage, in SQL (0 before the first answer).
+const STAGE_RANK: &str = "CASE stage \
+     WHEN 'inventory-reserved' THEN 1 WHEN 'payment-charged' THEN 2 \
+     WHEN 'shipment-created' THEN 3 \
+     WHEN 'out-of-stock' THEN 4 WHEN 'payment-declined' THEN 4 WHEN 'shipment-rejected' THEN 4 \
+     WHEN 'shipment-cancelled' THEN 5 WHEN 'payment-refunded' THEN 6 \
+     WHEN 'inventory-released' THEN 7 ELSE 0 END";
+
 impl TopicProjection for FulfillmentProgressProjection {
     fn name(&self) -> &str {
         FULFILLMENT_PROGRESS
@@ -156,18 +182,24 @@ impl TopicProjection for FulfillmentProgressProjection {
                 };
                 out.execute(
                     format!(
-                        "UPDATE {{fulfillment_progress}} SET stage = $2, {column} = $3 \
-                         WHERE order_id = $1"
+                        "UPDATE {{fulfillment_progress}} SET \
+                         stage = CASE WHEN {STAGE_RANK} <= $4 THEN $2 ELSE stage END, \
+                         {column} = $3 WHERE order_id = $1"
                     ),
-                    vec![order_id.into(), stage.into(), value],
+                    vec![order_id.into(), stage.into(), value, rank(stage).into()],
                 );
             }
             None => out.execute(
-                "UPDATE {fulfillment_progress} SET stage = $2, \
-                 compensations = CASE WHEN compensations = '' THEN $2 \
-                                      ELSE compensations || ',' || $2 END \
-                 WHERE order_id = $1",
-                vec![order_id.into(), stage.into()],
+                format!(
+                    "UPDATE {{fulfillment_progress}} SET \
+                     stage = CASE WHEN {STAGE_RANK} <= $3 THEN $2 ELSE stage END, \
+                     compensations = CASE \
+                         WHEN compensations = '' THEN $2 \
+                         WHEN ',' || compensations || ',' LIKE '%,' || $2 || ',%' THEN compensations \
+                         ELSE compensations || ',' || $2 END \
+                     WHERE order_id = $1"
+                ),
+                vec![order_id.into(), stage.into(), rank(stage).into()],
             ),
         }
         Ok(())
