@@ -35,6 +35,10 @@ const PULL_RETRY: Duration = Duration::from_millis(250);
 /// when handed out, so its ack timeout (nearly) starts at the hand-over; a shorter wait
 /// is not worth a message to the server.
 const HANDOUT_TOUCH_DIVISOR: u32 = 20;
+/// During a hand-over barrier with a full book, a probe pull (for the previous holder's
+/// deliveries, which come back only in answer to a pull) goes out this many times per ack
+/// timeout.
+const BARRIER_PROBES_PER_ACK_TIMEOUT: u32 = 4;
 /// Bounds of the housekeeping tick (keep-alives, lease renewal, barrier checks).
 const TICK_MIN: Duration = Duration::from_millis(50);
 const TICK_MAX: Duration = Duration::from_millis(250);
@@ -75,6 +79,10 @@ impl Member {
         let mut max_consumer_seq: u64 = 0;
         let mut next_acquire = Instant::now();
         let mut next_pull = Instant::now();
+        // During the barrier: deliveries the server counts as pending that this member
+        // does not track (the previous holder's), and when the next probe may go out.
+        let mut missing: usize = 0;
+        let mut next_probe = Instant::now();
         let mut tick = tokio::time::interval(self.tick_period());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let store = match self.inner.lease_store().await {
@@ -93,12 +101,23 @@ impl Member {
             }
             let held = lease.held();
             if held && pull.is_none() && Instant::now() >= next_pull {
-                let (room, buffered) = {
+                let (mut room, buffered) = {
                     let n = self.shared.lock().book.held();
                     (self.pull_batch().saturating_sub(n), n)
                 };
+                // A probe: the barrier waits for the previous holder's deliveries, and the
+                // server hands them back (redeliveries first) only in answer to a pull. A
+                // full (or nearly full) book must not stop that, or the member waits
+                // forever; the probes are paced so the book grows by at most a few times
+                // `missing` meanwhile.
+                let probe = barrier && missing > 0 && Instant::now() >= next_probe;
+                if probe {
+                    room = room.max(missing.min(super::PULL_BATCH_MAX));
+                    next_probe =
+                        Instant::now() + self.options.ack_timeout / BARRIER_PROBES_PER_ACK_TIMEOUT;
+                }
                 // No trickle of tiny pulls while plenty waits here already.
-                if room > 0 && (buffered == 0 || room >= self.pull_batch() / 4) {
+                if room > 0 && (probe || buffered == 0 || room >= self.pull_batch() / 4) {
                     match self
                         .consumer
                         .batch()
@@ -137,7 +156,7 @@ impl Member {
                 }
                 _ = self.shared.woken() => {}
                 _ = tick.tick() => {
-                    self.housekeeping(&store, &mut lease, &mut pull, &mut barrier, &mut max_consumer_seq, &mut next_acquire).await;
+                    missing = self.housekeeping(&store, &mut lease, &mut pull, &mut barrier, &mut max_consumer_seq, &mut next_acquire).await;
                 }
             }
             if lease.held() && !barrier {
@@ -176,7 +195,8 @@ impl Member {
         barrier: &mut bool,
         max_consumer_seq: &mut u64,
         next_acquire: &mut Instant,
-    ) {
+    ) -> usize {
+        let mut missing = 0;
         if lease.held() && lease.renewal_due() {
             match lease.renew(store).await {
                 Ok(true) => {}
@@ -213,12 +233,21 @@ impl Member {
                     let tracked = self.shared.lock().book.len();
                     if info.num_ack_pending <= tracked {
                         *barrier = false;
+                    } else {
+                        missing = info.num_ack_pending - tracked;
+                        tracing::trace!(
+                            pending = info.num_ack_pending,
+                            tracked,
+                            held = self.shared.lock().book.held(),
+                            "hand-over barrier: waiting for deliveries"
+                        );
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "consumer info failed"),
             }
         }
         self.keep_alive(lease.held()).await;
+        missing
     }
 
     /// Resets the server's ack timer of messages waiting here (when holding the lease)

@@ -76,6 +76,17 @@ use supervisor::{Supervisor, TaskFn, TaskSpec};
 pub const SHUTDOWN_DEADLINE_DEFAULT: Duration = Duration::from_secs(30);
 /// Default time a consumer's in-flight handlers get to finish at shutdown.
 pub const CONSUMER_GRACE_DEFAULT: Duration = Duration::from_secs(10);
+/// Ack timeout of the consumers the application registers for itself (a saga's reply
+/// consumer): how long the deliveries a killed process held wait before they come back to
+/// the group. Their leases are kept alive while they are handled
+/// ([`ConsumerBuilder::keep_lease_alive`]), so it can be short; with the other leases
+/// below it keeps a killed process's work taken over within 10 s.
+pub const TAKEOVER_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lease of each claim of the outbox relay the application starts for itself: how long a
+/// killed relay's rows (and their keys) stay blocked before another process publishes
+/// them. A claim is published in well under a second; one that outlasts its lease is
+/// published again by another relay (consumers deduplicate by message id).
+pub const OUTBOX_RELAY_LEASE: Duration = Duration::from_secs(5);
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -351,8 +362,10 @@ impl App {
         self.consumer(topic, group, move |c| {
             c.subscribe_options(runnel_core::bus::SubscribeOptions {
                 start: runnel_core::bus::StartPosition::Earliest,
+                ack_timeout: TAKEOVER_ACK_TIMEOUT,
                 ..runnel_core::bus::SubscribeOptions::default()
             })
+            .keep_lease_alive()
             .handler(reply_handler(r.clone()))
         });
         self.wants_outbox_relay = true;
@@ -493,7 +506,7 @@ impl App {
                 .iter()
                 .any(|t| t.name.starts_with("outbox-relay:"))
         {
-            self.outbox_relay(RelayOptions::default());
+            self.outbox_relay(RelayOptions::default().lease(OUTBOX_RELAY_LEASE));
         }
         // Listen before any task runs: a SIGTERM that arrives while the application is
         // starting must stop it, not kill it (or be lost).

@@ -78,6 +78,7 @@ pub struct ConsumerBuilder {
     custom: CustomLayers,
     shutdown_grace: Duration,
     lag: Option<(Arc<dyn LagProbe>, Duration)>,
+    keep_lease_alive: bool,
 }
 
 impl fmt::Debug for ConsumerBuilder {
@@ -119,6 +120,7 @@ impl ConsumerBuilder {
             custom: CustomLayers::new(),
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             lag: None,
+            keep_lease_alive: false,
         }
     }
 
@@ -265,6 +267,18 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Keeps each delivery's lease with the transport alive while the consumer holds it
+    /// (waiting for its key, being handled, between retries), extending it every third of
+    /// the ack timeout. A handler may then take longer than `ack_timeout` without being
+    /// redelivered meanwhile, and the ack timeout is only how long a crashed consumer's
+    /// deliveries wait before they come back to the group: keep it short for a quick
+    /// takeover when several processes share a group. Off by default: a delivery held past
+    /// its ack timeout is redelivered (the idempotency layers absorb the duplicate).
+    pub fn keep_lease_alive(mut self) -> Self {
+        self.keep_lease_alive = true;
+        self
+    }
+
     /// Time in-flight deliveries get when the subscription ends by itself.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
@@ -297,7 +311,7 @@ impl ConsumerBuilder {
                 "the handler timeout must be above zero (or use no_handler_timeout)".into(),
             ));
         }
-        if let Some(t) = self.timeout {
+        if let Some(t) = self.timeout.filter(|_| !self.keep_lease_alive) {
             if t >= self.options.ack_timeout {
                 tracing::warn!(
                     handler_timeout = ?t,
@@ -369,6 +383,7 @@ impl ConsumerBuilder {
             self.publisher,
             self.shutdown_grace,
             self.lag,
+            self.keep_lease_alive,
         ))
     }
 

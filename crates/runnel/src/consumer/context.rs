@@ -76,6 +76,11 @@ impl Lease {
         }
     }
 
+    /// The transport's ack timeout for this delivery.
+    pub(crate) fn ack_timeout(&self) -> Duration {
+        self.ack_timeout
+    }
+
     /// Keeps the delivery from timing out for `by` more, from now.
     pub(crate) async fn extend(&self, by: Duration) -> Result<(), BusError> {
         let guard = self.handle.lock().await;

@@ -45,6 +45,7 @@ pub struct Consumer {
     publisher: Option<Arc<dyn Publisher>>,
     shutdown_grace: Duration,
     lag: Option<(Arc<dyn LagProbe>, Duration)>,
+    keep_lease_alive: bool,
 }
 
 impl fmt::Debug for Consumer {
@@ -123,6 +124,7 @@ impl Consumer {
         publisher: Option<Arc<dyn Publisher>>,
         shutdown_grace: Duration,
         lag: Option<(Arc<dyn LagProbe>, Duration)>,
+        keep_lease_alive: bool,
     ) -> Self {
         Consumer {
             subscriber,
@@ -133,6 +135,7 @@ impl Consumer {
             publisher,
             shutdown_grace,
             lag,
+            keep_lease_alive,
         }
     }
 
@@ -183,6 +186,7 @@ impl Consumer {
             grace: Arc::clone(&grace),
             buffered_max: self.options.max_in_flight,
             lag_task,
+            keep_lease_alive: self.keep_lease_alive,
         };
         Ok(ConsumerHandle {
             stop: stop_tx,
@@ -291,6 +295,8 @@ struct Driver {
     /// Our own bound on deliveries held, whatever the stack does (= `max_in_flight`).
     buffered_max: usize,
     lag_task: Option<JoinHandle<()>>,
+    /// [`ConsumerBuilder::keep_lease_alive`](super::ConsumerBuilder::keep_lease_alive).
+    keep_lease_alive: bool,
 }
 
 impl Driver {
@@ -369,7 +375,7 @@ impl Driver {
                     // `call` right after readiness, in delivery order: the key-order layer
                     // takes each delivery's place in its key's line here.
                     let handling = self.service.call(ctx.clone());
-                    tasks.spawn(settle(handling, ctx));
+                    tasks.spawn(settle(handling, ctx, self.keep_lease_alive));
                 }
             }
         }
@@ -440,12 +446,47 @@ async fn skip_replay_for_other_group(delivery: Delivery) -> Settled {
     }
 }
 
+/// Runs `handling` while extending its delivery's lease every third of the ack timeout
+/// (see [`ConsumerBuilder::keep_lease_alive`](super::ConsumerBuilder::keep_lease_alive)).
+async fn keeping_lease_alive(
+    handling: BoxFuture<Result<Outcome, HandlerError>>,
+    ctx: &HandlerContext,
+) -> Result<Outcome, HandlerError> {
+    let lease = &ctx.shared().lease;
+    let period = lease.ack_timeout() / 3;
+    // Polled beside `handling` in this one task (never awaited alone), so an extension
+    // waiting for the lease's lock never blocks a layer that holds it.
+    let keep = async {
+        loop {
+            tokio::time::sleep(period).await;
+            match lease.keep_through(Duration::ZERO).await {
+                Ok(_) => {}
+                Err(e @ BusError::DeliveryLost(_)) => {
+                    tracing::debug!(error = %e, "the delivery's lease is lost; no more keep-alives");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not extend the delivery's lease"),
+            }
+        }
+    };
+    tokio::pin!(handling);
+    tokio::select! {
+        result = &mut handling => result,
+        () = keep => handling.await,
+    }
+}
+
 /// Runs one delivery through the stack and settles it with the transport.
 async fn settle(
     handling: BoxFuture<Result<Outcome, HandlerError>>,
     ctx: HandlerContext,
+    keep_lease_alive: bool,
 ) -> Settled {
-    let result = handling.await;
+    let result = if keep_lease_alive {
+        keeping_lease_alive(handling, &ctx).await
+    } else {
+        handling.await
+    };
     let Some(handle) = ctx.shared().lease.take().await else {
         return Settled::Unsettled;
     };

@@ -55,7 +55,8 @@ pub type AfterPublishHook = Arc<dyn Fn(&[u64]) + Send + Sync>;
 /// How a [`Relay`] behaves.
 #[derive(Clone)]
 pub struct RelayOptions {
-    /// This relay's name (its leases carry it). Unique per running relay.
+    /// This relay's name (its leases carry it). Unique per running relay; by default
+    /// `relay-{pid}-{uuid}`.
     pub name: String,
     /// Rows per claim, 1..=[`CLAIM_LIMIT_MAX`].
     pub batch_size: usize,
@@ -93,7 +94,12 @@ impl std::fmt::Debug for RelayOptions {
 impl Default for RelayOptions {
     fn default() -> Self {
         RelayOptions {
-            name: format!("relay-{}", uuid::Uuid::now_v7().simple()),
+            // The pid tells an operator (and a scale-out test) whose leases a row carries.
+            name: format!(
+                "relay-{}-{}",
+                std::process::id(),
+                uuid::Uuid::now_v7().simple()
+            ),
             batch_size: BATCH_SIZE_DEFAULT,
             lease: LEASE_DEFAULT,
             poll_interval: POLL_INTERVAL_DEFAULT,

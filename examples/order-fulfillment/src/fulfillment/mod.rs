@@ -114,6 +114,7 @@ pub fn wire(
             let upcasters = Arc::clone(&upcasters);
             consumer
                 .subscribe_options(from_earliest())
+                .keep_lease_alive()
                 .handler(move |ctx: HandlerContext| {
                     let saga = saga.clone();
                     let upcasters = Arc::clone(&upcasters);
@@ -130,6 +131,7 @@ pub fn wire(
             let commands = commands.clone();
             consumer
                 .subscribe_options(from_earliest())
+                .keep_lease_alive()
                 .handler(move |ctx: HandlerContext| {
                     let commands = commands.clone();
                     async move { cancel_compensated(&commands, ctx).await }
@@ -154,10 +156,15 @@ pub fn wire_services(
 
 /// Subscription options for fulfillment's consumers: a group created after messages were
 /// published (the first start of a service) still gets them. Nothing of the order flow may
-/// be skipped because a consumer came up a moment late.
+/// be skipped because a consumer came up a moment late. The short ack timeout brings the
+/// deliveries of a killed process back to the group within seconds; the consumers keep
+/// their leases alive while they handle ([`ConsumerBuilder::keep_lease_alive`]).
+///
+/// [`ConsumerBuilder::keep_lease_alive`]: runnel::consumer::ConsumerBuilder::keep_lease_alive
 pub fn from_earliest() -> runnel::core::bus::SubscribeOptions {
     runnel::core::bus::SubscribeOptions {
         start: runnel::core::bus::StartPosition::Earliest,
+        ack_timeout: runnel::app::TAKEOVER_ACK_TIMEOUT,
         ..runnel::core::bus::SubscribeOptions::default()
     }
 }

@@ -22,8 +22,10 @@ pub const PAYMENTS_TOPIC: &str = "payments.commands";
 /// The shipping service's command topic.
 pub const SHIPPING_TOPIC: &str = "shipping.commands";
 
-/// How long a service holds a command's key while handling it.
-const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long a service holds a command's key while handling it: a redelivery of a command
+/// whose process was killed mid-handling waits this long before another process answers
+/// it, so it stays well under the 10 s takeover.
+const LOCK_TTL: Duration = Duration::from_secs(5);
 /// How long a service remembers its answer to a command.
 const ANSWER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -223,6 +225,7 @@ pub fn wire(
             move |consumer| {
                 consumer
                     .subscribe_options(super::from_earliest())
+                    .keep_lease_alive()
                     .handler(handler.clone())
             },
         );
