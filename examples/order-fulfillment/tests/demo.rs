@@ -4,10 +4,13 @@
 //! orders in the store it names, or in its own recreated runnel-demo.db, never in the
 //! store runnel.toml configures.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use assert_cmd::Command;
+use common::{nats_bus_of_its_own, service_url};
 use runnel::connect::{open_stores, OpenMode, StoreUrl};
 use serde_json::Value;
 
@@ -352,18 +355,10 @@ fn demo_runs_distributed_on_postgres_and_nats() {
     let Some(url) = postgres_store_url() else {
         return;
     };
-    let Ok(nats) = std::env::var("RUNNEL_TEST_NATS_URL") else {
-        assert!(
-            std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "RUNNEL_TEST_NATS_URL is not set but RUNNEL_REQUIRE_SERVICES=1"
-        );
-        eprintln!("SKIPPED: RUNNEL_TEST_NATS_URL is not set");
+    let Some(nats) = service_url("RUNNEL_TEST_NATS_URL") else {
         return;
     };
-    let tag = uuid::Uuid::now_v7().simple().to_string();
-    let tag = &tag[tag.len() - 12..];
-    let sep = if nats.contains('?') { '&' } else { '?' };
-    let bus = format!("{nats}{sep}subject_prefix=demo{tag}&stream_prefix=DEMO{tag}");
+    let bus = nats_bus_of_its_own(&nats, "demo");
     let dir = tempfile::tempdir().unwrap();
     let out = order_fulfillment(dir.path())
         .args([
@@ -425,30 +420,16 @@ fn demo_distributed_over(bus: &str) {
     assert_eq!(v["dead_lettered"], 1, "{v}");
 }
 
-fn broker(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "{var} is not set but RUNNEL_REQUIRE_SERVICES=1"
-            );
-            eprintln!("SKIPPED: {var} is not set");
-            None
-        }
-    }
-}
-
 #[test]
 fn demo_runs_distributed_on_postgres_and_rabbitmq() {
-    if let Some(url) = broker("RUNNEL_TEST_AMQP_URL") {
+    if let Some(url) = service_url("RUNNEL_TEST_AMQP_URL") {
         demo_distributed_over(&url);
     }
 }
 
 #[test]
 fn demo_runs_distributed_on_postgres_and_kafka() {
-    if let Some(brokers) = broker("RUNNEL_TEST_KAFKA_BROKERS") {
+    if let Some(brokers) = service_url("RUNNEL_TEST_KAFKA_BROKERS") {
         demo_distributed_over(&format!("kafka://{brokers}"));
     }
 }

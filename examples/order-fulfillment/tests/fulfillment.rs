@@ -5,7 +5,11 @@
 //! default, over NATS, on PostgreSQL and on PostgreSQL over NATS. A crashing service
 //! parks the instance for an operator.
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::service_url;
 
 use order_fulfillment::fulfillment::{Failures, FulfillmentConfig, PAYMENT_CATEGORY};
 use order_fulfillment::service::{self, OrderService};
@@ -197,27 +201,8 @@ fn embedded(dir: &std::path::Path) -> Settings {
         .unwrap()
 }
 
-fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "{var} is not set but RUNNEL_REQUIRE_SERVICES=1"
-            );
-            eprintln!("SKIPPED: {var} is not set");
-            None
-        }
-    }
-}
-
-/// A NATS bus of its own (subject and stream prefixes), so concurrent tests do not share
-/// topics.
 fn nats_bus(url: &str) -> String {
-    let tag = uuid::Uuid::now_v7().simple().to_string();
-    let tag = &tag[tag.len() - 12..];
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}subject_prefix=ful{tag}&stream_prefix=FUL{tag}")
+    common::nats_bus_of_its_own(url, "ful")
 }
 
 fn postgres_store(url: &str) -> String {

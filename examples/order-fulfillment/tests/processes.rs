@@ -3,11 +3,14 @@
 //! while the demo's process runs only the order service (`demo --parts orders`), over one
 //! PostgreSQL store and one NATS server.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{nats_bus_of_its_own, service_url};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -83,20 +86,6 @@ impl Drop for Running {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
-        }
-    }
-}
-
-fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "{var} is not set but RUNNEL_REQUIRE_SERVICES=1"
-            );
-            eprintln!("SKIPPED: {var} is not set");
-            None
         }
     }
 }
@@ -211,10 +200,7 @@ fn services_run_in_a_separate_process() {
     let schema = format!("procs_{}", uuid::Uuid::now_v7().simple());
     let sep = if pg.contains('?') { '&' } else { '?' };
     let store = format!("{pg}{sep}schema={schema}");
-    let tag = uuid::Uuid::now_v7().simple().to_string();
-    let tag = &tag[tag.len() - 12..];
-    let sep = if nats.contains('?') { '&' } else { '?' };
-    let bus = format!("{nats}{sep}subject_prefix=procs{tag}&stream_prefix=PROCS{tag}");
+    let bus = nats_bus_of_its_own(&nats, "procs");
 
     let services = Running::start(&[
         "--store",

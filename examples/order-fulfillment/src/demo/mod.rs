@@ -67,6 +67,10 @@ The demo uses --store / --db, else $RUNNEL_STORE / $RUNNEL_DB, adding orders to 
 store; otherwise it recreates runnel-demo.db in the current directory. runnel.toml is
 ignored, so the demo never writes into a project's configured store by accident.
 
+The flow's consumers start at a new group's earliest message (a service that comes up late
+misses nothing). On SQS/SNS that needs the SNS topic archive's replay, which AWS has and
+local emulators (moto) refuse: there the consumers fail to subscribe and say so.
+
 Examples:
   cargo run --release -p order-fulfillment -- demo
   order-fulfillment demo --orders 5000 --clients 64

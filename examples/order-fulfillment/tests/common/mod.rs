@@ -110,3 +110,31 @@ impl AppendHook for BeforeNextAppend {
         inner.append(stream, expected, events).await
     }
 }
+
+/// The URL in `var` (a real service's), or `None` after a loud SKIPPED — a failure under
+/// `RUNNEL_REQUIRE_SERVICES=1`, where no backend test may skip.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{var} is not set but RUNNEL_REQUIRE_SERVICES=1"
+            );
+            eprintln!("SKIPPED: {var} is not set");
+            None
+        }
+    }
+}
+
+/// `url` with subject and stream prefixes of its own (`{prefix}{tag}`), so concurrent
+/// tests on one NATS server do not share topics.
+pub fn nats_bus_of_its_own(url: &str, prefix: &str) -> String {
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let tag = &tag[tag.len() - 12..];
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!(
+        "{url}{sep}subject_prefix={prefix}{tag}&stream_prefix={}{tag}",
+        prefix.to_uppercase()
+    )
+}
