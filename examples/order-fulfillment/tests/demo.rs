@@ -10,9 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use assert_cmd::Command;
-use common::{nats_bus_of_its_own, service_url};
+use common::{
+    assert_fixed_mix_of_60, demo_summary, nats_bus_of_its_own, service_url, success_stdout,
+};
 use runnel::connect::{open_stores, OpenMode, StoreUrl};
-use serde_json::Value;
 
 /// Longest one demo run may take (a debug build on a busy machine).
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
@@ -93,12 +94,7 @@ fn demo_runs_the_whole_order_flow_and_prints_a_summary() {
         .arg(&db)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let summary = success_stdout(&out);
     for needle in [
         "100 orders by 8 HTTP clients",
         "placed         100",
@@ -136,15 +132,7 @@ fn demo_flow_summary_as_json_adds_up() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one JSON summary: {stdout}");
-    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    let v = demo_summary(&out);
     let n = |key: &str| {
         v[key]
             .as_u64()
@@ -180,12 +168,7 @@ fn demo_without_failures_confirms_every_order() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = demo_summary(&out);
     assert_eq!(v["confirmed"], 60, "{v}");
     assert_eq!(v["compensated"], 0, "{v}");
     assert_eq!(v["dead_lettered"], 0, "{v}");
@@ -200,12 +183,7 @@ fn race_demo_with_small_numbers_prints_a_summary() {
         .arg(&db)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let summary = success_stdout(&out);
     for needle in [
         "50 orders by 4 concurrent clients",
         "rejected by invariants",
@@ -242,15 +220,7 @@ fn race_demo_summary_as_json_adds_up() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one JSON summary: {stdout}");
-    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    let v = demo_summary(&out);
     let n = |key: &str| {
         v[key]
             .as_u64()
@@ -335,12 +305,7 @@ fn demo_works_against_postgres_from_runnel_store() {
         .args(["demo", "--orders", "40", "--clients", "4"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let summary = success_stdout(&out);
     assert!(summary.contains("40 orders by 4 HTTP clients"), "{summary}");
     assert!(summary.contains("verified"), "{summary}");
     assert!(
@@ -375,14 +340,8 @@ fn demo_runs_distributed_on_postgres_and_nats() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["verified"], 60, "{v}");
-    assert_eq!(v["confirmed"], 56, "{v}");
+    let v = demo_summary(&out);
+    assert_fixed_mix_of_60(&v);
     assert!(v["bus"].as_str().unwrap().starts_with("nats://"), "{v}");
 }
 
@@ -408,16 +367,7 @@ fn demo_distributed_over(bus: &str) {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["verified"], 60, "{v}");
-    assert_eq!(v["confirmed"], 56, "{v}");
-    assert_eq!(v["compensated"], 3, "{v}");
-    assert_eq!(v["dead_lettered"], 1, "{v}");
+    assert_fixed_mix_of_60(&demo_summary(&out));
 }
 
 #[test]

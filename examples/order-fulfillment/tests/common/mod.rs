@@ -138,3 +138,30 @@ pub fn nats_bus_of_its_own(url: &str, prefix: &str) -> String {
         prefix.to_uppercase()
     )
 }
+
+/// The stdout of a command that must have succeeded (its stderr in the failure message).
+pub fn success_stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The one-line JSON summary of a demo that must have succeeded.
+pub fn demo_summary(out: &std::process::Output) -> serde_json::Value {
+    let stdout = success_stdout(out);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON summary: {stdout}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+/// The demo's fixed mix of failures over orders 0..60: 56 confirmed, 3 compensated (one out
+/// of stock, two declined), 1 dead-lettered, every order verified.
+pub fn assert_fixed_mix_of_60(v: &serde_json::Value) {
+    assert_eq!(v["verified"], 60, "{v}");
+    assert_eq!(v["confirmed"], 56, "{v}");
+    assert_eq!(v["compensated"], 3, "{v}");
+    assert_eq!(v["dead_lettered"], 1, "{v}");
+}
