@@ -267,9 +267,12 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// rows; otherwise use the backend's `enqueue_in`).
     async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), StoreError>;
 
-    /// Leases up to `limit` claimable rows to `relay` for `lease`: heads of keys not
-    /// leased by a live relay, not parked and due, each with the pending rows that follow
-    /// it in its key (up to the limit). Returned in `seq` order.
+    /// Claims up to `limit` rows for `relay`: heads of keys not leased by a live relay, not
+    /// parked and due, each leased for `lease` and returned with the pending rows that
+    /// follow it in its key (up to the limit), in `seq` order. The followers need no lease
+    /// of their own: none of them can be claimed before every earlier row of its key is
+    /// marked. So a relay records a round's failures before it marks the round's published
+    /// rows (a failed follower becomes a head once the rows before it are marked).
     async fn claim(
         &self,
         relay: &str,

@@ -82,22 +82,29 @@ impl std::fmt::Debug for PostgresOutbox {
 }
 
 const ROW_COLUMNS: &str = "seq, topic, envelope, payload, created_at, attempts, last_error";
+/// How many columns [`ROW_COLUMNS`] names.
+const ROW_COLUMN_COUNT: usize = 7;
 
 fn record_from_row(row: &PgRow) -> Result<OutboxRecord, StoreError> {
+    record_from_row_at(row, 0)
+}
+
+/// The record whose [`ROW_COLUMNS`] start at column `at` of `row`.
+fn record_from_row_at(row: &PgRow, at: usize) -> Result<OutboxRecord, StoreError> {
     let bad = |e: sqlx::Error| StoreError::Corrupt(format!("unreadable outbox row: {e}"));
-    let seq: i64 = row.try_get(0).map_err(bad)?;
-    let topic: String = row.try_get(1).map_err(bad)?;
-    let envelope: String = row.try_get(2).map_err(bad)?;
-    let payload: Vec<u8> = row.try_get(3).map_err(bad)?;
-    let attempts: i32 = row.try_get(5).map_err(bad)?;
+    let seq: i64 = row.try_get(at).map_err(bad)?;
+    let topic: String = row.try_get(at + 1).map_err(bad)?;
+    let envelope: String = row.try_get(at + 2).map_err(bad)?;
+    let payload: Vec<u8> = row.try_get(at + 3).map_err(bad)?;
+    let attempts: i32 = row.try_get(at + 5).map_err(bad)?;
     Ok(OutboxRecord {
         seq: seq as u64,
         topic: TopicName::new(topic)
             .map_err(|e| StoreError::Corrupt(format!("outbox row {seq} topic: {e}")))?,
         message: decode_envelope(&envelope, payload)?,
-        created_at: row.try_get(4).map_err(bad)?,
+        created_at: row.try_get(at + 4).map_err(bad)?,
         attempts: u32::try_from(attempts).unwrap_or(0),
-        last_error: row.try_get(6).map_err(bad)?,
+        last_error: row.try_get(at + 6).map_err(bad)?,
     })
 }
 
@@ -269,20 +276,61 @@ impl OutboxStore for PostgresOutbox {
                 .map_err(|e| StoreError::InvalidArgument(format!("lease: {e}")))?;
         let t = &self.inner.table;
         let mut tx = self.pool().begin().await.map_err(map_sqlx)?;
-        // Heads of keys: a key's earliest pending row, free, due, not parked. SKIP LOCKED:
-        // a head another relay is claiming right now is left to it; once its lease is
-        // committed the recheck of the row's lease excludes it here.
-        let heads: Vec<(i64, Option<String>)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT o.seq, o.ordering_key FROM {t} o \
-             WHERE o.published_at IS NULL AND NOT o.parked AND o.next_attempt_at <= $1 \
-               AND (o.leased_until IS NULL OR o.leased_until <= $1) \
-               AND (o.ordering_key IS NULL OR NOT EXISTS ( \
-                    SELECT 1 FROM {t} p WHERE p.ordering_key = o.ordering_key \
-                      AND p.published_at IS NULL AND p.seq < o.seq)) \
-             ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
+        // Candidate heads, without locks: each pending key's earliest row, one index probe
+        // per key (a skip scan over `outbox_pending_by_key`), and the oldest unkeyed rows.
+        // More keys than the claim could take heads of: their heads are found in `seq`
+        // order instead (the scan stops after `limit` heads).
+        let cands: Vec<(i64, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+            "WITH RECURSIVE keys(k, s) AS ( \
+               (SELECT ordering_key, seq FROM {t} \
+                 WHERE published_at IS NULL AND ordering_key IS NOT NULL \
+                 ORDER BY ordering_key, seq LIMIT 1) \
+               UNION ALL \
+               SELECT n.k, n.s FROM keys CROSS JOIN LATERAL ( \
+                 SELECT ordering_key AS k, seq AS s FROM {t} \
+                  WHERE published_at IS NULL AND ordering_key > keys.k \
+                  ORDER BY ordering_key, seq LIMIT 1) n) \
+             (SELECT s, true FROM keys LIMIT $2 + 1) \
+             UNION ALL \
+             (SELECT seq, false FROM {t} \
+               WHERE published_at IS NULL AND ordering_key IS NULL AND NOT parked \
+                 AND next_attempt_at <= $1 AND (leased_until IS NULL OR leased_until <= $1) \
+               ORDER BY seq LIMIT $2)"
         )))
         .bind(now)
         .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        let keyed = cands.iter().filter(|(_, k)| *k).count();
+        let cands: Option<Vec<i64>> = (keyed <= limit).then(|| cands.iter().map(|(s, _)| *s).collect());
+        // Heads: a key's earliest pending row, free, due, not parked, locked with
+        // FOR UPDATE SKIP LOCKED (a head another relay is claiming right now is left to
+        // it; once its lease is committed the recheck of the row's lease excludes it
+        // here), then leased. Only heads are leased: a key's followers cannot become heads
+        // before its head is marked, which only the lease holder does.
+        let scope = if cands.is_some() {
+            "o.seq = ANY($4) AND "
+        } else {
+            ""
+        };
+        let heads = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {t} SET leased_by = $1, leased_until = $2 WHERE seq IN ( \
+               SELECT o.seq FROM {t} o \
+                WHERE {scope}o.published_at IS NULL AND NOT o.parked \
+                  AND o.next_attempt_at <= $5 \
+                  AND (o.leased_until IS NULL OR o.leased_until <= $5) \
+                  AND (o.ordering_key IS NULL OR NOT EXISTS ( \
+                       SELECT 1 FROM {t} p WHERE p.ordering_key = o.ordering_key \
+                         AND p.published_at IS NULL AND p.seq < o.seq)) \
+                ORDER BY o.seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING {ROW_COLUMNS}, ordering_key"
+        )))
+        .bind(relay)
+        .bind(until)
+        .bind(limit as i64)
+        .bind(cands.unwrap_or_default())
+        .bind(now)
         .fetch_all(&mut *tx)
         .await
         .map_err(map_sqlx)?;
@@ -290,58 +338,53 @@ impl OutboxStore for PostgresOutbox {
             tx.commit().await.map_err(map_sqlx)?;
             return Ok(Vec::new());
         }
-        let mut seqs: Vec<i64> = heads.iter().map(|(s, _)| *s).collect();
-        // Followers: the next pending rows of each key, leased with the head (they cannot
-        // be claimed by anyone else while it is pending), shared fairly within `limit`,
-        // cut at the first parked one.
+        let mut out = Vec::with_capacity(limit);
+        let mut key_heads: Vec<i64> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        for row in &heads {
+            let record = record_from_row(row)?;
+            let key: Option<String> = row
+                .try_get(ROW_COLUMN_COUNT)
+                .map_err(|e| StoreError::Corrupt(format!("unreadable outbox row: {e}")))?;
+            if let Some(key) = key {
+                key_heads.push(record.seq as i64);
+                keys.push(key);
+            }
+            out.push(record);
+        }
+        // Followers: the next pending rows of each key, claimed with the head (nobody else
+        // can claim them while it is pending), shared fairly within `limit`, cut at the
+        // first parked one.
         let follow = (limit - heads.len()) / heads.len();
-        if follow > 0 {
-            let (key_heads, keys): (Vec<i64>, Vec<String>) = heads
-                .iter()
-                .filter_map(|(s, k)| k.clone().map(|k| (*s, k)))
-                .unzip();
-            if !keys.is_empty() {
-                let rows: Vec<(i64, i64, bool)> = sqlx::query_as(AssertSqlSafe(format!(
-                    "SELECT h.head, f.seq, f.parked FROM unnest($1::bigint[], $2::text[]) AS h(head, key) \
-                     CROSS JOIN LATERAL (SELECT seq, parked FROM {t} \
-                        WHERE ordering_key = h.key AND published_at IS NULL AND seq > h.head \
-                        ORDER BY seq LIMIT $3) f ORDER BY h.head, f.seq"
-                )))
-                .bind(&key_heads)
-                .bind(&keys)
-                .bind(follow as i64)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(map_sqlx)?;
-                let mut stopped: Option<i64> = None;
-                for (head, seq, parked) in rows {
-                    if stopped == Some(head) {
-                        continue;
-                    }
-                    if parked {
-                        stopped = Some(head);
-                        continue;
-                    }
-                    seqs.push(seq);
+        if follow > 0 && !keys.is_empty() {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT h.head, f.* FROM unnest($1::bigint[], $2::text[]) AS h(head, key) \
+                 CROSS JOIN LATERAL (SELECT parked, {ROW_COLUMNS} FROM {t} \
+                    WHERE ordering_key = h.key AND published_at IS NULL AND seq > h.head \
+                    ORDER BY seq LIMIT $3) f ORDER BY h.head, f.seq"
+            )))
+            .bind(&key_heads)
+            .bind(&keys)
+            .bind(follow as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+            let bad = |e: sqlx::Error| StoreError::Corrupt(format!("unreadable outbox row: {e}"));
+            let mut stopped: Option<i64> = None;
+            for row in &rows {
+                let head: i64 = row.try_get(0).map_err(bad)?;
+                if stopped == Some(head) {
+                    continue;
                 }
+                if row.try_get::<bool, _>(1).map_err(bad)? {
+                    stopped = Some(head);
+                    continue;
+                }
+                out.push(record_from_row_at(row, 2)?);
             }
         }
-        debug_assert!(seqs.len() <= limit);
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {t} SET leased_by = $1, leased_until = $2 WHERE seq = ANY($3) \
-             RETURNING {ROW_COLUMNS}"
-        )))
-        .bind(relay)
-        .bind(until)
-        .bind(&seqs)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
         tx.commit().await.map_err(map_sqlx)?;
-        let mut out = rows
-            .iter()
-            .map(record_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        debug_assert!(out.len() <= limit);
         out.sort_by_key(|r| r.seq);
         Ok(out)
     }
@@ -350,6 +393,15 @@ impl OutboxStore for PostgresOutbox {
         if seqs.is_empty() {
             return Ok(());
         }
+        // Committed without waiting for the WAL flush: a mark lost to a server crash only
+        // republishes its rows (at least once), and the next claim — a synchronous commit,
+        // whose flush covers every earlier commit — makes it durable before any later row
+        // of those keys can be claimed.
+        let mut tx = self.pool().begin().await.map_err(map_sqlx)?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE {} SET published_at = $1, leased_by = NULL, leased_until = NULL \
              WHERE seq = ANY($2) AND published_at IS NULL",
@@ -357,10 +409,10 @@ impl OutboxStore for PostgresOutbox {
         )))
         .bind(self.inner.clock.now())
         .bind(to_i64(seqs))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;
-        Ok(())
+        tx.commit().await.map_err(map_sqlx)
     }
 
     async fn record_failure(

@@ -137,6 +137,93 @@ pub(crate) fn insert_rows(
     Ok(())
 }
 
+/// Whether a pending row may be claimed now: not parked, due, no live lease (`?2` = now).
+const CLAIMABLE: &str = "parked = 0 AND next_attempt_at <= ?2 \
+     AND (leased_until IS NULL OR leased_until <= ?2)";
+
+/// The heads a claim takes: each key's earliest pending row and the unkeyed rows that are
+/// claimable, oldest first, at most `limit`. With at most `limit` pending keys, a skip scan
+/// over `outbox_pending_by_key` finds each key's head with one index probe (the writer is
+/// the only one changing the table, so the earliest pending row is the head); with more
+/// keys, the pending rows are tested in `seq` order until `limit` heads are found.
+fn claim_heads(conn: &Connection, now: i64, limit: usize) -> Result<Vec<i64>, StoreError> {
+    let mut heads: Vec<i64> = Vec::new();
+    let mut keys = 0usize;
+    {
+        let mut first = conn
+            .prepare_cached(&format!(
+                "SELECT ordering_key, seq, {CLAIMABLE} FROM outbox_messages \
+                 INDEXED BY outbox_pending_by_key \
+                 WHERE published_at IS NULL AND ordering_key >= ?1 \
+                 ORDER BY ordering_key, seq LIMIT 1"
+            ))
+            .map_err(map_sqlite)?;
+        let mut next = conn
+            .prepare_cached(&format!(
+                "SELECT ordering_key, seq, {CLAIMABLE} FROM outbox_messages \
+                 INDEXED BY outbox_pending_by_key \
+                 WHERE published_at IS NULL AND ordering_key > ?1 \
+                 ORDER BY ordering_key, seq LIMIT 1"
+            ))
+            .map_err(map_sqlite)?;
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?))
+        };
+        // Every key is at least the empty text.
+        let mut at = first
+            .query_row(params!["", now], row)
+            .optional()
+            .map_err(map_sqlite)?;
+        while let Some((key, seq, claimable)) = at {
+            keys += 1;
+            if keys > limit {
+                break;
+            }
+            if claimable {
+                heads.push(seq);
+            }
+            at = next
+                .query_row(params![key, now], row)
+                .optional()
+                .map_err(map_sqlite)?;
+        }
+    }
+    if keys > limit {
+        heads.clear();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT o.seq FROM outbox_messages o INDEXED BY outbox_pending \
+                 WHERE o.published_at IS NULL AND {CLAIMABLE} \
+                   AND (o.ordering_key IS NULL OR NOT EXISTS ( \
+                        SELECT 1 FROM outbox_messages p INDEXED BY outbox_pending_by_key \
+                        WHERE p.ordering_key = o.ordering_key AND p.published_at IS NULL \
+                          AND p.seq < o.seq)) \
+                 ORDER BY o.seq LIMIT ?1"
+            ))
+            .map_err(map_sqlite)?;
+        let rows = stmt
+            .query_map(params![limit as i64, now], |r| r.get(0))
+            .map_err(map_sqlite)?;
+        return rows.collect::<Result<_, _>>().map_err(map_sqlite);
+    }
+    let mut unkeyed = conn
+        .prepare_cached(&format!(
+            "SELECT seq FROM outbox_messages INDEXED BY outbox_pending_unkeyed \
+             WHERE published_at IS NULL AND ordering_key IS NULL AND {CLAIMABLE} \
+             ORDER BY seq LIMIT ?1"
+        ))
+        .map_err(map_sqlite)?;
+    let rows = unkeyed
+        .query_map(params![limit as i64, now], |r| r.get::<_, i64>(0))
+        .map_err(map_sqlite)?;
+    for seq in rows {
+        heads.push(seq.map_err(map_sqlite)?);
+    }
+    heads.sort_unstable();
+    heads.truncate(limit);
+    Ok(heads)
+}
+
 fn claim_in_tx(
     conn: &Connection,
     relay: &str,
@@ -144,82 +231,52 @@ fn claim_in_tx(
     until: i64,
     limit: usize,
 ) -> Result<Vec<OutboxRecord>, StoreError> {
-    // Heads: a key's earliest pending row, free (no live lease), due and not parked.
-    let heads: Vec<(i64, Option<String>)> = {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT o.seq, o.ordering_key FROM outbox_messages o INDEXED BY outbox_pending \
-                 WHERE o.published_at IS NULL AND o.parked = 0 AND o.next_attempt_at <= ?1 \
-                   AND (o.leased_until IS NULL OR o.leased_until <= ?1) \
-                   AND (o.ordering_key IS NULL OR NOT EXISTS ( \
-                        SELECT 1 FROM outbox_messages p INDEXED BY outbox_pending_by_key \
-                        WHERE p.ordering_key = o.ordering_key AND p.published_at IS NULL \
-                          AND p.seq < o.seq)) \
-                 ORDER BY o.seq LIMIT ?2",
-            )
-            .map_err(map_sqlite)?;
-        let rows = stmt
-            .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(map_sqlite)?;
-        rows.collect::<Result<_, _>>().map_err(map_sqlite)?
-    };
+    let heads = claim_heads(conn, now, limit)?;
     if heads.is_empty() {
         return Ok(Vec::new());
     }
-    // Followers: the key's next pending rows, leased with its head so one relay publishes
-    // them in order. Shared fairly among the heads, so the claim stays within `limit`.
-    let follow = (limit - heads.len()) / heads.len();
-    let mut seqs: Vec<i64> = Vec::with_capacity(limit);
-    {
-        let mut followers = conn
-            .prepare_cached(
-                "SELECT seq, parked FROM outbox_messages INDEXED BY outbox_pending_by_key \
-                 WHERE ordering_key = ?1 AND published_at IS NULL AND seq > ?2 \
-                 ORDER BY seq LIMIT ?3",
-            )
-            .map_err(map_sqlite)?;
-        for (head, key) in &heads {
-            seqs.push(*head);
-            let Some(key) = key else { continue };
-            if follow == 0 {
-                continue;
-            }
-            let rows = followers
-                .query_map(params![key, head, follow as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                })
-                .map_err(map_sqlite)?;
-            for row in rows {
-                let (seq, parked) = row.map_err(map_sqlite)?;
-                if parked != 0 {
-                    break;
-                }
-                seqs.push(seq);
-            }
-        }
-    }
-    seqs.sort_unstable();
-    debug_assert!(seqs.len() <= limit);
+    // Only heads are leased: a key's followers cannot become heads before its head is
+    // marked published, which only the lease holder does.
     let mut lease = conn
-        .prepare_cached(
-            "UPDATE outbox_messages SET leased_by = ?1, leased_until = ?2 WHERE seq = ?3",
-        )
-        .map_err(map_sqlite)?;
-    let mut read = conn
         .prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM outbox_messages WHERE seq = ?1"
+            "UPDATE outbox_messages SET leased_by = ?1, leased_until = ?2 WHERE seq = ?3 \
+             RETURNING {ROW_COLUMNS}, ordering_key"
         ))
         .map_err(map_sqlite)?;
-    let mut out = Vec::with_capacity(seqs.len());
-    for seq in seqs {
-        lease
-            .execute(params![relay, until, seq])
+    // Followers: the key's next pending rows, claimed with its head so one relay publishes
+    // them in order. Shared fairly among the heads, so the claim stays within `limit`.
+    let follow = (limit - heads.len()) / heads.len();
+    let mut followers = conn
+        .prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS}, parked FROM outbox_messages INDEXED BY outbox_pending_by_key \
+             WHERE ordering_key = ?1 AND published_at IS NULL AND seq > ?2 \
+             ORDER BY seq LIMIT ?3"
+        ))
+        .map_err(map_sqlite)?;
+    let mut out = Vec::with_capacity(limit);
+    for head in heads {
+        let (record, key) = lease
+            .query_row(params![relay, until, head], |r| {
+                Ok((record_from_row(r), r.get::<_, Option<String>>(7)?))
+            })
             .map_err(map_sqlite)?;
-        let record = read
-            .query_row([seq], |r| Ok(record_from_row(r)))
-            .map_err(map_sqlite)??;
-        out.push(record);
+        out.push(record?);
+        let Some(key) = key else { continue };
+        if follow == 0 {
+            continue;
+        }
+        let mut rows = followers
+            .query(params![key, head, follow as i64])
+            .map_err(map_sqlite)?;
+        while let Some(r) = rows.next().map_err(map_sqlite)? {
+            if r.get::<_, i64>(7).map_err(map_sqlite)? != 0 {
+                break;
+            }
+            out.push(record_from_row(r)?);
+        }
     }
+    out.sort_unstable_by_key(|r| r.seq);
+    debug_assert!(out.len() <= limit);
     Ok(out)
 }
 
@@ -345,8 +402,11 @@ impl OutboxStore for SqliteOutbox {
         }
         let seqs = to_i64(seqs);
         let now = self.now();
+        // Not fsynced on its own: a mark lost to a power failure only republishes its rows
+        // (at least once), and the next claim — always fsynced — makes it durable before
+        // any later row of those keys can be claimed.
         self.store
-            .submit(0, keep_all, move |conn, _| {
+            .submit_unsynced(keep_all, move |conn, _| {
                 let mut stmt = conn
                     .prepare_cached(
                         "UPDATE outbox_messages SET published_at = ?1, leased_by = NULL, \

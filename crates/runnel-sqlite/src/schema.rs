@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// Every migration in order: (version, name, SQL). Each runs once, in one transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "drop_events_by_type_time",
         include_str!("migrations/0012_drop_events_by_type_time.sql"),
+    ),
+    (
+        13,
+        "outbox_unkeyed",
+        include_str!("migrations/0013_outbox_unkeyed.sql"),
     ),
 ];
 

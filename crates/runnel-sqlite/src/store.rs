@@ -215,6 +215,8 @@ impl SqliteStore {
             head: head_tx,
             stats: Arc::clone(&stats),
             last_micros,
+            full_sync: options.durability == Durability::Full,
+            synced: true,
         };
         std::thread::Builder::new()
             .name("runnel-sqlite-writer".into())
@@ -315,11 +317,41 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection, &BatchContext) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit_job(events, keep, true, f).await
+    }
+
+    /// [`submit`](Self::submit) for a write whose loss to a power failure is harmless
+    /// (it is redone): its batch is not fsynced unless another job in it needs that, and
+    /// the next fsynced commit makes it durable. See [`WriteJob::needs_sync`].
+    pub(crate) async fn submit_unsynced<T, F>(
+        &self,
+        keep: fn(&T) -> bool,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &BatchContext) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit_job(0, keep, false, f).await
+    }
+
+    async fn submit_job<T, F>(
+        &self,
+        events: usize,
+        keep: fn(&T) -> bool,
+        sync: bool,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &BatchContext) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn WriteJob> = Box::new(FnJob {
             f: Some(f),
             events,
             keep,
+            sync,
             outcome: None,
             reply: Some(reply),
         });

@@ -30,6 +30,13 @@ pub(crate) trait WriteJob: Send {
     /// Runs inside the batch transaction under the job's savepoint. Returns `true` to keep
     /// its writes, `false` to roll them back (the job has failed and recorded why).
     fn run(&mut self, conn: &Connection, ctx: &BatchContext) -> bool;
+    /// Whether the batch holding this job must fsync at commit under `Durability::Full`.
+    /// A batch of jobs that all answer `false` commits with `synchronous=NORMAL`: it
+    /// survives a process crash, and the next synced commit makes it durable too (the
+    /// write-ahead log is synced as a whole).
+    fn needs_sync(&self) -> bool {
+        true
+    }
     /// Called once after the batch's commit (or its failure). The job answers its caller.
     fn complete(self: Box<Self>, committed: Result<(), StoreError>);
 }
@@ -69,6 +76,10 @@ pub(crate) struct Writer {
     pub head: watch::Sender<Position>,
     pub stats: Arc<WriterStats>,
     pub last_micros: i64,
+    /// The store's durability is `Full` (batches fsync unless no job needs it).
+    pub full_sync: bool,
+    /// Whether the connection is at `synchronous=FULL` now.
+    pub synced: bool,
 }
 
 impl Writer {
@@ -94,6 +105,27 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Box<dyn WriteJob>>, events: usize) {
+        if self.full_sync {
+            let sync = batch.iter().any(|j| j.needs_sync());
+            if sync != self.synced {
+                let mode = if sync { "FULL" } else { "NORMAL" };
+                match self.conn.pragma_update(None, "synchronous", mode) {
+                    Ok(()) => self.synced = sync,
+                    // Left at FULL: the batch commits durably all the same.
+                    Err(e) if !sync => {
+                        tracing::warn!(error = %e, "cannot relax synchronous for a batch")
+                    }
+                    Err(e) => {
+                        let e = map_sqlite(e);
+                        tracing::error!(error = %e, "cannot restore synchronous=FULL; the batch fails");
+                        for job in batch.drain(..) {
+                            job.complete(Err(e.clone()));
+                        }
+                        return;
+                    }
+                }
+            }
+        }
         let now = chrono::Utc::now().timestamp_micros();
         // Timestamps never go backwards, so time order equals position order.
         self.last_micros = self.last_micros.max(now);
@@ -178,6 +210,8 @@ pub(crate) struct FnJob<T, F> {
     /// Whether a successful result's writes are kept (a unit of work that returns the
     /// application's own error is rolled back but still answered with that error).
     pub keep: fn(&T) -> bool,
+    /// See [`WriteJob::needs_sync`].
+    pub sync: bool,
     pub outcome: Option<Result<T, StoreError>>,
     pub reply: Option<tokio::sync::oneshot::Sender<Result<T, StoreError>>>,
 }
@@ -189,6 +223,10 @@ where
 {
     fn event_count(&self) -> usize {
         self.events
+    }
+
+    fn needs_sync(&self) -> bool {
+        self.sync
     }
 
     fn run(&mut self, conn: &Connection, ctx: &BatchContext) -> bool {

@@ -96,6 +96,7 @@ macro_rules! __outbox_store_checks {
             status_counts_pending_parked_and_topics,
             purge_deletes_only_old_published_rows,
             unkeyed_rows_are_claimed_independently,
+            the_oldest_heads_are_claimed_first_with_few_or_many_keys,
             invalid_claims_are_rejected,
         }
     };
@@ -415,6 +416,38 @@ pub async fn unkeyed_rows_are_claimed_independently<S: OutboxStore + ?Sized>(sto
     let b = claim(&*store, "r2", LEASE_LONG, 2).await;
     assert_eq!(a.iter().map(n_of).collect::<Vec<_>>(), vec![0, 1]);
     assert_eq!(b.iter().map(n_of).collect::<Vec<_>>(), vec![2, 3]);
+}
+
+/// A claim takes the oldest claimable heads first (keyed and unkeyed alike), whether the
+/// pending keys are more than the limit or not.
+pub async fn the_oldest_heads_are_claimed_first_with_few_or_many_keys<S: OutboxStore + ?Sized>(
+    store: Arc<S>,
+) {
+    let keys = [Some("a"), None, Some("b"), Some("c"), Some("a"), None, Some("b")];
+    must(
+        "enqueue",
+        store
+            .enqueue(
+                keys.iter()
+                    .enumerate()
+                    .map(|(n, k)| message("t", *k, n as u64))
+                    .collect(),
+            )
+            .await,
+    );
+    let ns = |rows: Vec<OutboxRecord>| rows.iter().map(n_of).collect::<Vec<_>>();
+    // Three keys, a limit of two: more keys than heads wanted.
+    let r1 = claim(&*store, "r1", LEASE_LONG, 2).await;
+    assert_eq!(ns(r1.clone()), vec![0, 1]);
+    // Three keys, a limit of three: the heads of b and c (a is leased), then unkeyed.
+    assert_eq!(ns(claim(&*store, "r2", LEASE_LONG, 3).await), vec![2, 3, 5]);
+    assert!(claim(&*store, "r3", LEASE_LONG, 100).await.is_empty());
+    must("mark", store.mark_published(&seqs(&r1)).await);
+    assert_eq!(
+        ns(claim(&*store, "r3", LEASE_LONG, 100).await),
+        vec![4],
+        "a's next row is its head once its first is marked"
+    );
 }
 
 /// Bad claim arguments are typed errors and lease nothing.

@@ -1,5 +1,6 @@
 //! The outbox relay end to end on the real stores and their embedded buses: per-key order,
-//! a broker outage, three relays sharing one PostgreSQL, a dead relay's keys taken over.
+//! a broker outage, three relays sharing one PostgreSQL, a dead relay's keys taken over, a
+//! failed follower recorded before its head is marked.
 
 mod outbox_support;
 
@@ -8,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel::core::bus::{Publisher, Subscriber};
-use runnel::core::outbox::{OutboxMessage, OutboxStore};
-use runnel::core::TopicName;
+use runnel::core::outbox::{
+    FailureAction, OutboxMessage, OutboxRecord, OutboxStatus, OutboxStore,
+};
+use runnel::core::{BusError, Message, StoreError, TopicName};
 use runnel::outbox::{Relay, RelayOptions};
 use runnel::postgres::bus::{BusOptions as PgBusOptions, PostgresBus};
 use runnel::postgres::PostgresOutbox;
@@ -267,4 +270,117 @@ async fn a_dead_relays_keys_are_taken_over_after_its_lease_on_postgres() {
     assert_eq!(seen.duplicates, 0);
     drop(seen);
     drop_schema(&store).await;
+}
+
+/// An outbox that, the moment a relay's marks are committed, lets another relay claim:
+/// what a second relay racing the first could get between the mark and the next call.
+struct ClaimAfterMark {
+    inner: SqliteOutbox,
+    intruder_got: std::sync::Mutex<Vec<u64>>,
+}
+
+#[runnel::async_trait]
+impl OutboxStore for ClaimAfterMark {
+    async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
+        self.inner.enqueue(messages).await
+    }
+    async fn claim(
+        &self,
+        relay: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        self.inner.claim(relay, lease, limit).await
+    }
+    async fn mark_published(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        self.inner.mark_published(seqs).await?;
+        let got = self
+            .inner
+            .claim("intruder", Duration::from_secs(30), 100)
+            .await?;
+        self.intruder_got
+            .lock()
+            .unwrap()
+            .extend(got.iter().map(|r| r.seq));
+        Ok(())
+    }
+    async fn record_failure(
+        &self,
+        seqs: &[u64],
+        error: &str,
+        action: FailureAction,
+    ) -> Result<(), StoreError> {
+        self.inner.record_failure(seqs, error, action).await
+    }
+    async fn release(&self, relay: &str) -> Result<u64, StoreError> {
+        self.inner.release(relay).await
+    }
+    async fn purge_published(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.inner.purge_published(before, limit).await
+    }
+    async fn status(&self) -> Result<OutboxStatus, StoreError> {
+        self.inner.status().await
+    }
+    async fn retry_parked(&self, topic: Option<&TopicName>) -> Result<u64, StoreError> {
+        self.inner.retry_parked(topic).await
+    }
+    async fn wait_for_messages(&self, max_wait: Duration) -> Result<(), StoreError> {
+        self.inner.wait_for_messages(max_wait).await
+    }
+}
+
+/// Accepts every topic but `refused`, whose messages it rejects for good.
+struct RefusingPublisher;
+
+#[runnel::async_trait]
+impl Publisher for RefusingPublisher {
+    async fn publish(&self, topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError> {
+        if topic.as_str() == "refused" {
+            return Err(BusError::InvalidMessage {
+                id: messages[0].id.clone(),
+                reason: "refused by the test".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A claim leases only a key's head; its followers are held because they cannot become
+/// heads before it is marked. So a round records its failures before it marks: the failed
+/// follower is parked before the head's mark makes it the key's head, and a second relay
+/// claiming right after that mark gets nothing (with the mark first it got the follower
+/// while the first relay was still about to park it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_follower_is_recorded_before_its_head_is_marked() {
+    let store = SqliteStore::open_temporary().expect("store");
+    let outbox = Arc::new(ClaimAfterMark {
+        inner: SqliteOutbox::new(store),
+        intruder_got: Default::default(),
+    });
+    let keyed = |t: &str, n: u64| {
+        OutboxMessage::new(
+            TopicName::new(t).unwrap(),
+            Message::json("Counted", &serde_json::json!({ "n": n })).with_key("k"),
+        )
+    };
+    outbox
+        .enqueue(vec![keyed("fine", 0), keyed("refused", 1)])
+        .await
+        .expect("enqueue");
+    let mut options = relay_options("r1");
+    options.max_attempts = 1;
+    let relay = Relay::new(outbox.clone(), Arc::new(RefusingPublisher), options).unwrap();
+    let round = relay.run_once().await.expect("a round");
+    assert_eq!((round.claimed, round.published, round.failed), (2, 1, 1));
+    assert_eq!(
+        *outbox.intruder_got.lock().unwrap(),
+        Vec::<u64>::new(),
+        "the refused follower was parked before its head was marked"
+    );
+    let status = outbox.status().await.unwrap();
+    assert_eq!((status.pending, status.parked), (1, 1));
 }

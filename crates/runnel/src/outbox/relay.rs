@@ -316,14 +316,6 @@ impl Relay {
             published.extend(p);
             failures.extend(f);
         }
-        if !published.is_empty() {
-            if let Some(hook) = &o.after_publish {
-                hook(&published);
-            }
-            self.store.mark_published(&published).await?;
-            self.metrics.published(published.len());
-            round.published = published.len();
-        }
         for (seqs, error) in failures {
             round.failed += seqs.len();
             self.metrics.error(if error.is_transient() {
@@ -364,6 +356,17 @@ impl Relay {
                         .await?;
                 }
             }
+        }
+        // Marked after the failures are recorded: a claim leases only heads, and a failed
+        // row becomes its key's head the moment the rows before it are marked — by then
+        // it must carry its backoff (and no longer this relay's intent to touch it).
+        if !published.is_empty() {
+            if let Some(hook) = &o.after_publish {
+                hook(&published);
+            }
+            self.store.mark_published(&published).await?;
+            self.metrics.published(published.len());
+            round.published = published.len();
         }
         Ok(round)
     }
