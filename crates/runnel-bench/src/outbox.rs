@@ -145,8 +145,7 @@ impl Publisher for AckCount {
     async fn publish(&self, topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError> {
         let n = messages.len();
         self.inner.publish(topic, messages).await?;
-        self.acked
-            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        self.acked.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
         self.changed.notify_one();
         Ok(())
     }

@@ -303,7 +303,8 @@ impl OutboxStore for PostgresOutbox {
         .await
         .map_err(map_sqlx)?;
         let keyed = cands.iter().filter(|(_, k)| *k).count();
-        let cands: Option<Vec<i64>> = (keyed <= limit).then(|| cands.iter().map(|(s, _)| *s).collect());
+        let cands: Option<Vec<i64>> =
+            (keyed <= limit).then(|| cands.iter().map(|(s, _)| *s).collect());
         // Heads: a key's earliest pending row, free, due, not parked, locked with
         // FOR UPDATE SKIP LOCKED (a head another relay is claiming right now is left to
         // it; once its lease is committed the recheck of the row's lease excludes it

@@ -167,7 +167,11 @@ fn claim_heads(conn: &Connection, now: i64, limit: usize) -> Result<Vec<i64>, St
             ))
             .map_err(map_sqlite)?;
         let row = |r: &rusqlite::Row<'_>| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
         };
         // Every key is at least the empty text.
         let mut at = first

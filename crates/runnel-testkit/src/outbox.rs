@@ -423,7 +423,15 @@ pub async fn unkeyed_rows_are_claimed_independently<S: OutboxStore + ?Sized>(sto
 pub async fn the_oldest_heads_are_claimed_first_with_few_or_many_keys<S: OutboxStore + ?Sized>(
     store: Arc<S>,
 ) {
-    let keys = [Some("a"), None, Some("b"), Some("c"), Some("a"), None, Some("b")];
+    let keys = [
+        Some("a"),
+        None,
+        Some("b"),
+        Some("c"),
+        Some("a"),
+        None,
+        Some("b"),
+    ];
     must(
         "enqueue",
         store

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel::core::bus::{Publisher, Subscriber};
-use runnel::core::outbox::{
-    FailureAction, OutboxMessage, OutboxRecord, OutboxStatus, OutboxStore,
-};
+use runnel::core::outbox::{FailureAction, OutboxMessage, OutboxRecord, OutboxStatus, OutboxStore};
 use runnel::core::{BusError, Message, StoreError, TopicName};
 use runnel::outbox::{Relay, RelayOptions};
 use runnel::postgres::bus::{BusOptions as PgBusOptions, PostgresBus};
