@@ -712,9 +712,12 @@ struct Pending<A: Aggregate> {
     metadata: Metadata,
     /// Its caller's `runnel.append` span: its events' trace context.
     span: tracing::Span,
-    answer:
-        tokio::sync::oneshot::Sender<Result<ExecuteOutcome<A::Event>, RepositoryError<A::Error>>>,
+    answer: tokio::sync::oneshot::Sender<Executed<A>>,
 }
+
+/// What [`Repository::execute`] returns for an aggregate of type `A`.
+type Executed<A> =
+    Result<ExecuteOutcome<<A as Aggregate>::Event>, RepositoryError<<A as Aggregate>::Error>>;
 
 /// What one command of a group came to, on the state the commands before it left.
 enum Decision<A: Aggregate> {
