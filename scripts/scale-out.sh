@@ -12,8 +12,8 @@
 # Every run gets a fresh PostgreSQL schema scaleout_<12 hex digits> (and, on NATS, its own
 # subjects, streams and lease bucket, with lease_ttl=2s and partitions=6; on Kafka
 # partitions=6 for the topics it creates), checks every order (final exactly once, saga
-# finished, payment ledger, read model against the event store) and drops its schema. Idempotent: runs again
-# from scratch; a run killed half way leaves a scaleout_ schema that
+# finished, payment ledger, read model against the event store) and drops its schema.
+# Idempotent: runs again from scratch; a run killed half way leaves a scaleout_ schema that
 # scripts/pg-clean-test-schemas.sh drops.
 #
 #   scripts/scale-out.sh [--bus nats|kafka] [--orders N] [--clients N] [--processes N]
@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
     --orders|--clients|--processes|--kill-orders|--stage-commands|--stage-service|\
     --stage-concurrency|--nats-partitions|--kafka-partitions) args+=("$1" "$2"); shift ;;
     --no-throughput|--no-kill) args+=("$1") ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "scale-out: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
