@@ -57,10 +57,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "projection_topics",
         include_str!("migrations/0012_projection_topics.sql"),
     ),
+    (
+        13,
+        "bus_concurrency",
+        include_str!("migrations/0013_bus_concurrency.sql"),
+    ),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 12;
+pub const SCHEMA_VERSION: i32 = 13;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {
