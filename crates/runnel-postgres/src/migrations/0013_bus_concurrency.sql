@@ -186,7 +186,8 @@ $fn$;
 -- Acknowledges several leased rows in one transaction, as bus_ack_row does each: element i
 -- of the result is row i's outcome (0 lease lost, 1 acknowledged, 2 acknowledged and its
 -- key's next row became the head). Locks: every topic's lock shared, then the deletes,
--- then the keys' locks in lock-key order, then the promotions.
+-- then the keys' locks in lock-key order, then the promotions. Row by row (by primary
+-- key, then by the key index): a set-based join's cached plan could scan the queue.
 CREATE FUNCTION __SCHEMA__.bus_ack_rows(
     p_topic_ids bigint[],
     p_group_ids bigint[],
@@ -198,11 +199,9 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     n       integer := coalesce(array_length(p_seqs, 1), 0);
     outcome integer[] := array_fill(0, ARRAY[n]);
-    d_i     integer[];
-    d_topic bigint[];
-    d_group bigint[];
-    d_key   bytea[];
+    keys    bytea[] := array_fill(NULL::bytea, ARRAY[n]);
     locks   bigint[];
+    k       bytea;
     j       integer;
 BEGIN
     IF n = 0 THEN
@@ -211,45 +210,36 @@ BEGIN
     SELECT array_agg(DISTINCT __SCHEMA__.bus_topic_lock_key(t)) INTO locks
       FROM unnest(p_topic_ids) AS t;
     PERFORM pg_advisory_xact_lock_shared(l) FROM unnest(locks) AS l;
-    WITH d AS (
+    FOR j IN 1 .. n LOOP
         DELETE FROM __SCHEMA__.bus_queue q
-         USING unnest(p_topic_ids, p_group_ids, p_seqs, p_owners, p_attempts)
-               WITH ORDINALITY AS u(t, g, s, o, a, i)
-         WHERE q.group_id = u.g AND q.seq = u.s AND q.lease_owner = u.o AND q.attempt = u.a
-        RETURNING u.i, u.t, q.group_id, q.ordering_key)
-    SELECT array_agg(d.i::integer), array_agg(d.t), array_agg(d.group_id), array_agg(d.ordering_key)
-      INTO d_i, d_topic, d_group, d_key
-      FROM d;
-    IF d_i IS NULL THEN
-        RETURN outcome;
-    END IF;
-    FOR j IN 1 .. array_length(d_i, 1) LOOP
-        outcome[d_i[j]] := 1;
+         WHERE q.group_id = p_group_ids[j] AND q.seq = p_seqs[j]
+           AND q.lease_owner = p_owners[j] AND q.attempt = p_attempts[j]
+        RETURNING q.ordering_key INTO k;
+        IF FOUND THEN
+            outcome[j] := 1;
+            keys[j] := k;
+        END IF;
     END LOOP;
     SELECT array_agg(DISTINCT __SCHEMA__.bus_key_lock_key(x.t, x.k)) INTO locks
-      FROM unnest(d_topic, d_key) AS x(t, k)
+      FROM unnest(p_topic_ids, keys) AS x(t, k)
      WHERE x.k IS NOT NULL;
     IF locks IS NULL THEN
         RETURN outcome;
     END IF;
-    -- As in bus_ack_row: after these locks, a publish of any of these keys that saw an
-    -- acknowledged row still there has committed, and the next statement sees its row.
+    -- As in bus_ack_row: once these locks are ours, a publish of any of these keys that
+    -- saw an acknowledged row still there has committed, and the next statements see its
+    -- row.
     PERFORM pg_advisory_xact_lock(l) FROM unnest(locks) AS l;
-    WITH promoted AS (
+    FOR j IN 1 .. n LOOP
+        CONTINUE WHEN keys[j] IS NULL;
         UPDATE __SCHEMA__.bus_queue q SET head = true
-          FROM (SELECT x.i, x.g,
-                       (SELECT min(q2.seq) FROM __SCHEMA__.bus_queue q2
-                         WHERE q2.group_id = x.g AND q2.ordering_key = x.k) AS next_seq
-                  FROM unnest(d_i, d_group, d_key) AS x(i, g, k)
-                 WHERE x.k IS NOT NULL) AS nx
-         WHERE q.group_id = nx.g AND q.seq = nx.next_seq AND NOT q.head
-        RETURNING nx.i)
-    SELECT array_agg(p.i) INTO d_i FROM promoted p;
-    IF d_i IS NOT NULL THEN
-        FOR j IN 1 .. array_length(d_i, 1) LOOP
-            outcome[d_i[j]] := 2;
-        END LOOP;
-    END IF;
+         WHERE q.group_id = p_group_ids[j]
+           AND q.seq = (SELECT min(q2.seq) FROM __SCHEMA__.bus_queue q2
+                         WHERE q2.group_id = p_group_ids[j] AND q2.ordering_key = keys[j]);
+        IF FOUND THEN
+            outcome[j] := 2;
+        END IF;
+    END LOOP;
     RETURN outcome;
 END
 $fn$;
