@@ -164,9 +164,23 @@ impl NatsBus {
         names::stream_name(&self.inner.options.stream_prefix, topic)
     }
 
-    /// The subject messages of `topic` are published on.
+    /// The subject messages of `topic` are published on (with `partitions` > 1, the
+    /// subject of partition 0; see [`NatsBus::partition_subject`]).
     pub fn subject(&self, topic: &TopicName) -> String {
+        if self.inner.options.partitions > 1 {
+            return self.partition_subject(topic, 0);
+        }
         names::subject(&self.inner.options.subject_prefix, topic)
+    }
+
+    /// The subject of partition `p` of `topic` (when `partitions` > 1).
+    pub fn partition_subject(&self, topic: &TopicName, p: u32) -> String {
+        names::partition_subject(&self.inner.options.subject_prefix, topic, p)
+    }
+
+    /// The partition a message with this ordering key (else id) goes to.
+    pub fn partition_of(&self, ordering_key: Option<&str>, message_id: &str) -> u32 {
+        names::partition_of(ordering_key, message_id, self.inner.options.partitions)
     }
 
     /// Creates the stream of `topic`, or updates its limits to the configured ones.
@@ -180,7 +194,11 @@ impl Inner {
         let o = &self.options;
         stream::Config {
             name: names::stream_name(&o.stream_prefix, topic),
-            subjects: vec![names::subject(&o.subject_prefix, topic)],
+            subjects: vec![if o.partitions > 1 {
+                names::partition_subjects(&o.subject_prefix, topic)
+            } else {
+                names::subject(&o.subject_prefix, topic)
+            }],
             retention: match o.retention {
                 Retention::Limits => stream::RetentionPolicy::Limits,
                 Retention::Interest => stream::RetentionPolicy::Interest,
@@ -386,7 +404,16 @@ impl Publisher for NatsBus {
             return Ok(());
         }
         inner.ensure_stream(topic).await?;
-        let subject = names::subject(&inner.options.subject_prefix, topic);
+        // One subject per topic, or each message's partition subject.
+        let partitions = inner.options.partitions;
+        let subject_of = |m: &Message| -> String {
+            if partitions > 1 {
+                let p = names::partition_of(m.ordering_key(), &m.id, partitions);
+                names::partition_subject(&inner.options.subject_prefix, topic, p)
+            } else {
+                names::subject(&inner.options.subject_prefix, topic)
+            }
+        };
 
         // Waves: wave w holds the w-th message of every ordering key (keyless messages
         // are all in wave 0). A wave is sent pipelined, then its acks awaited; a message
@@ -420,7 +447,13 @@ impl Publisher for NatsBus {
                 let publish = jetstream::message::PublishMessage::build()
                     .headers(headers)
                     .payload(body);
-                sent.push((i, inner.js.send_publish(subject.clone(), publish).await));
+                sent.push((
+                    i,
+                    inner
+                        .js
+                        .send_publish(subject_of(&messages[i]), publish)
+                        .await,
+                ));
             }
             for (i, attempt) in sent {
                 let acked = match attempt {
@@ -431,7 +464,7 @@ impl Publisher for NatsBus {
                     // Encoded again: the first attempt's headers went with it.
                     let (headers, payload) = codec::encode(&messages[i], &inner.options.envelope)?;
                     if let Err(e) = inner
-                        .publish_one(&subject, headers, payload, &messages[i].id)
+                        .publish_one(&subject_of(&messages[i]), headers, payload, &messages[i].id)
                         .await
                     {
                         result = Err(e);

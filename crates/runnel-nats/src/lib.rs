@@ -12,6 +12,10 @@
 //! * **Per-key order** across every consumer of a group: one member of the group holds a
 //!   lease (a JetStream KV key) and is the only one pulling; it hands a key's next message
 //!   out only after the previous one is settled. See `DESIGN.md`.
+//! * **Partitioned groups** (`?partitions=N`): a topic's messages go to N partition
+//!   subjects by a hash of their ordering key; each group has one durable consumer and
+//!   one lease per partition, balanced over the group's live members, so a group's work
+//!   spreads over processes while each key keeps one partition and its order.
 //! * **Poison messages**: a message delivered more than `max_deliveries` times is copied to
 //!   the dead-letter stream `RUNNEL_DLQ` and terminated; the bus's
 //!   [`DeadLetterDrain`](runnel_core::bus::DeadLetterDrain) moves a group's copies into a
@@ -50,10 +54,13 @@ use std::sync::Arc;
 pub use bus::{NatsBus, ENSURED_STREAMS_MAX, JS_REQUEST_TIMEOUT};
 pub use codec::{broker_facts, encode, from_nats, to_headers, MSG_ID_HEADER};
 pub use dead_letter::DRAIN_BATCH_MAX;
-pub use names::{consumer_name, escape, stream_name, subject};
+pub use names::{
+    consumer_name, escape, lease_key, member_key, partition_consumer_name, partition_of,
+    partition_subject, partition_subjects, stream_name, subject,
+};
 pub use options::{
     NatsOptions, Retention, Storage, DUPLICATE_WINDOW_DEFAULT, LEASE_TTL_DEFAULT,
-    MAX_DELIVER_DEFAULT, PUBLISH_RETRY_DEADLINE_DEFAULT, STREAM_PREFIX_DEFAULT,
+    MAX_DELIVER_DEFAULT, PARTITIONS_MAX, PUBLISH_RETRY_DEADLINE_DEFAULT, STREAM_PREFIX_DEFAULT,
     SUBJECT_PREFIX_DEFAULT,
 };
 pub use subscriber::{CONSUMER_MAX_ACK_PENDING, PULL_BATCH_MAX};

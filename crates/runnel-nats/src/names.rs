@@ -56,6 +56,46 @@ pub fn subject(subject_prefix: &str, topic: &TopicName) -> String {
     }
 }
 
+/// The partition (`0..partitions`) a message goes to: a stable hash (FNV-1a, 64 bit) of its
+/// ordering key, or of its id when it has none, modulo the partition count. Every
+/// publisher computes the same partition for a key, so a key's messages share one
+/// partition and its order.
+pub fn partition_of(ordering_key: Option<&str>, message_id: &str, partitions: u32) -> u32 {
+    if partitions <= 1 {
+        return 0;
+    }
+    let h = fnv1a64(ordering_key.unwrap_or(message_id));
+    u32::try_from(h % u64::from(partitions)).unwrap_or(0)
+}
+
+/// The subject of partition `p` of `topic`: `<prefix>._p.<p>.<topic subject tail>`. The
+/// `_p` token cannot start a topic name, so no other topic's subject overlaps it.
+pub fn partition_subject(subject_prefix: &str, topic: &TopicName, p: u32) -> String {
+    let plain = subject(subject_prefix, topic);
+    let tail = &plain[subject_prefix.len() + 1..];
+    format!("{subject_prefix}._p.{p}.{tail}")
+}
+
+/// The subjects a partitioned topic's stream captures (every partition's).
+pub fn partition_subjects(subject_prefix: &str, topic: &TopicName) -> String {
+    let plain = subject(subject_prefix, topic);
+    let tail = &plain[subject_prefix.len() + 1..];
+    format!("{subject_prefix}._p.*.{tail}")
+}
+
+/// The durable consumer of `group` on partition `p`: `<escaped group>_p<p>`. An escaped
+/// name never holds `_p` (escaping writes `_` only as `__` or `_d`), so it cannot collide
+/// with any group's unpartitioned consumer or another partition's.
+pub fn partition_consumer_name(group: &GroupName, p: u32) -> String {
+    format!("{}_p{p}", escape(group.as_str()))
+}
+
+/// The heartbeat key of one member of a partitioned group in the lease bucket:
+/// `<stream>.<consumer>.m.<member id>` (four tokens, so never a lease key).
+pub fn member_key(stream: &str, consumer: &str, member: &str) -> String {
+    format!("{stream}.{consumer}.m.{member}")
+}
+
 /// The durable consumer of `group` on a topic's stream.
 pub fn consumer_name(group: &GroupName) -> String {
     escape(group.as_str())
@@ -101,5 +141,33 @@ mod tests {
         assert_eq!(subject("runnel", &t), "runnel.orders.v1");
         let odd = TopicName::new("a..b").expect("topic");
         assert_eq!(subject("runnel", &odd), "runnel._t.a_d_db");
+    }
+
+    #[test]
+    fn partitions_are_stable_and_their_names_distinct() {
+        let t = TopicName::new("orders.v1").expect("topic");
+        assert_eq!(partition_subject("runnel", &t, 3), "runnel._p.3.orders.v1");
+        assert_eq!(partition_subjects("runnel", &t), "runnel._p.*.orders.v1");
+        let odd = TopicName::new("a..b").expect("topic");
+        assert_eq!(
+            partition_subject("runnel", &odd, 0),
+            "runnel._p.0._t.a_d_db"
+        );
+        // Stable: the same key, the same partition, whatever the message id.
+        let p = partition_of(Some("order-17"), "id-1", 6);
+        assert_eq!(partition_of(Some("order-17"), "id-2", 6), p);
+        assert!(p < 6);
+        assert_eq!(partition_of(Some("order-17"), "id-1", 1), 0);
+        // Keys spread over every partition.
+        let mut seen = [false; 6];
+        for i in 0..200 {
+            seen[partition_of(Some(&format!("k{i}")), "x", 6) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "{seen:?}");
+        let g = GroupName::new("g_p1").expect("group");
+        let h = GroupName::new("g").expect("group");
+        assert_ne!(consumer_name(&g), partition_consumer_name(&h, 1));
+        assert_eq!(partition_consumer_name(&h, 1), "g_p1");
+        assert_eq!(consumer_name(&g), "g__p1");
     }
 }

@@ -27,6 +27,9 @@ pub const LEASE_BUCKET_DEFAULT: &str = "runnel_leases";
 /// Default time a publish keeps retrying (same message id, deduplicated by the server)
 /// through a broker outage before it reports [`BusError::Unavailable`].
 pub const PUBLISH_RETRY_DEADLINE_DEFAULT: Duration = Duration::from_secs(30);
+/// Most partitions a topic may be split into (`?partitions=`): every group holds one
+/// durable consumer and one lease per partition.
+pub const PARTITIONS_MAX: u32 = 256;
 /// Fewest deliveries accepted for `max_deliveries` (one delivery and one retry).
 pub const MAX_DELIVERIES_MIN: u32 = 2;
 /// Most stream replicas (JetStream's limit).
@@ -108,6 +111,11 @@ pub struct NatsOptions {
     pub max_payload_bytes: Option<usize>,
     /// How long a publish retries through an outage (`?publish_timeout=30s`).
     pub publish_retry_deadline: Duration,
+    /// Partitions per topic (`?partitions=`, 1 by default). With more than one, a topic's
+    /// messages go to partition subjects by a hash of their ordering key, and a group's
+    /// partitions are balanced over its members (see the crate's `DESIGN.md`). Every
+    /// client of a topic must use the same count.
+    pub partitions: u32,
     /// How messages are shaped on the wire (`?envelope=`, CloudEvents by default); a
     /// subscription may override it in its `SubscribeOptions`.
     pub envelope: Envelope,
@@ -138,6 +146,7 @@ impl Default for NatsOptions {
             lease_bucket: LEASE_BUCKET_DEFAULT.into(),
             max_payload_bytes: None,
             publish_retry_deadline: PUBLISH_RETRY_DEADLINE_DEFAULT,
+            partitions: 1,
             envelope: Envelope::CloudEvents,
         }
     }
@@ -169,6 +178,7 @@ impl fmt::Debug for NatsOptions {
             .field("lease_bucket", &self.lease_bucket)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("publish_retry_deadline", &self.publish_retry_deadline)
+            .field("partitions", &self.partitions)
             .field("envelope", &self.envelope)
             .finish()
     }
@@ -228,7 +238,7 @@ impl NatsOptions {
     /// (max message age, unlimited by default), `retention_policy` (`limits` |
     /// `interest`), `storage` (`file` | `memory`), `replicas`, `max_msgs`, `max_bytes`,
     /// `duplicate_window`, `max_deliveries`, `lease_ttl`, `lease_bucket`,
-    /// `max_payload_bytes`, `publish_timeout`. Unknown parameters are refused; see
+    /// `max_payload_bytes`, `publish_timeout`, `partitions`. Unknown parameters are refused; see
     /// `docs/configuration.md` for the table of every backend's parameters.
     ///
     /// ```
@@ -374,6 +384,9 @@ impl NatsOptions {
         if let Some(v) = q.duration(shared::PUBLISH_TIMEOUT)? {
             self.publish_retry_deadline = v;
         }
+        if let Some(v) = q.integer("partitions", 1..=PARTITIONS_MAX)? {
+            self.partitions = v;
+        }
         self.envelope = Envelope::from_query(&mut q)?;
         q.finish()
     }
@@ -392,6 +405,9 @@ impl NatsOptions {
             return Err(invalid(format!(
                 "lease_ttl must be at least {LEASE_TTL_MIN:?}"
             )));
+        }
+        if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
+            return Err(invalid(format!("partitions must be 1..={PARTITIONS_MAX}")));
         }
         if self.duplicate_window.is_zero() {
             return Err(invalid("duplicate_window must be positive"));
@@ -430,7 +446,7 @@ mod tests {
     fn url_parameters_are_read_and_credentials_redacted() {
         let o = NatsOptions::from_url(
             "tls://bob:p%40ss@a:1,b?retention_policy=interest&storage=memory&max_msgs=5&lease_ttl=2s&name=svc\
-             &retention=7d&duplicate_window=5m&max_deliveries=3&publish_timeout=1m",
+             &retention=7d&duplicate_window=5m&max_deliveries=3&publish_timeout=1m&partitions=6",
         )
         .expect("valid url");
         assert!(o.tls);
@@ -445,6 +461,8 @@ mod tests {
         assert_eq!(o.duplicate_window, Duration::from_secs(300));
         assert_eq!(o.max_deliver, 3);
         assert_eq!(o.publish_retry_deadline, Duration::from_secs(60));
+        assert_eq!(o.partitions, 6);
+        assert_eq!(NatsOptions::default().partitions, 1);
         let shown = format!("{o:?} {o}");
         assert!(!shown.contains("p@ss") && !shown.contains("bob"), "{shown}");
     }
@@ -461,6 +479,8 @@ mod tests {
             "nats://h?stream_prefix=a.b",
             "nats://h?retention=7d&retention=8d",
             "nats://h?retention=1s",
+            "nats://h?partitions=0",
+            "nats://h?partitions=257",
         ] {
             assert!(
                 matches!(

@@ -16,15 +16,40 @@ use runnel::{Aggregate, CommandEnvelope, Repository, RetryPolicy};
 use runnel_testkit::InMemoryStore;
 use serde::{Deserialize, Serialize};
 use support::{counter_upcasters, Counter, CounterCommand};
+use tokio::sync::Semaphore;
 
 /// Aggregates the tests' caches hold.
 const CACHE_ENTRIES: usize = 16;
 
-/// The in-memory store, counting `read_stream` calls (the loads' reads).
-#[derive(Clone, Default)]
+/// The in-memory store, counting `read_stream` calls (the loads' reads) and appends; with
+/// [`CountingReads::gated`] every append waits for a permit of `gate`.
+#[derive(Clone)]
 struct CountingReads {
     inner: InMemoryStore,
     reads: Arc<AtomicU64>,
+    appends: Arc<AtomicU64>,
+    gate: Arc<Semaphore>,
+}
+
+impl Default for CountingReads {
+    fn default() -> Self {
+        CountingReads {
+            inner: InMemoryStore::new(),
+            reads: Arc::default(),
+            appends: Arc::default(),
+            gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+        }
+    }
+}
+
+impl CountingReads {
+    /// Appends wait until the test adds permits to `gate`.
+    fn gated() -> Self {
+        CountingReads {
+            gate: Arc::new(Semaphore::new(0)),
+            ..CountingReads::default()
+        }
+    }
 }
 
 #[async_trait]
@@ -35,6 +60,8 @@ impl EventStore for CountingReads {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        self.gate.acquire().await.expect("never closed").forget();
         self.inner.append(stream, expected, events).await
     }
     async fn read_stream(
@@ -248,7 +275,7 @@ async fn another_process_appending_behind_the_cache_on_postgres_is_folded_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn writers_on_one_cached_aggregate_take_turns_without_conflicts_on_postgres() {
+async fn writers_on_one_cached_aggregate_never_conflict_on_postgres() {
     const WRITERS: u64 = 8;
     const COMMANDS: u64 = 10;
     let Some((store, _guard)) = pg_schema::fresh_store("t", 8).await else {
@@ -278,4 +305,197 @@ async fn writers_on_one_cached_aggregate_take_turns_without_conflicts_on_postgre
         fresh.load("hot").await.unwrap().state.value,
         WRITERS * COMMANDS
     );
+}
+
+/// Lets every task that can run do so until `done` holds (a current-thread runtime runs
+/// the ready tasks before the yielding one), failing after a bounded number of rounds.
+async fn run_others_until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what} did not happen");
+}
+
+#[tokio::test]
+async fn commands_waiting_on_one_aggregate_share_one_commit_and_keep_their_own_answers() {
+    let store = CountingReads::gated();
+    let repo = counters(Arc::new(store.clone()), true);
+    // The first command's append is held at the gate, so the next ones queue behind it.
+    let first = tokio::spawn({
+        let repo = repo.clone();
+        async move { repo.execute("hot", add(1)).await }
+    });
+    run_others_until("the first append", || {
+        store.appends.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let commands = vec![
+        add(2),
+        CommandEnvelope::new(CounterCommand::Refuse),
+        add(3),
+        add(0),
+        add(4),
+    ];
+    let ids: Vec<String> = commands
+        .iter()
+        .map(|c| c.command_id.as_str().to_owned())
+        .collect();
+    let mut waiting = Vec::new();
+    for command in commands {
+        let repo = repo.clone();
+        waiting.push(tokio::spawn(
+            async move { repo.execute("hot", command).await },
+        ));
+    }
+    // Let them all queue, then open the gate.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    store.gate.add_permits(100);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.revision, Some(1));
+    let mut answers = Vec::new();
+    for w in waiting {
+        answers.push(w.await.unwrap());
+    }
+    assert_eq!(
+        store.appends.load(Ordering::SeqCst),
+        2,
+        "the five waiting commands are appended in one commit"
+    );
+    let appended: Vec<_> = [&answers[0], &answers[2], &answers[4]]
+        .iter()
+        .map(|a| a.as_ref().expect("appended").clone())
+        .collect();
+    assert_eq!(
+        appended.iter().map(|o| o.revision).collect::<Vec<_>>(),
+        vec![Some(2), Some(3), Some(4)],
+        "each command's revision is its own, in arrival order"
+    );
+    assert!(appended.iter().all(|o| o.attempts == 1));
+    assert!(
+        appended.iter().all(|o| o.position == appended[2].position),
+        "one commit: one position, the commit's last"
+    );
+    assert!(
+        answers[1].as_ref().unwrap_err().is_domain(),
+        "the refusal stays a refusal"
+    );
+    let nothing = answers[3].as_ref().expect("an empty result is no error");
+    assert!(!nothing.appended());
+    assert_eq!(nothing.revision, Some(3), "the revision it was judged at");
+    // Every event carries the metadata of the command that produced it.
+    let events = store
+        .inner
+        .read_stream(&appended[0].stream, ReadStream::forward(10))
+        .await
+        .unwrap();
+    let causes: Vec<_> = events
+        .iter()
+        .map(|e| {
+            e.metadata
+                .causation_id
+                .clone()
+                .expect("caused by its command")
+        })
+        .collect();
+    assert_eq!(
+        causes[1..],
+        [ids[0].clone(), ids[2].clone(), ids[4].clone()]
+    );
+    assert_eq!(repo.load("hot").await.unwrap().state.value, 10);
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_mid_commit_leaves_every_other_command_answered() {
+    let store = CountingReads::gated();
+    let repo = counters(Arc::new(store.clone()), true);
+    let first = tokio::spawn({
+        let repo = repo.clone();
+        async move { repo.execute("hot", add(1)).await }
+    });
+    run_others_until("the first append", || {
+        store.appends.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let mut waiting = Vec::new();
+    for n in [10, 100] {
+        let repo = repo.clone();
+        waiting.push(tokio::spawn(
+            async move { repo.execute("hot", add(n)).await },
+        ));
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // The first caller goes away while its commit is in flight.
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    store.gate.add_permits(100);
+    for w in waiting {
+        assert_eq!(w.await.unwrap().unwrap().attempts, 1);
+    }
+    // Its command ran all the same: the commit was already under way.
+    assert_eq!(repo.load("hot").await.unwrap().state.value, 111);
+}
+
+#[tokio::test]
+async fn a_group_judged_on_a_stale_cached_state_runs_again_on_the_stored_one() {
+    let store = CountingReads::gated();
+    let cached = doors(Arc::new(store.clone()), true);
+    let elsewhere = doors(Arc::new(store.inner.clone()), false);
+    store.gate.add_permits(1);
+    cached
+        .execute("d", CommandEnvelope::new(DoorCommand::Open))
+        .await
+        .unwrap();
+    // A close is held at the gate while an open and a close queue behind it.
+    let close_first = tokio::spawn({
+        let repo = cached.clone();
+        async move {
+            repo.execute("d", CommandEnvelope::new(DoorCommand::Close))
+                .await
+        }
+    });
+    run_others_until("the held close's append", || {
+        store.appends.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let mut group = Vec::new();
+    for command in [DoorCommand::Open, DoorCommand::Close] {
+        let repo = cached.clone();
+        group.push(tokio::spawn(async move {
+            repo.execute("d", CommandEnvelope::new(command)).await
+        }));
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // The held close commits; the group runs on the cached state it left ("closed"): open
+    // then close, held at the gate in turn.
+    store.gate.add_permits(1);
+    run_others_until("the group's append", || {
+        store.appends.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    // Another writer opens the door before the group commits.
+    elsewhere
+        .execute("d", CommandEnvelope::new(DoorCommand::Open))
+        .await
+        .unwrap();
+    store.gate.add_permits(100);
+    assert_eq!(close_first.await.unwrap().unwrap().revision, Some(2));
+    // On the stored state ("open") the group's open is refused and its close closes.
+    let open = group.remove(0).await.unwrap().unwrap_err();
+    assert_eq!(open.domain(), Some(&AlreadyThere("open")));
+    let close = group
+        .remove(0)
+        .await
+        .unwrap()
+        .expect("closes the door opened elsewhere");
+    assert_eq!((close.revision, close.attempts), (Some(4), 1));
+    assert!(!cached.load("d").await.unwrap().state.open);
 }

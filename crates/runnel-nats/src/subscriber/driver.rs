@@ -16,8 +16,9 @@ use runnel_core::{BusError, GroupName, TopicName};
 use runnel_transport_kit::{Handout, Phase, Shared};
 use tokio::sync::mpsc;
 
+use super::membership::Membership;
 use super::state::NatsState;
-use super::NatsAcker;
+use super::{NatsAcker, Window};
 use crate::bus::Inner;
 use crate::codec::{self, dead_letter_headers as dlh, MSG_ID_HEADER};
 use crate::lease::Lease;
@@ -29,6 +30,11 @@ pub const PULL_BATCH_MIN: usize = 16;
 pub const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// How often a member without the lease tries to take it.
 pub const LEASE_POLL: Duration = Duration::from_millis(200);
+/// After giving a surplus partition up, how long its driver leaves it to the newcomer
+/// before trying to take a partition again.
+const GIVE_UP_PAUSE: Duration = Duration::from_secs(1);
+/// How long past its expiry an open pull request is read when a partition is let go.
+const PULL_DRAIN_SLACK: Duration = Duration::from_millis(500);
 /// Pause after a failed pull request before the next.
 const PULL_RETRY: Duration = Duration::from_millis(250);
 /// A message that waited here longer than the ack timeout divided by this gets a `+WPI`
@@ -50,11 +56,18 @@ pub(super) struct Member {
     pub topic: TopicName,
     pub group: GroupName,
     pub stream: String,
+    /// This member's durable consumer (the group's, or one partition's).
     pub consumer_name: String,
+    /// The group's consumer name (dead-letter subjects are per group, not per partition).
+    pub group_consumer: String,
     pub consumer: jetstream::consumer::PullConsumer,
     pub stream_handle: jetstream::stream::Stream<()>,
     pub options: SubscribeOptions,
     pub tx: mpsc::Sender<Result<Handout, BusError>>,
+    /// A partitioned group's membership: how many partitions this member may hold.
+    pub membership: Option<Arc<Membership>>,
+    /// A partitioned subscription's window over all its partitions.
+    pub window: Option<Arc<Window>>,
 }
 
 impl Member {
@@ -67,7 +80,10 @@ impl Member {
     }
 
     pub async fn run(self) {
-        let member_id = uuid::Uuid::now_v7().simple().to_string();
+        let member_id = match &self.membership {
+            Some(m) => m.member_id().to_string(),
+            None => uuid::Uuid::now_v7().simple().to_string(),
+        };
         let mut lease = Lease::new(
             names::lease_key(&self.stream, &self.consumer_name),
             member_id,
@@ -78,6 +94,8 @@ impl Member {
         let mut barrier = true;
         let mut max_consumer_seq: u64 = 0;
         let mut next_acquire = Instant::now();
+        // Partitioned: whether this driver counts in the member's held partitions.
+        let mut reserved = false;
         let mut next_pull = Instant::now();
         // During the barrier: deliveries the server counts as pending that this member
         // does not track (the previous holder's), and when the next probe may go out.
@@ -156,7 +174,15 @@ impl Member {
                 }
                 _ = self.shared.woken() => {}
                 _ = tick.tick() => {
-                    missing = self.housekeeping(&store, &mut lease, &mut pull, &mut barrier, &mut max_consumer_seq, &mut next_acquire).await;
+                    let mut hk = Housekeeping {
+                        lease: &mut lease,
+                        pull: &mut pull,
+                        barrier: &mut barrier,
+                        max_consumer_seq: &mut max_consumer_seq,
+                        next_acquire: &mut next_acquire,
+                        reserved: &mut reserved,
+                    };
+                    missing = self.housekeeping(&store, &mut hk).await;
                 }
             }
             if lease.held() && !barrier {
@@ -165,8 +191,17 @@ impl Member {
         }
         // The application dropped the stream: give waiting messages back at once and let
         // another member take over. Deliveries the application still holds stay settle-able.
-        drop(pull);
-        if lease.held() {
+        if self.membership.is_none() {
+            drop(pull.take());
+        }
+        if lease.held() && self.membership.is_some() {
+            // Nothing left here will be taken: give back what the open pull request still
+            // brings and the untaken hand-outs too, so the partition's next holder need
+            // not wait out their ack timeout.
+            let drained = drain_pull(pull.take()).await;
+            self.give_back_waiting().await;
+            self.nak_all(drained).await;
+        } else if lease.held() {
             let replies: Vec<Subject> = self
                 .shared
                 .lock()
@@ -184,18 +219,23 @@ impl Member {
             }
         }
         lease.release(&store).await;
+        if reserved {
+            if let Some(m) = &self.membership {
+                m.unreserve();
+            }
+        }
         tracing::debug!(group = %self.group, topic = %self.topic, "member stopped");
     }
 
-    async fn housekeeping(
-        &self,
-        store: &jetstream::kv::Store,
-        lease: &mut Lease,
-        pull: &mut Option<pull::Batch>,
-        barrier: &mut bool,
-        max_consumer_seq: &mut u64,
-        next_acquire: &mut Instant,
-    ) -> usize {
+    async fn housekeeping(&self, store: &jetstream::kv::Store, hk: &mut Housekeeping<'_>) -> usize {
+        let Housekeeping {
+            lease,
+            pull,
+            barrier,
+            max_consumer_seq,
+            next_acquire,
+            reserved,
+        } = hk;
         let mut missing = 0;
         if lease.held() && lease.renewal_due() {
             match lease.renew(store).await {
@@ -204,35 +244,82 @@ impl Member {
                 Err(e) => tracing::debug!(error = %e, "lease renewal failed; retrying"),
             }
         }
+        if let Some(m) = &self.membership {
+            if lease.held() && m.try_give_up() {
+                // More partitions than the quota (a member joined): hand this one over.
+                // What waits here goes back to the server; deliveries the application
+                // holds stay settle-able, and the next holder's barrier waits for them.
+                let drained = drain_pull(pull.take()).await;
+                self.give_back_waiting().await;
+                self.nak_all(drained).await;
+                lease.release(store).await;
+                **reserved = false;
+                **next_acquire = Instant::now() + GIVE_UP_PAUSE;
+                tracing::debug!(group = %self.group, consumer = %self.consumer_name, "surplus partition given up");
+            }
+            if !lease.held() && **reserved {
+                m.unreserve();
+                **reserved = false;
+            }
+        }
         if !lease.held() {
             if pull.is_some() || self.shared.lock().book.held() > 0 {
                 // Lost: stop pulling, forget what waits here (the server redelivers it
                 // to the next holder after its ack wait).
-                *pull = None;
+                **pull = None;
                 self.shared
                     .lock()
                     .book
                     .retain(|_, e| e.phase() != Phase::Held);
             }
-            if Instant::now() >= *next_acquire {
-                *next_acquire = Instant::now() + LEASE_POLL;
-                match lease.acquire(store).await {
-                    Ok(true) => {
-                        tracing::debug!(group = %self.group, topic = %self.topic, "group lease taken");
-                        *barrier = true;
-                        *max_consumer_seq = 0;
+            if Instant::now() >= **next_acquire {
+                **next_acquire = Instant::now() + LEASE_POLL;
+                let may = match &self.membership {
+                    Some(m) => m.try_reserve(),
+                    None => true,
+                };
+                if may {
+                    match lease.acquire(store).await {
+                        Ok(true) => {
+                            tracing::debug!(group = %self.group, topic = %self.topic, consumer = %self.consumer_name, "group lease taken");
+                            **barrier = true;
+                            **max_consumer_seq = 0;
+                            if self.membership.is_some() {
+                                **reserved = true;
+                                // What an earlier tenure left (nacked, or handed out and
+                                // never taken) is the server's again.
+                                self.shared.lock().book.retain(|_, e| {
+                                    matches!(
+                                        e.phase(),
+                                        Phase::Out {
+                                            taken_at: Some(_),
+                                            ..
+                                        }
+                                    )
+                                });
+                            }
+                        }
+                        Ok(false) => {
+                            if let Some(m) = &self.membership {
+                                m.unreserve();
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(m) = &self.membership {
+                                m.unreserve();
+                            }
+                            tracing::debug!(error = %e, "taking the group lease failed");
+                        }
                     }
-                    Ok(false) => {}
-                    Err(e) => tracing::debug!(error = %e, "taking the group lease failed"),
                 }
             }
         }
-        if lease.held() && *barrier {
+        if lease.held() && **barrier {
             match self.stream_handle.consumer_info(&self.consumer_name).await {
                 Ok(info) => {
                     let tracked = self.shared.lock().book.len();
                     if info.num_ack_pending <= tracked {
-                        *barrier = false;
+                        **barrier = false;
                     } else {
                         missing = info.num_ack_pending - tracked;
                         tracing::trace!(
@@ -248,6 +335,44 @@ impl Member {
         }
         self.keep_alive(lease.held()).await;
         missing
+    }
+
+    /// Gives what waits here back to the server (`-NAK`) and forgets it, with hand-outs
+    /// the application has not taken yet (the stream skips them); deliveries the
+    /// application took stay tracked and settle-able.
+    async fn give_back_waiting(&self) {
+        let replies: Vec<Subject> = {
+            let mut st = self.shared.lock();
+            let replies = st
+                .book
+                .entries()
+                .filter(|(_, e)| {
+                    matches!(e.phase(), Phase::Held | Phase::Out { taken_at: None, .. })
+                })
+                .map(|(_, e)| e.item.reply.clone())
+                .collect();
+            st.book.retain(|_, e| {
+                matches!(
+                    e.phase(),
+                    Phase::Out {
+                        taken_at: Some(_),
+                        ..
+                    }
+                )
+            });
+            replies
+        };
+        self.nak_all(replies).await;
+    }
+
+    async fn nak_all(&self, replies: Vec<Subject>) {
+        for reply in replies {
+            let _ = self
+                .inner
+                .client
+                .publish(reply, Bytes::from(AckKind::Nak(None)))
+                .await;
+        }
     }
 
     /// Resets the server's ack timer of messages waiting here (when holding the lease)
@@ -379,14 +504,14 @@ impl Member {
         headers.insert(dlh::REASON, reason.replace(['\r', '\n'], " ").as_str());
         headers.insert(dlh::STREAM_SEQUENCE, stream_seq.to_string().as_str());
         headers.insert(dlh::AT, chrono::Utc::now().to_rfc3339().as_str());
-        let id = format!("{}:{}:{}", self.stream, self.consumer_name, stream_seq);
+        let id = format!("{}:{}:{}", self.stream, self.group_consumer, stream_seq);
         headers.insert(MSG_ID_HEADER, id.as_str());
         let copied = match self.inner.ensure_dead_letter_stream().await {
             Ok(()) => {
                 let subject = names::dead_letter_subject(
                     &self.inner.options.subject_prefix,
                     &self.stream,
-                    &self.consumer_name,
+                    &self.group_consumer,
                 );
                 self.inner
                     .publish_one(&subject, headers, msg.payload.clone(), &id)
@@ -411,8 +536,18 @@ impl Member {
     async fn dispatch(&self) {
         let mut touch = Vec::new();
         {
+            // Partitioned: the other partitions' deliveries out count against the window.
+            let guard = self
+                .window
+                .as_ref()
+                .map(|w| (w, w.dispatch.lock().unwrap_or_else(|p| p.into_inner())));
+            let room = match &guard {
+                Some((w, _)) => w.room_for(&self.shared),
+                None => usize::MAX,
+            };
             let mut st = self.shared.lock();
-            while let Some(h) = st.book.hand_out() {
+            while st.book.out() < room {
+                let Some(h) = st.book.hand_out() else { break };
                 let Some(entry) = st.book.get_mut(h.id) else {
                     continue;
                 };
@@ -428,6 +563,7 @@ impl Member {
                 }
                 let acker = NatsAcker {
                     shared: self.shared.clone(),
+                    window: self.window.clone(),
                     client: self.inner.client.clone(),
                     seq: h.id,
                     token: h.token,
@@ -465,4 +601,32 @@ impl Member {
                 .await;
         }
     }
+}
+
+/// The member loop's state the housekeeping tick reads and changes.
+struct Housekeeping<'a> {
+    lease: &'a mut Lease,
+    pull: &'a mut Option<pull::Batch>,
+    barrier: &'a mut bool,
+    max_consumer_seq: &'a mut u64,
+    next_acquire: &'a mut Instant,
+    reserved: &'a mut bool,
+}
+
+/// Reads what an open pull request still brings until it ends (at most its expiry), so
+/// nothing delivered to a member that lets its partition go stays pending on the server
+/// until its ack timeout. Returns the reply subjects, to be `-NAK`ed once the request is
+/// over (nacked while it is open, a message could come straight back to it).
+async fn drain_pull(pull: Option<pull::Batch>) -> Vec<Subject> {
+    let mut replies = Vec::new();
+    let Some(mut pull) = pull else {
+        return replies;
+    };
+    let until = tokio::time::Instant::now() + PULL_EXPIRES + PULL_DRAIN_SLACK;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, pull.next()).await {
+        if let Some(reply) = msg.reply.clone() {
+            replies.push(reply);
+        }
+    }
+    replies
 }

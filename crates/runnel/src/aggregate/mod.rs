@@ -9,7 +9,7 @@ mod state_cache;
 
 pub use error::RepositoryError;
 pub use outcome::{ExecuteOutcome, Loaded};
-pub use repository::{Repository, LOAD_PAGE_EVENTS};
+pub use repository::{Repository, GROUP_COMMANDS_MAX, GROUP_EVENTS_MAX, LOAD_PAGE_EVENTS};
 // The policy is shared with the consumer router's retry layer; it lives in `crate::retry`.
 pub use crate::retry::RetryPolicy;
 pub use snapshot_policy::SnapshotPolicy;

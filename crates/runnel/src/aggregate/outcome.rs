@@ -27,8 +27,10 @@ pub struct ExecuteOutcome<E> {
     /// The stream's revision after the command (`None`: the stream still does not exist,
     /// because the command produced no events for a new aggregate).
     pub revision: Option<u64>,
-    /// The global position of the last appended event (`None`: nothing was appended). Wait
-    /// for a projection to reach it to read your own write.
+    /// The global position of the last event of the commit that stored the command's
+    /// events (`None`: nothing was appended). With the state cache several commands on one
+    /// aggregate may share a commit, so this can be after the command's own last event.
+    /// Wait for a projection to reach it to read your own write.
     pub position: Option<Position>,
     /// The events the command produced and the store now holds, in order. Empty when the
     /// aggregate decided there was nothing to do; then nothing was appended.

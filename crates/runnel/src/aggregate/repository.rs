@@ -1,5 +1,6 @@
 //! The [`Repository`]: loads aggregates and runs their commands against an event store.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -7,8 +8,8 @@ use std::sync::Arc;
 
 use runnel_core::codec;
 use runnel_core::{
-    AppendResult, Clock, EventStore, ExpectedRevision, NewEvent, ReadStream, RecordedEvent,
-    Snapshot, SnapshotStore, StoreError, StreamName, SystemClock,
+    AppendResult, Clock, CodecError, EventStore, ExpectedRevision, Metadata, NewEvent, Position,
+    ReadStream, RecordedEvent, Snapshot, SnapshotStore, StoreError, StreamName, SystemClock,
 };
 
 use super::error::RepositoryError;
@@ -24,6 +25,14 @@ use tracing::Instrument;
 /// Events read per call while loading an aggregate. Loading holds only the state and one
 /// page in memory, whatever the stream's length.
 pub const LOAD_PAGE_EVENTS: usize = 1000;
+
+/// Commands of one aggregate one group commit runs at most (with the state cache).
+pub const GROUP_COMMANDS_MAX: usize = 64;
+
+/// Events one group commit appends at most (with the state cache), unless a single
+/// command produces more: the commands after the limit go in the next commit. Keep the
+/// store's `StoreLimits::max_events_per_append` (1,000 by default) at or above this.
+pub const GROUP_EVENTS_MAX: usize = 256;
 
 /// Loads aggregates of type `A` and runs commands on them.
 ///
@@ -49,9 +58,14 @@ pub const LOAD_PAGE_EVENTS: usize = 1000;
 ///   command is run again on a fresh load (which reads only the events after the cached
 ///   revision), and that stale try is not counted against the [`RetryPolicy`]. A domain
 ///   error or an empty result from the cached state is never returned as is: the command
-///   is run again on a fresh load first. Commands on one aggregate in this process take
-///   turns (each runs on the state the one before left) rather than racing each other
-///   into conflicts; other processes are still caught by the expected revision.
+///   is run again on a fresh load first. Commands on one aggregate in this process never
+///   race each other into conflicts: they queue, and whoever runs next runs every waiting
+///   command (up to [`GROUP_COMMANDS_MAX`] commands and [`GROUP_EVENTS_MAX`] events), each
+///   on the state the one before left, and appends all their events in **one commit**
+///   (a group commit), so a hot aggregate commits many commands per round trip. The
+///   commit is all or nothing, with the exact expected revision; other processes are
+///   still caught by it, and a conflict runs the whole group again. Each command's events
+///   keep its own metadata; its outcome's `position` is that of the commit's last event.
 ///
 /// Backoff waits use tokio's timer, so tests can run them on paused (virtual) time.
 ///
@@ -212,42 +226,33 @@ impl<A: Aggregate> Repository<A> {
         A::Command: Clone,
     {
         let stream = Self::stream_name(id)?;
+        match &self.cache {
+            Some(cache) => self.execute_grouped(cache, stream, envelope).await,
+            None => self.execute_alone(stream, envelope).await,
+        }
+    }
+
+    /// Without the state cache: load, handle, append; reload on a conflict.
+    async fn execute_alone(
+        &self,
+        stream: StreamName,
+        envelope: CommandEnvelope<A::Command>,
+    ) -> Result<ExecuteOutcome<A::Event>, RepositoryError<A::Error>>
+    where
+        A::Command: Clone,
+    {
         let metadata = envelope.event_metadata();
         let attempts_max = self.retry.attempts();
         let mut attempt: u32 = 0;
-        // With the cache, commands on one aggregate in this process take turns instead of
-        // conflicting with each other.
-        let _turn = match &self.cache {
-            Some(cache) => Some(cache.turn(&stream).await),
-            None => None,
-        };
-        // The first try runs on the cached state, if there is one, without reading.
-        let mut from_cache = self.cache.as_ref().and_then(|c| c.get(&stream));
         loop {
-            // A try on cached state is a guess the store checks; when the guess was stale
-            // it is not counted against the retry policy (the uncached path would not have
-            // made it).
-            let unverified = from_cache.is_some();
-            let tried = attempt + 1;
+            attempt += 1;
             let Loaded {
                 mut state,
                 revision,
-            } = match from_cache.take() {
-                Some((revision, state)) => Loaded {
-                    state,
-                    revision: Some(revision),
-                },
-                None => {
-                    attempt += 1;
-                    self.load_current(&stream).await?
-                }
-            };
-            let events = match state.handle(envelope.command.clone()) {
-                // Only an answer from a fresh load is final.
-                Err(_) if unverified => continue,
-                Ok(events) if events.is_empty() && unverified => continue,
-                result => result.map_err(RepositoryError::Domain)?,
-            };
+            } = self.load_current(&stream).await?;
+            let events = state
+                .handle(envelope.command.clone())
+                .map_err(RepositoryError::Domain)?;
             if events.is_empty() {
                 tracing::debug!(
                     stream = %stream,
@@ -259,7 +264,7 @@ impl<A: Aggregate> Repository<A> {
                     revision,
                     position: None,
                     events,
-                    attempts: tried,
+                    attempts: attempt,
                 });
             }
             let new_events = events
@@ -287,28 +292,15 @@ impl<A: Aggregate> Repository<A> {
                         self.save_snapshot(&stream, appended.next_expected_revision, &state)
                             .await;
                     }
-                    if let Some(cache) = &self.cache {
-                        cache.put(&stream, appended.next_expected_revision, state);
-                    }
                     return Ok(ExecuteOutcome {
                         stream,
                         revision: Some(appended.next_expected_revision),
                         position: Some(appended.position),
                         events,
-                        attempts: tried,
+                        attempts: attempt,
                     });
                 }
                 Err(conflict @ StoreError::Conflict { .. }) => {
-                    self.forget_if_ahead(&stream, revision, &conflict);
-                    if unverified {
-                        tracing::debug!(
-                            stream = %stream,
-                            command_id = %envelope.command_id,
-                            error = %conflict,
-                            "the cached state was stale; loading and handling the command again"
-                        );
-                        continue;
-                    }
                     if attempt >= attempts_max {
                         return Err(RepositoryError::ConflictRetriesExhausted {
                             attempts: attempt,
@@ -325,6 +317,178 @@ impl<A: Aggregate> Repository<A> {
                     self.backoff(attempt).await;
                 }
                 Err(e) => return Err(RepositoryError::Store(e)),
+            }
+        }
+    }
+
+    /// With the state cache: the command joins its aggregate's lane; whoever holds the
+    /// lane's lock runs every waiting command in one group commit ([`Self::run_group`]).
+    /// The group runs in a task of its own, so a caller that goes away (a cancelled
+    /// request) never leaves the other commands of its group without an answer.
+    async fn execute_grouped(
+        &self,
+        cache: &StateCache<A>,
+        stream: StreamName,
+        envelope: CommandEnvelope<A::Command>,
+    ) -> Result<ExecuteOutcome<A::Event>, RepositoryError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
+        let lane = cache.lane(&stream);
+        lane.push(Box::new(Pending::<A> {
+            metadata: envelope.event_metadata(),
+            // The caller's span is the parent of its events' trace context, whichever
+            // command's task runs the group.
+            span: crate::trace::append_span(stream.as_str()),
+            envelope,
+            answer,
+        }));
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut answered => {
+                    return result.unwrap_or_else(|_| {
+                        panic!("the group commit running this command on {stream} panicked (in the aggregate's handle or apply?)")
+                    });
+                }
+                held = lane.lock() => {
+                    // The group before may have run this command: then its answer is here.
+                    if let Ok(result) = answered.try_recv() {
+                        return result;
+                    }
+                    let group: Vec<Pending<A>> = lane
+                        .take(GROUP_COMMANDS_MAX)
+                        .into_iter()
+                        .map(|p| *p.downcast::<Pending<A>>().expect("a lane holds its repository's commands"))
+                        .collect();
+                    if group.is_empty() {
+                        continue;
+                    }
+                    let repository = self.clone();
+                    let stream = stream.clone();
+                    tokio::spawn(
+                        async move {
+                            repository.run_group(&stream, group).await;
+                            drop(held);
+                        }
+                        .instrument(tracing::Span::current()),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs `group` (commands on one aggregate, in arrival order) on the aggregate's
+    /// state, each on the state the one before left, and appends their events in one
+    /// commit with the state's revision as the exact expectation; then answers each. A
+    /// refusal or an empty result counts only once the state it was judged on is known
+    /// to be the stored one: after the group's append succeeded, or on a fresh load.
+    /// Commands whose events would pass [`GROUP_EVENTS_MAX`] go in the next commit.
+    async fn run_group(&self, stream: &StreamName, group: Vec<Pending<A>>)
+    where
+        A::Command: Clone,
+    {
+        let cache = self
+            .cache
+            .as_ref()
+            .expect("groups run only with the state cache");
+        let attempts_max = self.retry.attempts();
+        let mut pending: VecDeque<Pending<A>> = group.into();
+        let mut attempt: u32 = 0;
+        let mut from_cache = cache.get(stream);
+        while !pending.is_empty() {
+            // A try on cached state is a guess the store checks; when the guess was stale
+            // it is not counted against the retry policy (the uncached path would not have
+            // made it).
+            let unverified = from_cache.is_some();
+            let tried = attempt + 1;
+            let Loaded { state, revision } = match from_cache.take() {
+                Some((revision, state)) => Loaded {
+                    state,
+                    revision: Some(revision),
+                },
+                None => {
+                    attempt += 1;
+                    match self.load_current(stream).await {
+                        Ok(loaded) => loaded,
+                        Err(e) => return answer_all(pending, &e),
+                    }
+                }
+            };
+            let commit = decide(state, revision, &pending);
+            if commit.events.is_empty() {
+                if unverified {
+                    // Only an answer from a fresh load is final.
+                    continue;
+                }
+                for (p, decision) in pending
+                    .drain(..commit.decisions.len())
+                    .zip(commit.decisions)
+                {
+                    p.answer(stream, decision, None, tried);
+                }
+                from_cache = cache.get(stream);
+                attempt = 0;
+                continue;
+            }
+            let expected = ExpectedRevision::from_current(revision);
+            match self
+                .append_retrying_transient(stream, expected, commit.events)
+                .await
+            {
+                Ok(appended) => {
+                    debug_assert_eq!(
+                        Some(appended.next_expected_revision),
+                        commit.revision,
+                        "an append with an exact expectation must land right after it"
+                    );
+                    let state = commit.state;
+                    if self
+                        .snapshot_policy
+                        .should_snapshot(revision, appended.next_expected_revision)
+                    {
+                        self.save_snapshot(stream, appended.next_expected_revision, &state)
+                            .await;
+                    }
+                    cache.put(stream, appended.next_expected_revision, state);
+                    for (p, decision) in pending
+                        .drain(..commit.decisions.len())
+                        .zip(commit.decisions)
+                    {
+                        p.answer(stream, decision, Some(appended.position), tried);
+                    }
+                    from_cache = cache.get(stream);
+                    attempt = 0;
+                }
+                Err(conflict @ StoreError::Conflict { .. }) => {
+                    self.forget_if_ahead(stream, revision, &conflict);
+                    if unverified {
+                        tracing::debug!(
+                            stream = %stream,
+                            commands = commit.decisions.len(),
+                            error = %conflict,
+                            "the cached state was stale; loading and handling the commands again"
+                        );
+                        continue;
+                    }
+                    if attempt >= attempts_max {
+                        let exhausted = RepositoryError::ConflictRetriesExhausted {
+                            attempts: attempt,
+                            last: conflict,
+                        };
+                        return answer_all(pending, &exhausted);
+                    }
+                    tracing::debug!(
+                        stream = %stream,
+                        commands = commit.decisions.len(),
+                        attempt,
+                        error = %conflict,
+                        "concurrency conflict; reloading and handling the commands again"
+                    );
+                    self.backoff(attempt).await;
+                }
+                Err(e) => return answer_all(pending, &RepositoryError::Store(e)),
             }
         }
     }
@@ -538,5 +702,158 @@ impl<A: Aggregate> Repository<A> {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// A command waiting in its aggregate's lane for a group commit.
+struct Pending<A: Aggregate> {
+    envelope: CommandEnvelope<A::Command>,
+    /// The metadata its events get.
+    metadata: Metadata,
+    /// Its caller's `runnel.append` span: its events' trace context.
+    span: tracing::Span,
+    answer: tokio::sync::oneshot::Sender<Executed<A>>,
+}
+
+/// What [`Repository::execute`] returns for an aggregate of type `A`.
+type Executed<A> =
+    Result<ExecuteOutcome<<A as Aggregate>::Event>, RepositoryError<<A as Aggregate>::Error>>;
+
+/// What one command of a group came to, on the state the commands before it left.
+enum Decision<A: Aggregate> {
+    /// Its events, and the stream's revision after them.
+    Appended {
+        events: Vec<A::Event>,
+        revision: u64,
+    },
+    /// No events; the stream's revision when it was handled.
+    Nothing { revision: Option<u64> },
+    /// The aggregate refused it.
+    Refused(A::Error),
+    /// Its events cannot be encoded (no store call would change that).
+    Failed(RepositoryError<A::Error>),
+}
+
+/// One commit of a group: the first `decisions.len()` waiting commands, their events,
+/// and the state and revision after them.
+struct Commit<A: Aggregate> {
+    state: A,
+    revision: Option<u64>,
+    events: Vec<NewEvent>,
+    decisions: Vec<Decision<A>>,
+}
+
+/// Handles the waiting commands in order on `state` (at `revision`), each on the state
+/// the one before left, until [`GROUP_EVENTS_MAX`] events.
+fn decide<A: Aggregate>(
+    mut state: A,
+    mut revision: Option<u64>,
+    pending: &VecDeque<Pending<A>>,
+) -> Commit<A>
+where
+    A::Command: Clone,
+{
+    let mut events: Vec<NewEvent> = Vec::new();
+    let mut decisions = Vec::with_capacity(pending.len());
+    for p in pending {
+        let decision = match state.handle(p.envelope.command.clone()) {
+            Err(e) => Decision::Refused(e),
+            Ok(produced) if produced.is_empty() => Decision::Nothing { revision },
+            Ok(produced) => {
+                let encoded = produced
+                    .iter()
+                    .map(|e| {
+                        let mut event = codec::encode(e, p.metadata.clone())?;
+                        crate::trace::stamp_metadata(&p.span, &mut event.metadata);
+                        Ok(event)
+                    })
+                    .collect::<Result<Vec<NewEvent>, CodecError>>();
+                match encoded {
+                    Err(e) => Decision::Failed(RepositoryError::Codec(e)),
+                    Ok(encoded) => {
+                        if !events.is_empty() && events.len() + encoded.len() > GROUP_EVENTS_MAX {
+                            break;
+                        }
+                        for event in &produced {
+                            state.apply(event);
+                        }
+                        let after = revision.unwrap_or(0) + produced.len() as u64;
+                        revision = Some(after);
+                        events.extend(encoded);
+                        Decision::Appended {
+                            events: produced,
+                            revision: after,
+                        }
+                    }
+                }
+            }
+        };
+        decisions.push(decision);
+    }
+    Commit {
+        state,
+        revision,
+        events,
+        decisions,
+    }
+}
+
+impl<A: Aggregate> Pending<A> {
+    /// Answers the command's caller: `position` is the commit's (for appended events).
+    fn answer(
+        self,
+        stream: &StreamName,
+        decision: Decision<A>,
+        position: Option<Position>,
+        attempts: u32,
+    ) {
+        let result = match decision {
+            Decision::Appended { events, revision } => Ok(ExecuteOutcome {
+                stream: stream.clone(),
+                revision: Some(revision),
+                position,
+                events,
+                attempts,
+            }),
+            Decision::Nothing { revision } => {
+                tracing::debug!(
+                    stream = %stream,
+                    command_id = %self.envelope.command_id,
+                    "the command produced no events; nothing appended"
+                );
+                Ok(ExecuteOutcome {
+                    stream: stream.clone(),
+                    revision,
+                    position: None,
+                    events: Vec::new(),
+                    attempts,
+                })
+            }
+            Decision::Refused(e) => Err(RepositoryError::Domain(e)),
+            Decision::Failed(e) => Err(e),
+        };
+        // A caller that went away gets nothing; its command ran all the same.
+        let _ = self.answer.send(result);
+    }
+}
+
+/// Answers every waiting command with the same failure (of the store, never a domain
+/// error: those belong to one command).
+fn answer_all<A: Aggregate>(pending: VecDeque<Pending<A>>, error: &RepositoryError<A::Error>) {
+    for p in pending {
+        let copy = match error {
+            RepositoryError::Store(e) => RepositoryError::Store(e.clone()),
+            RepositoryError::Codec(e) => RepositoryError::Codec(e.clone()),
+            RepositoryError::ConflictRetriesExhausted { attempts, last } => {
+                RepositoryError::ConflictRetriesExhausted {
+                    attempts: *attempts,
+                    last: last.clone(),
+                }
+            }
+            RepositoryError::Domain(_) => {
+                unreachable!("a domain error belongs to one command, never to a group")
+            }
+        };
+        let _ = p.answer.send(Err(copy));
     }
 }

@@ -6,6 +6,7 @@
 //! as the exact expectation, so the store refuses the append if anything (another process,
 //! another repository) appended since. Entries only move forward.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -17,32 +18,75 @@ pub(crate) struct StateCache<A> {
     /// the cache is turned on.
     clone: fn(&A) -> A,
     entries: Mutex<Entries<A>>,
-    /// One lock per aggregate with a command running in this process: commands on one
-    /// aggregate take turns, each on the state the one before left, instead of racing
-    /// each other into conflicts. Holds only aggregates in use (an entry goes with its
-    /// last user), so it is bounded by the commands running at once.
-    turns: Mutex<HashMap<StreamName, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lane per aggregate with a command running or waiting in this process (see
+    /// [`Lane`]). Holds only aggregates in use (a lane goes with its last user), so it is
+    /// bounded by the commands running at once.
+    lanes: Mutex<HashMap<StreamName, Arc<Lane>>>,
 }
 
-/// A command's turn on one aggregate (see [`StateCache::turn`]); ending it lets the next
-/// command on that aggregate run.
-pub(crate) struct Turn<'a, A> {
+/// The commands of this process waiting to run on one aggregate, and the lock of the
+/// group commit running on it. Whoever takes the lock runs every waiting command (up to a
+/// limit), each on the state the one before left, and appends their events in one commit;
+/// so commands on one aggregate never race each other into conflicts, and a hot aggregate
+/// commits many commands per round trip. The queue holds the repository's own pending
+/// commands, type-erased so the cache needs no bound on `A`.
+pub(crate) struct Lane {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    queue: Mutex<VecDeque<Box<dyn Any + Send>>>,
+}
+
+impl Lane {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Box<dyn Any + Send>>> {
+        // Never held across an await or user code.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a command.
+    pub(crate) fn push(&self, pending: Box<dyn Any + Send>) {
+        self.queue().push_back(pending);
+    }
+
+    /// Takes up to `max` waiting commands, oldest first.
+    pub(crate) fn take(&self, max: usize) -> Vec<Box<dyn Any + Send>> {
+        let mut queue = self.queue();
+        let n = queue.len().min(max);
+        queue.drain(..n).collect()
+    }
+
+    /// Waits for the lane's lock: the right to run a group commit on the aggregate.
+    pub(crate) async fn lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        Arc::clone(&self.lock).lock_owned().await
+    }
+}
+
+/// A command's use of its aggregate's [`Lane`]; the lane goes when its last user does.
+pub(crate) struct LaneUse<'a, A> {
     cache: &'a StateCache<A>,
     stream: StreamName,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    lane: Option<Arc<Lane>>,
 }
 
-impl<A> Drop for Turn<'_, A> {
+impl<A> std::ops::Deref for LaneUse<'_, A> {
+    type Target = Lane;
+
+    fn deref(&self) -> &Lane {
+        self.lane
+            .as_ref()
+            .expect("a lane use holds its lane until dropped")
+    }
+}
+
+impl<A> Drop for LaneUse<'_, A> {
     fn drop(&mut self) {
-        // The guard's lock goes first, so the count below sees only the map's copy when
-        // nobody else holds or waits for this aggregate.
-        self.guard.take();
-        let mut turns = self.cache.turns.lock().unwrap_or_else(|p| p.into_inner());
-        if turns
+        // This use's reference goes first, so the count below sees only the map's copy
+        // when nobody else uses this aggregate's lane.
+        self.lane.take();
+        let mut lanes = self.cache.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if lanes
             .get(&self.stream)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+            .is_some_and(|lane| Arc::strong_count(lane) == 1)
         {
-            turns.remove(&self.stream);
+            lanes.remove(&self.stream);
         }
     }
 }
@@ -62,26 +106,26 @@ impl<A> StateCache<A> {
                 map: HashMap::new(),
                 order: VecDeque::new(),
             }),
-            turns: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Waits until no other command of this process runs on `stream`, and holds that
-    /// until the returned turn ends.
-    pub(crate) async fn turn(&self, stream: &StreamName) -> Turn<'_, A> {
-        let lock = {
-            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(turns.entry(stream.clone()).or_default())
+    /// The lane of `stream`, created on first use.
+    pub(crate) fn lane(&self, stream: &StreamName) -> LaneUse<'_, A> {
+        let lane = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(lanes.entry(stream.clone()).or_insert_with(|| {
+                Arc::new(Lane {
+                    lock: Arc::new(tokio::sync::Mutex::new(())),
+                    queue: Mutex::new(VecDeque::new()),
+                })
+            }))
         };
-        // The turn exists before the wait, so a caller dropped while waiting still cleans
-        // up its entry.
-        let mut turn = Turn {
+        LaneUse {
             cache: self,
             stream: stream.clone(),
-            guard: None,
-        };
-        turn.guard = Some(lock.lock_owned().await);
-        turn
+            lane: Some(lane),
+        }
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries<A>> {
@@ -138,8 +182,8 @@ impl<A> StateCache<A> {
 
     /// Aggregates with a command running or waiting now.
     #[cfg(test)]
-    fn turns_held(&self) -> usize {
-        self.turns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    fn lanes_held(&self) -> usize {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -163,23 +207,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn turns_on_one_aggregate_take_turns_and_leave_nothing_behind() {
+    async fn a_lane_queues_in_order_locks_one_holder_and_goes_with_its_last_user() {
         let cache = StateCache::<u32>::new(2, u32::clone);
         let (one, two) = (name(1), name(2));
-        let first = cache.turn(&one).await;
-        let other = cache.turn(&two).await;
-        let waiting = cache.turn(&one);
-        tokio::pin!(waiting);
-        assert!(
-            futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none(),
-            "a second command on the same aggregate waits"
-        );
+        let first = cache.lane(&one);
+        let same = cache.lane(&one);
+        let other = cache.lane(&two);
+        first.push(Box::new(1u32));
+        same.push(Box::new(2u32));
+        same.push(Box::new(3u32));
+        let taken: Vec<u32> = first
+            .take(2)
+            .into_iter()
+            .map(|b| *b.downcast::<u32>().expect("a u32"))
+            .collect();
+        assert_eq!(taken, vec![1, 2], "oldest first, at most the limit");
+        {
+            let held = first.lock().await;
+            let waiting = same.lock();
+            tokio::pin!(waiting);
+            assert!(
+                futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none(),
+                "one holder of an aggregate's lock at a time"
+            );
+            drop(held);
+            let _second = waiting.await;
+        }
+        assert_eq!(cache.lanes_held(), 2);
         drop(first);
-        let second = waiting.await;
-        assert_eq!(cache.turns_held(), 2);
-        drop(second);
+        assert_eq!(cache.lanes_held(), 2, "a lane stays while anyone uses it");
+        drop(same);
         drop(other);
-        assert_eq!(cache.turns_held(), 0);
+        assert_eq!(cache.lanes_held(), 0);
     }
 
     #[test]
