@@ -208,7 +208,10 @@ async fn concurrent_publishers_on_shared_keys_keep_key_order_for_every_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_created_while_64_publishers_run_gets_each_message_exactly_once() {
     const PUBLISHERS: usize = 64;
-    const PER_PUBLISHER: usize = 16;
+    /// Each publisher publishes at least this many, and at least two after the groups exist.
+    const PER_PUBLISHER_MIN: usize = 12;
+    /// Message numbers: publisher p's i-th is p * STRIDE + i.
+    const STRIDE: usize = 1_000_000;
     const KEYS: usize = 32;
     let Some(url) = common::postgres_url() else {
         return;
@@ -222,21 +225,29 @@ async fn a_group_created_while_64_publishers_run_gets_each_message_exactly_once(
     let subscribed = Arc::new(AtomicBool::new(false));
     let before: Arc<Mutex<HashSet<usize>>> = Arc::default();
     let after: Arc<Mutex<HashSet<usize>>> = Arc::default();
+    let all: Arc<Mutex<HashSet<usize>>> = Arc::default();
     let published = Arc::new(AtomicUsize::new(0));
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
         let (bus, t) = (buses[p % 2].clone(), t.clone());
         let (subscribing, subscribed) = (subscribing.clone(), subscribed.clone());
-        let (before, after, published) = (before.clone(), after.clone(), published.clone());
+        let (before, after, all) = (before.clone(), after.clone(), all.clone());
+        let published = published.clone();
         publishers.push(tokio::spawn(async move {
-            for i in 0..PER_PUBLISHER {
-                let n = p * PER_PUBLISHER + i;
+            let mut published_after = 0;
+            for i in 0..STRIDE {
+                if i >= PER_PUBLISHER_MIN && published_after >= 2 {
+                    break;
+                }
+                let n = p * STRIDE + i;
                 let began_after = subscribed.load(Ordering::SeqCst);
                 bus.publish(&t, vec![numbered(n, &format!("key-{}", n % KEYS))])
                     .await
                     .unwrap();
+                all.lock().unwrap().insert(n);
                 if began_after {
                     after.lock().unwrap().insert(n);
+                    published_after += 1;
                 } else if !subscribing.load(Ordering::SeqCst) {
                     before.lock().unwrap().insert(n);
                 }
@@ -247,7 +258,7 @@ async fn a_group_created_while_64_publishers_run_gets_each_message_exactly_once(
     // Subscribe once about a third has been published.
     runnel_testkit::harness::wait_until(LOAD_DEADLINE, "a third published", || {
         let published = published.clone();
-        async move { published.load(Ordering::SeqCst) >= PUBLISHERS * PER_PUBLISHER / 3 }
+        async move { published.load(Ordering::SeqCst) >= PUBLISHERS * PER_PUBLISHER_MIN / 3 }
     })
     .await;
     subscribing.store(true, Ordering::SeqCst);
@@ -281,8 +292,8 @@ async fn a_group_created_while_64_publishers_run_gets_each_message_exactly_once(
     e_task.abort();
     l_task.abort();
 
-    let all: HashSet<usize> = (0..PUBLISHERS * PER_PUBLISHER).collect();
-    check("earliest", &earliest, &all, PER_PUBLISHER);
+    let all = all.lock().unwrap().clone();
+    check("earliest", &earliest, &all, STRIDE);
     let got: HashSet<usize> = latest.order.lock().unwrap().iter().map(|h| h.1).collect();
     let after = after.lock().unwrap().clone();
     let before = before.lock().unwrap().clone();
@@ -296,5 +307,5 @@ async fn a_group_created_while_64_publishers_run_gets_each_message_exactly_once(
         got.is_disjoint(&before),
         "latest: got messages published before it was asked for"
     );
-    check("latest", &latest, &got, PER_PUBLISHER);
+    check("latest", &latest, &got, STRIDE);
 }
