@@ -40,6 +40,9 @@ pub struct ReadStream {
     pub from_revision: Option<u64>,
     /// Most events to return, 1..=[`READ_LIMIT_MAX`].
     pub limit: usize,
+    /// Whether each event's metadata is wanted. `false` ([`ReadStream::without_metadata`])
+    /// lets the store leave it empty.
+    pub metadata: bool,
 }
 
 impl ReadStream {
@@ -49,6 +52,7 @@ impl ReadStream {
             direction: ReadDirection::Forward,
             from_revision: None,
             limit,
+            metadata: true,
         }
     }
 
@@ -58,12 +62,21 @@ impl ReadStream {
             direction: ReadDirection::Backward,
             from_revision: None,
             limit,
+            metadata: true,
         }
     }
 
     /// Starts at `revision` (inclusive).
     pub fn from(mut self, revision: u64) -> Self {
         self.from_revision = Some(revision);
+        self
+    }
+
+    /// Lets the store leave each event's `metadata` empty ([`crate::Metadata::default`])
+    /// rather than read and parse it: for readers that only fold payloads, such as an
+    /// aggregate's load. A store may return the metadata all the same.
+    pub fn without_metadata(mut self) -> Self {
+        self.metadata = false;
         self
     }
 }

@@ -344,6 +344,11 @@ async fn head_position(pool: &PgPool, schema: &str) -> Result<Position, StoreErr
 const EVENT_COLUMNS: &str = "e.position, e.event_id, s.name, e.revision, e.event_type, \
     e.schema_version, e.content_type, e.data, e.metadata, e.recorded_at";
 
+/// [`EVENT_COLUMNS`] without the metadata (a typed `NULL` in its place), for reads that do
+/// not want it ([`ReadStream::without_metadata`]).
+const EVENT_COLUMNS_NO_METADATA: &str = "e.position, e.event_id, s.name, e.revision, \
+    e.event_type, e.schema_version, e.content_type, e.data, NULL::jsonb, e.recorded_at";
+
 /// The same columns with the stream name looked up per row by primary key: `$all` reads
 /// then walk the events index in order and stop at the limit, whatever the table
 /// statistics say (a join may otherwise hash every matching event and sort it).
@@ -421,8 +426,13 @@ impl EventStore for PostgresStore {
             (ReadDirection::Forward, from) => (">=", "ASC", clamp(from.unwrap_or(0))),
             (ReadDirection::Backward, from) => ("<=", "DESC", clamp(from.unwrap_or(u64::MAX))),
         };
+        let columns = if options.metadata {
+            EVENT_COLUMNS
+        } else {
+            EVENT_COLUMNS_NO_METADATA
+        };
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM {} s JOIN {} e ON e.stream_id = s.stream_id \
+            "SELECT {columns} FROM {} s JOIN {} e ON e.stream_id = s.stream_id \
              WHERE s.name = $1 AND e.revision {cmp} $2 ORDER BY e.revision {order} LIMIT $3",
             self.table("streams"),
             self.table("events"),

@@ -280,6 +280,7 @@ pub async fn read_stream(
         direction,
         from_revision: q.from,
         limit,
+        metadata: true,
     };
     let events = state.inner.events.read_stream(&stream, options).await?;
     if events.is_empty() && state.inner.events.stream_revision(&stream).await?.is_none() {

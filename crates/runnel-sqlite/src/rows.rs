@@ -8,6 +8,11 @@ use uuid::Uuid;
 pub(crate) const EVENT_COLUMNS: &str = "e.position, e.event_id, s.name, e.revision, \
      e.event_type, e.schema_version, e.content_type, e.data, e.metadata, e.recorded_at";
 
+/// [`EVENT_COLUMNS`] with `NULL` for the metadata: reads that do not want it skip copying
+/// and parsing it.
+pub(crate) const EVENT_COLUMNS_NO_METADATA: &str = "e.position, e.event_id, s.name, e.revision, \
+     e.event_type, e.schema_version, e.content_type, e.data, NULL, e.recorded_at";
+
 pub(crate) fn micros_to_time(micros: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(micros)
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros} is out of range")))
@@ -19,10 +24,36 @@ pub(crate) fn time_to_micros(t: DateTime<Utc>) -> i64 {
 
 /// Reads one event row selected with [`EVENT_COLUMNS`].
 pub(crate) fn event_from_row(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
+    event_from_row_of(row, None)
+}
+
+/// [`event_from_row`] for rows of one stream whose name the query fixed (`s.name = ?`):
+/// the name is not read back and validated for every row.
+pub(crate) fn event_from_row_of(
+    row: &rusqlite::Row<'_>,
+    known_stream: Option<&StreamName>,
+) -> Result<RecordedEvent, StoreError> {
     let get_err = |e: rusqlite::Error| StoreError::Corrupt(format!("unreadable event row: {e}"));
     let position: i64 = row.get(0).map_err(get_err)?;
-    let id_bytes: Vec<u8> = row.get(1).map_err(get_err)?;
-    let stream: String = row.get(2).map_err(get_err)?;
+    // The id is read in place: no owned copy per row.
+    let id: [u8; 16] = row
+        .get_ref(1)
+        .map_err(get_err)?
+        .as_blob()
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("event id at position {position} is not 16 bytes"))
+        })?;
+    let stream = match known_stream {
+        Some(name) => name.clone(),
+        None => {
+            let stream: String = row.get(2).map_err(get_err)?;
+            StreamName::new(stream).map_err(|e| {
+                StoreError::Corrupt(format!("stream name at position {position}: {e}"))
+            })?
+        }
+    };
     let revision: i64 = row.get(3).map_err(get_err)?;
     let event_type: String = row.get(4).map_err(get_err)?;
     let schema_version: i64 = row.get(5).map_err(get_err)?;
@@ -31,10 +62,7 @@ pub(crate) fn event_from_row(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, S
     let metadata: Option<String> = row.get(8).map_err(get_err)?;
     let recorded_at: i64 = row.get(9).map_err(get_err)?;
 
-    let id = Uuid::from_slice(&id_bytes)
-        .map_err(|e| StoreError::Corrupt(format!("event id at position {position}: {e}")))?;
-    let stream = StreamName::new(stream)
-        .map_err(|e| StoreError::Corrupt(format!("stream name at position {position}: {e}")))?;
+    let id = Uuid::from_bytes(id);
     let metadata = match metadata {
         None => Metadata::default(),
         Some(text) => serde_json::from_str(&text)

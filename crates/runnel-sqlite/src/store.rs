@@ -22,7 +22,10 @@ use crate::options::{
     Durability, SqliteOptions, BUSY_TIMEOUT_MS, READ_CONNECTIONS_MAX, WRITER_QUEUE_JOBS_MAX,
 };
 use crate::reader::ReadPool;
-use crate::rows::{event_from_row, micros_to_time, time_to_micros, EVENT_COLUMNS};
+use crate::rows::{
+    event_from_row, event_from_row_of, micros_to_time, time_to_micros, EVENT_COLUMNS,
+    EVENT_COLUMNS_NO_METADATA,
+};
 use crate::schema;
 use crate::writer::{
     head_position, BatchContext, FnJob, WriteJob, Writer, WriterStats, WriterStatsSnapshot,
@@ -407,13 +410,18 @@ impl EventStore for SqliteStore {
         validate_limit(options.limit)?;
         let stream = stream.clone();
         self.read(move |conn| {
+            let columns = if options.metadata {
+                EVENT_COLUMNS
+            } else {
+                EVENT_COLUMNS_NO_METADATA
+            };
             let sql = match options.direction {
                 ReadDirection::Forward => format!(
-                    "SELECT {EVENT_COLUMNS} FROM streams s JOIN events e ON e.stream_id = s.stream_id \
+                    "SELECT {columns} FROM streams s JOIN events e ON e.stream_id = s.stream_id \
                      WHERE s.name = ?1 AND e.revision >= ?2 ORDER BY e.revision ASC LIMIT ?3"
                 ),
                 ReadDirection::Backward => format!(
-                    "SELECT {EVENT_COLUMNS} FROM streams s JOIN events e ON e.stream_id = s.stream_id \
+                    "SELECT {columns} FROM streams s JOIN events e ON e.stream_id = s.stream_id \
                      WHERE s.name = ?1 AND e.revision <= ?2 ORDER BY e.revision DESC LIMIT ?3"
                 ),
             };
@@ -423,7 +431,14 @@ impl EventStore for SqliteStore {
                 (ReadDirection::Backward, None) => i64::MAX,
             };
             let mut stmt = conn.prepare_cached(&sql).map_err(map_sqlite)?;
-            collect_events(&mut stmt, params![stream.as_str(), from, options.limit as i64])
+            let mut rows = stmt
+                .query(params![stream.as_str(), from, options.limit as i64])
+                .map_err(map_sqlite)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(map_sqlite)? {
+                out.push(event_from_row_of(row, Some(&stream))?);
+            }
+            Ok(out)
         })
         .await
     }

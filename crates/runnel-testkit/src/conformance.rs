@@ -193,6 +193,7 @@ macro_rules! __event_store_checks {
             concurrent_conflicting_appends_exactly_one_wins,
             concurrent_appends_to_one_stream_get_consecutive_revisions,
             read_stream_forward_and_backward_with_limits,
+            read_stream_without_metadata_returns_the_same_events,
             read_limits_outside_range_are_rejected,
             read_all_returns_events_after_a_position_in_order,
             read_all_filters_by_category_and_event_type,
@@ -1017,6 +1018,34 @@ pub async fn read_stream_forward_and_backward_with_limits<S: EventStore>(store: 
         .must("read_stream");
     backward.reverse();
     assert_eq!(forward, backward, "both directions return the same events");
+}
+
+/// `read_stream` with [`ReadStream::without_metadata`] returns the same events, each with
+/// either its metadata or none, never another event's.
+pub async fn read_stream_without_metadata_returns_the_same_events<S: EventStore>(store: Arc<S>) {
+    let s = stream("Order-1");
+    let mut batch = events("Counted", 5);
+    for (i, e) in batch.iter_mut().enumerate() {
+        e.metadata.correlation_id = Some(format!("correlation-{i}"));
+    }
+    append(&*store, &s, ExpectedRevision::NoStream, batch).await;
+    for options in [ReadStream::forward(100), ReadStream::backward(3).from(4)] {
+        let full = store.read_stream(&s, options).await.must("read_stream");
+        let light = store
+            .read_stream(&s, options.without_metadata())
+            .await
+            .must("read_stream without metadata");
+        assert_eq!(full.len(), light.len(), "{options:?}");
+        for (f, l) in full.iter().zip(&light) {
+            assert!(
+                l.metadata == f.metadata || l.metadata == Metadata::default(),
+                "an event's metadata, or none: {l:?}"
+            );
+            let mut l = l.clone();
+            l.metadata = f.metadata.clone();
+            assert_eq!(f, &l, "the same event apart from its metadata");
+        }
+    }
 }
 
 /// Every read rejects a limit of 0 or above `READ_LIMIT_MAX` with `InvalidArgument`.

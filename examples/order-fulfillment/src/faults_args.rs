@@ -41,6 +41,11 @@ pub struct FaultArgs {
     /// Every service waits this long per command (handler-bound load, e.g. 5ms).
     #[arg(long, value_name = "DURATION")]
     service_delay: Option<String>,
+    /// Handlers each service consumer (inventory, payments, shipping) runs at once in this
+    /// process (default: the consumer default, 16). With 1 and --service-delay, a service
+    /// is bound by its handler: processes add capacity only by sharing its work.
+    #[arg(long, value_name = "N")]
+    service_concurrency: Option<usize>,
     /// How long a service may take to answer the saga before the step's outcome counts
     /// as unknown and the command is sent again.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
@@ -87,9 +92,19 @@ impl FaultArgs {
         if reply_deadline.is_zero() {
             return Err(BadInput("--reply-deadline must be more than 0".into()).into());
         }
+        if let Some(n) = self.service_concurrency {
+            if n == 0 || n > runnel::consumer::MAX_CONCURRENCY_MAX {
+                return Err(BadInput(format!(
+                    "--service-concurrency {n}: expected 1..={}",
+                    runnel::consumer::MAX_CONCURRENCY_MAX
+                ))
+                .into());
+            }
+        }
         Ok(FulfillmentConfig {
             faults: Faults::new(failures),
             reply_deadline,
+            service_concurrency: self.service_concurrency,
             ..FulfillmentConfig::default()
         })
     }

@@ -275,6 +275,7 @@ async fn a_crashing_service_parks_the_saga_for_an_operator() {
                 poll_interval: Duration::from_millis(50),
                 ..SagaOptions::default()
             },
+            ..FulfillmentConfig::default()
         },
     )
     .await;

@@ -562,7 +562,10 @@ impl<A: Aggregate> Repository<A> {
     ) -> Result<Loaded<A>, RepositoryError<A::Error>> {
         loop {
             let from = revision.unwrap_or(0) + 1;
-            let options = ReadStream::forward(LOAD_PAGE_EVENTS).from(from);
+            // A load folds payloads only: the store may skip reading each event's metadata.
+            let options = ReadStream::forward(LOAD_PAGE_EVENTS)
+                .from(from)
+                .without_metadata();
             let page = self
                 .with_transient_retry(|| self.events.read_stream(stream, options))
                 .await?;

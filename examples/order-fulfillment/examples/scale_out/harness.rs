@@ -115,14 +115,25 @@ pub fn with_param(url: &str, param: &str) -> String {
 /// A NATS bus of the run's own (subjects, streams and group leases), with a short group
 /// lease so a killed holder's groups move within the takeover bound.
 pub fn nats_bus(url: &str) -> String {
+    nats_bus_partitioned(url, 1)
+}
+
+/// [`nats_bus`] with each topic split into `partitions` (`partitions=`; 1 leaves it out):
+/// a group's partitions are balanced over the processes, so its work spreads.
+pub fn nats_bus_partitioned(url: &str, partitions: u32) -> String {
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let tag = &tag[tag.len() - 12..];
-    with_param(
+    let url = with_param(
         url,
         &format!(
             "subject_prefix=so{tag}&stream_prefix=SO{tag}&lease_bucket=so_leases_{tag}&lease_ttl=2s"
         ),
-    )
+    );
+    if partitions > 1 {
+        with_param(&url, &format!("partitions={partitions}"))
+    } else {
+        url
+    }
 }
 
 /// Kafka with a short group session, so a killed member's partitions move within the
@@ -142,6 +153,17 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn spawn(bin: &Path, index: usize, store: &str, bus: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(bin, index, store, bus, &[])
+    }
+
+    /// [`ServiceProcess::spawn`] with more `run` flags (e.g. `--service-concurrency 1`).
+    pub fn spawn_with(
+        bin: &Path,
+        index: usize,
+        store: &str,
+        bus: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(bin)
             .args([
                 "--store",
@@ -155,6 +177,7 @@ impl ServiceProcess {
             .args(["--service-delay", SERVICE_DELAY])
             .args(["--decline-above", &DECLINE_ABOVE_CENTS.to_string()])
             .args(["--unshippable", UNSHIPPABLE])
+            .args(extra)
             // SCALE_OUT_RUST_LOG: more of the children's logs, for a failure's reasons.
             .env(
                 "RUST_LOG",
@@ -276,6 +299,17 @@ impl Cluster {
     /// `processes` service processes of `bin` on it and `bus` (the first alone, as it
     /// migrates the schema).
     pub async fn start(bin: &Path, pg: &str, bus: &str, processes: usize) -> anyhow::Result<Self> {
+        Self::start_with(bin, pg, bus, processes, &[]).await
+    }
+
+    /// [`Cluster::start`] with more `run` flags for every process.
+    pub async fn start_with(
+        bin: &Path,
+        pg: &str,
+        bus: &str,
+        processes: usize,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         // Schema names have at most 40 characters: the prefix and the UUID's last 12 hex
         // digits (random in a v7 UUID).
         let uuid = uuid::Uuid::now_v7().simple().to_string();
@@ -296,7 +330,7 @@ impl Cluster {
         };
         register_catalog_entries(&cluster.stores).await?;
         for index in 0..processes {
-            let process = ServiceProcess::spawn(bin, index, &cluster.store, bus)?;
+            let process = ServiceProcess::spawn_with(bin, index, &cluster.store, bus, extra)?;
             eprintln!("  process {index}: pid {}, {}", process.pid, process.base);
             cluster.processes.push(process);
         }

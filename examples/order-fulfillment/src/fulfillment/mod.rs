@@ -67,6 +67,9 @@ pub struct FulfillmentConfig {
     pub reply_deadline: Duration,
     /// The saga runtime's options.
     pub saga: SagaOptions,
+    /// Handlers each service consumer runs at once in this process (`None`: the
+    /// consumer default, [`runnel::consumer::MAX_CONCURRENCY_DEFAULT`]).
+    pub service_concurrency: Option<usize>,
 }
 
 impl Default for FulfillmentConfig {
@@ -76,6 +79,7 @@ impl Default for FulfillmentConfig {
             services: SERVICE_GROUPS.to_vec(),
             reply_deadline: Duration::from_secs(30),
             saga: SagaOptions::default(),
+            service_concurrency: None,
         }
     }
 }
@@ -92,7 +96,12 @@ pub fn wire(
         fulfillment_saga(app.commands().clone(), config.reply_deadline)?,
         config.saga.clone(),
     );
-    services::wire(app, &config.faults, &config.services)?;
+    services::wire(
+        app,
+        &config.faults,
+        &config.services,
+        config.service_concurrency,
+    )?;
     debug_assert_eq!(saga.definition().reply_topic(), &reply_topic());
     app.topic_projection(Arc::new(
         crate::read_model::FulfillmentProgressProjection::new(
@@ -147,7 +156,12 @@ pub fn wire_services(
     app: &mut App,
     config: &FulfillmentConfig,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    services::wire(app, &config.faults, &config.services)?;
+    services::wire(
+        app,
+        &config.faults,
+        &config.services,
+        config.service_concurrency,
+    )?;
     for service in &config.services {
         app.describe_publisher(&reply_topic(), service)?;
     }

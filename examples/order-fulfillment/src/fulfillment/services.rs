@@ -201,11 +201,13 @@ pub fn service_handler(
 }
 
 /// Registers the three services on `app`. The payment service records its charges and
-/// refunds in the [ledger](super::payment_ledger).
+/// refunds in the [ledger](super::payment_ledger). `concurrency`: handlers each service
+/// consumer runs at once (`None`: the consumer default).
 pub fn wire(
     app: &mut App,
     faults: &Faults,
     only: &[&str],
+    concurrency: Option<usize>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let topics = [INVENTORY_TOPIC, PAYMENTS_TOPIC, SHIPPING_TOPIC];
     for (topic, group) in topics.into_iter().zip(SERVICE_GROUPS) {
@@ -223,10 +225,14 @@ pub fn wire(
             TopicName::new(topic)?,
             GroupName::new(group)?,
             move |consumer| {
-                consumer
+                let consumer = consumer
                     .subscribe_options(super::from_earliest())
-                    .keep_lease_alive()
-                    .handler(handler.clone())
+                    .keep_lease_alive();
+                let consumer = match concurrency {
+                    Some(n) => consumer.max_concurrency(n),
+                    None => consumer,
+                };
+                consumer.handler(handler.clone())
             },
         );
     }
