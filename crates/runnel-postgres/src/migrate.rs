@@ -59,13 +59,18 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         13,
+        "bus_concurrency",
+        include_str!("migrations/0013_bus_concurrency.sql"),
+    ),
+    (
+        14,
         "outbox_unkeyed",
-        include_str!("migrations/0013_outbox_unkeyed.sql"),
+        include_str!("migrations/0014_outbox_unkeyed.sql"),
     ),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 13;
+pub const SCHEMA_VERSION: i32 = 14;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {

@@ -19,8 +19,40 @@ async fn publish(conn: &mut PgConnection, schema: &str, key: &[u8]) {
     .expect("bus_publish");
 }
 
-/// Leases the group's oldest head row by hand (as a claim would) and acknowledges it.
+/// Leases the group's oldest head row by hand (as a claim would) and acknowledges it,
+/// alone (`bus_ack`) or as a group commit does (`bus_ack_rows`).
 async fn ack_oldest_head(conn: &mut PgConnection, schema: &str, topic: i64, group: i64) {
+    let (seq, owner) = lease_oldest_head(conn, schema, group).await;
+    let acked: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {schema}.bus_ack($1, $2, $3, $4, 1, 'runnel_plans', 'plans')"
+    )))
+    .bind(topic)
+    .bind(group)
+    .bind(seq)
+    .bind(owner)
+    .fetch_one(&mut *conn)
+    .await
+    .expect("bus_ack");
+    assert!(acked, "the lease was ours");
+    let (seq, owner) = lease_oldest_head(conn, schema, group).await;
+    let outcomes: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {schema}.bus_ack_rows(ARRAY[$1], ARRAY[$2], ARRAY[$3], ARRAY[$4], ARRAY[1])"
+    )))
+    .bind(topic)
+    .bind(group)
+    .bind(seq)
+    .bind(owner)
+    .fetch_one(conn)
+    .await
+    .expect("bus_ack_rows");
+    assert!(outcomes[0] > 0, "the lease was ours");
+}
+
+async fn lease_oldest_head(
+    conn: &mut PgConnection,
+    schema: &str,
+    group: i64,
+) -> (i64, runnel_core::uuid::Uuid) {
     let owner = runnel_core::EventId::new().0;
     let seq: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "UPDATE {schema}.bus_queue SET lease_owner = $2, attempt = 1
@@ -33,17 +65,7 @@ async fn ack_oldest_head(conn: &mut PgConnection, schema: &str, topic: i64, grou
     .fetch_one(&mut *conn)
     .await
     .expect("lease a head row");
-    let acked: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT {schema}.bus_ack($1, $2, $3, $4, 1, 'runnel_plans', 'plans')"
-    )))
-    .bind(topic)
-    .bind(group)
-    .bind(seq)
-    .bind(owner)
-    .fetch_one(conn)
-    .await
-    .expect("bus_ack");
-    assert!(acked, "the lease was ours");
+    (seq, owner)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +86,8 @@ async fn publish_and_ack_use_indexes_after_the_queue_grows_from_empty() {
     .expect("bus_subscribe");
 
     // Enough calls on empty tables for the plan cache to settle on plans made now.
-    for _ in 0..8 {
+    // (Each ack_oldest_head acknowledges two rows.)
+    for _ in 0..16 {
         publish(&mut conn, &schema, b"key-1").await;
     }
     for _ in 0..8 {

@@ -1,8 +1,9 @@
 //! [`PostgresBackend`]: runnel-bus-engine's backend in the store's schema. Each call is one
 //! statement (or one PL/pgSQL function call) on the pool; the functions that need the
-//! topic lock are in `migrations/0002_bus.sql`. Wake-ups reach other processes through
-//! `NOTIFY` on the bus channel; this process's consumers watch the bus's own
-//! [`BusSignals`], which the `LISTEN` task also bumps.
+//! topic or key locks are in the migrations. Concurrent publishes share transactions
+//! (`batch.rs`). Wake-ups reach other processes through `NOTIFY` on the bus channel, sent
+//! after the commit (`notifier.rs`); this process's consumers watch the bus's own
+//! [`BusSignals`], which the engine and the `LISTEN` task bump.
 
 use std::sync::Arc;
 
@@ -14,6 +15,10 @@ use runnel_core::bus::StartPosition;
 use runnel_core::chrono::{DateTime, Utc};
 use runnel_core::{BusError, GroupName, TopicName};
 
+use super::batch::{
+    take_acks, take_publishes, GroupCommit, PublishCall, WriteFn, ACKS_PER_TRANSACTION_MAX,
+};
+use super::notifier::Notifier;
 use super::queue::{Lease, Statements};
 use crate::store::PostgresStore;
 
@@ -27,8 +32,10 @@ pub(crate) struct GroupIds {
 pub(crate) struct PostgresBackend {
     store: PostgresStore,
     options: BusOptions,
-    sql: Statements,
-    channel: String,
+    sql: Arc<Statements>,
+    publishes: GroupCommit<PublishCall, ()>,
+    acks: GroupCommit<Lease, i32>,
+    notifier: Notifier,
     signals: Arc<BusSignals>,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -47,11 +54,17 @@ impl PostgresBackend {
         signals: Arc<BusSignals>,
         listener: tokio::task::JoinHandle<()>,
     ) -> Self {
+        let sql = Arc::new(Statements::new(store.schema()));
+        let publishes = publish_commits(&sql, &store, &options);
+        let acks = ack_commits(&sql, &store);
+        let notifier = Notifier::start(store.pool().clone(), channel);
         PostgresBackend {
-            sql: Statements::new(store.schema()),
+            sql,
+            publishes,
+            acks,
+            notifier,
             store,
             options,
-            channel,
             signals,
             listener,
         }
@@ -87,15 +100,11 @@ impl BusBackend for PostgresBackend {
         topic: &TopicName,
         messages: Vec<EncodedMessage>,
     ) -> Result<(), BusError> {
-        self.sql
-            .publish(
-                self.store.pool(),
-                topic.as_str(),
-                &self.channel,
-                messages,
-                self.now(),
-            )
+        self.publishes
+            .run(PublishCall::new(topic.as_str(), messages))
             .await?;
+        // Committed: other processes may look now (the engine wakes this one's).
+        self.notifier.notify(topic.as_str());
         Ok(())
     }
 
@@ -150,17 +159,22 @@ impl BusBackend for PostgresBackend {
         lease: &Lease,
         how: Settle,
     ) -> Result<Settled, BusError> {
-        Ok(self
-            .sql
-            .settle(
-                self.store.pool(),
-                lease,
-                how,
-                self.now(),
-                &self.channel,
-                topic.as_str(),
-            )
-            .await?)
+        let settled = if how == Settle::Ack {
+            // 0: lease lost; 1: acknowledged; 2: and the key's next row is the head.
+            let outcome = self.acks.run(lease.clone()).await?;
+            Settled {
+                held: outcome > 0,
+                wake: outcome == 2,
+            }
+        } else {
+            self.sql
+                .settle(self.store.pool(), lease, how, self.now())
+                .await?
+        };
+        if settled.wake {
+            self.notifier.notify(topic.as_str());
+        }
+        Ok(settled)
     }
 
     async fn sweep(&self, cutoff: DateTime<Utc>) -> Result<usize, BusError> {
@@ -189,4 +203,41 @@ impl BusBackend for PostgresBackend {
             .await?;
         Ok(backlog.map(|(pending, in_flight)| GroupBacklog::new(pending, in_flight)))
     }
+}
+
+/// Publishes through group commit: one `bus_publish` per transaction, the waiting calls of
+/// one topic up to the options' publish size.
+fn publish_commits(
+    sql: &Arc<Statements>,
+    store: &PostgresStore,
+    options: &BusOptions,
+) -> GroupCommit<PublishCall, ()> {
+    let (sql, pool, clock) = (
+        Arc::clone(sql),
+        store.pool().clone(),
+        Arc::clone(&options.clock),
+    );
+    let write: WriteFn<PublishCall, ()> = Arc::new(move |calls| {
+        let (sql, pool, clock) = (Arc::clone(&sql), pool.clone(), Arc::clone(&clock));
+        Box::pin(async move {
+            let result = sql.publish(&pool, &calls, clock.now()).await;
+            vec![result; calls.len()]
+        })
+    });
+    GroupCommit::new(take_publishes, options.max_publish_bytes, write)
+}
+
+/// Acks through group commit: one `bus_ack_rows` per transaction.
+fn ack_commits(sql: &Arc<Statements>, store: &PostgresStore) -> GroupCommit<Lease, i32> {
+    let (sql, pool) = (Arc::clone(sql), store.pool().clone());
+    let write: WriteFn<Lease, i32> = Arc::new(move |leases| {
+        let (sql, pool) = (Arc::clone(&sql), pool.clone());
+        Box::pin(async move {
+            match sql.ack_many(&pool, &leases).await {
+                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e); leases.len()],
+            }
+        })
+    });
+    GroupCommit::new(take_acks, ACKS_PER_TRANSACTION_MAX, write)
 }

@@ -7,6 +7,8 @@
 //! "Bus".
 
 mod backend;
+mod batch;
+mod notifier;
 mod queue;
 
 use std::fmt;
@@ -150,9 +152,9 @@ async fn listen(mut listener: PgListener, signals: Arc<BusSignals>) {
 
 #[async_trait]
 impl Publisher for PostgresBus {
-    /// Publishes in one transaction; `bus_publish` notifies every process at commit, and
-    /// the engine wakes this process's consumers at once rather than after the NOTIFY's
-    /// round trip.
+    /// Publishes in one transaction (shared with this process's concurrent publishes to
+    /// the topic) and returns after its commit; the engine then wakes this process's
+    /// consumers, and a `NOTIFY` right after the commit wakes the other processes'.
     async fn publish(&self, topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError> {
         self.engine.publish(topic, messages).await
     }

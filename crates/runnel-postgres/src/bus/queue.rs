@@ -1,18 +1,20 @@
-//! The bus's SQL on PostgreSQL. The tables and the functions that need the topic lock
-//! (publish, subscribe, ack, sweep) are in `migrations/0002_bus.sql`; the statements that
-//! need no lock (claim, nack, extend, release, probes) are here. The design — why only
+//! The bus's SQL on PostgreSQL. The tables and the functions that need the topic or key
+//! locks (publish, subscribe, ack, sweep) are in `migrations/0002_bus.sql` and
+//! `migrations/0013_bus_concurrency.sql`; the statements that need no lock (claim, nack,
+//! extend, release, probes) are here. The design — why only
 //! `head` rows are claimed and how the topic lock keeps `head` right — is in the crate's
 //! DESIGN.md, "Bus".
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use runnel_bus_engine::{decode_message, ClaimedRow, EncodedMessage, Settle, Settled};
+use runnel_bus_engine::{decode_message, ClaimedRow, Settle, Settled};
 use runnel_core::bus::StartPosition;
 use runnel_core::StoreError;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use uuid::Uuid;
 
+use super::batch::PublishCall;
 use crate::error_map::map_sqlx;
 
 /// Which queue row a delivery holds, and under which lease.
@@ -46,10 +48,10 @@ pub(crate) struct Statements {
     claim: Arc<str>,
     next_visible: Arc<str>,
     ack: Arc<str>,
+    ack_rows: Arc<str>,
     nack: Arc<str>,
     extend: Arc<str>,
     release: Arc<str>,
-    notify: Arc<str>,
     topics: Arc<str>,
     sweep: Arc<str>,
     delete_group: Arc<str>,
@@ -62,7 +64,8 @@ impl Statements {
         let settle_where = "WHERE group_id = $1 AND seq = $2 AND lease_owner = $3 AND attempt = $4";
         Statements {
             schema: s.to_string(),
-            publish: format!("SELECT {s}.bus_publish($1, $2, $3, $4, $5, $6)").into(),
+            // No channel: the notifier wakes other processes after the commit.
+            publish: format!("SELECT {s}.bus_publish($1, NULL, $2, $3, $4, $5)").into(),
             subscribe: format!(
                 "SELECT o_topic_id, o_group_id FROM {s}.bus_subscribe($1, $2, $3, $4)"
             )
@@ -88,7 +91,8 @@ impl Statements {
                 "SELECT min(visible_at) FROM {s}.bus_queue WHERE group_id = $1 AND head"
             )
             .into(),
-            ack: format!("SELECT {s}.bus_ack($1, $2, $3, $4, $5, $6, $7)").into(),
+            ack: format!("SELECT {s}.bus_ack_row($1, $2, $3, $4, $5)").into(),
+            ack_rows: format!("SELECT {s}.bus_ack_rows($1, $2, $3, $4, $5)").into(),
             nack: format!(
                 "UPDATE {s}.bus_queue SET visible_at = $5, lease_owner = NULL {settle_where}"
             )
@@ -99,7 +103,6 @@ impl Statements {
                  attempt = attempt - 1 {settle_where}"
             )
             .into(),
-            notify: "SELECT pg_notify($1, $2)".into(),
             topics: format!("SELECT topic_id FROM {s}.bus_topics ORDER BY topic_id").into(),
             sweep: format!("SELECT {s}.bus_sweep($1, $2, $3)").into(),
             delete_group: format!("SELECT {s}.bus_delete_group($1, $2)").into(),
@@ -118,26 +121,28 @@ impl Statements {
         &self.schema
     }
 
+    /// Writes the calls of `batch` (all of one topic) in one transaction.
     pub async fn publish(
         &self,
         pool: &PgPool,
-        topic: &str,
-        channel: &str,
-        messages: Vec<EncodedMessage>,
+        batch: &[PublishCall],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut keys = Vec::with_capacity(messages.len());
-        let mut envelopes = Vec::with_capacity(messages.len());
-        let mut payloads = Vec::with_capacity(messages.len());
-        for m in messages {
-            keys.push(m.ordering_key);
-            envelopes.push(m.envelope.into_bytes());
-            payloads.push(m.payload);
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        debug_assert!(batch.iter().all(|p| p.topic == first.topic));
+        let n: usize = batch.iter().map(|p| p.messages.len()).sum();
+        let mut keys: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+        let mut envelopes: Vec<&[u8]> = Vec::with_capacity(n);
+        let mut payloads: Vec<&[u8]> = Vec::with_capacity(n);
+        for m in batch.iter().flat_map(|p| &p.messages) {
+            keys.push(m.ordering_key.as_deref());
+            envelopes.push(m.envelope.as_bytes());
+            payloads.push(&m.payload);
         }
-        let expected = envelopes.len() as i32;
         let written: i32 = sqlx::query_scalar(AssertSqlSafe(self.publish.clone()))
-            .bind(topic)
-            .bind(channel)
+            .bind(first.topic.as_str())
             .bind(keys)
             .bind(envelopes)
             .bind(payloads)
@@ -145,7 +150,7 @@ impl Statements {
             .fetch_one(pool)
             .await
             .map_err(map_sqlx)?;
-        debug_assert_eq!(written, expected);
+        debug_assert_eq!(usize::try_from(written).ok(), Some(n));
         Ok(())
     }
 
@@ -230,31 +235,23 @@ impl Statements {
     }
 
     /// Settles one leased row. Only the lease that claimed it (same owner, same attempt)
-    /// can.
+    /// can. `wake`: a row of the group may have become claimable now (the caller tells
+    /// consumers, here and elsewhere).
     pub async fn settle(
         &self,
         pool: &PgPool,
         lease: &Lease,
         how: Settle,
         now: DateTime<Utc>,
-        channel: &str,
-        topic: &str,
     ) -> Result<Settled, StoreError> {
         let (sql, visible_at) = match how {
             Settle::Ack => {
-                let held: bool = sqlx::query_scalar(AssertSqlSafe(self.ack.clone()))
-                    .bind(lease.topic_id)
-                    .bind(lease.group_id)
-                    .bind(lease.seq)
-                    .bind(lease.owner)
-                    .bind(lease.attempt)
-                    .bind(channel)
-                    .bind(topic)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(map_sqlx)?;
-                // bus_ack notifies every process (this one included) if it promoted a row.
-                return Ok(Settled { held, wake: false });
+                let outcome = self.ack_many(pool, std::slice::from_ref(lease)).await?;
+                // 0: lease lost; 1: acknowledged; 2: and the key's next row is the head.
+                return Ok(Settled {
+                    held: outcome[0] > 0,
+                    wake: outcome[0] == 2,
+                });
             }
             Settle::Nack { visible_at } => (&self.nack, visible_at),
             Settle::Extend { visible_at } => (&self.extend, visible_at),
@@ -272,16 +269,46 @@ impl Statements {
             .rows_affected()
             > 0;
         let wake = held && !matches!(how, Settle::Extend { .. }) && visible_at <= now;
-        if wake {
-            // Other processes' consumers of the topic may be idle: tell them.
-            sqlx::query(AssertSqlSafe(self.notify.clone()))
-                .bind(channel)
-                .bind(topic)
-                .execute(pool)
-                .await
-                .map_err(map_sqlx)?;
-        }
         Ok(Settled { held, wake })
+    }
+
+    /// Acknowledges `leases` in one transaction; one outcome per lease, in order: 0 the
+    /// lease was lost, 1 acknowledged, 2 acknowledged and the key's next row became the
+    /// head.
+    pub async fn ack_many(&self, pool: &PgPool, leases: &[Lease]) -> Result<Vec<i32>, StoreError> {
+        if let [lease] = leases {
+            return Ok(vec![sqlx::query_scalar(AssertSqlSafe(self.ack.clone()))
+                .bind(lease.topic_id)
+                .bind(lease.group_id)
+                .bind(lease.seq)
+                .bind(lease.owner)
+                .bind(lease.attempt)
+                .fetch_one(pool)
+                .await
+                .map_err(map_sqlx)?]);
+        }
+        let topic_ids: Vec<i64> = leases.iter().map(|l| l.topic_id).collect();
+        let group_ids: Vec<i64> = leases.iter().map(|l| l.group_id).collect();
+        let seqs: Vec<i64> = leases.iter().map(|l| l.seq).collect();
+        let owners: Vec<Uuid> = leases.iter().map(|l| l.owner).collect();
+        let attempts: Vec<i32> = leases.iter().map(|l| l.attempt).collect();
+        let outcomes: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(self.ack_rows.clone()))
+            .bind(topic_ids)
+            .bind(group_ids)
+            .bind(seqs)
+            .bind(owners)
+            .bind(attempts)
+            .fetch_one(pool)
+            .await
+            .map_err(map_sqlx)?;
+        if outcomes.len() != leases.len() {
+            return Err(StoreError::Corrupt(format!(
+                "bus_ack_rows answered {} outcomes for {} acks",
+                outcomes.len(),
+                leases.len()
+            )));
+        }
+        Ok(outcomes)
     }
 
     /// Deletes log rows published before `cutoff` that no group needs, `limit` per topic
