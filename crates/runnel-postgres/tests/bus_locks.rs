@@ -393,7 +393,8 @@ async fn a_schema_of_the_previous_version_upgrades_with_its_queued_messages() {
     .fetch_one(&mut conn)
     .await
     .expect("version");
-    assert_eq!(version, 13);
+    // Upgraded through the bus's migration (13) to whatever this build's latest is.
+    assert!(version >= 13, "upgraded past the bus's migration, at {version}");
     let db = Db {
         url: url.clone(),
         schema: schema.clone(),
