@@ -394,7 +394,10 @@ async fn a_schema_of_the_previous_version_upgrades_with_its_queued_messages() {
     .await
     .expect("version");
     // Upgraded through the bus's migration (13) to whatever this build's latest is.
-    assert!(version >= 13, "upgraded past the bus's migration, at {version}");
+    assert!(
+        version >= 13,
+        "upgraded past the bus's migration, at {version}"
+    );
     let db = Db {
         url: url.clone(),
         schema: schema.clone(),
