@@ -319,11 +319,19 @@ async fn run_others_until(what: &str, done: impl Fn() -> bool) {
     panic!("{what} did not happen");
 }
 
-#[tokio::test]
-async fn commands_waiting_on_one_aggregate_share_one_commit_and_keep_their_own_answers() {
+/// A counter command running in a task of its own.
+type CounterCommandTask = tokio::task::JoinHandle<
+    Result<
+        runnel::ExecuteOutcome<support::CounterEvent>,
+        runnel::RepositoryError<support::Refused>,
+    >,
+>;
+
+/// A gated store, a cached counter repository on it, and the task of a first `add(1)` on
+/// aggregate "hot" whose append is held at the gate, so the next commands queue behind it.
+async fn first_add_held_at_the_gate() -> (CountingReads, Repository<Counter>, CounterCommandTask) {
     let store = CountingReads::gated();
     let repo = counters(Arc::new(store.clone()), true);
-    // The first command's append is held at the gate, so the next ones queue behind it.
     let first = tokio::spawn({
         let repo = repo.clone();
         async move { repo.execute("hot", add(1)).await }
@@ -332,6 +340,12 @@ async fn commands_waiting_on_one_aggregate_share_one_commit_and_keep_their_own_a
         store.appends.load(Ordering::SeqCst) == 1
     })
     .await;
+    (store, repo, first)
+}
+
+#[tokio::test]
+async fn commands_waiting_on_one_aggregate_share_one_commit_and_keep_their_own_answers() {
+    let (store, repo, first) = first_add_held_at_the_gate().await;
     let commands = vec![
         add(2),
         CommandEnvelope::new(CounterCommand::Refuse),
@@ -411,16 +425,7 @@ async fn commands_waiting_on_one_aggregate_share_one_commit_and_keep_their_own_a
 
 #[tokio::test]
 async fn a_caller_that_goes_away_mid_commit_leaves_every_other_command_answered() {
-    let store = CountingReads::gated();
-    let repo = counters(Arc::new(store.clone()), true);
-    let first = tokio::spawn({
-        let repo = repo.clone();
-        async move { repo.execute("hot", add(1)).await }
-    });
-    run_others_until("the first append", || {
-        store.appends.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let (store, repo, first) = first_add_held_at_the_gate().await;
     let mut waiting = Vec::new();
     for n in [10, 100] {
         let repo = repo.clone();
