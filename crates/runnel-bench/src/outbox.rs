@@ -35,6 +35,8 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
 
 struct Measured {
     rate: f64,
+    /// Writer commits and fsynced commits during the scenario (SQLite).
+    commits: Option<(u64, u64)>,
     p50: Option<Duration>,
     p99: Option<Duration>,
 }
@@ -74,6 +76,10 @@ trait Backend: Send + Sync {
     async fn enqueue_tx(&self, messages: Vec<OutboxMessage>) -> anyhow::Result<()>;
     fn outbox(&self) -> Arc<dyn OutboxStore>;
     fn bus(&self) -> Arc<dyn Publisher>;
+    /// The SQLite writer's (commits, fsynced commits) so far; `None` elsewhere.
+    fn writer_commits(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 struct SqliteBackend {
@@ -95,6 +101,10 @@ impl Backend for SqliteBackend {
     }
     fn bus(&self) -> Arc<dyn Publisher> {
         self.bus.clone()
+    }
+    fn writer_commits(&self) -> Option<(u64, u64)> {
+        let stats = self.outbox.store().writer_stats();
+        Some((stats.commits, stats.synced_commits))
     }
 }
 
@@ -169,6 +179,7 @@ async fn drain(backend: &dyn Backend, total: usize) -> anyhow::Result<Measured> 
         acked: Default::default(),
         changed: Default::default(),
     });
+    let commits_before = backend.writer_commits();
     let started = Instant::now();
     let relay = Relay::new(
         Arc::clone(&outbox),
@@ -199,8 +210,13 @@ async fn drain(backend: &dyn Backend, total: usize) -> anyhow::Result<Measured> 
     }
     let elapsed = started.elapsed();
     relay.shutdown().await?;
+    let commits = match (commits_before, backend.writer_commits()) {
+        (Some((c0, s0)), Some((c1, s1))) => Some((c1 - c0, s1 - s0)),
+        _ => None,
+    };
     Ok(Measured {
         rate: total as f64 / elapsed.as_secs_f64(),
+        commits,
         p50: None,
         p99: None,
     })
@@ -266,6 +282,7 @@ async fn live(backend: Arc<dyn Backend>, duration: Duration) -> anyhow::Result<M
     }
     Ok(Measured {
         rate: total as f64 / elapsed.as_secs_f64(),
+        commits: None,
         p50: Some(Duration::from_micros(hist.value_at_quantile(0.50))),
         p99: Some(Duration::from_micros(hist.value_at_quantile(0.99))),
     })
@@ -293,6 +310,13 @@ async fn bench_backend(
             live,
         ),
     ] {
+        // The writer's commits (and fsyncs) the drain took, where the store counts them.
+        let scenario = match m.commits {
+            Some((commits, fsyncs)) => {
+                format!("{scenario} ({commits} commits, {fsyncs} fsynced)")
+            }
+            None => scenario,
+        };
         print_line(&format!(
             "| {name} | {scenario} | {:.0} | {raw:.0} | {:.2} | {} | {} |",
             m.rate,
@@ -332,7 +356,8 @@ pub async fn bench(args: BenchOutboxArgs, postgres: Option<String>) -> anyhow::R
         let store = SqliteStore::open(tmp.path().join("outbox.db"))?;
         let bus = runnel_sqlite::bus::SqliteBus::new(store.clone(), Default::default())?;
         let backend = Arc::new(SqliteBackend {
-            outbox: SqliteOutbox::new(store),
+            // The relay publishes to the bus on this same file.
+            outbox: SqliteOutbox::new(store).with_publisher_in_this_file(),
             bus: Arc::new(bus),
         });
         bench_backend("SQLite", backend, total, duration).await?;

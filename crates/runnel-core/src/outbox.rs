@@ -284,6 +284,22 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// even if their lease ran out meanwhile (they were published).
     async fn mark_published(&self, seqs: &[u64]) -> Result<(), StoreError>;
 
+    /// Marks `published` (as [`mark_published`](Self::mark_published)), then claims (as
+    /// [`claim`](Self::claim)): what a relay does between two rounds that follow each
+    /// other at once. A backend may do both in one commit; the marks always come first, so
+    /// the claim sees the keys they unblock. On an error the marks may or may not have been
+    /// made (marking is idempotent: mark them again).
+    async fn mark_published_and_claim(
+        &self,
+        published: &[u64],
+        relay: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        self.mark_published(published).await?;
+        self.claim(relay, lease, limit).await
+    }
+
     /// Records a failed publish of rows: their attempts grow, the error is kept, the lease
     /// is released and `action` says when they may be claimed again.
     async fn record_failure(

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::error_map::map_sqlite;
 use crate::rows::micros_to_time;
 use crate::store::{keep_all, SqliteStore, UnitOfWork};
+use crate::writer::BatchContext;
 
 /// In-process wake-ups for relays, one per database file, shared by every
 /// [`SqliteOutbox`] on that file in this process (the application's and the relay's may be
@@ -77,6 +78,10 @@ pub struct SqliteOutbox {
     /// wait is not missed, because the receiver remembers what it has seen.
     woken: Arc<tokio::sync::Mutex<watch::Receiver<u64>>>,
     max_payload_bytes: usize,
+    /// The relay's publisher commits to this same file with an fsync
+    /// ([`with_publisher_in_this_file`](Self::with_publisher_in_this_file)), so claims need
+    /// no fsync of their own.
+    publisher_in_this_file: bool,
 }
 
 impl std::fmt::Debug for SqliteOutbox {
@@ -84,11 +89,15 @@ impl std::fmt::Debug for SqliteOutbox {
         f.debug_struct("SqliteOutbox")
             .field("path", &self.store.path())
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("publisher_in_this_file", &self.publisher_in_this_file)
             .finish_non_exhaustive()
     }
 }
 
-const ROW_COLUMNS: &str = "seq, topic, envelope, payload, created_at, attempts, last_error";
+/// A row's columns for [`record_from_row`], from `outbox_messages m` joined with its body
+/// `outbox_bodies b` (migration 14).
+const ROW_COLUMNS: &str =
+    "m.seq, m.topic, b.envelope, b.payload, m.created_at, m.attempts, m.last_error";
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> Result<OutboxRecord, StoreError> {
     let bad = |e: rusqlite::Error| StoreError::Corrupt(format!("unreadable outbox row: {e}"));
@@ -115,22 +124,28 @@ pub(crate) fn insert_rows(
     now_micros: i64,
     messages: &[OutboxMessage],
 ) -> Result<(), StoreError> {
-    let mut stmt = conn
+    let mut row = conn
         .prepare_cached(
-            "INSERT INTO outbox_messages \
-             (message_id, topic, ordering_key, envelope, payload, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO outbox_messages (message_id, topic, ordering_key, created_at) \
+             VALUES (?1, ?2, ?3, ?4)",
         )
+        .map_err(map_sqlite)?;
+    let mut body = conn
+        .prepare_cached("INSERT INTO outbox_bodies (seq, envelope, payload) VALUES (?1, ?2, ?3)")
         .map_err(map_sqlite)?;
     for m in messages {
         let envelope = encode_envelope(&m.message)?;
-        stmt.execute(params![
+        row.execute(params![
             m.message.id,
             m.topic.as_str(),
             m.message.ordering_key(),
-            envelope,
-            m.message.payload,
             now_micros
+        ])
+        .map_err(map_sqlite)?;
+        body.execute(params![
+            conn.last_insert_rowid(),
+            envelope,
+            m.message.payload
         ])
         .map_err(map_sqlite)?;
     }
@@ -242,9 +257,15 @@ fn claim_in_tx(
     // Only heads are leased: a key's followers cannot become heads before its head is
     // marked published, which only the lease holder does.
     let mut lease = conn
-        .prepare_cached(&format!(
+        .prepare_cached(
             "UPDATE outbox_messages SET leased_by = ?1, leased_until = ?2 WHERE seq = ?3 \
-             RETURNING {ROW_COLUMNS}, ordering_key"
+             RETURNING ordering_key",
+        )
+        .map_err(map_sqlite)?;
+    let mut read = conn
+        .prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM outbox_messages m \
+             CROSS JOIN outbox_bodies b ON b.seq = m.seq WHERE m.seq = ?1"
         ))
         .map_err(map_sqlite)?;
     // Followers: the key's next pending rows, claimed with its head so one relay publishes
@@ -252,17 +273,20 @@ fn claim_in_tx(
     let follow = (limit - heads.len()) / heads.len();
     let mut followers = conn
         .prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS}, parked FROM outbox_messages INDEXED BY outbox_pending_by_key \
-             WHERE ordering_key = ?1 AND published_at IS NULL AND seq > ?2 \
-             ORDER BY seq LIMIT ?3"
+            "SELECT {ROW_COLUMNS}, m.parked \
+             FROM outbox_messages m INDEXED BY outbox_pending_by_key \
+             CROSS JOIN outbox_bodies b ON b.seq = m.seq \
+             WHERE m.ordering_key = ?1 AND m.published_at IS NULL AND m.seq > ?2 \
+             ORDER BY m.seq LIMIT ?3"
         ))
         .map_err(map_sqlite)?;
     let mut out = Vec::with_capacity(limit);
     for head in heads {
-        let (record, key) = lease
-            .query_row(params![relay, until, head], |r| {
-                Ok((record_from_row(r), r.get::<_, Option<String>>(7)?))
-            })
+        let key: Option<String> = lease
+            .query_row(params![relay, until, head], |r| r.get(0))
+            .map_err(map_sqlite)?;
+        let record = read
+            .query_row([head], |r| Ok(record_from_row(r)))
             .map_err(map_sqlite)?;
         out.push(record?);
         let Some(key) = key else { continue };
@@ -310,7 +334,22 @@ impl SqliteOutbox {
             wake,
             woken,
             max_payload_bytes: MESSAGE_PAYLOAD_MAX_DEFAULT,
+            publisher_in_this_file: false,
         }
+    }
+
+    /// Declares that the relay of this outbox publishes to the embedded bus on this same
+    /// file ([`SqliteBus`](crate::bus::SqliteBus) on a clone of this store, or on the same
+    /// path): every publish is then an fsynced commit of the same write-ahead log. Claims
+    /// (and the marks committed with them) then commit without an fsync of their own, one
+    /// fsync a relay round fewer: the publish that follows a claim makes it durable, the
+    /// log being synced as a whole, and nothing is published before that. Why this keeps
+    /// every guarantee is in the crate's DESIGN.md, "Outbox". Never set it for a relay
+    /// that publishes anywhere else (a broker): there a claim's fsync is what makes the
+    /// earlier marks of its keys durable before their later rows leave the machine.
+    pub fn with_publisher_in_this_file(mut self) -> Self {
+        self.publisher_in_this_file = true;
+        self
     }
 
     /// Uses `clock` for leases, backoff and marks (tests drive a virtual clock).
@@ -365,6 +404,39 @@ impl SqliteOutbox {
     fn now(&self) -> i64 {
         micros(self.clock.now())
     }
+
+    /// Runs a claim on the writer: fsynced, unless the relay's publisher commits to this
+    /// file with an fsync of its own after it (see
+    /// [`with_publisher_in_this_file`](Self::with_publisher_in_this_file)).
+    async fn submit_claim<F>(&self, f: F) -> Result<Vec<OutboxRecord>, StoreError>
+    where
+        F: FnOnce(&Connection, &BatchContext) -> Result<Vec<OutboxRecord>, StoreError>
+            + Send
+            + 'static,
+    {
+        if self.publisher_in_this_file {
+            self.store.submit_unsynced(keep_all, f).await
+        } else {
+            self.store.submit(0, keep_all, f).await
+        }
+    }
+}
+
+/// Marks `seqs` published at `now` (idempotent) and drops their leases.
+fn mark_in_tx(conn: &Connection, now: i64, seqs: &[i64]) -> Result<(), StoreError> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE outbox_messages SET published_at = ?1, leased_by = NULL, \
+             leased_until = NULL WHERE seq = ?2 AND published_at IS NULL",
+        )
+        .map_err(map_sqlite)?;
+    for seq in seqs {
+        stmt.execute(params![now, seq]).map_err(map_sqlite)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -393,11 +465,29 @@ impl OutboxStore for SqliteOutbox {
         let relay = relay.to_string();
         let now = self.now();
         let until = now.saturating_add(duration_micros(lease));
-        self.store
-            .submit(0, keep_all, move |conn, _| {
-                claim_in_tx(conn, &relay, now, until, limit)
-            })
+        self.submit_claim(move |conn, _| claim_in_tx(conn, &relay, now, until, limit))
             .await
+    }
+
+    async fn mark_published_and_claim(
+        &self,
+        published: &[u64],
+        relay: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        validate_claim(relay, lease, limit)?;
+        let relay = relay.to_string();
+        let seqs = to_i64(published);
+        let now = self.now();
+        let until = now.saturating_add(duration_micros(lease));
+        // One writer job: the marks first (they unblock their keys' next rows), then the
+        // claim, in one commit.
+        self.submit_claim(move |conn, _| {
+            mark_in_tx(conn, now, &seqs)?;
+            claim_in_tx(conn, &relay, now, until, limit)
+        })
+        .await
     }
 
     async fn mark_published(&self, seqs: &[u64]) -> Result<(), StoreError> {
@@ -410,18 +500,7 @@ impl OutboxStore for SqliteOutbox {
         // (at least once), and the next claim — always fsynced — makes it durable before
         // any later row of those keys can be claimed.
         self.store
-            .submit_unsynced(keep_all, move |conn, _| {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "UPDATE outbox_messages SET published_at = ?1, leased_by = NULL, \
-                         leased_until = NULL WHERE seq = ?2 AND published_at IS NULL",
-                    )
-                    .map_err(map_sqlite)?;
-                for seq in seqs {
-                    stmt.execute(params![now, seq]).map_err(map_sqlite)?;
-                }
-                Ok(())
-            })
+            .submit_unsynced(keep_all, move |conn, _| mark_in_tx(conn, now, &seqs))
             .await
     }
 
@@ -488,15 +567,25 @@ impl OutboxStore for SqliteOutbox {
         let n = self
             .store
             .submit(0, keep_all, move |conn, _| {
-                conn.prepare_cached(
-                    "DELETE FROM outbox_messages WHERE seq IN ( \
-                     SELECT seq FROM outbox_messages INDEXED BY outbox_published \
-                     WHERE published_at IS NOT NULL AND published_at < ?1 \
-                     ORDER BY published_at LIMIT ?2)",
-                )
-                .map_err(map_sqlite)?
-                .execute(params![before, limit])
-                .map_err(map_sqlite)
+                let seqs = conn
+                    .prepare_cached(
+                        "DELETE FROM outbox_messages WHERE seq IN ( \
+                         SELECT seq FROM outbox_messages INDEXED BY outbox_published \
+                         WHERE published_at IS NOT NULL AND published_at < ?1 \
+                         ORDER BY published_at LIMIT ?2) RETURNING seq",
+                    )
+                    .map_err(map_sqlite)?
+                    .query_map(params![before, limit], |r| r.get::<_, i64>(0))
+                    .map_err(map_sqlite)?
+                    .collect::<Result<Vec<i64>, _>>()
+                    .map_err(map_sqlite)?;
+                let mut body = conn
+                    .prepare_cached("DELETE FROM outbox_bodies WHERE seq = ?1")
+                    .map_err(map_sqlite)?;
+                for seq in &seqs {
+                    body.execute([seq]).map_err(map_sqlite)?;
+                }
+                Ok(seqs.len())
             })
             .await?;
         Ok(n as u64)

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 13;
+pub const SCHEMA_VERSION: i64 = 14;
 
 /// Every migration in order: (version, name, SQL). Each runs once, in one transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox_unkeyed",
         include_str!("migrations/0013_outbox_unkeyed.sql"),
     ),
+    (
+        14,
+        "outbox_bodies",
+        include_str!("migrations/0014_outbox_bodies.sql"),
+    ),
 ];
 
 /// Brings a freshly opened write connection's schema up to [`SCHEMA_VERSION`].
@@ -85,4 +90,49 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 14 moves every outbox row's envelope and payload into `outbox_bodies`
+    /// (pending rows of a file written by an older build are relayed intact) and drops
+    /// them from `outbox_messages`.
+    #[test]
+    fn migration_14_moves_outbox_bodies_out_of_their_rows() {
+        let mut conn = Connection::open_in_memory().expect("a database");
+        for (_, _, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v <= 13) {
+            conn.execute_batch(sql).expect("migrations up to 13");
+        }
+        conn.pragma_update(None, "user_version", 13)
+            .expect("version 13");
+        conn.execute(
+            "INSERT INTO outbox_messages \
+             (message_id, topic, ordering_key, envelope, payload, created_at) \
+             VALUES ('m1', 't', 'k', '{\"id\":\"m1\"}', x'0102', 7)",
+            [],
+        )
+        .expect("a pending row in the old layout");
+        migrate(&mut conn).expect("migrate");
+        let body: (String, Vec<u8>) = conn
+            .query_row(
+                "SELECT b.envelope, b.payload FROM outbox_messages m \
+                 JOIN outbox_bodies b ON b.seq = m.seq WHERE m.message_id = 'm1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the row's body");
+        assert_eq!(body, ("{\"id\":\"m1\"}".to_string(), vec![1, 2]));
+        assert!(
+            conn.prepare("SELECT envelope FROM outbox_messages")
+                .is_err()
+                && conn.prepare("SELECT payload FROM outbox_messages").is_err(),
+            "the body's columns are gone from outbox_messages"
+        );
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert!(version >= 14);
+    }
 }

@@ -264,7 +264,7 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Counters of the group-commit writer (commits = fsyncs under full durability).
+    /// Counters of the group-commit writer (commits, and of them the fsynced ones).
     pub fn writer_stats(&self) -> WriterStatsSnapshot {
         self.inner.stats.snapshot()
     }

@@ -44,8 +44,11 @@ pub(crate) trait WriteJob: Send {
 /// Writer counters, for benchmarks and metrics.
 #[derive(Debug, Default)]
 pub struct WriterStats {
-    /// Transactions committed (each one fsync under `Durability::Full`).
+    /// Transactions committed.
     pub commits: AtomicU64,
+    /// Of those, the ones committed with an fsync (`Durability::Full` and a job in the
+    /// batch that needs it, [`WriteJob::needs_sync`]).
+    pub synced_commits: AtomicU64,
     /// Jobs answered.
     pub jobs: AtomicU64,
     /// Events in committed jobs.
@@ -56,6 +59,7 @@ pub struct WriterStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStatsSnapshot {
     pub commits: u64,
+    pub synced_commits: u64,
     pub jobs: u64,
     pub events: u64,
 }
@@ -64,6 +68,7 @@ impl WriterStats {
     pub fn snapshot(&self) -> WriterStatsSnapshot {
         WriterStatsSnapshot {
             commits: self.commits.load(Ordering::Relaxed),
+            synced_commits: self.synced_commits.load(Ordering::Relaxed),
             jobs: self.jobs.load(Ordering::Relaxed),
             events: self.events.load(Ordering::Relaxed),
         }
@@ -136,6 +141,9 @@ impl Writer {
         let jobs = batch.len() as u64;
         if committed.is_ok() {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            if self.full_sync && self.synced {
+                self.stats.synced_commits.fetch_add(1, Ordering::Relaxed);
+            }
             self.stats
                 .events
                 .fetch_add(events as u64, Ordering::Relaxed);

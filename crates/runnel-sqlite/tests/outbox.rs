@@ -2,6 +2,7 @@
 //! outbox rows committing together in one unit of work.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use runnel_core::outbox::{OutboxMessage, OutboxStore, TopicRouting};
 use runnel_core::{Message, StoreError};
@@ -12,6 +13,60 @@ runnel_testkit::outbox_store_conformance!(async {
         SqliteStore::open_temporary().expect("a temporary store"),
     ))
 });
+
+/// The same suite with claims that commit without an fsync of their own (the relay
+/// publishes to the bus on this file).
+mod with_the_publisher_in_this_file {
+    use std::sync::Arc;
+
+    use runnel_sqlite::{SqliteOutbox, SqliteStore};
+
+    runnel_testkit::outbox_store_conformance!(async {
+        Arc::new(
+            SqliteOutbox::new(SqliteStore::open_temporary().expect("a temporary store"))
+                .with_publisher_in_this_file(),
+        )
+    });
+}
+
+/// A claim (alone or with the marks before it) is an fsynced commit, unless the relay's
+/// publisher commits to this file: then its publish, an fsynced commit after the claim,
+/// makes the claim durable, and the claim commits without an fsync of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_fsynced_unless_the_publisher_commits_to_this_file() {
+    for (publisher_in_this_file, fsyncs) in [(false, 2), (true, 0)] {
+        let store = SqliteStore::open_temporary().expect("store");
+        let mut outbox = SqliteOutbox::new(store.clone());
+        if publisher_in_this_file {
+            outbox = outbox.with_publisher_in_this_file();
+        }
+        outbox
+            .enqueue(vec![order_message(1), order_message(2)])
+            .await
+            .expect("enqueue");
+        let before = store.writer_stats();
+        let lease = Duration::from_secs(30);
+        let rows = outbox.claim("r1", lease, 10).await.expect("claim");
+        assert_eq!(rows.len(), 2);
+        let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+        let rest = outbox
+            .mark_published_and_claim(&seqs, "r1", lease, 10)
+            .await
+            .expect("mark and claim");
+        assert!(rest.is_empty());
+        let after = store.writer_stats();
+        assert_eq!(
+            (
+                after.commits - before.commits,
+                after.synced_commits - before.synced_commits
+            ),
+            (2, fsyncs),
+            "commits and fsyncs of a claim and a mark-and-claim, publisher in this file: \
+             {publisher_in_this_file}"
+        );
+        assert_eq!(outbox.status().await.expect("status").pending, 0);
+    }
+}
 
 fn order_message(n: u32) -> OutboxMessage {
     let m = Message::json("OrderPlaced", &serde_json::json!({ "order": n }));

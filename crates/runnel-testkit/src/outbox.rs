@@ -89,6 +89,7 @@ macro_rules! __outbox_store_checks {
             claim_returns_key_heads_with_their_followers_in_order,
             a_leased_key_is_not_claimed_by_another_relay,
             a_key_continues_only_after_its_rows_are_marked,
+            a_mark_with_the_next_claim_unblocks_its_keys_in_that_claim,
             an_expired_lease_is_claimed_by_another_relay,
             a_failure_waits_for_its_retry_time,
             a_parked_row_blocks_its_key_until_retried,
@@ -233,6 +234,45 @@ pub async fn a_key_continues_only_after_its_rows_are_marked<S: OutboxStore + ?Si
     let status = must("status", store.status().await);
     assert_eq!(status.pending, 0);
     assert_eq!(status.published_retained, 3);
+}
+
+/// `mark_published_and_claim` marks before it claims: the claim already sees the keys its
+/// marks unblocked (their next rows), and never returns a row it has just marked.
+pub async fn a_mark_with_the_next_claim_unblocks_its_keys_in_that_claim<S: OutboxStore + ?Sized>(
+    store: Arc<S>,
+) {
+    must(
+        "enqueue",
+        store
+            .enqueue((0..4).map(|n| message("t", Some("k"), n)).collect())
+            .await,
+    );
+    let first = claim(&*store, "r1", LEASE_LONG, 2).await;
+    assert_eq!(first.iter().map(n_of).collect::<Vec<_>>(), vec![0, 1]);
+    let next = must(
+        "mark and claim",
+        store
+            .mark_published_and_claim(&seqs(&first), "r1", LEASE_LONG, 100)
+            .await,
+    );
+    assert_eq!(
+        next.iter().map(n_of).collect::<Vec<_>>(),
+        vec![2, 3],
+        "the key's next rows, claimed in the call that marked the rows before them"
+    );
+    assert!(
+        claim(&*store, "r2", LEASE_LONG, 100).await.is_empty(),
+        "the key's new head is leased to r1"
+    );
+    let last = must(
+        "mark and claim",
+        store
+            .mark_published_and_claim(&seqs(&next), "r1", LEASE_LONG, 100)
+            .await,
+    );
+    assert!(last.is_empty(), "nothing left once every row is marked");
+    let status = must("status", store.status().await);
+    assert_eq!((status.pending, status.published_retained), (0, 4));
 }
 
 /// A dead relay's lease runs out and another relay takes the key over, from its head.

@@ -382,3 +382,121 @@ async fn a_failed_follower_is_recorded_before_its_head_is_marked() {
     let status = outbox.status().await.unwrap();
     assert_eq!((status.pending, status.parked), (1, 1));
 }
+
+/// Holds every publish until the test opens the gate; counts what it confirmed.
+#[derive(Default)]
+struct GatedPublisher {
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Notify,
+    confirmed: std::sync::atomic::AtomicUsize,
+}
+
+#[runnel::async_trait]
+impl Publisher for GatedPublisher {
+    async fn publish(&self, _topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError> {
+        self.entered.notify_one();
+        self.gate.notified().await;
+        self.confirmed.fetch_add(messages.len(), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A running relay marks a round's rows with its next claim; asked to stop in the middle
+/// of a round, it still marks that round's rows before it stops (otherwise they would be
+/// released unmarked and published again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_mid_round_marks_that_rounds_rows_before_it_stops() {
+    let store = SqliteStore::open_temporary().expect("store");
+    let outbox = SqliteOutbox::new(store);
+    let keyed = |n: u64| {
+        OutboxMessage::new(
+            topic(),
+            Message::json("Counted", &serde_json::json!({ "n": n })).with_key("k"),
+        )
+    };
+    outbox
+        .enqueue(vec![keyed(0), keyed(1)])
+        .await
+        .expect("enqueue");
+    let publisher = Arc::new(GatedPublisher::default());
+    let relay = Relay::new(
+        Arc::new(outbox.clone()),
+        publisher.clone(),
+        relay_options("gated"),
+    )
+    .unwrap()
+    .start();
+    tokio::time::timeout(ARRIVAL_DEADLINE, publisher.entered.notified())
+        .await
+        .expect("the relay publishes the claimed rows");
+    let mut shutdown = Box::pin(relay.shutdown());
+    // The first poll asks the relay to stop; the round in progress goes on.
+    assert!(futures_util::poll!(&mut shutdown).is_pending());
+    publisher.gate.notify_one();
+    let report = tokio::time::timeout(ARRIVAL_DEADLINE, shutdown)
+        .await
+        .expect("the relay stops")
+        .expect("its report");
+    assert_eq!(publisher.confirmed.load(Ordering::SeqCst), 2);
+    assert_eq!(report.published, 2);
+    let status = outbox.status().await.expect("status");
+    assert_eq!(
+        (status.pending, status.published_retained),
+        (0, 2),
+        "the last round's rows were marked before the relay stopped"
+    );
+}
+
+/// The application's relay outbox claims without an fsync of its own only when the bus is
+/// the embedded bus of the same SQLite file (whose publish is then the round's fsync); with
+/// any other bus its claims stay fsynced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_outbox_skips_the_claims_fsync_only_with_the_bus_of_its_own_file() {
+    use runnel::connect::{open_bus, open_stores, BusUrl, OpenMode, StoreBackend, StoreUrl};
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let open = |name: &str| {
+        let url = StoreUrl::sqlite(dir.path().join(name));
+        async move {
+            open_stores(&url, OpenMode::CreateIfMissing)
+                .await
+                .expect("stores")
+        }
+    };
+    let stores = open("app.db").await;
+    let other = open("other.db").await;
+    let StoreBackend::Sqlite(store) = stores.backend() else {
+        panic!("a SQLite store");
+    };
+    let own_bus = open_bus(&BusUrl::Embedded, &stores).await.expect("bus");
+    let other_bus = open_bus(&BusUrl::Embedded, &other).await.expect("bus");
+    for (bus, fsyncs) in [(own_bus, 0), (other_bus, 1)] {
+        let outbox = stores.relay_outbox(&bus).await.expect("relay outbox");
+        outbox
+            .enqueue(vec![OutboxMessage::new(
+                topic(),
+                Message::json("Counted", &serde_json::json!({ "n": 0 })),
+            )])
+            .await
+            .expect("enqueue");
+        let before = store.writer_stats();
+        let rows = outbox
+            .claim("r1", Duration::from_secs(30), 10)
+            .await
+            .expect("claim");
+        let after = store.writer_stats();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            after.synced_commits - before.synced_commits,
+            fsyncs,
+            "fsyncs of a claim with the bus of {}",
+            if fsyncs == 0 {
+                "its own file"
+            } else {
+                "another file"
+            }
+        );
+        let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+        outbox.mark_published(&seqs).await.expect("mark");
+    }
+}

@@ -134,7 +134,7 @@ fn a_saga_killed_at_random_points_completes_with_every_effect_once_per_crash() {
     );
     let completed_events: i64 = conn
         .query_row(
-            "SELECT count(*) FROM outbox_messages WHERE envelope LIKE '%\"SagaCompleted\"%'",
+            "SELECT count(*) FROM outbox_bodies WHERE envelope LIKE '%\"SagaCompleted\"%'",
             [],
             |r| r.get(0),
         )

@@ -293,13 +293,14 @@ impl App {
     pub fn outbox_relay(&mut self, options: RelayOptions) -> &mut Self {
         let name = format!("outbox-relay:{}", options.name);
         let stores = self.stores.clone();
-        let publisher = Arc::clone(&self.bus.publisher);
+        let bus = self.bus.clone();
         self.task(name, move |shutdown| {
             let stores = stores.clone();
-            let publisher = Arc::clone(&publisher);
+            let bus = bus.clone();
             let options = options.clone();
             async move {
-                let outbox = stores.outbox().await?;
+                let outbox = stores.relay_outbox(&bus).await?;
+                let publisher = Arc::clone(&bus.publisher);
                 let mut handle = Relay::new(outbox, publisher, options)?.start();
                 tokio::select! {
                     _ = shutdown.requested() => {

@@ -61,7 +61,8 @@ async fn run() -> Result<(), Box<dyn Error>> {
     };
     let store = SqliteStore::open(db)?;
     let bus = SqliteBus::new(store.clone(), BusOptions::default())?;
-    let outbox = Arc::new(SqliteOutbox::new(store));
+    // The relay publishes to the bus on this same file (claims without their own fsync).
+    let outbox = Arc::new(SqliteOutbox::new(store).with_publisher_in_this_file());
     let mut options = RelayOptions::default()
         .name(format!("crash-child-{}", std::process::id()))
         .poll_interval(POLL)

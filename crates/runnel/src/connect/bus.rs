@@ -25,12 +25,21 @@ pub struct Bus {
     /// `runnel_consumer_lag_messages` and on the [lag board](crate::consumer::lag_board).
     pub lag_probe: Option<Arc<dyn LagProbe>>,
     url: BusUrl,
+    /// The SQLite file the embedded bus commits to (each publish an fsynced commit of
+    /// that file), when it is one.
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 impl Bus {
     /// The URL the bus was opened from (`Display` redacts the password).
     pub fn url(&self) -> &BusUrl {
         &self.url
+    }
+
+    /// The SQLite file this bus commits every publish to (the embedded bus of a SQLite
+    /// store, opened by [`open_bus`]); `None` for every other bus.
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.sqlite_file.as_deref()
     }
 
     /// The bus as one value implementing both traits, e.g. for the testkit.
@@ -44,6 +53,7 @@ impl Bus {
             dead_letter_drain: None,
             lag_probe: None,
             url,
+            sqlite_file: None,
         }
     }
 }
@@ -119,6 +129,7 @@ async fn embedded(stores: &Stores) -> Result<Bus, ConnectError> {
             );
             let mut parts = Bus::from_parts(Arc::clone(&bus), BusUrl::Embedded);
             parts.lag_probe = Some(bus);
+            parts.sqlite_file = Some(store.path().to_path_buf());
             Ok(parts)
         }
         #[cfg(feature = "postgres")]
@@ -185,5 +196,6 @@ where
         dead_letter_drain: Some(bus),
         lag_probe: None,
         url: url.clone(),
+        sqlite_file: None,
     }
 }

@@ -155,6 +155,27 @@ impl Stores {
         Ok(Arc::clone(outbox))
     }
 
+    /// The outbox for a relay publishing on `bus`: [`outbox`](Self::outbox), except on
+    /// SQLite with the embedded bus of this same file, whose every publish is an fsynced
+    /// commit of the file: there the relay's claims commit without an fsync of their own
+    /// (`SqliteOutbox::with_publisher_in_this_file`, one fsync a round fewer).
+    pub async fn relay_outbox(
+        &self,
+        bus: &super::Bus,
+    ) -> Result<Arc<dyn OutboxStore>, ConnectError> {
+        #[cfg(feature = "sqlite")]
+        if let (StoreBackend::Sqlite(store), Some(file)) = (&self.backend, bus.sqlite_file()) {
+            if file == store.path() {
+                return Ok(Arc::new(
+                    runnel_sqlite::SqliteOutbox::new(store.clone()).with_publisher_in_this_file(),
+                ));
+            }
+        }
+        #[cfg(not(feature = "sqlite"))]
+        let _ = bus;
+        self.outbox().await
+    }
+
     /// Replaces the dedup window (for example with Redis).
     pub fn with_dedup(mut self, dedup: Arc<dyn DedupStore>) -> Self {
         self.dedup = dedup;

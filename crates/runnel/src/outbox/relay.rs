@@ -2,12 +2,14 @@
 //! them published only after the publisher confirmed them.
 //!
 //! One round: claim a batch (heads of keys plus their followers, leased to this relay),
-//! publish it (topics in parallel, each key's rows in order), mark what was confirmed,
-//! record what failed. Between rounds the relay waits for a wake-up (NOTIFY on PostgreSQL,
-//! in-process on SQLite) or its polling interval. After a publisher error it backs off
-//! with exponential backoff and full jitter; the failed rows wait (their key blocked
-//! behind them) and nothing is skipped. Rows refused for good (an invalid message) are
-//! parked after `max_attempts` for `runnel outbox retry`.
+//! publish it (topics in parallel, each key's rows in order), record what failed, mark
+//! what was confirmed. A running relay that claimed rows goes on at once and marks them
+//! with its next claim ([`OutboxStore::mark_published_and_claim`], one commit on SQLite);
+//! it marks on its own before it waits or stops. Between rounds the relay waits for a
+//! wake-up (NOTIFY on PostgreSQL, in-process on SQLite) or its polling interval. After a
+//! publisher error it backs off with exponential backoff and full jitter; the failed rows
+//! wait (their key blocked behind them) and nothing is skipped. Rows refused for good (an
+//! invalid message) are parked after `max_attempts` for `runnel outbox retry`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -265,14 +267,42 @@ impl Relay {
     /// One round: claim, publish, mark. Store errors are returned (nothing was lost: the
     /// claimed rows' leases run out, or were released).
     pub async fn run_once(&self) -> Result<Round, StoreError> {
+        let (round, published) = self.round(&[]).await?;
+        self.mark(&published).await?;
+        Ok(round)
+    }
+
+    /// Marks rows the publisher confirmed.
+    async fn mark(&self, published: &[u64]) -> Result<(), StoreError> {
+        if !published.is_empty() {
+            self.store.mark_published(published).await?;
+            self.metrics.published(published.len());
+        }
+        Ok(())
+    }
+
+    /// A round up to its mark: marks `unmarked` (the previous round's published rows) and
+    /// claims in one store call, publishes, records the failures. Returns the round and
+    /// the rows it published, which the caller marks — at once, or with the next claim.
+    /// `round.published` counts them.
+    async fn round(&self, unmarked: &[u64]) -> Result<(Round, Vec<u64>), StoreError> {
         let o = &self.options;
-        let rows = self.store.claim(&o.name, o.lease, o.batch_size).await?;
+        let rows = if unmarked.is_empty() {
+            self.store.claim(&o.name, o.lease, o.batch_size).await?
+        } else {
+            let rows = self
+                .store
+                .mark_published_and_claim(unmarked, &o.name, o.lease, o.batch_size)
+                .await?;
+            self.metrics.published(unmarked.len());
+            rows
+        };
         let mut round = Round {
             claimed: rows.len(),
             ..Round::default()
         };
         if rows.is_empty() {
-            return Ok(round);
+            return Ok((round, Vec::new()));
         }
         let attempts: std::collections::HashMap<u64, u32> =
             rows.iter().map(|r| (r.seq, r.attempts)).collect();
@@ -357,18 +387,17 @@ impl Relay {
                 }
             }
         }
-        // Marked after the failures are recorded: a claim leases only heads, and a failed
-        // row becomes its key's head the moment the rows before it are marked — by then
-        // it must carry its backoff (and no longer this relay's intent to touch it).
+        // Marked (by the caller) after the failures are recorded: a claim leases only
+        // heads, and a failed row becomes its key's head the moment the rows before it
+        // are marked — by then it must carry its backoff (and no longer this relay's
+        // intent to touch it).
         if !published.is_empty() {
             if let Some(hook) = &o.after_publish {
                 hook(&published);
             }
-            self.store.mark_published(&published).await?;
-            self.metrics.published(published.len());
             round.published = published.len();
         }
-        Ok(round)
+        Ok((round, published))
     }
 
     /// Runs the relay as a task until [`RelayHandle::shutdown`].
@@ -387,6 +416,11 @@ impl Relay {
         let mut consecutive_errors: u32 = 0;
         let mut next_purge = Instant::now() + o.purge_interval;
         let mut next_status = Instant::now();
+        // Rows published by the last round and not yet marked: when a round claimed rows
+        // the relay goes on at once, and the next claim marks them in the same store call
+        // (one commit on SQLite). Marked before any wait, and before the leases are
+        // released at shutdown.
+        let mut unmarked: Vec<u64> = Vec::new();
         tracing::info!(relay = %o.name, "outbox relay started");
         while !*stop.borrow() {
             let now = Instant::now();
@@ -401,26 +435,40 @@ impl Relay {
                 next_purge = now + o.purge_interval;
                 self.purge().await;
             }
-            let wait = match self.run_once().await {
-                Ok(round) => {
+            let wait = match self.round(&unmarked).await {
+                Ok((round, published)) => {
                     report.rounds += 1;
                     report.published += round.published as u64;
                     report.publish_failures += round.failed as u64;
-                    if round.transient_failure {
+                    unmarked = published;
+                    if round.claimed > 0 && !round.transient_failure {
+                        consecutive_errors = 0;
+                        // More may be waiting: go on at once (the claim marks `unmarked`).
+                        continue;
+                    }
+                    if let Err(e) = self.mark(&unmarked).await {
+                        report.store_errors += 1;
+                        self.metrics.error("store");
+                        consecutive_errors = consecutive_errors.saturating_add(1);
+                        tracing::warn!(relay = %o.name, error = %e, "outbox relay mark failed");
+                        Some(
+                            o.backoff
+                                .delay_for_attempt_with(consecutive_errors, &*o.jitter),
+                        )
+                    } else if round.transient_failure {
+                        unmarked.clear();
                         consecutive_errors = consecutive_errors.saturating_add(1);
                         Some(
                             o.backoff
                                 .delay_for_attempt_with(consecutive_errors, &*o.jitter),
                         )
-                    } else if round.claimed > 0 {
-                        consecutive_errors = 0;
-                        // More may be waiting: go on at once.
-                        continue;
                     } else {
+                        unmarked.clear();
                         consecutive_errors = 0;
                         None
                     }
                 }
+                // `unmarked` is kept and marked again (idempotent) by the next round.
                 Err(e) => {
                     report.store_errors += 1;
                     self.metrics.error("store");
@@ -450,6 +498,10 @@ impl Relay {
                     }
                 }
             }
+        }
+        if let Err(e) = self.mark(&unmarked).await {
+            // Their leases run out and they are published again (at least once).
+            tracing::warn!(relay = %o.name, error = %e, rows = unmarked.len(), "cannot mark the last round at shutdown");
         }
         match self.store.release(&o.name).await {
             Ok(n) if n > 0 => tracing::debug!(relay = %o.name, rows = n, "released leases"),
