@@ -8,7 +8,7 @@ use rdkafka::ClientConfig;
 use runnel_core::config::{shared, ConfigError, UrlQuery};
 use runnel_core::envelope::Envelope;
 use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
-use runnel_core::BusError;
+use runnel_core::{BusError, GroupName, TopicName};
 
 /// Default partitions of topics Runnel creates (more partitions = more consumers of a
 /// group can share the work; a key always stays in one partition).
@@ -39,6 +39,10 @@ pub const MAX_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const LINGER_MAX: Duration = Duration::from_secs(900);
 /// Longest session timeout or heartbeat interval accepted (librdkafka's limit is an hour).
 pub const TIMEOUT_MAX: Duration = Duration::from_secs(3_600);
+
+/// Longest `prefix` (with the '.' after it and the longest Runnel topic name, a
+/// prefixed topic stays within Kafka's 249-character limit).
+pub const PREFIX_LEN_MAX: usize = 40;
 
 /// The URL scheme named in configuration errors.
 const SCHEME: &str = "kafka";
@@ -72,6 +76,7 @@ pub const PREFETCH_MAX_KBYTES: usize = 16 * 1024;
 /// | `session_timeout` | consumer group session timeout (a duration) | `10s` |
 /// | `heartbeat_interval` | consumer group heartbeat interval (a duration) | `500ms` |
 /// | `client_id` | the Kafka client id | `runnel` |
+/// | `prefix` | namespace of every topic and group id: topic `orders` is the Kafka topic `<prefix>.orders` | none |
 /// | `tls` | `true` for TLS (SSL or SASL_SSL) | `false` |
 /// | `ca_location` | CA certificate file for TLS | system store |
 /// | `sasl_mechanism` | `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with user and password) | `PLAIN` when a user is given |
@@ -108,6 +113,11 @@ pub struct KafkaOptions {
     pub heartbeat_interval: Duration,
     /// Kafka client id.
     pub client_id: String,
+    /// Namespace of every Kafka topic and group id Runnel uses (`?prefix=`; empty = none).
+    /// Applications (or test runs) that share a cluster keep apart by using different
+    /// prefixes: topic `orders` becomes `<prefix>.orders` and group `billing` on it the
+    /// Kafka group `<prefix>.billing:orders`.
+    pub prefix: String,
     /// Use TLS.
     pub tls: bool,
     /// CA certificate file for TLS.
@@ -151,6 +161,7 @@ impl fmt::Debug for KafkaOptions {
             .field("session_timeout", &self.session_timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("client_id", &self.client_id)
+            .field("prefix", &self.prefix)
             .field("tls", &self.tls)
             .field("ca_location", &self.ca_location)
             .field("credentials", &self.credentials)
@@ -173,6 +184,7 @@ impl KafkaOptions {
             session_timeout: SESSION_TIMEOUT_DEFAULT,
             heartbeat_interval: HEARTBEAT_INTERVAL_DEFAULT,
             client_id: "runnel".into(),
+            prefix: String::new(),
             tls: false,
             ca_location: None,
             credentials: None,
@@ -262,6 +274,25 @@ impl KafkaOptions {
         if let Some(v) = q.string("client_id") {
             self.client_id = v;
         }
+        if let Some(v) = q.string("prefix") {
+            let ok = !v.is_empty()
+                && v.len() <= PREFIX_LEN_MAX
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                return Err(ConfigError::invalid_value(
+                    SCHEME,
+                    "prefix",
+                    &v,
+                    format!(
+                        "1..={PREFIX_LEN_MAX} bytes of ASCII letters, digits, '.', '_', '-', starting with a letter or digit"
+                    ),
+                ));
+            }
+            self.prefix = v;
+        }
         if let Some(v) = q.bool("tls")? {
             self.tls = v;
         }
@@ -278,6 +309,27 @@ impl KafkaOptions {
         }
         self.envelope = Envelope::from_query(&mut q)?;
         q.finish()
+    }
+
+    /// The Kafka topic of a Runnel topic: its name, after the `prefix` when one is set.
+    pub fn kafka_topic(&self, topic: &TopicName) -> String {
+        self.prefixed(topic.as_str())
+    }
+
+    /// The Kafka group id of a Runnel group on a topic: [`kafka_group_id`], after the
+    /// `prefix` when one is set.
+    ///
+    /// [`kafka_group_id`]: crate::kafka_group_id
+    pub fn kafka_group(&self, group: &GroupName, topic: &TopicName) -> String {
+        self.prefixed(&crate::subscriber::kafka_group_id(group, topic))
+    }
+
+    fn prefixed(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// The settings every client (producer, consumer, admin) shares: brokers, security.
@@ -418,6 +470,28 @@ mod tests {
         }
         let err = KafkaOptions::from_url("kafka://u:topsecret@h:1?partitions=x").unwrap_err();
         assert!(!err.to_string().contains("topsecret"));
+    }
+
+    #[test]
+    fn a_prefix_namespaces_topics_and_groups() {
+        let topic = TopicName::new("orders").unwrap();
+        let group = GroupName::new("billing").unwrap();
+        let plain = KafkaOptions::from_url("kafka://h:1").unwrap();
+        assert_eq!(plain.kafka_topic(&topic), "orders");
+        assert_eq!(plain.kafka_group(&group, &topic), "billing:orders");
+        let o = KafkaOptions::from_url("kafka://h:1?prefix=run-7.shop").unwrap();
+        assert_eq!(o.prefix, "run-7.shop");
+        assert_eq!(o.kafka_topic(&topic), "run-7.shop.orders");
+        assert_eq!(o.kafka_group(&group, &topic), "run-7.shop.billing:orders");
+        let longest = "p".repeat(PREFIX_LEN_MAX);
+        assert!(KafkaOptions::from_url(&format!("kafka://h:1?prefix={longest}")).is_ok());
+        for bad in ["", ".x", "a%20b", "a:b", "a/b"] {
+            let url = format!("kafka://h:1?prefix={bad}");
+            let err = KafkaOptions::from_url(&url).unwrap_err();
+            assert!(err.to_string().contains("prefix"), "{bad}: {err}");
+        }
+        let err = KafkaOptions::from_url(&format!("kafka://h:1?prefix={longest}p")).unwrap_err();
+        assert!(err.to_string().contains("prefix"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   (`?envelope=json-event|outbox-record|raw|mapped`, see `runnel_core::envelope`);
 //!   without one they go to the dead-letter topic with the reason.
 //! * Publishing uses the idempotent producer (`enable.idempotence`, `acks=all`).
+//! * With `?prefix=p` every Kafka topic is `p.<topic>` and every group id
+//!   `p.<group>:<topic>`, so applications or test runs sharing a cluster keep apart.
 //! * A group is a Kafka consumer group (`<group>:<topic>`) with offsets committed only
 //!   by Runnel: deliveries are handled in parallel across keys, one at a time per key,
 //!   and only the contiguous handled prefix of each partition is committed. Nacks, delays
@@ -96,7 +98,7 @@ impl KafkaBus {
     /// Creates `topic` if it does not exist yet (publish and subscribe do this on first
     /// use too).
     pub async fn ensure_topic(&self, topic: &TopicName) -> Result<(), BusError> {
-        self.producer.topics.ensure(topic.as_str()).await
+        self.producer.topics.ensure(&self.options.kafka_topic(topic)).await
     }
 }
 

@@ -100,6 +100,8 @@ impl Topics {
 pub struct Producer {
     pub(crate) producer: FutureProducer,
     pub(crate) topics: Arc<Topics>,
+    /// Maps Runnel topics to Kafka topics (the `prefix`).
+    pub(crate) options: Arc<KafkaOptions>,
 }
 
 impl Producer {
@@ -111,10 +113,11 @@ impl Producer {
         Ok(Producer {
             producer,
             topics: Arc::new(Topics::new(options)?),
+            options: Arc::new(options.clone()),
         })
     }
 
-    /// Sends `messages` in order and waits until every one is acknowledged by the
+    /// Sends `messages` to the Kafka topic of `topic`, in order, and waits until every one is acknowledged by the
     /// cluster. Enqueueing all before waiting keeps them pipelined; the idempotent
     /// producer keeps their order per partition even when it retries.
     pub async fn send_all(
@@ -135,14 +138,15 @@ impl Producer {
                     .collect::<Result<Vec<_>, _>>()?,
             )
         };
-        self.topics.ensure(topic.as_str()).await?;
+        let kafka_topic = self.options.kafka_topic(topic);
+        self.topics.ensure(&kafka_topic).await?;
         let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(messages.len());
         for (i, m) in messages.iter().enumerate() {
             let (headers, value) = match encoded.as_mut().and_then(|e| e[i].take()) {
                 Some(wire) => wire,
                 None => (to_headers(m), None),
             };
-            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic.as_str())
+            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&kafka_topic)
                 .payload(value.as_deref().unwrap_or(&m.payload))
                 .headers(headers);
             if let Some(key) = m.key.as_deref() {

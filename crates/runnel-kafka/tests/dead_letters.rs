@@ -126,6 +126,8 @@ async fn messages_over_max_deliveries_move_to_the_native_dlq_and_drain_into_the_
     };
     let mut options = KafkaOptions::new(&brokers);
     options.max_deliveries = 2;
+    // Under a prefix: the dead-letter topic and the drain's group are namespaced too.
+    options.prefix = format!("dlqrun{}", uuid::Uuid::now_v7().simple());
     let bus = Arc::new(KafkaBus::new(options).expect("bus"));
     let side = SqliteSide::new().await;
     let topic = support::fresh_topic("dlq-native");

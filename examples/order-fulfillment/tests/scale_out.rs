@@ -6,8 +6,9 @@
 //! must run again elsewhere within [`TAKEOVER_MAX`]. At the end every order is confirmed
 //! or cancelled exactly once, its saga finished, the payment ledger charged it at most once
 //! (refunded iff cancelled after the charge), each order's events follow the aggregate's
-//! life, and the read model equals a recomputation from the event store. The harness is
-//! shared with the `scale_out` example that `scripts/scale-out.sh` runs.
+//! life, and the read model equals a recomputation from the event store. It runs on NATS,
+//! on NATS with partitioned groups, and on Kafka, each bus with names of the run's own.
+//! The harness is shared with the `scale_out` example that `scripts/scale-out.sh` runs.
 
 #[path = "../examples/scale_out/harness.rs"]
 mod harness;
@@ -107,4 +108,30 @@ async fn killed_process_work_is_taken_over_within_10s() {
         return;
     };
     killed_process_work_is_taken_over(&pg, &harness::nats_bus(&nats)).await;
+}
+
+/// The same kill on NATS with every topic in six partitions: the killed process's
+/// partitions move to the survivors (after the lease) and its deliveries come again there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_process_work_is_taken_over_within_10s_on_partitioned_nats() {
+    let (Some(pg), Some(nats)) = (
+        service_url("RUNNEL_TEST_POSTGRES_URL"),
+        service_url("RUNNEL_TEST_NATS_URL"),
+    ) else {
+        return;
+    };
+    killed_process_work_is_taken_over(&pg, &harness::nats_bus_partitioned(&nats, 6)).await;
+}
+
+/// The same kill on Kafka: the killed member leaves its groups when its session times out
+/// and the survivors are assigned its partitions, from the last committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_process_work_is_taken_over_within_10s_on_kafka() {
+    let (Some(pg), Some(brokers)) = (
+        service_url("RUNNEL_TEST_POSTGRES_URL"),
+        service_url("RUNNEL_TEST_KAFKA_BROKERS"),
+    ) else {
+        return;
+    };
+    killed_process_work_is_taken_over(&pg, &harness::kafka_bus(&brokers)).await;
 }

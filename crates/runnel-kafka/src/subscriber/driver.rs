@@ -50,6 +50,7 @@ pub fn side_group_id(kafka_group: &str) -> String {
 /// librdkafka callbacks of one consumer.
 pub struct Context {
     pub shared: Arc<Shared>,
+    /// The Kafka topic (after the prefix).
     pub topic: String,
     pub side: Arc<SideConsumer>,
     /// Bumped on every assignment; `subscribe` waits for the first.
@@ -229,6 +230,8 @@ pub struct Driver {
     pub consumer: Arc<StreamConsumer<Context>>,
     pub shared: Arc<Shared>,
     pub topic: TopicName,
+    /// The Kafka topic of `topic` (after the prefix): what offsets are committed on.
+    pub kafka_topic: String,
     pub group: GroupName,
     pub out: mpsc::Sender<Result<Handout, BusError>>,
     pub producer: Producer,
@@ -401,7 +404,7 @@ impl Driver {
         if let Err(e) = commit(
             self.consumer.as_ref(),
             &self.side,
-            self.topic.as_str(),
+            &self.kafka_topic,
             &commits,
             CommitMode::Async,
         ) {
@@ -424,7 +427,7 @@ impl Driver {
         };
         let consumer = self.consumer;
         let side = self.side;
-        let topic = self.topic.to_string();
+        let topic = self.kafka_topic;
         let closing = tokio::task::spawn_blocking(move || {
             if let Err(e) = commit(consumer.as_ref(), &side, &topic, &commits, CommitMode::Sync) {
                 tracing::warn!(topic = %topic, error = %e, "final commit failed; the next owner redelivers from the last commit");

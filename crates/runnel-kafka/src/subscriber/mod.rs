@@ -24,7 +24,8 @@ use state::{Settings, State};
 /// Longest wait in `subscribe` for the group to hand this consumer its partitions.
 pub const ASSIGNMENT_WAIT: Duration = Duration::from_secs(30);
 
-/// The Kafka group id of a Runnel group on a topic: `<group>:<topic>`. Each
+/// The Kafka group id of a Runnel group on a topic: `<group>:<topic>` (after the
+/// options' `prefix`, see [`KafkaOptions::kafka_group`]). Each
 /// subscription is its own Kafka group, so a rebalance on one topic never pauses a
 /// group's other topics (':' cannot appear in Runnel names, so the id is unambiguous).
 pub fn kafka_group_id(group: &GroupName, topic: &TopicName) -> String {
@@ -46,13 +47,15 @@ pub async fn subscribe(
     subscribe_options: SubscribeOptions,
 ) -> Result<DeliveryStream, BusError> {
     subscribe_options.validate()?;
-    producer.topics.ensure(topic.as_str()).await?;
+    let kafka_topic = options.kafka_topic(topic);
+    producer.topics.ensure(&kafka_topic).await?;
     let dead_letter_topic = dead_letter_topic(topic)?;
-    let kafka_group = kafka_group_id(group, topic);
+    let kafka_group = options.kafka_group(group, topic);
     if subscribe_options.start == StartPosition::Latest {
-        let (options, kafka_group, topic) = (options.clone(), kafka_group.clone(), topic.clone());
+        let (options, kafka_group, kafka_topic) =
+            (options.clone(), kafka_group.clone(), kafka_topic.clone());
         tokio::task::spawn_blocking(move || {
-            start::fix_latest_start(&options, &kafka_group, &topic)
+            start::fix_latest_start(&options, &kafka_group, &kafka_topic)
         })
         .await
         .map_err(|e| BusError::Backend(format!("fixing the start offsets: {e}")))??;
@@ -71,7 +74,7 @@ pub async fn subscribe(
     let (assigned_tx, mut assigned_rx) = watch::channel(0u64);
     let context = Context {
         shared: shared.clone(),
-        topic: topic.to_string(),
+        topic: kafka_topic.clone(),
         side: side.clone(),
         assigned: assigned_tx,
     };
@@ -80,7 +83,7 @@ pub async fn subscribe(
         .create_with_context(context)
         .map_err(|e| bus_error("create the consumer", &e))?;
     consumer
-        .subscribe(&[topic.as_str()])
+        .subscribe(&[kafka_topic.as_str()])
         .map_err(|e| bus_error(&format!("subscribe to {topic}"), &e))?;
     // Twice max_in_flight: room for the live deliveries plus superseded copies (an
     // expired delivery the consumer has not read yet) without ever blocking the driver.
@@ -89,6 +92,7 @@ pub async fn subscribe(
         consumer: Arc::new(consumer),
         shared: shared.clone(),
         topic: topic.clone(),
+        kafka_topic,
         group: group.clone(),
         out,
         producer: producer.clone(),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
-use runnel_core::{BusError, TopicName};
+use runnel_core::BusError;
 
 use super::state::PriorDeliveries;
 use crate::config::KafkaOptions;
@@ -32,7 +32,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub fn fix_latest_start(
     options: &KafkaOptions,
     kafka_group: &str,
-    topic: &TopicName,
+    topic: &str,
 ) -> Result<(), BusError> {
     let deadline = Instant::now() + START_FIX_TIMEOUT;
     let mut config = options.consumer_config(kafka_group);
@@ -43,12 +43,12 @@ pub fn fix_latest_start(
     // A topic created a moment ago may not be in every broker's metadata yet.
     let partitions: Vec<i32> = loop {
         let metadata = consumer
-            .fetch_metadata(Some(topic.as_str()), remaining(deadline))
+            .fetch_metadata(Some(topic), remaining(deadline))
             .map_err(|e| bus_error(&format!("read the partitions of {topic}"), &e))?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
-            .filter(|t| t.name() == topic.as_str())
+            .filter(|t| t.name() == topic)
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if !partitions.is_empty() {
@@ -63,7 +63,7 @@ pub fn fix_latest_start(
     };
     let mut all = TopicPartitionList::new();
     for &p in &partitions {
-        all.add_partition(topic.as_str(), p);
+        all.add_partition(topic, p);
     }
     let committed = consumer
         .committed_offsets(all, remaining(deadline))
@@ -81,7 +81,7 @@ pub fn fix_latest_start(
     let ends = high_watermarks(&consumer, topic, &missing, deadline)?;
     let mut tpl = TopicPartitionList::with_capacity(ends.len());
     for (p, end) in ends {
-        let mut e = tpl.add_partition(topic.as_str(), p);
+        let mut e = tpl.add_partition(topic, p);
         e.set_offset(Offset::Offset(end))
             .map_err(|e| bus_error("set the start offset", &e))?;
         e.set_metadata(
@@ -119,13 +119,13 @@ fn remaining(deadline: Instant) -> Duration {
 /// The high watermark of each partition, from the first fetch response of each.
 fn high_watermarks<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    topic: &TopicName,
+    topic: &str,
     partitions: &[i32],
     deadline: Instant,
 ) -> Result<Vec<(i32, i64)>, BusError> {
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
-        tpl.add_partition_offset(topic.as_str(), p, Offset::Beginning)
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(|e| bus_error("assign", &e))?;
     }
     consumer
@@ -151,7 +151,7 @@ fn high_watermarks<C: ConsumerContext>(
     }
     let mut ends = Vec::with_capacity(partitions.len());
     for &p in partitions {
-        let end = cached_high_watermark(consumer, topic.as_str(), p).ok_or_else(|| {
+        let end = cached_high_watermark(consumer, topic, p).ok_or_else(|| {
             BusError::Unavailable(format!("no high watermark known for {topic}/{p}"))
         })?;
         ends.push((p, end));

@@ -136,11 +136,15 @@ pub fn nats_bus_partitioned(url: &str, partitions: u32) -> String {
     }
 }
 
-/// Kafka with a short group session, so a killed member's partitions move within the
-/// takeover bound. (Kafka URLs have no topic prefix: runs share the broker's topics.)
+/// Kafka topics and groups of the run's own (`prefix=`: runs on one broker never share
+/// a group, so a member killed in an earlier run cannot hold this run's partitions),
+/// with a short group session, so a killed member's partitions move within the takeover
+/// bound.
 pub fn kafka_bus(brokers: &str) -> String {
     let brokers = brokers.strip_prefix("kafka://").unwrap_or(brokers);
-    format!("kafka://{brokers}?session_timeout=3s&heartbeat_interval=500ms")
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let tag = &tag[tag.len() - 12..];
+    format!("kafka://{brokers}?prefix=so{tag}&session_timeout=3s&heartbeat_interval=500ms")
 }
 
 /// One `order-fulfillment run` child, stopped by its own PID when dropped.
