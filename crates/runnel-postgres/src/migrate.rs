@@ -67,10 +67,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "outbox_unkeyed",
         include_str!("migrations/0014_outbox_unkeyed.sql"),
     ),
+    (
+        15,
+        "bus_head_probe",
+        include_str!("migrations/0015_bus_head_probe.sql"),
+    ),
 ];
 
 /// The schema version this build needs.
-pub const SCHEMA_VERSION: i32 = 14;
+pub const SCHEMA_VERSION: i32 = 15;
 
 /// Applies every missing migration to `schema`.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock_key: i64) -> Result<(), StoreError> {

@@ -134,3 +134,92 @@ async fn publish_and_ack_use_indexes_after_the_queue_grows_from_empty() {
         .await
         .expect("drop the test schema");
 }
+
+/// A plan made after the queue grew (a new connection, or a cached plan remade once
+/// autovacuum's ANALYZE changed the statistics) probes the queue by index too. Before
+/// migration 15, `bus_publish`'s `head` decision was a `NOT EXISTS` the planner turned into
+/// a hashed subplan once the statistics showed a few thousand rows: every call read the
+/// whole queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_planned_on_a_grown_queue_probes_it_by_index() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let schema = common::fresh_schema();
+    let _store = PostgresStore::connect_with(PostgresOptions::new(url.clone()).schema(&schema))
+        .await
+        .expect("connect");
+    let mut conn = PgConnection::connect(&url).await.expect("connect");
+    let (topic, group): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT o_topic_id, o_group_id FROM {schema}.bus_subscribe('plans', 'g1', false, now())"
+    )))
+    .fetch_one(&mut conn)
+    .await
+    .expect("bus_subscribe");
+    // 20k queued messages over 1,000 keys, and statistics that say so.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {schema}.bus_messages (topic_id, ordering_key, envelope, payload, published_at)
+           SELECT {topic}, convert_to('bulk-' || (g % 1000), 'UTF8'), '\\x7b7d'::bytea,
+                  '\\x00'::bytea, now()
+             FROM generate_series(1, 20000) g;
+         INSERT INTO {schema}.bus_queue (group_id, seq, ordering_key, head, visible_at, attempt)
+           SELECT {group}, m.seq, m.ordering_key,
+                  m.seq = min(m.seq) OVER (PARTITION BY m.ordering_key), now(), 0
+             FROM {schema}.bus_messages m;
+         ANALYZE {schema}.bus_queue;
+         ANALYZE {schema}.bus_messages;"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("bulk load");
+    drop(conn);
+
+    // A new connection plans with those statistics.
+    let mut conn = PgConnection::connect(&url).await.expect("connect");
+    let mut tx = conn.begin().await.expect("begin");
+    let queue = format!("{schema}.bus_queue");
+    let before = common::seq_scans_in_transaction(&mut tx, &queue).await;
+    // Custom plans first, then the generic one the cache keeps; keys already queued
+    // (not heads) and new ones (heads).
+    for round in 0..8 {
+        let keys: Vec<Vec<u8>> = (0..100)
+            .map(|i| format!("bulk-{}", round * 100 + i * 3).into_bytes())
+            .chain((0..20).map(|i| format!("new-{round}-{i}").into_bytes()))
+            .collect();
+        let n = keys.len();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {schema}.bus_publish('plans', NULL, $1, $2, $3, now())"
+        )))
+        .bind(keys)
+        .bind(vec![b"{}".to_vec(); n])
+        .bind(vec![b"payload".to_vec(); n])
+        .execute(&mut *tx)
+        .await
+        .expect("bus_publish");
+    }
+    let scans = common::seq_scans_in_transaction(&mut tx, &queue).await - before;
+    let heads: Vec<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT convert_from(ordering_key, 'UTF8'), head FROM {schema}.bus_queue
+          WHERE group_id = $1 AND seq > (SELECT max(seq) - 960 FROM {schema}.bus_queue)
+          ORDER BY seq"
+    )))
+    .bind(group)
+    .fetch_all(&mut *tx)
+    .await
+    .expect("read the new rows");
+    tx.commit().await.expect("commit");
+    assert_eq!(scans, 0, "bus_publish scanned the whole queue");
+    assert_eq!(heads.len(), 960);
+    for (key, head) in heads {
+        assert_eq!(
+            head,
+            key.starts_with("new-"),
+            "{key}: only keys the queue did not hold become heads"
+        );
+    }
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut conn)
+        .await
+        .expect("drop the test schema");
+}

@@ -1,9 +1,9 @@
 //! The bus's SQL on PostgreSQL. The tables and the functions that need the topic or key
-//! locks (publish, subscribe, ack, sweep) are in `migrations/0002_bus.sql` and
-//! `migrations/0013_bus_concurrency.sql`; the statements that need no lock (claim, nack,
-//! extend, release, probes) are here. The design — why only
-//! `head` rows are claimed and how the topic lock keeps `head` right — is in the crate's
-//! DESIGN.md, "Bus".
+//! locks (publish, subscribe, ack, sweep) are in `migrations/0002_bus.sql`,
+//! `migrations/0013_bus_concurrency.sql` and `migrations/0015_bus_head_probe.sql`; the
+//! statements that need no lock (claim, nack, extend, release, probes) are here. The
+//! design — why only `head` rows are claimed and how the topic lock keeps `head` right — is
+//! in the crate's DESIGN.md, "Bus".
 
 use std::sync::Arc;
 
