@@ -10,8 +10,8 @@
 #   3. the kill: 3 processes under a steady load, the one running the order summaries
 #      SIGKILLed mid-load; how long until what it held runs elsewhere (bound: 10 s).
 # Every run gets a fresh PostgreSQL schema scaleout_<12 hex digits> (and, on NATS, its own
-# subjects, streams and lease bucket, with lease_ttl=2s and partitions=6; on Kafka
-# partitions=6 for the topics it creates), checks every order (final exactly once, saga
+# subjects, streams and lease bucket, with lease_ttl=2s and partitions=6; on Kafka its own
+# topic and group prefix, with partitions=6), checks every order (final exactly once, saga
 # finished, payment ledger, read model against the event store) and drops its schema.
 # Idempotent: runs again from scratch; a run killed half way leaves a scaleout_ schema that
 # scripts/pg-clean-test-schemas.sh drops.

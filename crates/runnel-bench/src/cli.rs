@@ -501,4 +501,8 @@ pub struct HttpLoadArgs {
     /// Concurrent keep-alive clients
     #[arg(long)]
     pub clients: usize,
+    /// Send `GET /healthz` instead of appends: what a request costs the server with no
+    /// store work (the HTTP floor)
+    #[arg(long)]
+    pub floor: bool,
 }

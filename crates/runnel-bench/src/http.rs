@@ -4,6 +4,9 @@
 //! - **appends**: C clients, each appending one event per request to its own streams, over
 //!   HTTP (keep-alive connections to a server in this process) beside C tasks calling
 //!   `EventStore::append` directly. Target: HTTP ≥ 0.6× in-process.
+//! - **HTTP floor**: the same clients sending `GET /healthz` (every layer, no store work):
+//!   what a request alone costs the server, and from it the best append ratio any server
+//!   work could reach on these cores.
 //! - **SSE fan-out**: S subscribers on `GET /subscribe/all` (and one stalled subscriber
 //!   that never reads) while W writers append N events in process; delivered events/s over
 //!   all subscribers, p50/p99 append-to-delivery latency, peak RSS — beside the same
@@ -114,21 +117,36 @@ async fn appends_in_process(events: Arc<dyn EventStore>, total: u64, clients: us
     rate
 }
 
+/// What the HTTP clients send.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Requests {
+    /// `POST /streams/{stream}`, one event each.
+    Appends,
+    /// `GET /healthz`: the same connections, layers and guard with no store work and no
+    /// request body (the floor under any request's cost).
+    Floor,
+}
+
 /// The same over HTTP: one keep-alive client per task.
-async fn appends_over_http(base: &str, total: u64, clients: usize) -> f64 {
+async fn over_http(base: &str, total: u64, clients: usize, requests: Requests) -> f64 {
     let next = Arc::new(AtomicU64::new(0));
-    let spinner = CountSpinner::start("HTTP appends", "events", Arc::clone(&next));
-    let rate = http_clients(base, total, clients, next).await;
+    let (label, unit) = match requests {
+        Requests::Appends => ("HTTP appends", "events"),
+        Requests::Floor => ("HTTP floor (GET /healthz)", "requests"),
+    };
+    let spinner = CountSpinner::start(label, unit, Arc::clone(&next));
+    let rate = http_clients(base, total, clients, next, requests).await;
     spinner.finish();
     rate
 }
 
-/// [`appends_over_http`] without a spinner (the load generator process).
-async fn appends_over_http_quiet(base: &str, total: u64, clients: usize) -> f64 {
-    http_clients(base, total, clients, Arc::new(AtomicU64::new(0))).await
-}
-
-async fn http_clients(base: &str, total: u64, clients: usize, next: Arc<AtomicU64>) -> f64 {
+async fn http_clients(
+    base: &str,
+    total: u64,
+    clients: usize,
+    next: Arc<AtomicU64>,
+    requests: Requests,
+) -> f64 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -157,19 +175,31 @@ async fn http_clients(base: &str, total: u64, clients: usize, next: Arc<AtomicU6
                 if n >= total {
                     break;
                 }
-                let body = format!(
-                    r#"[{{"type":"Measured","data":{{"n":{n},"sent_us":{}}}}}]"#,
-                    now_us()
-                );
-                let request = hyper::Request::post(paths[(n % 100) as usize].as_str())
-                    .header(hyper::header::HOST, authority.as_str())
-                    .header("Runnel-Expected-Revision", "any")
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                    .expect("a request");
+                let (request, expected) = match requests {
+                    Requests::Appends => {
+                        let body = format!(
+                            r#"[{{"type":"Measured","data":{{"n":{n},"sent_us":{}}}}}]"#,
+                            now_us()
+                        );
+                        let request = hyper::Request::post(paths[(n % 100) as usize].as_str())
+                            .header(hyper::header::HOST, authority.as_str())
+                            .header("Runnel-Expected-Revision", "any")
+                            .header(hyper::header::CONTENT_TYPE, "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                            .expect("a request");
+                        (request, 201)
+                    }
+                    Requests::Floor => {
+                        let request = hyper::Request::get("/healthz")
+                            .header(hyper::header::HOST, authority.as_str())
+                            .body(http_body_util::Full::new(bytes::Bytes::new()))
+                            .expect("a request");
+                        (request, 200)
+                    }
+                };
                 sender.ready().await.expect("the connection is open");
                 let response = sender.send_request(request).await.expect("a response");
-                assert_eq!(response.status().as_u16(), 201, "append over HTTP");
+                assert_eq!(response.status().as_u16(), expected, "a request over HTTP");
                 // Read the body to the end: the connection is reused for the next request.
                 http_body_util::BodyExt::collect(response.into_body())
                     .await
@@ -306,10 +336,18 @@ async fn side(url: &StoreUrl, s: &Sizes, what: &str) -> anyhow::Result<(Vec<Row>
     let local_a = appends_in_process(Arc::clone(&stores.events), s.appends / 2, s.clients).await;
     let c1 = stores.commit_stats();
     let http = match &pinned {
-        Some(p) => p.load(&base, s.appends, s.clients).await?,
-        None => appends_over_http(&base, s.appends, s.clients).await,
+        Some(p) => {
+            p.load(&base, s.appends, s.clients, Requests::Appends)
+                .await?
+        }
+        None => over_http(&base, s.appends, s.clients, Requests::Appends).await,
     };
     let c2 = stores.commit_stats();
+    // The floor: as many requests that do no store work, on the same connections' path.
+    let floor = match &pinned {
+        Some(p) => p.load(&base, s.appends, s.clients, Requests::Floor).await?,
+        None => over_http(&base, s.appends, s.clients, Requests::Floor).await,
+    };
     let local_b = appends_in_process(Arc::clone(&stores.events), s.appends / 2, s.clients).await;
     let c3 = stores.commit_stats();
     drop(pinned);
@@ -339,6 +377,24 @@ async fn side(url: &StoreUrl, s: &Sizes, what: &str) -> anyhow::Result<(Vec<Row>
         ratio: Some(r),
         target: Some(Target::at_least(r, 0.6)),
     }];
+    // Were an append over HTTP to cost the server only the floor's request plus what the
+    // same append costs in process, the HTTP rate would be 1 / (1/floor + 1/local): the
+    // best ratio any server work can reach on these cores.
+    let bound = (1.0 / (1.0 / floor + 1.0 / local)) / local;
+    rows.push(Row {
+        scenario: format!(
+            "{what}: HTTP floor, {} clients, GET /healthz (no store work){how}",
+            s.clients
+        ),
+        runnel: rate(floor, "requests/s over HTTP"),
+        baseline: rate(local, "appends/s in process"),
+        ratio: Some(floor / local),
+        target: None,
+    });
+    eprintln!(
+        "{what}: HTTP floor {floor:.0} requests/s; an append over HTTP costing the floor plus \
+         the in-process append would reach at most {bound:.2}x"
+    );
 
     // Fan-out over SSE, one stalled subscriber besides.
     let head = stores.events.head_position().await?;
@@ -564,8 +620,14 @@ impl Pinning {
         })
     }
 
-    /// Runs the load generator on the last core; its appends per second.
-    async fn load(&self, base: &str, total: u64, clients: usize) -> anyhow::Result<f64> {
+    /// Runs the load generator on the last core; its requests per second.
+    async fn load(
+        &self,
+        base: &str,
+        total: u64,
+        clients: usize,
+        requests: Requests,
+    ) -> anyhow::Result<f64> {
         let exe = std::env::current_exe()?;
         let out = tokio::process::Command::new("taskset")
             .arg("-c")
@@ -580,6 +642,7 @@ impl Pinning {
                 "--clients",
                 &clients.to_string(),
             ])
+            .args((requests == Requests::Floor).then_some("--floor"))
             .stderr(std::process::Stdio::inherit())
             .output()
             .await?;
@@ -603,10 +666,15 @@ impl Drop for Pinning {
     }
 }
 
-/// `runnel-bench http-load`: the append clients alone, against a server elsewhere; prints
-/// `{"events_per_sec": …}`.
-pub async fn load(url: &str, appends: u64, clients: usize) -> anyhow::Result<()> {
-    let rate = appends_over_http_quiet(url, appends, clients).await;
+/// `runnel-bench http-load`: the append clients alone (or, with `floor`, `GET /healthz`
+/// clients), against a server elsewhere; prints `{"events_per_sec": …}` (requests/s).
+pub async fn load(url: &str, appends: u64, clients: usize, floor: bool) -> anyhow::Result<()> {
+    let requests = if floor {
+        Requests::Floor
+    } else {
+        Requests::Appends
+    };
+    let rate = http_clients(url, appends, clients, Arc::new(AtomicU64::new(0)), requests).await;
     println!("{}", serde_json::json!({ "events_per_sec": rate }));
     Ok(())
 }

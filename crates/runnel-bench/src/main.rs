@@ -150,7 +150,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             nexmark::bench(args).await
         }
-        Command::HttpLoad(args) => http::load(&args.url, args.appends, args.clients).await,
+        Command::HttpLoad(args) => {
+            http::load(&args.url, args.appends, args.clients, args.floor).await
+        }
     }
 }
 

@@ -278,8 +278,7 @@ impl KafkaOptions {
             let ok = !v.is_empty()
                 && v.len() <= PREFIX_LEN_MAX
                 && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && v
-                    .chars()
+                && v.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !ok {
                 return Err(ConfigError::invalid_value(

@@ -98,7 +98,10 @@ impl KafkaBus {
     /// Creates `topic` if it does not exist yet (publish and subscribe do this on first
     /// use too).
     pub async fn ensure_topic(&self, topic: &TopicName) -> Result<(), BusError> {
-        self.producer.topics.ensure(&self.options.kafka_topic(topic)).await
+        self.producer
+            .topics
+            .ensure(&self.options.kafka_topic(topic))
+            .await
     }
 }
 

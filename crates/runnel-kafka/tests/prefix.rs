@@ -37,7 +37,8 @@ async fn next_type(stream: &mut DeliveryStream) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn buses_with_different_prefixes_share_names_but_never_messages() {
-    let Some(brokers) = support::brokers("buses_with_different_prefixes_share_names_but_never_messages")
+    let Some(brokers) =
+        support::brokers("buses_with_different_prefixes_share_names_but_never_messages")
     else {
         return;
     };
@@ -52,23 +53,44 @@ async fn buses_with_different_prefixes_share_names_but_never_messages() {
         start: StartPosition::Earliest,
         ..SubscribeOptions::default()
     };
-    let mut on_a = bus_a.subscribe(&topic, &group, options()).await.expect("subscribe a");
-    let mut on_b = bus_b.subscribe(&topic, &group, options()).await.expect("subscribe b");
+    let mut on_a = bus_a
+        .subscribe(&topic, &group, options())
+        .await
+        .expect("subscribe a");
+    let mut on_b = bus_b
+        .subscribe(&topic, &group, options())
+        .await
+        .expect("subscribe b");
 
     // One key, so were the topics shared every message would sit in one partition, in
     // publish order, between the other bus's messages.
     let message = |kind: &str| Message::json(kind, &json!({})).with_key("k");
-    bus_a.publish(&topic, vec![message("a1")]).await.expect("publish");
-    bus_b.publish(&topic, vec![message("b1")]).await.expect("publish");
-    bus_a.publish(&topic, vec![message("a2")]).await.expect("publish");
-    bus_b.publish(&topic, vec![message("b2")]).await.expect("publish");
+    bus_a
+        .publish(&topic, vec![message("a1")])
+        .await
+        .expect("publish");
+    bus_b
+        .publish(&topic, vec![message("b1")])
+        .await
+        .expect("publish");
+    bus_a
+        .publish(&topic, vec![message("a2")])
+        .await
+        .expect("publish");
+    bus_b
+        .publish(&topic, vec![message("b2")])
+        .await
+        .expect("publish");
 
     assert_eq!(next_type(&mut on_a).await, "a1");
     assert_eq!(next_type(&mut on_a).await, "a2", "bus a never sees b1");
     assert_eq!(next_type(&mut on_b).await, "b1");
     assert_eq!(next_type(&mut on_b).await, "b2", "bus b never sees a2");
     // Each delivery names the Runnel topic, not the Kafka one.
-    bus_a.publish(&topic, vec![message("a3")]).await.expect("publish");
+    bus_a
+        .publish(&topic, vec![message("a3")])
+        .await
+        .expect("publish");
     let delivery = tokio::time::timeout(DELIVERY_DEADLINE, on_a.next())
         .await
         .expect("a delivery")
@@ -86,7 +108,11 @@ async fn buses_with_different_prefixes_share_names_but_never_messages() {
         let metadata = metadata_client
             .fetch_metadata(None, Duration::from_secs(10))
             .expect("cluster metadata");
-        metadata.topics().iter().map(|t| t.name().to_string()).collect()
+        metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect()
     })
     .await
     .expect("the metadata task");

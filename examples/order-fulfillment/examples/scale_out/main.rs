@@ -101,8 +101,8 @@ struct Args {
     /// pulls a group's messages).
     #[arg(long, default_value_t = 6)]
     nats_partitions: u32,
-    /// Kafka partitions of topics the run creates (`partitions=`; topics that already
-    /// exist keep theirs).
+    /// Kafka partitions of the run's topics (`partitions=`; each run has topics of its
+    /// own, under a fresh `prefix=`).
     #[arg(long, default_value_t = 6)]
     kafka_partitions: u32,
     /// The `order-fulfillment` binary (default: next to this example's directory).
