@@ -749,8 +749,10 @@ pub async fn finished_count(cluster: &Cluster) -> anyhow::Result<i64> {
     .await?)
 }
 
-/// Waits until `total` sagas have finished, up to `deadline` from now; `progress` is
-/// called about every second with the count. Fails naming a few unfinished orders.
+/// Waits until every order's saga has finished and the order has its final event
+/// (confirmed, or cancelled after its saga compensated), up to `deadline` from now;
+/// `progress` is called about every second with the count of finished sagas. Fails
+/// naming a few unfinished orders.
 pub async fn settle(
     cluster: &Cluster,
     orders: &[(usize, String)],
@@ -762,7 +764,7 @@ pub async fn settle(
     loop {
         let finished = finished_count(cluster).await?;
         if finished >= orders.len() as i64 {
-            return Ok(());
+            break;
         }
         if reported.elapsed() >= Duration::from_secs(1) {
             progress(finished);
@@ -791,6 +793,32 @@ pub async fn settle(
                 &open[..open.len().min(5)]
             );
         }
+        tokio::time::sleep(POLL * 2).await;
+    }
+    // A compensated saga's order is cancelled afterwards, by the consumer of its
+    // `SagaCompensated` event: wait for every order's own final event too.
+    let mut open: Vec<&String> = orders.iter().map(|(_, id)| id).collect();
+    loop {
+        let mut still = Vec::new();
+        for id in open {
+            let events = stream(&cluster.stores, &format!("Order-{id}")).await?;
+            let last = events.last().map(|e| e.event_type.as_str());
+            if !matches!(last, Some("OrderConfirmed" | "OrderCancelled")) {
+                still.push(id);
+            }
+        }
+        if still.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            bail!(
+                "{} of {} orders have finished sagas but no final event after {deadline:?}, e.g. {:?}",
+                still.len(),
+                orders.len(),
+                &still[..still.len().min(5)]
+            );
+        }
+        open = still;
         tokio::time::sleep(POLL * 2).await;
     }
 }
