@@ -141,10 +141,19 @@ pub fn nats_bus_partitioned(url: &str, partitions: u32) -> String {
 /// with a short group session, so a killed member's partitions move within the takeover
 /// bound.
 pub fn kafka_bus(brokers: &str) -> String {
+    kafka_bus_with_session(brokers, "3s")
+}
+
+/// [`kafka_bus`] with the given group session timeout. Runs that kill nothing use the
+/// client's default, 10 s: on tansu 0.6 a 3 s session under load on two cores keeps
+/// evicting members, and each eviction pauses the whole group for a rebalance.
+pub fn kafka_bus_with_session(brokers: &str, session_timeout: &str) -> String {
     let brokers = brokers.strip_prefix("kafka://").unwrap_or(brokers);
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let tag = &tag[tag.len() - 12..];
-    format!("kafka://{brokers}?prefix=so{tag}&session_timeout=3s&heartbeat_interval=500ms")
+    format!(
+        "kafka://{brokers}?prefix=so{tag}&session_timeout={session_timeout}&heartbeat_interval=500ms"
+    )
 }
 
 /// One `order-fulfillment run` child, stopped by its own PID when dropped.

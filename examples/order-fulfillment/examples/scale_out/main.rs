@@ -125,11 +125,17 @@ impl Throughput {
     }
 }
 
-fn bus_url(args: &Args) -> String {
+/// The run's bus. `kill`: a kill run, whose Kafka groups need a short session so the
+/// killed member's partitions move within the takeover bound.
+fn bus_url(args: &Args, kill: bool) -> String {
     match args.bus {
         BusKind::Nats => harness::nats_bus_partitioned(&args.nats, args.nats_partitions),
         BusKind::Kafka => harness::with_param(
-            &harness::kafka_bus(&args.kafka),
+            &if kill {
+                harness::kafka_bus(&args.kafka)
+            } else {
+                harness::kafka_bus_with_session(&args.kafka, "10s")
+            },
             &format!("partitions={}", args.kafka_partitions),
         ),
     }
@@ -173,7 +179,7 @@ async fn stage(args: &Args, bin: &std::path::Path, processes: usize) -> anyhow::
         args.stage_concurrency,
         harness::SERVICE_DELAY
     );
-    let url = bus_url(args);
+    let url = bus_url(args, false);
     let extra = [
         "--service-concurrency".to_string(),
         args.stage_concurrency.to_string(),
@@ -308,7 +314,7 @@ async fn throughput(
         "scale-out: throughput, {processes} process(es), {} orders, {} clients",
         args.orders, args.clients
     );
-    let cluster = Cluster::start(bin, &args.pg, &bus_url(args), processes).await?;
+    let cluster = Cluster::start(bin, &args.pg, &bus_url(args, false), processes).await?;
     let result = async {
         let load = Load::new(
             args.orders,
@@ -357,7 +363,7 @@ async fn kill_run(args: &Args, bin: &std::path::Path) -> anyhow::Result<Duration
         args.kill_orders,
         KILL_RUN_CLIENTS as u128 * 1000 / KILL_RUN_CLIENT_PAUSE.as_millis()
     );
-    let mut cluster = Cluster::start(bin, &args.pg, &bus_url(args), processes).await?;
+    let mut cluster = Cluster::start(bin, &args.pg, &bus_url(args, true), processes).await?;
     let result = async {
         let load = Load::new(
             args.kill_orders,
