@@ -180,35 +180,8 @@ async fn a_schema_of_version_14_upgrades_and_its_leased_rows_are_acknowledged() 
         return;
     };
     let schema = common::fresh_schema();
-    let previous: [&str; 14] = [
-        include_str!("../src/migrations/0001_event_store.sql"),
-        include_str!("../src/migrations/0002_bus.sql"),
-        include_str!("../src/migrations/0003_dead_letters.sql"),
-        include_str!("../src/migrations/0004_idempotency.sql"),
-        include_str!("../src/migrations/0005_outbox.sql"),
-        include_str!("../src/migrations/0006_blobs.sql"),
-        include_str!("../src/migrations/0007_append_plans.sql"),
-        include_str!("../src/migrations/0008_append_one.sql"),
-        include_str!("../src/migrations/0009_processors.sql"),
-        include_str!("../src/migrations/0010_projections.sql"),
-        include_str!("../src/migrations/0011_projection_generations.sql"),
-        include_str!("../src/migrations/0012_projection_topics.sql"),
-        include_str!("../src/migrations/0013_bus_concurrency.sql"),
-        include_str!("../src/migrations/0014_outbox_unkeyed.sql"),
-    ];
     let mut conn = PgConnection::connect(&url).await.expect("connect");
-    let mut setup = format!(
-        "CREATE SCHEMA {schema}; \
-         CREATE TABLE {schema}.runnel_migrations (version integer PRIMARY KEY, \
-            name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
-    );
-    for (i, sql) in previous.iter().enumerate() {
-        setup.push_str(&sql.replace("__SCHEMA__", &schema));
-        setup.push_str(&format!(
-            ";\nINSERT INTO {schema}.runnel_migrations (version, name) VALUES ({}, 'm');\n",
-            i + 1
-        ));
-    }
+    let setup = common::schema_at_version_sql(&schema, 14);
     sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
         .execute(&mut conn)
         .await

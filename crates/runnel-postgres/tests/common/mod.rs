@@ -122,3 +122,43 @@ impl Drop for SchemaGuard {
         let _ = done.join();
     }
 }
+
+/// Every migration of this build, in order (`MIGRATIONS[i]` is version `i + 1`), for the
+/// upgrade tests that build a schema as an older build left it.
+#[allow(dead_code)]
+pub const MIGRATIONS: [&str; 15] = [
+    include_str!("../../src/migrations/0001_event_store.sql"),
+    include_str!("../../src/migrations/0002_bus.sql"),
+    include_str!("../../src/migrations/0003_dead_letters.sql"),
+    include_str!("../../src/migrations/0004_idempotency.sql"),
+    include_str!("../../src/migrations/0005_outbox.sql"),
+    include_str!("../../src/migrations/0006_blobs.sql"),
+    include_str!("../../src/migrations/0007_append_plans.sql"),
+    include_str!("../../src/migrations/0008_append_one.sql"),
+    include_str!("../../src/migrations/0009_processors.sql"),
+    include_str!("../../src/migrations/0010_projections.sql"),
+    include_str!("../../src/migrations/0011_projection_generations.sql"),
+    include_str!("../../src/migrations/0012_projection_topics.sql"),
+    include_str!("../../src/migrations/0013_bus_concurrency.sql"),
+    include_str!("../../src/migrations/0014_outbox_unkeyed.sql"),
+    include_str!("../../src/migrations/0015_bus_head_probe.sql"),
+];
+
+/// SQL that creates `schema` at `version`: the migrations up to it applied and recorded,
+/// as a build of that version leaves it.
+#[allow(dead_code)]
+pub fn schema_at_version_sql(schema: &str, version: usize) -> String {
+    let mut setup = format!(
+        "CREATE SCHEMA {schema}; \
+         CREATE TABLE {schema}.runnel_migrations (version integer PRIMARY KEY, \
+            name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
+    );
+    for (i, sql) in MIGRATIONS[..version].iter().enumerate() {
+        setup.push_str(&sql.replace("__SCHEMA__", schema));
+        setup.push_str(&format!(
+            ";\nINSERT INTO {schema}.runnel_migrations (version, name) VALUES ({}, 'm');\n",
+            i + 1
+        ));
+    }
+    setup
+}
