@@ -2,7 +2,8 @@
 # Checks (status) or starts (up) the local services Runnel's backend tests talk to, all on
 # 127.0.0.1 only: PostgreSQL, Redis, RabbitMQ and NATS (JetStream), which the machine image
 # provides, plus two this script installs on first use and caches outside the clone:
-#   kafka  the Kafka-protocol broker tansu (cargo install, ~9 minutes once), port 9092
+#   kafka  the Kafka-protocol broker tansu, built from crates.io with the group-coordinator
+#          fixes of scripts/tansu-group-fix.py (~9 minutes once), port 9092
 #   sqs    moto's SQS/SNS server in a Python venv (pip, ~1 minute once), port 4566
 # The same venv carries the plain Python clients the interoperability tests drive
 # (scripts/python-requirements.txt). RUNNEL_TOOLS_DIR (default ~/.cache/runnel-tools)
@@ -20,7 +21,11 @@ SERVICES=(postgres redis rabbitmq nats kafka sqs)
 SCRIPTS_DIR="$(cd "$(dirname "$0")" && pwd)"
 TOOLS_DIR="${RUNNEL_TOOLS_DIR:-$HOME/.cache/runnel-tools}"
 TANSU_VERSION=0.6.0
-TANSU_BIN="$TOOLS_DIR/tansu-$TANSU_VERSION/bin/tansu"
+# tansu is built with the group-coordinator fixes of scripts/tansu-group-fix.py; a new
+# fix gets a new name here, so every machine builds it once.
+TANSU_FIX=groupfix2
+TANSU_HOME="$TOOLS_DIR/tansu-$TANSU_VERSION-$TANSU_FIX"
+TANSU_BIN="$TANSU_HOME/bin/tansu"
 PY_VENV="$TOOLS_DIR/py-venv"
 READY_WAIT_SECONDS="${RUNNEL_SERVICES_WAIT_SECONDS:-60}"
 REQUIRED=" ${RUNNEL_SERVICES_REQUIRED:-} "
@@ -95,15 +100,48 @@ start() {
   esac
 }
 
-# tansu from crates.io, built once into the tools directory (outside the clone).
+# tansu from crates.io, built once into the tools directory (outside the clone): its two
+# crates are fetched from crates.io, scripts/tansu-group-fix.py fixes how its group
+# coordinator drops a member that died without leaving (see that script for why), and
+# the broker is built against the crate's own Cargo.lock.
 install_tansu() {
   if [ -x "$TANSU_BIN" ]; then
     return 0
   fi
   mkdir -p "$TOOLS_DIR"
-  echo "services: installing tansu $TANSU_VERSION (first run only, several minutes)" >&2
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
-    --root "$TOOLS_DIR/tansu-$TANSU_VERSION" >"$TOOLS_DIR/tansu-install.log" 2>&1
+  echo "services: building tansu $TANSU_VERSION with scripts/tansu-group-fix.py (first run only, several minutes)" >&2
+  local src="$TANSU_HOME/src" crate
+  rm -rf "$src"
+  mkdir -p "$src" "$TANSU_HOME/bin"
+  for crate in tansu tansu-broker; do
+    curl -fsSL --retry 3 "https://static.crates.io/crates/$crate/$crate-$TANSU_VERSION.crate" |
+      tar xz -C "$src" || return 1
+  done
+  python3 "$SCRIPTS_DIR/tansu-group-fix.py" "$src/tansu-broker-$TANSU_VERSION" || return 1
+  printf '\n[patch.crates-io]\ntansu-broker = { path = "../tansu-broker-%s" }\n' \
+    "$TANSU_VERSION" >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
+  CARGO_TARGET_DIR="$src/target" cargo build --release --features dynostore \
+    --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" >"$TOOLS_DIR/tansu-install.log" 2>&1 ||
+    return 1
+  cp "$src/target/release/tansu" "$TANSU_BIN.tmp" && mv "$TANSU_BIN.tmp" "$TANSU_BIN" || return 1
+  # The build tree is large and never needed again.
+  rm -rf "$src"
+}
+
+# PIDs of tansu brokers this script started from another build (an older fix, or none):
+# `up` stops them so the broker built here serves the tests. Only brokers whose binary
+# lives in the tools directory are considered.
+stale_tansu_pids() {
+  local pid exe want
+  want="$(readlink -f "$TANSU_BIN" 2>/dev/null || echo "$TANSU_BIN")"
+  for pid in $(pgrep -x tansu || true); do
+    # The link itself, not its target: a replaced binary reads "<path> (deleted)".
+    exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+    exe="${exe% (deleted)}"
+    if [[ "$exe" == "$TOOLS_DIR"/tansu-* ]] && [ "$exe" != "$want" ]; then
+      echo "$pid"
+    fi
+  done
 }
 
 # One venv with moto's server and the plain clients of the interoperability tests. It is
@@ -149,7 +187,15 @@ report() {
 }
 
 up() {
-  local name
+  local name pid
+  for pid in $(stale_tansu_pids); do
+    echo "services: stopping tansu pid $pid (another build than $TANSU_BIN)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+  done
   for name in "${SERVICES[@]}"; do
     if is_up "$name"; then
       continue

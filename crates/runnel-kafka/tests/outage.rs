@@ -43,10 +43,17 @@ fn tansu_binary() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cache/runnel-tools")))
         .ok()?;
-    ["tansu-0.6.0/bin/tansu", "tansu/bin/tansu"]
-        .iter()
-        .map(|p| tools.join(p))
-        .find(|p| p.is_file())
+    // The first is what `scripts/services.sh` builds today (keep in step with its
+    // TANSU_HOME); the others are earlier builds.
+    [
+        "tansu-0.6.0-groupfix2/bin/tansu",
+        "tansu-0.6.0-groupfix1/bin/tansu",
+        "tansu-0.6.0/bin/tansu",
+        "tansu/bin/tansu",
+    ]
+    .iter()
+    .map(|p| tools.join(p))
+    .find(|p| p.is_file())
 }
 
 fn free_port() -> u16 {

@@ -67,13 +67,15 @@ impl ConsumerContext for Context {
                 let commits = self.shared.lock().revoke(&partitions);
                 // Settle the revoked partitions before they move: the next owner starts
                 // at the contiguous handled prefix and knows what was delivered above it.
-                if let Err(e) = commit(
-                    consumer,
-                    &self.side,
-                    &self.topic,
-                    &commits,
-                    CommitMode::Sync,
-                ) {
+                if let Err(e) = off_the_runtime(|| {
+                    commit(
+                        consumer,
+                        &self.side,
+                        &self.topic,
+                        &commits,
+                        CommitMode::Sync,
+                    )
+                }) {
                     tracing::warn!(topic = %self.topic, error = %e, "commit on revoke failed; the next owner redelivers from the last commit");
                 }
                 tracing::debug!(topic = %self.topic, ?partitions, "partitions revoked");
@@ -84,7 +86,14 @@ impl ConsumerContext for Context {
                     .iter()
                     .map(|e| (e.partition(), PriorDeliveries::default()))
                     .collect();
-                match consumer.committed_offsets((*tpl).clone(), COMMITTED_FETCH_TIMEOUT) {
+                let (committed, delivered) = off_the_runtime(|| {
+                    (
+                        consumer.committed_offsets((*tpl).clone(), COMMITTED_FETCH_TIMEOUT),
+                        self.side
+                            .committed_offsets((*tpl).clone(), COMMITTED_FETCH_TIMEOUT),
+                    )
+                });
+                match committed {
                     Ok(committed) => {
                         for e in committed.elements() {
                             if let Some((_, prior)) =
@@ -98,10 +107,7 @@ impl ConsumerContext for Context {
                         tracing::warn!(topic = %self.topic, error = %e, "reading committed metadata failed; redeliveries may report attempt 1");
                     }
                 }
-                match self
-                    .side
-                    .committed_offsets((*tpl).clone(), COMMITTED_FETCH_TIMEOUT)
-                {
+                match delivered {
                     Ok(committed) => {
                         for e in committed.elements() {
                             if let (Some((_, prior)), Offset::Offset(end)) = (
@@ -145,6 +151,22 @@ impl ConsumerContext for Context {
                 state.commit_failed(e.partition());
             }
         }
+    }
+}
+
+/// Runs the broker round trips of a rebalance callback (a synchronous commit on revoke,
+/// two committed-offset reads on assign, each bounded by its timeout). The callback runs
+/// inside the driver task's poll, on a runtime worker thread; on a multi-thread runtime
+/// the worker first hands its other tasks to another thread, so a slow broker stalls this
+/// subscription only. Otherwise a rebalance of every subscription at once (a member of
+/// each group dies, and the survivors revoke and are assigned again) would hold the
+/// workers in blocking calls while the process's other tasks wait.
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

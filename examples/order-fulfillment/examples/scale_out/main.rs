@@ -40,7 +40,7 @@ const KILL_RUN_CLIENTS: usize = 4;
 /// How long the orders of a run may take to reach their final state.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(600);
 /// After the stage run's processes started, how long their groups get to balance (a few
-/// NATS lease TTLs of 2 s; a Kafka rebalance with a 3 s session) before the work is
+/// NATS lease TTLs of 2 s; a Kafka rebalance) before the work is
 /// published.
 const STAGE_BALANCE: Duration = Duration::from_secs(8);
 /// How long the stage run's replies may take.
