@@ -466,3 +466,54 @@ async fn snapshot_ahead_of_its_stream_is_ignored() {
     let outcome = repo.execute("a", add(1)).await.unwrap();
     assert_eq!(outcome.revision, Some(2));
 }
+
+/// A load reads the stream in pages of `LOAD_PAGE_EVENTS`, the next page while it folds
+/// the last: every length around the page boundaries folds every event once, in order,
+/// and a load that fails part way (an event it cannot decode in the second page) reports
+/// that event's error rather than a state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_across_page_boundaries_fold_every_event_once() {
+    use runnel::aggregate::LOAD_PAGE_EVENTS;
+    let store = InMemoryStore::new();
+    let repo = repo(&store);
+    let page = LOAD_PAGE_EVENTS as u64;
+    for (i, len) in [page - 1, page, page + 1, 2 * page, 2 * page + 7]
+        .into_iter()
+        .enumerate()
+    {
+        let stream = StreamName::new(format!("Counter-p{i}")).unwrap();
+        let mut appended = 0u64;
+        while appended < len {
+            let batch = (len - appended).min(500);
+            let events = (appended + 1..=appended + batch).map(added).collect();
+            store
+                .append(&stream, runnel::core::ExpectedRevision::Any, events)
+                .await
+                .unwrap();
+            appended += batch;
+        }
+        let loaded = repo.load(&format!("p{i}")).await.unwrap();
+        assert_eq!(loaded.revision, Some(len), "stream of {len}");
+        assert_eq!(loaded.state.value, len * (len + 1) / 2, "stream of {len}");
+    }
+
+    // An undecodable event in the second page: the load fails on it.
+    let stream = StreamName::new("Counter-bad").unwrap();
+    for events in [
+        (1..=500).map(added).collect(),
+        (501..=page + 3).map(added).collect(),
+    ] {
+        store
+            .append(&stream, runnel::core::ExpectedRevision::Any, events)
+            .await
+            .unwrap();
+    }
+    let mut bad = added(1);
+    bad.data = b"{\"amount\": \"not a number\"}".to_vec();
+    store
+        .append(&stream, runnel::core::ExpectedRevision::Any, vec![bad])
+        .await
+        .unwrap();
+    let err = repo.load("bad").await.unwrap_err();
+    assert!(matches!(err, RepositoryError::Codec(_)), "{err:?}");
+}
