@@ -101,7 +101,8 @@ start() {
 }
 
 # tansu from crates.io, built once into the tools directory (outside the clone): its two
-# crates are fetched from crates.io, scripts/tansu-group-fix.py fixes how its group
+# source crates are fetched from crates.io's download endpoint (static.crates.io, the one
+# cargo itself downloads from; no prebuilt binary), scripts/tansu-group-fix.py fixes how its group
 # coordinator drops a member that died without leaving (see that script for why), and
 # the broker is built against the crate's own Cargo.lock.
 install_tansu() {
