@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use runnel_core::bus::{validate_publish, DeliveryStream, Publisher, SubscribeOptions, Subscriber};
 use runnel_core::message::MESSAGE_PAYLOAD_MAX_DEFAULT;
 use runnel_core::{BusError, GroupName, Message, TopicName};
@@ -308,6 +309,52 @@ impl Inner {
             .map(|_| ())
     }
 
+    /// Hands one message to the connection; its acknowledgement is awaited by
+    /// [`Inner::settle`].
+    async fn send(
+        &self,
+        message: &Message,
+        wire: Option<(async_nats::HeaderMap, bytes::Bytes)>,
+        subject: String,
+    ) -> Result<Result<jetstream::context::PublishAckFuture, ()>, BusError> {
+        let (headers, body) = match wire {
+            Some(wire) => wire,
+            None => codec::encode(message, &self.options.envelope)?,
+        };
+        let publish = jetstream::message::PublishMessage::build()
+            .headers(headers)
+            .payload(body);
+        Ok(self.js.send_publish(subject, publish).await.map_err(|_| ()))
+    }
+
+    /// Waits for a sent message's acknowledgement; when it did not come, publishes the
+    /// message again with the same id (deduplicated by the server) until it is
+    /// acknowledged or the retry deadline passes. Returns the message's chain.
+    async fn settle(
+        &self,
+        chain: usize,
+        sent: Result<jetstream::context::PublishAckFuture, ()>,
+        message: &Message,
+        subject: String,
+    ) -> (usize, Result<(), BusError>) {
+        let acked = match sent {
+            Ok(ack) => ack.await.is_ok(),
+            Err(()) => false,
+        };
+        if acked {
+            return (chain, Ok(()));
+        }
+        // Encoded again: the first attempt's headers went with it.
+        let result = match codec::encode(message, &self.options.envelope) {
+            Ok((headers, payload)) => self
+                .publish_one(&subject, headers, payload, &message.id)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        (chain, result)
+    }
+
     /// Publishes one message, retrying with the same id (deduplicated by the server)
     /// until it is acknowledged or the retry deadline passes.
     pub(crate) async fn publish_one(
@@ -375,7 +422,7 @@ impl Publisher for NatsBus {
     /// Publishes the batch. Messages of one ordering key are sent one after another, each
     /// after the previous one's publish acknowledgement (so a message lost in an outage is
     /// retried before the key's next one is sent: per-key order holds on the stream);
-    /// different keys, and keyless messages, are pipelined.
+    /// different keys, and keyless messages, are pipelined, each key at its own pace.
     async fn publish(&self, topic: &TopicName, messages: Vec<Message>) -> Result<(), BusError> {
         let inner = &self.inner;
         validate_publish(&messages, inner.max_payload_bytes)?;
@@ -415,69 +462,56 @@ impl Publisher for NatsBus {
             }
         };
 
-        // Waves: wave w holds the w-th message of every ordering key (keyless messages
-        // are all in wave 0). A wave is sent pipelined, then its acks awaited; a message
-        // whose publish failed is retried (same id) before the next wave, which holds its
-        // key's next message. So a key's messages are stored in batch order even when one
-        // is lost in an outage, while different keys share every round trip.
-        let mut waves: Vec<Vec<usize>> = Vec::new();
-        let mut per_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        // Chains: a key's messages form one chain, sent one after another, each as soon
+        // as the previous one is acknowledged (a message whose publish failed is retried
+        // with the same id before its key's next one is sent, so a key's messages are
+        // stored in batch order even when one is lost in an outage). Every keyless message
+        // is a chain of its own. Chains run concurrently: no key waits for another key's
+        // acknowledgement, and the connection stays busy with one message of every key.
+        let mut chains: Vec<std::collections::VecDeque<usize>> = Vec::new();
+        let mut chain_of_key: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::new();
         for (i, m) in messages.iter().enumerate() {
-            let wave = match m.ordering_key() {
-                Some(k) => {
-                    let seen = per_key.entry(k).or_insert(0);
-                    *seen += 1;
-                    *seen - 1
+            let chain = match m.ordering_key() {
+                Some(k) => *chain_of_key.entry(k).or_insert_with(|| {
+                    chains.push(std::collections::VecDeque::new());
+                    chains.len() - 1
+                }),
+                None => {
+                    chains.push(std::collections::VecDeque::new());
+                    chains.len() - 1
                 }
-                None => 0,
             };
-            if waves.len() <= wave {
-                waves.push(Vec::new());
-            }
-            waves[wave].push(i);
+            chains[chain].push_back(i);
+        }
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        for chain in 0..chains.len() {
+            let i = chains[chain]
+                .pop_front()
+                .expect("a chain holds at least one message");
+            let sent = inner
+                .send(&messages[i], encoded[i].take(), subject_of(&messages[i]))
+                .await?;
+            in_flight.push(inner.settle(chain, sent, &messages[i], subject_of(&messages[i])));
         }
         let mut result = Ok(());
-        'waves: for wave in waves {
-            let mut sent = Vec::with_capacity(wave.len());
-            for i in wave {
-                let (headers, body) = match encoded[i].take() {
-                    Some(wire) => wire,
-                    None => codec::encode(&messages[i], &inner.options.envelope)?,
-                };
-                let publish = jetstream::message::PublishMessage::build()
-                    .headers(headers)
-                    .payload(body);
-                sent.push((
-                    i,
-                    inner
-                        .js
-                        .send_publish(subject_of(&messages[i]), publish)
-                        .await,
-                ));
+        while let Some((chain, settled)) = in_flight.next().await {
+            if let Err(e) = settled {
+                result = Err(e);
+                break;
             }
-            for (i, attempt) in sent {
-                let acked = match attempt {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                };
-                if !acked {
-                    // Encoded again: the first attempt's headers went with it.
-                    let (headers, payload) = codec::encode(&messages[i], &inner.options.envelope)?;
-                    if let Err(e) = inner
-                        .publish_one(&subject_of(&messages[i]), headers, payload, &messages[i].id)
-                        .await
-                    {
-                        result = Err(e);
-                        break 'waves;
-                    }
-                }
+            if let Some(i) = chains[chain].pop_front() {
+                let sent = inner
+                    .send(&messages[i], encoded[i].take(), subject_of(&messages[i]))
+                    .await?;
+                in_flight.push(inner.settle(chain, sent, &messages[i], subject_of(&messages[i])));
             }
         }
         if let Err(BusError::Backend(_)) = &result {
             // The stream may have been deleted behind our back: look again next time.
             inner.forget_stream(topic);
         }
-        result.map(|_| ())
+        result
     }
 }
 

@@ -676,8 +676,18 @@ async fn watch_takeover(
     let victim_owner = format!("{pid}-");
     let outbox_rows: Vec<i64> = held.outbox_rows.iter().copied().collect();
     let timers: Vec<i64> = held.timers.iter().copied().collect();
+    let mut described_late_sagas = false;
     loop {
         let now = killed_at.elapsed();
+        if !described_late_sagas && now >= TAKEOVER_MAX && takeover.sagas.is_none() {
+            described_late_sagas = true;
+            let waiting: Vec<String> = waiting_sagas.keys().cloned().collect();
+            eprintln!(
+                "  after {now:?}, {} sagas have not moved:\n{}",
+                waiting.len(),
+                describe_sagas(pool, schema, &waiting).await?
+            );
+        }
         if takeover.projections.is_none() {
             let rows = sqlx::query(AssertSqlSafe(format!(
                 "SELECT name, version, partition, checkpoint, leased_by, \
@@ -745,6 +755,48 @@ async fn watch_takeover(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// What a late takeover's diagnosis needs: each waiting saga's state, and the outbox rows
+/// not yet published, by topic.
+async fn describe_sagas(pool: &PgPool, schema: &str, ids: &[String]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let sagas = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, status, version, state, updated_at::text AS updated_at \
+         FROM {schema}.processor_instances WHERE kind = $1 AND id = ANY($2) ORDER BY id LIMIT 10"
+    )))
+    .bind(SAGA_KIND)
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    for r in sagas {
+        let state: String = r.get("state");
+        out.push_str(&format!(
+            "    saga {} {} v{} updated {}: {}\n",
+            r.get::<String, _>("id"),
+            r.get::<String, _>("status"),
+            r.get::<i64, _>("version"),
+            r.get::<String, _>("updated_at"),
+            state.chars().take(300).collect::<String>()
+        ));
+    }
+    let outbox = sqlx::query(AssertSqlSafe(format!(
+        "SELECT topic, count(*) AS n, coalesce(max(leased_by), '') AS leased_by, \
+                min(created_at)::text AS oldest \
+         FROM {schema}.outbox_messages WHERE published_at IS NULL GROUP BY topic"
+    )))
+    .fetch_all(pool)
+    .await?;
+    for r in outbox {
+        out.push_str(&format!(
+            "    unpublished outbox rows on {}: {} (oldest {}, leased by {:?})\n",
+            r.get::<String, _>("topic"),
+            r.get::<i64, _>("n"),
+            r.get::<String, _>("oldest"),
+            r.get::<String, _>("leased_by")
+        ));
+    }
+    Ok(out)
 }
 
 /// Orders whose saga has finished (completed or compensated).
