@@ -23,7 +23,7 @@ TOOLS_DIR="${RUNNEL_TOOLS_DIR:-$HOME/.cache/runnel-tools}"
 TANSU_VERSION=0.6.0
 # tansu is built with the group-coordinator fixes of scripts/tansu-group-fix.py; a new
 # fix gets a new name here, so every machine builds it once.
-TANSU_FIX=groupfix2
+TANSU_FIX=groupfix3
 TANSU_HOME="$TOOLS_DIR/tansu-$TANSU_VERSION-$TANSU_FIX"
 TANSU_BIN="$TANSU_HOME/bin/tansu"
 PY_VENV="$TOOLS_DIR/py-venv"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Three fixes to tansu 0.6.0's consumer group coordinator, applied to an unpacked
+"""Fixes to tansu 0.6.0's consumer group coordinator, applied to an unpacked
 tansu-broker-0.6.0 crate before scripts/services.sh builds the broker the Kafka tests use.
 
 Without them a member that dies without leaving (SIGKILL) is dropped from its group, but
@@ -18,6 +18,10 @@ follower's join waits 3 s and is recorded as contact from before that wait.
 4. That pause, which only lets the leader join and sync before a follower asks, is 500 ms
    instead of 3 s (a follower that still comes too early is told to rejoin by its sync).
    Together with the session timeout it bounds how fast a dead member's partitions move.
+5. A forming group whose leader's session expired takes no sync until a join has named a
+   new leader (else a follower's empty sync formed the group with nothing assigned).
+6. A forming group that drops a member moves one generation on, so an assignment made
+   for the old member list is refused and the members join again.
 
 Each edit checks that it applied exactly once; the script fails loudly otherwise.
 Usage: tansu-group-fix.py <path to tansu-broker-0.6.0>
@@ -101,6 +105,34 @@ def main() -> None:
         r"const PAUSE_MS: u128 = 3_000;",
         "const PAUSE_MS: u128 = 500; // runnel: group fix",
         "follower pause",
+    )
+    # 5. A forming group with no leader (the leader's session expired while it formed)
+    #    takes no sync: the member is told to rejoin, and the join that follows names the
+    #    new leader and hands it the member list. Without this, a follower holding a join
+    #    answer that named the dead leader synced with no assignments, was taken as the
+    #    leader, and the group formed with every partition assigned to nobody (seen in the
+    #    scale-out kill test: a group's members held no partitions for minutes).
+    text = edit(
+        text,
+        r"(\.leader\s*\.as_ref\(\)\s*)"
+        r"\.is_some_and\(\|leader_id\| member_id != leader_id\.as_str\(\)\)",
+        r"\1.is_none_or(|leader_id| member_id != leader_id.as_str()) // runnel: group fix",
+        "forming group without a leader takes no sync",
+    )
+    # 6. A forming group that drops an expired member moves one generation on, so a sync
+    #    made with the member list of before (a leader's assignment that includes the dead
+    #    member) is refused and the members join again.
+    text = edit(
+        text,
+        r"Self::Forming\(mut inner\) => \{\s*"
+        r"_ = inner\.missed_heartbeat\(group_id, now\);\s*"
+        r"Self::Forming\(inner\)",
+        "Self::Forming(mut inner) => {\n"
+        "                if inner.missed_heartbeat(group_id, now) {\n"
+        "                    inner.generation_id += 1; // runnel: group fix\n"
+        "                }\n"
+        "                Self::Forming(inner)",
+        "forming group drops a member with the next generation",
     )
     path.write_text(text)
 
