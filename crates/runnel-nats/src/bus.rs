@@ -485,8 +485,8 @@ impl Publisher for NatsBus {
             chains[chain].push_back(i);
         }
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
-        for chain in 0..chains.len() {
-            let i = chains[chain]
+        for (chain, queue) in chains.iter_mut().enumerate() {
+            let i = queue
                 .pop_front()
                 .expect("a chain holds at least one message");
             let sent = inner
