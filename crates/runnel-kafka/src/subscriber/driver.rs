@@ -61,6 +61,50 @@ impl ClientContext for Context {}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // While this callback runs the client sends the group nothing for this member (no
+        // join, no sync): a callback slower than the group session makes the member look
+        // dead to the coordinator. Say so when it happens.
+        let started = Instant::now();
+        self.settle_rebalance(consumer, rebalance);
+        let took = started.elapsed();
+        if took >= SLOW_REBALANCE_CALLBACK {
+            tracing::warn!(topic = %self.topic, ?took, kind = rebalance_kind(rebalance), "a rebalance callback was slow; the group heard nothing from this member meanwhile");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.assigned.send_modify(|n| *n += 1);
+            self.shared.wake();
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(topic = %self.topic, error = %e, "commit failed; retried with the next one");
+            let mut state = self.shared.lock();
+            for e in offsets.elements() {
+                state.commit_failed(e.partition());
+            }
+        }
+    }
+}
+
+/// A rebalance callback taking this long or longer is logged as a warning.
+pub const SLOW_REBALANCE_CALLBACK: Duration = Duration::from_secs(1);
+
+fn rebalance_kind(rebalance: &Rebalance<'_>) -> &'static str {
+    match rebalance {
+        Rebalance::Revoke(_) => "revoke",
+        Rebalance::Assign(_) => "assign",
+        Rebalance::Error(_) => "error",
+    }
+}
+
+impl Context {
+    /// Settles revoked partitions (a synchronous commit) or reads an assignment's
+    /// committed offsets and delivered marks.
+    fn settle_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -78,7 +122,7 @@ impl ConsumerContext for Context {
                 }) {
                     tracing::warn!(topic = %self.topic, error = %e, "commit on revoke failed; the next owner redelivers from the last commit");
                 }
-                tracing::debug!(topic = %self.topic, ?partitions, "partitions revoked");
+                tracing::debug!(topic = %self.topic, ?partitions, commits = ?commits.iter().map(|c| (c.partition, c.position, c.delivered_end)).collect::<Vec<_>>(), "partitions revoked");
             }
             Rebalance::Assign(tpl) => {
                 let mut priors: Vec<(i32, PriorDeliveries)> = tpl
@@ -95,6 +139,7 @@ impl ConsumerContext for Context {
                 });
                 match committed {
                     Ok(committed) => {
+                        tracing::debug!(topic = %self.topic, committed = ?committed.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>(), "committed offsets of the assignment");
                         for e in committed.elements() {
                             if let Some((_, prior)) =
                                 priors.iter_mut().find(|(p, _)| *p == e.partition())
@@ -122,33 +167,20 @@ impl ConsumerContext for Context {
                         tracing::warn!(topic = %self.topic, error = %e, "reading the delivered marks failed; redeliveries may report attempt 1");
                     }
                 }
+                let read: Vec<(i32, i64)> = priors
+                    .iter()
+                    .map(|(p, prior)| (*p, prior.delivered_end))
+                    .collect();
                 {
                     let mut state = self.shared.lock();
                     for (p, prior) in priors {
                         state.assign(p, prior);
                     }
                 }
-                tracing::debug!(topic = %self.topic, partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions assigned");
+                tracing::debug!(topic = %self.topic, partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), delivered_marks = ?read, "partitions assigned");
             }
             Rebalance::Error(e) => {
                 tracing::warn!(topic = %self.topic, error = %e, "rebalance error");
-            }
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(_) = rebalance {
-            self.assigned.send_modify(|n| *n += 1);
-            self.shared.wake();
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::debug!(topic = %self.topic, error = %e, "commit failed; retried with the next one");
-            let mut state = self.shared.lock();
-            for e in offsets.elements() {
-                state.commit_failed(e.partition());
             }
         }
     }
@@ -423,6 +455,7 @@ impl Driver {
 
     fn commit_async(&self) {
         let commits = self.shared.lock().commits(false);
+        tracing::trace!(topic = %self.topic, commits = ?commits.iter().map(|c| (c.partition, c.position, c.delivered_end)).collect::<Vec<_>>(), "committing");
         if let Err(e) = commit(
             self.consumer.as_ref(),
             &self.side,

@@ -285,7 +285,16 @@ impl State {
             return false;
         };
         if part.next_offset.is_some_and(|next| offset < next) {
+            tracing::debug!(partition, offset, next = ?part.next_offset, "a record below the partition's next offset ignored");
             return false;
+        }
+        if part.next_offset.is_none() {
+            tracing::debug!(
+                partition,
+                offset,
+                prior_delivered_end = part.prior.delivered_end,
+                "first record of the assignment"
+            );
         }
         part.next_offset = Some(offset + 1);
         part.pending.insert(offset, 0);

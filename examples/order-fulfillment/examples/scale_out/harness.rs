@@ -903,6 +903,11 @@ pub struct Verified {
     pub cancelled: usize,
     pub charged: usize,
     pub refunded: usize,
+    /// Saga steps whose reply deadline fired: a command or its reply that was not
+    /// delivered in time (the saga then sent the command again). None of the harness's
+    /// services is slow enough to miss the 30 s deadline, so any is a delivery that went
+    /// missing (also one the step's retry then made good).
+    pub deadlines_fired: usize,
 }
 
 /// Every invariant of the end state, order by order: the order's events follow its life
@@ -1034,6 +1039,18 @@ pub async fn verify(cluster: &Cluster, orders: &[(usize, String)]) -> anyhow::Re
         .count(&DeadLetterFilter::default())
         .await?;
     ensure!(dead == 0, "{dead} messages were dead-lettered");
+    let fired: Vec<(String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT instance, coalesce(step, ''), at::text FROM {}.processor_history \
+         WHERE kind = $1 AND what = 'deadline-fired' ORDER BY at",
+        cluster.schema
+    )))
+    .bind(SAGA_KIND)
+    .fetch_all(&cluster.pool)
+    .await?;
+    verified.deadlines_fired = fired.len();
+    for (instance, step, at) in fired.iter().take(10) {
+        eprintln!("WARNING: saga {instance}: the reply deadline of step {step} fired at {at} (a command or its reply went missing)");
+    }
     Ok(verified)
 }
 
