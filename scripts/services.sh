@@ -3,7 +3,8 @@
 # 127.0.0.1 only: PostgreSQL, Redis, RabbitMQ and NATS (JetStream), which the machine image
 # provides, plus two this script installs on first use and caches outside the clone:
 #   kafka  the Kafka-protocol broker tansu, built from crates.io with the group-coordinator
-#          fixes of scripts/tansu-group-fix.py (~9 minutes once), port 9092
+#          fixes of scripts/tansu-group-fix.py and the fetch fix of
+#          scripts/tansu-fetch-fix.py (~9 minutes once), port 9092
 #   sqs    moto's SQS/SNS server in a Python venv (pip, ~1 minute once), port 4566
 # The same venv carries the plain Python clients the interoperability tests drive
 # (scripts/python-requirements.txt). RUNNEL_TOOLS_DIR (default ~/.cache/runnel-tools)
@@ -21,9 +22,10 @@ SERVICES=(postgres redis rabbitmq nats kafka sqs)
 SCRIPTS_DIR="$(cd "$(dirname "$0")" && pwd)"
 TOOLS_DIR="${RUNNEL_TOOLS_DIR:-$HOME/.cache/runnel-tools}"
 TANSU_VERSION=0.6.0
-# tansu is built with the group-coordinator fixes of scripts/tansu-group-fix.py; a new
-# fix gets a new name here, so every machine builds it once.
-TANSU_FIX=groupfix3
+# tansu is built with the group-coordinator fixes of scripts/tansu-group-fix.py and the
+# fetch fix of scripts/tansu-fetch-fix.py; a new fix gets a new name here, so every
+# machine builds it once.
+TANSU_FIX=fix4
 TANSU_HOME="$TOOLS_DIR/tansu-$TANSU_VERSION-$TANSU_FIX"
 TANSU_BIN="$TANSU_HOME/bin/tansu"
 PY_VENV="$TOOLS_DIR/py-venv"
@@ -103,7 +105,8 @@ start() {
 # tansu from crates.io, built once into the tools directory (outside the clone): its two
 # source crates are fetched from crates.io's download endpoint (static.crates.io, the one
 # cargo itself downloads from; no prebuilt binary), scripts/tansu-group-fix.py fixes how its group
-# coordinator drops a member that died without leaving (see that script for why), and
+# coordinator drops a member that died without leaving, scripts/tansu-fetch-fix.py how
+# its storage answers a fetch from inside a record batch (see those scripts for why), and
 # the broker is built against the crate's own Cargo.lock.
 install_tansu() {
   if [ -x "$TANSU_BIN" ]; then
@@ -114,13 +117,14 @@ install_tansu() {
   local src="$TANSU_HOME/src" crate
   rm -rf "$src"
   mkdir -p "$src" "$TANSU_HOME/bin"
-  for crate in tansu tansu-broker; do
+  for crate in tansu tansu-broker tansu-storage; do
     curl -fsSL --retry 3 "https://static.crates.io/crates/$crate/$crate-$TANSU_VERSION.crate" |
       tar xz -C "$src" || return 1
   done
   python3 "$SCRIPTS_DIR/tansu-group-fix.py" "$src/tansu-broker-$TANSU_VERSION" || return 1
-  printf '\n[patch.crates-io]\ntansu-broker = { path = "../tansu-broker-%s" }\n' \
-    "$TANSU_VERSION" >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
+  python3 "$SCRIPTS_DIR/tansu-fetch-fix.py" "$src/tansu-storage-$TANSU_VERSION" || return 1
+  printf '\n[patch.crates-io]\ntansu-broker = { path = "../tansu-broker-%s" }\ntansu-storage = { path = "../tansu-storage-%s" }\n' \
+    "$TANSU_VERSION" "$TANSU_VERSION" >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
   CARGO_TARGET_DIR="$src/target" cargo build --release --features dynostore \
     --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" >"$TOOLS_DIR/tansu-install.log" 2>&1 ||
     return 1

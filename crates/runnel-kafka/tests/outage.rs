@@ -46,6 +46,7 @@ fn tansu_binary() -> Option<PathBuf> {
     // The first is what `scripts/services.sh` builds today (keep in step with its
     // TANSU_HOME); the others are earlier builds.
     [
+        "tansu-0.6.0-fix4/bin/tansu",
         "tansu-0.6.0-groupfix3/bin/tansu",
         "tansu-0.6.0-groupfix2/bin/tansu",
         "tansu-0.6.0-groupfix1/bin/tansu",

@@ -252,6 +252,7 @@ macro_rules! __transport_checks {
             nack_with_delay_redelivers_after_the_delay_not_before,
             extend_keeps_a_delivery_from_coming_back,
             dropped_consumer_deliveries_are_redelivered_to_another,
+            a_group_resumes_inside_a_published_batch,
             per_key_order_is_kept_across_redeliveries,
             different_keys_are_not_blocked_by_an_unacked_key,
             start_earliest_sees_retained_messages_and_latest_does_not,
@@ -754,6 +755,53 @@ pub async fn dropped_consumer_deliveries_are_redelivered_to_another(t: Transport
     assert_quiet(
         std::slice::from_mut(&mut survivor),
         "after the survivor acked",
+    )
+    .await;
+}
+
+/// A group whose consumer stops after handling the first part of one published batch
+/// resumes, on its next consumer, at the first message it did not handle: the rest of the
+/// batch arrives in order and nothing of it is skipped. A Kafka-protocol broker stores one
+/// produce request as one record batch, so the next consumer starts from a committed
+/// offset inside that batch (the partition of a killed member moving to a survivor).
+pub async fn a_group_resumes_inside_a_published_batch(t: TransportUnderTest) {
+    const SENT: usize = 8;
+    const HANDLED: usize = 4;
+    let topic = fresh_topic("resume");
+    let group = fresh_group("resume");
+    let opts = options(1, SHORT_ACK_TIMEOUT, StartPosition::Latest);
+    let mut first = subscribe(&t, 0, &topic, &group, opts.clone()).await;
+    let sent: Vec<Message> = (0..SENT).map(|n| numbered(n, Some("Order-1"))).collect();
+    publish(&t, &topic, sent).await;
+    for n in 0..HANDLED {
+        let d = next_delivery(&mut first, &format!("first consumer, message {n}")).await;
+        assert_eq!(
+            number_of(&d.message),
+            n,
+            "the key's messages in publish order"
+        );
+        ack(d, "first consumer").await;
+    }
+    // The consumer stops; whatever it was handed beyond the acked prefix goes unacked.
+    drop(first);
+
+    let mut next = subscribe(&t, 1, &topic, &group, opts).await;
+    for n in HANDLED..SENT {
+        let d = next_delivery(
+            &mut next,
+            &format!("next consumer, message {n} of the partly handled batch"),
+        )
+        .await;
+        assert_eq!(
+            number_of(&d.message),
+            n,
+            "the rest of the batch, in order, from the first unhandled message"
+        );
+        ack(d, "next consumer").await;
+    }
+    assert_quiet(
+        std::slice::from_mut(&mut next),
+        "after the rest of the batch",
     )
     .await;
 }
