@@ -25,15 +25,9 @@ Usage: tansu-fetch-fix.py <path to tansu-storage-0.6.0>
 """
 
 import pathlib
-import re
 import sys
 
-
-def edit(text: str, pattern: str, replacement: str, what: str) -> str:
-    new, count = re.subn(pattern, replacement, text, flags=re.S)
-    if count != 1:
-        sys.exit(f"tansu-fetch-fix: {what}: expected one match, found {count}")
-    return new
+from tansu_patch import edit
 
 
 def main() -> None:

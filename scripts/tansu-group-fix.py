@@ -28,15 +28,9 @@ Usage: tansu-group-fix.py <path to tansu-broker-0.6.0>
 """
 
 import pathlib
-import re
 import sys
 
-
-def edit(text: str, pattern: str, replacement: str, what: str) -> str:
-    new, count = re.subn(pattern, replacement, text, flags=re.S)
-    if count != 1:
-        sys.exit(f"tansu-group-fix: {what}: expected one match, found {count}")
-    return new
+from tansu_patch import edit
 
 
 def main() -> None:
